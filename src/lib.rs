@@ -1,0 +1,17 @@
+//! virtpool: a host agent that carves a KVM host into resource pools and
+//! keeps every running libvirt domain inside its pool's allocation.
+//!
+//! A cycle flows: [`host`] + [`libvirt`] observe → [`membership`] assigns
+//! domains to pools → [`planner`] decides targets (pure) → [`monitor`]
+//! enforces through [`libvirt`] and publishes a status snapshot that [`api`]
+//! serves. See `docs/ARCHITECTURE.md`.
+
+pub mod config;
+pub mod host;
+pub mod libvirt;
+pub mod membership;
+pub mod model;
+pub mod monitor;
+pub mod planner;
+pub mod report;
+pub mod units;
