@@ -1,0 +1,135 @@
+//! Weighted max-min fair sharing ("water filling") of one budget among
+//! members with floors, caps and shares. Resource-generic: amounts are
+//! plain integers in a granularity (1 vCPU, 1 MiB, 1 byte/s, 1 IOPS).
+
+/// One member's claim on a budget, in units of the granularity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// Guaranteed amount.
+    pub floor: u64,
+    /// Most it may get (≥ floor; callers clamp).
+    pub cap: u64,
+    /// Weight, ≥ 1.
+    pub shares: u64,
+}
+
+/// Splits `budget` among `claims`: each gets its floor, then the rest is
+/// shared in proportion to shares, capped at each cap; what a capped member
+/// cannot take goes to the others. Integer results, largest-remainder
+/// rounding (ties to the earlier claim), Σ ≤ budget whenever Σ floors ≤
+/// budget. Work-conserving: Σ = min(budget, Σ caps).
+///
+/// The caller guarantees Σ floors ≤ budget (admission); if not, floors are
+/// returned as they are.
+pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
+    let n = claims.len();
+    let mut out: Vec<u64> = claims.iter().map(|c| c.floor.min(c.cap)).collect();
+    let floors: u128 = out.iter().map(|&f| f as u128).sum();
+    if floors >= budget as u128 || n == 0 {
+        return out;
+    }
+    let mut rest = budget as u128 - floors;
+
+    // Members by headroom per share, ascending: those that saturate first.
+    let room: Vec<u128> = (0..n)
+        .map(|i| claims[i].cap.saturating_sub(out[i]) as u128)
+        .collect();
+    let headroom = |i: usize| room[i];
+    let shares = |i: usize| claims[i].shares.max(1) as u128;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| {
+        (headroom(a) * shares(b))
+            .cmp(&(headroom(b) * shares(a)))
+            .then(a.cmp(&b))
+    });
+    let mut total_shares: u128 = order.iter().map(|&i| shares(i)).sum();
+    let mut k = 0;
+    // Cap every member whose headroom is below its proportional share of
+    // what is left; the level only rises as capped members drop out.
+    while k < n {
+        let i = order[k];
+        if headroom(i) * total_shares <= rest * shares(i) {
+            let h = headroom(i);
+            out[i] += h as u64;
+            rest -= h;
+            total_shares -= shares(i);
+            k += 1;
+        } else {
+            break;
+        }
+    }
+    if k == n || rest == 0 {
+        return out;
+    }
+    // The uncapped members share `rest` exactly in proportion to shares.
+    let uncapped = &order[k..];
+    let mut given: u128 = 0;
+    let mut remainders: Vec<(u128, usize)> = Vec::with_capacity(uncapped.len());
+    for &i in uncapped {
+        let num = rest * shares(i);
+        let e = num / total_shares;
+        out[i] += e as u64;
+        given += e;
+        remainders.push((num % total_shares, i));
+    }
+    let mut left = rest - given;
+    // Largest remainder first; ties to the lower index (stable, deterministic).
+    remainders.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for &(_, i) in &remainders {
+        if left == 0 {
+            break;
+        }
+        if out[i] < claims[i].cap {
+            out[i] += 1;
+            left -= 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(floor: u64, cap: u64, shares: u64) -> Claim {
+        Claim { floor, cap, shares }
+    }
+
+    #[test]
+    fn split_by_shares() {
+        assert_eq!(water_fill(12, &[c(0, 100, 1000), c(0, 100, 2000)]), vec![4, 8]);
+    }
+
+    #[test]
+    fn floor_then_share() {
+        assert_eq!(water_fill(10, &[c(4, 100, 1), c(0, 100, 1)]), vec![7, 3]);
+    }
+
+    #[test]
+    fn capped_member_rest_reshared() {
+        assert_eq!(water_fill(12, &[c(0, 2, 1), c(0, 100, 1), c(0, 100, 1)]), vec![2, 5, 5]);
+    }
+
+    #[test]
+    fn all_at_cap_leaves_budget_unused() {
+        assert_eq!(water_fill(100, &[c(1, 3, 1), c(1, 4, 1)]), vec![3, 4]);
+    }
+
+    #[test]
+    fn rounding_never_exceeds_budget() {
+        let r = water_fill(10, &[c(1, 100, 1), c(1, 100, 1), c(1, 100, 1)]);
+        assert_eq!(r.iter().sum::<u64>(), 10);
+        assert_eq!(r, vec![4, 3, 3]);
+    }
+
+    #[test]
+    fn single_member_gets_up_to_cap() {
+        assert_eq!(water_fill(10, &[c(1, 6, 1000)]), vec![6]);
+        assert_eq!(water_fill(10, &[c(1, 60, 1000)]), vec![10]);
+    }
+
+    #[test]
+    fn floors_over_budget_returned_unchanged() {
+        assert_eq!(water_fill(3, &[c(2, 5, 1), c(2, 5, 1)]), vec![2, 2]);
+    }
+}
