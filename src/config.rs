@@ -366,6 +366,9 @@ pub struct Pool {
     pub members: BTreeMap<String, PerResource<Limits>>,
     /// Defined at run time through the API (not in the config file).
     pub runtime: bool,
+    /// Domains removed from this pool at run time (names or UUIDs): the
+    /// pool never matches them.
+    pub exclude: Vec<String>,
 }
 
 impl Pool {
@@ -770,6 +773,7 @@ fn build_pool(name: &str, spec: &PoolSpec, problems: &mut Vec<String>) -> Pool {
         resources,
         members,
         runtime: false,
+        exclude: Vec::new(),
     }
 }
 

@@ -14,4 +14,5 @@ pub mod model;
 pub mod monitor;
 pub mod planner;
 pub mod report;
+pub mod state;
 pub mod units;

@@ -6,11 +6,13 @@
 use crate::config::Pool;
 use crate::model::DomainObs;
 use globset::{Glob, GlobMatcher};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Pre-compiled membership rules of a set of pools.
 pub struct Membership {
     explicit: HashMap<String, String>,
+    /// (pool, domain name or UUID) pairs removed at run time.
+    excluded: HashSet<(String, String)>,
     globs: Vec<(String, GlobMatcher)>,
     pools: Vec<String>,
 }
@@ -30,7 +32,11 @@ impl Membership {
     pub fn new(pools: &BTreeMap<String, Pool>) -> Membership {
         let mut explicit = HashMap::new();
         let mut globs = Vec::new();
+        let mut excluded = HashSet::new();
         for p in pools.values() {
+            for d in &p.exclude {
+                excluded.insert((p.name.clone(), d.clone()));
+            }
             for d in &p.domains {
                 explicit.entry(d.clone()).or_insert_with(|| p.name.clone());
             }
@@ -42,13 +48,24 @@ impl Membership {
         }
         Membership {
             explicit,
+            excluded,
             globs,
             pools: pools.keys().cloned().collect(),
         }
     }
 
     /// The pool of a domain and how it was matched, or `None` (unmanaged).
+    /// A domain removed from the pool it matches is unmanaged.
     pub fn pool_of(&self, d: &DomainObs) -> Option<(&str, Via)> {
+        let found = self.matching(d)?;
+        let removed = |k: &String| self.excluded.contains(&(found.0.to_owned(), k.clone()));
+        if !self.excluded.is_empty() && (removed(&d.name) || removed(&d.uuid)) {
+            return None;
+        }
+        Some(found)
+    }
+
+    fn matching(&self, d: &DomainObs) -> Option<(&str, Via)> {
         if let Some(p) = self.explicit.get(&d.name).or_else(|| self.explicit.get(&d.uuid)) {
             return Some((p.as_str(), Via::Explicit));
         }

@@ -1,1 +1,465 @@
-//! TODO
+//! The monitor loop: every `interval` (and at once on an API change),
+//! observe → plan → enforce → publish.
+//!
+//! The monitor owns the mutable agent state (history, first-seen times,
+//! the file config); the API reads the published [`Status`] and sends
+//! [`Command`]s. libvirt runs on the [`HvWorker`] thread.
+
+use crate::config::{Config, Mode};
+use crate::host::Host;
+use crate::libvirt::worker::HvWorker;
+use crate::libvirt::HvError;
+use crate::model::{Action, DomainObs, HostCapacity, Snapshot};
+use crate::planner::{self, History, Plan, PlanInput};
+use crate::state::RuntimeState;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+/// The libvirt connection as last seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LibvirtStatus {
+    pub uri: String,
+    pub connected: bool,
+    /// The last connection error, while disconnected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Facts about the last finished cycle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CycleInfo {
+    /// Wall-clock end of the cycle, seconds since the Unix epoch.
+    pub finished_at: u64,
+    pub duration_ms: f64,
+    pub actions: usize,
+    pub failed: usize,
+}
+
+/// The outcome of one enforcement action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionOutcome {
+    pub action: Action,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the agent publishes after every cycle; the API serves it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Number of cycles run (0 before the first).
+    pub cycle: u64,
+    pub mode: Mode,
+    pub paused: bool,
+    pub libvirt: LibvirtStatus,
+    pub host: Option<HostCapacity>,
+    pub last_cycle: Option<CycleInfo>,
+    /// The last plan (with the actual values it was made from).
+    pub plan: Option<Plan>,
+    /// Every domain as last observed.
+    pub domains: Vec<DomainObs>,
+    /// The outcome of the last cycle's actions.
+    pub results: Vec<ActionOutcome>,
+    /// The last config (or runtime state) error, if the last load failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_error: Option<String>,
+}
+
+/// Requests to the monitor.
+pub enum Command {
+    /// Run a cycle now; reply with the status it published.
+    Reconcile(Option<oneshot::Sender<Arc<Status>>>),
+    /// Swap in a new (already validated) file config.
+    Reload(Box<Config>),
+}
+
+/// What the API and the service layer hold.
+#[derive(Clone)]
+pub struct Handle {
+    pub status: watch::Receiver<Arc<Status>>,
+    /// Runtime changes; writers lock, change, save, then ask for a reconcile.
+    pub runtime: Arc<Mutex<RuntimeState>>,
+    /// The file config in force (changes on reload).
+    pub config: watch::Receiver<Arc<Config>>,
+    cmd: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    /// The file config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+
+    /// The last published status (never waits on libvirt).
+    pub fn status(&self) -> Arc<Status> {
+        self.status.borrow().clone()
+    }
+
+    /// Asks for a cycle now; with `wait`, returns the status that cycle published.
+    pub async fn reconcile(&self, wait: bool) -> Option<Arc<Status>> {
+        if wait {
+            let (tx, rx) = oneshot::channel();
+            self.cmd.send(Command::Reconcile(Some(tx))).await.ok()?;
+            rx.await.ok()
+        } else {
+            // A full queue already has a reconcile pending: that one will do.
+            let _ = self.cmd.try_send(Command::Reconcile(None));
+            None
+        }
+    }
+
+    /// Sends a validated config to swap in.
+    pub async fn reload(&self, cfg: Config) -> bool {
+        self.cmd.send(Command::Reload(Box::new(cfg))).await.is_ok()
+    }
+}
+
+/// Backoff between reconnect attempts: 1 s doubling to 60 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60))
+}
+
+/// The monitor's own state.
+pub struct Monitor {
+    hv: HvWorker,
+    host: Host,
+    config: Config,
+    runtime: Arc<Mutex<RuntimeState>>,
+    history: History,
+    /// When each domain (UUID) was first seen active, on the agent's clock.
+    active_since: HashMap<String, Instant>,
+    /// Domains whose balloon stats period is set.
+    stats_period_set: HashSet<String>,
+    start: Instant,
+    cycle: u64,
+    failures: u32,
+    status_tx: watch::Sender<Arc<Status>>,
+    config_tx: watch::Sender<Arc<Config>>,
+    cmd_rx: mpsc::Receiver<Command>,
+    observe_only: bool,
+}
+
+impl Monitor {
+    /// Builds a monitor and the handle the API uses.
+    pub fn new(
+        hv: HvWorker,
+        host: Host,
+        config: Config,
+        runtime: RuntimeState,
+        observe_only: bool,
+    ) -> (Monitor, Handle) {
+        let initial = Status {
+            cycle: 0,
+            mode: if observe_only { Mode::Observe } else { config.agent.mode },
+            paused: runtime.paused,
+            libvirt: LibvirtStatus {
+                uri: config.agent.libvirt_uri.clone(),
+                connected: false,
+                error: None,
+            },
+            host: None,
+            last_cycle: None,
+            plan: None,
+            domains: Vec::new(),
+            results: Vec::new(),
+            config_error: None,
+        };
+        let (status_tx, status) = watch::channel(Arc::new(initial));
+        let (cmd, cmd_rx) = mpsc::channel(64);
+        let runtime = Arc::new(Mutex::new(runtime));
+        let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
+        let handle = Handle {
+            config: config_rx,
+            status,
+            runtime: runtime.clone(),
+            cmd,
+        };
+        let m = Monitor {
+            hv,
+            host,
+            config,
+            runtime,
+            history: History::default(),
+            active_since: HashMap::new(),
+            stats_period_set: HashSet::new(),
+            start: Instant::now(),
+            cycle: 0,
+            failures: 0,
+            status_tx,
+            config_tx,
+            cmd_rx,
+            observe_only,
+        };
+        (m, handle)
+    }
+
+    fn mode(&self) -> Mode {
+        if self.observe_only {
+            Mode::Observe
+        } else {
+            self.config.agent.mode
+        }
+    }
+
+    /// Runs cycles until `shutdown`; finishes the cycle in progress first.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.agent.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let down = !self.status_tx.borrow().libvirt.connected && self.cycle > 0;
+            let retry = backoff(self.failures.saturating_sub(1));
+            let mut reply = None;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                cmd = self.cmd_rx.recv() => match cmd {
+                    Some(Command::Reconcile(r)) => reply = r,
+                    Some(Command::Reload(cfg)) => {
+                        let new_interval = cfg.agent.interval;
+                        if new_interval != self.config.agent.interval {
+                            tick = tokio::time::interval(new_interval);
+                            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                        }
+                        self.config = *cfg;
+                        self.config_tx.send_replace(Arc::new(self.config.clone()));
+                        tracing::info!(file = %self.config.source.display(), "config reloaded");
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => {}
+                _ = tokio::time::sleep(retry), if down => {}
+            }
+            let st = self.cycle_once().await;
+            if let Some(r) = reply {
+                let _ = r.send(st);
+            }
+        }
+    }
+
+    /// Runs one cycle: observe → plan → enforce → publish. Returns the
+    /// published status.
+    pub async fn cycle_once(&mut self) -> Arc<Status> {
+        let t0 = Instant::now();
+        self.cycle += 1;
+        let host = self.host.refresh();
+        let runtime = match self.runtime.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let mut status = Status {
+            cycle: self.cycle,
+            mode: self.mode(),
+            paused: runtime.paused,
+            libvirt: LibvirtStatus {
+                uri: self.config.agent.libvirt_uri.clone(),
+                connected: true,
+                error: None,
+            },
+            host: Some(host),
+            last_cycle: None,
+            plan: None,
+            domains: Vec::new(),
+            results: Vec::new(),
+            config_error: None,
+        };
+
+        let effective = match runtime.effective(&self.config) {
+            Ok(c) => c,
+            Err(problems) => {
+                let msg = problems.join("; ");
+                tracing::error!(error = %msg, "runtime state does not fit the config; using the config file alone");
+                status.config_error = Some(msg);
+                self.config.clone()
+            }
+        };
+
+        let domains = match self.hv.observe().await {
+            Ok(d) => {
+                if self.failures > 0 {
+                    tracing::info!(uri = %self.config.agent.libvirt_uri, "libvirt connection restored");
+                }
+                self.failures = 0;
+                d
+            }
+            Err(e) => {
+                self.failures = self.failures.saturating_add(1);
+                tracing::warn!(uri = %self.config.agent.libvirt_uri, error = %e, retry_in = ?backoff(self.failures - 1), "cannot observe libvirt");
+                status.libvirt.connected = false;
+                status.libvirt.error = Some(e.to_string());
+                // Handles are stale after a reconnect: forget per-connection facts.
+                self.stats_period_set.clear();
+                let prev = self.status_tx.borrow().clone();
+                status.domains = prev.domains.clone();
+                status.plan = prev.plan.clone();
+                return self.publish(status, t0);
+            }
+        };
+        let domains = self.track_active(domains);
+        let snapshot = Snapshot { host, domains };
+        let now = self.start.elapsed().as_secs();
+        let enforce = self.mode() == Mode::Enforce && !runtime.paused;
+        let plan = planner::plan(&PlanInput {
+            config: &effective,
+            snapshot: &snapshot,
+            reservations: &runtime.reservations,
+            history: &self.history,
+            now,
+            paused: !enforce,
+        });
+
+        if enforce {
+            self.set_stats_periods(&snapshot).await;
+            status.results = self.enforce(&plan, now).await;
+            if status.results.iter().any(|r| {
+                r.error.as_deref().is_some_and(|e| e.starts_with("libvirt connection lost"))
+            }) {
+                status.libvirt.connected = false;
+            }
+        }
+        let alive: HashSet<&str> = snapshot.domains.iter().map(|d| d.uuid.as_str()).collect();
+        self.history.retain(|u| alive.contains(u));
+        status.plan = Some(plan);
+        status.domains = snapshot.domains;
+        self.publish(status, t0)
+    }
+
+    fn publish(&mut self, mut status: Status, t0: Instant) -> Arc<Status> {
+        let failed = status.results.iter().filter(|r| !r.ok).count();
+        status.last_cycle = Some(CycleInfo {
+            finished_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            duration_ms: t0.elapsed().as_secs_f64() * 1000.0,
+            actions: status.results.len(),
+            failed,
+        });
+        let st = Arc::new(status);
+        self.status_tx.send_replace(st.clone());
+        st
+    }
+
+    /// Fills `active_secs` from when each domain was first seen active.
+    fn track_active(&mut self, mut domains: Vec<DomainObs>) -> Vec<DomainObs> {
+        let now = Instant::now();
+        let active: HashSet<String> = domains
+            .iter()
+            .filter(|d| d.state.is_active())
+            .map(|d| d.uuid.clone())
+            .collect();
+        self.active_since.retain(|u, _| active.contains(u));
+        self.stats_period_set.retain(|u| active.contains(u));
+        for d in &mut domains {
+            if d.state.is_active() {
+                let since = *self.active_since.entry(d.uuid.clone()).or_insert(now);
+                d.active_secs = Some(now.duration_since(since).as_secs());
+            }
+        }
+        domains
+    }
+
+    async fn set_stats_periods(&mut self, snap: &Snapshot) {
+        let secs = u32::try_from(self.config.tuning.stats_period.as_secs()).unwrap_or(u32::MAX);
+        if secs == 0 {
+            return;
+        }
+        let todo: Vec<String> = snap
+            .domains
+            .iter()
+            .filter(|d| d.state == crate::model::DomainState::Running)
+            .filter(|d| !self.stats_period_set.contains(&d.uuid))
+            .map(|d| d.uuid.clone())
+            .collect();
+        if todo.is_empty() {
+            return;
+        }
+        if let Ok(results) = self.hv.set_stats_period(todo, secs).await {
+            for (uuid, r) in results {
+                match r {
+                    Ok(()) => {
+                        self.stats_period_set.insert(uuid);
+                    }
+                    Err(e) => {
+                        tracing::debug!(%uuid, error = %e, "cannot set balloon stats period");
+                        // Don't retry every cycle on domains that can't.
+                        if !matches!(e, HvError::ConnectionLost(_)) {
+                            self.stats_period_set.insert(uuid);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn enforce(&mut self, plan: &Plan, now: u64) -> Vec<ActionOutcome> {
+        if plan.actions.is_empty() {
+            return Vec::new();
+        }
+        let results = match self.hv.apply(plan.actions.clone()).await {
+            Ok(r) => r,
+            Err(e) => plan
+                .actions
+                .iter()
+                .map(|a| (a.clone(), Err(e.clone())))
+                .collect(),
+        };
+        results
+            .into_iter()
+            .map(|(action, r)| {
+                self.history.record(&action, r.is_ok(), now);
+                log_action(&action, &r);
+                ActionOutcome {
+                    ok: r.is_ok(),
+                    error: r.err().map(|e| e.to_string()),
+                    action,
+                }
+            })
+            .collect()
+    }
+}
+
+/// One structured event per enforcement action.
+fn log_action(a: &Action, r: &Result<(), HvError>) {
+    let (before, after, reason) = match a {
+        Action::SetVcpus { from, to, reason, .. } => (from.to_string(), to.to_string(), reason.to_string()),
+        Action::SetMemory { from, to, reason, .. } => (
+            crate::units::human_bytes(*from),
+            crate::units::human_bytes(*to),
+            reason.to_string(),
+        ),
+        Action::SetBlockIoTune { disk, from, to, .. } => (
+            format!("{disk} {}B/s {}IOPS", from.total_bytes_sec, from.total_iops_sec),
+            format!("{disk} {}B/s {}IOPS", to.total_bytes_sec, to.total_iops_sec),
+            "share".into(),
+        ),
+        Action::SetCpuShares { from, to, .. } | Action::SetBlkioWeight { from, to, .. } => (
+            from.map_or("unknown".into(), |v| v.to_string()),
+            to.to_string(),
+            "shares".into(),
+        ),
+    };
+    match r {
+        Ok(()) => tracing::info!(
+            domain = a.domain(),
+            resource = a.resource_label(),
+            before,
+            after,
+            reason,
+            result = "ok",
+            "applied"
+        ),
+        Err(e) => tracing::warn!(
+            domain = a.domain(),
+            resource = a.resource_label(),
+            before,
+            after,
+            reason,
+            result = "error",
+            error = %e,
+            "action failed"
+        ),
+    }
+}
