@@ -524,6 +524,18 @@ pub fn budget_problems(pools: &BTreeMap<String, Pool>, alloc: &Allocatable) -> V
     problems
 }
 
+/// Expands `{config_dir}` (the config file's absolute directory) in paths
+/// and URIs, so a config can point at files beside it from any folder.
+fn expand(s: &str, path: &Path) -> String {
+    if !s.contains("{config_dir}") {
+        return s.to_owned();
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    s.replace("{config_dir}", &abs.to_string_lossy())
+}
+
 fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
     let a = raw.agent;
     let interval = a.interval.map_or(Duration::from_secs(10), |s| s.0);
@@ -541,14 +553,24 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
     let agent = AgentConfig {
         mode: a.mode.unwrap_or_default(),
         interval,
-        libvirt_uri: a.libvirt_uri.unwrap_or_else(|| "qemu:///system".into()),
-        state_dir: a.state_dir.unwrap_or_else(|| "/var/lib/virtpool".into()),
+        libvirt_uri: expand(
+            a.libvirt_uri.as_deref().unwrap_or("qemu:///system"),
+            path,
+        ),
+        state_dir: expand(
+            &a.state_dir.map_or("/var/lib/virtpool".into(), |p| p.to_string_lossy().into_owned()),
+            path,
+        )
+        .into(),
         log_level: a.log_level,
         metrics_listen: a.metrics_listen,
-        socket: raw
-            .api
-            .socket
-            .unwrap_or_else(|| "/run/virtpool/virtpool.sock".into()),
+        socket: expand(
+            &raw.api.socket.map_or("/run/virtpool/virtpool.sock".into(), |p| {
+                p.to_string_lossy().into_owned()
+            }),
+            path,
+        )
+        .into(),
         api_group: raw.api.group.unwrap_or_else(|| "libvirt".into()),
     };
 

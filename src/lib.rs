@@ -12,6 +12,7 @@ pub mod libvirt;
 pub mod membership;
 pub mod model;
 pub mod monitor;
+pub mod observability;
 pub mod planner;
 pub mod report;
 pub mod state;

@@ -56,3 +56,9 @@ pub trait Hypervisor: Send {
     /// Sets the balloon statistics period of a running domain (seconds).
     fn set_stats_period(&mut self, uuid: &str, secs: u32) -> Result<(), HvError>;
 }
+
+/// Stops libvirt from printing every error to stderr (errors are returned
+/// and logged by the agent). Call once at start.
+pub fn quiet_errors() {
+    virt::error::clear_error_callback();
+}
