@@ -5,7 +5,12 @@
 //! owns one on a dedicated thread so libvirt never blocks a tokio worker.
 //! Tests put a fake behind the same trait for faults libvirt can't produce.
 
+pub mod conn;
+pub mod ffi;
 pub mod worker;
+pub mod xml;
+
+pub use conn::Libvirt;
 
 use crate::model::{Action, DomainObs};
 

@@ -1,0 +1,546 @@
+//! [`Libvirt`]: the [`Hypervisor`] over a real libvirt connection.
+//!
+//! Domains are looked up by UUID for every call and their handles dropped
+//! right after: the adapter keeps names and UUIDs, never `Domain` handles.
+//! Memory is converted between bytes (agent) and KiB (libvirt) here only.
+
+use std::sync::Once;
+
+use virt::connect::Connect;
+use virt::domain::{Domain, DomainState as VirtState};
+use virt::error::{Error as VirtError, ErrorDomain, ErrorNumber};
+use virt::sys;
+
+use super::{ffi, xml, HvError, Hypervisor};
+use crate::model::{Action, BalloonStats, DiskObs, DomainObs, DomainState, IoTune};
+
+/// Lowest and highest blkio weight accepted (cgroup v1 and v2 safe).
+pub const BLKIO_WEIGHT_RANGE: std::ops::RangeInclusive<u64> = 100..=1000;
+/// Lowest and highest `cpu_shares` accepted (cgroup v2 `cpu.weight` tops
+/// out at 10000; libvirt passes larger values through and the kernel
+/// rejects them).
+pub const CPU_SHARES_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
+
+const KIB: u64 = 1024;
+
+static QUIET_ERRORS: Once = Once::new();
+
+/// A libvirt connection (opened lazily by [`Hypervisor::connect`]).
+#[derive(Debug)]
+pub struct Libvirt {
+    uri: String,
+    conn: Option<Connect>,
+}
+
+/// Where a libvirt error came from, for the message.
+struct Failure {
+    err: VirtError,
+    what: String,
+}
+
+impl Failure {
+    fn new(err: VirtError, what: impl Into<String>) -> Failure {
+        Failure {
+            err,
+            what: what.into(),
+        }
+    }
+}
+
+type Res<T> = Result<T, Failure>;
+
+/// Maps a libvirt error to the agent's terms (without looking at the
+/// connection; [`Libvirt`] additionally checks `is_alive()`).
+pub fn classify(err: &VirtError, what: &str) -> HvError {
+    let code = err.code();
+    let domain = err.domain();
+    let msg = err.message();
+    let text = format!("{what}: {msg}");
+    let lower = msg.to_ascii_lowercase();
+    if code.is(ErrorNumber::NoDomain) {
+        HvError::NoDomain(text)
+    } else if code.is(ErrorNumber::InvalidArg) {
+        HvError::InvalidArg(text)
+    } else if code.is(ErrorNumber::OperationInvalid) {
+        HvError::OperationInvalid(text)
+    } else if code.is(ErrorNumber::OperationTimeout)
+        || code.is(ErrorNumber::AgentCommandTimeout)
+        || lower.contains("timed out")
+    {
+        HvError::Timeout(text)
+    } else if (code.is(ErrorNumber::SystemError) && domain.is(ErrorDomain::Rpc))
+        || code.is(ErrorNumber::NoConnect)
+        || code.is(ErrorNumber::InvalidConn)
+        || lower.contains("client socket is closed")
+        || lower.contains("cannot recv data")
+        || lower.contains("end of file while reading data")
+    {
+        HvError::ConnectionLost(text)
+    } else {
+        HvError::Other(text)
+    }
+}
+
+fn is_no_domain(e: &VirtError) -> bool {
+    e.code().is(ErrorNumber::NoDomain)
+}
+
+/// Errors that make a whole observation fail (the rest are per-field).
+fn is_fatal_for_read(e: &VirtError) -> bool {
+    is_no_domain(e) || matches!(classify(e, ""), HvError::ConnectionLost(_))
+}
+
+fn map_state(s: virt::domain::DomainStateEnum) -> DomainState {
+    if s.is(VirtState::Running) {
+        DomainState::Running
+    } else if s.is(VirtState::Paused) {
+        DomainState::Paused
+    } else if s.is(VirtState::Shutoff) {
+        DomainState::Shutoff
+    } else {
+        DomainState::Other
+    }
+}
+
+/// Turns `memory_stats` tags into [`BalloonStats`] (bytes). `None` when the
+/// guest reports neither `unused` nor `available`.
+pub fn balloon_from_stats(stats: &[(u32, u64)], fallback_actual_kib: u64) -> Option<BalloonStats> {
+    let get = |tag: u32| {
+        stats
+            .iter()
+            .rev()
+            .find(|(t, _)| *t == tag)
+            .map(|(_, v)| v.saturating_mul(KIB))
+    };
+    let unused = get(sys::VIR_DOMAIN_MEMORY_STAT_UNUSED);
+    let available = get(sys::VIR_DOMAIN_MEMORY_STAT_AVAILABLE);
+    if unused.is_none() && available.is_none() {
+        return None;
+    }
+    Some(BalloonStats {
+        actual: get(sys::VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON)
+            .unwrap_or(fallback_actual_kib.saturating_mul(KIB)),
+        unused,
+        available,
+        usable: get(sys::VIR_DOMAIN_MEMORY_STAT_USABLE),
+    })
+}
+
+/// Makes an I/O limit acceptable to libvirt/QEMU: each `*_max` must be at
+/// least its rate (libvirt rejects rate > max, even when max is 0), and a
+/// max without a rate is rejected by QEMU, so it is cleared.
+pub fn normalize_iotune(t: &IoTune) -> IoTune {
+    let fix = |rate: u64, max: u64| if rate == 0 { 0 } else { max.max(rate) };
+    IoTune {
+        total_bytes_sec: t.total_bytes_sec,
+        total_bytes_sec_max: fix(t.total_bytes_sec, t.total_bytes_sec_max),
+        total_iops_sec: t.total_iops_sec,
+        total_iops_sec_max: fix(t.total_iops_sec, t.total_iops_sec_max),
+    }
+}
+
+/// Reads everything about one domain. Per-field read errors that are not
+/// fatal (see [`is_fatal_for_read`]) leave the field empty.
+fn read_domain(dom: &Domain) -> Res<DomainObs> {
+    let name = dom
+        .name()
+        .map_err(|e| Failure::new(e, "reading a domain name"))?;
+    let ctx = |what: &str| format!("domain {name}: {what}");
+    let uuid = dom
+        .uuid_string()
+        .map_err(|e| Failure::new(e, ctx("uuid")))?;
+    let info = dom.info().map_err(|e| Failure::new(e, ctx("info")))?;
+    let state = map_state(info.state);
+    let active = state.is_active();
+
+    // Optional reads: fatal errors propagate, others leave the field empty.
+    let soft = |r: Result<Option<u64>, VirtError>, what: &str| -> Res<Option<u64>> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) if is_fatal_for_read(&e) => Err(Failure::new(e, ctx(what))),
+            Err(e) => {
+                tracing::debug!(domain = %name, error = %e, "{what} not read");
+                Ok(None)
+            }
+        }
+    };
+
+    let vcpus = if active {
+        soft(
+            dom.vcpus_flags(sys::VIR_DOMAIN_AFFECT_LIVE)
+                .map(|v| Some(u64::from(v))),
+            "live vcpus",
+        )?
+        .unwrap_or(u64::from(info.nr_virt_cpu))
+    } else {
+        0
+    };
+    let vcpus_max = soft(
+        dom.vcpus_flags(sys::VIR_DOMAIN_VCPU_MAXIMUM)
+            .map(|v| Some(u64::from(v))),
+        "max vcpus",
+    )?
+    .unwrap_or(u64::from(info.nr_virt_cpu));
+
+    let balloon = if active {
+        match dom.memory_stats(0) {
+            Ok(stats) => {
+                let pairs: Vec<(u32, u64)> = stats.iter().map(|s| (s.tag, s.val)).collect();
+                balloon_from_stats(&pairs, info.memory)
+            }
+            Err(e) if is_fatal_for_read(&e) => return Err(Failure::new(e, ctx("memory stats"))),
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+
+    let domain_xml = dom.xml_desc(0).map_err(|e| Failure::new(e, ctx("xml")))?;
+    let metadata_pool = match dom.metadata(
+        sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+        Some(xml::POOL_NS),
+        0,
+    ) {
+        Ok(element) => xml::element_text(&element),
+        Err(e) if is_fatal_for_read(&e) => return Err(Failure::new(e, ctx("metadata"))),
+        // NoDomainMetadata is the normal "not tagged" answer; any other
+        // failure falls back to scanning the XML already read.
+        Err(e) if e.code().is(ErrorNumber::NoDomainMetadata) => None,
+        Err(_) => xml::metadata_pool(&domain_xml),
+    };
+
+    let mut disks = Vec::new();
+    for d in xml::disks(&domain_xml) {
+        let mut obs = DiskObs {
+            target: d.target,
+            device: d.device,
+            readonly: d.readonly,
+            iotune: None,
+        };
+        if active && obs.is_tunable() {
+            match ffi::get_block_iotune(dom, &obs.target, sys::VIR_DOMAIN_AFFECT_LIVE) {
+                Ok(t) => obs.iotune = Some(t),
+                Err(e) if is_fatal_for_read(&e) => {
+                    return Err(Failure::new(e, ctx(&format!("iotune of {}", obs.target))))
+                }
+                Err(e) => {
+                    tracing::debug!(domain = %name, disk = %obs.target, error = %e, "iotune not read");
+                }
+            }
+        }
+        disks.push(obs);
+    }
+
+    // Weights: current values (live when active, config when shut off).
+    let cpu_shares = soft(
+        ffi::get_cpu_shares(dom, sys::VIR_DOMAIN_AFFECT_CURRENT),
+        "cpu_shares",
+    )?;
+    let blkio_weight = soft(
+        ffi::get_blkio_weight(dom, sys::VIR_DOMAIN_AFFECT_CURRENT).map(|w| w.map(u64::from)),
+        "blkio weight",
+    )?;
+
+    Ok(DomainObs {
+        name: name.clone(),
+        uuid,
+        state,
+        vcpus,
+        vcpus_max,
+        memory: info.memory.saturating_mul(KIB),
+        memory_max: info.max_mem.saturating_mul(KIB),
+        balloon,
+        disks,
+        metadata_pool,
+        cpu_shares,
+        blkio_weight,
+        active_secs: None,
+    })
+}
+
+fn flags_live(persist: bool) -> u32 {
+    sys::VIR_DOMAIN_AFFECT_LIVE
+        | if persist {
+            sys::VIR_DOMAIN_AFFECT_CONFIG
+        } else {
+            0
+        }
+}
+
+impl Libvirt {
+    /// A handle for `uri`; nothing is opened until [`Hypervisor::connect`].
+    pub fn new(uri: &str) -> Libvirt {
+        Libvirt {
+            uri: uri.to_owned(),
+            conn: None,
+        }
+    }
+
+    /// The connection URI.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// Closes the connection (if any); the next `connect()` reopens it.
+    pub fn disconnect(&mut self) {
+        // Dropping a Connect runs virConnectClose, which only fails (and the
+        // crate then panics) for an invalid pointer, which we never hold.
+        self.conn = None;
+    }
+
+    fn conn(&self) -> Result<&Connect, HvError> {
+        self.conn
+            .as_ref()
+            .ok_or_else(|| HvError::ConnectionLost(format!("not connected to {}", self.uri)))
+    }
+
+    /// Maps an error and drops the connection when it is gone (by error
+    /// kind, or because the connection no longer reports alive).
+    fn fail(&mut self, f: Failure) -> HvError {
+        let mapped = classify(&f.err, &f.what);
+        let alive = self
+            .conn
+            .as_ref()
+            .is_some_and(|c| matches!(c.is_alive(), Ok(true)));
+        match mapped {
+            HvError::ConnectionLost(_) => {
+                self.disconnect();
+                mapped
+            }
+            other if !alive => {
+                self.disconnect();
+                HvError::ConnectionLost(other.to_string())
+            }
+            other => other,
+        }
+    }
+
+    fn lookup(&self, uuid: &str, name: &str) -> Result<Res<Domain>, HvError> {
+        let conn = self.conn()?;
+        Ok(conn
+            .lookup_domain_by_uuid_string(uuid)
+            .map_err(|e| Failure::new(e, format!("domain {name} ({uuid})"))))
+    }
+
+    /// Runs `op` on the domain with this UUID, mapping every error.
+    fn with_domain<T>(
+        &mut self,
+        uuid: &str,
+        name: &str,
+        op: impl FnOnce(&Domain) -> Res<T>,
+    ) -> Result<T, HvError> {
+        let res = self.lookup(uuid, name)?.and_then(|dom| op(&dom));
+        res.map_err(|f| self.fail(f))
+    }
+}
+
+impl Hypervisor for Libvirt {
+    fn connect(&mut self) -> Result<(), HvError> {
+        QUIET_ERRORS.call_once(virt::error::clear_error_callback);
+        if let Some(c) = &self.conn {
+            if matches!(c.is_alive(), Ok(true)) {
+                return Ok(());
+            }
+            self.disconnect();
+        }
+        match Connect::open(Some(&self.uri)) {
+            Ok(c) => {
+                self.conn = Some(c);
+                Ok(())
+            }
+            Err(e) => {
+                let what = format!("opening {}", self.uri);
+                Err(match classify(&e, &what) {
+                    HvError::Other(m) if e.code().is(ErrorNumber::SystemError) => {
+                        HvError::ConnectionLost(m)
+                    }
+                    mapped => mapped,
+                })
+            }
+        }
+    }
+
+    fn is_connected(&self) -> bool {
+        self.conn
+            .as_ref()
+            .is_some_and(|c| matches!(c.is_alive(), Ok(true)))
+    }
+
+    fn observe(&mut self) -> Result<Vec<DomainObs>, HvError> {
+        let listed = self
+            .conn()?
+            .list_all_domains(0)
+            .map_err(|e| Failure::new(e, "listing domains"));
+        let domains = match listed {
+            Ok(d) => d,
+            Err(f) => return Err(self.fail(f)),
+        };
+        let mut out = Vec::with_capacity(domains.len());
+        for dom in &domains {
+            match read_domain(dom) {
+                Ok(obs) => out.push(obs),
+                // Vanished between list and read.
+                Err(f) if is_no_domain(&f.err) => {
+                    tracing::debug!(what = %f.what, "domain vanished while observed");
+                }
+                Err(f) => {
+                    let err = self.fail(f);
+                    if err.is_connection() {
+                        return Err(err);
+                    }
+                    // One unreadable domain does not hide the others.
+                    tracing::warn!(error = %err, "domain skipped in observation");
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn apply(&mut self, action: &Action) -> Result<(), HvError> {
+        let name = action.domain().to_owned();
+        let uuid = action.uuid().to_owned();
+        let ctx = |what: String| format!("domain {name}: {what}");
+        match action {
+            Action::SetVcpus { to, persist, .. } => {
+                let n = u32::try_from(*to)
+                    .map_err(|_| HvError::InvalidArg(ctx(format!("{to} vCPUs"))))?;
+                self.with_domain(&uuid, &name, |d| {
+                    d.set_vcpus_flags(n, flags_live(*persist))
+                        .map_err(|e| Failure::new(e, ctx(format!("set vCPUs to {n}"))))
+                })
+            }
+            Action::SetMemory { to, persist, .. } => {
+                let kib = to / KIB;
+                let flags = sys::VIR_DOMAIN_MEM_LIVE
+                    | if *persist {
+                        sys::VIR_DOMAIN_MEM_CONFIG
+                    } else {
+                        0
+                    };
+                self.with_domain(&uuid, &name, |d| {
+                    // Never Domain::set_memory: it discards the error.
+                    d.set_memory_flags(kib, flags)
+                        .map_err(|e| Failure::new(e, ctx(format!("set memory to {kib} KiB"))))
+                })
+            }
+            Action::SetBlockIoTune {
+                disk, to, persist, ..
+            } => {
+                let tune = normalize_iotune(to);
+                self.with_domain(&uuid, &name, |d| {
+                    ffi::set_block_iotune(d, disk, &tune, flags_live(*persist))
+                        .map_err(|e| Failure::new(e, ctx(format!("set I/O limits of {disk}"))))
+                })
+            }
+            Action::SetCpuShares { to, persist, .. } => {
+                if !CPU_SHARES_RANGE.contains(to) {
+                    return Err(HvError::InvalidArg(ctx(format!(
+                        "cpu_shares {to} outside {}..={}",
+                        CPU_SHARES_RANGE.start(),
+                        CPU_SHARES_RANGE.end()
+                    ))));
+                }
+                self.with_domain(&uuid, &name, |d| {
+                    ffi::set_cpu_shares(d, *to, flags_live(*persist))
+                        .map_err(|e| Failure::new(e, ctx(format!("set cpu_shares to {to}"))))
+                })
+            }
+            Action::SetBlkioWeight { to, persist, .. } => {
+                let weight = match u32::try_from(*to) {
+                    Ok(w) if BLKIO_WEIGHT_RANGE.contains(to) => w,
+                    _ => {
+                        return Err(HvError::InvalidArg(ctx(format!(
+                            "blkio weight {to} outside {}..={}",
+                            BLKIO_WEIGHT_RANGE.start(),
+                            BLKIO_WEIGHT_RANGE.end()
+                        ))))
+                    }
+                };
+                self.with_domain(&uuid, &name, |d| {
+                    ffi::set_blkio_weight(d, weight, flags_live(*persist))
+                        .map_err(|e| Failure::new(e, ctx(format!("set blkio weight to {weight}"))))
+                })
+            }
+        }
+    }
+
+    fn set_stats_period(&mut self, uuid: &str, secs: u32) -> Result<(), HvError> {
+        let period = i32::try_from(secs)
+            .map_err(|_| HvError::InvalidArg(format!("stats period {secs} s too large")))?;
+        self.with_domain(uuid, uuid, |d| {
+            let label = d.name().unwrap_or_else(|_| uuid.to_owned());
+            d.set_memory_stats_period(period, sys::VIR_DOMAIN_MEM_LIVE)
+                .map_err(|e| {
+                    Failure::new(
+                        e,
+                        format!("domain {label}: set memory stats period to {secs} s"),
+                    )
+                })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iotune_max_never_below_rate() {
+        let t = normalize_iotune(&IoTune {
+            total_bytes_sec: 100,
+            total_bytes_sec_max: 0,
+            total_iops_sec: 50,
+            total_iops_sec_max: 80,
+        });
+        assert_eq!(t.total_bytes_sec_max, 100);
+        assert_eq!(t.total_iops_sec_max, 80);
+        let cleared = normalize_iotune(&IoTune {
+            total_bytes_sec: 0,
+            total_bytes_sec_max: 500,
+            total_iops_sec: 0,
+            total_iops_sec_max: 0,
+        });
+        assert_eq!(cleared, IoTune::default());
+    }
+
+    #[test]
+    fn balloon_needs_unused_or_available() {
+        let actual = sys::VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON;
+        assert_eq!(balloon_from_stats(&[(actual, 1024)], 1024), None);
+        let b = balloon_from_stats(
+            &[
+                (actual, 2048),
+                (sys::VIR_DOMAIN_MEMORY_STAT_UNUSED, 512),
+                (sys::VIR_DOMAIN_MEMORY_STAT_AVAILABLE, 2000),
+                (sys::VIR_DOMAIN_MEMORY_STAT_USABLE, 1000),
+            ],
+            1,
+        )
+        .expect("stats reported");
+        assert_eq!(b.actual, 2048 * 1024);
+        assert_eq!(b.unused, Some(512 * 1024));
+        assert_eq!(b.available, Some(2000 * 1024));
+        assert_eq!(b.usable, Some(1000 * 1024));
+        let fallback = balloon_from_stats(&[(sys::VIR_DOMAIN_MEMORY_STAT_UNUSED, 1)], 4096)
+            .expect("unused reported");
+        assert_eq!(fallback.actual, 4096 * 1024);
+        assert_eq!(fallback.available, None);
+    }
+
+    #[test]
+    fn flags_add_config_only_when_persisting() {
+        assert_eq!(flags_live(false), sys::VIR_DOMAIN_AFFECT_LIVE);
+        assert_eq!(
+            flags_live(true),
+            sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG
+        );
+    }
+
+    #[test]
+    fn nul_in_name_maps_to_invalid_arg() {
+        // The only virt::error::Error constructible without libvirt.
+        let e = VirtError::from(std::ffi::CString::new("a\0b").expect_err("has NUL"));
+        assert!(matches!(classify(&e, "x"), HvError::InvalidArg(m) if m.starts_with("x: ")));
+    }
+}
