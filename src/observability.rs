@@ -2,6 +2,7 @@
 //! stream (`JOURNAL_STREAM`), else human-readable stderr. The filter comes
 //! from `RUST_LOG`, else the config's `log_level`, else `info`.
 
+use std::io::IsTerminal;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
@@ -21,6 +22,7 @@ pub fn init(log_level: Option<&str>) {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_target(false),
         )
         .try_init();

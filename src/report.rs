@@ -113,7 +113,9 @@ pub fn pool(p: &PoolPlan) -> String {
         "MEMORY".into(),
         "WHY".into(),
     ]];
-    for m in &p.members {
+    let mut members: Vec<_> = p.members.iter().collect();
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+    for m in members {
         rows.push(vec![
             format!("  {}", m.name),
             m.state.to_string(),
