@@ -308,7 +308,7 @@ impl Monitor {
             reservations: &runtime.reservations,
             history: &self.history,
             now,
-            paused: !enforce,
+            paused: runtime.paused,
         });
 
         if enforce {
