@@ -375,7 +375,11 @@ impl Pool {
     /// The limits of one member for one resource: pool defaults, then the
     /// member's override (looked up by name, then UUID).
     pub fn member_limits(&self, name: &str, uuid: &str, r: Resource) -> Limits {
-        let base = self.resources.get(r).map(|p| p.defaults).unwrap_or_default();
+        let base = self
+            .resources
+            .get(r)
+            .map(|p| p.defaults)
+            .unwrap_or_default();
         match self.members.get(name).or_else(|| self.members.get(uuid)) {
             Some(m) => base.overlay(*m.get(r)),
             None => base,
@@ -411,7 +415,10 @@ impl HostConfig {
             }
         };
         PerResource {
-            vcpus: scale(cpus.saturating_sub(self.reserved_cpus), self.cpu_allocation_ratio),
+            vcpus: scale(
+                cpus.saturating_sub(self.reserved_cpus),
+                self.cpu_allocation_ratio,
+            ),
             memory: units::floor_mib(scale(
                 mem.saturating_sub(self.reserved_memory),
                 self.memory_allocation_ratio,
@@ -453,7 +460,11 @@ impl Config {
 
     /// The budget of each pool resolved against `alloc`.
     pub fn pool_budget(pool: &Pool, alloc: &Allocatable) -> PerResource<Option<u64>> {
-        PerResource::from_fn(|r| pool.resources.get(r).map(|p| p.budget.resolve(*alloc.get(r))))
+        PerResource::from_fn(|r| {
+            pool.resources
+                .get(r)
+                .map(|p| p.budget.resolve(*alloc.get(r)))
+        })
     }
 
     /// Σ pool budgets must fit allocatable, per resource. Percent budgets of
@@ -496,7 +507,11 @@ pub fn budget_problems(pools: &BTreeMap<String, Pool>, alloc: &Allocatable) -> V
         let mut parts = Vec::new();
         for p in pools.values() {
             if let Some(res) = p.resources.get(r) {
-                if res.budget.is_fraction() && *alloc.get(r) == 0 && r != Resource::Vcpus && r != Resource::Memory {
+                if res.budget.is_fraction()
+                    && *alloc.get(r) == 0
+                    && r != Resource::Vcpus
+                    && r != Resource::Memory
+                {
                     problems.push(format!(
                         "pool {:?}: {}.budget is a percentage but [host] {} is not declared",
                         p.name, r, r
@@ -531,7 +546,11 @@ fn expand(s: &str, path: &Path) -> String {
         return s.to_owned();
     }
     let dir = path.parent().unwrap_or(Path::new("."));
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
     s.replace("{config_dir}", &abs.to_string_lossy())
 }
@@ -553,21 +572,22 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
     let agent = AgentConfig {
         mode: a.mode.unwrap_or_default(),
         interval,
-        libvirt_uri: expand(
-            a.libvirt_uri.as_deref().unwrap_or("qemu:///system"),
-            path,
-        ),
+        libvirt_uri: expand(a.libvirt_uri.as_deref().unwrap_or("qemu:///system"), path),
         state_dir: expand(
-            &a.state_dir.map_or("/var/lib/virtpool".into(), |p| p.to_string_lossy().into_owned()),
+            &a.state_dir.map_or("/var/lib/virtpool".into(), |p| {
+                p.to_string_lossy().into_owned()
+            }),
             path,
         )
         .into(),
         log_level: a.log_level,
         metrics_listen: a.metrics_listen,
         socket: expand(
-            &raw.api.socket.map_or("/run/virtpool/virtpool.sock".into(), |p| {
-                p.to_string_lossy().into_owned()
-            }),
+            &raw.api
+                .socket
+                .map_or("/run/virtpool/virtpool.sock".into(), |p| {
+                    p.to_string_lossy().into_owned()
+                }),
             path,
         )
         .into(),
@@ -590,7 +610,11 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
     }
     for (key, v, hi) in [
         ("host.cpu_allocation_ratio", host.cpu_allocation_ratio, 64.0),
-        ("host.memory_allocation_ratio", host.memory_allocation_ratio, 4.0),
+        (
+            "host.memory_allocation_ratio",
+            host.memory_allocation_ratio,
+            4.0,
+        ),
     ] {
         if !(v.is_finite() && v > 0.0 && v <= hi) {
             problems.push(format!("{key} ({v}) must be > 0 and ≤ {hi}"));
@@ -599,29 +623,35 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
 
     let d = Tuning::default();
     let m = raw.memory;
-    let fraction_only = |key: &str, a: Option<Amount>, default: f64, problems: &mut Vec<String>| -> f64 {
-        match a {
-            None => default,
-            Some(Amount::Fraction(f)) if f < 1.0 => f,
-            Some(other) => {
-                problems.push(format!("{key} ({other}) must be a percentage below 100%"));
-                default
+    let fraction_only =
+        |key: &str, a: Option<Amount>, default: f64, problems: &mut Vec<String>| -> f64 {
+            match a {
+                None => default,
+                Some(Amount::Fraction(f)) if f < 1.0 => f,
+                Some(other) => {
+                    problems.push(format!("{key} ({other}) must be a percentage below 100%"));
+                    default
+                }
             }
-        }
-    };
+        };
     let max_shrink = m.max_shrink.unwrap_or(d.memory_max_shrink);
     if max_shrink == Amount::Absolute(0) || max_shrink == Amount::Fraction(0.0) {
-        problems.push("memory.max_shrink must be more than 0 (it would forbid every shrink)".into());
+        problems
+            .push("memory.max_shrink must be more than 0 (it would forbid every shrink)".into());
     }
     if let Amount::Fraction(f) = max_shrink {
         if f > 1.0 {
-            problems.push(format!("memory.max_shrink ({max_shrink}) must be at most 100%"));
+            problems.push(format!(
+                "memory.max_shrink ({max_shrink}) must be at most 100%"
+            ));
         }
     }
     let guest_free_min = m.guest_free_min.unwrap_or(d.guest_free_min);
     if let Amount::Fraction(f) = guest_free_min {
         if f >= 1.0 {
-            problems.push(format!("memory.guest_free_min ({guest_free_min}) must be below 100%"));
+            problems.push(format!(
+                "memory.guest_free_min ({guest_free_min}) must be below 100%"
+            ));
         }
     }
     let pressure_threshold = m.pressure_threshold.unwrap_or(d.pressure_threshold);
@@ -640,7 +670,10 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
         pressure_threshold,
         stats_period: m.stats_period.map_or(d.stats_period, |s| s.0),
         vcpu_cooldown: raw.vcpus.cooldown.map_or(d.vcpu_cooldown, |s| s.0),
-        vcpu_unplug_backoff: raw.vcpus.unplug_backoff.map_or(d.vcpu_unplug_backoff, |s| s.0),
+        vcpu_unplug_backoff: raw
+            .vcpus
+            .unplug_backoff
+            .map_or(d.vcpu_unplug_backoff, |s| s.0),
         disk_burst_factor: raw.disk.burst_factor.unwrap_or(d.disk_burst_factor),
     };
     if !(tuning.disk_burst_factor.is_finite()
@@ -926,19 +959,27 @@ memory = { min = "4GiB", shares = 3000 }
         let p = &c.pools["web"];
         assert_eq!(p.globs, vec!["web-*"]);
         assert_eq!(p.memory_policy, MemoryPolicy::Demand);
-        assert_eq!(p.resources.memory.unwrap().budget, Amount::Absolute(16 << 30));
+        assert_eq!(
+            p.resources.memory.unwrap().budget,
+            Amount::Absolute(16 << 30)
+        );
         let l = p.member_limits("legacy", "x", Resource::Memory);
         assert_eq!(l.min, Some(4 << 30));
         assert_eq!(l.shares, Some(3000));
-        assert_eq!(p.member_limits("other", "x", Resource::Memory).min, Some(1 << 30));
+        assert_eq!(
+            p.member_limits("other", "x", Resource::Memory).min,
+            Some(1 << 30)
+        );
         assert!(p.resources.disk_bytes_sec.is_none());
     }
 
     #[test]
     fn min_above_max_names_file_and_key() {
-        let e = parse("[pools.web]\nmemory = { budget = \"32GiB\", min = \"12GiB\", max = \"8GiB\" }\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse(
+            "[pools.web]\nmemory = { budget = \"32GiB\", min = \"12GiB\", max = \"8GiB\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("/etc/virtpool/virtpool.toml: "), "{e}");
         assert!(
             e.contains(r#"pool "web": memory.min (12.0 GiB) exceeds memory.max (8.0 GiB)"#),
@@ -948,30 +989,44 @@ memory = { min = "4GiB", shares = 3000 }
 
     #[test]
     fn unknown_key_rejected() {
-        let e = parse("[agent]\nintervall = \"10s\"\n").unwrap_err().to_string();
+        let e = parse("[agent]\nintervall = \"10s\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("intervall"), "{e}");
         assert!(e.contains("virtpool.toml"), "{e}");
-        let e = parse("[pools.a.vcpus]\nbudget = 2\nmaxx = 3\n").unwrap_err().to_string();
+        let e = parse("[pools.a.vcpus]\nbudget = 2\nmaxx = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("maxx"), "{e}");
     }
 
     #[test]
     fn bad_units_rejected() {
-        let e = parse("[agent]\ninterval = \"soon\"\n").unwrap_err().to_string();
+        let e = parse("[agent]\ninterval = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("interval") && e.contains("soon"), "{e}");
-        let e = parse("[pools.a]\nmemory = { budget = \"-4GiB\" }\n").unwrap_err().to_string();
+        let e = parse("[pools.a]\nmemory = { budget = \"-4GiB\" }\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("negative"), "{e}");
-        let e = parse("[pools.a]\nvcpus = { budget = -4 }\n").unwrap_err().to_string();
+        let e = parse("[pools.a]\nvcpus = { budget = -4 }\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("negative"), "{e}");
     }
 
     #[test]
     fn member_budget_and_missing_budget_rejected() {
-        let e = parse("[pools.a]\nvcpus = { min = 1 }\n").unwrap_err().to_string();
-        assert!(e.contains(r#"pool "a": vcpus.budget is missing"#), "{e}");
-        let e = parse("[pools.a]\nvcpus = { budget = 4 }\n[pools.a.members.x]\nvcpus = { budget = 2 }\n")
+        let e = parse("[pools.a]\nvcpus = { min = 1 }\n")
             .unwrap_err()
             .to_string();
+        assert!(e.contains(r#"pool "a": vcpus.budget is missing"#), "{e}");
+        let e = parse(
+            "[pools.a]\nvcpus = { budget = 4 }\n[pools.a.members.x]\nvcpus = { budget = 2 }\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("budgets are per pool"), "{e}");
     }
 
@@ -980,7 +1035,10 @@ memory = { min = "4GiB", shares = 3000 }
         let e = parse("[pools.a]\ndomains = [\"x\"]\n[pools.b]\ndomains = [\"x\"]\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains(r#"domain "x" is listed in pool "a" and pool "b""#), "{e}");
+        assert!(
+            e.contains(r#"domain "x" is listed in pool "a" and pool "b""#),
+            "{e}"
+        );
     }
 
     #[test]
@@ -997,7 +1055,10 @@ memory = { min = "4GiB", shares = 3000 }
         let alloc = c.host.allocatable(&cap);
         assert_eq!(alloc.vcpus, 16);
         let e = c.check_budgets(&alloc).unwrap_err().to_string();
-        assert!(e.contains("vcpus add up to 18 (a 10 + b 8) but the host has only 16"), "{e}");
+        assert!(
+            e.contains("vcpus add up to 18 (a 10 + b 8) but the host has only 16"),
+            "{e}"
+        );
     }
 
     #[test]

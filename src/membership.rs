@@ -66,7 +66,11 @@ impl Membership {
     }
 
     fn matching(&self, d: &DomainObs) -> Option<(&str, Via)> {
-        if let Some(p) = self.explicit.get(&d.name).or_else(|| self.explicit.get(&d.uuid)) {
+        if let Some(p) = self
+            .explicit
+            .get(&d.name)
+            .or_else(|| self.explicit.get(&d.uuid))
+        {
             return Some((p.as_str(), Via::Explicit));
         }
         if let Some(m) = &d.metadata_pool {
@@ -120,11 +124,20 @@ match = ["*"]
         )
         .unwrap();
         let m = Membership::new(&c.pools);
-        assert_eq!(m.pool_of(&dom("web-9", Some("a"))), Some(("b", Via::Explicit)));
+        assert_eq!(
+            m.pool_of(&dom("web-9", Some("a"))),
+            Some(("b", Via::Explicit))
+        );
         assert_eq!(m.pool_of(&dom("x", None)).map(|p| p.0), Some("b"));
-        assert_eq!(m.pool_of(&dom("web-1", Some("b"))), Some(("b", Via::Metadata)));
+        assert_eq!(
+            m.pool_of(&dom("web-1", Some("b"))),
+            Some(("b", Via::Metadata))
+        );
         assert_eq!(m.pool_of(&dom("web-1", None)), Some(("a", Via::Match)));
-        assert_eq!(m.pool_of(&dom("web-1", Some("nope"))), Some(("a", Via::Match)));
+        assert_eq!(
+            m.pool_of(&dom("web-1", Some("nope"))),
+            Some(("a", Via::Match))
+        );
         let uuid = DomainObs {
             uuid: "uuid-x".into(),
             ..dom("q", None)

@@ -154,7 +154,11 @@ impl Monitor {
     ) -> (Monitor, Handle) {
         let initial = Status {
             cycle: 0,
-            mode: if observe_only { Mode::Observe } else { config.agent.mode },
+            mode: if observe_only {
+                Mode::Observe
+            } else {
+                config.agent.mode
+            },
             paused: runtime.paused,
             libvirt: LibvirtStatus {
                 uri: config.agent.libvirt_uri.clone(),
@@ -315,7 +319,9 @@ impl Monitor {
             self.set_stats_periods(&snapshot).await;
             status.results = self.enforce(&plan, now).await;
             if status.results.iter().any(|r| {
-                r.error.as_deref().is_some_and(|e| e.starts_with("libvirt connection lost"))
+                r.error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("libvirt connection lost"))
             }) {
                 status.libvirt.connected = false;
             }
@@ -424,14 +430,21 @@ impl Monitor {
 /// One structured event per enforcement action.
 fn log_action(a: &Action, r: &Result<(), HvError>) {
     let (before, after, reason) = match a {
-        Action::SetVcpus { from, to, reason, .. } => (from.to_string(), to.to_string(), reason.to_string()),
-        Action::SetMemory { from, to, reason, .. } => (
+        Action::SetVcpus {
+            from, to, reason, ..
+        } => (from.to_string(), to.to_string(), reason.to_string()),
+        Action::SetMemory {
+            from, to, reason, ..
+        } => (
             crate::units::human_bytes(*from),
             crate::units::human_bytes(*to),
             reason.to_string(),
         ),
         Action::SetBlockIoTune { disk, from, to, .. } => (
-            format!("{disk} {}B/s {}IOPS", from.total_bytes_sec, from.total_iops_sec),
+            format!(
+                "{disk} {}B/s {}IOPS",
+                from.total_bytes_sec, from.total_iops_sec
+            ),
             format!("{disk} {}B/s {}IOPS", to.total_bytes_sec, to.total_iops_sec),
             "share".into(),
         ),

@@ -139,7 +139,11 @@ pub fn plan(plan: &Plan) -> String {
         "host allocatable: {} vCPUs, {} memory{}",
         plan.allocatable.vcpus,
         crate::units::human_bytes(plan.allocatable.memory),
-        if plan.pressure { "  [MEMORY PRESSURE]" } else { "" }
+        if plan.pressure {
+            "  [MEMORY PRESSURE]"
+        } else {
+            ""
+        }
     );
     for p in &plan.pools {
         out.push('\n');

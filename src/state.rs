@@ -156,8 +156,7 @@ impl RuntimeState {
             file: file.clone(),
             source,
         };
-        let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| werr(std::io::Error::other(e)))?;
+        let json = serde_json::to_vec_pretty(self).map_err(|e| werr(std::io::Error::other(e)))?;
         std::fs::create_dir_all(state_dir).map_err(werr)?;
         let tmp = state_dir.join(format!(".{STATE_FILE}.tmp"));
         {
@@ -203,13 +202,19 @@ mod tests {
         assert_eq!(RuntimeState::load(dir.path()).unwrap(), RuntimeState::new());
         let mut st = RuntimeState::new();
         st.paused = true;
-        st.added.entry("web".into()).or_default().insert("vm1".into());
+        st.added
+            .entry("web".into())
+            .or_default()
+            .insert("vm1".into());
         st.save(dir.path()).unwrap();
         assert_eq!(RuntimeState::load(dir.path()).unwrap(), st);
 
         std::fs::write(dir.path().join(STATE_FILE), "{\"version\": 1, \"pau").unwrap();
         let e = RuntimeState::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("state.json") && e.contains("--reset-state"), "{e}");
+        assert!(
+            e.contains("state.json") && e.contains("--reset-state"),
+            "{e}"
+        );
         std::fs::write(dir.path().join(STATE_FILE), "{\"version\": 99}").unwrap();
         let e = RuntimeState::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("version 99"), "{e}");

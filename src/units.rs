@@ -135,7 +135,9 @@ impl Visitor<'_> for AmountVisitor {
     type Value = Amount;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Unit::Bytes => f.write_str("a size like \"16GiB\", a percentage like \"25%\", or bytes"),
+            Unit::Bytes => {
+                f.write_str("a size like \"16GiB\", a percentage like \"25%\", or bytes")
+            }
             Unit::Count => f.write_str("a whole number or a percentage like \"25%\""),
         }
     }
@@ -253,8 +255,14 @@ mod tests {
 
     #[test]
     fn amounts() {
-        assert_eq!(Amount::parse("25%", Unit::Count).unwrap(), Amount::Fraction(0.25));
-        assert_eq!(Amount::parse("8", Unit::Count).unwrap(), Amount::Absolute(8));
+        assert_eq!(
+            Amount::parse("25%", Unit::Count).unwrap(),
+            Amount::Fraction(0.25)
+        );
+        assert_eq!(
+            Amount::parse("8", Unit::Count).unwrap(),
+            Amount::Absolute(8)
+        );
         assert!(Amount::parse("8GiB", Unit::Count).is_err());
         assert!(Amount::parse("-5%", Unit::Count).is_err());
         assert_eq!(Amount::Fraction(0.25).resolve(10), 2);

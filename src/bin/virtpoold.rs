@@ -68,7 +68,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // One cycle prints its own report: log only what went wrong.
-    let level = if args.once { Some("warn") } else { cfg.agent.log_level.as_deref() };
+    let level = if args.once {
+        Some("warn")
+    } else {
+        cfg.agent.log_level.as_deref()
+    };
     observability::init(level);
     virt_quiet();
 
@@ -111,7 +115,12 @@ async fn once(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCode
         .context("cannot start the libvirt thread")?;
     let uri = cfg.agent.libvirt_uri.clone();
     // --once does not need saved runtime state to exist; use it when it does.
-    let runtime = if cfg.agent.state_dir.join(virtpool::state::STATE_FILE).exists() {
+    let runtime = if cfg
+        .agent
+        .state_dir
+        .join(virtpool::state::STATE_FILE)
+        .exists()
+    {
         runtime_state(&cfg)?
     } else {
         RuntimeState::new()

@@ -63,7 +63,10 @@ impl HvWorker {
 
     /// Applies actions in order; one failure does not stop the others. A
     /// lost connection fails the remaining actions without calling libvirt.
-    pub async fn apply(&self, actions: Vec<Action>) -> Result<Vec<(Action, Result<(), HvError>)>, HvError> {
+    pub async fn apply(
+        &self,
+        actions: Vec<Action>,
+    ) -> Result<Vec<(Action, Result<(), HvError>)>, HvError> {
         self.run(move |hv| {
             let mut out = Vec::with_capacity(actions.len());
             let mut lost: Option<HvError> = None;
@@ -86,7 +89,11 @@ impl HvWorker {
 
     /// Sets the balloon stats period on the given domains (UUIDs); returns
     /// the ones that succeeded.
-    pub async fn set_stats_period(&self, uuids: Vec<String>, secs: u32) -> Result<Vec<(String, Result<(), HvError>)>, HvError> {
+    pub async fn set_stats_period(
+        &self,
+        uuids: Vec<String>,
+        secs: u32,
+    ) -> Result<Vec<(String, Result<(), HvError>)>, HvError> {
         self.run(move |hv| {
             uuids
                 .into_iter()

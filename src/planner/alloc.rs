@@ -97,7 +97,10 @@ mod tests {
 
     #[test]
     fn split_by_shares() {
-        assert_eq!(water_fill(12, &[c(0, 100, 1000), c(0, 100, 2000)]), vec![4, 8]);
+        assert_eq!(
+            water_fill(12, &[c(0, 100, 1000), c(0, 100, 2000)]),
+            vec![4, 8]
+        );
     }
 
     #[test]
@@ -107,7 +110,10 @@ mod tests {
 
     #[test]
     fn capped_member_rest_reshared() {
-        assert_eq!(water_fill(12, &[c(0, 2, 1), c(0, 100, 1), c(0, 100, 1)]), vec![2, 5, 5]);
+        assert_eq!(
+            water_fill(12, &[c(0, 2, 1), c(0, 100, 1), c(0, 100, 1)]),
+            vec![2, 5, 5]
+        );
     }
 
     #[test]

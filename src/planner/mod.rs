@@ -222,7 +222,15 @@ fn plan_pool(
                 let lim = limits(pool, reservations, d, r);
                 let (floor, cap) = bounds(input, d, r, lim);
                 let shares = lim.shares.unwrap_or(DEFAULT_SHARES);
-                (i, Claim { floor: floor.div_ceil(g), cap: cap / g, shares }, floor)
+                (
+                    i,
+                    Claim {
+                        floor: floor.div_ceil(g),
+                        cap: cap / g,
+                        shares,
+                    },
+                    floor,
+                )
             })
             .collect();
         // Admission (v1): admit in order until floors fit the budget.
