@@ -6,14 +6,17 @@
 //! enforces through [`libvirt`] and publishes a status snapshot that [`api`]
 //! serves. See `docs/ARCHITECTURE.md`.
 
+pub mod audit;
 pub mod config;
 pub mod host;
 pub mod libvirt;
 pub mod membership;
+pub mod metrics;
 pub mod model;
 pub mod monitor;
 pub mod observability;
 pub mod planner;
 pub mod report;
+pub mod service;
 pub mod state;
 pub mod units;

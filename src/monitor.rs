@@ -5,12 +5,15 @@
 //! the file config); the API reads the published [`Status`] and sends
 //! [`Command`]s. libvirt runs on the [`HvWorker`] thread.
 
+use crate::audit::{AuditLog, Event, EventKind};
 use crate::config::{Config, Mode};
 use crate::host::Host;
 use crate::libvirt::worker::HvWorker;
 use crate::libvirt::HvError;
+use crate::metrics::Counters;
 use crate::model::{Action, DomainObs, HostCapacity, Snapshot};
 use crate::planner::{self, History, Plan, PlanInput};
+use crate::service::{NoNotifier, Notice, Notifier};
 use crate::state::RuntimeState;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -73,8 +76,11 @@ pub struct Status {
 pub enum Command {
     /// Run a cycle now; reply with the status it published.
     Reconcile(Option<oneshot::Sender<Arc<Status>>>),
-    /// Swap in a new (already validated) file config.
-    Reload(Box<Config>),
+    /// The outcome of re-reading the config file: a validated config to
+    /// swap in, or why the new file was refused (the running config stays
+    /// and the error stays in [`Status::config_error`] until a good
+    /// reload). Replies once the monitor has taken it.
+    Reload(Result<Box<Config>, String>, Option<oneshot::Sender<()>>),
 }
 
 /// What the API and the service layer hold.
@@ -85,6 +91,10 @@ pub struct Handle {
     pub runtime: Arc<Mutex<RuntimeState>>,
     /// The file config in force (changes on reload).
     pub config: watch::Receiver<Arc<Config>>,
+    /// Running counters for metrics, published after every cycle.
+    pub counters: watch::Receiver<Arc<Counters>>,
+    /// Recent decisions and errors (`GET /v1/events`).
+    pub audit: AuditLog,
     cmd: mpsc::Sender<Command>,
 }
 
@@ -112,9 +122,48 @@ impl Handle {
         }
     }
 
+    /// The counters as of the last cycle.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.borrow().clone()
+    }
+
     /// Sends a validated config to swap in.
     pub async fn reload(&self, cfg: Config) -> bool {
-        self.cmd.send(Command::Reload(Box::new(cfg))).await.is_ok()
+        self.reload_checked(Ok(cfg)).await
+    }
+
+    /// Sends the outcome of a reload (a validated config, or why it was
+    /// refused) and waits until the monitor has taken it.
+    pub async fn reload_checked(&self, result: Result<Config, String>) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Reload(result.map(Box::new), Some(tx));
+        self.cmd.send(cmd).await.is_ok() && rx.await.is_ok()
+    }
+}
+
+/// Optional collaborators of a [`Monitor`].
+#[derive(Clone)]
+pub struct MonitorOptions {
+    /// Plan and report, change nothing (overrides `agent.mode`).
+    pub observe_only: bool,
+    /// Receives `STATUS=` after every cycle and `WATCHDOG=1` pings.
+    pub notifier: Arc<dyn Notifier>,
+    /// The systemd watchdog interval: with it the monitor pings after every
+    /// cycle and wakes at least every half interval to ping. A hung cycle
+    /// pings no more.
+    pub watchdog: Option<Duration>,
+    /// Where events are written.
+    pub audit: AuditLog,
+}
+
+impl Default for MonitorOptions {
+    fn default() -> Self {
+        MonitorOptions {
+            observe_only: false,
+            notifier: Arc::new(NoNotifier),
+            watchdog: None,
+            audit: AuditLog::memory(),
+        }
     }
 }
 
@@ -141,6 +190,19 @@ pub struct Monitor {
     config_tx: watch::Sender<Arc<Config>>,
     cmd_rx: mpsc::Receiver<Command>,
     observe_only: bool,
+    notifier: Arc<dyn Notifier>,
+    watchdog: Option<Duration>,
+    audit: AuditLog,
+    counters: Counters,
+    counters_tx: watch::Sender<Arc<Counters>>,
+    /// Why the last reload was refused, until a good one.
+    reload_error: Option<String>,
+    /// Events waiting for the end of the cycle.
+    events: Vec<Event>,
+    /// Unadmitted members (pool, UUID) already reported.
+    unadmitted: HashSet<(String, String)>,
+    /// Whether libvirt was reachable in the last cycle (None before the first).
+    was_connected: Option<bool>,
 }
 
 impl Monitor {
@@ -152,6 +214,27 @@ impl Monitor {
         runtime: RuntimeState,
         observe_only: bool,
     ) -> (Monitor, Handle) {
+        Monitor::with_options(
+            hv,
+            host,
+            config,
+            runtime,
+            MonitorOptions {
+                observe_only,
+                ..MonitorOptions::default()
+            },
+        )
+    }
+
+    /// Builds a monitor with its collaborators.
+    pub fn with_options(
+        hv: HvWorker,
+        host: Host,
+        config: Config,
+        runtime: RuntimeState,
+        opts: MonitorOptions,
+    ) -> (Monitor, Handle) {
+        let observe_only = opts.observe_only;
         let initial = Status {
             cycle: 0,
             mode: if observe_only {
@@ -176,10 +259,13 @@ impl Monitor {
         let (cmd, cmd_rx) = mpsc::channel(64);
         let runtime = Arc::new(Mutex::new(runtime));
         let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
+        let (counters_tx, counters) = watch::channel(Arc::new(Counters::default()));
         let handle = Handle {
             config: config_rx,
             status,
             runtime: runtime.clone(),
+            counters,
+            audit: opts.audit.clone(),
             cmd,
         };
         let m = Monitor {
@@ -197,6 +283,15 @@ impl Monitor {
             config_tx,
             cmd_rx,
             observe_only,
+            notifier: opts.notifier,
+            watchdog: opts.watchdog.filter(|w| !w.is_zero()),
+            audit: opts.audit,
+            counters: Counters::default(),
+            counters_tx,
+            reload_error: None,
+            events: Vec::new(),
+            unadmitted: HashSet::new(),
+            was_connected: None,
         };
         (m, handle)
     }
@@ -210,9 +305,22 @@ impl Monitor {
     }
 
     /// Runs cycles until `shutdown`; finishes the cycle in progress first.
+    ///
+    /// With a watchdog interval, pings after every cycle and on a tick of
+    /// half the interval — but only from here, between cycles: while a
+    /// cycle hangs (a libvirt call that never returns) the loop is not here
+    /// and the pings stop.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.config.agent.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut wd_tick = self.watchdog.map(|w| {
+            let mut t = tokio::time::interval(w / 2);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            t
+        });
+        self.events.push(Event::now(EventKind::Started {
+            version: env!("CARGO_PKG_VERSION").into(),
+        }));
         loop {
             let down = !self.status_tx.borrow().libvirt.connected && self.cycle > 0;
             let retry = backoff(self.failures.saturating_sub(1));
@@ -222,25 +330,80 @@ impl Monitor {
                 _ = shutdown.cancelled() => break,
                 cmd = self.cmd_rx.recv() => match cmd {
                     Some(Command::Reconcile(r)) => reply = r,
-                    Some(Command::Reload(cfg)) => {
-                        let new_interval = cfg.agent.interval;
-                        if new_interval != self.config.agent.interval {
+                    Some(Command::Reload(result, ack)) => {
+                        if let Some(new_interval) = self.reload(result) {
                             tick = tokio::time::interval(new_interval);
                             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                         }
-                        self.config = *cfg;
-                        self.config_tx.send_replace(Arc::new(self.config.clone()));
-                        tracing::info!(file = %self.config.source.display(), "config reloaded");
+                        if let Some(ack) = ack {
+                            let _ = ack.send(());
+                        }
                     }
                     None => break,
                 },
                 _ = tick.tick() => {}
                 _ = tokio::time::sleep(retry), if down => {}
+                _ = async {
+                    match wd_tick.as_mut() {
+                        Some(t) => { t.tick().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {
+                    // Between cycles, so the loop is alive: ping without a cycle.
+                    self.notifier.notify(&[Notice::Watchdog]);
+                    continue;
+                }
             }
             let st = self.cycle_once().await;
             if let Some(r) = reply {
                 let _ = r.send(st);
             }
+        }
+        self.events.push(Event::now(EventKind::Stopping));
+        self.flush_events();
+    }
+
+    /// Takes a reload outcome. Returns the new interval if it changed.
+    fn reload(&mut self, result: Result<Box<Config>, String>) -> Option<Duration> {
+        let file = self.config.source.display().to_string();
+        match result {
+            Ok(cfg) => {
+                let old_interval = self.config.agent.interval;
+                self.config = *cfg;
+                self.config_tx.send_replace(Arc::new(self.config.clone()));
+                self.reload_error = None;
+                self.counters.reloads_ok += 1;
+                self.counters.last_reload_ok = Some(true);
+                self.events.push(Event::now(EventKind::ConfigReload {
+                    file,
+                    ok: true,
+                    error: None,
+                }));
+                tracing::info!(file = %self.config.source.display(), "config reloaded");
+                (self.config.agent.interval != old_interval).then_some(self.config.agent.interval)
+            }
+            Err(e) => {
+                self.counters.reloads_refused += 1;
+                self.counters.last_reload_ok = Some(false);
+                self.events.push(Event::now(EventKind::ConfigReload {
+                    file,
+                    ok: false,
+                    error: Some(e.clone()),
+                }));
+                self.reload_error = Some(e);
+                None
+            }
+        }
+    }
+
+    /// Writes pending events to the audit log.
+    fn flush_events(&mut self) {
+        if self.events.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.events);
+        if let Err(e) = self.audit.append(&events) {
+            tracing::warn!(error = %e, "cannot write the audit log");
         }
     }
 
@@ -268,7 +431,10 @@ impl Monitor {
             plan: None,
             domains: Vec::new(),
             results: Vec::new(),
-            config_error: None,
+            config_error: self
+                .reload_error
+                .as_ref()
+                .map(|e| format!("reload refused (running the previous config): {e}")),
         };
 
         let effective = match runtime.effective(&self.config) {
@@ -276,7 +442,10 @@ impl Monitor {
             Err(problems) => {
                 let msg = problems.join("; ");
                 tracing::error!(error = %msg, "runtime state does not fit the config; using the config file alone");
-                status.config_error = Some(msg);
+                status.config_error = Some(match status.config_error.take() {
+                    Some(prev) => format!("{prev}; {msg}"),
+                    None => msg,
+                });
                 self.config.clone()
             }
         };
@@ -287,6 +456,11 @@ impl Monitor {
                     tracing::info!(uri = %self.config.agent.libvirt_uri, "libvirt connection restored");
                 }
                 self.failures = 0;
+                if self.was_connected == Some(false) {
+                    self.events.push(Event::now(EventKind::LibvirtRestored {
+                        uri: self.config.agent.libvirt_uri.clone(),
+                    }));
+                }
                 d
             }
             Err(e) => {
@@ -294,6 +468,13 @@ impl Monitor {
                 tracing::warn!(uri = %self.config.agent.libvirt_uri, error = %e, retry_in = ?backoff(self.failures - 1), "cannot observe libvirt");
                 status.libvirt.connected = false;
                 status.libvirt.error = Some(e.to_string());
+                if self.was_connected != Some(false) {
+                    self.counters.libvirt_lost += 1;
+                    self.events.push(Event::now(EventKind::LibvirtLost {
+                        uri: self.config.agent.libvirt_uri.clone(),
+                        error: e.to_string(),
+                    }));
+                }
                 // Handles are stale after a reconnect: forget per-connection facts.
                 self.stats_period_set.clear();
                 let prev = self.status_tx.borrow().clone();
@@ -328,23 +509,74 @@ impl Monitor {
         }
         let alive: HashSet<&str> = snapshot.domains.iter().map(|d| d.uuid.as_str()).collect();
         self.history.retain(|u| alive.contains(u));
+        self.note_unadmitted(&plan);
         status.plan = Some(plan);
         status.domains = snapshot.domains;
         self.publish(status, t0)
     }
 
+    /// Reports members that became unadmitted (once each, until admitted).
+    fn note_unadmitted(&mut self, plan: &Plan) {
+        let mut now = HashSet::new();
+        for p in &plan.pools {
+            // Shut-off members are never admitted (they hold nothing): not news.
+            for m in p
+                .members
+                .iter()
+                .filter(|m| !m.admitted && m.state.is_active())
+            {
+                let key = (p.name.clone(), m.uuid.clone());
+                if !self.unadmitted.contains(&key) {
+                    tracing::warn!(pool = %p.name, domain = %m.name, note = m.note.as_deref().unwrap_or(""), "member not admitted: its floors do not fit the budget");
+                    self.events.push(Event::now(EventKind::Unadmitted {
+                        pool: p.name.clone(),
+                        domain: m.name.clone(),
+                        uuid: m.uuid.clone(),
+                        note: m.note.clone(),
+                    }));
+                }
+                now.insert(key);
+            }
+        }
+        self.unadmitted = now;
+    }
+
+    /// Publishes the status and counters, writes the cycle's events,
+    /// reports to the service manager (STATUS=, and WATCHDOG=1: a cycle
+    /// finished, so the loop is alive).
     fn publish(&mut self, mut status: Status, t0: Instant) -> Arc<Status> {
         let failed = status.results.iter().filter(|r| !r.ok).count();
+        let elapsed = t0.elapsed();
         status.last_cycle = Some(CycleInfo {
             finished_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            duration_ms: t0.elapsed().as_secs_f64() * 1000.0,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
             actions: status.results.len(),
             failed,
         });
+        self.was_connected = Some(status.libvirt.connected);
+        self.counters.cycles += 1;
+        self.counters.cycle_seconds.observe(elapsed.as_secs_f64());
+        for r in &status.results {
+            let key = (
+                r.action.resource_label().to_string(),
+                if r.ok { "ok" } else { "error" }.to_string(),
+            );
+            *self.counters.actions.entry(key).or_insert(0) += 1;
+            self.events.push(action_event(r));
+        }
+        self.flush_events();
         let st = Arc::new(status);
         self.status_tx.send_replace(st.clone());
+        self.counters_tx
+            .send_replace(Arc::new(self.counters.clone()));
+        let line = Notice::Status(crate::service::summary(&st));
+        if self.watchdog.is_some() {
+            self.notifier.notify(&[line, Notice::Watchdog]);
+        } else {
+            self.notifier.notify(&[line]);
+        }
         st
     }
 
@@ -427,9 +659,24 @@ impl Monitor {
     }
 }
 
-/// One structured event per enforcement action.
-fn log_action(a: &Action, r: &Result<(), HvError>) {
-    let (before, after, reason) = match a {
+/// The audit record of one action's outcome.
+fn action_event(r: &ActionOutcome) -> Event {
+    let (before, after, reason) = describe(&r.action);
+    Event::now(EventKind::Action {
+        domain: r.action.domain().to_string(),
+        uuid: r.action.uuid().to_string(),
+        resource: r.action.resource_label().to_string(),
+        before,
+        after,
+        reason,
+        result: if r.ok { "ok" } else { "error" }.into(),
+        error: r.error.clone(),
+    })
+}
+
+/// (before, after, reason) of an action, for logs and the audit log.
+fn describe(a: &Action) -> (String, String, String) {
+    match a {
         Action::SetVcpus {
             from, to, reason, ..
         } => (from.to_string(), to.to_string(), reason.to_string()),
@@ -453,10 +700,16 @@ fn log_action(a: &Action, r: &Result<(), HvError>) {
             to.to_string(),
             "shares".into(),
         ),
-    };
+    }
+}
+
+/// One structured event per enforcement action.
+fn log_action(a: &Action, r: &Result<(), HvError>) {
+    let (before, after, reason) = describe(a);
     match r {
         Ok(()) => tracing::info!(
             domain = a.domain(),
+            uuid = a.uuid(),
             resource = a.resource_label(),
             before,
             after,
@@ -466,6 +719,7 @@ fn log_action(a: &Action, r: &Result<(), HvError>) {
         ),
         Err(e) => tracing::warn!(
             domain = a.domain(),
+            uuid = a.uuid(),
             resource = a.resource_label(),
             before,
             after,

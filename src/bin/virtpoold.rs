@@ -4,13 +4,15 @@ use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use virtpool::audit::AuditLog;
 use virtpool::config::{Config, Mode, DEFAULT_PATH};
 use virtpool::host::Host;
 use virtpool::libvirt::worker::HvWorker;
 use virtpool::libvirt::Libvirt;
-use virtpool::monitor::Monitor;
+use virtpool::monitor::{Monitor, MonitorOptions};
+use virtpool::service::{self, Overrides, SdNotifier, ServiceParts};
 use virtpool::state::RuntimeState;
-use virtpool::{observability, report};
+use virtpool::{metrics, observability, report};
 
 /// Keeps the libvirt domains of this host inside their resource pools.
 #[derive(Parser, Debug)]
@@ -31,10 +33,22 @@ struct Args {
     /// Override `agent.libvirt_uri`.
     #[arg(long)]
     uri: Option<String>,
+    /// Write the man page and shell completions into DIR and exit (packaging).
+    #[arg(long, value_name = "DIR", hide = true)]
+    generate_assets: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(dir) = &args.generate_assets {
+        return match generate_assets(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("virtpoold: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let mut cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -90,7 +104,10 @@ fn main() -> ExitCode {
     let result = if args.once {
         rt.block_on(once(cfg, host, args.observe))
     } else {
-        rt.block_on(daemon(cfg, host, args.observe))
+        let overrides = Overrides {
+            libvirt_uri: args.uri.clone(),
+        };
+        rt.block_on(daemon(cfg, host, args.observe, overrides))
     };
     match result {
         Ok(code) => code,
@@ -163,34 +180,95 @@ async fn once(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-async fn daemon(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCode> {
+/// Writes `virtpoold.8` and completions for bash, zsh and fish into `dir`.
+fn generate_assets(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cmd = Args::command();
+    let mut man = Vec::new();
+    clap_mangen::Man::new(cmd.clone())
+        .section("8")
+        .render(&mut man)
+        .context("cannot render the man page")?;
+    std::fs::write(dir.join("virtpoold.8"), man).context("cannot write the man page")?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "virtpoold", dir)
+            .with_context(|| format!("cannot write {shell} completions"))?;
+    }
+    Ok(())
+}
+
+/// The agent under systemd (or in a terminal): monitor, API socket,
+/// metrics listener, signals. See `virtpool::service`.
+async fn daemon(
+    cfg: Config,
+    host: Host,
+    observe: bool,
+    overrides: Overrides,
+) -> anyhow::Result<ExitCode> {
     let runtime = runtime_state(&cfg)?;
+    let audit = match AuditLog::open(&cfg.agent.state_dir) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "audit log kept in memory only");
+            AuditLog::memory()
+        }
+    };
     let hv = HvWorker::spawn(Box::new(Libvirt::new(&cfg.agent.libvirt_uri)))
         .context("cannot start the libvirt thread")?;
     let config_path = cfg.source.clone();
-    let (monitor, handle) = Monitor::new(hv, host, cfg, runtime, observe);
+    let metrics_listen = cfg.agent.metrics_listen;
+    let notifier = std::sync::Arc::new(SdNotifier);
+    let watchdog = service::watchdog_interval();
+    let (monitor, handle) = Monitor::with_options(
+        hv,
+        host,
+        cfg,
+        runtime,
+        MonitorOptions {
+            observe_only: observe,
+            notifier: notifier.clone(),
+            watchdog,
+            audit,
+        },
+    );
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(monitor.run(shutdown.clone()));
 
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    tracing::info!(config = %config_path.display(), "virtpoold started");
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
-                match Config::load(&config_path) {
-                    Ok(c) => { handle.reload(c).await; }
-                    Err(e) => tracing::error!(error = %e, "reload refused: keeping the running config"),
-                }
-            }
-        }
+    if let Some(addr) = metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        tracing::info!(%addr, "serving /metrics over TCP");
+        tokio::spawn(metrics::serve_tcp(
+            listener,
+            handle.clone(),
+            shutdown.clone(),
+        ));
     }
-    tracing::info!("stopping");
-    shutdown.cancel();
-    let _ = task.await;
+
+    // READY=1 once the first cycle has run (and the API socket is bound:
+    // binding happens above, before this point).
+    {
+        let handle = handle.clone();
+        let notifier = notifier.clone();
+        tokio::spawn(async move {
+            service::first_cycle(&handle).await;
+            service::ready(notifier.as_ref(), &handle);
+            tracing::info!("ready");
+        });
+    }
+    tracing::info!(config = %config_path.display(), watchdog = ?watchdog, "virtpoold started");
+    service::run(ServiceParts {
+        handle,
+        monitor: task,
+        shutdown,
+        notifier,
+        config_path,
+        overrides,
+    })
+    .await
+    .context("cannot watch signals")?;
     Ok(ExitCode::SUCCESS)
 }

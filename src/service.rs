@@ -1,0 +1,309 @@
+//! Running as a systemd service: readiness and watchdog notifications,
+//! signals, config reload and orderly shutdown.
+//!
+//! - [`Notifier`] is the seam to the service manager: [`SdNotifier`] sends
+//!   `sd_notify` datagrams, [`RecordingNotifier`] records them for tests.
+//! - The monitor (not a timer) pings the watchdog after each completed cycle
+//!   and on its own watchdog tick, so a hung libvirt call stops the pings
+//!   and systemd restarts the agent.
+//! - [`run`] waits for signals: SIGHUP re-reads and validates the config
+//!   ([`load_checked`]) and hands the result to the monitor; SIGTERM/SIGINT
+//!   let the current cycle finish, persist state and return.
+
+use crate::config::Config;
+use crate::host::Host;
+use crate::monitor::{Handle, Status};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// A message to the service manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Start-up (or a reload) finished.
+    Ready,
+    /// A reload started (sent with `MONOTONIC_USEC`).
+    Reloading,
+    /// Shutdown started.
+    Stopping,
+    /// The monitor loop made progress.
+    Watchdog,
+    /// One-line state for `systemctl status`.
+    Status(String),
+}
+
+/// Where notifications go.
+pub trait Notifier: Send + Sync {
+    /// Sends the notices in one message.
+    fn notify(&self, notices: &[Notice]);
+}
+
+/// Sends nothing (the `--once` run, tests that don't look).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoNotifier;
+
+impl Notifier for NoNotifier {
+    fn notify(&self, _: &[Notice]) {}
+}
+
+/// `sd_notify(3)` to `$NOTIFY_SOCKET`; does nothing when it is unset.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SdNotifier;
+
+impl Notifier for SdNotifier {
+    fn notify(&self, notices: &[Notice]) {
+        use sd_notify::NotifyState as S;
+        let mono = if notices.contains(&Notice::Reloading) {
+            sd_notify::NotifyState::monotonic_usec_now().ok()
+        } else {
+            None
+        };
+        let mut states: Vec<S<'_>> = notices
+            .iter()
+            .map(|n| match n {
+                Notice::Ready => S::Ready,
+                Notice::Reloading => S::Reloading,
+                Notice::Stopping => S::Stopping,
+                Notice::Watchdog => S::Watchdog,
+                Notice::Status(s) => S::Status(s),
+            })
+            .collect();
+        states.extend(mono);
+        if let Err(e) = sd_notify::notify(&states) {
+            tracing::debug!(error = %e, "sd_notify failed");
+        }
+    }
+}
+
+/// Records every notice with the time it was sent (for tests).
+#[derive(Debug, Default)]
+pub struct RecordingNotifier {
+    log: Mutex<Vec<(Instant, Notice)>>,
+}
+
+impl RecordingNotifier {
+    pub fn new() -> Arc<RecordingNotifier> {
+        Arc::new(RecordingNotifier::default())
+    }
+
+    /// Everything recorded so far.
+    pub fn events(&self) -> Vec<(Instant, Notice)> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Times of the watchdog pings so far.
+    pub fn pings(&self) -> Vec<Instant> {
+        self.events()
+            .into_iter()
+            .filter(|(_, n)| *n == Notice::Watchdog)
+            .map(|(t, _)| t)
+            .collect()
+    }
+}
+
+impl Notifier for RecordingNotifier {
+    fn notify(&self, notices: &[Notice]) {
+        let now = Instant::now();
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.extend(notices.iter().map(|n| (now, n.clone())));
+    }
+}
+
+/// The watchdog interval systemd asked for (`WATCHDOG_USEC`, for this PID).
+pub fn watchdog_interval() -> Option<Duration> {
+    sd_notify::watchdog_enabled().filter(|d| !d.is_zero())
+}
+
+/// Command-line settings that override the file and must survive a reload.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub libvirt_uri: Option<String>,
+}
+
+impl Overrides {
+    pub fn apply(&self, cfg: &mut Config) {
+        if let Some(uri) = &self.libvirt_uri {
+            cfg.agent.libvirt_uri.clone_from(uri);
+        }
+    }
+}
+
+/// Reads the config file, applies the overrides and checks the budgets
+/// against this host: what start-up and SIGHUP both do. The error is one
+/// line naming the file, the key and the problem.
+pub fn load_checked(path: &Path, overrides: &Overrides) -> Result<Config, String> {
+    let mut cfg = Config::load(path).map_err(|e| e.to_string())?;
+    overrides.apply(&mut cfg);
+    let mut host = Host::new().map_err(|e| e.to_string())?;
+    let alloc = cfg.host.allocatable(&host.refresh());
+    cfg.check_budgets(&alloc).map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+
+/// Settings a reload cannot change in a running agent (they are bound at
+/// start): the differences, for a warning.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (&old.agent, &new.agent);
+    let mut out = Vec::new();
+    if a.libvirt_uri != b.libvirt_uri {
+        out.push("agent.libvirt_uri");
+    }
+    if a.state_dir != b.state_dir {
+        out.push("agent.state_dir");
+    }
+    if a.socket != b.socket {
+        out.push("api.socket");
+    }
+    if a.api_group != b.api_group {
+        out.push("api.group");
+    }
+    if a.metrics_listen != b.metrics_listen {
+        out.push("agent.metrics_listen");
+    }
+    out
+}
+
+/// One-line summary of a status, for `STATUS=` and logs.
+pub fn summary(st: &Status) -> String {
+    let mut s = format!("cycle {}", st.cycle);
+    if let Some(plan) = &st.plan {
+        let managed: usize = plan.pools.iter().map(|p| p.members.len()).sum();
+        s.push_str(&format!(
+            ": {} pools, {} members, {} unmanaged",
+            plan.pools.len(),
+            managed,
+            plan.unmanaged.len()
+        ));
+    }
+    if let Some(c) = &st.last_cycle {
+        s.push_str(&format!(
+            "; {} changes, {} failed, {:.0} ms",
+            c.actions - c.failed,
+            c.failed,
+            c.duration_ms
+        ));
+    }
+    s.push_str(match st.mode {
+        crate::config::Mode::Enforce => "; enforce",
+        crate::config::Mode::Observe => "; observe",
+    });
+    if st.paused {
+        s.push_str(" (paused)");
+    }
+    if st.libvirt.connected {
+        s.push_str("; libvirt up");
+    } else {
+        s.push_str("; libvirt DOWN");
+        if let Some(e) = &st.libvirt.error {
+            s.push_str(&format!(" ({e})"));
+        }
+    }
+    if let Some(e) = &st.config_error {
+        s.push_str(&format!("; config error: {e}"));
+    }
+    // STATUS= is one line.
+    s.replace('\n', " ")
+}
+
+/// How long shutdown waits for the cycle in progress before giving up on
+/// it (below the unit's `TimeoutStopSec=30s`, so state is still persisted).
+pub const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// What [`run`] needs.
+pub struct ServiceParts {
+    pub handle: Handle,
+    /// The monitor task.
+    pub monitor: tokio::task::JoinHandle<()>,
+    /// Cancels the monitor (and anything else that watches it: the API).
+    pub shutdown: CancellationToken,
+    pub notifier: Arc<dyn Notifier>,
+    pub config_path: PathBuf,
+    pub overrides: Overrides,
+}
+
+/// Waits until the monitor has published its first cycle.
+pub async fn first_cycle(handle: &Handle) {
+    let mut rx = handle.status.clone();
+    // Err only if the monitor is gone; then there is nothing to wait for.
+    let _ = rx.wait_for(|st| st.cycle > 0).await;
+}
+
+/// Sends READY=1 with the current status line.
+pub fn ready(notifier: &dyn Notifier, handle: &Handle) {
+    notifier.notify(&[Notice::Ready, Notice::Status(summary(&handle.status()))]);
+}
+
+/// Handles one SIGHUP: RELOADING=1, validate, hand the result to the
+/// monitor (which swaps it in or records the refusal), READY=1.
+pub async fn reload(parts: &ServiceParts) {
+    parts.notifier.notify(&[Notice::Reloading]);
+    let result = load_checked(&parts.config_path, &parts.overrides);
+    match &result {
+        Ok(new) => {
+            let fixed = restart_only_changes(&parts.handle.config(), new);
+            if !fixed.is_empty() {
+                tracing::warn!(keys = ?fixed, "these settings change only on restart");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "reload refused: keeping the running config"),
+    }
+    parts.handle.reload_checked(result).await;
+    parts.notifier.notify(&[
+        Notice::Ready,
+        Notice::Status(summary(&parts.handle.status())),
+    ]);
+}
+
+/// Signal loop until SIGTERM/SIGINT, then the orderly stop: STOPPING=1,
+/// cancel (the API stops accepting, the monitor finishes its cycle), wait
+/// up to [`STOP_GRACE`], persist the runtime state.
+pub async fn run(parts: ServiceParts) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                // A reload waits for the monitor to take it; a hung monitor
+                // must not make the agent deaf to SIGTERM.
+                tokio::select! {
+                    _ = reload(&parts) => {}
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                }
+            }
+        }
+    }
+    stop(parts).await;
+    Ok(())
+}
+
+/// The orderly stop (also used by tests without signals).
+pub async fn stop(parts: ServiceParts) {
+    tracing::info!("stopping");
+    parts
+        .notifier
+        .notify(&[Notice::Stopping, Notice::Status("stopping".into())]);
+    parts.shutdown.cancel();
+    if tokio::time::timeout(STOP_GRACE, parts.monitor)
+        .await
+        .is_err()
+    {
+        tracing::error!(grace = ?STOP_GRACE, "the cycle in progress did not finish; stopping without it");
+    }
+    let state_dir = parts.handle.config().agent.state_dir.clone();
+    let runtime = parts
+        .handle
+        .runtime
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    match runtime.save(&state_dir) {
+        Ok(()) => tracing::info!(dir = %state_dir.display(), "state saved"),
+        Err(e) => tracing::error!(error = %e, "cannot save state"),
+    }
+}

@@ -1,0 +1,256 @@
+//! The real `virtpoold` as systemd runs it: `NOTIFY_SOCKET` points at a
+//! datagram socket this test owns, `WATCHDOG_USEC` is set, the config is
+//! the demo pools on the libvirt test driver. Checks READY, watchdog pings,
+//! SIGHUP with a broken and a good config, SIGTERM.
+#![allow(clippy::unwrap_used)]
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const DEMO: &str = include_str!("../config/demo.toml");
+
+/// The demo config with its paths moved into `dir`.
+fn config_text(dir: &Path, extra: &str) -> String {
+    let pools = &DEMO[DEMO.find("[host]").unwrap()..];
+    let node = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo-host.xml");
+    format!(
+        "[agent]\nlibvirt_uri = \"test://{}\"\ninterval = \"30s\"\nstate_dir = \"{}\"\n\n[api]\nsocket = \"{}\"\ngroup = \"root\"\n\n{pools}\n{extra}",
+        node.display(),
+        dir.join("state").display(),
+        dir.join("virtpool.sock").display(),
+    )
+}
+
+struct Daemon {
+    child: Child,
+    rx: mpsc::Receiver<(Instant, String)>,
+    seen: Vec<(Instant, String)>,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn start(watchdog: Duration) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("virtpool.toml");
+        std::fs::write(&config, config_text(dir.path(), "")).unwrap();
+        let notify = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&notify).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(n) => {
+                        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        if tx.send((Instant::now(), msg)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        let child = Command::new(env!("CARGO_BIN_EXE_virtpoold"))
+            .arg("--config")
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify)
+            .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
+            .env_remove("WATCHDOG_PID")
+            .env_remove("JOURNAL_STREAM")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Daemon {
+            child,
+            rx,
+            seen: Vec::new(),
+            dir,
+            config,
+        }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.child.id()).unwrap())
+    }
+
+    /// Waits (up to `timeout`) for a message with a line `line`; returns
+    /// the whole message. Everything received is kept in `seen`.
+    fn wait_line(&mut self, line: &str, timeout: Duration) -> (Instant, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {line:?} within {timeout:?}; got {:#?}",
+                self.seen.iter().map(|m| &m.1).collect::<Vec<_>>()
+            );
+            if let Ok(m) = self.rx.recv_timeout(left) {
+                self.seen.push(m.clone());
+                if m.1.lines().any(|l| l == line) {
+                    return m;
+                }
+            }
+        }
+    }
+
+    /// The last STATUS= line received so far.
+    fn last_status(&mut self) -> String {
+        while let Ok(m) = self.rx.try_recv() {
+            self.seen.push(m);
+        }
+        self.seen
+            .iter()
+            .rev()
+            .flat_map(|(_, m)| m.lines())
+            .find_map(|l| l.strip_prefix("STATUS="))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "virtpoold did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
+    let watchdog = Duration::from_millis(1000);
+    let mut d = Daemon::start(watchdog);
+
+    // READY after the first cycle (its STATUS= says what it saw).
+    let (_, ready) = d.wait_line("READY=1", Duration::from_secs(30));
+    let status = ready
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS="))
+        .unwrap_or_default()
+        .to_string();
+    assert!(status.starts_with("cycle 1: 3 pools"), "{status}");
+    assert!(status.contains("libvirt up"), "{status}");
+    let ready_at = Instant::now();
+
+    // Watchdog pings at about half the interval (the monitor interval is
+    // 30 s, so these come from the watchdog tick, not from cycles).
+    let mut pings = Vec::new();
+    while pings.len() < 6 {
+        let (t, _) = d.wait_line("WATCHDOG=1", Duration::from_secs(5));
+        if t >= ready_at {
+            pings.push(t);
+        }
+    }
+    let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    for g in &gaps {
+        assert!(
+            *g >= Duration::from_millis(250) && *g <= Duration::from_millis(900),
+            "watchdog gaps {gaps:?} for a {watchdog:?} watchdog"
+        );
+    }
+
+    // SIGHUP with a broken config: RELOADING=1, then READY=1 again; the
+    // agent keeps running the old config and reports the error.
+    std::fs::write(
+        &d.config,
+        config_text(d.dir.path(), "[pools.bad]\nvcpus = { budget = 1000 }\n"),
+    )
+    .unwrap();
+    kill(d.pid(), Signal::SIGHUP).unwrap();
+    let (_, msg) = d.wait_line("RELOADING=1", Duration::from_secs(10));
+    assert!(
+        msg.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{msg}"
+    );
+    d.wait_line("READY=1", Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut status = d.last_status();
+    while !status.contains("config error") {
+        assert!(Instant::now() < deadline, "no config error in {status}");
+        d.wait_line("WATCHDOG=1", Duration::from_secs(5));
+        status = d.last_status();
+    }
+    assert!(status.contains("3 pools"), "old config kept: {status}");
+    assert!(status.contains("reload refused"), "{status}");
+    assert!(d.child.try_wait().unwrap().is_none(), "it kept running");
+    // Still pinging after the refused reload.
+    d.wait_line("WATCHDOG=1", Duration::from_secs(5));
+
+    // SIGHUP with a good config: a fourth pool appears, the error goes.
+    std::fs::write(
+        &d.config,
+        config_text(
+            d.dir.path(),
+            "[pools.spare]\ndomains = [\"dev-sandbox\"]\nvcpus = { budget = 4 }\n",
+        ),
+    )
+    .unwrap();
+    kill(d.pid(), Signal::SIGHUP).unwrap();
+    d.wait_line("RELOADING=1", Duration::from_secs(10));
+    d.wait_line("READY=1", Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut status = d.last_status();
+    while !status.contains("4 pools") {
+        assert!(Instant::now() < deadline, "reload not visible: {status}");
+        d.wait_line("WATCHDOG=1", Duration::from_secs(5));
+        status = d.last_status();
+    }
+    assert!(!status.contains("config error"), "{status}");
+
+    // The audit log has both reloads.
+    let audit = std::fs::read_to_string(d.dir.path().join("state/audit.jsonl")).unwrap();
+    let reloads: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "config_reload")
+        .collect();
+    assert_eq!(reloads.len(), 2, "{audit}");
+    assert_eq!(reloads[0]["ok"], false);
+    assert!(
+        reloads[0]["error"].as_str().unwrap().contains("bad"),
+        "{audit}"
+    );
+    assert_eq!(reloads[1]["ok"], true);
+    assert!(audit.contains("\"event\":\"action\""), "{audit}");
+
+    // SIGTERM: STOPPING=1, exit 0, state persisted, no socket left.
+    kill(d.pid(), Signal::SIGTERM).unwrap();
+    d.wait_line("STOPPING=1", Duration::from_secs(10));
+    let st = d.wait_exit(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(0));
+    assert!(d.dir.path().join("state/state.json").exists());
+    assert!(!d.dir.path().join("virtpool.sock").exists());
+    let audit = std::fs::read_to_string(d.dir.path().join("state/audit.jsonl")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .last()
+            .unwrap()
+            .contains("\"event\":\"stopping\""),
+        "{audit}"
+    );
+}
