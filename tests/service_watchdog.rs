@@ -1,0 +1,199 @@
+//! The monitor in-process with a fake hypervisor and a recording notifier:
+//! a hung libvirt call stops the watchdog pings; a refused reload stays
+//! visible until a good one.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use virtpool::audit::{AuditLog, EventKind};
+use virtpool::config::Config;
+use virtpool::host::Host;
+use virtpool::libvirt::worker::HvWorker;
+use virtpool::libvirt::{HvError, Hypervisor};
+use virtpool::model::{Action, DomainObs};
+use virtpool::monitor::{Monitor, MonitorOptions};
+use virtpool::service::{Notice, RecordingNotifier};
+use virtpool::state::RuntimeState;
+
+/// A hypervisor with no domains whose `observe` blocks forever once `hang`
+/// is set (and says so in `hung`).
+struct Fake {
+    hang: Arc<AtomicBool>,
+    hung: Arc<AtomicBool>,
+}
+
+impl Hypervisor for Fake {
+    fn connect(&mut self) -> Result<(), HvError> {
+        Ok(())
+    }
+    fn is_connected(&self) -> bool {
+        true
+    }
+    fn observe(&mut self) -> Result<Vec<DomainObs>, HvError> {
+        if self.hang.load(Ordering::SeqCst) {
+            self.hung.store(true, Ordering::SeqCst);
+            loop {
+                std::thread::park();
+            }
+        }
+        Ok(Vec::new())
+    }
+    fn apply(&mut self, _: &Action) -> Result<(), HvError> {
+        Ok(())
+    }
+    fn set_stats_period(&mut self, _: &str, _: u32) -> Result<(), HvError> {
+        Ok(())
+    }
+}
+
+fn config(text: &str) -> Config {
+    Config::parse(
+        &format!("[agent]\ninterval = \"30s\"\nstate_dir = \"/nonexistent\"\n{text}"),
+        Path::new("test.toml"),
+    )
+    .unwrap()
+}
+
+async fn poll(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_hypervisor_stops_the_watchdog_pings() {
+    let hang = Arc::new(AtomicBool::new(false));
+    let hung = Arc::new(AtomicBool::new(false));
+    let hv = HvWorker::spawn(Box::new(Fake {
+        hang: hang.clone(),
+        hung: hung.clone(),
+    }))
+    .unwrap();
+    let rec = RecordingNotifier::new();
+    let watchdog = Duration::from_millis(200);
+    let (monitor, handle) = Monitor::with_options(
+        hv,
+        Host::new().unwrap(),
+        config(""),
+        RuntimeState::new(),
+        MonitorOptions {
+            notifier: rec.clone(),
+            watchdog: Some(watchdog),
+            ..MonitorOptions::default()
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(monitor.run(shutdown.clone()));
+
+    // Healthy: pings at about watchdog/2 although the interval is 30 s.
+    poll("6 pings", Duration::from_secs(10), || {
+        rec.pings().len() >= 6
+    })
+    .await;
+    let pings = rec.pings();
+    let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    // About half the interval, and never as long as the interval itself.
+    let mut sorted = gaps.clone();
+    sorted.sort();
+    let median = sorted[sorted.len() / 2];
+    assert!(
+        median >= Duration::from_millis(70) && median <= Duration::from_millis(150),
+        "gaps {gaps:?}"
+    );
+    assert!(sorted.iter().all(|g| *g < watchdog), "gaps {gaps:?}");
+    assert!(handle.status().cycle >= 1);
+    assert!(rec
+        .events()
+        .iter()
+        .any(|(_, n)| matches!(n, Notice::Status(s) if s.starts_with("cycle 1"))));
+
+    // libvirt hangs inside a cycle: no ping after that, for well over the
+    // watchdog interval (systemd would restart the agent).
+    hang.store(true, Ordering::SeqCst);
+    handle.reconcile(false).await;
+    poll("the hang", Duration::from_secs(5), || {
+        hung.load(Ordering::SeqCst)
+    })
+    .await;
+    let hung_at = Instant::now();
+    let before = rec.pings().len();
+    tokio::time::sleep(watchdog * 4).await;
+    let after: Vec<Instant> = rec.pings().into_iter().filter(|t| *t > hung_at).collect();
+    assert!(
+        after.is_empty(),
+        "{} pings while hung (had {before} before)",
+        after.len()
+    );
+    assert!(!task.is_finished());
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_refused_reload_stays_visible_until_a_good_one() {
+    let hv = HvWorker::spawn(Box::new(Fake {
+        hang: Arc::new(AtomicBool::new(false)),
+        hung: Arc::new(AtomicBool::new(false)),
+    }))
+    .unwrap();
+    let audit = AuditLog::memory();
+    let (monitor, handle) = Monitor::with_options(
+        hv,
+        Host::new().unwrap(),
+        config(""),
+        RuntimeState::new(),
+        MonitorOptions {
+            audit: audit.clone(),
+            ..MonitorOptions::default()
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(monitor.run(shutdown.clone()));
+
+    let st = handle.reconcile(true).await.unwrap();
+    assert_eq!(st.config_error, None);
+
+    assert!(
+        handle
+            .reload_checked(Err("test.toml: pool \"x\": broken".into()))
+            .await
+    );
+    let st = handle.reconcile(true).await.unwrap();
+    let err = st.config_error.clone().unwrap();
+    assert!(
+        err.contains("reload refused") && err.contains("broken"),
+        "{err}"
+    );
+    // Still there on later cycles.
+    let st = handle.reconcile(true).await.unwrap();
+    assert!(st.config_error.is_some());
+    assert_eq!(handle.counters().reloads_refused, 1);
+    assert_eq!(handle.counters().last_reload_ok, Some(false));
+    assert!(handle.config().pools.is_empty(), "old config kept");
+
+    let good = config("[pools.p]\ndomains = [\"a\"]\nvcpus = { budget = 1 }\n");
+    assert!(handle.reload_checked(Ok(good)).await);
+    let st = handle.reconcile(true).await.unwrap();
+    assert_eq!(st.config_error, None);
+    assert_eq!(handle.config().pools.len(), 1);
+    assert_eq!(st.plan.as_ref().unwrap().pools.len(), 1);
+    assert_eq!(handle.counters().reloads_ok, 1);
+    assert_eq!(handle.counters().last_reload_ok, Some(true));
+
+    let reloads: Vec<bool> = audit
+        .recent(100)
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::ConfigReload { ok, .. } => Some(ok),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reloads, vec![false, true]);
+    shutdown.cancel();
+    task.await.unwrap();
+    assert!(matches!(audit.recent(1)[0].kind, EventKind::Stopping));
+}
