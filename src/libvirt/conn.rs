@@ -23,6 +23,15 @@ pub const CPU_SHARES_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
 
 const KIB: u64 = 1024;
 
+// Memory and vCPU setters take their own flag enums; `with_persist` passes
+// the generic AFFECT_* values, which libvirt defines to be the same bits.
+const _: () = assert!(
+    sys::VIR_DOMAIN_MEM_LIVE == sys::VIR_DOMAIN_AFFECT_LIVE
+        && sys::VIR_DOMAIN_MEM_CONFIG == sys::VIR_DOMAIN_AFFECT_CONFIG
+        && sys::VIR_DOMAIN_VCPU_LIVE == sys::VIR_DOMAIN_AFFECT_LIVE
+        && sys::VIR_DOMAIN_VCPU_CONFIG == sys::VIR_DOMAIN_AFFECT_CONFIG
+);
+
 static QUIET_ERRORS: Once = Once::new();
 
 /// A libvirt connection (opened lazily by [`Hypervisor::connect`]).
@@ -79,6 +88,12 @@ pub fn classify(err: &VirtError, what: &str) -> HvError {
     } else {
         HvError::Other(text)
     }
+}
+
+/// "Flags LIVE and CONFIG are mutually exclusive": the driver wants one
+/// call per target.
+fn is_exclusive_flags(e: &VirtError) -> bool {
+    e.code().is(ErrorNumber::InvalidArg) && e.message().contains("mutually exclusive")
 }
 
 fn is_no_domain(e: &VirtError) -> bool {
@@ -258,13 +273,24 @@ fn read_domain(dom: &Domain) -> Res<DomainObs> {
     })
 }
 
-fn flags_live(persist: bool) -> u32 {
-    sys::VIR_DOMAIN_AFFECT_LIVE
-        | if persist {
-            sys::VIR_DOMAIN_AFFECT_CONFIG
-        } else {
-            0
+/// Runs a setter on the live domain and, with `persist`, on its persistent
+/// config too. Tries both in one call (atomic on QEMU); drivers that take
+/// one target per call (the test driver) get LIVE then CONFIG.
+fn with_persist(
+    persist: bool,
+    mut call: impl FnMut(u32) -> Result<(), VirtError>,
+) -> Result<(), VirtError> {
+    let live = sys::VIR_DOMAIN_AFFECT_LIVE;
+    if !persist {
+        return call(live);
+    }
+    match call(live | sys::VIR_DOMAIN_AFFECT_CONFIG) {
+        Err(e) if is_exclusive_flags(&e) => {
+            call(live)?;
+            call(sys::VIR_DOMAIN_AFFECT_CONFIG)
         }
+        other => other,
+    }
 }
 
 impl Libvirt {
@@ -406,21 +432,16 @@ impl Hypervisor for Libvirt {
                 let n = u32::try_from(*to)
                     .map_err(|_| HvError::InvalidArg(ctx(format!("{to} vCPUs"))))?;
                 self.with_domain(&uuid, &name, |d| {
-                    d.set_vcpus_flags(n, flags_live(*persist))
+                    with_persist(*persist, |flags| d.set_vcpus_flags(n, flags))
                         .map_err(|e| Failure::new(e, ctx(format!("set vCPUs to {n}"))))
                 })
             }
             Action::SetMemory { to, persist, .. } => {
                 let kib = to / KIB;
-                let flags = sys::VIR_DOMAIN_MEM_LIVE
-                    | if *persist {
-                        sys::VIR_DOMAIN_MEM_CONFIG
-                    } else {
-                        0
-                    };
                 self.with_domain(&uuid, &name, |d| {
                     // Never Domain::set_memory: it discards the error.
-                    d.set_memory_flags(kib, flags)
+                    // (VIR_DOMAIN_MEM_LIVE/CONFIG equal AFFECT_LIVE/CONFIG.)
+                    with_persist(*persist, |flags| d.set_memory_flags(kib, flags))
                         .map_err(|e| Failure::new(e, ctx(format!("set memory to {kib} KiB"))))
                 })
             }
@@ -429,8 +450,10 @@ impl Hypervisor for Libvirt {
             } => {
                 let tune = normalize_iotune(to);
                 self.with_domain(&uuid, &name, |d| {
-                    ffi::set_block_iotune(d, disk, &tune, flags_live(*persist))
-                        .map_err(|e| Failure::new(e, ctx(format!("set I/O limits of {disk}"))))
+                    with_persist(*persist, |flags| {
+                        ffi::set_block_iotune(d, disk, &tune, flags)
+                    })
+                    .map_err(|e| Failure::new(e, ctx(format!("set I/O limits of {disk}"))))
                 })
             }
             Action::SetCpuShares { to, persist, .. } => {
@@ -442,7 +465,7 @@ impl Hypervisor for Libvirt {
                     ))));
                 }
                 self.with_domain(&uuid, &name, |d| {
-                    ffi::set_cpu_shares(d, *to, flags_live(*persist))
+                    with_persist(*persist, |flags| ffi::set_cpu_shares(d, *to, flags))
                         .map_err(|e| Failure::new(e, ctx(format!("set cpu_shares to {to}"))))
                 })
             }
@@ -458,7 +481,7 @@ impl Hypervisor for Libvirt {
                     }
                 };
                 self.with_domain(&uuid, &name, |d| {
-                    ffi::set_blkio_weight(d, weight, flags_live(*persist))
+                    with_persist(*persist, |flags| ffi::set_blkio_weight(d, weight, flags))
                         .map_err(|e| Failure::new(e, ctx(format!("set blkio weight to {weight}"))))
                 })
             }
@@ -529,12 +552,33 @@ mod tests {
     }
 
     #[test]
-    fn flags_add_config_only_when_persisting() {
-        assert_eq!(flags_live(false), sys::VIR_DOMAIN_AFFECT_LIVE);
+    fn persist_adds_config_and_splits_when_driver_wants_one_target() {
+        let mut seen = Vec::new();
+        with_persist(false, |f| {
+            seen.push(f);
+            Ok(())
+        })
+        .expect("ok");
+        assert_eq!(seen, vec![sys::VIR_DOMAIN_AFFECT_LIVE]);
+        seen.clear();
+        with_persist(true, |f| {
+            seen.push(f);
+            Ok(())
+        })
+        .expect("ok");
         assert_eq!(
-            flags_live(true),
-            sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG
+            seen,
+            vec![sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG]
         );
+        // Any other error is returned as is, without a retry.
+        seen.clear();
+        let bad = || VirtError::from(std::ffi::CString::new("\0").expect_err("NUL"));
+        assert!(with_persist(true, |f| {
+            seen.push(f);
+            Err(bad())
+        })
+        .is_err());
+        assert_eq!(seen.len(), 1);
     }
 
     #[test]
