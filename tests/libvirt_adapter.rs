@@ -529,3 +529,129 @@ fn persist_writes_config_seen_by_a_second_connection() {
     drop(second);
     assert_eq!(observe_one(&mut hv, "test").blkio_weight, Some(700));
 }
+
+/// A private `libvirtd` hosting the test driver on a socket in a tempdir
+/// (run as `nobody` when we are root, so it stays a session daemon and never
+/// touches the system's sockets). Killed by pid on drop.
+struct Daemon {
+    dir: tempfile::TempDir,
+    pid: Option<i32>,
+}
+
+impl Daemon {
+    const BIN: &'static str = "/usr/sbin/libvirtd";
+
+    fn start(dir: tempfile::TempDir) -> Daemon {
+        use std::process::Command;
+        let d = dir.path();
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let pidfile = d.join("pid");
+        let _ = std::fs::remove_file(&pidfile);
+        let root = nix::unistd::geteuid().is_root();
+        let mut cmd = if root {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                Self::BIN,
+            ]);
+            c
+        } else {
+            Command::new(Self::BIN)
+        };
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/bin")
+            .env("HOME", d)
+            .env("XDG_RUNTIME_DIR", d)
+            .env("XDG_CONFIG_HOME", d.join("config"))
+            .env("XDG_CACHE_HOME", d.join("cache"))
+            .arg("--daemon")
+            .arg("--pid-file")
+            .arg(&pidfile);
+        let status = cmd.status().unwrap();
+        assert!(status.success(), "libvirtd failed to start: {status}");
+        let sock = d.join("libvirt/libvirt-sock");
+        let mut pid = None;
+        for _ in 0..100 {
+            if pid.is_none() {
+                pid = std::fs::read_to_string(&pidfile)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok());
+            }
+            if pid.is_some() && sock.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(sock.exists(), "libvirtd socket did not appear");
+        Daemon { dir, pid }
+    }
+
+    fn uri(&self) -> String {
+        format!(
+            "test+unix:///default?socket={}",
+            self.dir.path().join("libvirt/libvirt-sock").display()
+        )
+    }
+
+    /// Stops the daemon and waits until it is gone.
+    fn stop(&mut self) -> tempfile::TempDir {
+        self.kill();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    fn kill(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+            for _ in 0..200 {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A daemon that dies under a live connection: the next call reports
+/// ConnectionLost, the adapter drops the connection, and `connect()` opens a
+/// new one once the daemon is back.
+#[test]
+fn daemon_restart_is_connection_lost_then_reconnects() {
+    if !Path::new(Daemon::BIN).exists() {
+        eprintln!("skipped: {} not installed", Daemon::BIN);
+        return;
+    }
+    let mut daemon = Daemon::start(tempfile::tempdir().unwrap());
+    let uri = daemon.uri();
+    let mut hv = Libvirt::new(&uri);
+    hv.connect().unwrap();
+    assert!(hv.is_connected());
+    assert_eq!(observe_one(&mut hv, "test").state, DomainState::Running);
+
+    let dir = daemon.stop();
+    match hv.observe() {
+        Err(HvError::ConnectionLost(_)) => {}
+        other => panic!("observe after daemon death: {other:?}"),
+    }
+    assert!(!hv.is_connected(), "dead connection dropped");
+    assert!(matches!(
+        hv.apply(&set_vcpus("6695eb01-f6a4-8304-79aa-97f2502e193f", 1)),
+        Err(HvError::ConnectionLost(_))
+    ));
+    assert!(matches!(hv.connect(), Err(HvError::ConnectionLost(_))));
+
+    let _daemon = Daemon::start(dir);
+    hv.connect().unwrap();
+    assert!(hv.is_connected());
+    assert_eq!(observe_one(&mut hv, "test").state, DomainState::Running);
+}
