@@ -655,3 +655,29 @@ fn daemon_restart_is_connection_lost_then_reconnects() {
     assert!(hv.is_connected());
     assert_eq!(observe_one(&mut hv, "test").state, DomainState::Running);
 }
+
+/// The raw bulk-stats call: one record per domain; the test driver fills
+/// only `state.*`, which is why `observe` falls back to per-domain reads.
+#[test]
+fn bulk_stats_on_test_driver_fill_state_only() {
+    use virt::sys;
+    let dir = tempfile::tempdir().unwrap();
+    let conn = virt::connect::Connect::open(Some(&node_uri(dir.path()))).unwrap();
+    let groups =
+        sys::VIR_DOMAIN_STATS_STATE | sys::VIR_DOMAIN_STATS_VCPU | sys::VIR_DOMAIN_STATS_BALLOON;
+    let recs = virtpool::libvirt::ffi::all_domain_stats(&conn, groups, 0).unwrap();
+    assert_eq!(recs.len(), 3);
+    let state = |uuid: &str| {
+        let r = recs.iter().find(|r| r.uuid == uuid).unwrap();
+        assert!(
+            r.numbers.keys().all(|k| k.starts_with("state.")),
+            "{:?}",
+            r.numbers
+        );
+        r.numbers.get("state.state").copied()
+    };
+    assert_eq!(state(WEB), Some(1));
+    assert_eq!(state(DB), Some(3));
+    assert_eq!(state(OFF), Some(5));
+    drop(conn);
+}

@@ -4,6 +4,7 @@
 //! right after: the adapter keeps names and UUIDs, never `Domain` handles.
 //! Memory is converted between bytes (agent) and KiB (libvirt) here only.
 
+use std::collections::HashMap;
 use std::sync::Once;
 
 use virt::connect::Connect;
@@ -154,9 +155,43 @@ pub fn normalize_iotune(t: &IoTune) -> IoTune {
     }
 }
 
-/// Reads everything about one domain. Per-field read errors that are not
+/// Bulk stats groups asked for in one call per observation. Where a driver
+/// leaves a group empty (the test driver fills only `state.*`), the values
+/// are read per domain instead.
+const BULK_GROUPS: u32 =
+    sys::VIR_DOMAIN_STATS_STATE | sys::VIR_DOMAIN_STATS_VCPU | sys::VIR_DOMAIN_STATS_BALLOON;
+
+/// Live (current, maximum) vCPUs from a bulk record, when the `vcpu` group
+/// is filled.
+pub fn bulk_vcpus(rec: &ffi::StatsRecord) -> Option<(u64, u64)> {
+    Some((
+        *rec.numbers.get("vcpu.current")?,
+        *rec.numbers.get("vcpu.maximum")?,
+    ))
+}
+
+/// Balloon stats from a bulk record: `None` when the `balloon` group is
+/// missing (read per domain then), `Some(None)` when it is there but the
+/// guest reports neither `unused` nor `available`.
+pub fn bulk_balloon(rec: &ffi::StatsRecord) -> Option<Option<BalloonStats>> {
+    let current = *rec.numbers.get("balloon.current")?;
+    let mut pairs = vec![(sys::VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON, current)];
+    for (key, tag) in [
+        ("balloon.unused", sys::VIR_DOMAIN_MEMORY_STAT_UNUSED),
+        ("balloon.available", sys::VIR_DOMAIN_MEMORY_STAT_AVAILABLE),
+        ("balloon.usable", sys::VIR_DOMAIN_MEMORY_STAT_USABLE),
+    ] {
+        if let Some(v) = rec.numbers.get(key) {
+            pairs.push((tag, *v));
+        }
+    }
+    Some(balloon_from_stats(&pairs, current))
+}
+
+/// Reads everything about one domain, taking vCPUs and balloon stats from
+/// `bulk` when its groups are filled. Per-field read errors that are not
 /// fatal (see [`is_fatal_for_read`]) leave the field empty.
-fn read_domain(dom: &Domain) -> Res<DomainObs> {
+fn read_domain(dom: &Domain, bulk: Option<&ffi::StatsRecord>) -> Res<DomainObs> {
     let name = dom
         .name()
         .map_err(|e| Failure::new(e, "reading a domain name"))?;
@@ -180,24 +215,35 @@ fn read_domain(dom: &Domain) -> Res<DomainObs> {
         }
     };
 
-    let vcpus = if active {
-        soft(
-            dom.vcpus_flags(sys::VIR_DOMAIN_AFFECT_LIVE)
-                .map(|v| Some(u64::from(v))),
-            "live vcpus",
-        )?
-        .unwrap_or(u64::from(info.nr_virt_cpu))
-    } else {
-        0
+    let from_bulk = bulk.and_then(bulk_vcpus).filter(|_| active);
+    let (vcpus, vcpus_max) = match from_bulk {
+        Some(v) => v,
+        None => {
+            let vcpus = if active {
+                soft(
+                    dom.vcpus_flags(sys::VIR_DOMAIN_AFFECT_LIVE)
+                        .map(|v| Some(u64::from(v))),
+                    "live vcpus",
+                )?
+                .unwrap_or(u64::from(info.nr_virt_cpu))
+            } else {
+                0
+            };
+            let vcpus_max = soft(
+                dom.vcpus_flags(sys::VIR_DOMAIN_VCPU_MAXIMUM)
+                    .map(|v| Some(u64::from(v))),
+                "max vcpus",
+            )?
+            .unwrap_or(u64::from(info.nr_virt_cpu));
+            (vcpus, vcpus_max)
+        }
     };
-    let vcpus_max = soft(
-        dom.vcpus_flags(sys::VIR_DOMAIN_VCPU_MAXIMUM)
-            .map(|v| Some(u64::from(v))),
-        "max vcpus",
-    )?
-    .unwrap_or(u64::from(info.nr_virt_cpu));
 
-    let balloon = if active {
+    let balloon = if !active {
+        None
+    } else if let Some(b) = bulk.and_then(bulk_balloon) {
+        b
+    } else {
         match dom.memory_stats(0) {
             Ok(stats) => {
                 let pairs: Vec<(u32, u64)> = stats.iter().map(|s| (s.tag, s.val)).collect();
@@ -206,8 +252,6 @@ fn read_domain(dom: &Domain) -> Res<DomainObs> {
             Err(e) if is_fatal_for_read(&e) => return Err(Failure::new(e, ctx("memory stats"))),
             Err(_) => None,
         }
-    } else {
-        None
     };
 
     let domain_xml = dom.xml_desc(0).map_err(|e| Failure::new(e, ctx("xml")))?;
@@ -401,9 +445,26 @@ impl Hypervisor for Libvirt {
             Ok(d) => d,
             Err(f) => return Err(self.fail(f)),
         };
+        // Bulk stats are an optimisation: on any non-connection error,
+        // everything is read per domain.
+        let bulk = self
+            .conn()
+            .map(|c| ffi::all_domain_stats(c, BULK_GROUPS, 0))?;
+        let bulk: HashMap<String, ffi::StatsRecord> = match bulk {
+            Ok(records) => records.into_iter().map(|r| (r.uuid.clone(), r)).collect(),
+            Err(e) => {
+                let err = self.fail(Failure::new(e, "bulk domain stats"));
+                if err.is_connection() {
+                    return Err(err);
+                }
+                tracing::debug!(error = %err, "bulk stats unavailable, reading per domain");
+                HashMap::new()
+            }
+        };
         let mut out = Vec::with_capacity(domains.len());
         for dom in &domains {
-            match read_domain(dom) {
+            let rec = dom.uuid_string().ok().and_then(|u| bulk.get(&u));
+            match read_domain(dom, rec) {
                 Ok(obs) => out.push(obs),
                 // Vanished between list and read.
                 Err(f) if is_no_domain(&f.err) => {
@@ -579,6 +640,43 @@ mod tests {
         })
         .is_err());
         assert_eq!(seen.len(), 1);
+    }
+
+    fn record(pairs: &[(&str, u64)]) -> ffi::StatsRecord {
+        ffi::StatsRecord {
+            uuid: "u".into(),
+            numbers: pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+            strings: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn bulk_groups_used_only_when_filled() {
+        // What the test driver returns: state only.
+        let state_only = record(&[("state.state", 1), ("state.reason", 1)]);
+        assert_eq!(bulk_vcpus(&state_only), None);
+        assert_eq!(bulk_balloon(&state_only), None);
+
+        // What QEMU returns with a guest that reports stats (KiB).
+        let qemu = record(&[
+            ("vcpu.current", 3),
+            ("vcpu.maximum", 8),
+            ("balloon.current", 2048),
+            ("balloon.maximum", 4096),
+            ("balloon.unused", 1024),
+            ("balloon.available", 2000),
+            ("balloon.usable", 1500),
+        ]);
+        assert_eq!(bulk_vcpus(&qemu), Some((3, 8)));
+        let b = bulk_balloon(&qemu).expect("group filled").expect("stats");
+        assert_eq!(b.actual, 2048 * KIB);
+        assert_eq!(b.unused, Some(1024 * KIB));
+        assert_eq!(b.available, Some(2000 * KIB));
+        assert_eq!(b.usable, Some(1500 * KIB));
+
+        // Balloon group present but the guest reports nothing: known empty.
+        let silent = record(&[("balloon.current", 2048), ("balloon.maximum", 4096)]);
+        assert_eq!(bulk_balloon(&silent), Some(None));
     }
 
     #[test]
