@@ -640,7 +640,7 @@ fn daemon_restart_is_connection_lost_then_reconnects() {
 
     let dir = daemon.stop();
     match hv.observe() {
-        Err(HvError::ConnectionLost(_)) => {}
+        Err(HvError::ConnectionLost(m)) => eprintln!("observe after daemon death: {m}"),
         other => panic!("observe after daemon death: {other:?}"),
     }
     assert!(!hv.is_connected(), "dead connection dropped");
