@@ -62,9 +62,16 @@ type Res<T> = Result<T, Failure>;
 /// Maps a libvirt error to the agent's terms (without looking at the
 /// connection; [`Libvirt`] additionally checks `is_alive()`).
 pub fn classify(err: &VirtError, what: &str) -> HvError {
-    let code = err.code();
-    let domain = err.domain();
-    let msg = err.message();
+    classify_parts(err.code(), err.domain(), err.message(), what)
+}
+
+/// [`classify`] on the parts of an error (testable without libvirt).
+pub fn classify_parts(
+    code: virt::error::ErrorNumberEnum,
+    domain: virt::error::ErrorDomainEnum,
+    msg: &str,
+    what: &str,
+) -> HvError {
     let text = format!("{what}: {msg}");
     let lower = msg.to_ascii_lowercase();
     if code.is(ErrorNumber::NoDomain) {
@@ -73,19 +80,19 @@ pub fn classify(err: &VirtError, what: &str) -> HvError {
         HvError::InvalidArg(text)
     } else if code.is(ErrorNumber::OperationInvalid) {
         HvError::OperationInvalid(text)
-    } else if code.is(ErrorNumber::OperationTimeout)
-        || code.is(ErrorNumber::AgentCommandTimeout)
-        || lower.contains("timed out")
-    {
+    } else if code.is(ErrorNumber::OperationTimeout) || code.is(ErrorNumber::AgentCommandTimeout) {
         HvError::Timeout(text)
     } else if (code.is(ErrorNumber::SystemError) && domain.is(ErrorDomain::Rpc))
         || code.is(ErrorNumber::NoConnect)
         || code.is(ErrorNumber::InvalidConn)
         || lower.contains("client socket is closed")
         || lower.contains("cannot recv data")
+        || lower.contains("cannot write data")
         || lower.contains("end of file while reading data")
     {
         HvError::ConnectionLost(text)
+    } else if lower.contains("timed out") {
+        HvError::Timeout(text)
     } else {
         HvError::Other(text)
     }
@@ -677,6 +684,101 @@ mod tests {
         // Balloon group present but the guest reports nothing: known empty.
         let silent = record(&[("balloon.current", 2048), ("balloon.maximum", 4096)]);
         assert_eq!(bulk_balloon(&silent), Some(None));
+    }
+
+    #[test]
+    fn error_table_maps_as_measured() {
+        use virt::error::{ErrorDomainEnum, ErrorNumberEnum};
+        let c = |n: ErrorNumber, d: ErrorDomain, m: &str| {
+            classify_parts(
+                ErrorNumberEnum::from(n),
+                ErrorDomainEnum::from(d),
+                m,
+                "dom web-1",
+            )
+        };
+        let no_dom = c(
+            ErrorNumber::NoDomain,
+            ErrorDomain::Test,
+            "no domain with matching uuid",
+        );
+        assert_eq!(
+            no_dom,
+            HvError::NoDomain("dom web-1: no domain with matching uuid".into())
+        );
+        assert!(matches!(
+            c(
+                ErrorNumber::InvalidArg,
+                ErrorDomain::Test,
+                "requested vcpus is greater than max"
+            ),
+            HvError::InvalidArg(_)
+        ));
+        assert!(matches!(
+            c(
+                ErrorNumber::OperationInvalid,
+                ErrorDomain::Test,
+                "domain is not running"
+            ),
+            HvError::OperationInvalid(_)
+        ));
+        assert!(matches!(
+            c(
+                ErrorNumber::OperationTimeout,
+                ErrorDomain::Qemu,
+                "vcpu unplug request timed out"
+            ),
+            HvError::Timeout(_)
+        ));
+        assert!(matches!(
+            c(
+                ErrorNumber::OperationFailed,
+                ErrorDomain::Qemu,
+                "unplug timed out"
+            ),
+            HvError::Timeout(_)
+        ));
+        assert!(matches!(
+            c(
+                ErrorNumber::SystemError,
+                ErrorDomain::Rpc,
+                "Failed to connect socket"
+            ),
+            HvError::ConnectionLost(_)
+        ));
+        assert!(matches!(
+            c(
+                ErrorNumber::InternalError,
+                ErrorDomain::Rpc,
+                "client socket is closed"
+            ),
+            HvError::ConnectionLost(_)
+        ));
+        assert!(matches!(
+            c(
+                ErrorNumber::SystemError,
+                ErrorDomain::Rpc,
+                "Cannot recv data: Connection timed out"
+            ),
+            HvError::ConnectionLost(_)
+        ));
+        assert!(matches!(
+            c(
+                ErrorNumber::ConfigUnsupported,
+                ErrorDomain::Test,
+                "bytes cannot be higher than max"
+            ),
+            HvError::Other(_)
+        ));
+        // A plain system error (e.g. a cgroup write) is not a lost connection.
+        assert!(matches!(
+            c(
+                ErrorNumber::SystemError,
+                ErrorDomain::Qemu,
+                "Unable to write to cgroup"
+            ),
+            HvError::Other(_)
+        ));
     }
 
     #[test]
