@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Builds target/debian/virtpool_*.deb: release binaries, the man page and
+# shell completions generated from the same build, then `cargo deb`.
+# Needs cargo-deb (`cargo install cargo-deb`). Not part of CI (slow).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo-deb >/dev/null || { echo "cargo-deb not found: cargo install cargo-deb" >&2; exit 1; }
+cargo build --release --bins
+rm -rf target/assets
+target/release/virtpoold --generate-assets target/assets
+cargo deb --no-build "$@"
+ls -l target/debian/*.deb
