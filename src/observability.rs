@@ -1,29 +1,98 @@
 //! Logging set-up: journald when started by systemd with its journal
-//! stream (`JOURNAL_STREAM`), else human-readable stderr. The filter comes
-//! from `RUST_LOG`, else the config's `log_level`, else `info`.
+//! stream (`JOURNAL_STREAM` naming our stderr), else human-readable stderr.
+//! The filter comes from `RUST_LOG`, else the config's `log_level`, else
+//! `info`; a reload may change `log_level` ([`LogControl::set_level`]).
+//!
+//! In the journal, event fields become journal fields without a prefix
+//! (`DOMAIN=web-1`, `RESOURCE=vcpus`, `RESULT=error`), so
+//! `journalctl -u virtpoold RESULT=error` works.
 
 use std::io::IsTerminal;
 use tracing_subscriber::prelude::*;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{reload, EnvFilter, Registry};
+
+/// Changes the log filter of the installed subscriber.
+#[derive(Clone)]
+pub struct LogControl {
+    handle: Option<reload::Handle<EnvFilter, Registry>>,
+    /// `RUST_LOG` was set: it wins over the config.
+    from_env: bool,
+}
+
+impl LogControl {
+    /// Applies a config's `log_level` (unless `RUST_LOG` is set). An invalid
+    /// filter is refused and the current one stays.
+    pub fn set_level(&self, log_level: Option<&str>) -> Result<(), String> {
+        if self.from_env {
+            return Ok(());
+        }
+        let Some(h) = &self.handle else {
+            return Ok(());
+        };
+        let f = EnvFilter::try_new(log_level.unwrap_or("info")).map_err(|e| e.to_string())?;
+        h.reload(f).map_err(|e| e.to_string())
+    }
+}
+
+/// Whether stderr is the journal stream systemd connected (`JOURNAL_STREAM`
+/// is `DEVICE:INODE` of it); a child that merely inherited the variable
+/// logs to its own stderr.
+fn stderr_is_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    match nix::sys::stat::fstat(std::io::stderr()) {
+        Ok(st) => st.st_dev == dev && st.st_ino == ino,
+        Err(_) => false,
+    }
+}
 
 /// Installs the global subscriber. Call once, early.
-pub fn init(log_level: Option<&str>) {
+pub fn init(log_level: Option<&str>) -> LogControl {
+    let from_env = std::env::var_os("RUST_LOG").is_some();
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(log_level.unwrap_or("info")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        if let Ok(journald) = tracing_journald::layer() {
-            let _ = registry.with(journald).try_init();
-            return;
+    let installed = if stderr_is_journal() {
+        match tracing_journald::layer() {
+            Ok(journald) => registry
+                .with(journald.with_field_prefix(None))
+                .try_init()
+                .is_ok(),
+            Err(_) => init_stderr(registry),
         }
+    } else {
+        init_stderr(registry)
+    };
+    LogControl {
+        handle: installed.then_some(handle),
+        from_env,
     }
-    let _ = registry
+}
+
+fn init_stderr<S>(registry: S) -> bool
+where
+    S: tracing::Subscriber
+        + for<'a> tracing_subscriber::registry::LookupSpan<'a>
+        + Send
+        + Sync
+        + 'static,
+{
+    registry
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::stderr().is_terminal())
                 .with_target(false),
         )
-        .try_init();
+        .try_init()
+        .is_ok()
 }

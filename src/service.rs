@@ -220,6 +220,8 @@ pub struct ServiceParts {
     pub notifier: Arc<dyn Notifier>,
     pub config_path: PathBuf,
     pub overrides: Overrides,
+    /// Applies a reloaded `log_level`.
+    pub log: Option<crate::observability::LogControl>,
 }
 
 /// Waits until the monitor has published its first cycle.
@@ -241,9 +243,17 @@ pub async fn reload(parts: &ServiceParts) {
     let result = load_checked(&parts.config_path, &parts.overrides);
     match &result {
         Ok(new) => {
-            let fixed = restart_only_changes(&parts.handle.config(), new);
+            let old = parts.handle.config();
+            let fixed = restart_only_changes(&old, new);
             if !fixed.is_empty() {
                 tracing::warn!(keys = ?fixed, "these settings change only on restart");
+            }
+            if old.agent.log_level != new.agent.log_level {
+                if let Some(log) = &parts.log {
+                    if let Err(e) = log.set_level(new.agent.log_level.as_deref()) {
+                        tracing::warn!(error = %e, "log_level not applied");
+                    }
+                }
             }
         }
         Err(e) => tracing::error!(error = %e, "reload refused: keeping the running config"),

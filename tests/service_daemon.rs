@@ -259,3 +259,28 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
         "{audit}"
     );
 }
+
+#[test]
+fn an_inherited_journal_stream_that_is_not_our_stderr_logs_to_stderr() {
+    // JOURNAL_STREAM names a different file than our stderr (a child of a
+    // service that inherited the variable): human-readable stderr.
+    let out = Command::new(env!("CARGO_BIN_EXE_virtpoold"))
+        .args([
+            "--once",
+            "--observe",
+            "--uri",
+            "test:///nonexistent/node.xml",
+            "--config",
+        ])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml"))
+        .env("JOURNAL_STREAM", "1:1")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "libvirt unreachable");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WARN") && err.contains("cannot observe libvirt"),
+        "{err}"
+    );
+}

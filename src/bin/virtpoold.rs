@@ -87,7 +87,7 @@ fn main() -> ExitCode {
     } else {
         cfg.agent.log_level.as_deref()
     };
-    observability::init(level);
+    let log = observability::init(level);
     virt_quiet();
 
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -107,7 +107,7 @@ fn main() -> ExitCode {
         let overrides = Overrides {
             libvirt_uri: args.uri.clone(),
         };
-        rt.block_on(daemon(cfg, host, args.observe, overrides))
+        rt.block_on(daemon(cfg, host, args.observe, overrides, log))
     };
     match result {
         Ok(code) => code,
@@ -206,6 +206,7 @@ async fn daemon(
     host: Host,
     observe: bool,
     overrides: Overrides,
+    log: observability::LogControl,
 ) -> anyhow::Result<ExitCode> {
     let runtime = runtime_state(&cfg)?;
     let audit = match AuditLog::open(&cfg.agent.state_dir) {
@@ -267,6 +268,7 @@ async fn daemon(
         notifier,
         config_path,
         overrides,
+        log: Some(log),
     })
     .await
     .context("cannot watch signals")?;
