@@ -468,13 +468,6 @@ impl Monitor {
                 tracing::warn!(uri = %self.config.agent.libvirt_uri, error = %e, retry_in = ?backoff(self.failures - 1), "cannot observe libvirt");
                 status.libvirt.connected = false;
                 status.libvirt.error = Some(e.to_string());
-                if self.was_connected != Some(false) {
-                    self.counters.libvirt_lost += 1;
-                    self.events.push(Event::now(EventKind::LibvirtLost {
-                        uri: self.config.agent.libvirt_uri.clone(),
-                        error: e.to_string(),
-                    }));
-                }
                 // Handles are stale after a reconnect: forget per-connection facts.
                 self.stats_period_set.clear();
                 let prev = self.status_tx.borrow().clone();
@@ -499,12 +492,14 @@ impl Monitor {
         if enforce {
             self.set_stats_periods(&snapshot).await;
             status.results = self.enforce(&plan, now).await;
-            if status.results.iter().any(|r| {
+            let lost = status.results.iter().find_map(|r| {
                 r.error
-                    .as_deref()
-                    .is_some_and(|e| e.starts_with("libvirt connection lost"))
-            }) {
+                    .clone()
+                    .filter(|e| e.starts_with("libvirt connection lost"))
+            });
+            if let Some(e) = lost {
                 status.libvirt.connected = false;
+                status.libvirt.error = Some(e);
             }
         }
         let alive: HashSet<&str> = snapshot.domains.iter().map(|d| d.uuid.as_str()).collect();
@@ -555,6 +550,14 @@ impl Monitor {
             actions: status.results.len(),
             failed,
         });
+        // Lost in observe or in the middle of enforcing: one event per loss.
+        if !status.libvirt.connected && self.was_connected != Some(false) {
+            self.counters.libvirt_lost += 1;
+            self.events.push(Event::now(EventKind::LibvirtLost {
+                uri: status.libvirt.uri.clone(),
+                error: status.libvirt.error.clone().unwrap_or_default(),
+            }));
+        }
         self.was_connected = Some(status.libvirt.connected);
         self.counters.cycles += 1;
         self.counters.cycle_seconds.observe(elapsed.as_secs_f64());

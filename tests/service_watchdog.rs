@@ -20,9 +20,12 @@ use virtpool::state::RuntimeState;
 
 /// A hypervisor with no domains whose `observe` blocks forever once `hang`
 /// is set (and says so in `hung`).
+#[derive(Default)]
 struct Fake {
     hang: Arc<AtomicBool>,
     hung: Arc<AtomicBool>,
+    /// `observe` fails as if the connection were lost.
+    down: Arc<AtomicBool>,
 }
 
 impl Hypervisor for Fake {
@@ -33,6 +36,9 @@ impl Hypervisor for Fake {
         true
     }
     fn observe(&mut self) -> Result<Vec<DomainObs>, HvError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(HvError::ConnectionLost("test: daemon gone".into()));
+        }
         if self.hang.load(Ordering::SeqCst) {
             self.hung.store(true, Ordering::SeqCst);
             loop {
@@ -72,6 +78,7 @@ async fn a_hung_hypervisor_stops_the_watchdog_pings() {
     let hv = HvWorker::spawn(Box::new(Fake {
         hang: hang.clone(),
         hung: hung.clone(),
+        ..Fake::default()
     }))
     .unwrap();
     let rec = RecordingNotifier::new();
@@ -135,11 +142,7 @@ async fn a_hung_hypervisor_stops_the_watchdog_pings() {
 
 #[tokio::test]
 async fn a_refused_reload_stays_visible_until_a_good_one() {
-    let hv = HvWorker::spawn(Box::new(Fake {
-        hang: Arc::new(AtomicBool::new(false)),
-        hung: Arc::new(AtomicBool::new(false)),
-    }))
-    .unwrap();
+    let hv = HvWorker::spawn(Box::new(Fake::default())).unwrap();
     let audit = AuditLog::memory();
     let (monitor, handle) = Monitor::with_options(
         hv,
@@ -196,4 +199,56 @@ async fn a_refused_reload_stays_visible_until_a_good_one() {
     shutdown.cancel();
     task.await.unwrap();
     assert!(matches!(audit.recent(1)[0].kind, EventKind::Stopping));
+}
+
+#[tokio::test]
+async fn libvirt_lost_and_restored_are_audited_once_each() {
+    let down = Arc::new(AtomicBool::new(false));
+    let hv = HvWorker::spawn(Box::new(Fake {
+        down: down.clone(),
+        ..Fake::default()
+    }))
+    .unwrap();
+    let audit = AuditLog::memory();
+    let (mut m, handle) = Monitor::with_options(
+        hv,
+        Host::new().unwrap(),
+        config(""),
+        RuntimeState::new(),
+        MonitorOptions {
+            audit: audit.clone(),
+            ..MonitorOptions::default()
+        },
+    );
+    assert!(m.cycle_once().await.libvirt.connected);
+    down.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        let st = m.cycle_once().await;
+        assert!(!st.libvirt.connected);
+        let text = virtpool::metrics::render(&st, &handle.counters());
+        assert!(
+            text.contains("\nvirtpool_libvirt_up{uri=\"qemu:///system\"} 0\n"),
+            "{text}"
+        );
+    }
+    down.store(false, Ordering::SeqCst);
+    assert!(m.cycle_once().await.libvirt.connected);
+    assert!(m.cycle_once().await.libvirt.connected);
+    let kinds: Vec<String> = audit
+        .recent(100)
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::LibvirtLost { error, .. } => Some(format!("lost: {error}")),
+            EventKind::LibvirtRestored { .. } => Some("restored".into()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "lost: libvirt connection lost: test: daemon gone".to_string(),
+            "restored".to_string()
+        ]
+    );
+    assert_eq!(handle.counters().libvirt_lost, 1);
 }
