@@ -29,6 +29,10 @@ pub const RECENT_CAP: usize = 1000;
 /// One audit record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    /// Increasing number, for paging (`?since=`); continues across
+    /// restarts. Assigned by [`AuditLog::append`].
+    #[serde(default)]
+    pub seq: u64,
     /// RFC 3339 UTC time, millisecond precision.
     pub time: String,
     #[serde(flatten)]
@@ -75,12 +79,15 @@ pub enum EventKind {
     Started { version: String },
     /// The agent is stopping.
     Stopping,
+    /// A runtime change made through the API, by `uid`.
+    Change { uid: u32, message: String },
 }
 
 impl Event {
     /// An event stamped now.
     pub fn now(kind: EventKind) -> Event {
         Event {
+            seq: 0,
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             kind,
         }
@@ -161,6 +168,8 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 struct Inner {
     sink: Option<FileSink>,
     recent: VecDeque<Event>,
+    /// The last `seq` given out.
+    seq: u64,
 }
 
 /// The audit log. Cheap to clone; clones share the file and the memory.
@@ -189,6 +198,7 @@ impl AuditLog {
             inner: Arc::new(Mutex::new(Inner {
                 sink: None,
                 recent: VecDeque::new(),
+                seq: 0,
             })),
         }
     }
@@ -225,6 +235,7 @@ impl AuditLog {
         }
         let file = open_append(&path).map_err(oerr)?;
         let size = file.metadata().map_err(oerr)?.len();
+        let seq = recent.back().map_or(0, |e| e.seq);
         Ok(AuditLog {
             inner: Arc::new(Mutex::new(Inner {
                 sink: Some(FileSink {
@@ -235,6 +246,7 @@ impl AuditLog {
                     keep,
                 }),
                 recent,
+                seq,
             })),
         })
     }
@@ -257,17 +269,23 @@ impl AuditLog {
             return Ok(());
         }
         let mut inner = self.lock();
+        let mut numbered = Vec::with_capacity(events.len());
         for ev in events {
+            inner.seq += 1;
+            let mut ev = ev.clone();
+            ev.seq = inner.seq;
             if inner.recent.len() >= RECENT_CAP {
                 inner.recent.pop_front();
             }
             inner.recent.push_back(ev.clone());
+            numbered.push(ev);
         }
+        let events = numbered;
         let Some(sink) = inner.sink.as_mut() else {
             return Ok(());
         };
         let mut buf = Vec::with_capacity(256 * events.len());
-        for ev in events {
+        for ev in &events {
             // Serialising these plain structs cannot fail; skip one if it does.
             if serde_json::to_writer(&mut buf, ev).is_ok() {
                 buf.push(b'\n');
@@ -281,9 +299,20 @@ impl AuditLog {
 
     /// The last `n` events, oldest first.
     pub fn recent(&self, n: usize) -> Vec<Event> {
+        self.since(None, n)
+    }
+
+    /// Events with `seq > since` (all kept when `None`), oldest first, the
+    /// newest `limit` of them.
+    pub fn since(&self, since: Option<u64>, limit: usize) -> Vec<Event> {
         let inner = self.lock();
-        let skip = inner.recent.len().saturating_sub(n);
-        inner.recent.iter().skip(skip).cloned().collect()
+        let matching: Vec<&Event> = inner
+            .recent
+            .iter()
+            .filter(|e| since.map_or(true, |s| e.seq > s))
+            .collect();
+        let skip = matching.len().saturating_sub(limit);
+        matching.into_iter().skip(skip).cloned().collect()
     }
 }
 
@@ -319,6 +348,12 @@ mod tests {
         assert_eq!(recent.len(), 2);
         assert_eq!(recent[1].kind, EventKind::Stopping);
         assert_eq!(again.recent(1).len(), 1);
+        // Numbers continue after a restart.
+        assert_eq!(recent.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+        again.append(&[reload(3)]).unwrap();
+        assert_eq!(again.since(Some(2), 10)[0].seq, 3);
+        assert_eq!(again.since(Some(3), 10).len(), 0);
+        assert_eq!(again.since(None, 2)[0].seq, 2);
     }
 
     #[test]
