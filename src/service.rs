@@ -317,3 +317,76 @@ pub async fn stop(parts: ServiceParts) {
         Err(e) => tracing::error!(error = %e, "cannot save state"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::monitor::LibvirtStatus;
+
+    fn cfg(text: &str) -> Config {
+        Config::parse(text, Path::new("t.toml")).unwrap()
+    }
+
+    #[test]
+    fn summary_is_one_line_and_says_what_is_wrong() {
+        let st = Status {
+            cycle: 7,
+            mode: crate::config::Mode::Observe,
+            paused: true,
+            libvirt: LibvirtStatus {
+                uri: "qemu:///system".into(),
+                connected: false,
+                error: Some("no socket\nat all".into()),
+            },
+            host: None,
+            last_cycle: None,
+            plan: None,
+            domains: Vec::new(),
+            results: Vec::new(),
+            config_error: Some("reload refused: bad".into()),
+        };
+        let s = summary(&st);
+        assert_eq!(
+            s,
+            "cycle 7; observe (paused); libvirt DOWN (no socket at all); config error: reload refused: bad"
+        );
+    }
+
+    #[test]
+    fn restart_only_settings_are_named() {
+        let a = cfg("[agent]\ninterval = \"5s\"\n");
+        let b = cfg("[agent]\ninterval = \"9s\"\nlibvirt_uri = \"test:///default\"\n[api]\nsocket = \"/tmp/x.sock\"\n");
+        assert_eq!(restart_only_changes(&a, &a), Vec::<&str>::new());
+        assert_eq!(
+            restart_only_changes(&a, &b),
+            vec!["agent.libvirt_uri", "api.socket"]
+        );
+    }
+
+    #[test]
+    fn overrides_survive_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[agent]\nlibvirt_uri = \"qemu:///system\"\n").unwrap();
+        let o = Overrides {
+            libvirt_uri: Some("test:///default".into()),
+        };
+        assert_eq!(
+            load_checked(&f, &o).unwrap().agent.libvirt_uri,
+            "test:///default"
+        );
+        std::fs::write(&f, "[agent]\nspeed = 1\n").unwrap();
+        let e = load_checked(&f, &o).unwrap_err();
+        assert!(e.contains("c.toml") && e.contains("speed"), "{e}");
+    }
+
+    #[test]
+    fn the_recorder_records_in_order() {
+        let r = RecordingNotifier::new();
+        r.notify(&[Notice::Ready, Notice::Watchdog]);
+        r.notify(&[Notice::Watchdog]);
+        assert_eq!(r.pings().len(), 2);
+        assert_eq!(r.events()[0].1, Notice::Ready);
+    }
+}
