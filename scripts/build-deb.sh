@@ -8,5 +8,7 @@ command -v cargo-deb >/dev/null || { echo "cargo-deb not found: cargo install ca
 cargo build --release --bins
 rm -rf target/assets
 target/release/virtpoold --generate-assets target/assets
-cargo deb --no-build "$@"
-ls -l target/debian/*.deb
+# Debug symbols go to a separate virtpool-dbgsym .ddeb (Debian practice);
+# the main package ships stripped binaries.
+cargo deb --no-build --dbgsym "$@"
+ls -l target/debian/

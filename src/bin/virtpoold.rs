@@ -14,9 +14,29 @@ use virtpool::service::{self, Overrides, SdNotifier, ServiceParts};
 use virtpool::state::RuntimeState;
 use virtpool::{metrics, observability, report};
 
+/// Signals, files and environment (shown by --help and in the man page).
+const AFTER_HELP: &str = "\
+Signals:
+  SIGHUP           re-read and validate the config; swap it in only if valid
+                   (else keep the running one and report the error)
+  SIGTERM, SIGINT  finish the current cycle, save state, remove the socket, exit 0
+
+Files:
+  /etc/virtpool/virtpool.toml   config (--config, VIRTPOOL_CONFIG)
+  /run/virtpool/virtpool.sock   control socket (api.socket)
+  /var/lib/virtpool/state.json  runtime changes (agent.state_dir)
+  /var/lib/virtpool/audit.jsonl audit log, rotated at 10 MiB (.1 .. .3)
+
+Environment:
+  RUST_LOG         log filter (wins over agent.log_level)
+  NOTIFY_SOCKET, WATCHDOG_USEC  set by systemd (Type=notify, WatchdogSec=)
+
+Exit status: 0 ok, 1 failure, 2 invalid config.
+See /usr/share/doc/virtpool/operations.md.";
+
 /// Keeps the libvirt domains of this host inside their resource pools.
 #[derive(Parser, Debug)]
-#[command(name = "virtpoold", version, about, long_about = None)]
+#[command(name = "virtpoold", version, about, long_about = None, after_long_help = AFTER_HELP)]
 struct Args {
     /// Config file.
     #[arg(long, short = 'c', env = "VIRTPOOL_CONFIG", default_value = DEFAULT_PATH)]
