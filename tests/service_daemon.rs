@@ -14,16 +14,41 @@ use std::time::{Duration, Instant};
 
 const DEMO: &str = include_str!("../config/demo.toml");
 
-/// The demo config with its paths moved into `dir`.
-fn config_text(dir: &Path, extra: &str) -> String {
+/// The demo config with its paths moved into `dir`, metrics on TCP `port`.
+fn config_text(dir: &Path, port: u16, extra: &str) -> String {
     let pools = &DEMO[DEMO.find("[host]").unwrap()..];
     let node = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo-host.xml");
     format!(
-        "[agent]\nlibvirt_uri = \"test://{}\"\ninterval = \"30s\"\nstate_dir = \"{}\"\n\n[api]\nsocket = \"{}\"\ngroup = \"root\"\n\n{pools}\n{extra}",
+        "[agent]\nlibvirt_uri = \"test://{}\"\ninterval = \"30s\"\nstate_dir = \"{}\"\nmetrics_listen = \"127.0.0.1:{port}\"\n\n[api]\nsocket = \"{}\"\ngroup = \"root\"\n\n{pools}\n{extra}",
         node.display(),
         dir.join("state").display(),
         dir.join("virtpool.sock").display(),
     )
+}
+
+/// A TCP port free right now on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` over plain HTTP/1.1; returns (status line, body).
+fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
 }
 
 struct Daemon {
@@ -32,6 +57,7 @@ struct Daemon {
     seen: Vec<(Instant, String)>,
     dir: tempfile::TempDir,
     config: PathBuf,
+    port: u16,
 }
 
 impl Drop for Daemon {
@@ -45,7 +71,8 @@ impl Daemon {
     fn start(watchdog: Duration) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("virtpool.toml");
-        std::fs::write(&config, config_text(dir.path(), "")).unwrap();
+        let port = free_port();
+        std::fs::write(&config, config_text(dir.path(), port, "")).unwrap();
         let notify = dir.path().join("notify.sock");
         let sock = UnixDatagram::bind(&notify).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(200)))
@@ -87,6 +114,7 @@ impl Daemon {
             seen: Vec::new(),
             dir,
             config,
+            port,
         }
     }
 
@@ -156,6 +184,15 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
     assert!(status.contains("libvirt up"), "{status}");
     let ready_at = Instant::now();
 
+    // agent.metrics_listen: /metrics over TCP, served from the last cycle.
+    let (status_line, body) = http_get(d.port, "/metrics");
+    assert!(status_line.contains(" 200 "), "{status_line}");
+    assert!(
+        body.contains("virtpool_pool_budget{pool=\"web\",resource=\"vcpus\"} 16\n"),
+        "{body}"
+    );
+    assert!(body.contains("virtpool_cycles_total 1\n"), "{body}");
+
     // Watchdog pings at about half the interval (the monitor interval is
     // 30 s, so these come from the watchdog tick, not from cycles).
     let mut pings = Vec::new();
@@ -182,7 +219,11 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
     // agent keeps running the old config and reports the error.
     std::fs::write(
         &d.config,
-        config_text(d.dir.path(), "[pools.bad]\nvcpus = { budget = 1000 }\n"),
+        config_text(
+            d.dir.path(),
+            d.port,
+            "[pools.bad]\nvcpus = { budget = 1000 }\n",
+        ),
     )
     .unwrap();
     kill(d.pid(), Signal::SIGHUP).unwrap();
@@ -210,6 +251,7 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
         &d.config,
         config_text(
             d.dir.path(),
+            d.port,
             "[pools.spare]\ndomains = [\"dev-sandbox\"]\nvcpus = { budget = 4 }\n",
         ),
     )
@@ -225,6 +267,14 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
         status = d.last_status();
     }
     assert!(!status.contains("config error"), "{status}");
+    let (_, body) = http_get(d.port, "/metrics");
+    assert!(
+        body.contains("virtpool_config_reloads_total{result=\"refused\"} 1\n")
+            && body.contains("virtpool_config_reloads_total{result=\"ok\"} 1\n")
+            && body.contains("virtpool_config_last_reload_successful 1\n")
+            && body.contains("virtpool_pool_budget{pool=\"spare\",resource=\"vcpus\"} 4\n"),
+        "{body}"
+    );
 
     // The audit log has both reloads.
     let audit = std::fs::read_to_string(d.dir.path().join("state/audit.jsonl")).unwrap();
