@@ -8,6 +8,7 @@
 use crate::audit::{AuditLog, Event, EventKind};
 use crate::config::{Config, Mode};
 use crate::host::Host;
+use crate::libvirt::events::{self, EventReceiver, HvEvent};
 use crate::libvirt::worker::HvWorker;
 use crate::libvirt::HvError;
 use crate::metrics::Counters;
@@ -197,15 +198,31 @@ pub struct Monitor {
     counters_tx: watch::Sender<Arc<Counters>>,
     /// Why the last reload was refused, until a good one.
     reload_error: Option<String>,
-    /// Events waiting for the end of the cycle.
-    events: Vec<Event>,
+    /// Audit events waiting for the end of the cycle.
+    pending: Vec<Event>,
     /// Unadmitted members (pool, UUID) already reported.
     unadmitted: HashSet<(String, String)>,
     /// Whether libvirt was reachable in the last cycle (None before the first).
     was_connected: Option<bool>,
+    /// libvirt lifecycle events: each (debounced) batch runs a cycle.
+    events: Option<EventReceiver>,
+}
+
+/// The next debounced batch of libvirt events; never ready without a receiver.
+async fn next_events(rx: &mut Option<EventReceiver>) -> Option<Vec<HvEvent>> {
+    match rx {
+        Some(rx) => events::next_batch(rx, events::DEBOUNCE).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Monitor {
+    /// Also runs a cycle at once on libvirt events (see [`events`]).
+    pub fn with_events(mut self, rx: EventReceiver) -> Monitor {
+        self.events = Some(rx);
+        self
+    }
+
     /// Builds a monitor and the handle the API uses.
     pub fn new(
         hv: HvWorker,
@@ -289,9 +306,10 @@ impl Monitor {
             counters: Counters::default(),
             counters_tx,
             reload_error: None,
-            events: Vec::new(),
+            pending: Vec::new(),
             unadmitted: HashSet::new(),
             was_connected: None,
+            events: None,
         };
         (m, handle)
     }
@@ -318,7 +336,7 @@ impl Monitor {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             t
         });
-        self.events.push(Event::now(EventKind::Started {
+        self.pending.push(Event::now(EventKind::Started {
             version: env!("CARGO_PKG_VERSION").into(),
         }));
         loop {
@@ -353,13 +371,17 @@ impl Monitor {
                     self.notifier.notify(&[Notice::Watchdog]);
                     continue;
                 }
+                batch = next_events(&mut self.events) => match batch {
+                    Some(b) => tracing::debug!(events = ?b, "libvirt event: cycle now"),
+                    None => { self.events = None; continue; }
+                },
             }
             let st = self.cycle_once().await;
             if let Some(r) = reply {
                 let _ = r.send(st);
             }
         }
-        self.events.push(Event::now(EventKind::Stopping));
+        self.pending.push(Event::now(EventKind::Stopping));
         self.flush_events();
     }
 
@@ -374,7 +396,7 @@ impl Monitor {
                 self.reload_error = None;
                 self.counters.reloads_ok += 1;
                 self.counters.last_reload_ok = Some(true);
-                self.events.push(Event::now(EventKind::ConfigReload {
+                self.pending.push(Event::now(EventKind::ConfigReload {
                     file,
                     ok: true,
                     error: None,
@@ -385,7 +407,7 @@ impl Monitor {
             Err(e) => {
                 self.counters.reloads_refused += 1;
                 self.counters.last_reload_ok = Some(false);
-                self.events.push(Event::now(EventKind::ConfigReload {
+                self.pending.push(Event::now(EventKind::ConfigReload {
                     file,
                     ok: false,
                     error: Some(e.clone()),
@@ -398,10 +420,10 @@ impl Monitor {
 
     /// Writes pending events to the audit log.
     fn flush_events(&mut self) {
-        if self.events.is_empty() {
+        if self.pending.is_empty() {
             return;
         }
-        let events = std::mem::take(&mut self.events);
+        let events = std::mem::take(&mut self.pending);
         if let Err(e) = self.audit.append(&events) {
             tracing::warn!(error = %e, "cannot write the audit log");
         }
@@ -457,7 +479,7 @@ impl Monitor {
                 }
                 self.failures = 0;
                 if self.was_connected == Some(false) {
-                    self.events.push(Event::now(EventKind::LibvirtRestored {
+                    self.pending.push(Event::now(EventKind::LibvirtRestored {
                         uri: self.config.agent.libvirt_uri.clone(),
                     }));
                 }
@@ -523,7 +545,7 @@ impl Monitor {
                 let key = (p.name.clone(), m.uuid.clone());
                 if !self.unadmitted.contains(&key) {
                     tracing::warn!(pool = %p.name, domain = %m.name, note = m.note.as_deref().unwrap_or(""), "member not admitted: its floors do not fit the budget");
-                    self.events.push(Event::now(EventKind::Unadmitted {
+                    self.pending.push(Event::now(EventKind::Unadmitted {
                         pool: p.name.clone(),
                         domain: m.name.clone(),
                         uuid: m.uuid.clone(),
@@ -553,7 +575,7 @@ impl Monitor {
         // Lost in observe or in the middle of enforcing: one event per loss.
         if !status.libvirt.connected && self.was_connected != Some(false) {
             self.counters.libvirt_lost += 1;
-            self.events.push(Event::now(EventKind::LibvirtLost {
+            self.pending.push(Event::now(EventKind::LibvirtLost {
                 uri: status.libvirt.uri.clone(),
                 error: status.libvirt.error.clone().unwrap_or_default(),
             }));
@@ -567,7 +589,7 @@ impl Monitor {
                 if r.ok { "ok" } else { "error" }.to_string(),
             );
             *self.counters.actions.entry(key).or_insert(0) += 1;
-            self.events.push(action_event(r));
+            self.pending.push(action_event(r));
         }
         self.flush_events();
         let st = Arc::new(status);
