@@ -8,7 +8,7 @@
 
 use super::auth::{self, Peer};
 use super::error::Error;
-use super::events::{EventRing, EventSource, DEFAULT_EVENTS};
+use super::events::{CycleRecorder, EventRing, EventSource, DEFAULT_EVENTS};
 use super::types::*;
 use super::views;
 use crate::config::{self, Config, Mode, PoolSpec};
@@ -31,6 +31,7 @@ struct Inner {
     handle: Handle,
     group: String,
     events: Arc<dyn EventSource>,
+    recorder: Arc<CycleRecorder>,
     /// Bumped on every saved runtime change (cache key).
     generation: AtomicU64,
     /// `GET /v1/pools` serialized, for one (status, generation).
@@ -68,6 +69,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 handle,
                 group: group.into(),
+                recorder: Arc::new(CycleRecorder::new(events.clone())),
                 events,
                 generation: AtomicU64::new(0),
                 pools_cache: Mutex::new(None),
@@ -81,6 +83,11 @@ impl AppState {
 
     pub fn event_source(&self) -> Arc<dyn EventSource> {
         self.inner.events.clone()
+    }
+
+    /// Records published cycles as events.
+    pub fn recorder(&self) -> Arc<CycleRecorder> {
+        self.inner.recorder.clone()
     }
 
     pub fn group(&self) -> &str {
@@ -158,6 +165,7 @@ impl AppState {
 
     pub fn events(&self, q: EventsQuery) -> EventsResponse {
         let limit = q.limit.unwrap_or(100).min(1000);
+        self.inner.recorder.observe(&self.inner.handle.status());
         EventsResponse {
             events: self.inner.events.recent(q.since, limit),
         }

@@ -104,22 +104,47 @@ pub fn record_cycle(events: &dyn EventSource, st: &Status) {
     }
 }
 
-/// Follows published statuses until `shutdown`, recording each cycle once.
+/// Records each published cycle exactly once, whoever sees it first: the
+/// follower task, or a reader of `GET /v1/events` (so a read right after a
+/// cycle always includes it).
+pub struct CycleRecorder {
+    last: Mutex<u64>,
+    events: Arc<dyn EventSource>,
+}
+
+impl CycleRecorder {
+    pub fn new(events: Arc<dyn EventSource>) -> CycleRecorder {
+        CycleRecorder {
+            last: Mutex::new(0),
+            events,
+        }
+    }
+
+    /// Records `st` if its cycle was not recorded yet.
+    pub fn observe(&self, st: &Status) {
+        let mut last = match self.last.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if st.cycle != *last {
+            *last = st.cycle;
+            record_cycle(self.events.as_ref(), st);
+        }
+    }
+}
+
+/// Follows published statuses until `shutdown`, recording each cycle.
 pub async fn follow(
     mut rx: watch::Receiver<Arc<Status>>,
-    events: Arc<dyn EventSource>,
+    recorder: Arc<CycleRecorder>,
     shutdown: CancellationToken,
 ) {
-    let mut last = rx.borrow_and_update().cycle;
     loop {
+        let st = rx.borrow_and_update().clone();
+        recorder.observe(&st);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = rx.changed() => if r.is_err() { return },
-        }
-        let st = rx.borrow_and_update().clone();
-        if st.cycle != last {
-            last = st.cycle;
-            record_cycle(events.as_ref(), &st);
         }
     }
 }

@@ -163,7 +163,7 @@ pub async fn serve_with(
     } = sock;
     tokio::spawn(events::follow(
         state.handle().status.clone(),
-        state.event_source(),
+        state.recorder(),
         shutdown.clone(),
     ));
     let router = routes::router(state, opts.body_timeout);
