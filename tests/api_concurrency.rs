@@ -26,9 +26,18 @@ fn vcpus_reserved(st: &RuntimeState) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_allocations_never_overshoot_and_persist() {
     let dir = tempfile::tempdir().unwrap();
-    let domains: Vec<_> = (0..CLIENTS).map(|i| dom(&format!("w-{i:02}"), 1, 8, 2)).collect();
+    let domains: Vec<_> = (0..CLIENTS)
+        .map(|i| dom(&format!("w-{i:02}"), 1, 8, 2))
+        .collect();
     let pools = format!("[pools.web]\nmatch = \"w-*\"\nvcpus = {{ budget = {BUDGET} }}\n");
-    let a = Agent::start(dir.path(), "root", &pools, FakeHv::new(domains.clone()), ServeOptions::default()).await;
+    let a = Agent::start(
+        dir.path(),
+        "root",
+        &pools,
+        FakeHv::new(domains.clone()),
+        ServeOptions::default(),
+    )
+    .await;
 
     // Watch the in-memory state the whole time.
     let stop = Arc::new(AtomicBool::new(false));
@@ -58,11 +67,17 @@ async fn concurrent_allocations_never_overshoot_and_persist() {
             for k in 0..OPS {
                 // Phase 1: contend (each wants 1..5 more than its floor); end clean.
                 let (path, body) = if k % 2 == 0 {
-                    ("/v1/pools/web/allocate", format!(r#"{{"domain":"{d}","vcpus":{}}}"#, 1 + (i + k) % 5))
+                    (
+                        "/v1/pools/web/allocate",
+                        format!(r#"{{"domain":"{d}","vcpus":{}}}"#, 1 + (i + k) % 5),
+                    )
                 } else {
                     ("/v1/pools/web/release", format!(r#"{{"domain":"{d}"}}"#))
                 };
-                let ans = conn.request(Method::POST, path, Some(body.into_bytes())).await.unwrap();
+                let ans = conn
+                    .request(Method::POST, path, Some(body.into_bytes()))
+                    .await
+                    .unwrap();
                 match ans.status.as_u16() {
                     200 => ok.fetch_add(1, Ordering::Relaxed),
                     409 => {
@@ -76,10 +91,19 @@ async fn concurrent_allocations_never_overshoot_and_persist() {
             // Phase 2: from empty, 2 each fits in any order.
             let body = format!(r#"{{"domain":"{d}","vcpus":2}}"#);
             let ans = conn
-                .request(Method::POST, "/v1/pools/web/allocate", Some(body.into_bytes()))
+                .request(
+                    Method::POST,
+                    "/v1/pools/web/allocate",
+                    Some(body.into_bytes()),
+                )
                 .await
                 .unwrap();
-            assert_eq!(ans.status.as_u16(), 200, "{}", String::from_utf8_lossy(&ans.body));
+            assert_eq!(
+                ans.status.as_u16(),
+                200,
+                "{}",
+                String::from_utf8_lossy(&ans.body)
+            );
         }));
     }
     for t in tasks {
@@ -88,23 +112,41 @@ async fn concurrent_allocations_never_overshoot_and_persist() {
     stop.store(true, Ordering::Relaxed);
     let max = watcher.join().unwrap();
     assert!(max <= BUDGET, "Σ reservations reached {max} > {BUDGET}");
-    assert_eq!(ok.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed), CLIENTS * OPS);
-    assert!(refused.load(Ordering::Relaxed) > 0, "the test never contended");
+    assert_eq!(
+        ok.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed),
+        CLIENTS * OPS
+    );
+    assert!(
+        refused.load(Ordering::Relaxed) > 0,
+        "the test never contended"
+    );
 
     // The serial result: every member reserves 2 vCPUs, nothing else.
     let mut serial = RuntimeState::new();
     for i in 0..CLIENTS {
-        serial
-            .reservations
-            .entry("web".into())
-            .or_default()
-            .insert(format!("w-{i:02}"), virtpool::model::PerResource { vcpus: Some(2), ..Default::default() });
+        serial.reservations.entry("web".into()).or_default().insert(
+            format!("w-{i:02}"),
+            virtpool::model::PerResource {
+                vcpus: Some(2),
+                ..Default::default()
+            },
+        );
     }
     let mem = a.handle.runtime.lock().unwrap().clone();
     assert_eq!(mem, serial);
     a.stop().await;
-    assert_eq!(RuntimeState::load(&dir.path().join("state")).unwrap(), serial);
-    let a = Agent::start(dir.path(), "root", &pools, FakeHv::new(domains), ServeOptions::default()).await;
+    assert_eq!(
+        RuntimeState::load(&dir.path().join("state")).unwrap(),
+        serial
+    );
+    let a = Agent::start(
+        dir.path(),
+        "root",
+        &pools,
+        FakeHv::new(domains),
+        ServeOptions::default(),
+    )
+    .await;
     assert_eq!(*a.handle.runtime.lock().unwrap(), serial);
     let (_, v) = a.call("GET", "/v1/pools/web", None).await;
     assert_eq!(v["reserved"]["vcpus"], 2 * CLIENTS as u64);
