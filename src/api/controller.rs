@@ -34,8 +34,9 @@ struct Inner {
     recorder: Arc<CycleRecorder>,
     /// Bumped on every saved runtime change (cache key).
     generation: AtomicU64,
-    /// `GET /v1/pools` serialized, for one (status, generation).
-    pools_cache: Mutex<Option<(Arc<Status>, u64, Bytes)>>,
+    /// `GET /v1/pools` serialized, for one (status, generation), with and
+    /// without members.
+    pools_cache: [Mutex<Option<(Arc<Status>, u64, Bytes)>>; 2],
 }
 
 /// What a change did, for the response and the event log.
@@ -72,7 +73,7 @@ impl AppState {
                 recorder: Arc::new(CycleRecorder::new(events.clone())),
                 events,
                 generation: AtomicU64::new(0),
-                pools_cache: Mutex::new(None),
+                pools_cache: [Mutex::new(None), Mutex::new(None)],
             }),
         }
     }
@@ -106,19 +107,20 @@ impl AppState {
     }
 
     /// `GET /v1/pools`, serialized once per published cycle and runtime change.
-    pub fn pools_json(&self) -> Result<Bytes, Error> {
+    pub fn pools_json(&self, members: bool) -> Result<Bytes, Error> {
         let st = self.inner.handle.status();
         let generation = self.inner.generation.load(Ordering::Acquire);
-        if let Some((s, g, b)) = lock(&self.inner.pools_cache).as_ref() {
+        let cache = &self.inner.pools_cache[usize::from(members)];
+        if let Some((s, g, b)) = lock(cache).as_ref() {
             if Arc::ptr_eq(s, &st) && *g == generation {
                 return Ok(b.clone());
             }
         }
         let rt = self.runtime();
-        let body = serde_json::to_vec(&views::pools(st.plan.as_ref(), &rt))
+        let body = serde_json::to_vec(&views::pools(st.plan.as_ref(), &rt, members))
             .map_err(|e| Error::Internal(e.to_string()))?;
         let body = Bytes::from(body);
-        *lock(&self.inner.pools_cache) = Some((st, generation, body.clone()));
+        *lock(cache) = Some((st, generation, body.clone()));
         Ok(body)
     }
 

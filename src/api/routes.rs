@@ -151,8 +151,8 @@ async fn status(State(s): State<AppState>) -> R<StatusResponse> {
     Ok(axum::Json(s.status()))
 }
 
-async fn pools(State(s): State<AppState>) -> Result<Response, Error> {
-    let body = s.pools_json()?;
+async fn pools(State(s): State<AppState>, Query(q): Query<PoolsQuery>) -> Result<Response, Error> {
+    let body = s.pools_json(q.members.unwrap_or(true))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

@@ -174,12 +174,17 @@ pub struct PoolView {
     pub source: PoolSource,
     pub paused: bool,
     /// `None` for resources the pool does not manage.
+    #[serde(with = "sparse")]
     pub budget: PerResource<Option<u64>>,
     /// Σ targets of admitted active members.
     pub allocated: PerResource<u64>,
+    #[serde(with = "sparse")]
     pub free: PerResource<Option<u64>>,
     /// Σ runtime reservations of the members.
     pub reserved: PerResource<u64>,
+    /// Number of members (also when `members` is left out).
+    pub member_count: usize,
+    /// Empty with `GET /v1/pools?members=false`.
     pub members: Vec<MemberView>,
     /// Names of active members whose floors did not fit.
     pub unadmitted: Vec<String>,
@@ -196,8 +201,10 @@ pub struct MemberView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     /// Runtime reservation per resource (set with `allocate`).
+    #[serde(with = "sparse")]
     pub reservation: PerResource<Option<u64>>,
     /// Per managed resource; `None` when unmanaged or the domain is inactive.
+    #[serde(with = "sparse")]
     pub resources: PerResource<Option<ResourceView>>,
 }
 
@@ -216,6 +223,7 @@ pub struct ResourceView {
     /// What libvirt reports.
     pub actual: u64,
     /// What the guest uses (memory, when the guest reports it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used: Option<u64>,
     pub reason: Reason,
 }
@@ -244,8 +252,10 @@ pub struct DomainView {
     pub memory_used: Option<u64>,
     /// Tunable disks (target names).
     pub disks: Vec<String>,
+    #[serde(with = "sparse")]
     pub reservation: PerResource<Option<u64>>,
     /// The member's allocation (managed, active domains only).
+    #[serde(with = "sparse")]
     pub resources: PerResource<Option<ResourceView>>,
 }
 
@@ -288,6 +298,7 @@ pub struct ReservationResponse {
     pub pool: String,
     pub domain: String,
     /// The member's reservations after the change.
+    #[serde(with = "sparse")]
     pub reservation: PerResource<Option<u64>>,
     pub changed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -348,6 +359,73 @@ pub enum EventKind {
     Change { uid: u32, message: String },
     /// A cycle could not observe libvirt, or the config was refused.
     Error { cycle: u64, message: String },
+}
+
+/// `GET /v1/pools` query.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolsQuery {
+    /// `false`: budgets and totals only, no member list (default `true`).
+    #[serde(default)]
+    pub members: Option<bool>,
+}
+
+/// Serde adapter: a per-resource value with absent resources left out of
+/// the JSON (`{"vcpus": 4}` rather than four keys with nulls) — pool views
+/// of a thousand members stay small.
+mod sparse {
+    use crate::model::PerResource;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize)]
+    struct Ref<'a, T> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vcpus: Option<&'a T>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        memory: Option<&'a T>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        disk_bytes_sec: Option<&'a T>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        disk_iops_sec: Option<&'a T>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Owned<T> {
+        #[serde(default = "Option::default")]
+        vcpus: Option<T>,
+        #[serde(default = "Option::default")]
+        memory: Option<T>,
+        #[serde(default = "Option::default")]
+        disk_bytes_sec: Option<T>,
+        #[serde(default = "Option::default")]
+        disk_iops_sec: Option<T>,
+    }
+
+    pub fn serialize<S: Serializer, T: Serialize>(
+        v: &PerResource<Option<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        Ref {
+            vcpus: v.vcpus.as_ref(),
+            memory: v.memory.as_ref(),
+            disk_bytes_sec: v.disk_bytes_sec.as_ref(),
+            disk_iops_sec: v.disk_iops_sec.as_ref(),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<PerResource<Option<T>>, D::Error> {
+        let o = Owned::<T>::deserialize(d)?;
+        Ok(PerResource {
+            vcpus: o.vcpus,
+            memory: o.memory,
+            disk_bytes_sec: o.disk_bytes_sec,
+            disk_iops_sec: o.disk_iops_sec,
+        })
+    }
 }
 
 /// `GET /v1/events` query.

@@ -75,6 +75,7 @@ pub fn pool_view(p: &PoolPlan, rt: &RuntimeState) -> PoolView {
         allocated: p.allocated,
         free: PerResource::from_fn(|r| p.free(r)),
         reserved,
+        member_count: members.len(),
         unadmitted: p
             .members
             .iter()
@@ -85,11 +86,22 @@ pub fn pool_view(p: &PoolPlan, rt: &RuntimeState) -> PoolView {
     }
 }
 
-/// Every pool of a plan.
-pub fn pools(plan: Option<&Plan>, rt: &RuntimeState) -> PoolsResponse {
+/// Every pool of a plan; without the member lists unless `members`.
+pub fn pools(plan: Option<&Plan>, rt: &RuntimeState, members: bool) -> PoolsResponse {
     PoolsResponse {
         pools: plan
-            .map(|p| p.pools.iter().map(|pp| pool_view(pp, rt)).collect())
+            .map(|p| {
+                p.pools
+                    .iter()
+                    .map(|pp| {
+                        let mut v = pool_view(pp, rt);
+                        if !members {
+                            v.members.clear();
+                        }
+                        v
+                    })
+                    .collect()
+            })
             .unwrap_or_default(),
     }
 }
