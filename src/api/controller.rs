@@ -34,9 +34,17 @@ struct Inner {
     recorder: Arc<CycleRecorder>,
     /// Bumped on every saved runtime change (cache key).
     generation: AtomicU64,
-    /// `GET /v1/pools` serialized, for one (status, generation), with and
-    /// without members.
-    pools_cache: [Mutex<Option<(Arc<Status>, u64, Bytes)>>; 2],
+    /// Serialized pool answers for the current (status, generation).
+    cache: Mutex<ReadCache>,
+}
+
+/// Serialized answers valid for one published status and one runtime
+/// generation; cleared when either changes. Holds only answers that were
+/// built successfully (existing pools), so it is bounded.
+#[derive(Default)]
+struct ReadCache {
+    key: Option<(Arc<Status>, u64)>,
+    entries: std::collections::HashMap<String, Bytes>,
 }
 
 /// What a change did, for the response and the event log.
@@ -73,7 +81,7 @@ impl AppState {
                 recorder: Arc::new(CycleRecorder::new(events.clone())),
                 events,
                 generation: AtomicU64::new(0),
-                pools_cache: [Mutex::new(None), Mutex::new(None)],
+                cache: Mutex::new(ReadCache::default()),
             }),
         }
     }
@@ -106,22 +114,52 @@ impl AppState {
         views::status(&st, &self.runtime(), &self.inner.handle.config())
     }
 
-    /// `GET /v1/pools`, serialized once per published cycle and runtime change.
-    pub fn pools_json(&self, members: bool) -> Result<Bytes, Error> {
+    /// An answer from the cache, or built (with the status and runtime
+    /// state it was built from) and cached.
+    fn cached(
+        &self,
+        key: String,
+        build: impl FnOnce(&Status, &RuntimeState) -> Result<Vec<u8>, Error>,
+    ) -> Result<Bytes, Error> {
         let st = self.inner.handle.status();
         let generation = self.inner.generation.load(Ordering::Acquire);
-        let cache = &self.inner.pools_cache[usize::from(members)];
-        if let Some((s, g, b)) = lock(cache).as_ref() {
-            if Arc::ptr_eq(s, &st) && *g == generation {
+        {
+            let mut c = lock(&self.inner.cache);
+            let fresh = c
+                .key
+                .as_ref()
+                .is_some_and(|(s, g)| Arc::ptr_eq(s, &st) && *g == generation);
+            if !fresh {
+                c.key = Some((st.clone(), generation));
+                c.entries.clear();
+            } else if let Some(b) = c.entries.get(&key) {
                 return Ok(b.clone());
             }
         }
-        let rt = self.runtime();
-        let body = serde_json::to_vec(&views::pools(st.plan.as_ref(), &rt, members))
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let body = Bytes::from(body);
-        *lock(cache) = Some((st, generation, body.clone()));
+        let body = Bytes::from(build(&st, &self.runtime())?);
+        let mut c = lock(&self.inner.cache);
+        if c.key
+            .as_ref()
+            .is_some_and(|(s, g)| Arc::ptr_eq(s, &st) && *g == generation)
+        {
+            c.entries.insert(key, body.clone());
+        }
         Ok(body)
+    }
+
+    /// `GET /v1/pools`, serialized once per published cycle and runtime change.
+    pub fn pools_json(&self, members: bool) -> Result<Bytes, Error> {
+        self.cached(format!("pools/{members}"), |st, rt| {
+            serde_json::to_vec(&views::pools(st.plan.as_ref(), rt, members))
+                .map_err(|e| Error::Internal(e.to_string()))
+        })
+    }
+
+    /// `GET /v1/pools/{pool}`, cached like [`AppState::pools_json`].
+    pub fn pool_json(&self, name: &str) -> Result<Bytes, Error> {
+        self.cached(format!("pool/{name}"), |_, _| {
+            serde_json::to_vec(&self.pool(name)?).map_err(|e| Error::Internal(e.to_string()))
+        })
     }
 
     pub fn pool(&self, name: &str) -> Result<PoolView, Error> {

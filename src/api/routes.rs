@@ -156,9 +156,10 @@ async fn pools(State(s): State<AppState>, Query(q): Query<PoolsQuery>) -> Result
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-async fn pool(State(s): State<AppState>, Path(name): Path<String>) -> R<PoolView> {
+async fn pool(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, Error> {
     controller::parse_name("pool", &name)?;
-    Ok(axum::Json(s.pool(&name)?))
+    let body = s.pool_json(&name)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn domains(State(s): State<AppState>) -> R<DomainsResponse> {
