@@ -91,6 +91,12 @@ fn main() -> ExitCode {
     };
     observability::init(level);
     virt_quiet();
+    // Before any libvirt connection is opened (events need it).
+    if !args.once {
+        if let Err(e) = virtpool::libvirt::events::start_event_loop() {
+            tracing::warn!(error = %e, "lifecycle events off: cycles run on the interval only");
+        }
+    }
 
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -181,13 +187,17 @@ async fn once(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCode
 
 async fn daemon(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCode> {
     let runtime = runtime_state(&cfg)?;
-    let hv = HvWorker::spawn(Box::new(Libvirt::new(&cfg.agent.libvirt_uri)))
-        .context("cannot start the libvirt thread")?;
+    let (events_tx, events_rx) = virtpool::libvirt::events::channel();
+    let hv = HvWorker::spawn(Box::new(
+        Libvirt::new(&cfg.agent.libvirt_uri).with_events(events_tx),
+    ))
+    .context("cannot start the libvirt thread")?;
     let config_path = cfg.source.clone();
     // API: bind (lock, stale socket, chmod, chgrp) before the first cycle.
     let api_sock = virtpool::api::bind(&cfg.agent.socket, &cfg.agent.api_group).await?;
     let api_group = cfg.agent.api_group.clone();
     let (monitor, handle) = Monitor::new(hv, host, cfg, runtime, observe);
+    let monitor = monitor.with_events(events_rx);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let api_state = virtpool::api::AppState::new(handle.clone(), api_group);
     let api_task = tokio::spawn(virtpool::api::serve(api_sock, api_state, shutdown.clone()));
