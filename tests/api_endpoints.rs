@@ -698,3 +698,41 @@ async fn runtime_changes_survive_a_restart() {
     );
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_wait_for_a_free_slot() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ServeOptions {
+        max_connections: 2,
+        header_timeout: Duration::from_millis(700),
+        ..Default::default()
+    };
+    let a = Agent::start(
+        dir.path(),
+        "root",
+        STANDARD_POOLS,
+        FakeHv::new(standard_domains()),
+        opts,
+    )
+    .await;
+    // Two clients that never finish their headers hold both slots...
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::UnixStream::connect(&a.socket).await.unwrap();
+        s.write_all(b"GET /v1/status HTTP/1.1\r\n").await.unwrap();
+        idle.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...so a third is served only once the header timeout frees one.
+    let t0 = std::time::Instant::now();
+    let (code, _) = a.call("GET", "/v1/status", None).await;
+    assert_eq!(code, 200);
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400),
+        "served after {waited:?}: cap not enforced"
+    );
+    assert!(waited < Duration::from_secs(5), "served after {waited:?}");
+    a.stop().await;
+}

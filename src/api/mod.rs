@@ -17,6 +17,17 @@
 //! 5. Every failure is an [`error::Error`]; [`error::Error::status`] is the
 //!    one place that maps it to an HTTP status and a JSON error body.
 //!
+//! Responses leave absent per-resource values out (`"reservation": {}`,
+//! `"budget": {"vcpus": 8}`) instead of sending nulls, and pool answers are
+//! serialized once per (published cycle, runtime change) and then served
+//! from a cache. `GET /v1/pools?members=false` gives budgets and totals
+//! without member lists (cheap for dashboards on big hosts).
+//!
+//! With curl: `curl --unix-socket /run/virtpool/virtpool.sock
+//! -H 'Content-Type: application/json' -X POST -d '{"domain":"web-1","vcpus":4}'
+//! http://localhost/v1/pools/web/allocate?wait=true` (bodies need the
+//! JSON content type: 415 otherwise).
+//!
 //! Which changes need libvirt (503 `libvirt_unavailable` while it is down):
 //! only `allocate`, because admission is checked against members' current
 //! floors. Everything else only changes the runtime state (applied when
