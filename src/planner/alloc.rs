@@ -15,9 +15,15 @@ pub struct Claim {
 
 /// Splits `budget` among `claims`: each gets its floor, then the rest is
 /// shared in proportion to shares, capped at each cap; what a capped member
-/// cannot take goes to the others. Integer results, largest-remainder
-/// rounding (ties to the earlier claim), Σ ≤ budget whenever Σ floors ≤
-/// budget. Work-conserving: Σ = min(budget, Σ caps).
+/// cannot take goes to the others. Integer results, Σ ≤ budget whenever
+/// Σ floors ≤ budget. Work-conserving: Σ = min(budget, Σ caps).
+///
+/// Rounding: every uncapped member first gets the whole units of its exact
+/// share; the few units left over (fewer than the uncapped members) go one
+/// each to the highest shares first, then to the earlier claim. Each result
+/// is within one unit of the exact fair share, and — unlike largest
+/// remainder — raising one member's shares never lowers its result
+/// (monotone in shares, SPEC §2 invariant 6).
 ///
 /// The caller guarantees Σ floors ≤ budget (admission); if not, floors are
 /// returned as they are.
@@ -64,18 +70,21 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
     // The uncapped members share `rest` exactly in proportion to shares.
     let uncapped = &order[k..];
     let mut given: u128 = 0;
-    let mut remainders: Vec<(u128, usize)> = Vec::with_capacity(uncapped.len());
     for &i in uncapped {
-        let num = rest * shares(i);
-        let e = num / total_shares;
+        let e = rest * shares(i) / total_shares;
         out[i] += e as u64;
         given += e;
-        remainders.push((num % total_shares, i));
     }
     let mut left = rest - given;
-    // Largest remainder first; ties to the lower index (stable, deterministic).
-    remainders.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    for &(_, i) in &remainders {
+    if left == 0 {
+        return out;
+    }
+    // Leftover units: highest shares first, then the lower index. A
+    // priority that depends only on the member's own shares keeps the
+    // result monotone in shares (largest remainder does not).
+    let mut prio: Vec<usize> = uncapped.to_vec();
+    prio.sort_by(|&a, &b| shares(b).cmp(&shares(a)).then(a.cmp(&b)));
+    for &i in &prio {
         if left == 0 {
             break;
         }
@@ -97,7 +106,10 @@ mod tests {
 
     #[test]
     fn split_by_shares() {
-        assert_eq!(water_fill(12, &[c(0, 100, 1000), c(0, 100, 2000)]), vec![4, 8]);
+        assert_eq!(
+            water_fill(12, &[c(0, 100, 1000), c(0, 100, 2000)]),
+            vec![4, 8]
+        );
     }
 
     #[test]
@@ -107,7 +119,10 @@ mod tests {
 
     #[test]
     fn capped_member_rest_reshared() {
-        assert_eq!(water_fill(12, &[c(0, 2, 1), c(0, 100, 1), c(0, 100, 1)]), vec![2, 5, 5]);
+        assert_eq!(
+            water_fill(12, &[c(0, 2, 1), c(0, 100, 1), c(0, 100, 1)]),
+            vec![2, 5, 5]
+        );
     }
 
     #[test]
