@@ -25,6 +25,7 @@ pub mod disk;
 pub mod history;
 mod pressure;
 mod stability;
+pub mod testing;
 pub mod weights;
 
 pub use check::{check_action, check_plan, Guard, Violation};
@@ -513,10 +514,13 @@ fn bound(
             cap = cap.max(t);
         }
     }
+    // The hardware maximum is absolute; a floor (reservation, guest need)
+    // overrides a lower configured max or demand cap.
+    let floor = floor.min(hw);
     let shares = l.shares.unwrap_or(DEFAULT_SHARES).max(1);
     Some(Bound {
-        floor: floor.min(cap),
-        cap: cap.max(floor.min(cap)),
+        floor,
+        cap: cap.max(floor),
         shares,
         cap_reason,
     })

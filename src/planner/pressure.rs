@@ -15,7 +15,8 @@
 //!   shrink blindly).
 //! - Without pressure, reclaim is given back in the reverse order, one step
 //!   per member per cycle, and never more in total than the host's
-//!   headroom above the threshold (so giving back cannot cause pressure).
+//!   headroom above the threshold, less what members given memory back
+//!   have not grown into yet (so giving back cannot cause pressure).
 
 use super::{Work, MIB};
 use crate::model::{BalloonStats, Reason};
@@ -126,7 +127,14 @@ pub(super) fn apply(
             need = need.saturating_sub(inc);
         }
     } else {
-        let mut headroom = units::floor_mib(host.memory_available - threshold);
+        // Memory already given back but not yet grown into will take
+        // headroom too: count it, or repeated small releases would overshoot.
+        let regrowing: u64 = cands
+            .iter()
+            .map(|c| (c.target - c.reclaim).saturating_sub(c.actual))
+            .fold(0u64, u64::saturating_add);
+        let mut headroom =
+            units::floor_mib((host.memory_available - threshold).saturating_sub(regrowing));
         for c in cands.iter_mut().rev() {
             let dec = c
                 .reclaim
