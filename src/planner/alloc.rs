@@ -19,8 +19,8 @@ pub struct Claim {
 /// Σ floors ≤ budget. Work-conserving: Σ = min(budget, Σ caps).
 ///
 /// Rounding: every uncapped member first gets the whole units of its exact
-/// share; the few units left over (fewer than the uncapped members) go one
-/// each to the highest shares first, then to the earlier claim. Each result
+/// share; the few units left over go one each to members whose exact share
+/// has a fractional part, highest shares first, then the earlier claim. Each result
 /// is within one unit of the exact fair share, and — unlike largest
 /// remainder — raising one member's shares never lowers its result
 /// (monotone in shares, SPEC §2 invariant 6).
@@ -70,19 +70,26 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
     // The uncapped members share `rest` exactly in proportion to shares.
     let uncapped = &order[k..];
     let mut given: u128 = 0;
+    // Members whose exact share has a fractional part: only they may
+    // receive a leftover unit (a member with an exact whole share never
+    // gets more than it).
+    let mut prio: Vec<usize> = Vec::new();
     for &i in uncapped {
-        let e = rest * shares(i) / total_shares;
+        let num = rest * shares(i);
+        let e = num / total_shares;
         out[i] += e as u64;
         given += e;
+        if num % total_shares != 0 {
+            prio.push(i);
+        }
     }
     let mut left = rest - given;
     if left == 0 {
         return out;
     }
-    // Leftover units: highest shares first, then the lower index. A
-    // priority that depends only on the member's own shares keeps the
-    // result monotone in shares (largest remainder does not).
-    let mut prio: Vec<usize> = uncapped.to_vec();
+    // Leftover units (fewer than `prio`): highest shares first, then the
+    // lower index. A priority that depends only on the member's own shares
+    // keeps the result monotone in shares (largest remainder does not).
     prio.sort_by(|&a, &b| shares(b).cmp(&shares(a)).then(a.cmp(&b)));
     for &i in &prio {
         if left == 0 {
@@ -146,5 +153,69 @@ mod tests {
     #[test]
     fn floors_over_budget_returned_unchanged() {
         assert_eq!(water_fill(3, &[c(2, 5, 1), c(2, 5, 1)]), vec![2, 2]);
+    }
+
+    #[test]
+    fn exact_whole_shares_get_no_leftover() {
+        // Exact shares 2⅔, 2⅔, 2⅔, 8: the two leftover units go to members
+        // with a fraction, not to the one whose share is exactly 8.
+        let r = water_fill(
+            16,
+            &[
+                c(0, 99, 1000),
+                c(0, 99, 1000),
+                c(0, 99, 1000),
+                c(0, 99, 3000),
+            ],
+        );
+        assert_eq!(r, vec![3, 3, 2, 8]);
+    }
+
+    fn claims() -> impl proptest::strategy::Strategy<Value = (u64, Vec<Claim>)> {
+        use proptest::prelude::*;
+        (
+            0u64..2000,
+            proptest::collection::vec((0u64..50, 0u64..200, 1u64..5000), 0..40),
+        )
+            .prop_map(|(budget, v)| {
+                let claims: Vec<Claim> = v
+                    .into_iter()
+                    .map(|(f, extra, s)| c(f, f + extra, s))
+                    .collect();
+                (budget, claims)
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        #[test]
+        fn sum_bounds_and_work_conservation((budget, cl) in claims()) {
+            let r = water_fill(budget, &cl);
+            let floors: u64 = cl.iter().map(|x| x.floor).sum();
+            let caps: u64 = cl.iter().map(|x| x.cap).sum();
+            let sum: u64 = r.iter().sum();
+            for (x, k) in r.iter().zip(&cl) {
+                proptest::prop_assert!(k.floor <= *x && *x <= k.cap);
+            }
+            if floors <= budget {
+                proptest::prop_assert_eq!(sum, budget.min(caps));
+            }
+        }
+
+        #[test]
+        fn monotone_in_own_shares((budget, cl) in claims(), pick in 0usize..40, mult in 2u64..10) {
+            if cl.is_empty() { return Ok(()); }
+            let i = pick % cl.len();
+            let before = water_fill(budget, &cl);
+            let mut more = cl.clone();
+            more[i].shares *= mult;
+            let after = water_fill(budget, &more);
+            proptest::prop_assert!(after[i] >= before[i], "{} → {}", before[i], after[i]);
+        }
     }
 }
