@@ -47,17 +47,23 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
 
     // Breakpoints of the water level: member i starts rising at
     // λ = floor/shares and stops at λ = cap/shares.
-    let mut events: Vec<(u128, usize, bool)> = Vec::with_capacity(2 * n);
+    // (approximate λ, value, member, is start)
+    let mut events: Vec<(f64, u128, usize, bool)> = Vec::with_capacity(2 * n);
     for i in 0..n {
-        events.push((floor(i) as u128, i, true));
-        events.push((cap(i) as u128, i, false));
+        let s = shares(i) as f64;
+        events.push((floor(i) as f64 / s, floor(i) as u128, i, true));
+        events.push((cap(i) as f64 / s, cap(i) as u128, i, false));
     }
-    // By λ = value / shares(i); at equal λ, starts before stops.
-    events.sort_unstable_by(|&(va, ia, sa), &(vb, ib, sb)| {
-        (va * shares(ib))
-            .cmp(&(vb * shares(ia)))
-            .then(sb.cmp(&sa))
-            .then(ia.cmp(&ib))
+    // By λ = value / shares(i) — exactly: the float only decides when the
+    // two levels differ by far more than its rounding error — and at equal
+    // λ, starts before stops.
+    events.sort_unstable_by(|&(fa, va, ia, sa), &(fb, vb, ib, sb)| {
+        let by_level = if (fa - fb).abs() > 1e-9 * fa.abs().max(fb.abs()) {
+            fa.total_cmp(&fb)
+        } else {
+            (va * shares(ib)).cmp(&(vb * shares(ia)))
+        };
+        by_level.then(sb.cmp(&sa)).then(ia.cmp(&ib))
     });
     // Total at level λ = fixed + λ × slope, where `fixed` counts members
     // at their floor (not started) or cap (stopped), `slope` the shares of
@@ -67,7 +73,7 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
     let mut state = vec![0u8; n]; // 0 at floor, 1 rising, 2 at cap
     let mut k = 0;
     while k < events.len() {
-        let (v, i, _) = events[k];
+        let (_, v, i, _) = events[k];
         let (p, q) = (v, shares(i));
         // Total at this breakpoint ≥ budget: the level lies before it.
         if fixed * q + p * slope >= b * q {
@@ -75,7 +81,7 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
         }
         // Apply every event at this same level.
         while k < events.len() {
-            let (v2, j, start) = events[k];
+            let (_, v2, j, start) = events[k];
             if v2 * q != p * shares(j) {
                 break;
             }

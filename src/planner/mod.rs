@@ -160,6 +160,15 @@ pub struct Plan {
     pub reclaim: BTreeMap<String, u64>,
 }
 
+/// The first 8 bytes of `s`, big-endian (zero-padded): ordering these
+/// integers agrees with ordering the strings on those bytes.
+fn prefix_key(s: &str) -> u64 {
+    let mut b = [0u8; 8];
+    let n = s.len().min(8);
+    b[..n].copy_from_slice(&s.as_bytes()[..n]);
+    u64::from_be_bytes(b)
+}
+
 /// Granularity of each resource's targets.
 fn granularity(r: Resource) -> u64 {
     match r {
@@ -192,14 +201,35 @@ pub(crate) struct Work<'a> {
 }
 
 /// Plans one cycle.
+///
+/// Compiles the pools' membership rules (globs) first; a caller that plans
+/// every few seconds can keep a [`Membership`] per config and call
+/// [`plan_with`] instead.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
+    plan_with(input, &Membership::new(&input.config.pools))
+}
+
+/// Plans one cycle with membership rules compiled beforehand from
+/// `input.config.pools` (`Membership::new`); same result as [`plan`].
+pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
     let cfg = input.config;
     let alloc = cfg.host.allocatable(&input.snapshot.host);
-    let membership = Membership::new(&cfg.pools);
 
-    // Deterministic order, whatever order libvirt listed domains in.
-    let mut domains: Vec<&DomainObs> = input.snapshot.domains.iter().collect();
-    domains.sort_unstable_by(|a, b| a.uuid.cmp(&b.uuid).then_with(|| a.name.cmp(&b.name)));
+    // Deterministic order, whatever order libvirt listed domains in: by
+    // UUID, then name. The first 8 bytes of the UUID as an integer make
+    // most comparisons one integer compare.
+    let mut keyed: Vec<(u64, &DomainObs)> = input
+        .snapshot
+        .domains
+        .iter()
+        .map(|d| (prefix_key(&d.uuid), d))
+        .collect();
+    keyed.sort_unstable_by(|(ka, a), (kb, b)| {
+        ka.cmp(kb)
+            .then_with(|| a.uuid.cmp(&b.uuid))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    let domains = keyed.into_iter().map(|(_, d)| d);
 
     let mut by_pool: BTreeMap<&str, Vec<(&DomainObs, Via)>> = BTreeMap::new();
     let mut unmanaged = Vec::new();
@@ -230,18 +260,16 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
 
     let (pressure, reclaim) = pressure::apply(&mut works, input);
 
-    let mut shrink = Vec::new();
-    let mut neutral = Vec::new();
-    let mut grow = Vec::new();
     for w in works.iter_mut() {
         stability::settle(w, input);
-        if !(input.paused || w.pool.paused) {
-            emit(w, input, &mut shrink, &mut neutral, &mut grow);
+    }
+    // One pass per phase, straight into one list (actions are large).
+    let mut actions = Vec::new();
+    for phase in [Phase::Shrink, Phase::Neutral, Phase::Grow] {
+        for w in works.iter().filter(|w| !(input.paused || w.pool.paused)) {
+            emit(w, input, phase, &mut actions);
         }
     }
-    let mut actions = shrink;
-    actions.append(&mut neutral);
-    actions.append(&mut grow);
 
     let pools = works
         .into_iter()
@@ -526,14 +554,19 @@ fn bound(
     })
 }
 
-/// Turns one pool's settled allocations into actions.
-fn emit(
-    w: &Work<'_>,
-    input: &PlanInput<'_>,
-    shrink: &mut Vec<Action>,
-    neutral: &mut Vec<Action>,
-    grow: &mut Vec<Action>,
-) {
+/// Which actions an [`emit`] pass produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// vCPU and balloon decreases.
+    Shrink,
+    /// Disk limits and weights.
+    Neutral,
+    /// vCPU and balloon increases.
+    Grow,
+}
+
+/// Turns one pool's settled allocations into the actions of one phase.
+fn emit(w: &Work<'_>, input: &PlanInput<'_>, phase: Phase, out: &mut Vec<Action>) {
     let persist = w.pool.persist;
     let factor = input.config.tuning.disk_burst_factor;
     let manages_disk = w.budget.disk_bytes_sec.is_some() || w.budget.disk_iops_sec.is_some();
@@ -542,7 +575,12 @@ fn emit(
             continue;
         }
         let d = w.doms[m];
-        if let Some(a) = p.alloc.vcpus.filter(|a| a.next != a.actual) {
+        let moves = |a: &Alloc| match phase {
+            Phase::Shrink => a.next < a.actual,
+            Phase::Grow => a.next > a.actual,
+            Phase::Neutral => false,
+        };
+        if let Some(a) = p.alloc.vcpus.filter(moves) {
             let act = Action::SetVcpus {
                 uuid: d.uuid.clone(),
                 domain: d.name.clone(),
@@ -551,13 +589,9 @@ fn emit(
                 reason: a.reason,
                 persist,
             };
-            if a.next < a.actual {
-                shrink.push(act);
-            } else {
-                grow.push(act);
-            }
+            out.push(act);
         }
-        if let Some(a) = p.alloc.memory.filter(|a| a.next != a.actual) {
+        if let Some(a) = p.alloc.memory.filter(moves) {
             let act = Action::SetMemory {
                 uuid: d.uuid.clone(),
                 domain: d.name.clone(),
@@ -566,11 +600,10 @@ fn emit(
                 reason: a.reason,
                 persist,
             };
-            if a.next < a.actual {
-                shrink.push(act);
-            } else {
-                grow.push(act);
-            }
+            out.push(act);
+        }
+        if phase != Phase::Neutral {
+            continue;
         }
         let tunable = w.disks[m];
         if tunable > 0 {
@@ -584,7 +617,7 @@ fn emit(
                     let i = is.as_mut().and_then(Iterator::next);
                     let to = disk::desired(disk.iotune, b, i, factor);
                     if disk.iotune != Some(to) {
-                        neutral.push(Action::SetBlockIoTune {
+                        out.push(Action::SetBlockIoTune {
                             uuid: d.uuid.clone(),
                             domain: d.name.clone(),
                             disk: disk.target.clone(),
@@ -599,7 +632,7 @@ fn emit(
         if let Some(a) = p.alloc.vcpus {
             let to = cpu_weight(a.shares);
             if d.cpu_shares != Some(to) {
-                neutral.push(Action::SetCpuShares {
+                out.push(Action::SetCpuShares {
                     uuid: d.uuid.clone(),
                     domain: d.name.clone(),
                     from: d.cpu_shares,
@@ -611,7 +644,7 @@ fn emit(
         if manages_disk && tunable > 0 {
             let to = blkio_weight(w.disk_shares[m]);
             if d.blkio_weight != Some(to) {
-                neutral.push(Action::SetBlkioWeight {
+                out.push(Action::SetBlkioWeight {
                     uuid: d.uuid.clone(),
                     domain: d.name.clone(),
                     from: d.blkio_weight,
