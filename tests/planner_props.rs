@@ -453,9 +453,12 @@ proptest! {
     }
 }
 
+/// Debugging aid for a failing seed: prints the last cycles of a
+/// simulation. `SEED=.. N=.. POOLS=.. cargo test --test planner_props
+/// trace_simulation -- --ignored --nocapture`
 #[test]
 #[ignore]
-fn debug_trace() {
+fn trace_simulation() {
     let seed: u64 = std::env::var("SEED").unwrap().parse().unwrap();
     let n: usize = std::env::var("N").unwrap().parse().unwrap();
     let pools: usize = std::env::var("POOLS").unwrap().parse().unwrap();

@@ -41,6 +41,20 @@ pub(super) fn admit(
     candidates: &[Candidate<'_>],
     budgets: [Option<u64>; 4],
 ) -> Vec<Result<(), Refusal>> {
+    // Everyone fits (the usual case): nothing to order.
+    let mut total = [0u64; 4];
+    for c in candidates {
+        for (t, f) in total.iter_mut().zip(c.floors) {
+            *t = t.saturating_add(f.unwrap_or(0));
+        }
+    }
+    if total
+        .iter()
+        .zip(budgets)
+        .all(|(t, b)| b.map_or(true, |b| *t <= b))
+    {
+        return vec![Ok(()); candidates.len()];
+    }
     let mut order: Vec<usize> = (0..candidates.len()).collect();
     order.sort_by_key(|&i| {
         let c = &candidates[i];
