@@ -238,6 +238,23 @@ fn summary(n: usize, label: &str, f: &Fixture) {
         wall = wall.min(t0.elapsed().as_secs_f64());
         cpu = cpu.min(thread_cpu_secs() - c0);
     }
+    // How much of it is membership (globs, explicit lists: membership.rs).
+    let mut member_cpu = f64::MAX;
+    for _ in 0..runs {
+        let c0 = thread_cpu_secs();
+        let k = f
+            .snapshot
+            .domains
+            .iter()
+            .filter(|d| m.pool_of(black_box(d)).is_some())
+            .count();
+        black_box(k);
+        member_cpu = member_cpu.min(thread_cpu_secs() - c0);
+    }
+    println!(
+        "  {n:>7} domains, {label:<15}: membership alone {:>5.0} ns/domain (cpu)",
+        member_cpu * 1e9 / n as f64
+    );
     println!(
         "  {n:>7} domains, {label:<15}: wall {:>9.3} ms {:>6.0} ns/domain | cpu {:>9.3} ms {:>6.0} ns/domain  ({actions} actions)",
         wall * 1e3,
