@@ -56,6 +56,9 @@ struct Args {
     /// Write the man page and shell completions into DIR and exit (packaging).
     #[arg(long, value_name = "DIR", hide = true)]
     generate_assets: Option<PathBuf>,
+    /// Move a corrupt or unwanted runtime state file aside and start fresh.
+    #[arg(long)]
+    reset_state: bool,
 }
 
 fn main() -> ExitCode {
@@ -100,6 +103,19 @@ fn main() -> ExitCode {
             virtpool::units::human_bytes(alloc.memory)
         );
         return ExitCode::SUCCESS;
+    }
+    if args.reset_state {
+        match RuntimeState::reset(&cfg.agent.state_dir) {
+            Ok(Some(aside)) => eprintln!(
+                "virtpoold: runtime state moved aside to {}",
+                aside.display()
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("virtpoold: {e}");
+                return ExitCode::from(1);
+            }
+        }
     }
     // One cycle prints its own report: log only what went wrong.
     let level = if args.once {
@@ -251,6 +267,10 @@ async fn daemon(
     let metrics_listen = cfg.agent.metrics_listen;
     let notifier = std::sync::Arc::new(SdNotifier);
     let watchdog = service::watchdog_interval();
+    // API: bind (lock, stale socket, chmod, chgrp) before the first cycle,
+    // so READY=1 (after the first cycle) means the socket answers.
+    let api_sock = virtpool::api::bind(&cfg.agent.socket, &cfg.agent.api_group).await?;
+    let api_group = cfg.agent.api_group.clone();
     let (monitor, handle) = Monitor::with_options(
         hv,
         host,
@@ -265,6 +285,8 @@ async fn daemon(
     );
     let monitor = monitor.with_events(events_rx);
     let shutdown = tokio_util::sync::CancellationToken::new();
+    let api_state = virtpool::api::AppState::new(handle.clone(), api_group);
+    let api_task = tokio::spawn(virtpool::api::serve(api_sock, api_state, shutdown.clone()));
     let task = tokio::spawn(monitor.run(shutdown.clone()));
 
     if let Some(addr) = metrics_listen {
@@ -302,5 +324,7 @@ async fn daemon(
     })
     .await
     .context("cannot watch signals")?;
+    // The API's tasks stop with the same token; wait for the socket to go.
+    let _ = api_task.await;
     Ok(ExitCode::SUCCESS)
 }
