@@ -510,7 +510,7 @@ impl Monitor {
         if self
             .membership
             .as_ref()
-            .is_none_or(|(p, _)| *p != effective.pools)
+            .map_or(true, |(p, _)| *p != effective.pools)
         {
             let m = Membership::new(&effective.pools);
             self.membership = Some((effective.pools.clone(), m));
