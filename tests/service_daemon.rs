@@ -35,20 +35,36 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `GET path` over plain HTTP/1.1; returns (status line, body).
-fn http_get(port: u16, path: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+/// `GET path` over plain HTTP/1.1 on a connected stream; returns (status
+/// line, body).
+fn get_on(mut s: impl std::io::Read + std::io::Write, path: &str) -> (String, String) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// `GET path` on the TCP metrics listener.
+fn http_get(port: u16, path: &str) -> (String, String) {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    get_on(s, path)
+}
+
+/// `GET path` on the API's Unix socket.
+fn api_get(sock: &Path, path: &str) -> (String, String) {
+    let s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    get_on(s, path)
+}
+
+/// `GET path` on the API as JSON, expecting 200.
+fn api_json(sock: &Path, path: &str) -> serde_json::Value {
+    let (st, body) = api_get(sock, path);
+    assert!(st.contains(" 200 "), "{path}: {st} {body}");
+    serde_json::from_str(&body).unwrap()
 }
 
 struct Daemon {
@@ -183,6 +199,18 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
     assert!(status.starts_with("cycle 1: 3 pools"), "{status}");
     assert!(status.contains("libvirt up"), "{status}");
     let ready_at = Instant::now();
+    let sock = d.dir.path().join("virtpool.sock");
+
+    // READY means the API answers, from a finished cycle.
+    let st = api_json(&sock, "/v1/status");
+    assert!(st["cycle"].as_u64().unwrap() >= 1, "{st}");
+    assert!(st["config_error"].is_null(), "{st}");
+    let (code, body) = api_get(&sock, "/metrics");
+    assert!(code.contains(" 200 "), "{code}");
+    assert!(
+        body.contains("virtpool_pool_budget{pool=\"db\",resource=\"disk_iops_sec\"} 20000\n"),
+        "{body}"
+    );
 
     // agent.metrics_listen: /metrics over TCP, served from the last cycle.
     let (status_line, body) = http_get(d.port, "/metrics");
@@ -243,6 +271,17 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
     assert!(status.contains("3 pools"), "old config kept: {status}");
     assert!(status.contains("reload refused"), "{status}");
     assert!(d.child.try_wait().unwrap().is_none(), "it kept running");
+    let st = api_json(&sock, "/v1/status");
+    let err = st["config_error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        err.contains("reload refused") && err.contains("bad"),
+        "{st}"
+    );
+    let pools = api_json(&sock, "/v1/pools").to_string();
+    assert!(
+        !pools.contains("\"spare\"") && !pools.contains("\"bad\""),
+        "{pools}"
+    );
     // Still pinging after the refused reload.
     d.wait_line("WATCHDOG=1", Duration::from_secs(5));
 
@@ -267,6 +306,10 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
         status = d.last_status();
     }
     assert!(!status.contains("config error"), "{status}");
+    let st = api_json(&sock, "/v1/status");
+    assert!(st["config_error"].is_null(), "{st}");
+    let pools = api_json(&sock, "/v1/pools").to_string();
+    assert!(pools.contains("\"spare\""), "{pools}");
     let (_, body) = http_get(d.port, "/metrics");
     assert!(
         body.contains("virtpool_config_reloads_total{result=\"refused\"} 1\n")

@@ -89,6 +89,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/pause", post(pause))
         .route("/v1/resume", post(resume))
         .route("/v1/events", get(events))
+        .route("/metrics", get(metrics))
 }
 
 /// The complete service: routes, JSON fallbacks, body limit and timeout.
@@ -177,6 +178,16 @@ async fn plan(State(s): State<AppState>) -> R<PlanResponse> {
 
 async fn events(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> R<EventsResponse> {
     Ok(axum::Json(s.events(q)))
+}
+
+/// Prometheus text format (`crate::metrics`), from the last published cycle.
+async fn metrics(State(s): State<AppState>) -> Response {
+    let h = s.handle();
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(&h.status(), &h.counters()),
+    )
+        .into_response()
 }
 
 // ---------------------------------------------------------------- changes
