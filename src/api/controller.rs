@@ -236,6 +236,15 @@ impl AppState {
                 message: out.message.clone(),
             });
             tracing::info!(uid = peer.map(|p| p.uid), change = %out.message, "runtime change");
+            // The same change in the audit log (a few hundred bytes, inline:
+            // see crate::audit).
+            let ev = crate::audit::Event::now(crate::audit::EventKind::Change {
+                uid: peer.map_or(u32::MAX, |p| p.uid),
+                message: out.message.clone(),
+            });
+            if let Err(e) = self.inner.handle.audit.append(&[ev]) {
+                tracing::warn!(error = %e, "cannot write the audit log");
+            }
         }
         let cycle = self.reconcile(wait && out.changed, out.changed).await;
         Ok((out, cycle))
