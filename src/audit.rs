@@ -309,7 +309,7 @@ impl AuditLog {
         let matching: Vec<&Event> = inner
             .recent
             .iter()
-            .filter(|e| since.map_or(true, |s| e.seq > s))
+            .filter(|e| since.is_none_or(|s| e.seq > s))
             .collect();
         let skip = matching.len().saturating_sub(limit);
         matching.into_iter().skip(skip).cloned().collect()

@@ -503,20 +503,20 @@ impl Monitor {
             }
         };
         let domains = self.track_active(domains);
-        let snapshot = Snapshot { host, domains };
+        let mut snapshot = Snapshot { host, domains };
         let now = self.start.elapsed().as_secs();
         let enforce = self.mode() == Mode::Enforce && !runtime.paused;
         // Globs are compiled once per pool set, not every cycle.
         if self
             .membership
             .as_ref()
-            .map_or(true, |(p, _)| *p != effective.pools)
+            .is_none_or(|(p, _)| *p != effective.pools)
         {
             let m = Membership::new(&effective.pools);
             self.membership = Some((effective.pools.clone(), m));
         }
         let membership = &self.membership.as_ref().expect("set just above").1;
-        let plan = planner::plan_with(
+        let mut plan = planner::plan_with(
             &PlanInput {
                 config: &effective,
                 snapshot: &snapshot,
@@ -534,6 +534,23 @@ impl Monitor {
         if enforce {
             self.set_stats_periods(&snapshot).await;
             status.results = self.enforce(&plan, now).await;
+            // Publish what the domains have now, not what they had.
+            let mut by_uuid: HashMap<&str, usize> = HashMap::new();
+            for (i, d) in snapshot.domains.iter().enumerate() {
+                by_uuid.insert(d.uuid.as_str(), i);
+            }
+            let mut changed = false;
+            let mut domains = snapshot.domains.clone();
+            for r in status.results.iter().filter(|r| r.ok) {
+                if let Some(&i) = by_uuid.get(r.action.uuid()) {
+                    domains[i].apply(&r.action);
+                    changed = true;
+                }
+            }
+            if changed {
+                plan.refresh_actuals(&domains);
+                snapshot.domains = domains;
+            }
             let lost = status.results.iter().find_map(|r| {
                 r.error
                     .clone()
