@@ -4,6 +4,7 @@
 //! right after: the adapter keeps names and UUIDs, never `Domain` handles.
 //! Memory is converted between bytes (agent) and KiB (libvirt) here only.
 
+use std::collections::HashMap;
 use std::sync::Once;
 
 use virt::connect::Connect;
@@ -22,6 +23,15 @@ pub const BLKIO_WEIGHT_RANGE: std::ops::RangeInclusive<u64> = 100..=1000;
 pub const CPU_SHARES_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
 
 const KIB: u64 = 1024;
+
+// Memory and vCPU setters take their own flag enums; `with_persist` passes
+// the generic AFFECT_* values, which libvirt defines to be the same bits.
+const _: () = assert!(
+    sys::VIR_DOMAIN_MEM_LIVE == sys::VIR_DOMAIN_AFFECT_LIVE
+        && sys::VIR_DOMAIN_MEM_CONFIG == sys::VIR_DOMAIN_AFFECT_CONFIG
+        && sys::VIR_DOMAIN_VCPU_LIVE == sys::VIR_DOMAIN_AFFECT_LIVE
+        && sys::VIR_DOMAIN_VCPU_CONFIG == sys::VIR_DOMAIN_AFFECT_CONFIG
+);
 
 static QUIET_ERRORS: Once = Once::new();
 
@@ -52,9 +62,16 @@ type Res<T> = Result<T, Failure>;
 /// Maps a libvirt error to the agent's terms (without looking at the
 /// connection; [`Libvirt`] additionally checks `is_alive()`).
 pub fn classify(err: &VirtError, what: &str) -> HvError {
-    let code = err.code();
-    let domain = err.domain();
-    let msg = err.message();
+    classify_parts(err.code(), err.domain(), err.message(), what)
+}
+
+/// [`classify`] on the parts of an error (testable without libvirt).
+pub fn classify_parts(
+    code: virt::error::ErrorNumberEnum,
+    domain: virt::error::ErrorDomainEnum,
+    msg: &str,
+    what: &str,
+) -> HvError {
     let text = format!("{what}: {msg}");
     let lower = msg.to_ascii_lowercase();
     if code.is(ErrorNumber::NoDomain) {
@@ -63,22 +80,28 @@ pub fn classify(err: &VirtError, what: &str) -> HvError {
         HvError::InvalidArg(text)
     } else if code.is(ErrorNumber::OperationInvalid) {
         HvError::OperationInvalid(text)
-    } else if code.is(ErrorNumber::OperationTimeout)
-        || code.is(ErrorNumber::AgentCommandTimeout)
-        || lower.contains("timed out")
-    {
+    } else if code.is(ErrorNumber::OperationTimeout) || code.is(ErrorNumber::AgentCommandTimeout) {
         HvError::Timeout(text)
     } else if (code.is(ErrorNumber::SystemError) && domain.is(ErrorDomain::Rpc))
         || code.is(ErrorNumber::NoConnect)
         || code.is(ErrorNumber::InvalidConn)
         || lower.contains("client socket is closed")
         || lower.contains("cannot recv data")
+        || lower.contains("cannot write data")
         || lower.contains("end of file while reading data")
     {
         HvError::ConnectionLost(text)
+    } else if lower.contains("timed out") {
+        HvError::Timeout(text)
     } else {
         HvError::Other(text)
     }
+}
+
+/// "Flags LIVE and CONFIG are mutually exclusive": the driver wants one
+/// call per target.
+fn is_exclusive_flags(e: &VirtError) -> bool {
+    e.code().is(ErrorNumber::InvalidArg) && e.message().contains("mutually exclusive")
 }
 
 fn is_no_domain(e: &VirtError) -> bool {
@@ -139,9 +162,43 @@ pub fn normalize_iotune(t: &IoTune) -> IoTune {
     }
 }
 
-/// Reads everything about one domain. Per-field read errors that are not
+/// Bulk stats groups asked for in one call per observation. Where a driver
+/// leaves a group empty (the test driver fills only `state.*`), the values
+/// are read per domain instead.
+const BULK_GROUPS: u32 =
+    sys::VIR_DOMAIN_STATS_STATE | sys::VIR_DOMAIN_STATS_VCPU | sys::VIR_DOMAIN_STATS_BALLOON;
+
+/// Live (current, maximum) vCPUs from a bulk record, when the `vcpu` group
+/// is filled.
+pub fn bulk_vcpus(rec: &ffi::StatsRecord) -> Option<(u64, u64)> {
+    Some((
+        *rec.numbers.get("vcpu.current")?,
+        *rec.numbers.get("vcpu.maximum")?,
+    ))
+}
+
+/// Balloon stats from a bulk record: `None` when the `balloon` group is
+/// missing (read per domain then), `Some(None)` when it is there but the
+/// guest reports neither `unused` nor `available`.
+pub fn bulk_balloon(rec: &ffi::StatsRecord) -> Option<Option<BalloonStats>> {
+    let current = *rec.numbers.get("balloon.current")?;
+    let mut pairs = vec![(sys::VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON, current)];
+    for (key, tag) in [
+        ("balloon.unused", sys::VIR_DOMAIN_MEMORY_STAT_UNUSED),
+        ("balloon.available", sys::VIR_DOMAIN_MEMORY_STAT_AVAILABLE),
+        ("balloon.usable", sys::VIR_DOMAIN_MEMORY_STAT_USABLE),
+    ] {
+        if let Some(v) = rec.numbers.get(key) {
+            pairs.push((tag, *v));
+        }
+    }
+    Some(balloon_from_stats(&pairs, current))
+}
+
+/// Reads everything about one domain, taking vCPUs and balloon stats from
+/// `bulk` when its groups are filled. Per-field read errors that are not
 /// fatal (see [`is_fatal_for_read`]) leave the field empty.
-fn read_domain(dom: &Domain) -> Res<DomainObs> {
+fn read_domain(dom: &Domain, bulk: Option<&ffi::StatsRecord>) -> Res<DomainObs> {
     let name = dom
         .name()
         .map_err(|e| Failure::new(e, "reading a domain name"))?;
@@ -165,24 +222,35 @@ fn read_domain(dom: &Domain) -> Res<DomainObs> {
         }
     };
 
-    let vcpus = if active {
-        soft(
-            dom.vcpus_flags(sys::VIR_DOMAIN_AFFECT_LIVE)
-                .map(|v| Some(u64::from(v))),
-            "live vcpus",
-        )?
-        .unwrap_or(u64::from(info.nr_virt_cpu))
-    } else {
-        0
+    let from_bulk = bulk.and_then(bulk_vcpus).filter(|_| active);
+    let (vcpus, vcpus_max) = match from_bulk {
+        Some(v) => v,
+        None => {
+            let vcpus = if active {
+                soft(
+                    dom.vcpus_flags(sys::VIR_DOMAIN_AFFECT_LIVE)
+                        .map(|v| Some(u64::from(v))),
+                    "live vcpus",
+                )?
+                .unwrap_or(u64::from(info.nr_virt_cpu))
+            } else {
+                0
+            };
+            let vcpus_max = soft(
+                dom.vcpus_flags(sys::VIR_DOMAIN_VCPU_MAXIMUM)
+                    .map(|v| Some(u64::from(v))),
+                "max vcpus",
+            )?
+            .unwrap_or(u64::from(info.nr_virt_cpu));
+            (vcpus, vcpus_max)
+        }
     };
-    let vcpus_max = soft(
-        dom.vcpus_flags(sys::VIR_DOMAIN_VCPU_MAXIMUM)
-            .map(|v| Some(u64::from(v))),
-        "max vcpus",
-    )?
-    .unwrap_or(u64::from(info.nr_virt_cpu));
 
-    let balloon = if active {
+    let balloon = if !active {
+        None
+    } else if let Some(b) = bulk.and_then(bulk_balloon) {
+        b
+    } else {
         match dom.memory_stats(0) {
             Ok(stats) => {
                 let pairs: Vec<(u32, u64)> = stats.iter().map(|s| (s.tag, s.val)).collect();
@@ -191,8 +259,6 @@ fn read_domain(dom: &Domain) -> Res<DomainObs> {
             Err(e) if is_fatal_for_read(&e) => return Err(Failure::new(e, ctx("memory stats"))),
             Err(_) => None,
         }
-    } else {
-        None
     };
 
     let domain_xml = dom.xml_desc(0).map_err(|e| Failure::new(e, ctx("xml")))?;
@@ -258,13 +324,24 @@ fn read_domain(dom: &Domain) -> Res<DomainObs> {
     })
 }
 
-fn flags_live(persist: bool) -> u32 {
-    sys::VIR_DOMAIN_AFFECT_LIVE
-        | if persist {
-            sys::VIR_DOMAIN_AFFECT_CONFIG
-        } else {
-            0
+/// Runs a setter on the live domain and, with `persist`, on its persistent
+/// config too. Tries both in one call (atomic on QEMU); drivers that take
+/// one target per call (the test driver) get LIVE then CONFIG.
+fn with_persist(
+    persist: bool,
+    mut call: impl FnMut(u32) -> Result<(), VirtError>,
+) -> Result<(), VirtError> {
+    let live = sys::VIR_DOMAIN_AFFECT_LIVE;
+    if !persist {
+        return call(live);
+    }
+    match call(live | sys::VIR_DOMAIN_AFFECT_CONFIG) {
+        Err(e) if is_exclusive_flags(&e) => {
+            call(live)?;
+            call(sys::VIR_DOMAIN_AFFECT_CONFIG)
         }
+        other => other,
+    }
 }
 
 impl Libvirt {
@@ -375,9 +452,26 @@ impl Hypervisor for Libvirt {
             Ok(d) => d,
             Err(f) => return Err(self.fail(f)),
         };
+        // Bulk stats are an optimisation: on any non-connection error,
+        // everything is read per domain.
+        let bulk = self
+            .conn()
+            .map(|c| ffi::all_domain_stats(c, BULK_GROUPS, 0))?;
+        let bulk: HashMap<String, ffi::StatsRecord> = match bulk {
+            Ok(records) => records.into_iter().map(|r| (r.uuid.clone(), r)).collect(),
+            Err(e) => {
+                let err = self.fail(Failure::new(e, "bulk domain stats"));
+                if err.is_connection() {
+                    return Err(err);
+                }
+                tracing::debug!(error = %err, "bulk stats unavailable, reading per domain");
+                HashMap::new()
+            }
+        };
         let mut out = Vec::with_capacity(domains.len());
         for dom in &domains {
-            match read_domain(dom) {
+            let rec = dom.uuid_string().ok().and_then(|u| bulk.get(&u));
+            match read_domain(dom, rec) {
                 Ok(obs) => out.push(obs),
                 // Vanished between list and read.
                 Err(f) if is_no_domain(&f.err) => {
@@ -406,21 +500,16 @@ impl Hypervisor for Libvirt {
                 let n = u32::try_from(*to)
                     .map_err(|_| HvError::InvalidArg(ctx(format!("{to} vCPUs"))))?;
                 self.with_domain(&uuid, &name, |d| {
-                    d.set_vcpus_flags(n, flags_live(*persist))
+                    with_persist(*persist, |flags| d.set_vcpus_flags(n, flags))
                         .map_err(|e| Failure::new(e, ctx(format!("set vCPUs to {n}"))))
                 })
             }
             Action::SetMemory { to, persist, .. } => {
                 let kib = to / KIB;
-                let flags = sys::VIR_DOMAIN_MEM_LIVE
-                    | if *persist {
-                        sys::VIR_DOMAIN_MEM_CONFIG
-                    } else {
-                        0
-                    };
                 self.with_domain(&uuid, &name, |d| {
                     // Never Domain::set_memory: it discards the error.
-                    d.set_memory_flags(kib, flags)
+                    // (VIR_DOMAIN_MEM_LIVE/CONFIG equal AFFECT_LIVE/CONFIG.)
+                    with_persist(*persist, |flags| d.set_memory_flags(kib, flags))
                         .map_err(|e| Failure::new(e, ctx(format!("set memory to {kib} KiB"))))
                 })
             }
@@ -429,8 +518,10 @@ impl Hypervisor for Libvirt {
             } => {
                 let tune = normalize_iotune(to);
                 self.with_domain(&uuid, &name, |d| {
-                    ffi::set_block_iotune(d, disk, &tune, flags_live(*persist))
-                        .map_err(|e| Failure::new(e, ctx(format!("set I/O limits of {disk}"))))
+                    with_persist(*persist, |flags| {
+                        ffi::set_block_iotune(d, disk, &tune, flags)
+                    })
+                    .map_err(|e| Failure::new(e, ctx(format!("set I/O limits of {disk}"))))
                 })
             }
             Action::SetCpuShares { to, persist, .. } => {
@@ -442,7 +533,7 @@ impl Hypervisor for Libvirt {
                     ))));
                 }
                 self.with_domain(&uuid, &name, |d| {
-                    ffi::set_cpu_shares(d, *to, flags_live(*persist))
+                    with_persist(*persist, |flags| ffi::set_cpu_shares(d, *to, flags))
                         .map_err(|e| Failure::new(e, ctx(format!("set cpu_shares to {to}"))))
                 })
             }
@@ -458,7 +549,7 @@ impl Hypervisor for Libvirt {
                     }
                 };
                 self.with_domain(&uuid, &name, |d| {
-                    ffi::set_blkio_weight(d, weight, flags_live(*persist))
+                    with_persist(*persist, |flags| ffi::set_blkio_weight(d, weight, flags))
                         .map_err(|e| Failure::new(e, ctx(format!("set blkio weight to {weight}"))))
                 })
             }
@@ -529,12 +620,165 @@ mod tests {
     }
 
     #[test]
-    fn flags_add_config_only_when_persisting() {
-        assert_eq!(flags_live(false), sys::VIR_DOMAIN_AFFECT_LIVE);
+    fn persist_adds_config_and_splits_when_driver_wants_one_target() {
+        let mut seen = Vec::new();
+        with_persist(false, |f| {
+            seen.push(f);
+            Ok(())
+        })
+        .expect("ok");
+        assert_eq!(seen, vec![sys::VIR_DOMAIN_AFFECT_LIVE]);
+        seen.clear();
+        with_persist(true, |f| {
+            seen.push(f);
+            Ok(())
+        })
+        .expect("ok");
         assert_eq!(
-            flags_live(true),
-            sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG
+            seen,
+            vec![sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG]
         );
+        // Any other error is returned as is, without a retry.
+        seen.clear();
+        let bad = || VirtError::from(std::ffi::CString::new("\0").expect_err("NUL"));
+        assert!(with_persist(true, |f| {
+            seen.push(f);
+            Err(bad())
+        })
+        .is_err());
+        assert_eq!(seen.len(), 1);
+    }
+
+    fn record(pairs: &[(&str, u64)]) -> ffi::StatsRecord {
+        ffi::StatsRecord {
+            uuid: "u".into(),
+            numbers: pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+            strings: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn bulk_groups_used_only_when_filled() {
+        // What the test driver returns: state only.
+        let state_only = record(&[("state.state", 1), ("state.reason", 1)]);
+        assert_eq!(bulk_vcpus(&state_only), None);
+        assert_eq!(bulk_balloon(&state_only), None);
+
+        // What QEMU returns with a guest that reports stats (KiB).
+        let qemu = record(&[
+            ("vcpu.current", 3),
+            ("vcpu.maximum", 8),
+            ("balloon.current", 2048),
+            ("balloon.maximum", 4096),
+            ("balloon.unused", 1024),
+            ("balloon.available", 2000),
+            ("balloon.usable", 1500),
+        ]);
+        assert_eq!(bulk_vcpus(&qemu), Some((3, 8)));
+        let b = bulk_balloon(&qemu).expect("group filled").expect("stats");
+        assert_eq!(b.actual, 2048 * KIB);
+        assert_eq!(b.unused, Some(1024 * KIB));
+        assert_eq!(b.available, Some(2000 * KIB));
+        assert_eq!(b.usable, Some(1500 * KIB));
+
+        // Balloon group present but the guest reports nothing: known empty.
+        let silent = record(&[("balloon.current", 2048), ("balloon.maximum", 4096)]);
+        assert_eq!(bulk_balloon(&silent), Some(None));
+    }
+
+    #[test]
+    fn error_table_maps_as_measured() {
+        use virt::error::{ErrorDomainEnum, ErrorNumberEnum};
+        let c = |n: ErrorNumber, d: ErrorDomain, m: &str| {
+            classify_parts(
+                ErrorNumberEnum::from(n),
+                ErrorDomainEnum::from(d),
+                m,
+                "dom web-1",
+            )
+        };
+        let no_dom = c(
+            ErrorNumber::NoDomain,
+            ErrorDomain::Test,
+            "no domain with matching uuid",
+        );
+        assert_eq!(
+            no_dom,
+            HvError::NoDomain("dom web-1: no domain with matching uuid".into())
+        );
+        assert!(matches!(
+            c(
+                ErrorNumber::InvalidArg,
+                ErrorDomain::Test,
+                "requested vcpus is greater than max"
+            ),
+            HvError::InvalidArg(_)
+        ));
+        assert!(matches!(
+            c(
+                ErrorNumber::OperationInvalid,
+                ErrorDomain::Test,
+                "domain is not running"
+            ),
+            HvError::OperationInvalid(_)
+        ));
+        assert!(matches!(
+            c(
+                ErrorNumber::OperationTimeout,
+                ErrorDomain::Qemu,
+                "vcpu unplug request timed out"
+            ),
+            HvError::Timeout(_)
+        ));
+        assert!(matches!(
+            c(
+                ErrorNumber::OperationFailed,
+                ErrorDomain::Qemu,
+                "unplug timed out"
+            ),
+            HvError::Timeout(_)
+        ));
+        assert!(matches!(
+            c(
+                ErrorNumber::SystemError,
+                ErrorDomain::Rpc,
+                "Failed to connect socket"
+            ),
+            HvError::ConnectionLost(_)
+        ));
+        assert!(matches!(
+            c(
+                ErrorNumber::InternalError,
+                ErrorDomain::Rpc,
+                "client socket is closed"
+            ),
+            HvError::ConnectionLost(_)
+        ));
+        assert!(matches!(
+            c(
+                ErrorNumber::SystemError,
+                ErrorDomain::Rpc,
+                "Cannot recv data: Connection timed out"
+            ),
+            HvError::ConnectionLost(_)
+        ));
+        assert!(matches!(
+            c(
+                ErrorNumber::ConfigUnsupported,
+                ErrorDomain::Test,
+                "bytes cannot be higher than max"
+            ),
+            HvError::Other(_)
+        ));
+        // A plain system error (e.g. a cgroup write) is not a lost connection.
+        assert!(matches!(
+            c(
+                ErrorNumber::SystemError,
+                ErrorDomain::Qemu,
+                "Unable to write to cgroup"
+            ),
+            HvError::Other(_)
+        ));
     }
 
     #[test]
