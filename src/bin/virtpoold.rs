@@ -163,6 +163,14 @@ async fn once(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// A reloaded config must pass the same host check as at start: its pool
+/// budgets must fit this host's allocatable capacity.
+fn budgets_fit(cfg: Config) -> anyhow::Result<Config> {
+    let mut host = Host::new()?;
+    cfg.check_budgets(&cfg.host.allocatable(&host.refresh()))?;
+    Ok(cfg)
+}
+
 async fn daemon(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCode> {
     let runtime = runtime_state(&cfg)?;
     let hv = HvWorker::spawn(Box::new(Libvirt::new(&cfg.agent.libvirt_uri)))
@@ -182,7 +190,7 @@ async fn daemon(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCo
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                match Config::load(&config_path) {
+                match Config::load(&config_path).map_err(anyhow::Error::from).and_then(budgets_fit) {
                     Ok(c) => { handle.reload(c).await; }
                     Err(e) => tracing::error!(error = %e, "reload refused: keeping the running config"),
                 }
