@@ -934,11 +934,62 @@ pub fn run_virtpoold(args: &[&str]) -> (Option<i32>, String, String) {
 pub struct Response {
     pub status: u16,
     pub body: String,
+    /// The server said `Connection: close`.
+    pub close: bool,
 }
 
 impl Response {
+    /// `error.code` of an error body (panics if the body is not one).
+    pub fn code(&self) -> String {
+        let v = self.json();
+        let e = &v["error"];
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "no error message: {}",
+            self.body
+        );
+        e["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error code: {}", self.body))
+            .to_string()
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// `GET` on a fresh connection; panics on I/O errors.
+pub fn get(sock: &Path, path: &str) -> Response {
+    http(sock, "GET", path, None).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// `POST` with a JSON body on a fresh connection; panics on I/O errors.
+pub fn post(sock: &Path, path: &str, body: &str) -> Response {
+    http(sock, "POST", path, Some(body)).unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
+
+/// A small seeded PRNG (xorshift64*), for reproducible fault schedules.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
     }
 }
 
@@ -978,6 +1029,7 @@ pub fn read_response(r: &mut impl BufRead) -> std::io::Result<Response> {
         .ok_or_else(|| bad(&format!("bad status line {line:?}")))?;
     let mut len = None;
     let mut chunked = false;
+    let mut close = false;
     loop {
         let mut h = String::new();
         r.read_line(&mut h)?;
@@ -991,6 +1043,9 @@ pub fn read_response(r: &mut impl BufRead) -> std::io::Result<Response> {
         }
         if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
             chunked = true;
+        }
+        if lower.starts_with("connection:") && lower.contains("close") {
+            close = true;
         }
     }
     let mut body = Vec::new();
@@ -1015,14 +1070,15 @@ pub fn read_response(r: &mut impl BufRead) -> std::io::Result<Response> {
     Ok(Response {
         status,
         body: String::from_utf8_lossy(&body).into_owned(),
+        close,
     })
 }
 
-/// Runs `virtpoolctl --socket SOCK ARGS`; returns (exit code, stdout, stderr).
+/// Runs `virtpoolctl ARGS` with `VIRTPOOL_SOCKET=SOCK`; returns (exit
+/// code, stdout, stderr).
 pub fn ctl(sock: &Path, args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(virtpoolctl())
-        .arg("--socket")
-        .arg(sock)
+        .env("VIRTPOOL_SOCKET", sock)
         .args(args)
         .output()
         .unwrap();
