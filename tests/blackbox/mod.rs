@@ -64,10 +64,17 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
 /// `nobody` inside it).
 pub fn test_dir(tag: &str) -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
-    let d = tempfile::Builder::new()
-        .prefix(&format!("vpbb-{tag}-"))
-        .tempdir()
-        .unwrap();
+    // As root, libvirtd runs as `nobody`: use /tmp (1777 on Debian), not a
+    // $TMPDIR whose parents `nobody` may not be able to traverse.
+    let prefix = format!("vpbb-{tag}-");
+    let mut b = tempfile::Builder::new();
+    b.prefix(&prefix);
+    let d = if is_root() {
+        b.tempdir_in("/tmp")
+    } else {
+        b.tempdir()
+    }
+    .unwrap();
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     d
 }
@@ -679,6 +686,8 @@ disk_iops_sec = 40000
 [memory]
 min_change = "16MiB"
 max_shrink = "100%"
+# The simulated host must not feel this machine's memory pressure.
+pressure_threshold = "1MiB"
 
 [vcpus]
 cooldown = "0s"
@@ -911,6 +920,19 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Number of successful vCPU / memory changes in an agent log (weights
+/// and I/O limits are counted apart).
+pub fn applied_vcpu_memory(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains(" applied "))
+        .filter(|l| {
+            ["vcpus", "memory"].iter().any(|r| {
+                l.contains(&format!("resource=\"{r}\"")) || l.contains(&format!("resource={r} "))
+            })
+        })
+        .count()
 }
 
 /// Runs `virtpoold` to completion with `args`; returns (exit code, stdout, stderr).
