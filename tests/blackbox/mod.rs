@@ -563,12 +563,14 @@ memory = { budget = "45GiB", min = "2560MiB" }
 disk_bytes_sec = { budget = "300MiB" }
 disk_iops_sec = { budget = 3000 }
 
-# db: 5 listed domains (max 8 / 8 GiB); db-1 weighs 3:
-# vCPUs 5 + 14 → db-1 1 + 6 = 7, others 1 + 2 = 3;
-# memory 5 × 5 GiB + 7 GiB → db-1 5 + 3 = 8 GiB, others 5 + 1 = 6 GiB.
+# db: 5 listed domains (max 8 / 8 GiB; db-1 can hot-plug only 4 vCPUs);
+# db-1 weighs 3. vCPUs: db-1 is capped at its 4, the others 12 / 4 = 3;
+# memory 5 × 5 GiB + 7 GiB: db-1 reaches its 8 GiB max, the others 6 GiB.
+# (These numbers are the same whether a floor is a bonus on top of the
+# share or only a lower bound of it — SPEC §2 reads both ways.)
 [pools.db]
 domains = ["db-1", "db-2", "db-3", "db-4", "db-5"]
-vcpus = { budget = 19 }
+vcpus = { budget = 16 }
 memory = { budget = "32GiB", min = "5GiB" }
 
 [pools.db.members.db-1]
@@ -616,7 +618,7 @@ pub fn fleet50(seed: u64) -> Vec<DomSpec> {
             &mut v,
             format!("db-{k}"),
             1 + k % 3,
-            8,
+            if k == 1 { 4 } else { 8 },
             4096 + 1024 * (k % 4),
             8192,
         );
@@ -669,7 +671,7 @@ pub fn fleet50_expected(name: &str) -> Option<(u64, u64)> {
     if name.starts_with("web-") {
         Some((2, 3 * GIB))
     } else if name == "db-1" {
-        Some((7, 8 * GIB))
+        Some((4, 8 * GIB))
     } else if name.starts_with("db-") {
         Some((3, 6 * GIB))
     } else if name.starts_with("job-") {
@@ -970,6 +972,16 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Failed actions in an agent log, except weight (`cpu_shares`,
+/// `blkio_weight`) actions: the libvirt test driver has no `cpu_shares`
+/// (known, reported; see the black-box report).
+pub fn failed_actions(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("action failed"))
+        .filter(|l| !l.contains("resource=\"cpu_shares\"") && !l.contains("resource=cpu_shares "))
+        .collect()
 }
 
 /// Number of successful vCPU / memory changes in an agent log (weights
