@@ -7,6 +7,7 @@
 
 use crate::config::{Config, Mode};
 use crate::host::Host;
+use crate::libvirt::events::{self, EventReceiver, HvEvent};
 use crate::libvirt::worker::HvWorker;
 use crate::libvirt::HvError;
 use crate::model::{Action, DomainObs, HostCapacity, Snapshot};
@@ -141,9 +142,25 @@ pub struct Monitor {
     config_tx: watch::Sender<Arc<Config>>,
     cmd_rx: mpsc::Receiver<Command>,
     observe_only: bool,
+    /// libvirt lifecycle events: each (debounced) batch runs a cycle.
+    events: Option<EventReceiver>,
+}
+
+/// The next debounced batch of libvirt events; never ready without a receiver.
+async fn next_events(rx: &mut Option<EventReceiver>) -> Option<Vec<HvEvent>> {
+    match rx {
+        Some(rx) => events::next_batch(rx, events::DEBOUNCE).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Monitor {
+    /// Also runs a cycle at once on libvirt events (see [`events`]).
+    pub fn with_events(mut self, rx: EventReceiver) -> Monitor {
+        self.events = Some(rx);
+        self
+    }
+
     /// Builds a monitor and the handle the API uses.
     pub fn new(
         hv: HvWorker,
@@ -197,6 +214,7 @@ impl Monitor {
             config_tx,
             cmd_rx,
             observe_only,
+            events: None,
         };
         (m, handle)
     }
@@ -236,6 +254,10 @@ impl Monitor {
                 },
                 _ = tick.tick() => {}
                 _ = tokio::time::sleep(retry), if down => {}
+                batch = next_events(&mut self.events) => match batch {
+                    Some(b) => tracing::debug!(events = ?b, "libvirt event: cycle now"),
+                    None => { self.events = None; continue; }
+                },
             }
             let st = self.cycle_once().await;
             if let Some(r) = reply {

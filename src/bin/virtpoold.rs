@@ -75,6 +75,12 @@ fn main() -> ExitCode {
     };
     observability::init(level);
     virt_quiet();
+    // Before any libvirt connection is opened (events need it).
+    if !args.once {
+        if let Err(e) = virtpool::libvirt::events::start_event_loop() {
+            tracing::warn!(error = %e, "lifecycle events off: cycles run on the interval only");
+        }
+    }
 
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -173,10 +179,14 @@ fn budgets_fit(cfg: Config) -> anyhow::Result<Config> {
 
 async fn daemon(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCode> {
     let runtime = runtime_state(&cfg)?;
-    let hv = HvWorker::spawn(Box::new(Libvirt::new(&cfg.agent.libvirt_uri)))
-        .context("cannot start the libvirt thread")?;
+    let (events_tx, events_rx) = virtpool::libvirt::events::channel();
+    let hv = HvWorker::spawn(Box::new(
+        Libvirt::new(&cfg.agent.libvirt_uri).with_events(events_tx),
+    ))
+    .context("cannot start the libvirt thread")?;
     let config_path = cfg.source.clone();
     let (monitor, handle) = Monitor::new(hv, host, cfg, runtime, observe);
+    let monitor = monitor.with_events(events_rx);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(monitor.run(shutdown.clone()));
 

@@ -12,6 +12,7 @@ use virt::domain::{Domain, DomainState as VirtState};
 use virt::error::{Error as VirtError, ErrorDomain, ErrorNumber};
 use virt::sys;
 
+use super::events::{EventSender, Registration};
 use super::{ffi, xml, HvError, Hypervisor};
 use crate::model::{Action, BalloonStats, DiskObs, DomainObs, DomainState, IoTune};
 
@@ -40,6 +41,10 @@ static QUIET_ERRORS: Once = Once::new();
 pub struct Libvirt {
     uri: String,
     conn: Option<Connect>,
+    /// Where lifecycle/close events go (see [`super::events`]).
+    events: Option<EventSender>,
+    /// The callbacks registered on `conn`.
+    registration: Option<Registration>,
 }
 
 /// Where a libvirt error came from, for the message.
@@ -350,7 +355,26 @@ impl Libvirt {
         Libvirt {
             uri: uri.to_owned(),
             conn: None,
+            events: None,
+            registration: None,
         }
+    }
+
+    /// Sends domain lifecycle events (and connection closes) to `tx`: each
+    /// connection `connect()` opens registers for them, and they are
+    /// deregistered before it closes. Starts the process's libvirt event
+    /// loop if needed, which must happen before any connection is opened
+    /// (`virtpoold` does it first thing).
+    pub fn with_events(mut self, tx: EventSender) -> Libvirt {
+        self.events = Some(tx);
+        self
+    }
+
+    /// Whether the open connection is registered for lifecycle events.
+    pub fn events_registered(&self) -> bool {
+        self.registration
+            .as_ref()
+            .is_some_and(Registration::has_lifecycle)
     }
 
     /// The connection URI.
@@ -360,6 +384,9 @@ impl Libvirt {
 
     /// Closes the connection (if any); the next `connect()` reopens it.
     pub fn disconnect(&mut self) {
+        if let (Some(reg), Some(c)) = (self.registration.take(), &self.conn) {
+            reg.deregister(c);
+        }
         // Dropping a Connect runs virConnectClose, which only fails (and the
         // crate then panics) for an invalid pointer, which we never hold.
         self.conn = None;
@@ -411,6 +438,13 @@ impl Libvirt {
     }
 }
 
+impl Drop for Libvirt {
+    fn drop(&mut self) {
+        // Deregister callbacks before the connection closes.
+        self.disconnect();
+    }
+}
+
 impl Hypervisor for Libvirt {
     fn connect(&mut self) -> Result<(), HvError> {
         QUIET_ERRORS.call_once(virt::error::clear_error_callback);
@@ -420,8 +454,16 @@ impl Hypervisor for Libvirt {
             }
             self.disconnect();
         }
+        if self.events.is_some() {
+            if let Err(e) = super::events::start_event_loop() {
+                tracing::warn!(error = %e, "no libvirt event loop: lifecycle events off");
+            }
+        }
         match Connect::open(Some(&self.uri)) {
             Ok(c) => {
+                if let Some(tx) = &self.events {
+                    self.registration = Some(Registration::register(&c, tx, &self.uri));
+                }
                 self.conn = Some(c);
                 Ok(())
             }

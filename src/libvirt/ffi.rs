@@ -525,6 +525,241 @@ pub fn all_domain_stats(
     Ok(out)
 }
 
+// ---------------------------------------------------------------------------
+// Domain lifecycle events and the connection close callback. The `virt`
+// crate (0.5) wraps the event loop but not these registrations.
+
+/// A lifecycle event, copied out of libvirt inside the callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleEvent {
+    pub uuid: String,
+    pub name: String,
+    /// `VIR_DOMAIN_EVENT_*` (Defined, Started, Stopped, ...).
+    pub event: i32,
+    /// The event's detail code (meaning depends on `event`).
+    pub detail: i32,
+}
+
+/// What runs (on the libvirt event-loop thread) for each lifecycle event.
+/// It must not call libvirt.
+pub type LifecycleFn = Box<dyn Fn(LifecycleEvent) + Send + Sync>;
+/// What runs (on the event-loop thread) when a connection closes; gets the
+/// `VIR_CONNECT_CLOSE_REASON_*` code. It must not call libvirt.
+pub type CloseFn = Box<dyn Fn(i32) + Send + Sync>;
+
+type LifecycleCb = unsafe extern "C" fn(
+    sys::virConnectPtr,
+    sys::virDomainPtr,
+    c_int,
+    c_int,
+    *mut std::os::raw::c_void,
+) -> c_int;
+type GenericCb =
+    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut std::os::raw::c_void);
+
+/// Name and UUID of an event's domain. Both are read from the domain object
+/// libvirt hands the callback (no driver call, no RPC).
+///
+/// # Safety
+/// `dom` must be null or a valid domain pointer for the whole call.
+unsafe fn domain_ids(dom: sys::virDomainPtr) -> (String, String) {
+    if dom.is_null() {
+        return (String::new(), String::new());
+    }
+    // SAFETY: `dom` is valid (caller contract); the returned name is owned
+    // by the domain object and only read before this function returns.
+    let name_ptr = unsafe { sys::virDomainGetName(dom) };
+    let name = if name_ptr.is_null() {
+        String::new()
+    } else {
+        // SAFETY: non-null names from libvirt are NUL-terminated.
+        unsafe { CStr::from_ptr(name_ptr) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut buf = [0 as std::os::raw::c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
+    // SAFETY: `dom` is valid; `buf` has the VIR_UUID_STRING_BUFLEN bytes
+    // the call writes (NUL included).
+    let uuid = if unsafe { sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) } == 0 {
+        // SAFETY: on success libvirt wrote a NUL-terminated string.
+        unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        String::new()
+    };
+    (uuid, name)
+}
+
+/// The C callback libvirt calls for `VIR_DOMAIN_EVENT_ID_LIFECYCLE`.
+unsafe extern "C" fn lifecycle_trampoline(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    event: c_int,
+    detail: c_int,
+    opaque: *mut std::os::raw::c_void,
+) -> c_int {
+    if opaque.is_null() {
+        return 0;
+    }
+    // SAFETY: `opaque` is the `Box<LifecycleFn>` leaked in
+    // `register_lifecycle`; libvirt frees it (free_lifecycle) only after
+    // the last callback returned.
+    let f = unsafe { &*(opaque as *const LifecycleFn) };
+    // SAFETY: libvirt passes the event's domain, valid during the call.
+    let (uuid, name) = unsafe { domain_ids(dom) };
+    // A panic must not unwind into C.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        f(LifecycleEvent {
+            uuid,
+            name,
+            event,
+            detail,
+        })
+    }));
+    0
+}
+
+/// Frees the lifecycle closure when libvirt drops the registration.
+unsafe extern "C" fn free_lifecycle(opaque: *mut std::os::raw::c_void) {
+    if !opaque.is_null() {
+        // SAFETY: `opaque` came from Box::into_raw in `register_lifecycle`
+        // and libvirt calls the free callback exactly once.
+        drop(unsafe { Box::from_raw(opaque as *mut LifecycleFn) });
+    }
+}
+
+/// A lifecycle registration on one connection (its callback id).
+#[derive(Debug)]
+pub struct LifecycleRegistration(c_int);
+
+/// Registers `f` for every domain's lifecycle events on `conn`. Needs the
+/// default event implementation registered before `conn` was opened and a
+/// thread running it (see `events::start_event_loop`).
+pub fn register_lifecycle(
+    conn: &virt::connect::Connect,
+    f: LifecycleFn,
+) -> Result<LifecycleRegistration, Error> {
+    let opaque = Box::into_raw(Box::new(f)).cast::<std::os::raw::c_void>();
+    // SAFETY: for VIR_DOMAIN_EVENT_ID_LIFECYCLE libvirt calls the callback
+    // with the virConnectDomainEventCallback signature that
+    // `lifecycle_trampoline` has; the generic type is only how the C API
+    // passes it (the VIR_DOMAIN_EVENT_CALLBACK cast in C).
+    let cb = unsafe { std::mem::transmute::<LifecycleCb, GenericCb>(lifecycle_trampoline) };
+    // SAFETY: `conn` is borrowed so its pointer is valid; a null domain
+    // means "all domains"; `opaque` stays valid until libvirt calls
+    // `free_lifecycle`.
+    let id = unsafe {
+        sys::virConnectDomainEventRegisterAny(
+            conn.as_ptr(),
+            ptr::null_mut(),
+            sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int,
+            Some(cb),
+            opaque,
+            Some(free_lifecycle),
+        )
+    };
+    if id < 0 {
+        let err = Error::last_error();
+        // SAFETY: on failure libvirt does not keep or free `opaque`
+        // (the free callback runs only for registered callbacks), so it
+        // is still ours to free, once.
+        drop(unsafe { Box::from_raw(opaque.cast::<LifecycleFn>()) });
+        return Err(err);
+    }
+    Ok(LifecycleRegistration(id))
+}
+
+/// Removes a lifecycle registration. libvirt frees the closure (at once, or
+/// after an event being dispatched right now returns). On a dead remote
+/// connection the local callback is still removed; the error is returned.
+pub fn deregister_lifecycle(
+    conn: &virt::connect::Connect,
+    reg: LifecycleRegistration,
+) -> Result<(), Error> {
+    // SAFETY: `conn` is valid; `reg.0` is an id returned for this
+    // connection and is used once (`reg` is consumed).
+    let ret = unsafe { sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), reg.0) };
+    if ret < 0 {
+        return Err(Error::last_error());
+    }
+    Ok(())
+}
+
+/// The C callback libvirt calls when a connection closes.
+unsafe extern "C" fn close_trampoline(
+    _conn: sys::virConnectPtr,
+    reason: c_int,
+    opaque: *mut std::os::raw::c_void,
+) {
+    if opaque.is_null() {
+        return;
+    }
+    // SAFETY: `opaque` points into the `CloseRegistration` that owns the
+    // closure; it is freed only after virConnectUnregisterCloseCallback
+    // returned, which waits for a running callback (same lock).
+    let f = unsafe { &*(opaque as *const CloseFn) };
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(reason)));
+}
+
+/// A close-callback registration. The closure is owned here (not by
+/// libvirt: drivers without close callbacks, like the in-process test
+/// driver, accept the registration but would never free it); release it
+/// with [`unregister_close`].
+pub struct CloseRegistration(*mut CloseFn);
+
+impl std::fmt::Debug for CloseRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CloseRegistration")
+    }
+}
+
+// SAFETY: the pointer is a Box<CloseFn> (Send + Sync closure) only
+// dereferenced by libvirt's callback and freed by `unregister_close`.
+unsafe impl Send for CloseRegistration {}
+
+/// Registers `f` to run when `conn` closes for a reason other than our own
+/// close (EOF, keepalive timeout, error). A no-op on drivers that have no
+/// such notion (the test driver).
+pub fn register_close(
+    conn: &virt::connect::Connect,
+    f: CloseFn,
+) -> Result<CloseRegistration, Error> {
+    let raw = Box::into_raw(Box::new(f));
+    // SAFETY: `conn` is valid; `raw` stays valid until `unregister_close`
+    // (or the failure path below) frees it; no free callback is given,
+    // so libvirt never frees it.
+    let ret = unsafe {
+        sys::virConnectRegisterCloseCallback(
+            conn.as_ptr(),
+            Some(close_trampoline),
+            raw.cast::<std::os::raw::c_void>(),
+            None,
+        )
+    };
+    if ret < 0 {
+        let err = Error::last_error();
+        // SAFETY: libvirt did not keep the pointer; freed once here.
+        drop(unsafe { Box::from_raw(raw) });
+        return Err(err);
+    }
+    Ok(CloseRegistration(raw))
+}
+
+/// Unregisters the close callback and frees its closure. After the
+/// callback fired libvirt has already forgotten it, and the unregister call
+/// reports an error, which is ignored: the closure is freed either way.
+pub fn unregister_close(conn: &virt::connect::Connect, reg: CloseRegistration) {
+    // SAFETY: `conn` is valid; the callback pointer is the one registered.
+    // libvirt takes the close-callback lock, so no callback is running on
+    // return and none will run afterwards.
+    let _ =
+        unsafe { sys::virConnectUnregisterCloseCallback(conn.as_ptr(), Some(close_trampoline)) };
+    // SAFETY: `reg.0` came from Box::into_raw in `register_close`, libvirt
+    // no longer references it, and `reg` is consumed, so this runs once.
+    drop(unsafe { Box::from_raw(reg.0) });
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

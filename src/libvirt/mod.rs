@@ -6,6 +6,7 @@
 //! Tests put a fake behind the same trait for faults libvirt can't produce.
 
 pub mod conn;
+pub mod events;
 pub mod ffi;
 pub mod worker;
 pub mod xml;

@@ -1,0 +1,307 @@
+//! Domain lifecycle events: wake the monitor at once when a domain is
+//! started, stopped, paused, resumed, defined or undefined, and when the
+//! connection to a remote daemon closes.
+//!
+//! How it fits together:
+//! - [`start_event_loop`] registers libvirt's default event implementation
+//!   and starts one `libvirt-events` thread running it forever. Once per
+//!   process, and before any connection is opened (a connection opened
+//!   earlier never delivers events). `virtpoold` calls it first thing.
+//! - [`crate::libvirt::Libvirt::with_events`] gives the adapter an
+//!   [`EventSender`]; every `connect()` that opens a connection registers a
+//!   lifecycle callback (all domains), a close callback and, where the
+//!   driver supports it, keepalive (5 s, 3 probes). `disconnect()` (and
+//!   drop) deregisters them before closing, so a reconnect registers anew.
+//! - The callbacks run on the event-loop thread. They copy the domain's
+//!   name and UUID out of the object libvirt passes (no driver call, no
+//!   RPC) and push an [`HvEvent`] into an unbounded channel: they never
+//!   block and never call back into libvirt.
+//! - The monitor waits on the receiver with [`next_batch`]: the first event
+//!   opens a [`DEBOUNCE`] window, everything arriving in it is taken too,
+//!   and one cycle runs for the batch.
+
+use std::os::raw::c_int;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use virt::connect::Connect;
+use virt::sys;
+
+use super::{ffi, HvError};
+
+/// Events arriving within this window after the first one share one cycle.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Keepalive on remote connections: a probe every 5 s, dead after 3
+/// unanswered (≈ 20 s), then the close callback fires.
+pub const KEEPALIVE_INTERVAL_S: i32 = 5;
+/// See [`KEEPALIVE_INTERVAL_S`].
+pub const KEEPALIVE_COUNT: u32 = 3;
+
+/// What happened to a domain (`VIR_DOMAIN_EVENT_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleKind {
+    Defined,
+    Undefined,
+    Started,
+    Suspended,
+    Resumed,
+    Stopped,
+    Shutdown,
+    PmSuspended,
+    Crashed,
+    /// A code this build does not know.
+    Other(i32),
+}
+
+impl LifecycleKind {
+    /// Maps a `VIR_DOMAIN_EVENT_*` code.
+    pub fn from_code(code: i32) -> LifecycleKind {
+        match u32::try_from(code) {
+            Ok(sys::VIR_DOMAIN_EVENT_DEFINED) => LifecycleKind::Defined,
+            Ok(sys::VIR_DOMAIN_EVENT_UNDEFINED) => LifecycleKind::Undefined,
+            Ok(sys::VIR_DOMAIN_EVENT_STARTED) => LifecycleKind::Started,
+            Ok(sys::VIR_DOMAIN_EVENT_SUSPENDED) => LifecycleKind::Suspended,
+            Ok(sys::VIR_DOMAIN_EVENT_RESUMED) => LifecycleKind::Resumed,
+            Ok(sys::VIR_DOMAIN_EVENT_STOPPED) => LifecycleKind::Stopped,
+            Ok(sys::VIR_DOMAIN_EVENT_SHUTDOWN) => LifecycleKind::Shutdown,
+            Ok(sys::VIR_DOMAIN_EVENT_PMSUSPENDED) => LifecycleKind::PmSuspended,
+            Ok(sys::VIR_DOMAIN_EVENT_CRASHED) => LifecycleKind::Crashed,
+            _ => LifecycleKind::Other(code),
+        }
+    }
+}
+
+/// A lifecycle event of one domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainEvent {
+    pub uuid: String,
+    pub name: String,
+    pub kind: LifecycleKind,
+    /// libvirt's detail code (meaning depends on `kind`).
+    pub detail: i32,
+}
+
+/// Why a connection closed (`VIR_CONNECT_CLOSE_REASON_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    Error,
+    Eof,
+    Keepalive,
+    Client,
+    Other(i32),
+}
+
+impl CloseReason {
+    /// Maps a `VIR_CONNECT_CLOSE_REASON_*` code.
+    pub fn from_code(code: i32) -> CloseReason {
+        match u32::try_from(code) {
+            Ok(sys::VIR_CONNECT_CLOSE_REASON_ERROR) => CloseReason::Error,
+            Ok(sys::VIR_CONNECT_CLOSE_REASON_EOF) => CloseReason::Eof,
+            Ok(sys::VIR_CONNECT_CLOSE_REASON_KEEPALIVE) => CloseReason::Keepalive,
+            Ok(sys::VIR_CONNECT_CLOSE_REASON_CLIENT) => CloseReason::Client,
+            _ => CloseReason::Other(code),
+        }
+    }
+}
+
+/// Something the monitor should react to at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HvEvent {
+    Domain(DomainEvent),
+    /// The connection closed under us (remote daemon gone, keepalive).
+    ConnectionClosed(CloseReason),
+}
+
+/// Where the adapter's callbacks send events.
+pub type EventSender = mpsc::UnboundedSender<HvEvent>;
+/// What the monitor reads.
+pub type EventReceiver = mpsc::UnboundedReceiver<HvEvent>;
+
+/// A new event channel.
+pub fn channel() -> (EventSender, EventReceiver) {
+    mpsc::unbounded_channel()
+}
+
+static EVENT_LOOP: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Registers libvirt's default event implementation and starts the thread
+/// that runs it, once per process; later calls return the first result.
+/// Call before opening any connection.
+pub fn start_event_loop() -> Result<(), HvError> {
+    EVENT_LOOP
+        .get_or_init(|| {
+            virt::event::event_register_default_impl()
+                .map_err(|e| format!("cannot register the libvirt event loop: {e}"))?;
+            std::thread::Builder::new()
+                .name("libvirt-events".into())
+                .spawn(run_event_loop)
+                .map(|_| ())
+                .map_err(|e| format!("cannot start the libvirt event thread: {e}"))
+        })
+        .clone()
+        .map_err(HvError::Other)
+}
+
+/// Whether [`start_event_loop`] succeeded in this process.
+pub fn event_loop_running() -> bool {
+    matches!(EVENT_LOOP.get(), Some(Ok(())))
+}
+
+fn run_event_loop() {
+    loop {
+        if let Err(e) = virt::event::event_run_default_impl() {
+            tracing::warn!(error = %e, "libvirt event loop iteration failed");
+            // Don't spin if it keeps failing.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The callbacks registered on one open connection.
+#[derive(Debug)]
+pub struct Registration {
+    lifecycle: Option<ffi::LifecycleRegistration>,
+    close: Option<ffi::CloseRegistration>,
+}
+
+impl Registration {
+    /// Registers lifecycle and close callbacks (and keepalive where the
+    /// driver has it) on a freshly opened `conn`. Failures are logged and
+    /// leave that part out: the monitor still polls on its interval.
+    pub fn register(conn: &Connect, tx: &EventSender, uri: &str) -> Registration {
+        if !event_loop_running() {
+            tracing::warn!(%uri, "libvirt event loop not running: no lifecycle events");
+            return Registration {
+                lifecycle: None,
+                close: None,
+            };
+        }
+        let lc_tx = tx.clone();
+        let lifecycle = match ffi::register_lifecycle(
+            conn,
+            Box::new(move |e: ffi::LifecycleEvent| {
+                let _ = lc_tx.send(HvEvent::Domain(DomainEvent {
+                    uuid: e.uuid,
+                    name: e.name,
+                    kind: LifecycleKind::from_code(e.event),
+                    detail: e.detail,
+                }));
+            }),
+        ) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(%uri, error = %e, "cannot register for domain lifecycle events");
+                None
+            }
+        };
+        let close_tx = tx.clone();
+        let close = match ffi::register_close(
+            conn,
+            Box::new(move |reason: c_int| {
+                let _ = close_tx.send(HvEvent::ConnectionClosed(CloseReason::from_code(reason)));
+            }),
+        ) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::debug!(%uri, error = %e, "no connection close callback");
+                None
+            }
+        };
+        // Remote drivers answer keepalive; in-process ones (test:///) say
+        // "not supported", which is fine.
+        if let Err(e) = conn.set_keep_alive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT) {
+            tracing::debug!(%uri, error = %e, "keepalive not enabled");
+        }
+        Registration { lifecycle, close }
+    }
+
+    /// Whether lifecycle events are registered.
+    pub fn has_lifecycle(&self) -> bool {
+        self.lifecycle.is_some()
+    }
+
+    /// Removes both callbacks from `conn` (which must be the connection
+    /// they were registered on). Works on a dead connection too: the local
+    /// callbacks are removed whatever the daemon says.
+    pub fn deregister(self, conn: &Connect) {
+        if let Some(r) = self.lifecycle {
+            if let Err(e) = ffi::deregister_lifecycle(conn, r) {
+                tracing::debug!(error = %e, "lifecycle deregistration reported an error");
+            }
+        }
+        if let Some(r) = self.close {
+            ffi::unregister_close(conn, r);
+        }
+    }
+}
+
+/// Waits for the next event, then keeps taking events for `window` after
+/// it; returns them all (at least one), or `None` once every sender is
+/// gone. Cancel-safe in the sense the monitor needs: if dropped mid-window
+/// the events taken so far are lost, which is fine because whatever
+/// cancelled it runs a cycle too.
+pub async fn next_batch(rx: &mut EventReceiver, window: Duration) -> Option<Vec<HvEvent>> {
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => batch.push(ev),
+                None => break,
+            },
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    Some(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_kinds() {
+        assert_eq!(LifecycleKind::from_code(2), LifecycleKind::Started);
+        assert_eq!(LifecycleKind::from_code(3), LifecycleKind::Suspended);
+        assert_eq!(LifecycleKind::from_code(5), LifecycleKind::Stopped);
+        assert_eq!(LifecycleKind::from_code(99), LifecycleKind::Other(99));
+        assert_eq!(LifecycleKind::from_code(-1), LifecycleKind::Other(-1));
+        assert_eq!(CloseReason::from_code(1), CloseReason::Eof);
+        assert_eq!(CloseReason::from_code(2), CloseReason::Keepalive);
+        assert_eq!(CloseReason::from_code(7), CloseReason::Other(7));
+    }
+
+    fn ev(name: &str) -> HvEvent {
+        HvEvent::Domain(DomainEvent {
+            uuid: String::new(),
+            name: name.into(),
+            kind: LifecycleKind::Started,
+            detail: 0,
+        })
+    }
+
+    #[tokio::test]
+    async fn events_within_the_window_make_one_batch() {
+        let (tx, mut rx) = channel();
+        tx.send(ev("a")).expect("open");
+        let t = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tx.send(ev("b")).expect("open");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tx.send(ev("c")).expect("open");
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            tx.send(ev("late")).expect("open");
+            tx
+        });
+        let b = next_batch(&mut rx, DEBOUNCE).await.expect("batch");
+        assert_eq!(b, vec![ev("a"), ev("b"), ev("c")]);
+        let tx = t.await.expect("task");
+        let b = next_batch(&mut rx, DEBOUNCE).await.expect("batch");
+        assert_eq!(b, vec![ev("late")]);
+        drop(tx);
+        assert_eq!(next_batch(&mut rx, DEBOUNCE).await, None);
+    }
+}

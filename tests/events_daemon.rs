@@ -1,0 +1,277 @@
+//! Lifecycle events through a real daemon: a private `libvirtd` serves the
+//! test driver on a socket; the agent's monitor (60 s interval) wakes on a
+//! change made by a second client, notices the daemon's death through the
+//! close callback, reconnects when it is back and is registered again.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use virt::connect::Connect;
+use virtpool::config::Config;
+use virtpool::host::Host;
+use virtpool::libvirt::events::{self, CloseReason, HvEvent};
+use virtpool::libvirt::worker::HvWorker;
+use virtpool::libvirt::{Hypervisor, Libvirt};
+use virtpool::model::DomainState;
+use virtpool::monitor::{Monitor, Status};
+use virtpool::state::RuntimeState;
+
+/// A private `libvirtd` hosting the test driver on a socket in a tempdir
+/// (as `nobody` when we are root, so it stays a session daemon). Killed by
+/// pid on drop. (Same recipe as tests/libvirt_adapter.rs.)
+struct Daemon {
+    dir: tempfile::TempDir,
+    pid: Option<i32>,
+}
+
+impl Daemon {
+    const BIN: &'static str = "/usr/sbin/libvirtd";
+
+    fn start(dir: tempfile::TempDir) -> Daemon {
+        use std::process::Command;
+        let d = dir.path();
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let pidfile = d.join("pid");
+        let _ = std::fs::remove_file(&pidfile);
+        let mut cmd = if nix::unistd::geteuid().is_root() {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                Self::BIN,
+            ]);
+            c
+        } else {
+            Command::new(Self::BIN)
+        };
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/bin")
+            .env("HOME", d)
+            .env("XDG_RUNTIME_DIR", d)
+            .env("XDG_CONFIG_HOME", d.join("config"))
+            .env("XDG_CACHE_HOME", d.join("cache"))
+            .arg("--daemon")
+            .arg("--pid-file")
+            .arg(&pidfile);
+        let status = cmd.status().unwrap();
+        assert!(status.success(), "libvirtd failed to start: {status}");
+        let sock = d.join("libvirt/libvirt-sock");
+        let mut pid = None;
+        for _ in 0..100 {
+            if pid.is_none() {
+                pid = std::fs::read_to_string(&pidfile)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok());
+            }
+            if pid.is_some() && sock.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(sock.exists(), "libvirtd socket did not appear");
+        Daemon { dir, pid }
+    }
+
+    fn uri(&self) -> String {
+        format!(
+            "test+unix:///default?socket={}",
+            self.dir.path().join("libvirt/libvirt-sock").display()
+        )
+    }
+
+    /// Asks the daemon to stop (SIGTERM) without waiting for it.
+    fn sigterm(&self) {
+        if let Some(pid) = self.pid {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
+    /// Stops the daemon, waits until it is gone, returns its folder.
+    fn stop(&mut self) -> tempfile::TempDir {
+        self.kill();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    fn kill(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+            for _ in 0..200 {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn available() -> bool {
+    if Path::new(Daemon::BIN).exists() {
+        return true;
+    }
+    eprintln!("skipped: {} not installed", Daemon::BIN);
+    false
+}
+
+fn setup() {
+    virtpool::libvirt::quiet_errors();
+    events::start_event_loop().unwrap();
+}
+
+/// Suspends the test driver's domain from a separate client connection.
+fn suspend_from_outside(uri: &str) {
+    let c = Connect::open(Some(uri)).unwrap();
+    let d = c.lookup_domain_by_name("test").unwrap();
+    d.suspend().unwrap();
+    drop(d);
+    drop(c);
+}
+
+async fn wait_status(
+    rx: &mut tokio::sync::watch::Receiver<Arc<Status>>,
+    within: Duration,
+    f: impl Fn(&Status) -> bool,
+) -> Arc<Status> {
+    let r = tokio::time::timeout(within, rx.wait_for(|s| f(s)))
+        .await
+        .map(|r| r.map(|s| s.clone()));
+    match r {
+        Ok(Ok(s)) => s,
+        _ => panic!("status not reached within {within:?}: {:?}", rx.borrow()),
+    }
+}
+
+fn state_of(st: &Status, name: &str) -> Option<DomainState> {
+    st.domains.iter().find(|d| d.name == name).map(|d| d.state)
+}
+
+/// The adapter alone: the daemon's death fires the close callback (EOF).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_death_fires_the_close_callback() {
+    if !available() {
+        return;
+    }
+    setup();
+    let mut daemon = Daemon::start(tempfile::tempdir().unwrap());
+    let (tx, mut rx) = events::channel();
+    let mut hv = Libvirt::new(&daemon.uri()).with_events(tx);
+    hv.connect().unwrap();
+    assert!(hv.events_registered());
+    let t0 = Instant::now();
+    daemon.sigterm();
+    let ev = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
+    eprintln!("after SIGTERM to the daemon: {ev:?} in {:?}", t0.elapsed());
+    let _dir = daemon.stop();
+    assert!(
+        matches!(
+            ev,
+            Ok(Some(HvEvent::ConnectionClosed(
+                CloseReason::Eof | CloseReason::Error
+            )))
+        ),
+        "{ev:?}"
+    );
+    drop(hv);
+    let end = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
+    assert!(matches!(end, Ok(None)), "callbacks not released: {end:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_wakes_on_events_and_after_a_daemon_restart() {
+    if !available() {
+        return;
+    }
+    setup();
+    let mut daemon = Daemon::start(tempfile::tempdir().unwrap());
+    let uri = daemon.uri();
+    let text = format!(
+        "[agent]\nlibvirt_uri = \"{uri}\"\nstate_dir = \"/nonexistent\"\nmode = \"observe\"\ninterval = \"60s\"\n"
+    );
+    let cfg = Config::parse(&text, Path::new("events.toml")).unwrap();
+    let (tx, rx) = events::channel();
+    let hv = HvWorker::spawn(Box::new(Libvirt::new(&uri).with_events(tx))).unwrap();
+    let (monitor, handle) = Monitor::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), true);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(monitor.with_events(rx).run(shutdown.clone()));
+    let mut status = handle.status.clone();
+    let mut log = handle.status.clone();
+    let start = Instant::now();
+    tokio::spawn(async move {
+        while log.changed().await.is_ok() {
+            let s = log.borrow_and_update().clone();
+            eprintln!(
+                "  [{:>6.0?}] cycle {} connected={} {:?}",
+                start.elapsed(),
+                s.cycle,
+                s.libvirt.connected,
+                s.libvirt.error
+            );
+        }
+    });
+
+    let st = wait_status(&mut status, Duration::from_secs(5), |s| s.cycle >= 1).await;
+    assert!(st.libvirt.connected, "{:?}", st.libvirt);
+    assert_eq!(state_of(&st, "test"), Some(DomainState::Running));
+
+    // 1. A change by another client: a cycle within 1 s.
+    let t0 = Instant::now();
+    suspend_from_outside(&uri);
+    let st = wait_status(&mut status, Duration::from_secs(1), |s| s.cycle >= 2).await;
+    eprintln!("suspend -> cycle {} after {:?}", st.cycle, t0.elapsed());
+    assert_eq!(state_of(&st, "test"), Some(DomainState::Paused));
+
+    // 2. The daemon dies: the close callback runs a cycle, which reports
+    //    the connection lost (not 60 s later).
+    let t0 = Instant::now();
+    daemon.sigterm();
+    let st = wait_status(&mut status, Duration::from_secs(1), |s| {
+        s.cycle >= 3 && !s.libvirt.connected
+    })
+    .await;
+    eprintln!(
+        "SIGTERM to the daemon -> cycle {} (disconnected: {:?}) after {:?}",
+        st.cycle,
+        st.libvirt.error,
+        t0.elapsed()
+    );
+    let dir = daemon.stop();
+
+    // 3. Back again: the monitor's reconnect backoff (1 s, 2 s, ...) opens a
+    //    new connection and registers on it.
+    let t0 = Instant::now();
+    let daemon = Daemon::start(dir);
+    let st = wait_status(&mut status, Duration::from_secs(8), |s| s.libvirt.connected).await;
+    eprintln!("reconnected at cycle {} after {:?}", st.cycle, t0.elapsed());
+    // The restarted daemon's test driver starts afresh.
+    assert_eq!(state_of(&st, "test"), Some(DomainState::Running));
+
+    // 4. Events arrive on the new connection.
+    let before = st.cycle;
+    let t0 = Instant::now();
+    suspend_from_outside(&daemon.uri());
+    let st = wait_status(&mut status, Duration::from_secs(1), |s| s.cycle > before).await;
+    eprintln!(
+        "suspend after restart -> cycle {} after {:?}",
+        st.cycle,
+        t0.elapsed()
+    );
+    assert_eq!(state_of(&st, "test"), Some(DomainState::Paused));
+
+    shutdown.cancel();
+    task.await.unwrap();
+    drop(daemon);
+}

@@ -1,0 +1,201 @@
+//! Domain lifecycle events on the in-process `test:///default` driver: all
+//! connections of one process share its state, so a change made through a
+//! second connection raises events on the agent's connection.
+//!
+//! The tests share that one driver state, so they run one at a time.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virtpool::config::Config;
+use virtpool::host::Host;
+use virtpool::libvirt::events::{self, DomainEvent, EventReceiver, HvEvent, LifecycleKind};
+use virtpool::libvirt::worker::HvWorker;
+use virtpool::libvirt::{Hypervisor, Libvirt};
+use virtpool::model::DomainState;
+use virtpool::monitor::{Monitor, Status};
+use virtpool::state::RuntimeState;
+
+const URI: &str = "test:///default";
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One test at a time; the event loop runs before any connection opens.
+async fn setup() -> tokio::sync::MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().await;
+    virtpool::libvirt::quiet_errors();
+    events::start_event_loop().unwrap();
+    guard
+}
+
+type DomainOp = fn(&Domain) -> Result<(), virt::error::Error>;
+
+/// A second client: the "operator" changing domains behind the agent.
+fn other() -> (Connect, Domain) {
+    let c = Connect::open(Some(URI)).unwrap();
+    let d = c.lookup_domain_by_name("test").unwrap();
+    (c, d)
+}
+
+/// The next domain event within `within`, skipping none.
+async fn next_domain_event(rx: &mut EventReceiver, within: Duration) -> DomainEvent {
+    match tokio::time::timeout(within, rx.recv()).await {
+        Ok(Some(HvEvent::Domain(e))) => e,
+        other => panic!("expected a domain event within {within:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_from_a_second_connection_raise_events_on_the_agent() {
+    let _g = setup().await;
+    let (tx, mut rx) = events::channel();
+    let mut hv = Libvirt::new(URI).with_events(tx);
+    hv.connect().unwrap();
+    assert!(hv.events_registered());
+
+    let (c, d) = other();
+    let uuid = d.uuid_string().unwrap();
+    let steps: [(&str, DomainOp, LifecycleKind); 4] = [
+        ("suspend", Domain::suspend, LifecycleKind::Suspended),
+        ("resume", Domain::resume, LifecycleKind::Resumed),
+        ("destroy", Domain::destroy, LifecycleKind::Stopped),
+        ("create", Domain::create, LifecycleKind::Started),
+    ];
+    for (what, op, kind) in steps {
+        let t0 = Instant::now();
+        op(&d).unwrap();
+        let e = next_domain_event(&mut rx, Duration::from_secs(1)).await;
+        eprintln!("{what}: {e:?} after {:?}", t0.elapsed());
+        assert_eq!(e.kind, kind, "{what}");
+        assert_eq!(e.name, "test");
+        assert_eq!(e.uuid, uuid);
+    }
+    drop(d);
+    drop(c);
+    drop(hv);
+}
+
+/// Disconnecting deregisters (libvirt frees the callback, dropping its
+/// sender); a reconnect registers exactly one callback again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_reregisters_once_and_drop_releases_the_callbacks() {
+    let _g = setup().await;
+    let (tx, mut rx) = events::channel();
+    let mut hv = Libvirt::new(URI).with_events(tx);
+    hv.connect().unwrap();
+    let (c, d) = other();
+
+    for round in 0..3 {
+        hv.disconnect();
+        assert!(!hv.events_registered());
+        hv.connect().unwrap();
+        assert!(hv.events_registered(), "round {round}");
+    }
+    d.suspend().unwrap();
+    let e = next_domain_event(&mut rx, Duration::from_secs(1)).await;
+    assert_eq!(e.kind, LifecycleKind::Suspended);
+    d.resume().unwrap();
+    let e = next_domain_event(&mut rx, Duration::from_secs(1)).await;
+    assert_eq!(e.kind, LifecycleKind::Resumed);
+    // One registration only: no duplicate of either event.
+    let extra = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
+    assert!(extra.is_err(), "duplicate event: {extra:?}");
+
+    // Dropping the adapter deregisters; every sender clone is released.
+    drop(hv);
+    let end = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
+    assert!(
+        matches!(end, Ok(None)),
+        "callbacks still hold the sender: {end:?}"
+    );
+    drop(d);
+    drop(c);
+}
+
+fn config(interval: &str) -> Config {
+    let text = format!(
+        "[agent]\nlibvirt_uri = \"{URI}\"\nstate_dir = \"/nonexistent\"\nmode = \"observe\"\ninterval = \"{interval}\"\n"
+    );
+    Config::parse(&text, std::path::Path::new("events.toml")).unwrap()
+}
+
+/// Waits until the published status satisfies `f`.
+async fn wait_status(
+    rx: &mut tokio::sync::watch::Receiver<Arc<Status>>,
+    within: Duration,
+    f: impl Fn(&Status) -> bool,
+) -> Arc<Status> {
+    let r = tokio::time::timeout(within, rx.wait_for(|s| f(s)))
+        .await
+        .map(|r| r.map(|s| s.clone()));
+    match r {
+        Ok(Ok(s)) => s,
+        _ => panic!("status not reached within {within:?}: {:?}", rx.borrow()),
+    }
+}
+
+fn state_of(st: &Status, name: &str) -> Option<DomainState> {
+    st.domains.iter().find(|d| d.name == name).map(|d| d.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_runs_a_cycle_within_a_second_despite_a_60s_interval() {
+    let _g = setup().await;
+    let (tx, rx) = events::channel();
+    let hv = HvWorker::spawn(Box::new(Libvirt::new(URI).with_events(tx))).unwrap();
+    let (monitor, handle) = Monitor::new(
+        hv,
+        Host::new().unwrap(),
+        config("60s"),
+        RuntimeState::new(),
+        true,
+    );
+    let monitor = monitor.with_events(rx);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(monitor.run(shutdown.clone()));
+    let mut status = handle.status.clone();
+
+    // The first tick is immediate.
+    let st = wait_status(&mut status, Duration::from_secs(5), |s| s.cycle >= 1).await;
+    assert!(st.libvirt.connected, "{:?}", st.libvirt);
+    assert_eq!(state_of(&st, "test"), Some(DomainState::Running));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(handle.status().cycle, 1, "no cycle without an event");
+
+    let (c, d) = other();
+    let t0 = Instant::now();
+    d.suspend().unwrap();
+    let st = wait_status(&mut status, Duration::from_secs(1), |s| s.cycle >= 2).await;
+    let took = t0.elapsed();
+    eprintln!("suspend -> cycle {} after {took:?}", st.cycle);
+    assert_eq!(state_of(&st, "test"), Some(DomainState::Paused));
+    assert!(took < Duration::from_secs(1));
+
+    // A burst of five changes within the debounce window: one cycle.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = Instant::now();
+    d.resume().unwrap();
+    d.suspend().unwrap();
+    d.resume().unwrap();
+    d.destroy().unwrap();
+    d.create().unwrap();
+    let burst = t0.elapsed();
+    let st = wait_status(&mut status, Duration::from_secs(1), |s| s.cycle >= 3).await;
+    eprintln!(
+        "burst of 5 in {burst:?} -> cycle {} after {:?}",
+        st.cycle,
+        t0.elapsed()
+    );
+    assert_eq!(state_of(&st, "test"), Some(DomainState::Running));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(handle.status().cycle, 3, "the burst ran one cycle");
+
+    shutdown.cancel();
+    task.await.unwrap();
+    drop(d);
+    drop(c);
+}
