@@ -1,7 +1,8 @@
 //! Black-box scenario 2 — lifecycle: domains started, paused, resumed,
 //! shut off, defined and undefined (from a second connection) while the
-//! agent runs are picked up or forgotten within about one interval, as the
-//! re-shared allocations seen on libvirt show.
+//! agent runs are picked up or forgotten at once (lifecycle events, SPEC
+//! §4) — well within one interval — as the re-shared allocations seen on
+//! libvirt show.
 #![allow(clippy::unwrap_used)]
 
 mod blackbox;
@@ -19,7 +20,14 @@ vcpus = { budget = 12 }
 memory = { budget = "18GiB", min = "5GiB" }
 "#;
 
-const INTERVAL: Duration = Duration::from_secs(1);
+/// Long on purpose: SPEC §4 runs a cycle at once on a lifecycle event, so
+/// every change below must be picked up well within one interval (a
+/// tick-only agent would need up to 20 s and fail the 3 s limit).
+const INTERVAL: Duration = Duration::from_secs(20);
+/// Event → debounce → cycle → enforcement, with slack for a loaded machine.
+const AT_ONCE: Duration = Duration::from_secs(3);
+/// How long "nothing changes" is watched after a pause or resume.
+const HOLD: Duration = Duration::from_millis(2500);
 
 fn expect<'a>(active: &'a [&'a str]) -> impl Fn(&str) -> Option<(u64, u64)> + 'a {
     move |name| {
@@ -49,7 +57,7 @@ fn step(
     label: &str,
     active: &[&str],
 ) -> Duration {
-    let limit = 2 * INTERVAL + Duration::from_millis(1500);
+    let limit = AT_ONCE;
     let t = wait_converged(h, agent, Duration::from_secs(15), expect(active));
     check_safety(h, cfg);
     assert!(t <= limit, "{label}: picked up after {t:?} (> {limit:?})");
@@ -57,7 +65,7 @@ fn step(
 }
 
 #[test]
-fn lifecycle_changes_are_picked_up_within_an_interval() {
+fn lifecycle_changes_are_picked_up_at_once_well_within_an_interval() {
     let dir = test_dir("lifecycle");
     let Some(lv) = Libvirtd::start(dir.path()) else {
         return;
@@ -70,7 +78,7 @@ fn lifecycle_changes_are_picked_up_within_an_interval() {
         spec("other", 9, Init::Running),
     ]);
     let other = h.get("other");
-    let text = config_text(dir.path(), &lv.uri(), "1s", POOLS);
+    let text = config_text(dir.path(), &lv.uri(), "20s", POOLS);
     let (cfg_path, cfg) = write_config(dir.path(), &text);
     let mut agent = Agent::start(dir.path(), &cfg_path);
     wait_converged(
@@ -93,11 +101,11 @@ fn lifecycle_changes_are_picked_up_within_an_interval() {
     h.suspend("lc-1");
     let t0 = Instant::now();
     let before = h.all();
-    std::thread::sleep(2 * INTERVAL + Duration::from_millis(500));
+    std::thread::sleep(HOLD);
     assert_eq!(h.all(), before, "pausing lc-1 changed allocations");
     assert_eq!(h.get("lc-1").state, DomainState::Paused);
     h.resume("lc-1");
-    std::thread::sleep(2 * INTERVAL + Duration::from_millis(500));
+    std::thread::sleep(HOLD);
     let mut resumed = before.clone();
     resumed.iter_mut().find(|d| d.name == "lc-1").unwrap().state = DomainState::Running;
     assert_eq!(h.all(), resumed, "resuming lc-1 changed allocations");
@@ -108,7 +116,7 @@ fn lifecycle_changes_are_picked_up_within_an_interval() {
 
     // Defined but not started: holds nothing.
     h.define(&spec("lc-4", 4, Init::Off).xml());
-    std::thread::sleep(2 * INTERVAL);
+    std::thread::sleep(HOLD);
     wait_converged(
         &h,
         &mut agent,
