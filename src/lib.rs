@@ -6,6 +6,8 @@
 //! enforces through [`libvirt`] and publishes a status snapshot that [`api`]
 //! serves. See `docs/ARCHITECTURE.md`.
 
+pub mod api;
+pub mod client;
 pub mod config;
 pub mod host;
 pub mod libvirt;

@@ -31,6 +31,9 @@ struct Args {
     /// Override `agent.libvirt_uri`.
     #[arg(long)]
     uri: Option<String>,
+    /// Move a corrupt or unwanted runtime state file aside and start fresh.
+    #[arg(long)]
+    reset_state: bool,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +69,19 @@ fn main() -> ExitCode {
             virtpool::units::human_bytes(alloc.memory)
         );
         return ExitCode::SUCCESS;
+    }
+    if args.reset_state {
+        match RuntimeState::reset(&cfg.agent.state_dir) {
+            Ok(Some(aside)) => eprintln!(
+                "virtpoold: runtime state moved aside to {}",
+                aside.display()
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("virtpoold: {e}");
+                return ExitCode::from(1);
+            }
+        }
     }
     // One cycle prints its own report: log only what went wrong.
     let level = if args.once {
@@ -185,9 +201,14 @@ async fn daemon(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCo
     ))
     .context("cannot start the libvirt thread")?;
     let config_path = cfg.source.clone();
+    // API: bind (lock, stale socket, chmod, chgrp) before the first cycle.
+    let api_sock = virtpool::api::bind(&cfg.agent.socket, &cfg.agent.api_group).await?;
+    let api_group = cfg.agent.api_group.clone();
     let (monitor, handle) = Monitor::new(hv, host, cfg, runtime, observe);
     let monitor = monitor.with_events(events_rx);
     let shutdown = tokio_util::sync::CancellationToken::new();
+    let api_state = virtpool::api::AppState::new(handle.clone(), api_group);
+    let api_task = tokio::spawn(virtpool::api::serve(api_sock, api_state, shutdown.clone()));
     let task = tokio::spawn(monitor.run(shutdown.clone()));
 
     use tokio::signal::unix::{signal, SignalKind};
@@ -210,5 +231,6 @@ async fn daemon(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCo
     tracing::info!("stopping");
     shutdown.cancel();
     let _ = task.await;
+    let _ = api_task.await;
     Ok(ExitCode::SUCCESS)
 }

@@ -13,73 +13,119 @@ pub struct Claim {
     pub shares: u64,
 }
 
-/// Splits `budget` among `claims`: each gets its floor, then the rest is
-/// shared in proportion to shares, capped at each cap; what a capped member
-/// cannot take goes to the others. Integer results, largest-remainder
-/// rounding (ties to the earlier claim), Σ ≤ budget whenever Σ floors ≤
-/// budget. Work-conserving: Σ = min(budget, Σ caps).
+/// Splits `budget` among `claims` by weighted max-min fairness ("water
+/// filling"): a water level λ rises until the budget is used up; each
+/// member gets λ × shares, but never less than its floor and never more
+/// than its cap. So a floor is a guarantee, not a bonus on top of the
+/// share: a member whose share is already above its floor gets exactly its
+/// share; what a capped member cannot take goes to the others.
+///
+/// Integer results, Σ ≤ budget whenever Σ floors ≤ budget. Work-conserving:
+/// Σ = min(budget, Σ caps). Rounding: members between floor and cap get
+/// the whole units of their exact share; the few units left over go one
+/// each to those whose exact share has a fractional part, highest shares
+/// first, then the earlier claim. Each result is within one unit of the
+/// exact fair share, and — unlike largest remainder — raising one member's
+/// shares never lowers its result (monotone in shares, SPEC §2 inv. 6).
 ///
 /// The caller guarantees Σ floors ≤ budget (admission); if not, floors are
-/// returned as they are.
+/// returned as they are. O(n log n).
 pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
     let n = claims.len();
-    let mut out: Vec<u64> = claims.iter().map(|c| c.floor.min(c.cap)).collect();
-    let floors: u128 = out.iter().map(|&f| f as u128).sum();
-    if floors >= budget as u128 || n == 0 {
-        return out;
-    }
-    let mut rest = budget as u128 - floors;
-
-    // Members by headroom per share, ascending: those that saturate first.
-    let room: Vec<u128> = (0..n)
-        .map(|i| claims[i].cap.saturating_sub(out[i]) as u128)
-        .collect();
-    let headroom = |i: usize| room[i];
+    let floor = |i: usize| claims[i].floor.min(claims[i].cap);
+    let cap = |i: usize| claims[i].cap;
     let shares = |i: usize| claims[i].shares.max(1) as u128;
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| {
-        (headroom(a) * shares(b))
-            .cmp(&(headroom(b) * shares(a)))
-            .then(a.cmp(&b))
-    });
-    let mut total_shares: u128 = order.iter().map(|&i| shares(i)).sum();
-    let mut k = 0;
-    // Cap every member whose headroom is below its proportional share of
-    // what is left; the level only rises as capped members drop out.
-    while k < n {
-        let i = order[k];
-        if headroom(i) * total_shares <= rest * shares(i) {
-            let h = headroom(i);
-            out[i] += h as u64;
-            rest -= h;
-            total_shares -= shares(i);
-            k += 1;
+    let floors: u128 = (0..n).map(|i| floor(i) as u128).sum();
+    if floors >= budget as u128 || n == 0 {
+        return (0..n).map(floor).collect();
+    }
+    let caps: u128 = (0..n).map(|i| cap(i) as u128).sum();
+    if caps <= budget as u128 {
+        return (0..n).map(cap).collect();
+    }
+    let b = budget as u128;
+
+    // Breakpoints of the water level: member i starts rising at
+    // λ = floor/shares and stops at λ = cap/shares.
+    // (approximate λ, value, member, is start)
+    let mut events: Vec<(f64, u128, usize, bool)> = Vec::with_capacity(2 * n);
+    for i in 0..n {
+        let s = shares(i) as f64;
+        events.push((floor(i) as f64 / s, floor(i) as u128, i, true));
+        events.push((cap(i) as f64 / s, cap(i) as u128, i, false));
+    }
+    // By λ = value / shares(i) — exactly: the float only decides when the
+    // two levels differ by far more than its rounding error — and at equal
+    // λ, starts before stops.
+    events.sort_unstable_by(|&(fa, va, ia, sa), &(fb, vb, ib, sb)| {
+        let by_level = if (fa - fb).abs() > 1e-9 * fa.abs().max(fb.abs()) {
+            fa.total_cmp(&fb)
         } else {
+            (va * shares(ib)).cmp(&(vb * shares(ia)))
+        };
+        by_level.then(sb.cmp(&sa)).then(ia.cmp(&ib))
+    });
+    // Total at level λ = fixed + λ × slope, where `fixed` counts members
+    // at their floor (not started) or cap (stopped), `slope` the shares of
+    // the rising ones.
+    let mut fixed: u128 = floors;
+    let mut slope: u128 = 0;
+    let mut state = vec![0u8; n]; // 0 at floor, 1 rising, 2 at cap
+    let mut k = 0;
+    while k < events.len() {
+        let (_, v, i, _) = events[k];
+        let (p, q) = (v, shares(i));
+        // Total at this breakpoint ≥ budget: the level lies before it.
+        if fixed * q + p * slope >= b * q {
             break;
         }
+        // Apply every event at this same level.
+        while k < events.len() {
+            let (_, v2, j, start) = events[k];
+            if v2 * q != p * shares(j) {
+                break;
+            }
+            if start {
+                fixed -= floor(j) as u128;
+                slope += shares(j);
+                state[j] = 1;
+            } else {
+                slope -= shares(j);
+                fixed += cap(j) as u128;
+                state[j] = 2;
+            }
+            k += 1;
+        }
     }
-    if k == n || rest == 0 {
+    let mut out: Vec<u64> = (0..n)
+        .map(|i| if state[i] == 2 { cap(i) } else { floor(i) })
+        .collect();
+    if slope == 0 {
         return out;
     }
-    // The uncapped members share `rest` exactly in proportion to shares.
-    let uncapped = &order[k..];
+    // The rising members share `rest` exactly in proportion to shares.
+    let rest = b - fixed;
     let mut given: u128 = 0;
-    let mut remainders: Vec<(u128, usize)> = Vec::with_capacity(uncapped.len());
-    for &i in uncapped {
+    let mut prio: Vec<usize> = Vec::new();
+    for i in (0..n).filter(|&i| state[i] == 1) {
         let num = rest * shares(i);
-        let e = num / total_shares;
-        out[i] += e as u64;
+        let e = num / slope;
+        out[i] = e as u64;
         given += e;
-        remainders.push((num % total_shares, i));
+        if num % slope != 0 {
+            prio.push(i);
+        }
     }
     let mut left = rest - given;
-    // Largest remainder first; ties to the lower index (stable, deterministic).
-    remainders.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    for &(_, i) in &remainders {
+    // Leftover units (fewer than `prio`): highest shares first, then the
+    // lower index. A priority that depends only on the member's own shares
+    // keeps the result monotone in shares (largest remainder does not).
+    prio.sort_unstable_by(|&a, &c| shares(c).cmp(&shares(a)).then(a.cmp(&c)));
+    for &i in &prio {
         if left == 0 {
             break;
         }
-        if out[i] < claims[i].cap {
+        if out[i] < cap(i) {
             out[i] += 1;
             left -= 1;
         }
@@ -104,8 +150,11 @@ mod tests {
     }
 
     #[test]
-    fn floor_then_share() {
-        assert_eq!(water_fill(10, &[c(4, 100, 1), c(0, 100, 1)]), vec![7, 3]);
+    fn floor_is_a_guarantee_not_a_bonus() {
+        // The share (5) is above the floor (4): the floor changes nothing.
+        assert_eq!(water_fill(10, &[c(4, 100, 1), c(0, 100, 1)]), vec![5, 5]);
+        // The floor (7) is above the share: it is honoured, the rest shared.
+        assert_eq!(water_fill(10, &[c(7, 100, 1), c(0, 100, 1)]), vec![7, 3]);
     }
 
     #[test]
@@ -137,5 +186,90 @@ mod tests {
     #[test]
     fn floors_over_budget_returned_unchanged() {
         assert_eq!(water_fill(3, &[c(2, 5, 1), c(2, 5, 1)]), vec![2, 2]);
+    }
+
+    #[test]
+    fn exact_whole_shares_get_no_leftover() {
+        // Exact shares 2⅔, 2⅔, 2⅔, 8: the two leftover units go to members
+        // with a fraction, not to the one whose share is exactly 8.
+        let r = water_fill(
+            16,
+            &[
+                c(0, 99, 1000),
+                c(0, 99, 1000),
+                c(0, 99, 1000),
+                c(0, 99, 3000),
+            ],
+        );
+        assert_eq!(r, vec![3, 3, 2, 8]);
+    }
+
+    fn claims() -> impl proptest::strategy::Strategy<Value = (u64, Vec<Claim>)> {
+        use proptest::prelude::*;
+        (
+            0u64..2000,
+            proptest::collection::vec((0u64..50, 0u64..200, 1u64..5000), 0..40),
+        )
+            .prop_map(|(budget, v)| {
+                let claims: Vec<Claim> = v
+                    .into_iter()
+                    .map(|(f, extra, s)| c(f, f + extra, s))
+                    .collect();
+                (budget, claims)
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        #[test]
+        fn sum_bounds_and_work_conservation((budget, cl) in claims()) {
+            let r = water_fill(budget, &cl);
+            let floors: u64 = cl.iter().map(|x| x.floor).sum();
+            let caps: u64 = cl.iter().map(|x| x.cap).sum();
+            let sum: u64 = r.iter().sum();
+            for (x, k) in r.iter().zip(&cl) {
+                proptest::prop_assert!(k.floor <= *x && *x <= k.cap);
+            }
+            if floors <= budget {
+                proptest::prop_assert_eq!(sum, budget.min(caps));
+            }
+        }
+
+        /// Max-min fair up to rounding: no unit could move from a member
+        /// above its floor to one below its cap and make the poorer (per
+        /// share) richer than the richer one stays, beyond one unit each.
+        #[test]
+        fn max_min_fair((budget, cl) in claims()) {
+            let floors: u64 = cl.iter().map(|x| x.floor).sum();
+            if floors > budget { return Ok(()); }
+            let r = water_fill(budget, &cl);
+            for i in 0..cl.len() {
+                for j in 0..cl.len() {
+                    if r[i] < cl[i].cap && r[j] > cl[j].floor {
+                        let (si, sj) = (cl[i].shares as u128, cl[j].shares as u128);
+                        proptest::prop_assert!(
+                            (r[i] as u128 + 1) * sj >= (r[j] as u128 - 1) * si,
+                            "{i}: {} of {:?}, {j}: {} of {:?}", r[i], cl[i], r[j], cl[j]
+                        );
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn monotone_in_own_shares((budget, cl) in claims(), pick in 0usize..40, mult in 2u64..10) {
+            if cl.is_empty() { return Ok(()); }
+            let i = pick % cl.len();
+            let before = water_fill(budget, &cl);
+            let mut more = cl.clone();
+            more[i].shares *= mult;
+            let after = water_fill(budget, &more);
+            proptest::prop_assert!(after[i] >= before[i], "{} → {}", before[i], after[i]);
+        }
     }
 }

@@ -3,14 +3,38 @@
 //! domain should have, the actions that get it there, and why.
 //!
 //! No I/O, no clock: the caller passes `now`. Same inputs → same plan,
-//! whatever the order of the domains.
+//! whatever the order of the domains. The rules are written for operators
+//! in `docs/allocation.md`; in code, one cycle runs:
+//!
+//! 1. membership: which pool each domain is in ([`crate::membership`]);
+//! 2. per pool, floors / caps / shares of each active member, then
+//!    [`admission`] when the floors do not all fit;
+//! 3. per pool and resource, the fair targets ([`alloc::water_fill`]);
+//! 4. host memory [`pressure`] lowers memory targets across pools;
+//! 5. [`stability`] decides how far each member moves this cycle (`next`);
+//! 6. actions: vCPUs, balloon, per-disk I/O limits ([`disk`]) and
+//!    scheduler weights ([`weights`]), shrinks first.
+//!
+//! The enforcer re-checks every action with [`check::Guard`] before it
+//! calls libvirt.
 
+mod admission;
 pub mod alloc;
+pub mod check;
+pub mod disk;
+pub mod history;
+mod pressure;
+mod stability;
+pub mod testing;
+pub mod weights;
 
-use crate::config::{Allocatable, Config, Limits, Pool, DEFAULT_SHARES};
+pub use check::{check_action, check_plan, Guard, Violation};
+pub use history::{History, Outcome, PendingVcpus};
+pub use weights::{blkio_weight, cpu_weight};
+
+use crate::config::{Allocatable, Config, Limits, MemoryPolicy, Pool, DEFAULT_SHARES};
 use crate::membership::{Membership, Via};
 use crate::model::{Action, DomainObs, DomainState, PerResource, Reason, Resource, Snapshot};
-use crate::units;
 use alloc::Claim;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -20,27 +44,6 @@ const MIB: u64 = 1 << 20;
 /// Reservations made at run time through the API, per pool, then per
 /// domain (name or UUID as the operator gave it): a raised `min`.
 pub type Reservations = BTreeMap<String, BTreeMap<String, PerResource<Option<u64>>>>;
-
-/// What the planner remembers between cycles (kept by the monitor).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct History {
-    /// Per domain UUID: when (seconds, caller's clock) its vCPU count last changed.
-    pub vcpu_changed_at: BTreeMap<String, u64>,
-}
-
-impl History {
-    /// Records the outcome of enforced actions at time `now`.
-    pub fn record(&mut self, action: &Action, ok: bool, now: u64) {
-        if let (Action::SetVcpus { uuid, .. }, true) = (action, ok) {
-            self.vcpu_changed_at.insert(uuid.clone(), now);
-        }
-    }
-
-    /// Forgets domains that no longer exist.
-    pub fn retain(&mut self, alive: impl Fn(&str) -> bool) {
-        self.vcpu_changed_at.retain(|u, _| alive(u));
-    }
-}
 
 /// Everything the planner looks at.
 pub struct PlanInput<'a> {
@@ -57,7 +60,7 @@ pub struct PlanInput<'a> {
 /// One member's allocation of one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Alloc {
-    /// Guaranteed amount (reservation, guest need).
+    /// Guaranteed amount (reservation, guest need), capped by `cap`.
     pub floor: u64,
     /// Most it may get (max, hardware max, demand).
     pub cap: u64,
@@ -67,11 +70,18 @@ pub struct Alloc {
     /// What it is set to this cycle (moves toward `target` within the
     /// stability rules; equals `actual` when nothing is issued).
     pub next: u64,
-    /// What libvirt reports now.
+    /// What libvirt reports now (disk rates: Σ of the tunable disks'
+    /// limits, 0 = unlimited).
     pub actual: u64,
     /// What the guest uses, when it says (memory only).
     pub used: Option<u64>,
+    /// Why `next` is what it is: the target's reason when the member moves
+    /// to (or is at) its target, else what holds it back (dead_band,
+    /// rate_limited, cooldown, pending, paused, unadmitted).
     pub reason: Reason,
+    /// Why `target` is what it is (share, floor, max, hardware_max, demand,
+    /// pressure).
+    pub target_reason: Reason,
 }
 
 /// A domain in a pool.
@@ -81,13 +91,16 @@ pub struct MemberPlan {
     pub uuid: String,
     pub state: DomainState,
     pub via: Via,
-    /// False when its floors did not fit: left untouched.
+    /// False when its floors did not fit (or it is not running): left
+    /// untouched.
     pub admitted: bool,
     /// Why it is not admitted / why nothing is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
-    /// Per resource the pool manages; `None` for unmanaged resources and
-    /// for inactive domains.
+    /// Per resource the pool manages; `None` for unmanaged resources, for
+    /// inactive domains, and for disk rates of a domain without tunable
+    /// disks. Unadmitted members carry their floors and caps with
+    /// target = next = actual and reason `unadmitted`.
     pub alloc: PerResource<Option<Alloc>>,
 }
 
@@ -110,6 +123,13 @@ impl PoolPlan {
             .get(r)
             .map(|b| b.saturating_sub(*self.allocated.get(r)))
     }
+
+    /// Members whose floors did not fit (active but not admitted).
+    pub fn unadmitted(&self) -> impl Iterator<Item = &MemberPlan> {
+        self.members
+            .iter()
+            .filter(|m| m.state.is_active() && !m.admitted)
+    }
 }
 
 /// A domain in no pool.
@@ -130,8 +150,23 @@ pub struct Plan {
     pub pressure: bool,
     pub pools: Vec<PoolPlan>,
     pub unmanaged: Vec<Unmanaged>,
-    /// Changes to make, in a deterministic order.
+    /// Changes to make, in a deterministic order: everything that gives
+    /// resources back (vCPU and balloon shrinks) first, then disk limits
+    /// and weights, then growth.
     pub actions: Vec<Action>,
+    /// Per domain UUID: bytes by which pressure lowers its memory target
+    /// (carried to the next cycle by [`History::record_plan`]).
+    #[serde(default)]
+    pub reclaim: BTreeMap<String, u64>,
+}
+
+/// The first 8 bytes of `s`, big-endian (zero-padded): ordering these
+/// integers agrees with ordering the strings on those bytes.
+fn prefix_key(s: &str) -> u64 {
+    let mut b = [0u8; 8];
+    let n = s.len().min(8);
+    b[..n].copy_from_slice(&s.as_bytes()[..n]);
+    u64::from_be_bytes(b)
 }
 
 /// Granularity of each resource's targets.
@@ -142,15 +177,59 @@ fn granularity(r: Resource) -> u64 {
     }
 }
 
+/// Index of a resource in [`Resource::ALL`].
+fn idx(r: Resource) -> usize {
+    match r {
+        Resource::Vcpus => 0,
+        Resource::Memory => 1,
+        Resource::DiskBytesSec => 2,
+        Resource::DiskIopsSec => 3,
+    }
+}
+
+/// A pool being planned.
+pub(crate) struct Work<'a> {
+    pool: &'a Pool,
+    budget: PerResource<Option<u64>>,
+    /// Parallel to `plans`.
+    doms: Vec<&'a DomainObs>,
+    plans: Vec<MemberPlan>,
+    /// Tunable disks per member (parallel to `plans`).
+    disks: Vec<usize>,
+    /// Disk shares per member, when the pool manages a disk resource.
+    disk_shares: Vec<u64>,
+}
+
 /// Plans one cycle.
+///
+/// Compiles the pools' membership rules (globs) first; a caller that plans
+/// every few seconds can keep a [`Membership`] per config and call
+/// [`plan_with`] instead.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
+    plan_with(input, &Membership::new(&input.config.pools))
+}
+
+/// Plans one cycle with membership rules compiled beforehand from
+/// `input.config.pools` (`Membership::new`); same result as [`plan`].
+pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
     let cfg = input.config;
     let alloc = cfg.host.allocatable(&input.snapshot.host);
-    let membership = Membership::new(&cfg.pools);
 
-    // Deterministic order, whatever order libvirt listed domains in.
-    let mut domains: Vec<&DomainObs> = input.snapshot.domains.iter().collect();
-    domains.sort_by(|a, b| a.uuid.cmp(&b.uuid).then(a.name.cmp(&b.name)));
+    // Deterministic order, whatever order libvirt listed domains in: by
+    // UUID, then name. The first 8 bytes of the UUID as an integer make
+    // most comparisons one integer compare.
+    let mut keyed: Vec<(u64, &DomainObs)> = input
+        .snapshot
+        .domains
+        .iter()
+        .map(|d| (prefix_key(&d.uuid), d))
+        .collect();
+    keyed.sort_unstable_by(|(ka, a), (kb, b)| {
+        ka.cmp(kb)
+            .then_with(|| a.uuid.cmp(&b.uuid))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    let domains = keyed.into_iter().map(|(_, d)| d);
 
     let mut by_pool: BTreeMap<&str, Vec<(&DomainObs, Via)>> = BTreeMap::new();
     let mut unmanaged = Vec::new();
@@ -166,237 +245,413 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             }),
         }
     }
-    unmanaged.sort_by(|a, b| a.name.cmp(&b.name).then(a.uuid.cmp(&b.uuid)));
+    unmanaged.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uuid.cmp(&b.uuid)));
 
-    let mut pools = Vec::new();
-    let mut actions = Vec::new();
-    for pool in cfg.pools.values() {
-        let members = by_pool.remove(pool.name.as_str()).unwrap_or_default();
-        let empty = BTreeMap::new();
-        let reservations = input.reservations.get(&pool.name).unwrap_or(&empty);
-        let pp = plan_pool(input, pool, &alloc, &members, reservations, &mut actions);
-        pools.push(pp);
+    let empty = BTreeMap::new();
+    let mut works: Vec<Work<'_>> = cfg
+        .pools
+        .values()
+        .map(|pool| {
+            let members = by_pool.remove(pool.name.as_str()).unwrap_or_default();
+            let reservations = input.reservations.get(&pool.name).unwrap_or(&empty);
+            prepare_pool(input, pool, &alloc, members, reservations)
+        })
+        .collect();
+
+    let (pressure, reclaim) = pressure::apply(&mut works, input);
+
+    for w in works.iter_mut() {
+        stability::settle(w, input);
     }
+    // One pass per phase, straight into one list (actions are large).
+    let mut actions = Vec::new();
+    for phase in [Phase::Shrink, Phase::Neutral, Phase::Grow] {
+        for w in works.iter().filter(|w| !(input.paused || w.pool.paused)) {
+            emit(w, input, phase, &mut actions);
+        }
+    }
+
+    let pools = works
+        .into_iter()
+        .map(|w| {
+            let mut allocated = PerResource::<u64>::default();
+            for p in w.plans.iter().filter(|p| p.admitted) {
+                for r in Resource::ALL {
+                    if let Some(a) = p.alloc.get(r) {
+                        *allocated.get_mut(r) = allocated.get(r).saturating_add(a.target);
+                    }
+                }
+            }
+            PoolPlan {
+                name: w.pool.name.clone(),
+                paused: w.pool.paused,
+                runtime: w.pool.runtime,
+                budget: w.budget,
+                allocated,
+                members: w.plans,
+            }
+        })
+        .collect();
     Plan {
         allocatable: alloc,
-        pressure: false,
+        pressure,
         pools,
         unmanaged,
         actions,
+        reclaim,
     }
 }
 
-fn plan_pool(
+/// Floor, cap and weight of one member for one resource, in units of the
+/// resource's granularity.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    floor: u64,
+    cap: u64,
+    shares: u64,
+    /// What limits the cap.
+    cap_reason: Reason,
+}
+
+fn prepare_pool<'a>(
     input: &PlanInput<'_>,
-    pool: &Pool,
+    pool: &'a Pool,
     alloc: &Allocatable,
-    members: &[(&DomainObs, Via)],
+    members: Vec<(&'a DomainObs, Via)>,
     reservations: &BTreeMap<String, PerResource<Option<u64>>>,
-    actions: &mut Vec<Action>,
-) -> PoolPlan {
+) -> Work<'a> {
     let budget = Config::pool_budget(pool, alloc);
-    let mut plans: Vec<MemberPlan> = members
-        .iter()
-        .map(|(d, via)| MemberPlan {
+    let n = members.len();
+    let mut plans = Vec::with_capacity(n);
+    let mut doms = Vec::with_capacity(n);
+    let mut disks = Vec::with_capacity(n);
+    let mut disk_shares = Vec::with_capacity(n);
+    let mut bounds: Vec<[Option<Bound>; 4]> = Vec::with_capacity(n);
+    let mut candidates = Vec::with_capacity(n);
+    let mut active = Vec::with_capacity(n);
+    let disk_res = if budget.disk_bytes_sec.is_some() {
+        Some(Resource::DiskBytesSec)
+    } else if budget.disk_iops_sec.is_some() {
+        Some(Resource::DiskIopsSec)
+    } else {
+        None
+    };
+    for (m, (d, via)) in members.into_iter().enumerate() {
+        let is_active = d.state.is_active();
+        plans.push(MemberPlan {
             name: d.name.clone(),
             uuid: d.uuid.clone(),
             state: d.state,
-            via: *via,
-            admitted: d.state.is_active(),
-            note: (!d.state.is_active()).then(|| "not running: holds nothing".to_string()),
+            via,
+            admitted: is_active,
+            note: (!is_active).then(|| "not running: holds nothing".to_string()),
             alloc: PerResource::default(),
-        })
-        .collect();
-    let active: Vec<usize> = (0..members.len())
-        .filter(|&i| members[i].0.state.is_active())
-        .collect();
+        });
+        doms.push(d);
+        let tunable = disk::tunable_count(&d.disks);
+        disks.push(tunable);
+        let over = pool
+            .members
+            .get(&d.name)
+            .or_else(|| pool.members.get(&d.uuid));
+        let res = reservations
+            .get(&d.name)
+            .or_else(|| reservations.get(&d.uuid));
+        let lim = |r: Resource| -> Limits {
+            let base = pool
+                .resources
+                .get(r)
+                .map(|p| p.defaults)
+                .unwrap_or_default();
+            let mut l = match over {
+                Some(o) => base.overlay(*o.get(r)),
+                None => base,
+            };
+            if let Some(v) = res.and_then(|x| *x.get(r)) {
+                l.min = Some(l.min.map_or(v, |m| m.max(v)));
+            }
+            l
+        };
+        disk_shares
+            .push(disk_res.map_or(DEFAULT_SHARES, |r| lim(r).shares.unwrap_or(DEFAULT_SHARES)));
+        let mut b: [Option<Bound>; 4] = [None; 4];
+        if is_active {
+            let mut explicit = false;
+            for r in Resource::ALL {
+                if budget.get(r).is_none() {
+                    continue;
+                }
+                explicit |= res.is_some_and(|x| x.get(r).is_some())
+                    || over.is_some_and(|o| o.get(r).min.is_some());
+                b[idx(r)] = bound(input, pool, d, r, lim(r), tunable);
+            }
+            candidates.push(admission::Candidate {
+                uuid: &d.uuid,
+                explicit,
+                active_secs: d.active_secs.unwrap_or(0),
+                floors: b.map(|x| x.map(|x| x.floor)),
+            });
+            active.push(m);
+        }
+        bounds.push(b);
+    }
 
-    let mut allocated = PerResource::<u64>::default();
+    let budget_units: [Option<u64>; 4] =
+        Resource::ALL.map(|r| budget.get(r).map(|b| b / granularity(r)));
+    let admitted = admission::admit(&candidates, budget_units);
+    for (&m, verdict) in active.iter().zip(&admitted) {
+        if let Err(refusal) = verdict {
+            let r = refusal.resource;
+            let g = granularity(r);
+            let p = &mut plans[m];
+            p.admitted = false;
+            p.note = Some(format!(
+                "unadmitted: its {r} floor ({}) does not fit the pool budget ({}, of which {} is already reserved by members admitted first); left untouched",
+                r.human(refusal.floor.saturating_mul(g)),
+                r.human(budget.get(r).unwrap_or(0)),
+                r.human(refusal.reserved.saturating_mul(g)),
+            ));
+        }
+    }
+
     for r in Resource::ALL {
         let Some(b) = *budget.get(r) else { continue };
         let g = granularity(r);
-        let claims: Vec<(usize, Claim, u64)> = active
-            .iter()
-            .map(|&i| {
-                let d = members[i].0;
-                let lim = limits(pool, reservations, d, r);
-                let (floor, cap) = bounds(input, d, r, lim);
-                let shares = lim.shares.unwrap_or(DEFAULT_SHARES);
-                (
-                    i,
-                    Claim {
-                        floor: floor.div_ceil(g),
-                        cap: cap / g,
-                        shares,
-                    },
-                    floor,
-                )
-            })
-            .collect();
-        // Admission (v1): admit in order until floors fit the budget.
-        let units_budget = b / g;
-        let mut admitted = Vec::new();
-        let mut sum = 0u64;
-        for (i, c, _) in &claims {
-            if plans[*i].admitted && sum.saturating_add(c.floor.min(c.cap)) <= units_budget {
-                sum += c.floor.min(c.cap);
-                admitted.push((*i, *c));
+        let k = idx(r);
+        let mut who = Vec::new();
+        let mut claims = Vec::new();
+        for &m in &active {
+            let Some(bd) = bounds[m][k] else { continue };
+            let d = doms[m];
+            let actual = d.actual(r);
+            let used = if r == Resource::Memory {
+                d.balloon.and_then(|s| s.used())
             } else {
-                plans[*i].admitted = false;
-                plans[*i].note = Some(format!(
-                    "{r} floor does not fit the pool budget ({} of {} already reserved)",
-                    r.human(sum * g),
-                    r.human(b)
-                ));
-            }
-        }
-        let only: Vec<Claim> = admitted.iter().map(|(_, c)| *c).collect();
-        let shares_out = alloc::water_fill(units_budget, &only);
-        for ((i, c), t) in admitted.iter().zip(shares_out) {
-            let d = members[*i].0;
-            let target = t * g;
-            let reason = if c.floor >= c.cap || t <= c.floor {
-                Reason::Floor
-            } else if t >= c.cap {
-                if c.cap * g >= hardware_max(d, r) {
-                    Reason::HardwareMax
-                } else {
-                    Reason::Max
-                }
-            } else {
-                Reason::Share
+                None
             };
-            *allocated.get_mut(r) += target;
-            plans[*i].alloc.get_mut(r).replace(Alloc {
-                floor: c.floor * g,
-                cap: c.cap * g,
-                shares: c.shares,
-                target,
-                next: target,
-                actual: d.actual(r),
-                used: if r == Resource::Memory {
-                    d.balloon.and_then(|s| s.used())
+            let unadmitted = Alloc {
+                floor: bd.floor.saturating_mul(g),
+                cap: bd.cap.saturating_mul(g),
+                shares: bd.shares,
+                target: actual,
+                next: actual,
+                actual,
+                used,
+                reason: Reason::Unadmitted,
+                target_reason: Reason::Unadmitted,
+            };
+            plans[m].alloc.get_mut(r).replace(unadmitted);
+            if plans[m].admitted {
+                who.push(m);
+                claims.push(Claim {
+                    floor: bd.floor,
+                    cap: bd.cap,
+                    shares: bd.shares,
+                });
+            }
+        }
+        let targets = alloc::water_fill(b / g, &claims);
+        for (&m, t) in who.iter().zip(targets) {
+            let bd = bounds[m][k];
+            if let (Some(bd), Some(a)) = (bd, plans[m].alloc.get_mut(r).as_mut()) {
+                let reason = if t >= bd.cap && bd.cap > bd.floor {
+                    bd.cap_reason
+                } else if t <= bd.floor {
+                    Reason::Floor
                 } else {
-                    None
-                },
-                reason,
-            });
-        }
-    }
-
-    // Stability (v1): dead band on memory.
-    for p in plans.iter_mut() {
-        if let Some(a) = p.alloc.memory.as_mut() {
-            if a.target.abs_diff(a.actual) < input.config.tuning.memory_min_change {
-                a.next = a.actual;
-                a.reason = Reason::DeadBand;
-            }
-        }
-    }
-    // Never issue more than the budget: if the dead band left members above
-    // their targets, growers wait for the room.
-    for r in Resource::ALL {
-        let Some(b) = *budget.get(r) else { continue };
-        let mut total: u64 = plans
-            .iter()
-            .filter_map(|p| p.alloc.get(r).map(|a| a.next))
-            .sum();
-        for p in plans.iter_mut() {
-            if total <= b {
-                break;
-            }
-            if let Some(a) = p.alloc.get_mut(r).as_mut() {
-                if a.next > a.actual {
-                    let cut = (a.next - a.actual).min(total - b);
-                    a.next -= cut;
-                    total -= cut;
-                }
+                    Reason::Share
+                };
+                a.target = t * g;
+                a.next = a.target;
+                a.reason = reason;
+                a.target_reason = reason;
             }
         }
     }
 
-    let issue = !(input.paused || pool.paused);
-    for (p, (d, _)) in plans.iter().zip(members) {
-        if !p.admitted || !issue {
-            continue;
-        }
-        if let Some(a) = p.alloc.vcpus {
-            if a.next != a.actual {
-                actions.push(Action::SetVcpus {
-                    uuid: d.uuid.clone(),
-                    domain: d.name.clone(),
-                    from: a.actual,
-                    to: a.next,
-                    reason: a.reason,
-                    persist: pool.persist,
-                });
-            }
-        }
-        if let Some(a) = p.alloc.memory {
-            if a.next != a.actual {
-                actions.push(Action::SetMemory {
-                    uuid: d.uuid.clone(),
-                    domain: d.name.clone(),
-                    from: a.actual,
-                    to: a.next,
-                    reason: a.reason,
-                    persist: pool.persist,
-                });
-            }
-        }
-    }
-
-    PoolPlan {
-        name: pool.name.clone(),
-        paused: pool.paused,
-        runtime: pool.runtime,
+    Work {
+        pool,
         budget,
-        allocated,
-        members: plans,
+        doms,
+        plans,
+        disks,
+        disk_shares,
     }
 }
 
-/// The member's limits: pool defaults, member override, runtime reservation.
-fn limits(
-    pool: &Pool,
-    reservations: &BTreeMap<String, PerResource<Option<u64>>>,
-    d: &DomainObs,
-    r: Resource,
-) -> Limits {
-    let mut l = pool.member_limits(&d.name, &d.uuid, r);
-    let res = reservations
-        .get(&d.name)
-        .or_else(|| reservations.get(&d.uuid))
-        .and_then(|m| *m.get(r));
-    if let Some(v) = res {
-        l.min = Some(l.min.map_or(v, |m| m.max(v)));
-    }
-    l
-}
-
-/// The domain's own upper bound for a resource.
+/// The domain's own upper bound for a resource, in units.
 fn hardware_max(d: &DomainObs, r: Resource) -> u64 {
     match r {
         Resource::Vcpus => d.vcpus_max.max(1),
-        Resource::Memory => units::floor_mib(d.memory_max),
+        Resource::Memory => (d.memory_max / MIB).max(1),
         Resource::DiskBytesSec | Resource::DiskIopsSec => u64::MAX,
     }
 }
 
-/// Floor and cap of one member (floor ≤ cap).
-fn bounds(input: &PlanInput<'_>, d: &DomainObs, r: Resource, l: Limits) -> (u64, u64) {
+/// Floor and cap of one member for one resource (units, floor ≤ cap);
+/// `None` when the member takes no part (disk rates without tunable disks).
+fn bound(
+    input: &PlanInput<'_>,
+    pool: &Pool,
+    d: &DomainObs,
+    r: Resource,
+    l: Limits,
+    tunable: usize,
+) -> Option<Bound> {
+    let g = granularity(r);
     let hw = hardware_max(d, r);
-    let cap = l.max.map_or(hw, |m| m.min(hw));
-    let mut floor = l.min.unwrap_or(0);
+    let (mut cap, mut cap_reason) = match l.max.map(|m| m / g) {
+        Some(m) if m < hw => (m, Reason::Max),
+        _ => (hw, Reason::HardwareMax),
+    };
+    let mut floor = l.min.unwrap_or(0).div_ceil(g);
     match r {
-        Resource::Vcpus => floor = floor.max(1),
+        Resource::Vcpus => {
+            cap = cap.max(1);
+            floor = floor.max(1);
+        }
         Resource::Memory => {
+            cap = cap.max(1);
+            floor = floor.max(1);
             if let Some(used) = d.balloon.and_then(|s| s.used()) {
                 let margin = input.config.tuning.guest_free_min.resolve(d.memory_max);
-                floor = floor.max(used.saturating_add(margin));
+                floor = floor.max(used.saturating_add(margin).div_ceil(g));
+                if pool.memory_policy == MemoryPolicy::Demand {
+                    let keep = 1.0 - input.config.tuning.target_free;
+                    let want = (used as f64 / keep).ceil();
+                    let want = if want.is_finite() && want < u64::MAX as f64 {
+                        want as u64
+                    } else {
+                        u64::MAX
+                    };
+                    let demand = want.div_ceil(g);
+                    if demand < cap {
+                        cap = demand;
+                        cap_reason = Reason::Demand;
+                    }
+                }
             }
         }
-        _ => {}
+        Resource::DiskBytesSec | Resource::DiskIopsSec => {
+            if tunable == 0 {
+                return None;
+            }
+            // Each tunable disk needs at least 1 (0 means unlimited).
+            let t = tunable as u64;
+            floor = floor.max(t);
+            cap = cap.max(t);
+        }
     }
-    (floor.min(cap), cap)
+    // The hardware maximum is absolute; a floor (reservation, guest need)
+    // overrides a lower configured max or demand cap.
+    let floor = floor.min(hw);
+    let shares = l.shares.unwrap_or(DEFAULT_SHARES).max(1);
+    Some(Bound {
+        floor,
+        cap: cap.max(floor),
+        shares,
+        cap_reason,
+    })
+}
+
+/// Which actions an [`emit`] pass produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// vCPU and balloon decreases.
+    Shrink,
+    /// Disk limits and weights.
+    Neutral,
+    /// vCPU and balloon increases.
+    Grow,
+}
+
+/// Turns one pool's settled allocations into the actions of one phase.
+fn emit(w: &Work<'_>, input: &PlanInput<'_>, phase: Phase, out: &mut Vec<Action>) {
+    let persist = w.pool.persist;
+    let factor = input.config.tuning.disk_burst_factor;
+    let manages_disk = w.budget.disk_bytes_sec.is_some() || w.budget.disk_iops_sec.is_some();
+    for (m, p) in w.plans.iter().enumerate() {
+        if !p.admitted {
+            continue;
+        }
+        let d = w.doms[m];
+        let moves = |a: &Alloc| match phase {
+            Phase::Shrink => a.next < a.actual,
+            Phase::Grow => a.next > a.actual,
+            Phase::Neutral => false,
+        };
+        if let Some(a) = p.alloc.vcpus.filter(moves) {
+            let act = Action::SetVcpus {
+                uuid: d.uuid.clone(),
+                domain: d.name.clone(),
+                from: a.actual,
+                to: a.next,
+                reason: a.reason,
+                persist,
+            };
+            out.push(act);
+        }
+        if let Some(a) = p.alloc.memory.filter(moves) {
+            let act = Action::SetMemory {
+                uuid: d.uuid.clone(),
+                domain: d.name.clone(),
+                from: a.actual,
+                to: a.next,
+                reason: a.reason,
+                persist,
+            };
+            out.push(act);
+        }
+        if phase != Phase::Neutral {
+            continue;
+        }
+        let tunable = w.disks[m];
+        if tunable > 0 {
+            let bytes = p.alloc.disk_bytes_sec.map(|a| a.next);
+            let iops = p.alloc.disk_iops_sec.map(|a| a.next);
+            if bytes.is_some() || iops.is_some() {
+                let mut bs = bytes.map(|b| disk::split(b, tunable));
+                let mut is = iops.map(|i| disk::split(i, tunable));
+                for disk in d.disks.iter().filter(|x| x.is_tunable()) {
+                    let b = bs.as_mut().and_then(Iterator::next);
+                    let i = is.as_mut().and_then(Iterator::next);
+                    let to = disk::desired(disk.iotune, b, i, factor);
+                    if disk.iotune != Some(to) {
+                        out.push(Action::SetBlockIoTune {
+                            uuid: d.uuid.clone(),
+                            domain: d.name.clone(),
+                            disk: disk.target.clone(),
+                            from: disk.iotune.unwrap_or_default(),
+                            to,
+                            persist,
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(a) = p.alloc.vcpus {
+            let to = cpu_weight(a.shares);
+            if d.cpu_shares != Some(to) {
+                out.push(Action::SetCpuShares {
+                    uuid: d.uuid.clone(),
+                    domain: d.name.clone(),
+                    from: d.cpu_shares,
+                    to,
+                    persist,
+                });
+            }
+        }
+        if manages_disk && tunable > 0 {
+            let to = blkio_weight(w.disk_shares[m]);
+            if d.blkio_weight != Some(to) {
+                out.push(Action::SetBlkioWeight {
+                    uuid: d.uuid.clone(),
+                    domain: d.name.clone(),
+                    from: d.blkio_weight,
+                    to,
+                    persist,
+                });
+            }
+        }
+    }
 }

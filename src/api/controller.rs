@@ -1,0 +1,842 @@
+//! The logic behind the routes: reads from the last published snapshot,
+//! changes to the runtime state as serialized transactions.
+//!
+//! A change runs on a blocking thread: lock the runtime mutex, apply the
+//! change to a copy, validate it, save it (fsync'd) and only then swap it in
+//! and answer. Concurrent changes queue on the mutex, so two allocations
+//! can never both pass admission against the same old state.
+
+use super::auth::{self, Peer};
+use super::error::Error;
+use super::events::{CycleRecorder, EventRing, EventSource, DEFAULT_EVENTS};
+use super::types::*;
+use super::views;
+use crate::config::{self, Config, Mode, PoolSpec};
+use crate::membership::Membership;
+use crate::model::{PerResource, Resource, Snapshot};
+use crate::monitor::{Handle, Status};
+use crate::planner::{self, History, Plan, PlanInput};
+use crate::state::RuntimeState;
+use axum::body::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    handle: Handle,
+    group: String,
+    events: Arc<dyn EventSource>,
+    recorder: Arc<CycleRecorder>,
+    /// Bumped on every saved runtime change (cache key).
+    generation: AtomicU64,
+    /// Serialized pool answers for the current (status, generation).
+    cache: Mutex<ReadCache>,
+}
+
+/// Serialized answers valid for one published status and one runtime
+/// generation; cleared when either changes. Holds only answers that were
+/// built successfully (existing pools), so it is bounded.
+#[derive(Default)]
+struct ReadCache {
+    key: Option<(Arc<Status>, u64)>,
+    entries: std::collections::HashMap<String, Bytes>,
+}
+
+/// What a change did, for the response and the event log.
+pub struct Outcome<T> {
+    pub value: T,
+    pub changed: bool,
+    pub message: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl AppState {
+    /// The state of the API over a monitor handle; `group` is `api.group`
+    /// (members may make changes).
+    pub fn new(handle: Handle, group: impl Into<String>) -> AppState {
+        AppState::with_events(handle, group, Arc::new(EventRing::new(DEFAULT_EVENTS)))
+    }
+
+    /// Like [`AppState::new`] with another event source.
+    pub fn with_events(
+        handle: Handle,
+        group: impl Into<String>,
+        events: Arc<dyn EventSource>,
+    ) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                handle,
+                group: group.into(),
+                recorder: Arc::new(CycleRecorder::new(events.clone())),
+                events,
+                generation: AtomicU64::new(0),
+                cache: Mutex::new(ReadCache::default()),
+            }),
+        }
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.inner.handle
+    }
+
+    pub fn event_source(&self) -> Arc<dyn EventSource> {
+        self.inner.events.clone()
+    }
+
+    /// Records published cycles as events.
+    pub fn recorder(&self) -> Arc<CycleRecorder> {
+        self.inner.recorder.clone()
+    }
+
+    pub fn group(&self) -> &str {
+        &self.inner.group
+    }
+
+    fn runtime(&self) -> RuntimeState {
+        lock(&self.inner.handle.runtime).clone()
+    }
+
+    // ------------------------------------------------------------ reads
+
+    pub fn status(&self) -> StatusResponse {
+        let st = self.inner.handle.status();
+        views::status(&st, &self.runtime(), &self.inner.handle.config())
+    }
+
+    /// An answer from the cache, or built (with the status and runtime
+    /// state it was built from) and cached.
+    fn cached(
+        &self,
+        key: String,
+        build: impl FnOnce(&Status, &RuntimeState) -> Result<Vec<u8>, Error>,
+    ) -> Result<Bytes, Error> {
+        let st = self.inner.handle.status();
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        {
+            let mut c = lock(&self.inner.cache);
+            let fresh = c
+                .key
+                .as_ref()
+                .is_some_and(|(s, g)| Arc::ptr_eq(s, &st) && *g == generation);
+            if !fresh {
+                c.key = Some((st.clone(), generation));
+                c.entries.clear();
+            } else if let Some(b) = c.entries.get(&key) {
+                return Ok(b.clone());
+            }
+        }
+        let body = Bytes::from(build(&st, &self.runtime())?);
+        let mut c = lock(&self.inner.cache);
+        if c.key
+            .as_ref()
+            .is_some_and(|(s, g)| Arc::ptr_eq(s, &st) && *g == generation)
+        {
+            c.entries.insert(key, body.clone());
+        }
+        Ok(body)
+    }
+
+    /// `GET /v1/pools`, serialized once per published cycle and runtime change.
+    pub fn pools_json(&self, members: bool) -> Result<Bytes, Error> {
+        self.cached(format!("pools/{members}"), |st, rt| {
+            serde_json::to_vec(&views::pools(st.plan.as_ref(), rt, members))
+                .map_err(|e| Error::Internal(e.to_string()))
+        })
+    }
+
+    /// `GET /v1/pools/{pool}`, cached like [`AppState::pools_json`].
+    pub fn pool_json(&self, name: &str) -> Result<Bytes, Error> {
+        self.cached(format!("pool/{name}"), |_, _| {
+            serde_json::to_vec(&self.pool(name)?).map_err(|e| Error::Internal(e.to_string()))
+        })
+    }
+
+    pub fn pool(&self, name: &str) -> Result<PoolView, Error> {
+        let st = self.inner.handle.status();
+        let rt = self.runtime();
+        if let Some(p) = st
+            .plan
+            .as_ref()
+            .and_then(|p| p.pools.iter().find(|p| p.name == name))
+        {
+            return Ok(views::pool_view(p, &rt));
+        }
+        // Created or changed since the last cycle: plan it now.
+        let cfg = self.inner.handle.config();
+        if let Ok(plan) = current_plan(&st, &rt, &cfg) {
+            if let Some(p) = plan.pools.iter().find(|p| p.name == name) {
+                return Ok(views::pool_view(p, &rt));
+            }
+        }
+        Err(no_pool(name))
+    }
+
+    pub fn domains(&self) -> DomainsResponse {
+        views::domains(&self.inner.handle.status(), &self.runtime())
+    }
+
+    pub fn domain(&self, key: &str) -> Result<DomainView, Error> {
+        let st = self.inner.handle.status();
+        let d = views::find_domain(&st.domains, key).ok_or_else(|| no_domain(key))?;
+        Ok(views::domain_view(d, st.plan.as_ref(), &self.runtime()))
+    }
+
+    /// What the next cycle would do, planned now on the last observation
+    /// with the current runtime state (so it shows changes not yet enforced).
+    pub fn plan(&self) -> Result<PlanResponse, Error> {
+        let st = self.inner.handle.status();
+        let rt = self.runtime();
+        let cfg = self.inner.handle.config();
+        let plan = current_plan(&st, &rt, &cfg)?;
+        let paused = rt.paused || st.mode == Mode::Observe;
+        Ok(views::plan(&st, &plan, &rt, paused))
+    }
+
+    pub fn events(&self, q: EventsQuery) -> EventsResponse {
+        let limit = q.limit.unwrap_or(100).min(1000);
+        self.inner.recorder.observe(&self.inner.handle.status());
+        EventsResponse {
+            events: self.inner.events.recent(q.since, limit),
+        }
+    }
+
+    // ------------------------------------------------------------ changes
+
+    /// Runs one change transaction (see the module doc), then records it and
+    /// asks for a cycle; with `wait`, returns that cycle's result.
+    pub async fn change<T, F>(
+        &self,
+        peer: Option<Peer>,
+        wait: bool,
+        f: F,
+    ) -> Result<(Outcome<T>, Option<CycleResult>), Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Ctx, &mut RuntimeState) -> Result<Outcome<T>, Error> + Send + 'static,
+    {
+        auth::authorize_change(peer, &self.inner.group)?;
+        let me = self.clone();
+        let out = tokio::task::spawn_blocking(move || me.transact(f))
+            .await
+            .map_err(|e| Error::Internal(format!("change task failed: {e}")))??;
+        if out.changed {
+            self.inner.events.record(EventKind::Change {
+                uid: peer.map_or(u32::MAX, |p| p.uid),
+                message: out.message.clone(),
+            });
+            tracing::info!(uid = peer.map(|p| p.uid), change = %out.message, "runtime change");
+        }
+        let cycle = self.reconcile(wait && out.changed, out.changed).await;
+        Ok((out, cycle))
+    }
+
+    fn transact<T, F>(&self, f: F) -> Result<Outcome<T>, Error>
+    where
+        F: FnOnce(&Ctx, &mut RuntimeState) -> Result<Outcome<T>, Error>,
+    {
+        let ctx = Ctx {
+            status: self.inner.handle.status(),
+            config: self.inner.handle.config(),
+        };
+        let mut guard = lock(&self.inner.handle.runtime);
+        let mut next = guard.clone();
+        let out = f(&ctx, &mut next)?;
+        if out.changed && next != *guard {
+            next.save(&ctx.config.agent.state_dir)
+                .map_err(|e| Error::Persist(e.to_string()))?;
+            *guard = next;
+            self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(out)
+    }
+
+    /// Asks for a cycle (when `trigger`); with `wait`, waits for it.
+    pub async fn reconcile(&self, wait: bool, trigger: bool) -> Option<CycleResult> {
+        if !trigger {
+            return None;
+        }
+        let st = self.inner.handle.reconcile(wait).await?;
+        Some(cycle_result(&st))
+    }
+}
+
+/// A cycle's outcome from the status it published.
+pub fn cycle_result(st: &Status) -> CycleResult {
+    CycleResult {
+        cycle: st.cycle,
+        actions: st.results.len(),
+        failed: st.results.iter().filter(|r| !r.ok).count(),
+        libvirt_connected: st.libvirt.connected,
+    }
+}
+
+/// What a change transaction sees besides the runtime state.
+pub struct Ctx {
+    pub status: Arc<Status>,
+    pub config: Arc<Config>,
+}
+
+fn no_pool(name: &str) -> Error {
+    Error::NotFound(format!("no pool {name:?}"))
+}
+
+fn no_domain(key: &str) -> Error {
+    Error::NotFound(format!("no domain {key:?} (by name or UUID)"))
+}
+
+/// Plans on the last observation with `rt` applied.
+pub fn current_plan(st: &Status, rt: &RuntimeState, cfg: &Config) -> Result<Plan, Error> {
+    let host = st.host.ok_or(Error::NotReady)?;
+    if st.cycle == 0 {
+        return Err(Error::NotReady);
+    }
+    let effective = rt.effective(cfg).unwrap_or_else(|_| cfg.clone());
+    Ok(plan_with(st, &effective, rt, host))
+}
+
+fn plan_with(
+    st: &Status,
+    effective: &Config,
+    rt: &RuntimeState,
+    host: crate::model::HostCapacity,
+) -> Plan {
+    let snapshot = Snapshot {
+        host,
+        domains: st.domains.clone(),
+    };
+    planner::plan(&PlanInput {
+        config: effective,
+        snapshot: &snapshot,
+        reservations: &rt.reservations,
+        history: &History::default(),
+        now: 0,
+        paused: true,
+    })
+}
+
+/// The effective config of a candidate state, or 409 with every problem.
+fn effective(rt: &RuntimeState, cfg: &Config) -> Result<Config, Error> {
+    rt.effective(cfg).map_err(|p| Error::Conflict(p.join("; ")))
+}
+
+/// Validates a name from the URL or a body.
+pub fn parse_name(what: &str, s: &str) -> Result<(), Error> {
+    config::valid_name(s).map_err(|e| Error::BadRequest(format!("{what}: {e}")))
+}
+
+/// Validates the amounts of an allocate/release request.
+pub fn check_amounts(req: &Reservation) -> Result<(), Error> {
+    parse_name("domain", &req.domain)?;
+    let a = req.amounts();
+    for r in Resource::ALL {
+        if let Some(v) = a.get(r) {
+            if *v > max_amount(r) {
+                return Err(Error::BadRequest(format!(
+                    "{r} {v} is out of range (at most {})",
+                    max_amount(r)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------ transactions
+//
+// Each takes the context and a mutable copy of the runtime state, and
+// returns what it did; the caller saves and swaps.
+
+/// `PUT /v1/pools/{pool}`.
+pub fn put_pool(
+    ctx: &Ctx,
+    rt: &mut RuntimeState,
+    name: &str,
+    spec: PoolSpec,
+) -> Result<Outcome<bool>, Error> {
+    parse_name("pool", name)?;
+    if ctx.config.pools.contains_key(name) {
+        return Err(Error::Conflict(format!(
+            "pool {name:?} is defined in the config file {}: change it there",
+            ctx.config.source.display()
+        )));
+    }
+    Config::validate_pool(name, &spec).map_err(|p| Error::BadRequest(p.join("; ")))?;
+    let created = !rt.pools.contains_key(name);
+    if rt.pools.get(name) == Some(&spec) {
+        return Ok(Outcome {
+            value: false,
+            changed: false,
+            message: format!("pool {name:?} unchanged"),
+        });
+    }
+    rt.pools.insert(name.to_string(), spec);
+    let eff = effective(rt, &ctx.config)?;
+    let host = ctx.status.host.ok_or(Error::NotReady)?;
+    let alloc = eff.host.allocatable(&host);
+    let problems = config::budget_problems(&eff.pools, &alloc);
+    if !problems.is_empty() {
+        return Err(Error::DoesNotFit(problems.join("; ")));
+    }
+    Ok(Outcome {
+        value: created,
+        changed: true,
+        message: format!(
+            "pool {name:?} {}",
+            if created { "created" } else { "updated" }
+        ),
+    })
+}
+
+/// `DELETE /v1/pools/{pool}`.
+pub fn delete_pool(ctx: &Ctx, rt: &mut RuntimeState, name: &str) -> Result<Outcome<()>, Error> {
+    parse_name("pool", name)?;
+    if ctx.config.pools.contains_key(name) {
+        return Err(Error::Conflict(format!(
+            "pool {name:?} is defined in the config file {}: only runtime pools can be deleted",
+            ctx.config.source.display()
+        )));
+    }
+    if rt.pools.remove(name).is_none() {
+        return Err(no_pool(name));
+    }
+    rt.added.remove(name);
+    rt.removed.remove(name);
+    rt.reservations.remove(name);
+    rt.paused_pools.remove(name);
+    Ok(Outcome {
+        value: (),
+        changed: true,
+        message: format!("pool {name:?} deleted"),
+    })
+}
+
+/// The effective pool config, or 404.
+fn pool_exists(eff: &Config, pool: &str) -> Result<(), Error> {
+    if eff.pools.contains_key(pool) {
+        Ok(())
+    } else {
+        Err(no_pool(pool))
+    }
+}
+
+/// `POST /v1/pools/{pool}/members`.
+pub fn add_member(
+    ctx: &Ctx,
+    rt: &mut RuntimeState,
+    pool: &str,
+    domain: &str,
+) -> Result<Outcome<()>, Error> {
+    parse_name("pool", pool)?;
+    parse_name("domain", domain)?;
+    let eff = effective(rt, &ctx.config)?;
+    pool_exists(&eff, pool)?;
+    let d = views::find_domain(&ctx.status.domains, domain).ok_or_else(|| no_domain(domain))?;
+    match Membership::new(&eff.pools).pool_of(d) {
+        Some((p, _)) if p == pool => {
+            return Ok(Outcome {
+                value: (),
+                changed: false,
+                message: format!("domain {:?} is already in pool {pool:?}", d.name),
+            })
+        }
+        Some((other, _)) => {
+            return Err(Error::Conflict(format!(
+                "domain {:?} is in pool {other:?}: a domain belongs to at most one pool (remove it there first)",
+                d.name
+            )))
+        }
+        None => {}
+    }
+    if let Some(set) = rt.removed.get_mut(pool) {
+        set.remove(&d.name);
+        set.remove(&d.uuid);
+        set.remove(domain);
+        if set.is_empty() {
+            rt.removed.remove(pool);
+        }
+    }
+    let eff = effective(rt, &ctx.config)?;
+    if Membership::new(&eff.pools).pool_of(d).map(|(p, _)| p) != Some(pool) {
+        rt.added
+            .entry(pool.to_string())
+            .or_default()
+            .insert(d.name.clone());
+    }
+    let eff = effective(rt, &ctx.config)?;
+    match Membership::new(&eff.pools).pool_of(d) {
+        Some((p, _)) if p == pool => Ok(Outcome {
+            value: (),
+            changed: true,
+            message: format!("domain {:?} added to pool {pool:?}", d.name),
+        }),
+        other => Err(Error::Conflict(format!(
+            "domain {:?} would be in {} instead of pool {pool:?}",
+            d.name,
+            other.map_or("no pool".to_string(), |(p, _)| format!("pool {p:?}"))
+        ))),
+    }
+}
+
+/// `DELETE /v1/pools/{pool}/members/{domain}`.
+pub fn remove_member(
+    ctx: &Ctx,
+    rt: &mut RuntimeState,
+    pool: &str,
+    domain: &str,
+) -> Result<Outcome<()>, Error> {
+    parse_name("pool", pool)?;
+    parse_name("domain", domain)?;
+    let eff = effective(rt, &ctx.config)?;
+    pool_exists(&eff, pool)?;
+    let found = views::find_domain(&ctx.status.domains, domain);
+    let (name, uuid) = match found {
+        Some(d) => (d.name.clone(), d.uuid.clone()),
+        None => (domain.to_string(), domain.to_string()),
+    };
+    let listed = rt
+        .added
+        .get(pool)
+        .is_some_and(|s| s.contains(&name) || s.contains(&uuid) || s.contains(domain));
+    let member =
+        found.is_some_and(|d| Membership::new(&eff.pools).pool_of(d).map(|(p, _)| p) == Some(pool));
+    if !member && !listed {
+        return Err(Error::NotFound(format!(
+            "domain {domain:?} is not a member of pool {pool:?}"
+        )));
+    }
+    if let Some(set) = rt.added.get_mut(pool) {
+        set.remove(&name);
+        set.remove(&uuid);
+        set.remove(domain);
+        if set.is_empty() {
+            rt.added.remove(pool);
+        }
+    }
+    if let Some(res) = rt.reservations.get_mut(pool) {
+        res.remove(&name);
+        res.remove(&uuid);
+        if res.is_empty() {
+            rt.reservations.remove(pool);
+        }
+    }
+    let eff = effective(rt, &ctx.config)?;
+    let still =
+        found.is_some_and(|d| Membership::new(&eff.pools).pool_of(d).map(|(p, _)| p) == Some(pool));
+    if still {
+        rt.removed
+            .entry(pool.to_string())
+            .or_default()
+            .insert(name.clone());
+    }
+    effective(rt, &ctx.config)?;
+    Ok(Outcome {
+        value: (),
+        changed: true,
+        message: format!("domain {name:?} removed from pool {pool:?}"),
+    })
+}
+
+/// A resolved member of a pool.
+struct MemberRef {
+    name: String,
+    uuid: String,
+}
+
+fn member_of(ctx: &Ctx, eff: &Config, pool: &str, domain: &str) -> Result<MemberRef, Error> {
+    pool_exists(eff, pool)?;
+    let d = views::find_domain(&ctx.status.domains, domain).ok_or_else(|| no_domain(domain))?;
+    match Membership::new(&eff.pools).pool_of(d) {
+        Some((p, _)) if p == pool => Ok(MemberRef {
+            name: d.name.clone(),
+            uuid: d.uuid.clone(),
+        }),
+        Some((p, _)) => Err(Error::Conflict(format!(
+            "domain {:?} is in pool {p:?}, not in pool {pool:?}",
+            d.name
+        ))),
+        None => Err(Error::Conflict(format!(
+            "domain {:?} is not in pool {pool:?} (it is unmanaged)",
+            d.name
+        ))),
+    }
+}
+
+/// The stored reservation of a member, moved under its name.
+fn take_reservation(rt: &mut RuntimeState, pool: &str, m: &MemberRef) -> PerResource<Option<u64>> {
+    let Some(res) = rt.reservations.get_mut(pool) else {
+        return PerResource::default();
+    };
+    let by_uuid = res.remove(&m.uuid);
+    res.remove(&m.name).or(by_uuid).unwrap_or_default()
+}
+
+fn put_reservation(rt: &mut RuntimeState, pool: &str, m: &MemberRef, r: PerResource<Option<u64>>) {
+    if Resource::ALL.iter().all(|x| r.get(*x).is_none()) {
+        if rt.reservations.get(pool).is_some_and(|v| v.is_empty()) {
+            rt.reservations.remove(pool);
+        }
+        return;
+    }
+    rt.reservations
+        .entry(pool.to_string())
+        .or_default()
+        .insert(m.name.clone(), r);
+}
+
+/// `POST /v1/pools/{pool}/allocate`: sets reservations, admission-checked.
+/// Needs libvirt: admission is checked against the members' current floors
+/// (guest-used memory), which a disconnected agent does not know.
+pub fn allocate(
+    ctx: &Ctx,
+    rt: &mut RuntimeState,
+    pool: &str,
+    req: &Reservation,
+) -> Result<Outcome<ReservationResponse>, Error> {
+    parse_name("pool", pool)?;
+    check_amounts(req)?;
+    if req.is_empty() {
+        return Err(Error::BadRequest(
+            "name at least one of vcpus, memory, disk_bytes_sec, disk_iops_sec".into(),
+        ));
+    }
+    let st = &ctx.status;
+    let host = st.host.ok_or(Error::NotReady)?;
+    if st.cycle == 0 {
+        return Err(Error::NotReady);
+    }
+    if !st.libvirt.connected {
+        return Err(Error::LibvirtDown(
+            st.libvirt
+                .error
+                .clone()
+                .unwrap_or_else(|| "no connection".into()),
+        ));
+    }
+    let eff = effective(rt, &ctx.config)?;
+    let m = member_of(ctx, &eff, pool, &req.domain)?;
+    let pconf = eff.pools.get(pool).ok_or_else(|| no_pool(pool))?;
+    let d = views::find_domain(&st.domains, &m.uuid).ok_or_else(|| no_domain(&req.domain))?;
+    let want = req.amounts();
+    let before = plan_with(st, &eff, rt, host);
+    let old = take_reservation(rt, pool, &m);
+    let mut new = old;
+    let budget = Config::pool_budget(pconf, &before.allocatable);
+    for r in Resource::ALL {
+        let Some(v) = *want.get(r) else { continue };
+        let Some(b) = *budget.get(r) else {
+            return Err(Error::BadRequest(format!(
+                "pool {pool:?} does not manage {r}"
+            )));
+        };
+        let lim = pconf.member_limits(&m.name, &m.uuid, r);
+        let hw = match r {
+            Resource::Vcpus => d.vcpus_max.max(1),
+            Resource::Memory => d.memory_max,
+            Resource::DiskBytesSec | Resource::DiskIopsSec => u64::MAX,
+        };
+        if let Some(max) = lim.max.filter(|mx| v > *mx) {
+            return Err(Error::DoesNotFit(format!(
+                "{r} reservation {} for {:?} is above its max {}",
+                r.human(v),
+                m.name,
+                r.human(max)
+            )));
+        }
+        if v > hw {
+            return Err(Error::DoesNotFit(format!(
+                "{r} reservation {} for {:?} is above what the domain can have ({})",
+                r.human(v),
+                m.name,
+                r.human(hw)
+            )));
+        }
+        if v > b {
+            return Err(Error::DoesNotFit(format!(
+                "{r} reservation {} for {:?} is above the budget of pool {pool:?} ({})",
+                r.human(v),
+                m.name,
+                r.human(b)
+            )));
+        }
+        *new.get_mut(r) = if v == 0 { None } else { Some(v) };
+    }
+    put_reservation(rt, pool, &m, new);
+    // Admission: Σ floors of the other admitted members + this one's floor
+    // under the new reservation must fit the budget, for each raised resource.
+    let after = plan_with(st, &effective(rt, &ctx.config)?, rt, host);
+    let pb = before.pools.iter().find(|p| p.name == pool);
+    let pa = after.pools.iter().find(|p| p.name == pool);
+    for r in Resource::ALL {
+        let (Some(v), Some(b)) = (*want.get(r), *budget.get(r)) else {
+            continue;
+        };
+        if v <= old.get(r).unwrap_or(0) {
+            continue;
+        }
+        let others: u64 = pb
+            .map(|p| {
+                p.members
+                    .iter()
+                    .filter(|x| x.uuid != m.uuid && x.admitted)
+                    .filter_map(|x| x.alloc.get(r).map(|a| a.floor))
+                    .sum()
+            })
+            .unwrap_or(0);
+        let mine = pa
+            .and_then(|p| p.members.iter().find(|x| x.uuid == m.uuid))
+            .and_then(|x| x.alloc.get(r).map(|a| a.floor))
+            .unwrap_or(0)
+            .max(v);
+        if others.saturating_add(mine) > b {
+            return Err(Error::DoesNotFit(format!(
+                "{r} reservation {} for {:?} does not fit pool {pool:?}: the other admitted members hold {} of its {} budget, {} is free for reservations",
+                r.human(v),
+                m.name,
+                r.human(others),
+                r.human(b),
+                r.human(b.saturating_sub(others))
+            )));
+        }
+    }
+    let changed = new != old;
+    Ok(Outcome {
+        changed,
+        message: format!(
+            "reservation of {:?} in pool {pool:?} set to {}",
+            m.name,
+            describe(&new)
+        ),
+        value: ReservationResponse {
+            pool: pool.to_string(),
+            domain: m.name.clone(),
+            reservation: new,
+            changed,
+            cycle: None,
+        },
+    })
+}
+
+/// `POST /v1/pools/{pool}/release`: lowers or clears reservations. Works
+/// while libvirt is down (it only ever lowers what is guaranteed).
+pub fn release(
+    ctx: &Ctx,
+    rt: &mut RuntimeState,
+    pool: &str,
+    req: &Reservation,
+) -> Result<Outcome<ReservationResponse>, Error> {
+    parse_name("pool", pool)?;
+    check_amounts(req)?;
+    let eff = effective(rt, &ctx.config)?;
+    pool_exists(&eff, pool)?;
+    // A domain no longer observed can still have its reservation released.
+    let m = match member_of(ctx, &eff, pool, &req.domain) {
+        Ok(m) => m,
+        Err(e) => {
+            let held = rt
+                .reservations
+                .get(pool)
+                .is_some_and(|v| v.contains_key(&req.domain));
+            if !held {
+                return Err(e);
+            }
+            MemberRef {
+                name: req.domain.clone(),
+                uuid: req.domain.clone(),
+            }
+        }
+    };
+    let old = take_reservation(rt, pool, &m);
+    let mut new = old;
+    if req.is_empty() {
+        new = PerResource::default();
+    } else {
+        let want = req.amounts();
+        for r in Resource::ALL {
+            if let Some(v) = *want.get(r) {
+                let left = new.get(r).unwrap_or(0).saturating_sub(v);
+                *new.get_mut(r) = (left > 0).then_some(left);
+            }
+        }
+    }
+    put_reservation(rt, pool, &m, new);
+    let changed = new != old;
+    Ok(Outcome {
+        changed,
+        message: format!(
+            "reservation of {:?} in pool {pool:?} lowered to {}",
+            m.name,
+            describe(&new)
+        ),
+        value: ReservationResponse {
+            pool: pool.to_string(),
+            domain: m.name.clone(),
+            reservation: new,
+            changed,
+            cycle: None,
+        },
+    })
+}
+
+fn describe(r: &PerResource<Option<u64>>) -> String {
+    let parts: Vec<String> = Resource::ALL
+        .iter()
+        .filter_map(|x| r.get(*x).map(|v| format!("{x} {}", x.human(v))))
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// `POST /v1/pause|resume` (`pool` = None) and `/v1/pools/{pool}/pause|resume`.
+pub fn set_paused(
+    ctx: &Ctx,
+    rt: &mut RuntimeState,
+    pool: Option<&str>,
+    paused: bool,
+) -> Result<Outcome<()>, Error> {
+    let verb = if paused { "paused" } else { "resumed" };
+    let Some(pool) = pool else {
+        let changed = rt.paused != paused;
+        rt.paused = paused;
+        return Ok(Outcome {
+            value: (),
+            changed,
+            message: format!("agent {verb}"),
+        });
+    };
+    parse_name("pool", pool)?;
+    let eff = effective(rt, &ctx.config)?;
+    pool_exists(&eff, pool)?;
+    if !paused {
+        let file_paused = ctx.config.pools.get(pool).is_some_and(|p| p.paused)
+            || rt.pools.get(pool).is_some_and(|s| s.paused);
+        if file_paused {
+            return Err(Error::Conflict(format!(
+                "pool {pool:?} is paused by its definition (paused = true): change the definition to resume it"
+            )));
+        }
+    }
+    let changed = if paused {
+        rt.paused_pools.insert(pool.to_string())
+    } else {
+        rt.paused_pools.remove(pool)
+    };
+    Ok(Outcome {
+        value: (),
+        changed,
+        message: format!("pool {pool:?} {verb}"),
+    })
+}

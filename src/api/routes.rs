@@ -1,0 +1,362 @@
+//! The router: paths → thin handlers over [`AppState`]. Every response,
+//! including axum's own rejections, unknown routes (404) and wrong methods
+//! (405), is JSON; errors have the shape of [`ErrorBody`](super::types::ErrorBody).
+//!
+//! To add an endpoint (e.g. `GET /metrics`), add a `.route(...)` in
+//! [`routes`].
+
+use super::auth::Peer;
+use super::controller::{self, AppState};
+use super::error::Error;
+use super::types::*;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::{header, request::Parts, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// JSON body with errors in the API's shape.
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = Error;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(Json(v))
+    }
+}
+
+/// Query string with errors in the API's shape.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = Error;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let axum::extract::Query(v) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Query(v))
+    }
+}
+
+/// Path parameters with errors in the API's shape.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = Error;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let axum::extract::Path(v) =
+            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Path(v))
+    }
+}
+
+/// The caller's credentials (set by the server per connection).
+pub struct Caller(pub Option<Peer>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Error;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
+        Ok(Caller(parts.extensions.get::<Peer>().copied()))
+    }
+}
+
+type R<T> = Result<axum::Json<T>, Error>;
+
+/// Every API route, without state.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/pools", get(pools))
+        .route(
+            "/v1/pools/{pool}",
+            get(pool).put(put_pool).delete(delete_pool),
+        )
+        .route("/v1/pools/{pool}/members", post(add_member))
+        .route("/v1/pools/{pool}/members/{domain}", delete(remove_member))
+        .route("/v1/pools/{pool}/allocate", post(allocate))
+        .route("/v1/pools/{pool}/release", post(release))
+        .route("/v1/pools/{pool}/pause", post(pause_pool))
+        .route("/v1/pools/{pool}/resume", post(resume_pool))
+        .route("/v1/domains", get(domains))
+        .route("/v1/domains/{domain}", get(domain))
+        .route("/v1/plan", get(plan))
+        .route("/v1/reconcile", post(reconcile))
+        .route("/v1/pause", post(pause))
+        .route("/v1/resume", post(resume))
+        .route("/v1/events", get(events))
+}
+
+/// The complete service: routes, JSON fallbacks, body limit and timeout.
+pub fn router(state: AppState, body_timeout: Duration) -> Router {
+    routes()
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            body_timeout,
+            buffer_body,
+        ))
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> Error {
+    Error::NotFound(format!("no such endpoint: {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Error {
+    Error::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+/// Reads the whole body (at most [`MAX_BODY`] bytes, within `timeout`)
+/// before routing, so a slow or oversized upload is refused in one place.
+async fn buffer_body(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > MAX_BODY as u64 {
+            return Error::TooLarge.into_response();
+        }
+    }
+    let limited = http_body_util::Limited::new(body, MAX_BODY);
+    let bytes: Bytes = match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => return Error::Timeout.into_response(),
+        Ok(Err(e)) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return Error::TooLarge.into_response();
+            }
+            return Error::BadRequest(format!("cannot read the request body: {e}")).into_response();
+        }
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+// ------------------------------------------------------------------ reads
+
+async fn status(State(s): State<AppState>) -> R<StatusResponse> {
+    Ok(axum::Json(s.status()))
+}
+
+async fn pools(State(s): State<AppState>, Query(q): Query<PoolsQuery>) -> Result<Response, Error> {
+    let body = s.pools_json(q.members.unwrap_or(true))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+async fn pool(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, Error> {
+    controller::parse_name("pool", &name)?;
+    let body = s.pool_json(&name)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+async fn domains(State(s): State<AppState>) -> R<DomainsResponse> {
+    Ok(axum::Json(s.domains()))
+}
+
+async fn domain(State(s): State<AppState>, Path(key): Path<String>) -> R<DomainView> {
+    controller::parse_name("domain", &key)?;
+    Ok(axum::Json(s.domain(&key)?))
+}
+
+async fn plan(State(s): State<AppState>) -> R<PlanResponse> {
+    Ok(axum::Json(s.plan()?))
+}
+
+async fn events(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> R<EventsResponse> {
+    Ok(axum::Json(s.events(q)))
+}
+
+// ---------------------------------------------------------------- changes
+
+fn change_response(
+    out: controller::Outcome<()>,
+    cycle: Option<CycleResult>,
+) -> axum::Json<ChangeResponse> {
+    axum::Json(ChangeResponse {
+        message: out.message,
+        changed: out.changed,
+        cycle,
+    })
+}
+
+async fn put_pool(
+    State(s): State<AppState>,
+    Caller(peer): Caller,
+    Path(name): Path<String>,
+    Query(q): Query<WaitQuery>,
+    Json(spec): Json<PoolSpec>,
+) -> Result<Response, Error> {
+    let (out, cycle) = s
+        .change(peer, q.wait, move |ctx, rt| {
+            controller::put_pool(ctx, rt, &name, spec)
+        })
+        .await?;
+    let code = if out.value {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = ChangeResponse {
+        message: out.message,
+        changed: out.changed,
+        cycle,
+    };
+    Ok((code, axum::Json(body)).into_response())
+}
+
+async fn delete_pool(
+    State(s): State<AppState>,
+    Caller(peer): Caller,
+    Path(name): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> R<ChangeResponse> {
+    let (out, cycle) = s
+        .change(peer, q.wait, move |ctx, rt| {
+            controller::delete_pool(ctx, rt, &name)
+        })
+        .await?;
+    Ok(change_response(out, cycle))
+}
+
+async fn add_member(
+    State(s): State<AppState>,
+    Caller(peer): Caller,
+    Path(pool): Path<String>,
+    Query(q): Query<WaitQuery>,
+    Json(body): Json<AddMember>,
+) -> R<ChangeResponse> {
+    let (out, cycle) = s
+        .change(peer, q.wait, move |ctx, rt| {
+            controller::add_member(ctx, rt, &pool, &body.domain)
+        })
+        .await?;
+    Ok(change_response(out, cycle))
+}
+
+async fn remove_member(
+    State(s): State<AppState>,
+    Caller(peer): Caller,
+    Path((pool, domain)): Path<(String, String)>,
+    Query(q): Query<WaitQuery>,
+) -> R<ChangeResponse> {
+    let (out, cycle) = s
+        .change(peer, q.wait, move |ctx, rt| {
+            controller::remove_member(ctx, rt, &pool, &domain)
+        })
+        .await?;
+    Ok(change_response(out, cycle))
+}
+
+async fn allocate(
+    State(s): State<AppState>,
+    Caller(peer): Caller,
+    Path(pool): Path<String>,
+    Query(q): Query<WaitQuery>,
+    Json(req): Json<Reservation>,
+) -> R<ReservationResponse> {
+    let (out, cycle) = s
+        .change(peer, q.wait, move |ctx, rt| {
+            controller::allocate(ctx, rt, &pool, &req)
+        })
+        .await?;
+    let mut v = out.value;
+    v.cycle = cycle;
+    Ok(axum::Json(v))
+}
+
+async fn release(
+    State(s): State<AppState>,
+    Caller(peer): Caller,
+    Path(pool): Path<String>,
+    Query(q): Query<WaitQuery>,
+    Json(req): Json<Reservation>,
+) -> R<ReservationResponse> {
+    let (out, cycle) = s
+        .change(peer, q.wait, move |ctx, rt| {
+            controller::release(ctx, rt, &pool, &req)
+        })
+        .await?;
+    let mut v = out.value;
+    v.cycle = cycle;
+    Ok(axum::Json(v))
+}
+
+async fn set_paused(
+    s: AppState,
+    peer: Option<Peer>,
+    pool: Option<String>,
+    wait: bool,
+    paused: bool,
+) -> R<ChangeResponse> {
+    let (out, cycle) = s
+        .change(peer, wait, move |ctx, rt| {
+            controller::set_paused(ctx, rt, pool.as_deref(), paused)
+        })
+        .await?;
+    Ok(change_response(out, cycle))
+}
+
+async fn pause(
+    State(s): State<AppState>,
+    Caller(peer): Caller,
+    Query(q): Query<WaitQuery>,
+) -> R<ChangeResponse> {
+    set_paused(s, peer, None, q.wait, true).await
+}
+
+async fn resume(
+    State(s): State<AppState>,
+    Caller(peer): Caller,
+    Query(q): Query<WaitQuery>,
+) -> R<ChangeResponse> {
+    set_paused(s, peer, None, q.wait, false).await
+}
+
+async fn pause_pool(
+    State(s): State<AppState>,
+    Caller(peer): Caller,
+    Path(pool): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> R<ChangeResponse> {
+    set_paused(s, peer, Some(pool), q.wait, true).await
+}
+
+async fn resume_pool(
+    State(s): State<AppState>,
+    Caller(peer): Caller,
+    Path(pool): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> R<ChangeResponse> {
+    set_paused(s, peer, Some(pool), q.wait, false).await
+}
+
+/// `POST /v1/reconcile`: runs a cycle now, also while libvirt is down (the
+/// cycle is what reconnects).
+async fn reconcile(
+    State(s): State<AppState>,
+    Caller(peer): Caller,
+    Query(q): Query<WaitQuery>,
+) -> R<ReconcileResponse> {
+    super::auth::authorize_change(peer, s.group())?;
+    let cycle = s.reconcile(q.wait, true).await;
+    if q.wait && cycle.is_none() {
+        return Err(Error::Stopping);
+    }
+    Ok(axum::Json(ReconcileResponse {
+        waited: q.wait,
+        cycle,
+    }))
+}

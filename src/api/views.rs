@@ -1,0 +1,222 @@
+//! Pure builders of API responses from a published [`Status`], the
+//! runtime state and a [`Plan`]. No locks, no I/O: unit-testable.
+
+use super::types::*;
+use crate::config::Config;
+use crate::model::{DomainObs, PerResource, Resource};
+use crate::monitor::Status;
+use crate::planner::{Alloc, MemberPlan, Plan, PoolPlan};
+use crate::state::RuntimeState;
+
+fn resource_view(a: &Alloc) -> ResourceView {
+    ResourceView {
+        floor: a.floor,
+        cap: a.cap,
+        shares: a.shares,
+        target: a.target,
+        next: a.next,
+        actual: a.actual,
+        used: a.used,
+        reason: a.reason,
+    }
+}
+
+fn resources(m: &MemberPlan) -> PerResource<Option<ResourceView>> {
+    PerResource::from_fn(|r| m.alloc.get(r).as_ref().map(resource_view))
+}
+
+/// The runtime reservation of a member (looked up by name, then UUID).
+pub fn reservation_of(
+    rt: &RuntimeState,
+    pool: &str,
+    name: &str,
+    uuid: &str,
+) -> PerResource<Option<u64>> {
+    rt.reservation(pool, name)
+        .or_else(|| rt.reservation(pool, uuid))
+        .copied()
+        .unwrap_or_default()
+}
+
+/// One pool's view.
+pub fn pool_view(p: &PoolPlan, rt: &RuntimeState) -> PoolView {
+    let mut reserved = PerResource::<u64>::default();
+    let members: Vec<MemberView> = p
+        .members
+        .iter()
+        .map(|m| {
+            let reservation = reservation_of(rt, &p.name, &m.name, &m.uuid);
+            for r in Resource::ALL {
+                if let Some(v) = reservation.get(r) {
+                    *reserved.get_mut(r) = reserved.get(r).saturating_add(*v);
+                }
+            }
+            MemberView {
+                name: m.name.clone(),
+                uuid: m.uuid.clone(),
+                state: m.state,
+                via: m.via,
+                admitted: m.admitted,
+                note: m.note.clone(),
+                reservation,
+                resources: resources(m),
+            }
+        })
+        .collect();
+    PoolView {
+        name: p.name.clone(),
+        source: if p.runtime {
+            PoolSource::Runtime
+        } else {
+            PoolSource::Config
+        },
+        paused: p.paused,
+        budget: p.budget,
+        allocated: p.allocated,
+        free: PerResource::from_fn(|r| p.free(r)),
+        reserved,
+        member_count: members.len(),
+        unadmitted: p
+            .members
+            .iter()
+            .filter(|m| m.state.is_active() && !m.admitted)
+            .map(|m| m.name.clone())
+            .collect(),
+        members,
+    }
+}
+
+/// Every pool of a plan; without the member lists unless `members`.
+pub fn pools(plan: Option<&Plan>, rt: &RuntimeState, members: bool) -> PoolsResponse {
+    PoolsResponse {
+        pools: plan
+            .map(|p| {
+                p.pools
+                    .iter()
+                    .map(|pp| {
+                        let mut v = pool_view(pp, rt);
+                        if !members {
+                            v.members.clear();
+                        }
+                        v
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// `GET /v1/status`.
+pub fn status(st: &Status, rt: &RuntimeState, cfg: &Config) -> StatusResponse {
+    let mut counts = DomainCounts {
+        total: st.domains.len(),
+        active: st.domains.iter().filter(|d| d.state.is_active()).count(),
+        ..Default::default()
+    };
+    if let Some(plan) = &st.plan {
+        counts.unmanaged = plan.unmanaged.len();
+        counts.managed = plan.pools.iter().map(|p| p.members.len()).sum();
+        counts.unadmitted = plan
+            .pools
+            .iter()
+            .flat_map(|p| &p.members)
+            .filter(|m| m.state.is_active() && !m.admitted)
+            .count();
+    }
+    StatusResponse {
+        agent: AgentInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            mode: st.mode,
+            paused: rt.paused,
+            paused_pools: rt.paused_pools.iter().cloned().collect(),
+        },
+        libvirt: st.libvirt.clone(),
+        cycle: st.cycle,
+        last_cycle: st.last_cycle.clone(),
+        host: st.host,
+        allocatable: st.plan.as_ref().map(|p| p.allocatable),
+        pools: st.plan.as_ref().map_or(cfg.pools.len(), |p| p.pools.len()),
+        domains: counts,
+        config_error: st.config_error.clone(),
+    }
+}
+
+/// Finds a domain by name or UUID (UUIDs compared case-insensitively).
+pub fn find_domain<'a>(domains: &'a [DomainObs], key: &str) -> Option<&'a DomainObs> {
+    domains
+        .iter()
+        .find(|d| d.name == key)
+        .or_else(|| domains.iter().find(|d| d.uuid.eq_ignore_ascii_case(key)))
+}
+
+/// One domain with its pool.
+pub fn domain_view(d: &DomainObs, plan: Option<&Plan>, rt: &RuntimeState) -> DomainView {
+    let member = plan.and_then(|p| {
+        p.pools.iter().find_map(|pp| {
+            pp.members
+                .iter()
+                .find(|m| m.uuid == d.uuid)
+                .map(|m| (pp.name.as_str(), m))
+        })
+    });
+    DomainView {
+        name: d.name.clone(),
+        uuid: d.uuid.clone(),
+        state: d.state,
+        pool: member.map(|(p, _)| p.to_string()),
+        via: member.map(|(_, m)| m.via),
+        admitted: member.map(|(_, m)| m.admitted),
+        vcpus: d.vcpus,
+        vcpus_max: d.vcpus_max,
+        memory: d.memory,
+        memory_max: d.memory_max,
+        memory_used: d.balloon.and_then(|b| b.used()),
+        disks: d
+            .disks
+            .iter()
+            .filter(|x| x.is_tunable())
+            .map(|x| x.target.clone())
+            .collect(),
+        reservation: member
+            .map(|(p, _)| reservation_of(rt, p, &d.name, &d.uuid))
+            .unwrap_or_default(),
+        resources: member.map(|(_, m)| resources(m)).unwrap_or_default(),
+    }
+}
+
+/// `GET /v1/domains`, sorted by name.
+pub fn domains(st: &Status, rt: &RuntimeState) -> DomainsResponse {
+    let mut v: Vec<DomainView> = st
+        .domains
+        .iter()
+        .map(|d| domain_view(d, st.plan.as_ref(), rt))
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name).then(a.uuid.cmp(&b.uuid)));
+    DomainsResponse { domains: v }
+}
+
+/// `GET /v1/plan` from a freshly computed plan.
+pub fn plan(st: &Status, plan: &Plan, rt: &RuntimeState, paused: bool) -> PlanResponse {
+    let pool_of = |uuid: &str| {
+        plan.pools
+            .iter()
+            .find(|p| p.members.iter().any(|m| m.uuid == uuid))
+            .map(|p| p.name.clone())
+    };
+    PlanResponse {
+        cycle: st.cycle,
+        mode: st.mode,
+        paused,
+        allocatable: plan.allocatable,
+        pressure: plan.pressure,
+        actions: plan
+            .actions
+            .iter()
+            .map(|a| PlannedAction {
+                pool: pool_of(a.uuid()),
+                action: a.clone(),
+            })
+            .collect(),
+        pools: plan.pools.iter().map(|p| pool_view(p, rt)).collect(),
+    }
+}

@@ -1,0 +1,165 @@
+//! Host memory pressure: when the host's available memory is below
+//! `memory.pressure_threshold`, members' memory targets are lowered below
+//! their fair share — never below their floors — and given back gradually
+//! once the pressure has passed.
+//!
+//! The amount each member gives up (its *reclaim*) is remembered in
+//! [`History::reclaim`](super::History::reclaim) and changes by at most one
+//! shrink step (`memory.max_shrink` of its current memory) per cycle:
+//!
+//! - Under pressure, the shortfall (threshold − available) minus what is
+//!   already on its way out (memory above the members' lowered targets) is
+//!   taken from members in order: lowest shares first, then the most idle
+//!   (largest free fraction reported by the balloon), then UUID. Only
+//!   members whose guest reports memory statistics are lowered (never
+//!   shrink blindly).
+//! - Without pressure, reclaim is given back in the reverse order, one step
+//!   per member per cycle, and never more in total than the host's
+//!   headroom above the threshold, less what members given memory back
+//!   have not grown into yet (so giving back cannot cause pressure).
+
+use super::{Work, MIB};
+use crate::model::{BalloonStats, Reason};
+use crate::units;
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+/// Shrink step of a member with `actual` bytes: `memory.max_shrink`, at
+/// least 1 MiB, rounded up to MiB.
+pub(super) fn step(max_shrink: crate::units::Amount, actual: u64) -> u64 {
+    ceil_mib(max_shrink.resolve(actual).max(MIB))
+}
+
+pub(super) fn ceil_mib(b: u64) -> u64 {
+    b.div_ceil(MIB).saturating_mul(MIB)
+}
+
+/// Free fraction of a guest as a rational (free, total); unknown = (0, 1).
+fn idle(b: Option<BalloonStats>) -> (u128, u128) {
+    match b.and_then(|s| Some((s.available?, s.used()?))) {
+        Some((total, used)) if total > 0 => (total.saturating_sub(used) as u128, total as u128),
+        _ => (0, 1),
+    }
+}
+
+struct Cand<'a> {
+    w: usize,
+    m: usize,
+    uuid: &'a str,
+    shares: u64,
+    idle: (u128, u128),
+    has_stats: bool,
+    actual: u64,
+    target: u64,
+    floor: u64,
+    reclaim: u64,
+}
+
+/// Order in which reclaim is taken: low shares, most idle, UUID.
+fn take_order(a: &Cand<'_>, b: &Cand<'_>) -> Ordering {
+    a.shares
+        .cmp(&b.shares)
+        .then_with(|| (b.idle.0 * a.idle.1).cmp(&(a.idle.0 * b.idle.1)))
+        .then_with(|| a.uuid.cmp(b.uuid))
+}
+
+/// Lowers memory targets for host pressure. Returns whether the host is
+/// under pressure and the reclaim per member UUID (non-zero entries).
+pub(super) fn apply(
+    works: &mut [Work<'_>],
+    input: &super::PlanInput<'_>,
+) -> (bool, BTreeMap<String, u64>) {
+    let host = &input.snapshot.host;
+    let tuning = &input.config.tuning;
+    let threshold = tuning.pressure_threshold.resolve(host.memory_total);
+    let pressure = host.memory_available < threshold;
+
+    let mut cands: Vec<Cand<'_>> = Vec::new();
+    for (w, work) in works.iter().enumerate() {
+        if work.pool.paused {
+            continue;
+        }
+        for (m, p) in work.plans.iter().enumerate() {
+            let Some(a) = p.alloc.memory.filter(|_| p.admitted) else {
+                continue;
+            };
+            let prev = input.history.reclaim.get(&p.uuid).copied().unwrap_or(0);
+            let has_stats = a.used.is_some();
+            if !pressure && prev == 0 {
+                continue;
+            }
+            if pressure && !has_stats && prev == 0 {
+                continue;
+            }
+            let room = a.target.saturating_sub(a.floor);
+            cands.push(Cand {
+                w,
+                m,
+                uuid: &p.uuid,
+                shares: a.shares,
+                idle: idle(work.doms[m].balloon),
+                has_stats,
+                actual: a.actual,
+                target: a.target,
+                floor: a.floor,
+                reclaim: units::floor_mib(prev).min(room),
+            });
+        }
+    }
+    cands.sort_by(take_order);
+
+    if pressure {
+        let need = threshold - host.memory_available;
+        let inflight: u64 = cands
+            .iter()
+            .map(|c| c.actual.saturating_sub(c.target - c.reclaim))
+            .fold(0u64, u64::saturating_add);
+        let mut need = need.saturating_sub(inflight);
+        for c in cands.iter_mut().filter(|c| c.has_stats) {
+            if need == 0 {
+                break;
+            }
+            let room = (c.target - c.reclaim).saturating_sub(c.floor);
+            let inc = room
+                .min(step(tuning.memory_max_shrink, c.actual))
+                .min(ceil_mib(need));
+            c.reclaim += inc;
+            need = need.saturating_sub(inc);
+        }
+    } else {
+        // Memory already given back but not yet grown into will take
+        // headroom too: count it, or repeated small releases would overshoot.
+        let regrowing: u64 = cands
+            .iter()
+            .map(|c| (c.target - c.reclaim).saturating_sub(c.actual))
+            .fold(0u64, u64::saturating_add);
+        let mut headroom =
+            units::floor_mib((host.memory_available - threshold).saturating_sub(regrowing));
+        for c in cands.iter_mut().rev() {
+            let dec = c
+                .reclaim
+                .min(step(tuning.memory_max_shrink, c.actual))
+                .min(headroom);
+            c.reclaim -= dec;
+            headroom -= dec;
+        }
+    }
+
+    let lowered: Vec<(usize, usize, u64)> = cands
+        .iter()
+        .filter(|c| c.reclaim > 0)
+        .map(|c| (c.w, c.m, c.reclaim))
+        .collect();
+    drop(cands);
+    let mut reclaim = BTreeMap::new();
+    for (w, m, r) in lowered {
+        let p = &mut works[w].plans[m];
+        if let Some(a) = p.alloc.memory.as_mut() {
+            a.target -= r;
+            a.target_reason = Reason::Pressure;
+            a.reason = Reason::Pressure;
+        }
+        reclaim.insert(p.uuid.clone(), r);
+    }
+    (pressure, reclaim)
+}

@@ -1,0 +1,181 @@
+//! Stability: how far each member moves toward its target this cycle
+//! (`Alloc::next`).
+//!
+//! - Memory: no change while the target is within `memory.min_change` of
+//!   the current balloon and the balloon is within [floor, cap] (dead
+//!   band); a shrink moves at most one step (`memory.max_shrink` of the
+//!   current memory, at least 1 MiB) per cycle; growth is immediate.
+//! - vCPUs: no change while a timed-out change is pending or during
+//!   `vcpus.cooldown` after the last change; otherwise immediate.
+//! - Disk rates: immediate.
+//! - Budget: growth only gets room that is actually free this cycle.
+//!   With `base` = Σ next of the members that do not grow + Σ current of
+//!   those that do, the growers share `budget − base` (nothing if `base`
+//!   is over the budget), first to reach their floors, then by shares. So
+//!   Σ next ≤ budget, or ≤ Σ current while a pool that is over budget
+//!   shrinks at the rate limit.
+
+use super::alloc::{water_fill, Claim};
+use super::{pressure, Alloc, Work};
+use crate::model::{Reason, Resource};
+use crate::units;
+
+/// A member that wants to grow: index and its allocation.
+struct Grower {
+    m: usize,
+    actual: u64,
+    floor: u64,
+    target: u64,
+    shares: u64,
+}
+
+/// Fills in `next` (and the final `reason`) of every admitted member.
+pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
+    let paused = input.paused || work.pool.paused;
+    let tuning = &input.config.tuning;
+    let cooldown = tuning.vcpu_cooldown.as_secs();
+    let backoff = tuning.vcpu_unplug_backoff.as_secs();
+    for r in Resource::ALL {
+        let Some(budget) = *work.budget.get(r) else {
+            continue;
+        };
+        let mut growers: Vec<Grower> = Vec::new();
+        let mut base: u64 = 0;
+        for (m, p) in work.plans.iter_mut().enumerate() {
+            if !p.admitted {
+                continue;
+            }
+            let Some(a) = p.alloc.get_mut(r).as_mut() else {
+                continue;
+            };
+            if paused {
+                hold(a, Reason::Paused);
+                continue;
+            }
+            let grow = match r {
+                Resource::Vcpus => {
+                    let d = work.doms[m];
+                    if a.target == a.actual {
+                        a.next = a.actual;
+                        false
+                    } else if input
+                        .history
+                        .pending_vcpus(&d.uuid, d.vcpus, input.now, backoff)
+                        .is_some()
+                    {
+                        hold(a, Reason::Pending);
+                        false
+                    } else if input.history.in_cooldown(&d.uuid, input.now, cooldown) {
+                        hold(a, Reason::Cooldown);
+                        false
+                    } else if a.target < a.actual {
+                        a.next = a.target;
+                        false
+                    } else {
+                        true
+                    }
+                }
+                Resource::Memory => {
+                    let in_bounds = a.floor <= a.actual && a.actual <= a.cap;
+                    if a.target == a.actual {
+                        a.next = a.actual;
+                        false
+                    } else if in_bounds && a.target.abs_diff(a.actual) < tuning.memory_min_change {
+                        hold(a, Reason::DeadBand);
+                        false
+                    } else if a.target < a.actual {
+                        let step = pressure::step(tuning.memory_max_shrink, a.actual);
+                        let lo = pressure::ceil_mib(a.actual.saturating_sub(step));
+                        a.next = a.target.max(lo);
+                        if a.next > a.target {
+                            a.reason = Reason::RateLimited;
+                        }
+                        false
+                    } else {
+                        true
+                    }
+                }
+                Resource::DiskBytesSec | Resource::DiskIopsSec => {
+                    // Rates apply at once; an observed 0 (unlimited) is
+                    // never a ceiling worth keeping.
+                    a.next = a.target;
+                    false
+                }
+            };
+            if grow {
+                base = base.saturating_add(a.actual);
+                growers.push(Grower {
+                    m,
+                    actual: a.actual,
+                    floor: a.floor,
+                    target: a.target,
+                    shares: a.shares,
+                });
+            } else if r != Resource::DiskBytesSec && r != Resource::DiskIopsSec {
+                base = base.saturating_add(a.next);
+            }
+        }
+        if growers.is_empty() {
+            continue;
+        }
+        let grants = share_room(budget.saturating_sub(base), &growers);
+        for (g, grant) in growers.iter().zip(grants) {
+            let Some(a) = work.plans[g.m].alloc.get_mut(r).as_mut() else {
+                continue;
+            };
+            if grant >= g.target - g.actual {
+                a.next = g.target;
+            } else {
+                // Memory grants are bytes, applied rounded down to MiB; the
+                // unused bytes stay free for the next cycle.
+                let mut next = g.actual + grant;
+                if r == Resource::Memory {
+                    next = units::floor_mib(next);
+                }
+                a.next = next.max(g.actual);
+                a.reason = Reason::RateLimited;
+            }
+        }
+    }
+}
+
+/// Keeps the current value, explaining why.
+fn hold(a: &mut Alloc, reason: Reason) {
+    a.next = a.actual;
+    if a.target != a.actual {
+        a.reason = reason;
+    }
+}
+
+/// Splits `room` among growers: first up to their floors, then up to their
+/// targets, by shares each time.
+fn share_room(room: u64, growers: &[Grower]) -> Vec<u64> {
+    let want: u64 = growers
+        .iter()
+        .map(|g| g.target - g.actual)
+        .fold(0, u64::saturating_add);
+    if want <= room {
+        return growers.iter().map(|g| g.target - g.actual).collect();
+    }
+    let to_floor: Vec<Claim> = growers
+        .iter()
+        .map(|g| Claim {
+            floor: 0,
+            cap: g.floor.min(g.target).saturating_sub(g.actual),
+            shares: g.shares,
+        })
+        .collect();
+    let first = water_fill(room, &to_floor);
+    let left = room - first.iter().sum::<u64>();
+    let rest: Vec<Claim> = growers
+        .iter()
+        .zip(&first)
+        .map(|(g, f)| Claim {
+            floor: 0,
+            cap: g.target - g.actual - f,
+            shares: g.shares,
+        })
+        .collect();
+    let second = water_fill(left, &rest);
+    first.iter().zip(second).map(|(a, b)| a + b).collect()
+}

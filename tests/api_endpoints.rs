@@ -1,0 +1,738 @@
+//! Every endpoint on a real Unix socket, over an in-process agent with a
+//! fake hypervisor: JSON shapes pinned with insta, every change's happy
+//! path, bad input, timeouts, libvirt down, start-up and restart.
+#![allow(clippy::unwrap_used)]
+
+mod api_support;
+
+use api_support::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+use virtpool::api::{self, ServeOptions};
+
+fn get<'a>(v: &'a Value, ptr: &str) -> &'a Value {
+    v.pointer(ptr).unwrap_or(&Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_have_pinned_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::standard(dir.path()).await;
+    let db1 =
+        a.hv.domains
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|d| d.name == "db-1")
+            .unwrap()
+            .uuid
+            .clone();
+    for (name, path) in [
+        ("status", "/v1/status".to_string()),
+        ("pools", "/v1/pools".into()),
+        ("pools_summary", "/v1/pools?members=false".into()),
+        ("pool_web", "/v1/pools/web".into()),
+        ("domains", "/v1/domains".into()),
+        ("domain_web1", "/v1/domains/web-1".into()),
+        (
+            "domain_by_uuid",
+            format!("/v1/domains/{}", db1.to_uppercase()),
+        ),
+        ("plan", "/v1/plan".into()),
+    ] {
+        let (code, mut v) = a.call("GET", &path, None).await;
+        assert_eq!(code, 200, "{path}: {v}");
+        redact(&mut v);
+        insta::assert_json_snapshot!(name, v);
+    }
+    // A cycle with actions: web-1 lost vCPUs behind the agent's back.
+    a.hv.domains
+        .lock()
+        .unwrap()
+        .iter_mut()
+        .find(|d| d.name == "web-1")
+        .unwrap()
+        .vcpus = 1;
+    let (_, v) = a.call("POST", "/v1/reconcile?wait=true", None).await;
+    let n = v["cycle"]["cycle"].clone();
+    let (code, v) = a.call("GET", "/v1/events", None).await;
+    assert_eq!(code, 200);
+    let mut evs: Vec<Value> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["cycle"] == n)
+        .cloned()
+        .collect();
+    evs.iter_mut().for_each(|e| {
+        e["seq"] = json!("[seq]");
+        redact(e)
+    });
+    insta::assert_json_snapshot!("events", evs);
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_happy_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::standard(dir.path()).await;
+
+    // Runtime pool: create (201), repeat (200, unchanged), update, delete.
+    let spec = r#"{"domains":["dev"],"vcpus":{"budget":2},"memory":{"budget":"4GiB"}}"#;
+    let (c, mut v) = a.call("PUT", "/v1/pools/extra?wait=true", Some(spec)).await;
+    assert_eq!(c, 201, "{v}");
+    redact(&mut v);
+    insta::assert_json_snapshot!("put_pool_created", v);
+    let (c, v) = a.call("PUT", "/v1/pools/extra", Some(spec)).await;
+    assert_eq!((c, get(&v, "/changed")), (200, &json!(false)), "{v}");
+    let (c, v) = a.call("GET", "/v1/pools/extra", None).await;
+    assert_eq!(c, 200);
+    assert_eq!(get(&v, "/members/0/name"), "dev");
+    assert_eq!(get(&v, "/source"), "runtime");
+    let (c, v) = a
+        .call(
+            "PUT",
+            "/v1/pools/extra?wait=true",
+            Some(r#"{"domains":["dev"],"vcpus":{"budget":3}}"#),
+        )
+        .await;
+    assert_eq!((c, get(&v, "/changed")), (200, &json!(true)), "{v}");
+    let (c, v) = a.call("GET", "/v1/pools/extra", None).await;
+    assert_eq!((c, get(&v, "/budget/vcpus")), (200, &json!(3)));
+    let (c, v) = a.call("DELETE", "/v1/pools/extra?wait=true", None).await;
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(a.call("GET", "/v1/pools/extra", None).await.0, 404);
+
+    // Members: add an unmanaged domain, remove it; remove a glob member, add it back.
+    let (c, v) = a
+        .call(
+            "POST",
+            "/v1/pools/web/members?wait=true",
+            Some(r#"{"domain":"dev"}"#),
+        )
+        .await;
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(
+        get(&a.call("GET", "/v1/domains/dev", None).await.1, "/pool"),
+        "web"
+    );
+    let (c, v) = a
+        .call("POST", "/v1/pools/web/members", Some(r#"{"domain":"dev"}"#))
+        .await;
+    assert_eq!((c, get(&v, "/changed")), (200, &json!(false)));
+    let (c, v) = a
+        .call("DELETE", "/v1/pools/web/members/dev?wait=true", None)
+        .await;
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(
+        get(&a.call("GET", "/v1/domains/dev", None).await.1, "/pool"),
+        &Value::Null
+    );
+    let (c, _) = a
+        .call("DELETE", "/v1/pools/web/members/web-3?wait=true", None)
+        .await;
+    assert_eq!(c, 200);
+    assert_eq!(
+        get(&a.call("GET", "/v1/domains/web-3", None).await.1, "/pool"),
+        &Value::Null
+    );
+    let (c, _) = a
+        .call(
+            "POST",
+            "/v1/pools/web/members?wait=true",
+            Some(r#"{"domain":"web-3"}"#),
+        )
+        .await;
+    assert_eq!(c, 200);
+    assert_eq!(
+        get(&a.call("GET", "/v1/domains/web-3", None).await.1, "/pool"),
+        "web"
+    );
+
+    // Reservations: set, lower, clear.
+    let (c, mut v) = a
+        .call(
+            "POST",
+            "/v1/pools/web/allocate?wait=true",
+            Some(r#"{"domain":"web-1","vcpus":6,"memory":"4GiB"}"#),
+        )
+        .await;
+    assert_eq!(c, 200, "{v}");
+    redact(&mut v);
+    insta::assert_json_snapshot!("allocate", v);
+    let (_, v) = a.call("GET", "/v1/pools/web", None).await;
+    assert_eq!(get(&v, "/reserved/vcpus"), 6);
+    let web1 = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "web-1")
+        .unwrap();
+    assert_eq!(web1["resources"]["vcpus"]["floor"], 6);
+    // The waited cycle issued the change (its status shows what it observed before).
+    assert!(
+        web1["resources"]["vcpus"]["next"].as_u64().unwrap() >= 6,
+        "{web1}"
+    );
+    let (c, v) = a
+        .call(
+            "POST",
+            "/v1/pools/web/release",
+            Some(r#"{"domain":"web-1","vcpus":2}"#),
+        )
+        .await;
+    assert_eq!((c, get(&v, "/reservation/vcpus")), (200, &json!(4)), "{v}");
+    let (c, v) = a
+        .call(
+            "POST",
+            "/v1/pools/web/release",
+            Some(r#"{"domain":"web-1"}"#),
+        )
+        .await;
+    assert_eq!(c, 200);
+    assert_eq!(v["reservation"], json!({}));
+
+    // Pause / resume, agent-wide and per pool.
+    assert_eq!(a.call("POST", "/v1/pause", None).await.0, 200);
+    let (_, v) = a.call("GET", "/v1/status", None).await;
+    assert_eq!(get(&v, "/agent/paused"), true);
+    assert_eq!(
+        get(&a.call("GET", "/v1/plan", None).await.1, "/paused"),
+        true
+    );
+    assert_eq!(a.call("POST", "/v1/resume", None).await.0, 200);
+    assert_eq!(
+        a.call("POST", "/v1/pools/db/pause?wait=true", None).await.0,
+        200
+    );
+    let (_, v) = a.call("GET", "/v1/pools/db", None).await;
+    assert_eq!(get(&v, "/paused"), true);
+    assert_eq!(a.call("POST", "/v1/pools/db/resume", None).await.0, 200);
+    let (_, v) = a.call("GET", "/v1/status", None).await;
+    assert_eq!(get(&v, "/agent/paused_pools"), &json!([]));
+
+    // Reconcile, waiting or not.
+    let (c, v) = a.call("POST", "/v1/reconcile?wait=true", None).await;
+    assert_eq!((c, get(&v, "/waited")), (200, &json!(true)), "{v}");
+    assert!(v["cycle"]["cycle"].as_u64().unwrap() > 1);
+    let (c, v) = a.call("POST", "/v1/reconcile", None).await;
+    assert_eq!((c, v), (200, json!({"waited": false})));
+
+    // Changes were recorded as events.
+    let (_, v) = a.call("GET", "/v1/events?limit=1000", None).await;
+    let changes: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "change")
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert!(changes.contains(&"pool \"extra\" created"), "{changes:?}");
+    assert!(changes.iter().all(|_| true));
+    let (_, v) = a.call("GET", "/v1/events?since=1000000", None).await;
+    assert_eq!(v, json!({"events": []}));
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_json_errors_and_the_agent_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::standard(dir.path()).await;
+    let big = format!(r#"{{"domain":"web-1","pad":"{}"}}"#, "x".repeat(70 * 1024));
+    let cases: Vec<(&str, &str, Option<&str>)> = vec![
+        ("POST", "/v1/pools/web/allocate", Some("{not json")),
+        (
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","vcpus":"four"}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","vcpus":-1}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","vcpus":1.5}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","vcpus":18446744073709551616}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","memory":"-4GiB"}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","memory":-4}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","memory":"99999999999999TiB"}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","memory":"4 parsecs"}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","vcpus":100000}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","vcpus":2,"extra":1}"#),
+        ),
+        ("POST", "/v1/pools/web/allocate", Some(r#"{"vcpus":2}"#)),
+        (
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1"}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"../etc","vcpus":1}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"db-1","vcpus":1}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"nosuch","vcpus":1}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/nope/allocate",
+            Some(r#"{"domain":"web-1","vcpus":1}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","vcpus":9}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-3","vcpus":5}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","vcpus":13}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","disk_iops_sec":10}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/web/allocate?wait=maybe",
+            Some(r#"{"domain":"web-1","vcpus":1}"#),
+        ),
+        ("POST", "/v1/pools/web/allocate", Some(big.as_str())),
+        ("POST", "/v1/pools/web/release", Some(r#"{"domain":"dev"}"#)),
+        ("PUT", "/v1/pools/web", Some(r#"{"vcpus":{"budget":1}}"#)),
+        ("PUT", "/v1/pools/new", Some(r#"{"budget":1}"#)),
+        (
+            "PUT",
+            "/v1/pools/new",
+            Some(r#"{"vcpus":{"budget":4,"min":3,"max":2}}"#),
+        ),
+        ("PUT", "/v1/pools/new", Some(r#"{"vcpus":{"budget":400}}"#)),
+        ("PUT", "/v1/pools/new", Some(r#"{"domains":["db-1"]}"#)),
+        ("PUT", "/v1/pools/bad%20name", Some("{}")),
+        ("DELETE", "/v1/pools/web", None),
+        ("DELETE", "/v1/pools/nope", None),
+        (
+            "POST",
+            "/v1/pools/web/members",
+            Some(r#"{"domain":"db-1"}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/web/members",
+            Some(r#"{"domain":"ghost"}"#),
+        ),
+        (
+            "POST",
+            "/v1/pools/nope/members",
+            Some(r#"{"domain":"dev"}"#),
+        ),
+        ("DELETE", "/v1/pools/web/members/db-1", None),
+        ("POST", "/v1/pools/nope/pause", None),
+        ("GET", "/v1/pools/nope", None),
+        ("GET", "/v1/domains/ghost", None),
+        ("GET", "/v1/events?limit=x", None),
+        ("GET", "/v1/pools?members=maybe", None),
+        ("GET", "/v1/pools?verbose=1", None),
+        ("GET", "/v1/nope", None),
+        ("GET", "/v2/status", None),
+        ("DELETE", "/v1/status", None),
+        ("GET", "/v1/reconcile", None),
+        ("PATCH", "/v1/pools/web", Some("{}")),
+    ];
+    let mut results = Vec::new();
+    for (m, p, body) in &cases {
+        let (code, v) = a.call(m, p, *body).await;
+        assert!((400..500).contains(&code), "{m} {p}: {code} {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty()),
+            "{m} {p}: {v}"
+        );
+        let shown = body.map(|b| {
+            if b.len() > 80 {
+                "<70 KiB body>".to_string()
+            } else {
+                b.to_string()
+            }
+        });
+        results.push(json!({"request": format!("{m} {p} {}", shown.unwrap_or_default()).trim_end(), "status": code, "error": v["error"]}));
+        assert_eq!(a.call("GET", "/v1/status", None).await.0, 200);
+    }
+    let text = serde_json::to_string(&results)
+        .unwrap()
+        .replace(&dir.path().display().to_string(), "[dir]");
+    let results: Value = serde_json::from_str(&text).unwrap();
+    insta::assert_json_snapshot!("bad_input", results);
+
+    // Missing content type.
+    let (code, v) = call(
+        &a.socket,
+        "POST",
+        "/v1/pools/web/members",
+        Some(r#"{"domain":"dev"}"#),
+        false,
+    )
+    .await;
+    assert_eq!(
+        (code, get(&v, "/error/code")),
+        (415, &json!("unsupported_media_type")),
+        "{v}"
+    );
+
+    // None of it changed anything.
+    let st = a.handle.runtime.lock().unwrap().clone();
+    assert_eq!(st, virtpool::state::RuntimeState::new());
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_that_do_not_fit_are_refused_with_the_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::standard(dir.path()).await;
+    let (c, v) = a
+        .call(
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","vcpus":8}"#),
+        )
+        .await;
+    assert_eq!(c, 200, "{v}");
+    // web-1 holds 8, web-3 its floor of 1: 3 of 12 left.
+    let (c, v) = a
+        .call(
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-2","vcpus":4}"#),
+        )
+        .await;
+    assert_eq!(c, 409, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("hold 9 of its 12 budget") && msg.contains("3 is free"),
+        "{msg}"
+    );
+    assert_eq!(
+        a.call(
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-2","vcpus":3}"#)
+        )
+        .await
+        .0,
+        200
+    );
+    // Lowering always works; the same value again is no change.
+    let (c, v) = a
+        .call(
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","vcpus":2}"#),
+        )
+        .await;
+    assert_eq!((c, get(&v, "/changed")), (200, &json!(true)));
+    let (c, v) = a
+        .call(
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","vcpus":2}"#),
+        )
+        .await;
+    assert_eq!((c, get(&v, "/changed")), (200, &json!(false)));
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libvirt_down_refuses_allocate_with_503_but_serves_reads_and_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::standard(dir.path()).await;
+    assert_eq!(
+        a.call(
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","vcpus":3}"#)
+        )
+        .await
+        .0,
+        200
+    );
+    a.hv.set_down(true);
+    let (c, v) = a.call("POST", "/v1/reconcile?wait=true", None).await;
+    assert_eq!(
+        (c, get(&v, "/cycle/libvirt_connected")),
+        (200, &json!(false)),
+        "{v}"
+    );
+    let (c, v) = a
+        .call(
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","vcpus":4}"#),
+        )
+        .await;
+    assert_eq!(
+        (c, get(&v, "/error/code")),
+        (503, &json!("libvirt_unavailable")),
+        "{v}"
+    );
+    assert_eq!(a.call("GET", "/v1/pools", None).await.0, 200);
+    let (_, v) = a.call("GET", "/v1/status", None).await;
+    assert_eq!(get(&v, "/libvirt/connected"), false);
+    assert_eq!(
+        a.call(
+            "POST",
+            "/v1/pools/web/release",
+            Some(r#"{"domain":"web-1"}"#)
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(a.call("POST", "/v1/pause", None).await.0, 200);
+    let (_, v) = a.call("GET", "/v1/events", None).await;
+    assert!(
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "error"),
+        "{v}"
+    );
+    a.hv.set_down(false);
+    let (_, v) = a.call("POST", "/v1/reconcile?wait=true", None).await;
+    assert_eq!(get(&v, "/cycle/libvirt_connected"), true);
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ServeOptions {
+        header_timeout: Duration::from_millis(500),
+        body_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let a = Agent::start(
+        dir.path(),
+        "root",
+        STANDARD_POOLS,
+        FakeHv::new(standard_domains()),
+        opts,
+    )
+    .await;
+    // Headers never finished: the connection is closed.
+    let mut s = tokio::net::UnixStream::connect(&a.socket).await.unwrap();
+    s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "connection not closed");
+    // Body never finished: 408.
+    let mut s = tokio::net::UnixStream::connect(&a.socket).await.unwrap();
+    s.write_all(b"POST /v1/pause HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\"")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.starts_with("HTTP/1.1 408") && text.contains("request_timeout"),
+        "{text}"
+    );
+    // An idle keep-alive connection does not hold a slot forever either.
+    let mut conn = a.client().connect().await.unwrap();
+    assert!(conn
+        .request(hyper::Method::GET, "/v1/status", None)
+        .await
+        .unwrap()
+        .status
+        .is_success());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(conn
+        .request(hyper::Method::GET, "/v1/status", None)
+        .await
+        .is_err());
+    assert_eq!(a.call("GET", "/v1/status", None).await.0, 200);
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_start_up_lock_stale_socket_mode_and_removal() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run/api.sock");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    // A stale socket from a crashed agent is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let sock = api::bind(&path, "daemon").await.unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), 1, "group daemon");
+    // A second agent on the same socket refuses with a clear message.
+    let e = api::bind(&path, "daemon").await.err().unwrap().to_string();
+    assert!(
+        e.contains("already serving") && e.contains("api.sock"),
+        "{e}"
+    );
+    drop(sock);
+    // A regular file in the way is not removed.
+    let f = dir.path().join("file");
+    std::fs::write(&f, "keep").unwrap();
+    let e = api::bind(&f, "root").await.err().unwrap().to_string();
+    assert!(e.contains("not a socket"), "{e}");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "keep");
+    // serve() removes the socket when it stops.
+    let a = Agent::standard(dir.path()).await;
+    let socket = a.socket.clone();
+    assert!(socket.exists());
+    a.stop().await;
+    assert!(!socket.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_changes_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::standard(dir.path()).await;
+    let spec = r#"{"domains":["dev"],"vcpus":{"budget":2}}"#;
+    assert_eq!(a.call("PUT", "/v1/pools/extra", Some(spec)).await.0, 201);
+    assert_eq!(
+        a.call(
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-2","vcpus":3,"memory":2147483648}"#)
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        a.call("DELETE", "/v1/pools/web/members/web-3", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(a.call("POST", "/v1/pools/db/pause", None).await.0, 200);
+    let before = a.handle.runtime.lock().unwrap().clone();
+    let (_, pools_before) = a.call("GET", "/v1/pools", None).await;
+    a.stop().await;
+    let on_disk = virtpool::state::RuntimeState::load(&dir.path().join("state")).unwrap();
+    assert_eq!(on_disk, before);
+
+    let a = Agent::start(
+        dir.path(),
+        "root",
+        STANDARD_POOLS,
+        FakeHv::new(standard_domains()),
+        ServeOptions::default(),
+    )
+    .await;
+    assert_eq!(*a.handle.runtime.lock().unwrap(), before);
+    let (_, v) = a.call("GET", "/v1/pools/extra", None).await;
+    assert_eq!(get(&v, "/members/0/name"), "dev");
+    let (_, v) = a.call("GET", "/v1/domains/web-2", None).await;
+    assert_eq!(get(&v, "/reservation/vcpus"), 3);
+    assert_eq!(get(&v, "/reservation/memory"), 2147483648u64);
+    assert_eq!(
+        get(&a.call("GET", "/v1/domains/web-3", None).await.1, "/pool"),
+        &Value::Null
+    );
+    assert_eq!(
+        get(&a.call("GET", "/v1/pools/db", None).await.1, "/paused"),
+        true
+    );
+    let (_, pools_after) = a.call("GET", "/v1/pools", None).await;
+    assert_eq!(
+        pools_after["pools"].as_array().unwrap().len(),
+        pools_before["pools"].as_array().unwrap().len()
+    );
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_wait_for_a_free_slot() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ServeOptions {
+        max_connections: 2,
+        header_timeout: Duration::from_millis(700),
+        ..Default::default()
+    };
+    let a = Agent::start(
+        dir.path(),
+        "root",
+        STANDARD_POOLS,
+        FakeHv::new(standard_domains()),
+        opts,
+    )
+    .await;
+    // Two clients that never finish their headers hold both slots...
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::UnixStream::connect(&a.socket).await.unwrap();
+        s.write_all(b"GET /v1/status HTTP/1.1\r\n").await.unwrap();
+        idle.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...so a third is served only once the header timeout frees one.
+    let t0 = std::time::Instant::now();
+    let (code, _) = a.call("GET", "/v1/status", None).await;
+    assert_eq!(code, 200);
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400),
+        "served after {waited:?}: cap not enforced"
+    );
+    assert!(waited < Duration::from_secs(5), "served after {waited:?}");
+    a.stop().await;
+}
