@@ -368,7 +368,8 @@ fn vcpu_cooldown() {
     let a = alloc(&plan, "a", Resource::Vcpus);
     assert_eq!((a.target, a.next, a.reason), (4, 2, Reason::Cooldown));
     let later = run_with(&cfg, &snap, &Reservations::new(), &h, NOW + 30);
-    assert_eq!(later.actions.len(), 2, "SetVcpus 2 → 4 and the CPU weight");
+    // (No CPU weight action: the fixture's hypervisor reports no cpu_shares.)
+    assert_eq!(later.actions.len(), 1, "SetVcpus 2 → 4");
 }
 
 #[test]
@@ -543,9 +544,16 @@ fn weights_follow_shares() {
     let mut db = vm("db", "p", 6, GIB);
     db.disks = vec![t::disk("vda")];
     db.disks[0].iotune = Some(Default::default());
+    db.cpu_shares = Some(1024);
+    db.blkio_weight = Some(0);
     let mut web = vm("web", "p", 2, GIB);
     web.cpu_shares = Some(1000);
-    let plan = run(&cfg, vec![db, web]);
+    // A hypervisor that exposes no weights gets no weight actions.
+    let mut bare = vm("bare", "p", 2, GIB);
+    bare.disks = vec![t::disk("vda")];
+    let plan = run(&cfg, vec![db, web, bare]);
+    assert!(plan.actions.iter().all(|a| a.domain() != "bare"
+        || !matches!(a, Action::SetCpuShares { .. } | Action::SetBlkioWeight { .. })));
     let weights: Vec<_> = plan
         .actions
         .iter()
@@ -560,7 +568,7 @@ fn weights_follow_shares() {
     assert!(matches!(
         &weights[..],
         [
-            Action::SetCpuShares { domain: d1, to: 3000, from: None, .. },
+            Action::SetCpuShares { domain: d1, to: 3000, from: Some(1024), .. },
             Action::SetBlkioWeight { domain: d2, to: 300, .. },
         ] if d1 == "db" && d2 == "db"
     ));

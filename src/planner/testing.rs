@@ -67,6 +67,7 @@ pub fn pool(name: &str) -> Pool {
         resources: PerResource::default(),
         members: BTreeMap::new(),
         runtime: false,
+        exclude: Vec::new(),
     }
 }
 
