@@ -114,7 +114,6 @@ fn wait_report_settled(sock: &Path) -> Value {
 /// What the agent reports (`/v1/pools`, `/v1/domains`, virtpoolctl) is what
 /// the host has, seen from the second connection.
 #[test]
-#[ignore = "needs the control API (branch api, not yet on main)"]
 fn the_agents_report_matches_the_host() {
     let Some(mut s) = setup("report") else {
         return;
@@ -162,7 +161,6 @@ fn the_agents_report_matches_the_host() {
 /// needs libvirt); release still works; after the restart the status says
 /// connected again and the plan is re-applied.
 #[test]
-#[ignore = "needs the control API (branch api, not yet on main)"]
 fn libvirtd_down_is_reported_by_the_api_and_allocate_gets_503() {
     let Some(mut s) = setup("apidown") else {
         return;
@@ -223,7 +221,6 @@ fn libvirtd_down_is_reported_by_the_api_and_allocate_gets_503() {
 /// Bad values through the API: the right 4xx with an error body, and
 /// nothing changes (state file bytes, pools, libvirt).
 #[test]
-#[ignore = "needs the control API (branch api, not yet on main)"]
 fn bad_values_via_the_api_are_refused_and_change_nothing() {
     let Some(mut s) = setup("apibad") else {
         return;
@@ -633,7 +630,6 @@ fn send_alone(sock: &Path, raw: &[u8]) -> Outcome {
 }
 
 #[test]
-#[ignore = "needs the control API (branch api, not yet on main)"]
 fn api_abuse_10k_requests_all_refused_agent_keeps_serving_memory_bounded() {
     let Some(mut s) = setup("abuse") else {
         return;
@@ -828,7 +824,6 @@ struct Stream {
 }
 
 #[test]
-#[ignore = "needs the control API (branch api, not yet on main)"]
 fn sigkill_during_allocate_release_stream_loses_no_confirmed_change() {
     let Some(mut s) = setup("crash") else {
         return;

@@ -96,7 +96,6 @@ fn corrupt_state_file_refuses_start_and_overwrites_nothing() {
 /// must exist, move the bad file aside byte for byte (not delete it) and
 /// let the agent start.
 #[test]
-#[ignore = "virtpoold has no --reset-state on main yet (it lands with the api branch)"]
 fn reset_state_moves_the_corrupt_file_aside_and_starts() {
     let dir = test_dir("reset");
     let uri = format!(

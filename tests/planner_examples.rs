@@ -553,7 +553,10 @@ fn weights_follow_shares() {
     bare.disks = vec![t::disk("vda")];
     let plan = run(&cfg, vec![db, web, bare]);
     assert!(plan.actions.iter().all(|a| a.domain() != "bare"
-        || !matches!(a, Action::SetCpuShares { .. } | Action::SetBlkioWeight { .. })));
+        || !matches!(
+            a,
+            Action::SetCpuShares { .. } | Action::SetBlkioWeight { .. }
+        )));
     let weights: Vec<_> = plan
         .actions
         .iter()

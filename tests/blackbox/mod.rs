@@ -974,13 +974,10 @@ impl Drop for Agent {
     }
 }
 
-/// Failed actions in an agent log, except weight (`cpu_shares`,
-/// `blkio_weight`) actions: the libvirt test driver has no `cpu_shares`
-/// (known, reported; see the black-box report).
+/// Failed actions in an agent log.
 pub fn failed_actions(log: &str) -> Vec<&str> {
     log.lines()
         .filter(|l| l.contains("action failed"))
-        .filter(|l| !l.contains("resource=\"cpu_shares\"") && !l.contains("resource=cpu_shares "))
         .collect()
 }
 
