@@ -78,38 +78,22 @@ fn fifty_domains_in_four_pools_reach_the_plan_in_one_cycle() {
     eprintln!(
         "steady: 50 domains, {want_changes} changes applied, converged {took:?} after start (interval 1s)"
     );
-    // Block I/O: asserted once the agent manages it (the planner on main
-    // issues no SetBlockIoTune yet: then this part is reported as TODO).
+    // Block I/O: the web pool's disk budgets, split by shares, one disk each.
     let log = agent.log_text();
     let io_applied = log
         .lines()
         .filter(|l| l.contains(" applied ") && l.contains("block_iotune"))
         .count();
-    if io_applied == 0 {
-        eprintln!(
-            "steady: TODO block I/O — the agent set no I/O limits (planner without disk actions)"
-        );
-        for d in h.all().iter().filter(|d| d.name.starts_with("web-")) {
-            assert_eq!(
-                h.iotune(&d.name, "vda"),
-                Default::default(),
-                "{} limits set without a log line",
-                d.name
-            );
-        }
-    } else {
-        assert_eq!(io_applied, 15, "one SetBlockIoTune per web disk:\n{log}");
-        let burst =
-            |rate: u64| ((rate as f64 * cfg.tuning.disk_burst_factor).ceil() as u64).max(rate);
-        for d in h.all().iter().filter(|d| d.name.starts_with("web-")) {
-            let t = h.iotune(&d.name, "vda");
-            assert_eq!(t.total_bytes_sec, 20 * MIB, "{}: {t:?}", d.name);
-            assert_eq!(t.total_iops_sec, 200, "{}: {t:?}", d.name);
-            assert_eq!(t.total_bytes_sec_max, burst(20 * MIB), "{}: {t:?}", d.name);
-            assert_eq!(t.total_iops_sec_max, burst(200), "{}: {t:?}", d.name);
-        }
-        // Other pools manage no disk: their limits are untouched.
-        assert_eq!(h.iotune("db-1", "vda"), Default::default());
-        eprintln!("steady: block I/O limits of 15 web disks equal the plan");
+    assert_eq!(io_applied, 15, "one SetBlockIoTune per web disk:\n{log}");
+    let burst = |rate: u64| ((rate as f64 * cfg.tuning.disk_burst_factor).ceil() as u64).max(rate);
+    for d in h.all().iter().filter(|d| d.name.starts_with("web-")) {
+        let t = h.iotune(&d.name, "vda");
+        assert_eq!(t.total_bytes_sec, 20 * MIB, "{}: {t:?}", d.name);
+        assert_eq!(t.total_iops_sec, 200, "{}: {t:?}", d.name);
+        assert_eq!(t.total_bytes_sec_max, burst(20 * MIB), "{}: {t:?}", d.name);
+        assert_eq!(t.total_iops_sec_max, burst(200), "{}: {t:?}", d.name);
     }
+    // Other pools manage no disk: their limits are untouched.
+    assert_eq!(h.iotune("db-1", "vda"), Default::default());
+    eprintln!("steady: block I/O limits of 15 web disks equal the plan");
 }

@@ -559,7 +559,7 @@ pub const FLEET_POOLS: &str = r#"
 match = "web-*"
 vcpus = { budget = 30 }
 memory = { budget = "45GiB", min = "2560MiB" }
-# One disk each: 20 MiB/s and 200 IOPS each (when the planner manages disk).
+# One disk each: 20 MiB/s and 200 IOPS each.
 disk_bytes_sec = { budget = "300MiB" }
 disk_iops_sec = { budget = 3000 }
 
