@@ -240,6 +240,25 @@ impl DomainObs {
     }
 }
 
+impl DomainObs {
+    /// Updates this observation with the effect of an action libvirt
+    /// accepted, so what the agent publishes after a cycle is what the
+    /// domain has now (not what it had before the cycle).
+    pub fn apply(&mut self, action: &Action) {
+        match action {
+            Action::SetVcpus { to, .. } => self.vcpus = *to,
+            Action::SetMemory { to, .. } => self.memory = *to,
+            Action::SetBlockIoTune { disk, to, .. } => {
+                if let Some(d) = self.disks.iter_mut().find(|d| &d.target == disk) {
+                    d.iotune = Some(*to);
+                }
+            }
+            Action::SetCpuShares { to, .. } => self.cpu_shares = Some(*to),
+            Action::SetBlkioWeight { to, .. } => self.blkio_weight = Some(*to),
+        }
+    }
+}
+
 /// One observation of the whole host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {

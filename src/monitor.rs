@@ -10,11 +10,12 @@ use crate::host::Host;
 use crate::libvirt::events::{self, EventReceiver, HvEvent};
 use crate::libvirt::worker::HvWorker;
 use crate::libvirt::HvError;
+use crate::membership::Membership;
 use crate::model::{Action, DomainObs, HostCapacity, Snapshot};
-use crate::planner::{self, History, Plan, PlanInput};
+use crate::planner::{self, Guard, History, Outcome, Plan, PlanInput};
 use crate::state::RuntimeState;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -135,6 +136,8 @@ pub struct Monitor {
     active_since: HashMap<String, Instant>,
     /// Domains whose balloon stats period is set.
     stats_period_set: HashSet<String>,
+    /// Compiled membership rules and the pools they were built from.
+    membership: Option<(BTreeMap<String, crate::config::Pool>, Membership)>,
     start: Instant,
     cycle: u64,
     failures: u32,
@@ -207,6 +210,7 @@ impl Monitor {
             history: History::default(),
             active_since: HashMap::new(),
             stats_period_set: HashSet::new(),
+            membership: None,
             start: Instant::now(),
             cycle: 0,
             failures: 0,
@@ -325,21 +329,54 @@ impl Monitor {
             }
         };
         let domains = self.track_active(domains);
-        let snapshot = Snapshot { host, domains };
+        let mut snapshot = Snapshot { host, domains };
         let now = self.start.elapsed().as_secs();
         let enforce = self.mode() == Mode::Enforce && !runtime.paused;
-        let plan = planner::plan(&PlanInput {
-            config: &effective,
-            snapshot: &snapshot,
-            reservations: &runtime.reservations,
-            history: &self.history,
-            now,
-            paused: runtime.paused,
-        });
+        // Globs are compiled once per pool set, not every cycle.
+        if self
+            .membership
+            .as_ref()
+            .is_none_or(|(p, _)| *p != effective.pools)
+        {
+            let m = Membership::new(&effective.pools);
+            self.membership = Some((effective.pools.clone(), m));
+        }
+        let membership = &self.membership.as_ref().expect("set just above").1;
+        let mut plan = planner::plan_with(
+            &PlanInput {
+                config: &effective,
+                snapshot: &snapshot,
+                reservations: &runtime.reservations,
+                history: &self.history,
+                now,
+                paused: runtime.paused,
+            },
+            membership,
+        );
+        if enforce {
+            self.history.record_plan(&plan);
+        }
 
         if enforce {
             self.set_stats_periods(&snapshot).await;
             status.results = self.enforce(&plan, now).await;
+            // Publish what the domains have now, not what they had.
+            let mut by_uuid: HashMap<&str, usize> = HashMap::new();
+            for (i, d) in snapshot.domains.iter().enumerate() {
+                by_uuid.insert(d.uuid.as_str(), i);
+            }
+            let mut changed = false;
+            let mut domains = snapshot.domains.clone();
+            for r in status.results.iter().filter(|r| r.ok) {
+                if let Some(&i) = by_uuid.get(r.action.uuid()) {
+                    domains[i].apply(&r.action);
+                    changed = true;
+                }
+            }
+            if changed {
+                plan.refresh_actuals(&domains);
+                snapshot.domains = domains;
+            }
             if status.results.iter().any(|r| {
                 r.error
                     .as_deref()
@@ -422,30 +459,48 @@ impl Monitor {
         }
     }
 
+    /// Runs the plan's actions one at a time on the libvirt thread. Each is
+    /// checked against the plan's invariants first (the guard refuses one
+    /// that would break them); one failure never stops the others; a lost
+    /// connection fails the rest without calling libvirt.
     async fn enforce(&mut self, plan: &Plan, now: u64) -> Vec<ActionOutcome> {
-        if plan.actions.is_empty() {
-            return Vec::new();
-        }
-        let results = match self.hv.apply(plan.actions.clone()).await {
-            Ok(r) => r,
-            Err(e) => plan
-                .actions
-                .iter()
-                .map(|a| (a.clone(), Err(e.clone())))
-                .collect(),
-        };
-        results
-            .into_iter()
-            .map(|(action, r)| {
-                self.history.record(&action, r.is_ok(), now);
-                log_action(&action, &r);
-                ActionOutcome {
-                    ok: r.is_ok(),
-                    error: r.err().map(|e| e.to_string()),
-                    action,
+        let mut guard = Guard::new(plan);
+        let mut lost: Option<HvError> = None;
+        let mut out = Vec::with_capacity(plan.actions.len());
+        for action in &plan.actions {
+            let r = if let Some(e) = &lost {
+                Err(e.clone())
+            } else if let Err(v) = guard.check(action) {
+                tracing::error!(domain = action.domain(), violation = %v, "action refused by the safety check");
+                Err(HvError::InvalidArg(format!(
+                    "refused by the safety check: {v}"
+                )))
+            } else {
+                let a = action.clone();
+                match self.hv.run(move |hv| hv.apply(&a)).await {
+                    Ok(r) => r,
+                    Err(e) => Err(e),
                 }
-            })
-            .collect()
+            };
+            match &r {
+                Ok(()) => guard.applied(action),
+                Err(e) if e.is_connection() && lost.is_none() => lost = Some(e.clone()),
+                Err(_) => {}
+            }
+            let outcome = match &r {
+                Ok(()) => Outcome::Ok,
+                Err(HvError::Timeout(_)) => Outcome::Timeout,
+                Err(_) => Outcome::Failed,
+            };
+            self.history.record(action, outcome, now);
+            log_action(action, &r);
+            out.push(ActionOutcome {
+                ok: r.is_ok(),
+                error: r.err().map(|e| e.to_string()),
+                action: action.clone(),
+            });
+        }
+        out
     }
 }
 

@@ -54,7 +54,7 @@ impl EventSource for EventRing {
         };
         let matching: Vec<&Event> =
             g.1.iter()
-                .filter(|e| since.map_or(true, |s| e.seq > s))
+                .filter(|e| since.is_none_or(|s| e.seq > s))
                 .collect();
         let skip = matching.len().saturating_sub(limit);
         matching.into_iter().skip(skip).cloned().collect()

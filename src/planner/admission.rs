@@ -51,7 +51,7 @@ pub(super) fn admit(
     if total
         .iter()
         .zip(budgets)
-        .all(|(t, b)| b.map_or(true, |b| *t <= b))
+        .all(|(t, b)| b.is_none_or(|b| *t <= b))
     {
         return vec![Ok(()); candidates.len()];
     }

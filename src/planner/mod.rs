@@ -169,6 +169,26 @@ fn prefix_key(s: &str) -> u64 {
     u64::from_be_bytes(b)
 }
 
+impl Plan {
+    /// Refreshes every member's `actual` from `domains` (after enforcement).
+    pub fn refresh_actuals(&mut self, domains: &[DomainObs]) {
+        let by_uuid: std::collections::HashMap<&str, &DomainObs> =
+            domains.iter().map(|d| (d.uuid.as_str(), d)).collect();
+        for p in &mut self.pools {
+            for m in &mut p.members {
+                let Some(d) = by_uuid.get(m.uuid.as_str()) else {
+                    continue;
+                };
+                for r in Resource::ALL {
+                    if let Some(a) = m.alloc.get_mut(r).as_mut() {
+                        a.actual = d.actual(r);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Granularity of each resource's targets.
 fn granularity(r: Resource) -> u64 {
     match r {

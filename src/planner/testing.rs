@@ -144,22 +144,10 @@ pub fn apply(
             continue;
         };
         let d = &mut snapshot.domains[i];
-        match a {
-            Action::SetVcpus { to, .. } => d.vcpus = *to,
-            Action::SetMemory { to, .. } => {
-                d.memory = *to;
-                if let Some(b) = d.balloon.as_mut() {
-                    let used = b.used().unwrap_or(0);
-                    *b = balloon(*to, used);
-                }
-            }
-            Action::SetBlockIoTune { disk, to, .. } => {
-                if let Some(x) = d.disks.iter_mut().find(|x| &x.target == disk) {
-                    x.iotune = Some(*to);
-                }
-            }
-            Action::SetCpuShares { to, .. } => d.cpu_shares = Some(*to),
-            Action::SetBlkioWeight { to, .. } => d.blkio_weight = Some(*to),
+        d.apply(a);
+        if let (Action::SetMemory { to, .. }, Some(b)) = (a, d.balloon.as_mut()) {
+            let used = b.used().unwrap_or(0);
+            *b = balloon(*to, used);
         }
     }
     history.record_plan(plan);
