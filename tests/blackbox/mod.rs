@@ -1050,6 +1050,36 @@ pub fn post(sock: &Path, path: &str, body: &str) -> Response {
     http(sock, "POST", path, Some(body)).unwrap_or_else(|e| panic!("POST {path}: {e}"))
 }
 
+/// The paths where two JSON values differ (for readable assertion messages).
+pub fn json_diff(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
+    fn walk(p: String, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        use serde_json::Value as V;
+        match (a, b) {
+            (V::Object(x), V::Object(y)) => {
+                for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                    let n = serde_json::Value::Null;
+                    walk(
+                        format!("{p}.{k}"),
+                        x.get(k).unwrap_or(&n),
+                        y.get(k).unwrap_or(&n),
+                        out,
+                    );
+                }
+            }
+            (V::Array(x), V::Array(y)) if x.len() == y.len() => {
+                for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                    walk(format!("{p}[{i}]"), u, v, out);
+                }
+            }
+            _ if a != b => out.push(format!("{p}: {a} != {b}")),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(String::new(), a, b, &mut out);
+    out
+}
+
 /// A small seeded PRNG (xorshift64*), for reproducible fault schedules.
 pub struct Rng(u64);
 
