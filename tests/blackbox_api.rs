@@ -937,7 +937,6 @@ fn sigkill_during_allocate_release_stream_loses_no_confirmed_change() {
 /// `virtpool_libvirt_up` (GET /metrics on the API socket, SPEC §5) follows
 /// the connection.
 #[test]
-#[ignore = "needs GET /metrics on the API socket (branches api + service, not yet on main)"]
 fn metrics_report_libvirt_down_and_up() {
     let Some(mut s) = setup("metrics") else {
         return;
