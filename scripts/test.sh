@@ -12,4 +12,12 @@ cargo clippy --all-targets --quiet -- -D warnings
 echo "== systemd-analyze verify"
 scripts/verify-unit.sh
 echo "== cargo test"
-cargo test --all-targets --no-fail-fast 2>&1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --all-targets --no-fail-fast 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (benches run last and print their own figures).
+grep -E '^test result:' "$log" | awk '{p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}'
+exit "$rc"
