@@ -303,7 +303,9 @@ pub struct Tuning {
     pub pressure_threshold: Amount,
     pub stats_period: Duration,
     pub vcpu_cooldown: Duration,
-    /// After a vCPU removal timed out, wait this long before trying again.
+    /// `vcpus.unplug_backoff`: accepted for compatibility, not used. A
+    /// timed-out vCPU change holds the domain's vCPUs for the rest of its
+    /// run instead of being retried after a delay.
     pub vcpu_unplug_backoff: Duration,
     /// `*_max` sent with each disk rate = rate × burst_factor.
     pub disk_burst_factor: f64,

@@ -96,6 +96,7 @@ mod tests {
         DomainObs {
             name: name.into(),
             uuid: format!("uuid-{name}"),
+            id: None,
             state: DomainState::Running,
             vcpus: 1,
             vcpus_max: 1,

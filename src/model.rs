@@ -189,6 +189,10 @@ impl DiskObs {
 pub struct DomainObs {
     pub name: String,
     pub uuid: String,
+    /// libvirt's ID of the running domain: set while it is active, new on
+    /// every start (the same across a guest reboot or a libvirtd restart).
+    #[serde(default)]
+    pub id: Option<u32>,
     pub state: DomainState,
     /// Live vCPUs (current), 0 when shut off.
     pub vcpus: u64,

@@ -563,6 +563,7 @@ impl Monitor {
         }
         let alive: HashSet<&str> = snapshot.domains.iter().map(|d| d.uuid.as_str()).collect();
         self.history.retain(|u| alive.contains(u));
+        self.history.observe(&snapshot.domains);
         self.note_unadmitted(&plan);
         status.plan = Some(plan);
         status.domains = snapshot.domains;
@@ -728,6 +729,16 @@ impl Monitor {
                 Err(_) => Outcome::Failed,
             };
             self.history.record(action, outcome, now);
+            if let (Outcome::Timeout, Action::SetVcpus { from, to, .. }) = (outcome, action) {
+                // Logged once: the planner sends no vCPU change to this
+                // domain again in this run of it (see History::vcpus_frozen).
+                tracing::warn!(
+                    domain = action.domain(),
+                    from,
+                    to,
+                    "vCPU change timed out: vCPU count held (pending) until libvirt shows {to} vCPUs or the domain restarts; no vCPU is added back after a timed-out removal"
+                );
+            }
             log_action(action, &r);
             out.push(ActionOutcome {
                 ok: r.is_ok(),

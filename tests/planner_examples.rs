@@ -373,14 +373,16 @@ fn vcpu_cooldown() {
 }
 
 #[test]
-fn vcpu_unplug_timeout_is_pending_not_retried() {
-    // The target is 2 vCPUs; removing 2 of 4 timed out in QEMU. The planner
-    // does not retry while the domain still shows 4 vCPUs, until the
-    // unplug back-off (300 s) has passed.
+fn vcpu_unplug_timeout_freezes_vcpus_until_restart() {
+    // The target is 2 vCPUs; removing 2 of 4 timed out in QEMU (libvirt
+    // still shows 4). The planner sends no vCPU change to the domain for
+    // the rest of its run, however long it waits; once libvirt shows the
+    // requested 2 it may remove more but never adds back; a restart (new
+    // libvirt ID) starts clean.
     let p = t::with_budget(t::pool("p"), Resource::Vcpus, 2, no_limits());
     let cfg = t::config(16, 32 * GIB, vec![p]);
     let mut d = vm("a", "p", 4, GIB);
-    d.cpu_shares = Some(1000);
+    d.id = Some(7);
     let mut snap = Snapshot {
         host: t::host(16, 32 * GIB),
         domains: vec![d],
@@ -390,29 +392,42 @@ fn vcpu_unplug_timeout_is_pending_not_retried() {
     let first = run_with(&cfg, &snap, &none, &h, NOW);
     assert_eq!(first.actions.len(), 1);
     h.record(&first.actions[0], Outcome::Timeout, NOW);
+    h.observe(&snap.domains);
 
-    let waiting = run_with(&cfg, &snap, &none, &h, NOW + 70);
-    assert_eq!(
-        alloc(&waiting, "a", Resource::Vcpus).reason,
-        Reason::Pending
-    );
-    assert!(waiting.actions.is_empty());
+    for later in [NOW + 70, NOW + 300, NOW + 86_400] {
+        let waiting = run_with(&cfg, &snap, &none, &h, later);
+        let a = alloc(&waiting, "a", Resource::Vcpus);
+        assert_eq!((a.target, a.next, a.reason), (2, 4, Reason::Pending));
+        assert!(waiting.actions.is_empty(), "{:?}", waiting.actions);
+        let note = waiting.pools[0].members[0].note.clone().unwrap_or_default();
+        assert!(note.contains("removal 4 → 2 timed out"), "{note}");
+    }
 
-    // One vCPU went away after all: the count changed, so plan again.
+    // One vCPU went away (neither old nor requested count): still frozen.
     snap.domains[0].vcpus = 3;
-    let moved = run_with(&cfg, &snap, &none, &h, NOW + 70);
-    assert!(matches!(
-        moved.actions[..],
-        [Action::SetVcpus { from: 3, to: 2, .. }]
-    ));
+    assert!(run_with(&cfg, &snap, &none, &h, NOW + 70)
+        .actions
+        .is_empty());
 
-    // Or nothing changed, but the back-off passed: retry once.
+    // libvirt shows the requested 2: no re-adding, even with room for it.
+    snap.domains[0].vcpus = 2;
+    let roomy = t::with_budget(t::pool("p"), Resource::Vcpus, 8, no_limits());
+    let cfg8 = t::config(16, 32 * GIB, vec![roomy]);
+    let held = run_with(&cfg8, &snap, &none, &h, NOW + 70);
+    let a = alloc(&held, "a", Resource::Vcpus);
+    assert_eq!((a.target, a.next, a.reason), (8, 2, Reason::Pending));
+    assert!(held.actions.is_empty(), "{:?}", held.actions);
+
+    // Restarted: a new run, planned as usual.
     snap.domains[0].vcpus = 4;
-    let retry = run_with(&cfg, &snap, &none, &h, NOW + 300);
+    snap.domains[0].id = Some(8);
+    let fresh = run_with(&cfg, &snap, &none, &h, NOW + 70);
     assert!(matches!(
-        retry.actions[..],
+        fresh.actions[..],
         [Action::SetVcpus { from: 4, to: 2, .. }]
     ));
+    h.observe(&snap.domains);
+    assert!(h.vcpu_pending.is_empty());
 }
 
 #[test]

@@ -315,6 +315,7 @@ fn read_domain(dom: &Domain, bulk: Option<&ffi::StatsRecord>) -> Res<DomainObs> 
     Ok(DomainObs {
         name: name.clone(),
         uuid,
+        id: dom.id().filter(|_| active),
         state,
         vcpus,
         vcpus_max,

@@ -4,9 +4,9 @@
 //! and passes it back to the next [`plan`](super::plan).
 
 use super::Plan;
-use crate::model::Action;
+use crate::model::{Action, DomainObs};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// How an enforced action ended, as the enforcer saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,9 +32,9 @@ impl From<bool> for Outcome {
     }
 }
 
-/// A vCPU change libvirt reported as timed out: the planner treats it as
-/// pending (no retry) while the domain still shows `from` vCPUs and the
-/// unplug back-off has not passed.
+/// A vCPU change libvirt reported as timed out. It freezes the domain's
+/// vCPU count for the rest of the domain's run (see
+/// [`History::vcpus_frozen`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingVcpus {
     /// vCPUs the domain had when the change was sent.
@@ -43,6 +43,17 @@ pub struct PendingVcpus {
     pub to: u64,
     /// When the timeout was recorded (caller's clock, seconds).
     pub since: u64,
+    /// libvirt ID of the domain's run the change timed out in (`None`
+    /// until [`History::observe`] saw the domain).
+    #[serde(default)]
+    pub run: Option<u32>,
+}
+
+impl PendingVcpus {
+    /// A removal (fewer vCPUs) rather than an addition.
+    pub fn is_removal(&self) -> bool {
+        self.to < self.from
+    }
 }
 
 /// What the planner remembers between cycles (kept by the monitor).
@@ -82,13 +93,43 @@ impl History {
                         from: *from,
                         to: *to,
                         since: now,
+                        run: None,
                     },
                 );
             }
             Outcome::Ok | Outcome::Failed => {
-                self.vcpu_pending.remove(uuid);
+                // A timed-out removal holds for the whole run, whatever
+                // happens after it; a timed-out addition ends here.
+                if self.vcpu_pending.get(uuid).is_some_and(|p| !p.is_removal()) {
+                    self.vcpu_pending.remove(uuid);
+                }
             }
         }
+    }
+
+    /// Keeps timed-out vCPU changes tied to the run of the domain they
+    /// happened in: pins the libvirt run ID of new ones, and forgets those
+    /// whose domain stopped or restarted (run ID changed). Call once per
+    /// cycle, after enforcement, with the domains the plan was made from.
+    pub fn observe(&mut self, domains: &[DomainObs]) {
+        let by_uuid: HashMap<&str, &DomainObs> =
+            domains.iter().map(|d| (d.uuid.as_str(), d)).collect();
+        self.vcpu_pending.retain(|uuid, p| {
+            let Some(d) = by_uuid.get(uuid.as_str()) else {
+                return true;
+            };
+            if !d.state.is_active() {
+                return false;
+            }
+            match (p.run, d.id) {
+                (None, id) => {
+                    p.run = id;
+                    true
+                }
+                (Some(run), Some(id)) => run == id,
+                (Some(_), None) => true,
+            }
+        });
     }
 
     /// Carries what the plan decided about pressure reclaim into the next
@@ -105,19 +146,26 @@ impl History {
         self.reclaim.retain(|u, _| alive(u));
     }
 
-    /// The pending vCPU change of a domain that still shows `observed`
-    /// vCPUs at `now`, if any.
-    pub fn pending_vcpus(
-        &self,
-        uuid: &str,
-        observed: u64,
-        now: u64,
-        backoff: u64,
-    ) -> Option<PendingVcpus> {
-        self.vcpu_pending
-            .get(uuid)
-            .copied()
-            .filter(|p| p.from == observed && now < p.since.saturating_add(backoff))
+    /// The timed-out vCPU change that forbids moving domain `d` to `want`
+    /// vCPUs now, if any. In the run a vCPU change timed out in:
+    ///
+    /// - while libvirt does not show the requested count, no vCPU change
+    ///   at all (the hypervisor may still be working on it, or its state
+    ///   may be out of step with libvirt's; a retry can fail or crash it);
+    /// - after a timed-out removal, never more vCPUs than the domain has
+    ///   (re-adding a CPU whose removal went wrong is what crashes QEMU).
+    ///
+    /// A new run (another libvirt ID, see [`History::observe`]) starts
+    /// clean. `None` IDs count as the same run.
+    pub fn vcpus_frozen(&self, d: &DomainObs, want: u64) -> Option<PendingVcpus> {
+        let p = self.vcpu_pending.get(&d.uuid).copied()?;
+        let same_run = match (p.run, d.id) {
+            (Some(run), Some(id)) => run == id,
+            _ => true,
+        };
+        let unsettled = d.vcpus != p.to;
+        let regrow = p.is_removal() && want > d.vcpus;
+        (same_run && (unsettled || regrow)).then_some(p)
     }
 
     /// Whether the vCPU cooldown of a domain is still running at `now`.
@@ -144,20 +192,57 @@ mod tests {
         }
     }
 
+    fn obs(vcpus: u64, id: Option<u32>) -> DomainObs {
+        let mut d = crate::planner::testing::domain("d", None);
+        d.uuid = "u".into();
+        d.vcpus = vcpus;
+        d.id = id;
+        d
+    }
+
     #[test]
-    fn timeout_is_pending_until_count_changes_or_backoff() {
+    fn timed_out_removal_freezes_the_run() {
         let mut h = History::default();
         h.record(&set_vcpus(4, 2), Outcome::Timeout, 100);
-        assert!(h.pending_vcpus("u", 4, 150, 300).is_some());
-        assert!(h.pending_vcpus("u", 3, 150, 300).is_none(), "count changed");
-        assert!(
-            h.pending_vcpus("u", 4, 400, 300).is_none(),
-            "back-off passed"
-        );
-        h.record(&set_vcpus(4, 2), true, 400);
+        h.observe(&[obs(4, Some(7))]);
+        assert_eq!(h.vcpu_pending["u"].run, Some(7), "run pinned");
+        // Still 4: nothing at all, however long it has been.
+        for want in [1, 2, 3, 5] {
+            assert!(h.vcpus_frozen(&obs(4, Some(7)), want).is_some());
+        }
+        assert!(h.vcpus_frozen(&obs(4, Some(7)), 4).is_some());
+        // Shows 3 (neither old nor requested): still frozen.
+        assert!(h.vcpus_frozen(&obs(3, Some(7)), 2).is_some());
+        // Shows the requested 2: further removals go, re-adding does not.
+        assert!(h.vcpus_frozen(&obs(2, Some(7)), 1).is_none());
+        assert!(h.vcpus_frozen(&obs(2, Some(7)), 3).is_some());
+        // A later successful removal does not lift the ban on re-adding.
+        h.record(&set_vcpus(2, 1), Outcome::Ok, 500);
+        assert!(h.vcpus_frozen(&obs(1, Some(7)), 2).is_some());
+        // A new run (restart: new libvirt ID) starts clean ...
+        assert!(h.vcpus_frozen(&obs(4, Some(8)), 2).is_none());
+        // ... and observing it forgets the change; so does a stop.
+        h.observe(&[obs(4, Some(8))]);
         assert!(h.vcpu_pending.is_empty());
-        assert!(h.in_cooldown("u", 459, 60));
-        assert!(!h.in_cooldown("u", 460, 60));
+        h.record(&set_vcpus(4, 2), Outcome::Timeout, 600);
+        let mut off = obs(0, None);
+        off.state = crate::model::DomainState::Shutoff;
+        h.observe(&[off]);
+        assert!(h.vcpu_pending.is_empty());
+    }
+
+    #[test]
+    fn timed_out_addition_holds_until_it_shows() {
+        let mut h = History::default();
+        h.record(&set_vcpus(1, 2), Outcome::Timeout, 100);
+        h.observe(&[obs(1, Some(3))]);
+        assert!(h.vcpus_frozen(&obs(1, Some(3)), 2).is_some());
+        assert!(h.vcpus_frozen(&obs(2, Some(3)), 4).is_none());
+        assert!(h.vcpus_frozen(&obs(2, Some(3)), 1).is_none());
+        h.record(&set_vcpus(2, 4), true, 200);
+        assert!(h.vcpu_pending.is_empty());
+        assert!(h.in_cooldown("u", 259, 60));
+        assert!(!h.in_cooldown("u", 260, 60));
     }
 
     #[test]

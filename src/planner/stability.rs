@@ -5,7 +5,8 @@
 //!   the current balloon and the balloon is within [floor, cap] (dead
 //!   band); a shrink moves at most one step (`memory.max_shrink` of the
 //!   current memory, at least 1 MiB) per cycle; growth is immediate.
-//! - vCPUs: no change while a timed-out change is pending or during
+//! - vCPUs: no change while a timed-out change holds the domain (for the
+//!   rest of its run, see `History::vcpus_frozen`) or during
 //!   `vcpus.cooldown` after the last change; otherwise immediate.
 //! - Disk rates: immediate.
 //! - Budget: growth only gets room that is actually free this cycle.
@@ -16,7 +17,7 @@
 //!   shrinks at the rate limit.
 
 use super::alloc::{water_fill, Claim};
-use super::{pressure, Alloc, Work};
+use super::{pressure, Alloc, PendingVcpus, Work};
 use crate::model::{Reason, Resource};
 use crate::units;
 
@@ -34,7 +35,6 @@ pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
     let paused = input.paused || work.pool.paused;
     let tuning = &input.config.tuning;
     let cooldown = tuning.vcpu_cooldown.as_secs();
-    let backoff = tuning.vcpu_unplug_backoff.as_secs();
     for r in Resource::ALL {
         let Some(budget) = *work.budget.get(r) else {
             continue;
@@ -58,12 +58,11 @@ pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
                     if a.target == a.actual {
                         a.next = a.actual;
                         false
-                    } else if input
-                        .history
-                        .pending_vcpus(&d.uuid, d.vcpus, input.now, backoff)
-                        .is_some()
-                    {
+                    } else if let Some(pv) = input.history.vcpus_frozen(d, a.target) {
                         hold(a, Reason::Pending);
+                        if p.note.is_none() {
+                            p.note = Some(frozen_note(&pv));
+                        }
                         false
                     } else if input.history.in_cooldown(&d.uuid, input.now, cooldown) {
                         hold(a, Reason::Cooldown);
@@ -136,6 +135,21 @@ pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
                 a.reason = Reason::RateLimited;
             }
         }
+    }
+}
+
+/// Why a member's vCPUs are held after a timed-out change.
+fn frozen_note(p: &PendingVcpus) -> String {
+    if p.is_removal() {
+        format!(
+            "vCPU removal {} → {} timed out: no vCPU is added back, and none changes until libvirt shows {}, until the domain restarts",
+            p.from, p.to, p.to
+        )
+    } else {
+        format!(
+            "vCPU addition {} → {} timed out: no vCPU change until libvirt shows {} or the domain restarts",
+            p.from, p.to, p.to
+        )
     }
 }
 

@@ -21,6 +21,7 @@ pub fn domain(name: &str, pool: Option<&str>) -> DomainObs {
     DomainObs {
         name: name.to_owned(),
         uuid: format!("00000000-0000-0000-0000-{name:0>12}"),
+        id: Some(1),
         state: DomainState::Running,
         vcpus: 1,
         vcpus_max: 64,

@@ -103,6 +103,7 @@ pub fn dom(name: &str, vcpus: u64, vcpus_max: u64, mem_gib: u64) -> DomainObs {
             (h >> 4) & 0xfff,
             h & 0xffff_ffff_ffff
         ),
+        id: Some(1),
         state: DomainState::Running,
         vcpus,
         vcpus_max,

@@ -258,6 +258,7 @@ impl Live {
         DomainObs {
             name: self.name.clone(),
             uuid: self.uuid.clone(),
+            id: None,
             state: self.state,
             vcpus: self.vcpus,
             vcpus_max: self.vcpus_max,
