@@ -142,7 +142,7 @@ pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
 fn frozen_note(p: &PendingVcpus) -> String {
     if p.is_removal() {
         format!(
-            "vCPU removal {} → {} timed out: no vCPU is added back, and none changes until libvirt shows {}, until the domain restarts",
+            "vCPU removal {} → {} timed out: vCPUs held until the domain restarts (no change until libvirt shows {}, never more than it has)",
             p.from, p.to, p.to
         )
     } else {
