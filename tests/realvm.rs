@@ -16,8 +16,9 @@
 //!
 //! Needs root (libvirtd, QEMU, a mount namespace) and apt access on first
 //! run. Not root: fails, unless `VIRTPOOL_REALVM=skip` (then it says SKIP
-//! and passes); `VIRTPOOL_REALVM=skip` skips as root too. `KEEP=1` leaves
-//! everything running for inspection (the work dir is printed).
+//! and passes); `VIRTPOOL_REALVM=skip` skips as root too.
+//! `VIRTPOOL_REALVM=keep` leaves everything running for inspection (the
+//! work dir and the command that tears it down are printed).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -45,7 +46,7 @@ impl Harness {
             script,
             env: BTreeMap::new(),
             agent: None,
-            keep: std::env::var("KEEP").is_ok_and(|v| v == "1"),
+            keep: std::env::var("VIRTPOOL_REALVM").is_ok_and(|v| v == "keep"),
         };
         // If this process dies without running Drop (SIGKILL, abort), a
         // detached watcher still tears everything down.
@@ -265,7 +266,7 @@ impl Drop for Harness {
         }
         if self.keep {
             eprintln!(
-                "KEEP=1: left running; URI {}, work dir {} (tear down: {} down {})",
+                "VIRTPOOL_REALVM=keep: left running; URI {}, work dir {} (tear down: {} down {})",
                 self.var("URI"),
                 self.dir.display(),
                 self.script.display(),
@@ -392,8 +393,8 @@ fn real_guest_follows_the_agent() {
             eprintln!("SKIP realvm: VIRTPOOL_REALVM=skip — no real QEMU guest was started");
             return;
         }
-        Ok("") | Err(_) => {}
-        Ok(other) => panic!("VIRTPOOL_REALVM={other:?}: the only value understood is \"skip\""),
+        Ok("" | "keep") | Err(_) => {}
+        Ok(other) => panic!("VIRTPOOL_REALVM={other:?}: understood are \"skip\" and \"keep\""),
     }
     assert!(
         nix::unistd::geteuid().is_root(),
