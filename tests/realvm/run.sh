@@ -59,6 +59,7 @@ stop_pid() { # pid: TERM, up to 5 s, then KILL
 down() {
   [ -d "$R" ] || return 0
   local lp qp
+  stop_pid "$(cat "$R/agent.pid" 2>/dev/null)"
   lp=$(cat "$R/libvirtd.pid" 2>/dev/null)
   # QEMU's pid, as libvirt wrote it (its /run/libvirt is $R/state/run).
   qp=$(cat "$R/state/run/qemu/$DOM.pid" 2>/dev/null)
