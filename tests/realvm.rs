@@ -22,9 +22,18 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Writes a line to stderr straight away: not held back by the test
+/// harness's output capture, so the numbers show in a plain `cargo test`.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
 
 const POOL: &str = "realvm";
 const MIB: u64 = 1 << 20;
@@ -250,9 +259,9 @@ cooldown = "1s"
         let raw = std::fs::read(path).unwrap_or_default();
         let text = String::from_utf8_lossy(&raw);
         let lines: Vec<&str> = text.lines().collect();
-        eprintln!("--- last lines of {}:", path.display());
+        say!("--- last lines of {}:", path.display());
         for l in &lines[lines.len().saturating_sub(n)..] {
-            eprintln!("    {l}");
+            say!("    {l}");
         }
     }
 }
@@ -265,7 +274,7 @@ impl Drop for Harness {
             self.tail(&self.dir.join("libvirtd.log"), 10);
         }
         if self.keep {
-            eprintln!(
+            say!(
                 "VIRTPOOL_REALVM=keep: left running; URI {}, work dir {} (tear down: {} down {})",
                 self.var("URI"),
                 self.dir.display(),
@@ -365,7 +374,7 @@ impl Phases {
     fn end(&mut self, name: &str) {
         let now = Instant::now();
         let s = (now - self.last).as_secs_f64();
-        eprintln!("=== phase {name}: {s:.1} s");
+        say!("=== phase {name}: {s:.1} s");
         self.done.push((name.to_string(), s));
         self.last = now;
     }
@@ -390,7 +399,7 @@ fn pool_spec(vcpu_max: u64, memory: &str, disk: &str) -> String {
 fn real_guest_follows_the_agent() {
     match std::env::var("VIRTPOOL_REALVM").as_deref() {
         Ok("skip") => {
-            eprintln!("SKIP realvm: VIRTPOOL_REALVM=skip — no real QEMU guest was started");
+            say!("SKIP realvm: VIRTPOOL_REALVM=skip — no real QEMU guest was started");
             return;
         }
         Ok("" | "keep") | Err(_) => {}
@@ -405,7 +414,7 @@ fn real_guest_follows_the_agent() {
     let dir = std::env::temp_dir().join(format!("virtpool-realvm.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut h = Harness::up(dir);
-    eprintln!(
+    say!(
         "guest up: domain type {} ({}), machine {}, kernel {}; run.sh phases: packages {} s, \
          guest build {} s, KVM probe {} s, libvirtd {} s (from its start, overlapped), boot {} s",
         h.var("DTYPE"),
@@ -433,7 +442,7 @@ fn real_guest_follows_the_agent() {
         .fold(f64::INFINITY, f64::min);
     let mem0 = before.mem_total_kb;
     let balloon0 = h.balloon_kib();
-    eprintln!(
+    say!(
         "before: guest online={} MemTotal={} kB, 4 MiB O_DIRECT read {:.2} s; balloon {} KiB; libvirt {} vCPU(s)",
         before.online,
         mem0,
@@ -454,7 +463,7 @@ fn real_guest_follows_the_agent() {
         let s = h.statuses().last().cloned()?;
         (s.mem_total_kb + 150 * 1024 <= mem0).then_some(s)
     });
-    eprintln!(
+    say!(
         "memory budget 320 MiB: balloon {balloon0} → {b} KiB; guest MemTotal {mem0} → {} kB",
         shrunk.mem_total_kb
     );
@@ -463,7 +472,7 @@ fn real_guest_follows_the_agent() {
         (v == MIB).then_some(v)
     });
     let slow = h.fresh_status(2);
-    eprintln!(
+    say!(
         "disk budget 1 MiB/s: vda total_bytes_sec={bps}; guest 4 MiB O_DIRECT read {dd0:.2} s → {:.2} s ({:.0}×)",
         slow.dd4m_s,
         slow.dd4m_s / dd0
@@ -481,7 +490,7 @@ fn real_guest_follows_the_agent() {
         let used = member(&v)["resources"]["memory"]["used"].as_u64()?;
         Some((used, ctl(&h.sock(), &["pool", "show", POOL])))
     });
-    eprintln!("pool show (guest uses {} MiB):\n{text}", used / MIB);
+    say!("pool show (guest uses {} MiB):\n{text}", used / MIB);
     assert!(
         used > 0 && used < 320 * MIB,
         "guest-used memory {used} B is not plausible for a 320 MiB busybox guest"
@@ -508,9 +517,10 @@ fn real_guest_follows_the_agent() {
         let s = h.statuses().last().cloned()?;
         (s.mem_total_kb + 20 * 1024 >= mem0).then_some(s)
     });
-    eprintln!(
+    say!(
         "memory budget 1 GiB: balloon → {b} KiB; guest MemTotal {} → {} kB",
-        shrunk.mem_total_kb, grown.mem_total_kb
+        shrunk.mem_total_kb,
+        grown.mem_total_kb
     );
     wait_until(30, "the 1 MiB/s limit lifted", || {
         (h.iotune_bps() > MIB).then_some(())
@@ -522,7 +532,7 @@ fn real_guest_follows_the_agent() {
         .into_iter()
         .min_by(|a, b| a.dd4m_s.total_cmp(&b.dd4m_s))
         .unwrap();
-    eprintln!(
+    say!(
         "disk budget 1 GiB/s: vda total_bytes_sec={}; guest read {:.2} s → {:.2} s",
         h.iotune_bps(),
         slow.dd4m_s,
@@ -557,7 +567,7 @@ fn real_guest_follows_the_agent() {
     let two = wait_until(30, "guest CPUs 0-1 online", || {
         h.statuses().last().filter(|s| s.online == "0-1").cloned()
     });
-    eprintln!(
+    say!(
         "reservation 2 vCPUs: libvirt {} vCPUs; guest online={}",
         h.libvirt_vcpus(),
         two.online
@@ -580,7 +590,7 @@ fn real_guest_follows_the_agent() {
             None
         }
     });
-    eprintln!(
+    say!(
         "release: vCPU removal ended '{outcome}' after {:.1} s",
         t.elapsed().as_secs_f64()
     );
@@ -589,7 +599,7 @@ fn real_guest_follows_the_agent() {
             h.statuses().last().filter(|s| s.online == "0").cloned()
         });
         assert_eq!(h.libvirt_vcpus(), 1);
-        eprintln!("unplug done: libvirt 1 vCPU; guest online={}", one.online);
+        say!("unplug done: libvirt 1 vCPU; guest online={}", one.online);
     } else {
         // Timed out (QEMU under TCG): tried once, never again while
         // cycles go on; the API answers; the plan says pending and why.
@@ -614,7 +624,7 @@ fn real_guest_follows_the_agent() {
             .find(|l| l.contains("action failed") && l.contains("vcpus"))
             .unwrap_or_default()
             .to_string();
-        eprintln!("unplug failed once: {failure}");
+        say!("unplug failed once: {failure}");
         assert_eq!(
             (errors, oks),
             (1.0, 1.0),
@@ -630,7 +640,7 @@ fn real_guest_follows_the_agent() {
         let m = member(&v);
         let vc = &m["resources"]["vcpus"];
         let note = m["note"].as_str().unwrap_or_default();
-        eprintln!(
+        say!(
             "{} cycles later: pool show vCPUs target={} next={} actual={} reason={}; note: {note}",
             c1 - c0,
             vc["target"],
@@ -650,9 +660,9 @@ fn real_guest_follows_the_agent() {
             .lines()
             .find(|l| l.contains("vp-pc") && l.contains(" vcpus "))
             .unwrap_or_default();
-        eprintln!("virtpoolctl plan (dry run) vCPU row: {}", line.trim());
+        say!("virtpoolctl plan (dry run) vCPU row: {}", line.trim());
         let guest = h.fresh_status(1);
-        eprintln!(
+        say!(
             "after the timeout: libvirt reports {} vCPU(s), guest online={}",
             h.libvirt_vcpus(),
             guest.online
@@ -667,9 +677,9 @@ fn real_guest_follows_the_agent() {
     drop(h);
     ph.end("teardown");
     let total = ph.start.elapsed().as_secs_f64();
-    eprintln!("phase timings:");
+    say!("phase timings:");
     for (name, s) in &ph.done {
-        eprintln!("  {s:6.1} s  {name}");
+        say!("  {s:6.1} s  {name}");
     }
-    eprintln!("  {total:6.1} s  total");
+    say!("  {total:6.1} s  total");
 }
