@@ -36,8 +36,6 @@ struct Inner {
     generation: AtomicU64,
     /// Serialized read answers for the current (status, generation, config).
     cache: Mutex<ReadCache>,
-    /// This process's part of every ETag.
-    instance: String,
 }
 
 /// Serialized answers valid for one published status, one runtime
@@ -47,10 +45,9 @@ struct Inner {
 #[derive(Default)]
 struct ReadCache {
     key: Option<CacheKey>,
-    /// Numbers the keys this cache has held, so an answer's ETag names the
-    /// inputs it was built from.
+    /// Counts key changes: an answer built under an older key is not kept.
     epoch: u64,
-    entries: std::collections::HashMap<String, Bytes>,
+    entries: std::collections::HashMap<String, Cached>,
 }
 
 /// The inputs of a read answer (compared by identity).
@@ -73,8 +70,8 @@ impl CacheKey {
 #[derive(Debug, Clone)]
 pub struct Cached {
     pub body: Bytes,
-    /// Quoted strong ETag: `"INSTANCE-EPOCH"`. The instance part differs
-    /// between processes, so a tag from before a restart never matches.
+    /// Quoted strong ETag: a 64-bit hash of the body, so it stays the same
+    /// across cycles (and restarts) that give the same answer.
     pub etag: String,
 }
 
@@ -113,7 +110,6 @@ impl AppState {
                 events,
                 generation: AtomicU64::new(0),
                 cache: Mutex::new(ReadCache::default()),
-                instance: instance_tag(),
             }),
         }
     }
@@ -163,11 +159,8 @@ impl AppState {
         let epoch = {
             let mut c = lock(&self.inner.cache);
             if c.key.as_ref().is_some_and(|k| k.same(&want)) {
-                if let Some(b) = c.entries.get(key) {
-                    return Ok(Cached {
-                        body: b.clone(),
-                        etag: self.etag(c.epoch),
-                    });
+                if let Some(hit) = c.entries.get(key) {
+                    return Ok(hit.clone());
                 }
             } else {
                 c.key = Some(want.clone());
@@ -176,19 +169,16 @@ impl AppState {
             }
             c.epoch
         };
-        let body = Bytes::from(build(&want.status, &self.runtime(), &want.config)?);
+        let body = build(&want.status, &self.runtime(), &want.config)?;
+        let answer = Cached {
+            etag: etag_of(&body),
+            body: Bytes::from(body),
+        };
         let mut c = lock(&self.inner.cache);
         if c.epoch == epoch {
-            c.entries.insert(key.to_string(), body.clone());
+            c.entries.insert(key.to_string(), answer.clone());
         }
-        Ok(Cached {
-            body,
-            etag: self.etag(epoch),
-        })
-    }
-
-    fn etag(&self, epoch: u64) -> String {
-        format!("\"{}-{epoch}\"", self.inner.instance)
+        Ok(answer)
     }
 
     /// `GET /v1/status`, serialized once per published cycle, runtime
@@ -344,13 +334,12 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Error> {
     serde_json::to_vec(v).map_err(|e| Error::Internal(e.to_string()))
 }
 
-/// This process's ETag prefix: start time and pid, so two runs of the
-/// agent never hand out the same tag for different answers.
-fn instance_tag() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{:x}{:x}", nanos as u64, std::process::id())
+/// A strong ETag for a body: its hash, quoted.
+fn etag_of(body: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut h);
+    format!("\"{:016x}\"", h.finish())
 }
 
 /// A cycle's outcome from the status it published.
