@@ -739,3 +739,111 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
     assert!(waited < Duration::from_secs(5), "served after {waited:?}");
     a.stop().await;
 }
+
+/// Read answers are cached per published cycle and runtime change: a
+/// change shows at once (with and without `?wait=true`), and ETags
+/// revalidate with 304 until something changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_reads_follow_changes_and_revalidate() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::standard(dir.path()).await;
+    let web1 = |v: &Value| -> Value {
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "web-1")
+            .unwrap()["reservation"]
+            .clone()
+    };
+
+    // Cached answers carry an ETag; naming it gives 304 without a body.
+    let mut tags = Vec::new();
+    for path in ["/v1/status", "/v1/pools", "/v1/pools/web", "/v1/domains"] {
+        let (code, tag, v) = get_tagged(&a.socket, path, None).await;
+        assert_eq!(code, 200, "{path}: {v}");
+        let tag = tag.unwrap_or_else(|| panic!("{path}: no ETag"));
+        assert!(tag.starts_with('"') && tag.ends_with('"'), "{tag}");
+        let (code, again, v) = get_tagged(&a.socket, path, Some(&tag)).await;
+        assert_eq!((code, &v), (304, &Value::Null), "{path}");
+        assert_eq!(again.as_deref(), Some(tag.as_str()), "{path}");
+        tags.push(tag);
+    }
+    let pool_tag = tags[2].clone();
+    for header in [
+        format!("W/{pool_tag}"),
+        format!("\"nope\", {pool_tag}"),
+        "*".to_string(),
+    ] {
+        let (code, _, _) = get_tagged(&a.socket, "/v1/pools/web", Some(&header)).await;
+        assert_eq!(code, 304, "If-None-Match: {header}");
+    }
+    let (code, _, v) = get_tagged(&a.socket, "/v1/pools/web", Some("\"nope\"")).await;
+    assert_eq!(code, 200);
+    assert_eq!(web1(&v), json!({}));
+
+    // A change without waiting: the next read shows it, old tags are stale.
+    let (code, v) = a
+        .call(
+            "POST",
+            "/v1/pools/web/allocate",
+            Some(r#"{"domain":"web-1","vcpus":4}"#),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let (code, tag, v) = get_tagged(&a.socket, "/v1/pools/web", Some(&pool_tag)).await;
+    assert_eq!(code, 200, "a change must invalidate the ETag");
+    assert_ne!(tag.as_deref(), Some(pool_tag.as_str()));
+    assert_eq!(web1(&v), json!({"vcpus": 4}));
+    assert_eq!(v["reserved"]["vcpus"], 4);
+    let (_, _, v) = get_tagged(&a.socket, "/v1/pools", None).await;
+    let web = v["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "web")
+        .unwrap();
+    assert_eq!(web1(web), json!({"vcpus": 4}));
+    let (_, _, v) = get_tagged(&a.socket, "/v1/domains", None).await;
+    let d = v["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "web-1")
+        .unwrap();
+    assert_eq!(d["reservation"], json!({"vcpus": 4}));
+
+    // With ?wait=true the answer comes after the cycle, and reads already
+    // show that cycle and the new reservation.
+    let (code, v) = a
+        .call(
+            "POST",
+            "/v1/pools/web/allocate?wait=true",
+            Some(r#"{"domain":"web-1","vcpus":6}"#),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let cycle = v["cycle"]["cycle"].as_u64().unwrap();
+    let (_, _, st) = get_tagged(&a.socket, "/v1/status", None).await;
+    assert!(st["cycle"].as_u64().unwrap() >= cycle, "{st}");
+    let (_, _, v) = get_tagged(&a.socket, "/v1/pools/web", None).await;
+    assert_eq!(web1(&v), json!({"vcpus": 6}));
+    let member = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "web-1")
+        .unwrap();
+    assert!(member["resources"]["vcpus"]["floor"].as_u64().unwrap() >= 6);
+
+    // A cycle alone (no runtime change) publishes a new status: new tag.
+    let (_, status_tag, _) = get_tagged(&a.socket, "/v1/status", None).await;
+    let status_tag = status_tag.unwrap();
+    let (code, _) = a.call("POST", "/v1/reconcile?wait=true", None).await;
+    assert_eq!(code, 200);
+    let (code, tag, v) = get_tagged(&a.socket, "/v1/status", Some(&status_tag)).await;
+    assert_eq!(code, 200, "a new cycle must invalidate the ETag");
+    assert_ne!(tag, Some(status_tag));
+    assert!(v["cycle"].as_u64().unwrap() > cycle);
+    a.stop().await;
+}

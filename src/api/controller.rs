@@ -34,17 +34,45 @@ struct Inner {
     recorder: Arc<CycleRecorder>,
     /// Bumped on every saved runtime change (cache key).
     generation: AtomicU64,
-    /// Serialized pool answers for the current (status, generation).
+    /// Serialized read answers for the current (status, generation, config).
     cache: Mutex<ReadCache>,
 }
 
-/// Serialized answers valid for one published status and one runtime
-/// generation; cleared when either changes. Holds only answers that were
-/// built successfully (existing pools), so it is bounded.
+/// Serialized answers valid for one published status, one runtime
+/// generation and one file config; cleared when any of them changes. Holds
+/// only answers that were built successfully (existing pools), so it is
+/// bounded.
 #[derive(Default)]
 struct ReadCache {
-    key: Option<(Arc<Status>, u64)>,
-    entries: std::collections::HashMap<String, Bytes>,
+    key: Option<CacheKey>,
+    /// Counts key changes: an answer built under an older key is not kept.
+    epoch: u64,
+    entries: std::collections::HashMap<String, Cached>,
+}
+
+/// The inputs of a read answer (compared by identity).
+#[derive(Clone)]
+struct CacheKey {
+    status: Arc<Status>,
+    generation: u64,
+    config: Arc<Config>,
+}
+
+impl CacheKey {
+    fn same(&self, o: &CacheKey) -> bool {
+        Arc::ptr_eq(&self.status, &o.status)
+            && self.generation == o.generation
+            && Arc::ptr_eq(&self.config, &o.config)
+    }
+}
+
+/// A serialized read answer and its entity tag.
+#[derive(Debug, Clone)]
+pub struct Cached {
+    pub body: Bytes,
+    /// Quoted strong ETag: a 64-bit hash of the body, so it stays the same
+    /// across cycles (and restarts) that give the same answer.
+    pub etag: String,
 }
 
 /// What a change did, for the response and the event log.
@@ -114,72 +142,76 @@ impl AppState {
         views::status(&st, &self.runtime(), &self.inner.handle.config())
     }
 
-    /// An answer from the cache, or built (with the status and runtime
-    /// state it was built from) and cached.
+    /// An answer from the cache, or built and cached. The generation is
+    /// read before the runtime state is copied: an answer may show a state
+    /// newer than its key (that key is then already stale and the next
+    /// request rebuilds), never an older one.
     fn cached(
         &self,
-        key: String,
-        build: impl FnOnce(&Status, &RuntimeState) -> Result<Vec<u8>, Error>,
-    ) -> Result<Bytes, Error> {
-        let st = self.inner.handle.status();
-        let generation = self.inner.generation.load(Ordering::Acquire);
-        {
+        key: &str,
+        build: impl FnOnce(&Status, &RuntimeState, &Config) -> Result<Vec<u8>, Error>,
+    ) -> Result<Cached, Error> {
+        let want = CacheKey {
+            status: self.inner.handle.status(),
+            generation: self.inner.generation.load(Ordering::Acquire),
+            config: self.inner.handle.config(),
+        };
+        let epoch = {
             let mut c = lock(&self.inner.cache);
-            let fresh = c
-                .key
-                .as_ref()
-                .is_some_and(|(s, g)| Arc::ptr_eq(s, &st) && *g == generation);
-            if !fresh {
-                c.key = Some((st.clone(), generation));
+            if c.key.as_ref().is_some_and(|k| k.same(&want)) {
+                if let Some(hit) = c.entries.get(key) {
+                    return Ok(hit.clone());
+                }
+            } else {
+                c.key = Some(want.clone());
+                c.epoch += 1;
                 c.entries.clear();
-            } else if let Some(b) = c.entries.get(&key) {
-                return Ok(b.clone());
             }
-        }
-        let body = Bytes::from(build(&st, &self.runtime())?);
+            c.epoch
+        };
+        let body = build(&want.status, &self.runtime(), &want.config)?;
+        let answer = Cached {
+            etag: etag_of(&body),
+            body: Bytes::from(body),
+        };
         let mut c = lock(&self.inner.cache);
-        if c.key
-            .as_ref()
-            .is_some_and(|(s, g)| Arc::ptr_eq(s, &st) && *g == generation)
-        {
-            c.entries.insert(key, body.clone());
+        if c.epoch == epoch {
+            c.entries.insert(key.to_string(), answer.clone());
         }
-        Ok(body)
+        Ok(answer)
     }
 
-    /// `GET /v1/pools`, serialized once per published cycle and runtime change.
-    pub fn pools_json(&self, members: bool) -> Result<Bytes, Error> {
-        self.cached(format!("pools/{members}"), |st, rt| {
-            serde_json::to_vec(&views::pools(st.plan.as_ref(), rt, members))
-                .map_err(|e| Error::Internal(e.to_string()))
+    /// `GET /v1/status`, serialized once per published cycle, runtime
+    /// change and config.
+    pub fn status_json(&self) -> Result<Cached, Error> {
+        self.cached("status", |st, rt, cfg| to_json(&views::status(st, rt, cfg)))
+    }
+
+    /// `GET /v1/domains`, cached like [`AppState::status_json`].
+    pub fn domains_json(&self) -> Result<Cached, Error> {
+        self.cached("domains", |st, rt, _| to_json(&views::domains(st, rt)))
+    }
+
+    /// `GET /v1/pools`, cached like [`AppState::status_json`].
+    pub fn pools_json(&self, members: bool) -> Result<Cached, Error> {
+        let key = if members { "pools" } else { "pools/summary" };
+        self.cached(key, |st, rt, _| {
+            to_json(&views::pools(st.plan.as_ref(), rt, members))
         })
     }
 
-    /// `GET /v1/pools/{pool}`, cached like [`AppState::pools_json`].
-    pub fn pool_json(&self, name: &str) -> Result<Bytes, Error> {
-        self.cached(format!("pool/{name}"), |_, _| {
-            serde_json::to_vec(&self.pool(name)?).map_err(|e| Error::Internal(e.to_string()))
+    /// `GET /v1/pools/{pool}`, cached like [`AppState::status_json`].
+    pub fn pool_json(&self, name: &str) -> Result<Cached, Error> {
+        self.cached(&format!("pool/{name}"), |st, rt, cfg| {
+            to_json(&pool_in(st, rt, cfg, name)?)
         })
     }
 
     pub fn pool(&self, name: &str) -> Result<PoolView, Error> {
         let st = self.inner.handle.status();
         let rt = self.runtime();
-        if let Some(p) = st
-            .plan
-            .as_ref()
-            .and_then(|p| p.pools.iter().find(|p| p.name == name))
-        {
-            return Ok(views::pool_view(p, &rt));
-        }
-        // Created or changed since the last cycle: plan it now.
         let cfg = self.inner.handle.config();
-        if let Ok(plan) = current_plan(&st, &rt, &cfg) {
-            if let Some(p) = plan.pools.iter().find(|p| p.name == name) {
-                return Ok(views::pool_view(p, &rt));
-            }
-        }
-        Err(no_pool(name))
+        pool_in(&st, &rt, &cfg, name)
     }
 
     pub fn domains(&self) -> DomainsResponse {
@@ -278,6 +310,36 @@ impl AppState {
         let st = self.inner.handle.reconcile(wait).await?;
         Some(cycle_result(&st))
     }
+}
+
+/// One pool's view from a published status; a pool created or changed
+/// since the last cycle is planned now.
+fn pool_in(st: &Status, rt: &RuntimeState, cfg: &Config, name: &str) -> Result<PoolView, Error> {
+    if let Some(p) = st
+        .plan
+        .as_ref()
+        .and_then(|p| p.pools.iter().find(|p| p.name == name))
+    {
+        return Ok(views::pool_view(p, rt));
+    }
+    if let Ok(plan) = current_plan(st, rt, cfg) {
+        if let Some(p) = plan.pools.iter().find(|p| p.name == name) {
+            return Ok(views::pool_view(p, rt));
+        }
+    }
+    Err(no_pool(name))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(v).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// A strong ETag for a body: its hash, quoted.
+fn etag_of(body: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut h);
+    format!("\"{:016x}\"", h.finish())
 }
 
 /// A cycle's outcome from the status it published.

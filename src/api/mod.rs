@@ -18,9 +18,10 @@
 //!    one place that maps it to an HTTP status and a JSON error body.
 //!
 //! Responses leave absent per-resource values out (`"reservation": {}`,
-//! `"budget": {"vcpus": 8}`) instead of sending nulls, and pool answers are
-//! serialized once per (published cycle, runtime change) and then served
-//! from a cache. `GET /v1/pools?members=false` gives budgets and totals
+//! `"budget": {"vcpus": 8}`) instead of sending nulls. The status, pool and
+//! domain-list answers are serialized once per (published cycle, runtime
+//! change, file config) and then served from a cache, with an `ETag`
+//! (`If-None-Match` → 304). `GET /v1/pools?members=false` gives budgets and totals
 //! without member lists (cheap for dashboards on big hosts).
 //!
 //! With curl: `curl --unix-socket /run/virtpool/virtpool.sock

@@ -11,7 +11,7 @@ use super::error::Error;
 use super::types::*;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
-use axum::http::{header, request::Parts, Method, StatusCode, Uri};
+use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -119,6 +119,9 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Error {
 /// Reads the whole body (at most [`MAX_BODY`] bytes, within `timeout`)
 /// before routing, so a slow or oversized upload is refused in one place.
 async fn buffer_body(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+    if axum::body::HttpBody::is_end_stream(req.body()) {
+        return next.run(req).await;
+    }
     let (parts, body) = req.into_parts();
     if let Some(len) = parts
         .headers
@@ -149,23 +152,61 @@ async fn buffer_body(State(timeout): State<Duration>, req: Request, next: Next) 
 
 // ------------------------------------------------------------------ reads
 
-async fn status(State(s): State<AppState>) -> R<StatusResponse> {
-    Ok(axum::Json(s.status()))
+/// A cached answer: 304 when the caller's `If-None-Match` names its ETag,
+/// the JSON body otherwise.
+fn cached_response(req: &HeaderMap, c: controller::Cached) -> Response {
+    if let Ok(etag) = HeaderValue::from_str(&c.etag) {
+        let fresh = req
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == c.etag);
+        if fresh {
+            return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+        }
+        return (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+                (header::ETAG, etag),
+            ],
+            c.body,
+        )
+            .into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/json")], c.body).into_response()
 }
 
-async fn pools(State(s): State<AppState>, Query(q): Query<PoolsQuery>) -> Result<Response, Error> {
-    let body = s.pools_json(q.members.unwrap_or(true))?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+async fn status(State(s): State<AppState>, h: HeaderMap) -> Result<Response, Error> {
+    Ok(cached_response(&h, s.status_json()?))
 }
 
-async fn pool(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, Error> {
+async fn pools(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Query(q): Query<PoolsQuery>,
+) -> Result<Response, Error> {
+    Ok(cached_response(
+        &h,
+        s.pools_json(q.members.unwrap_or(true))?,
+    ))
+}
+
+async fn pool(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, Error> {
     controller::parse_name("pool", &name)?;
-    let body = s.pool_json(&name)?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(cached_response(&h, s.pool_json(&name)?))
 }
 
-async fn domains(State(s): State<AppState>) -> R<DomainsResponse> {
-    Ok(axum::Json(s.domains()))
+async fn domains(State(s): State<AppState>, h: HeaderMap) -> Result<Response, Error> {
+    Ok(cached_response(&h, s.domains_json()?))
 }
 
 async fn domain(State(s): State<AppState>, Path(key): Path<String>) -> R<DomainView> {

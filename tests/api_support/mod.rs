@@ -335,3 +335,40 @@ pub fn redact(v: &mut Value) {
         _ => {}
     }
 }
+
+/// `GET path` on a fresh connection, optionally with `If-None-Match`:
+/// (status, ETag, JSON body or Null when empty).
+pub async fn get_tagged(
+    socket: &Path,
+    path: &str,
+    if_none_match: Option<&str>,
+) -> (u16, Option<String>, Value) {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::header;
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::get(path).header(header::HOST, "virtpoold");
+    if let Some(t) = if_none_match {
+        req = req.header(header::IF_NONE_MATCH, t);
+    }
+    let resp = sender
+        .send_request(req.body(Empty::<axum::body::Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let etag = resp
+        .headers()
+        .get(header::ETAG)
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).unwrap()
+    };
+    (status, etag, v)
+}
