@@ -31,6 +31,20 @@ pub struct Claim {
 /// The caller guarantees Σ floors ≤ budget (admission); if not, floors are
 /// returned as they are. O(n log n).
 pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
+    fill(budget, claims, true)
+}
+
+/// Which members rise with the water level, once it is found.
+struct Level {
+    /// Per member: 0 at floor, 1 rising, 2 at cap.
+    state: Vec<u8>,
+    /// Σ of the members at floor or cap.
+    fixed: u128,
+    /// Σ shares of the rising members.
+    slope: u128,
+}
+
+fn fill(budget: u64, claims: &[Claim], fast: bool) -> Vec<u64> {
     let n = claims.len();
     let floor = |i: usize| claims[i].floor.min(claims[i].cap);
     let cap = |i: usize| claims[i].cap;
@@ -44,7 +58,137 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
         return (0..n).map(cap).collect();
     }
     let b = budget as u128;
+    let level = fast
+        .then(|| level_by_float(b, claims, floors))
+        .flatten()
+        .unwrap_or_else(|| level_exact(b, claims, floors));
+    let Level {
+        state,
+        fixed,
+        slope,
+    } = level;
+    let mut out: Vec<u64> = (0..n)
+        .map(|i| if state[i] == 2 { cap(i) } else { floor(i) })
+        .collect();
+    if slope == 0 {
+        return out;
+    }
+    // The rising members share `rest` exactly in proportion to shares.
+    let rest = b - fixed;
+    let mut given: u128 = 0;
+    let mut prio: Vec<usize> = Vec::new();
+    for i in (0..n).filter(|&i| state[i] == 1) {
+        let num = rest * shares(i);
+        let e = num / slope;
+        out[i] = e as u64;
+        given += e;
+        if num % slope != 0 {
+            prio.push(i);
+        }
+    }
+    let mut left = rest - given;
+    // Leftover units (fewer than `prio`): highest shares first, then the
+    // lower index. A priority that depends only on the member's own shares
+    // keeps the result monotone in shares (largest remainder does not).
+    prio.sort_unstable_by_key(|&i| (std::cmp::Reverse(claims[i].shares.max(1)), i));
+    for &i in &prio {
+        if left == 0 {
+            break;
+        }
+        if out[i] < cap(i) {
+            out[i] += 1;
+            left -= 1;
+        }
+    }
+    out
+}
 
+/// The water level the cheap way: breakpoints ordered by their level as a
+/// float (plain integer keys), walked with exact totals; then every
+/// member's state is checked exactly against the level found,
+/// λ = (budget − fixed) / slope. `None` when the check fails (levels closer
+/// than the float's precision) or an exact product would overflow: the
+/// caller then orders the breakpoints exactly ([`level_exact`]).
+fn level_by_float(b: u128, claims: &[Claim], floors: u128) -> Option<Level> {
+    let n = claims.len();
+    if n >= 1 << 31 {
+        return None;
+    }
+    let floor = |i: usize| claims[i].floor.min(claims[i].cap);
+    let cap = |i: usize| claims[i].cap;
+    let shares = |i: usize| claims[i].shares.max(1) as u128;
+    const STOP: u32 = 1 << 31;
+    // (level as f64 bits — ordered like the level for non-negative
+    // floats —, member | STOP for a stop): at one level, starts first.
+    let mut events: Vec<(u64, u32)> = Vec::with_capacity(2 * n);
+    for (i, c) in claims.iter().enumerate() {
+        let s = c.shares.max(1) as f64;
+        events.push(((floor(i) as f64 / s).to_bits(), i as u32));
+        events.push(((c.cap as f64 / s).to_bits(), i as u32 | STOP));
+    }
+    events.sort_unstable();
+    let mut fixed: u128 = floors;
+    let mut slope: u128 = 0;
+    let mut state = vec![0u8; n];
+    let mut k = 0;
+    while k < events.len() {
+        let (bits, tag) = events[k];
+        let i = (tag & !STOP) as usize;
+        let v = if tag & STOP == 0 { floor(i) } else { cap(i) } as u128;
+        let q = shares(i);
+        // Total at this breakpoint ≥ budget: the level lies before it.
+        if fixed.checked_mul(q)? + v.checked_mul(slope)? >= b.checked_mul(q)? {
+            break;
+        }
+        while k < events.len() && events[k].0 == bits {
+            let (_, tag) = events[k];
+            let j = (tag & !STOP) as usize;
+            if tag & STOP == 0 {
+                fixed -= floor(j) as u128;
+                slope += shares(j);
+                state[j] = 1;
+            } else {
+                slope = slope.checked_sub(shares(j))?;
+                fixed += cap(j) as u128;
+                state[j] = 2;
+            }
+            k += 1;
+        }
+    }
+    if slope == 0 || fixed >= b {
+        return None;
+    }
+    // Exact check: member i has started iff floor/shares < λ, stopped iff
+    // cap/shares < λ, with λ = rest / slope.
+    let rest = b - fixed;
+    for (i, st) in state.iter().enumerate() {
+        let x = rest.checked_mul(shares(i))?;
+        let started = (floor(i) as u128).checked_mul(slope)? < x;
+        let stopped = (cap(i) as u128).checked_mul(slope)? < x;
+        let want = if stopped {
+            2
+        } else if started {
+            1
+        } else {
+            0
+        };
+        if *st != want {
+            return None;
+        }
+    }
+    Some(Level {
+        state,
+        fixed,
+        slope,
+    })
+}
+
+/// The water level with breakpoints ordered exactly by level.
+fn level_exact(b: u128, claims: &[Claim], floors: u128) -> Level {
+    let n = claims.len();
+    let floor = |i: usize| claims[i].floor.min(claims[i].cap);
+    let cap = |i: usize| claims[i].cap;
+    let shares = |i: usize| claims[i].shares.max(1) as u128;
     // Breakpoints of the water level: member i starts rising at
     // λ = floor/shares and stops at λ = cap/shares.
     // (approximate λ, value, member, is start)
@@ -70,7 +214,7 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
     // the rising ones.
     let mut fixed: u128 = floors;
     let mut slope: u128 = 0;
-    let mut state = vec![0u8; n]; // 0 at floor, 1 rising, 2 at cap
+    let mut state = vec![0u8; n];
     let mut k = 0;
     while k < events.len() {
         let (_, v, i, _) = events[k];
@@ -97,40 +241,11 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
             k += 1;
         }
     }
-    let mut out: Vec<u64> = (0..n)
-        .map(|i| if state[i] == 2 { cap(i) } else { floor(i) })
-        .collect();
-    if slope == 0 {
-        return out;
+    Level {
+        state,
+        fixed,
+        slope,
     }
-    // The rising members share `rest` exactly in proportion to shares.
-    let rest = b - fixed;
-    let mut given: u128 = 0;
-    let mut prio: Vec<usize> = Vec::new();
-    for i in (0..n).filter(|&i| state[i] == 1) {
-        let num = rest * shares(i);
-        let e = num / slope;
-        out[i] = e as u64;
-        given += e;
-        if num % slope != 0 {
-            prio.push(i);
-        }
-    }
-    let mut left = rest - given;
-    // Leftover units (fewer than `prio`): highest shares first, then the
-    // lower index. A priority that depends only on the member's own shares
-    // keeps the result monotone in shares (largest remainder does not).
-    prio.sort_unstable_by(|&a, &c| shares(c).cmp(&shares(a)).then(a.cmp(&c)));
-    for &i in &prio {
-        if left == 0 {
-            break;
-        }
-        if out[i] < cap(i) {
-            out[i] += 1;
-            left -= 1;
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -186,6 +301,16 @@ mod tests {
     #[test]
     fn floors_over_budget_returned_unchanged() {
         assert_eq!(water_fill(3, &[c(2, 5, 1), c(2, 5, 1)]), vec![2, 2]);
+    }
+
+    #[test]
+    fn float_level_found_without_fallback() {
+        // Many equal levels, an unlimited cap, mixed shares.
+        let mut cl: Vec<Claim> = (0..500).map(|i| c(1, 8, 500 + (i % 7) * 500)).collect();
+        cl.push(c(3, u64::MAX, 1000));
+        let floors: u128 = cl.iter().map(|x| x.floor as u128).sum();
+        assert!(level_by_float(1200, &cl, floors).is_some());
+        assert_eq!(fill(1200, &cl, true), fill(1200, &cl, false));
     }
 
     #[test]
@@ -259,6 +384,32 @@ mod tests {
                     }
                 }
             }
+        }
+
+        /// The float-ordered level finder agrees with the exact one,
+        /// also with huge values (unlimited caps) and many equal levels.
+        #[test]
+        fn fast_level_matches_exact((budget, cl) in claims(), big in 0usize..4, same in proptest::bool::ANY) {
+            let mut cl = cl;
+            for (k, c) in cl.iter_mut().enumerate() {
+                if same {
+                    c.shares = 1000 * (1 + (k as u64 % 2));
+                    c.floor %= 3;
+                }
+                if big > 0 && k % big == 0 {
+                    c.cap = u64::MAX - (k as u64 % 3);
+                }
+            }
+            proptest::prop_assert_eq!(fill(budget, &cl, true), fill(budget, &cl, false));
+        }
+
+        #[test]
+        fn fast_level_matches_exact_large(
+            budget in 0u64..(1 << 44),
+            v in proptest::collection::vec((0u64..(1 << 34), 0u64..(1 << 36), 1u64..2_000_000), 0..60),
+        ) {
+            let cl: Vec<Claim> = v.into_iter().map(|(f, extra, s)| c(f, f + extra, s)).collect();
+            proptest::prop_assert_eq!(fill(budget, &cl, true), fill(budget, &cl, false));
         }
 
         #[test]
