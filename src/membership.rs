@@ -5,16 +5,36 @@
 
 use crate::config::Pool;
 use crate::model::DomainObs;
-use globset::{Glob, GlobMatcher};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use globset::{Glob, GlobMatcher, GlobSet, GlobSetBuilder};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 
 /// Pre-compiled membership rules of a set of pools.
 pub struct Membership {
-    explicit: HashMap<String, String>,
-    /// (pool, domain name or UUID) pairs removed at run time.
-    excluded: HashSet<(String, String)>,
-    globs: Vec<(String, GlobMatcher)>,
+    /// Domain name or UUID → index in `pools`.
+    explicit: HashMap<String, usize>,
+    /// Domain name or UUID → pools (indexes) it was removed from at run
+    /// time.
+    excluded: HashMap<String, Vec<usize>>,
+    /// Every glob of every pool, in pool order then the pool's order: the
+    /// lowest matching index wins.
+    globs: Globs,
+    /// Pool of each glob (index in `pools`), parallel to the globs.
+    glob_pool: Vec<usize>,
+    /// Pool names, sorted.
     pools: Vec<String>,
+}
+
+/// The compiled globs: one set (one pass over the name), or one matcher
+/// per glob if the set could not be built.
+enum Globs {
+    Set(GlobSet),
+    Each(Vec<GlobMatcher>),
+}
+
+thread_local! {
+    /// Matching glob indexes (reused: no allocation per domain).
+    static HITS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
 /// How a domain came to be in its pool.
@@ -31,25 +51,36 @@ impl Membership {
     /// validation; any that slip through are skipped.
     pub fn new(pools: &BTreeMap<String, Pool>) -> Membership {
         let mut explicit = HashMap::new();
-        let mut globs = Vec::new();
-        let mut excluded = HashSet::new();
-        for p in pools.values() {
+        let mut excluded: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut compiled = Vec::new();
+        let mut glob_pool = Vec::new();
+        for (k, p) in pools.values().enumerate() {
             for d in &p.exclude {
-                excluded.insert((p.name.clone(), d.clone()));
+                excluded.entry(d.clone()).or_default().push(k);
             }
             for d in &p.domains {
-                explicit.entry(d.clone()).or_insert_with(|| p.name.clone());
+                explicit.entry(d.clone()).or_insert(k);
             }
             for g in &p.globs {
                 if let Ok(glob) = Glob::new(g) {
-                    globs.push((p.name.clone(), glob.compile_matcher()));
+                    compiled.push(glob);
+                    glob_pool.push(k);
                 }
             }
         }
+        let mut set = GlobSetBuilder::new();
+        for g in &compiled {
+            set.add(g.clone());
+        }
+        let globs = match set.build() {
+            Ok(set) => Globs::Set(set),
+            Err(_) => Globs::Each(compiled.iter().map(Glob::compile_matcher).collect()),
+        };
         Membership {
             explicit,
             excluded,
             globs,
+            glob_pool,
             pools: pools.keys().cloned().collect(),
         }
     }
@@ -57,31 +88,53 @@ impl Membership {
     /// The pool of a domain and how it was matched, or `None` (unmanaged).
     /// A domain removed from the pool it matches is unmanaged.
     pub fn pool_of(&self, d: &DomainObs) -> Option<(&str, Via)> {
-        let found = self.matching(d)?;
-        let removed = |k: &String| self.excluded.contains(&(found.0.to_owned(), k.clone()));
-        if !self.excluded.is_empty() && (removed(&d.name) || removed(&d.uuid)) {
-            return None;
-        }
-        Some(found)
+        self.pool_index_of(d)
+            .map(|(k, via)| (self.pools[k].as_str(), via))
     }
 
-    fn matching(&self, d: &DomainObs) -> Option<(&str, Via)> {
-        if let Some(p) = self
-            .explicit
-            .get(&d.name)
-            .or_else(|| self.explicit.get(&d.uuid))
-        {
-            return Some((p.as_str(), Via::Explicit));
-        }
-        if let Some(m) = &d.metadata_pool {
-            if let Some(p) = self.pools.iter().find(|p| *p == m) {
-                return Some((p.as_str(), Via::Metadata));
+    /// The names of the pools, sorted; [`Membership::pool_index_of`]
+    /// indexes this list.
+    pub(crate) fn pool_names(&self) -> &[String] {
+        &self.pools
+    }
+
+    /// [`Membership::pool_of`] as an index in [`Membership::pool_names`].
+    pub(crate) fn pool_index_of(&self, d: &DomainObs) -> Option<(usize, Via)> {
+        let (k, via) = self.matching(d)?;
+        if !self.excluded.is_empty() {
+            let removed = |key: &String| self.excluded.get(key).is_some_and(|v| v.contains(&k));
+            if removed(&d.name) || removed(&d.uuid) {
+                return None;
             }
         }
-        self.globs
-            .iter()
-            .find(|(_, g)| g.is_match(&d.name))
-            .map(|(p, _)| (p.as_str(), Via::Match))
+        Some((k, via))
+    }
+
+    fn matching(&self, d: &DomainObs) -> Option<(usize, Via)> {
+        if !self.explicit.is_empty() {
+            if let Some(&k) = self
+                .explicit
+                .get(&d.name)
+                .or_else(|| self.explicit.get(&d.uuid))
+            {
+                return Some((k, Via::Explicit));
+            }
+        }
+        if let Some(m) = &d.metadata_pool {
+            if let Ok(k) = self.pools.binary_search(m) {
+                return Some((k, Via::Metadata));
+            }
+        }
+        let first = match &self.globs {
+            Globs::Set(set) if set.is_empty() => None,
+            Globs::Set(set) => HITS.with(|hits| {
+                let mut hits = hits.borrow_mut();
+                set.matches_candidate_into(&globset::Candidate::new(&d.name), &mut hits);
+                hits.iter().min().copied()
+            }),
+            Globs::Each(each) => each.iter().position(|g| g.is_match(&d.name)),
+        };
+        first.map(|g| (self.glob_pool[g], Via::Match))
     }
 }
 
