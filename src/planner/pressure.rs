@@ -83,7 +83,7 @@ pub(super) fn apply(
             let Some(a) = p.alloc.memory.filter(|_| p.admitted) else {
                 continue;
             };
-            let prev = input.history.reclaim.get(&p.uuid).copied().unwrap_or(0);
+            let prev = work.hist[m].reclaim;
             let has_stats = a.used.is_some();
             if !pressure && prev == 0 {
                 continue;

@@ -16,7 +16,7 @@
 //!   shrinks at the rate limit.
 
 use super::alloc::{water_fill, Claim};
-use super::{pressure, Alloc, Work};
+use super::{history, pressure, Alloc, Work};
 use crate::model::{Reason, Resource};
 use crate::units;
 
@@ -55,17 +55,14 @@ pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
             let grow = match r {
                 Resource::Vcpus => {
                     let d = work.doms[m];
+                    let h = &work.hist[m];
                     if a.target == a.actual {
                         a.next = a.actual;
                         false
-                    } else if input
-                        .history
-                        .pending_vcpus(&d.uuid, d.vcpus, input.now, backoff)
-                        .is_some()
-                    {
+                    } else if history::pending_at(h.pending, d.vcpus, input.now, backoff).is_some() {
                         hold(a, Reason::Pending);
                         false
-                    } else if input.history.in_cooldown(&d.uuid, input.now, cooldown) {
+                    } else if history::cooling_at(h.changed_at, input.now, cooldown) {
                         hold(a, Reason::Cooldown);
                         false
                     } else if a.target < a.actual {
