@@ -34,12 +34,12 @@ pub use history::{History, Outcome, PendingVcpus};
 pub use weights::{blkio_weight, cpu_weight};
 
 use crate::config::{Allocatable, Config, Limits, MemoryPolicy, Pool, DEFAULT_SHARES};
-pub(crate) use strmap::StrMap;
 use crate::membership::{Membership, Via};
 use crate::model::{Action, DomainObs, DomainState, PerResource, Reason, Resource, Snapshot};
 use alloc::Claim;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+pub(crate) use strmap::StrMap;
 
 const MIB: u64 = 1 << 20;
 
@@ -164,7 +164,7 @@ pub struct Plan {
 
 /// The first 8 bytes of `s`, big-endian (zero-padded): ordering these
 /// integers agrees with ordering the strings on those bytes.
-fn prefix_key(s: &str) -> u64 {
+pub(crate) fn prefix_key(s: &str) -> u64 {
     let mut b = [0u8; 8];
     let n = s.len().min(8);
     b[..n].copy_from_slice(&s.as_bytes()[..n]);

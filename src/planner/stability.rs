@@ -59,7 +59,8 @@ pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
                     if a.target == a.actual {
                         a.next = a.actual;
                         false
-                    } else if history::pending_at(h.pending, d.vcpus, input.now, backoff).is_some() {
+                    } else if history::pending_at(h.pending, d.vcpus, input.now, backoff).is_some()
+                    {
                         hold(a, Reason::Pending);
                         false
                     } else if history::cooling_at(h.changed_at, input.now, cooldown) {
