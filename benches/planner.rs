@@ -6,6 +6,12 @@
 //!
 //! `cargo bench --bench planner -- --warm-up-time 1 --measurement-time 3`
 //! After the criterion groups, a short timing pass prints ns per domain.
+//!
+//! `PLANNER_BENCH_ONCE=1` skips criterion and the timing pass: one
+//! `plan_with` (and the drop of its plan) per size, in `plan_once`, for an
+//! instruction count that does not depend on machine load:
+//! `valgrind --tool=callgrind --toggle-collect='planner::plan_once*' BENCH_BINARY`
+//! (see docs/performance.md).
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
@@ -182,8 +188,24 @@ fn after_cycles(mut f: Fixture, cycles: usize) -> Fixture {
     f
 }
 
+/// One plan of the first cycle, dropped before returning (what callgrind
+/// counts in `PLANNER_BENCH_ONCE` mode).
+#[inline(never)]
+fn plan_once(f: &Fixture, m: &Membership) -> usize {
+    let p = plan_with(black_box(&input(f)), m);
+    p.actions.len()
+}
+
 fn main() {
     let fixtures: Vec<(usize, Fixture)> = sizes().into_iter().map(|n| (n, fixture(n))).collect();
+    if std::env::var_os("PLANNER_BENCH_ONCE").is_some() {
+        for (n, f) in &fixtures {
+            let m = Membership::new(&f.config.pools);
+            let actions = plan_once(f, &m);
+            println!("{n} domains: {actions} actions");
+        }
+        return;
+    }
     let mut c = Criterion::default().configure_from_args();
     {
         // What the monitor does each cycle: membership rules compiled once

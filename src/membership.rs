@@ -5,16 +5,65 @@
 
 use crate::config::Pool;
 use crate::model::DomainObs;
-use globset::{Glob, GlobMatcher};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use crate::planner::StrMap;
+use globset::{Glob, GlobMatcher, GlobSet, GlobSetBuilder};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 /// Pre-compiled membership rules of a set of pools.
 pub struct Membership {
-    explicit: HashMap<String, String>,
-    /// (pool, domain name or UUID) pairs removed at run time.
-    excluded: HashSet<(String, String)>,
-    globs: Vec<(String, GlobMatcher)>,
+    /// Domain name or UUID → index in `pools`.
+    explicit: StrMap<String, usize>,
+    /// Domain name or UUID → pools (indexes) it was removed from at run
+    /// time.
+    excluded: StrMap<String, Vec<usize>>,
+    /// Every glob of every pool, in pool order then the pool's order: the
+    /// lowest matching index wins. Plain ones (`web-*`, `db1`) are matched
+    /// with string comparisons, the others with one [`GlobSet`].
+    plain: Vec<(usize, Plain)>,
+    others: Globs,
+    /// Global index of each glob in `others`.
+    others_index: Vec<usize>,
+    /// Pool of each glob (index in `pools`), by global index.
+    glob_pool: Vec<usize>,
+    /// Pool names, sorted.
     pools: Vec<String>,
+}
+
+/// A glob without wildcards, or whose only wildcard is one final `*`.
+enum Plain {
+    Exact(String),
+    Prefix(String),
+}
+
+impl Plain {
+    fn parse(glob: &str) -> Option<Plain> {
+        let special = |c: char| matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\');
+        match glob.strip_suffix('*') {
+            Some(p) if !p.contains(special) => Some(Plain::Prefix(p.to_owned())),
+            None if !glob.contains(special) => Some(Plain::Exact(glob.to_owned())),
+            _ => None,
+        }
+    }
+
+    fn is_match(&self, name: &str) -> bool {
+        match self {
+            Plain::Exact(s) => name == s,
+            Plain::Prefix(p) => name.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// The compiled globs: one set (one pass over the name), or one matcher
+/// per glob if the set could not be built.
+enum Globs {
+    Set(GlobSet),
+    Each(Vec<GlobMatcher>),
+}
+
+thread_local! {
+    /// Matching glob indexes (reused: no allocation per domain).
+    static HITS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
 /// How a domain came to be in its pool.
@@ -30,26 +79,46 @@ impl Membership {
     /// Compiles the rules. Invalid globs were rejected by config
     /// validation; any that slip through are skipped.
     pub fn new(pools: &BTreeMap<String, Pool>) -> Membership {
-        let mut explicit = HashMap::new();
-        let mut globs = Vec::new();
-        let mut excluded = HashSet::new();
-        for p in pools.values() {
+        let mut explicit = StrMap::default();
+        let mut excluded: StrMap<String, Vec<usize>> = StrMap::default();
+        let mut plain = Vec::new();
+        let mut compiled = Vec::new();
+        let mut others_index = Vec::new();
+        let mut glob_pool = Vec::new();
+        for (k, p) in pools.values().enumerate() {
             for d in &p.exclude {
-                excluded.insert((p.name.clone(), d.clone()));
+                excluded.entry(d.clone()).or_default().push(k);
             }
             for d in &p.domains {
-                explicit.entry(d.clone()).or_insert_with(|| p.name.clone());
+                explicit.entry(d.clone()).or_insert(k);
             }
             for g in &p.globs {
-                if let Ok(glob) = Glob::new(g) {
-                    globs.push((p.name.clone(), glob.compile_matcher()));
+                let Ok(glob) = Glob::new(g) else { continue };
+                match Plain::parse(g) {
+                    Some(p) => plain.push((glob_pool.len(), p)),
+                    None => {
+                        others_index.push(glob_pool.len());
+                        compiled.push(glob);
+                    }
                 }
+                glob_pool.push(k);
             }
         }
+        let mut set = GlobSetBuilder::new();
+        for g in &compiled {
+            set.add(g.clone());
+        }
+        let others = match set.build() {
+            Ok(set) => Globs::Set(set),
+            Err(_) => Globs::Each(compiled.iter().map(Glob::compile_matcher).collect()),
+        };
         Membership {
             explicit,
             excluded,
-            globs,
+            plain,
+            others,
+            others_index,
+            glob_pool,
             pools: pools.keys().cloned().collect(),
         }
     }
@@ -57,31 +126,65 @@ impl Membership {
     /// The pool of a domain and how it was matched, or `None` (unmanaged).
     /// A domain removed from the pool it matches is unmanaged.
     pub fn pool_of(&self, d: &DomainObs) -> Option<(&str, Via)> {
-        let found = self.matching(d)?;
-        let removed = |k: &String| self.excluded.contains(&(found.0.to_owned(), k.clone()));
-        if !self.excluded.is_empty() && (removed(&d.name) || removed(&d.uuid)) {
-            return None;
-        }
-        Some(found)
+        self.pool_index_of(d)
+            .map(|(k, via)| (self.pools[k].as_str(), via))
     }
 
-    fn matching(&self, d: &DomainObs) -> Option<(&str, Via)> {
-        if let Some(p) = self
-            .explicit
-            .get(&d.name)
-            .or_else(|| self.explicit.get(&d.uuid))
-        {
-            return Some((p.as_str(), Via::Explicit));
-        }
-        if let Some(m) = &d.metadata_pool {
-            if let Some(p) = self.pools.iter().find(|p| *p == m) {
-                return Some((p.as_str(), Via::Metadata));
+    /// The names of the pools, sorted; [`Membership::pool_index_of`]
+    /// indexes this list.
+    pub(crate) fn pool_names(&self) -> &[String] {
+        &self.pools
+    }
+
+    /// [`Membership::pool_of`] as an index in [`Membership::pool_names`].
+    pub(crate) fn pool_index_of(&self, d: &DomainObs) -> Option<(usize, Via)> {
+        let (k, via) = self.matching(d)?;
+        if !self.excluded.is_empty() {
+            let removed = |key: &String| self.excluded.get(key).is_some_and(|v| v.contains(&k));
+            if removed(&d.name) || removed(&d.uuid) {
+                return None;
             }
         }
-        self.globs
+        Some((k, via))
+    }
+
+    fn matching(&self, d: &DomainObs) -> Option<(usize, Via)> {
+        if !self.explicit.is_empty() {
+            if let Some(&k) = self
+                .explicit
+                .get(&d.name)
+                .or_else(|| self.explicit.get(&d.uuid))
+            {
+                return Some((k, Via::Explicit));
+            }
+        }
+        if let Some(m) = &d.metadata_pool {
+            if let Ok(k) = self.pools.binary_search(m) {
+                return Some((k, Via::Metadata));
+            }
+        }
+        let plain = self
+            .plain
             .iter()
-            .find(|(_, g)| g.is_match(&d.name))
-            .map(|(p, _)| (p.as_str(), Via::Match))
+            .find(|(_, p)| p.is_match(&d.name))
+            .map(|(g, _)| *g);
+        // The other globs only matter if one comes before the plain match.
+        let other = match (&self.others, self.others_index.first()) {
+            (_, None) => None,
+            (_, Some(&first)) if plain.is_some_and(|g| g < first) => None,
+            (Globs::Set(set), _) => HITS.with(|hits| {
+                let mut hits = hits.borrow_mut();
+                set.matches_candidate_into(&globset::Candidate::new(&d.name), &mut hits);
+                hits.iter().min().copied()
+            }),
+            (Globs::Each(each), _) => each.iter().position(|g| g.is_match(&d.name)),
+        }
+        .map(|k| self.others_index[k]);
+        let first = match (plain, other) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        first.map(|g| (self.glob_pool[g], Via::Match))
     }
 }
 
@@ -144,6 +247,65 @@ match = ["*"]
             ..dom("q", None)
         };
         assert_eq!(m.pool_of(&uuid), Some(("b", Via::Explicit)));
+    }
+
+    /// Plain globs (string comparisons) and the others (one glob set)
+    /// together give what matching every glob in order gives.
+    #[test]
+    fn lowest_matching_glob_wins_across_kinds() {
+        let c = Config::parse(
+            r#"
+[pools.a]
+match = ["web-1?", "db"]
+[pools.b]
+match = ["web-*", "{db,cache}-*"]
+[pools.c]
+match = ["*-prod", "web-1*", "d[a-z]", "x\\*", "*"]
+"#,
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let m = Membership::new(&c.pools);
+        let order: Vec<(&str, globset::GlobMatcher)> = c
+            .pools
+            .values()
+            .flat_map(|p| {
+                p.globs.iter().map(|g| {
+                    let g = globset::Glob::new(g).unwrap().compile_matcher();
+                    (p.name.as_str(), g)
+                })
+            })
+            .collect();
+        let names = [
+            "web-12", "web-1", "web-123", "db", "db-1", "cache-9", "api-prod", "dz", "d", "x*",
+            "xy", "", "web-", "WEB-1", "web-1/2", "db/x",
+        ];
+        for name in names {
+            let want = order
+                .iter()
+                .find(|(_, g)| g.is_match(name))
+                .map(|(p, _)| (*p, Via::Match));
+            assert_eq!(m.pool_of(&dom(name, None)), want, "{name:?}");
+        }
+        assert_eq!(m.pool_of(&dom("web-12", None)).map(|p| p.0), Some("a"));
+        assert_eq!(m.pool_of(&dom("db-1", None)).map(|p| p.0), Some("b"));
+        assert_eq!(m.pool_of(&dom("x*", None)).map(|p| p.0), Some("c"));
+    }
+
+    #[test]
+    fn removed_domain_is_unmanaged_only_for_that_pool() {
+        let mut c = Config::parse(
+            "[pools.a]\nmatch = \"web-*\"\n[pools.b]\ndomains = [\"db\"]\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        c.pools.get_mut("a").unwrap().exclude = vec!["web-1".into(), "uuid-web-2".into()];
+        c.pools.get_mut("b").unwrap().exclude = vec!["web-3".into()];
+        let m = Membership::new(&c.pools);
+        assert_eq!(m.pool_of(&dom("web-1", None)), None);
+        assert_eq!(m.pool_of(&dom("web-2", None)), None);
+        assert_eq!(m.pool_of(&dom("web-3", None)), Some(("a", Via::Match)));
+        assert_eq!(m.pool_of(&dom("db", None)), Some(("b", Via::Explicit)));
     }
 
     #[test]

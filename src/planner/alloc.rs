@@ -2,6 +2,8 @@
 //! members with floors, caps and shares. Resource-generic: amounts are
 //! plain integers in a granularity (1 vCPU, 1 MiB, 1 byte/s, 1 IOPS).
 
+use std::cmp::{Ordering, Reverse};
+
 /// One member's claim on a budget, in units of the granularity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claim {
@@ -11,6 +13,36 @@ pub struct Claim {
     pub cap: u64,
     /// Weight, ≥ 1.
     pub shares: u64,
+}
+
+/// Which members rise with the water level, once it is found.
+struct Level {
+    /// Per member: 0 at floor, 1 rising, 2 at cap.
+    state: Vec<u8>,
+    /// Σ of the members at floor or cap.
+    fixed: u128,
+    /// Σ shares of the rising members.
+    slope: u128,
+}
+
+/// A water level at which a member starts (`value` = floor) or stops
+/// (`value` = cap) rising: λ = value / shares, compared exactly.
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    value: u64,
+    shares: u64,
+}
+
+impl Point {
+    fn cmp(self, o: Point) -> Ordering {
+        (self.value as u128 * o.shares as u128).cmp(&(o.value as u128 * self.shares as u128))
+    }
+
+    /// Strictly between `lo` and `hi` (`None`: unbounded).
+    fn inside(self, lo: Option<Point>, hi: Option<Point>) -> bool {
+        lo.is_none_or(|l| l.cmp(self) == Ordering::Less)
+            && hi.is_none_or(|h| self.cmp(h) == Ordering::Less)
+    }
 }
 
 /// Splits `budget` among `claims` by weighted max-min fairness ("water
@@ -29,7 +61,8 @@ pub struct Claim {
 /// shares never lowers its result (monotone in shares, SPEC §2 inv. 6).
 ///
 /// The caller guarantees Σ floors ≤ budget (admission); if not, floors are
-/// returned as they are. O(n log n).
+/// returned as they are. O(n) expected: the water level is found by
+/// selection (quickselect on the breakpoints), not by sorting them.
 pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
     let n = claims.len();
     let floor = |i: usize| claims[i].floor.min(claims[i].cap);
@@ -44,59 +77,11 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
         return (0..n).map(cap).collect();
     }
     let b = budget as u128;
-
-    // Breakpoints of the water level: member i starts rising at
-    // λ = floor/shares and stops at λ = cap/shares.
-    // (approximate λ, value, member, is start)
-    let mut events: Vec<(f64, u128, usize, bool)> = Vec::with_capacity(2 * n);
-    for i in 0..n {
-        let s = shares(i) as f64;
-        events.push((floor(i) as f64 / s, floor(i) as u128, i, true));
-        events.push((cap(i) as f64 / s, cap(i) as u128, i, false));
-    }
-    // By λ = value / shares(i) — exactly: the float only decides when the
-    // two levels differ by far more than its rounding error — and at equal
-    // λ, starts before stops.
-    events.sort_unstable_by(|&(fa, va, ia, sa), &(fb, vb, ib, sb)| {
-        let by_level = if (fa - fb).abs() > 1e-9 * fa.abs().max(fb.abs()) {
-            fa.total_cmp(&fb)
-        } else {
-            (va * shares(ib)).cmp(&(vb * shares(ia)))
-        };
-        by_level.then(sb.cmp(&sa)).then(ia.cmp(&ib))
-    });
-    // Total at level λ = fixed + λ × slope, where `fixed` counts members
-    // at their floor (not started) or cap (stopped), `slope` the shares of
-    // the rising ones.
-    let mut fixed: u128 = floors;
-    let mut slope: u128 = 0;
-    let mut state = vec![0u8; n]; // 0 at floor, 1 rising, 2 at cap
-    let mut k = 0;
-    while k < events.len() {
-        let (_, v, i, _) = events[k];
-        let (p, q) = (v, shares(i));
-        // Total at this breakpoint ≥ budget: the level lies before it.
-        if fixed * q + p * slope >= b * q {
-            break;
-        }
-        // Apply every event at this same level.
-        while k < events.len() {
-            let (_, v2, j, start) = events[k];
-            if v2 * q != p * shares(j) {
-                break;
-            }
-            if start {
-                fixed -= floor(j) as u128;
-                slope += shares(j);
-                state[j] = 1;
-            } else {
-                slope -= shares(j);
-                fixed += cap(j) as u128;
-                state[j] = 2;
-            }
-            k += 1;
-        }
-    }
+    let Level {
+        state,
+        fixed,
+        slope,
+    } = level_select(b, claims);
     let mut out: Vec<u64> = (0..n)
         .map(|i| if state[i] == 2 { cap(i) } else { floor(i) })
         .collect();
@@ -107,20 +92,38 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
     let rest = b - fixed;
     let mut given: u128 = 0;
     let mut prio: Vec<usize> = Vec::new();
+    let slope64 = u64::try_from(slope).ok();
     for i in (0..n).filter(|&i| state[i] == 1) {
         let num = rest * shares(i);
-        let e = num / slope;
+        // One 64-bit division when the numbers fit (the usual case).
+        let (e, exact) = match (u64::try_from(num), slope64) {
+            (Ok(num), Some(slope)) => ((num / slope) as u128, num % slope == 0),
+            _ => (num / slope, num % slope == 0),
+        };
         out[i] = e as u64;
         given += e;
-        if num % slope != 0 {
+        if !exact {
             prio.push(i);
         }
     }
-    let mut left = rest - given;
+    let left = rest - given;
     // Leftover units (fewer than `prio`): highest shares first, then the
     // lower index. A priority that depends only on the member's own shares
     // keeps the result monotone in shares (largest remainder does not).
-    prio.sort_unstable_by(|&a, &c| shares(c).cmp(&shares(a)).then(a.cmp(&c)));
+    let key = |&i: &usize| (Reverse(claims[i].shares.max(1)), i);
+    let left = usize::try_from(left).unwrap_or(usize::MAX);
+    if left < prio.len() && prio.iter().all(|&i| out[i] < cap(i)) {
+        // Each of the first `left` gets one unit: their order is moot.
+        if left > 0 {
+            prio.select_nth_unstable_by_key(left - 1, key);
+        }
+        for &i in &prio[..left] {
+            out[i] += 1;
+        }
+        return out;
+    }
+    prio.sort_unstable_by_key(key);
+    let mut left = left;
     for &i in &prio {
         if left == 0 {
             break;
@@ -133,9 +136,197 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
     out
 }
 
+/// The water level λ₀ — the lowest level where the total Σ clamp(λ ×
+/// shares, floor, cap) reaches the budget — by selection over the
+/// breakpoints: the level is kept in a bracket (lo, hi] with
+/// total(lo) < budget ≤ total(hi); each round evaluates the total exactly
+/// at a breakpoint strictly inside the bracket (quickselect: a random
+/// one) and narrows the bracket to one side of it.
+/// Members with no breakpoint left inside are settled — at floor, rising
+/// or at cap — and summed, so later rounds only visit the others: O(n)
+/// expected. Member i rises iff floor/shares < λ₀ ≤ cap/shares.
+fn level_select(b: u128, claims: &[Claim]) -> Level {
+    let n = claims.len();
+    let floor = |i: usize| claims[i].floor.min(claims[i].cap);
+    let cap = |i: usize| claims[i].cap;
+    let sh = |i: usize| claims[i].shares.max(1);
+    let start = |i: usize| Point {
+        value: floor(i),
+        shares: sh(i),
+    };
+    let stop = |i: usize| Point {
+        value: cap(i),
+        shares: sh(i),
+    };
+    let mut state = vec![0u8; n];
+    let (mut fixed, mut slope) = (0u128, 0u128);
+    let (mut lo, mut hi): (Option<Point>, Option<Point>) = (None, None);
+    let mut active: Vec<usize> = (0..n).collect();
+    // Pivots: the breakpoint of a pseudo-random active member (a fixed
+    // sequence, so the work done is reproducible; the result does not
+    // depend on the pivots).
+    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
+    while !active.is_empty() {
+        rng = rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let j = active[((rng >> 33) as usize) % active.len()];
+        // Every active member has a breakpoint inside the bracket.
+        let p = if start(j).inside(lo, hi) {
+            start(j)
+        } else {
+            stop(j)
+        };
+        // total(p) × p.shares ≥ b × p.shares? Exact; saturating is safe as
+        // every term is ≥ 0 and b × p.shares < u128::MAX.
+        let q = p.shares as u128;
+        let mut total = fixed
+            .saturating_mul(q)
+            .saturating_add((p.value as u128).saturating_mul(slope));
+        for &j in &active {
+            let x = p.value as u128 * sh(j) as u128;
+            let f = floor(j) as u128 * q;
+            let c = cap(j) as u128 * q;
+            total = total.saturating_add(x.clamp(f, c));
+        }
+        if total >= b * q {
+            hi = Some(p);
+        } else {
+            lo = Some(p);
+        }
+        active.retain(|&j| {
+            let (st, sp) = (start(j), stop(j));
+            if st.inside(lo, hi) || sp.inside(lo, hi) {
+                return true;
+            }
+            // Both outside (lo, hi), and λ₀ is in (lo, hi].
+            let below = |p: Point| lo.is_some_and(|l| p.cmp(l) != Ordering::Greater);
+            if below(sp) {
+                state[j] = 2;
+                fixed += cap(j) as u128;
+            } else if below(st) {
+                state[j] = 1;
+                slope += sh(j) as u128;
+            } else {
+                fixed += floor(j) as u128;
+            }
+            false
+        });
+    }
+    Level {
+        state,
+        fixed,
+        slope,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sort-based allocator this one replaced: results must agree.
+    fn reference(budget: u64, claims: &[Claim]) -> Vec<u64> {
+        let n = claims.len();
+        let floor = |i: usize| claims[i].floor.min(claims[i].cap);
+        let cap = |i: usize| claims[i].cap;
+        let shares = |i: usize| claims[i].shares.max(1) as u128;
+        let floors: u128 = (0..n).map(|i| floor(i) as u128).sum();
+        if floors >= budget as u128 || n == 0 {
+            return (0..n).map(floor).collect();
+        }
+        let caps: u128 = (0..n).map(|i| cap(i) as u128).sum();
+        if caps <= budget as u128 {
+            return (0..n).map(cap).collect();
+        }
+        let b = budget as u128;
+
+        // Breakpoints of the water level: member i starts rising at
+        // λ = floor/shares and stops at λ = cap/shares.
+        // (approximate λ, value, member, is start)
+        let mut events: Vec<(f64, u128, usize, bool)> = Vec::with_capacity(2 * n);
+        for i in 0..n {
+            let s = shares(i) as f64;
+            events.push((floor(i) as f64 / s, floor(i) as u128, i, true));
+            events.push((cap(i) as f64 / s, cap(i) as u128, i, false));
+        }
+        // By λ = value / shares(i) — exactly: the float only decides when the
+        // two levels differ by far more than its rounding error — and at equal
+        // λ, starts before stops.
+        events.sort_unstable_by(|&(fa, va, ia, sa), &(fb, vb, ib, sb)| {
+            let by_level = if (fa - fb).abs() > 1e-9 * fa.abs().max(fb.abs()) {
+                fa.total_cmp(&fb)
+            } else {
+                (va * shares(ib)).cmp(&(vb * shares(ia)))
+            };
+            by_level.then(sb.cmp(&sa)).then(ia.cmp(&ib))
+        });
+        // Total at level λ = fixed + λ × slope, where `fixed` counts members
+        // at their floor (not started) or cap (stopped), `slope` the shares of
+        // the rising ones.
+        let mut fixed: u128 = floors;
+        let mut slope: u128 = 0;
+        let mut state = vec![0u8; n]; // 0 at floor, 1 rising, 2 at cap
+        let mut k = 0;
+        while k < events.len() {
+            let (_, v, i, _) = events[k];
+            let (p, q) = (v, shares(i));
+            // Total at this breakpoint ≥ budget: the level lies before it.
+            if fixed * q + p * slope >= b * q {
+                break;
+            }
+            // Apply every event at this same level.
+            while k < events.len() {
+                let (_, v2, j, start) = events[k];
+                if v2 * q != p * shares(j) {
+                    break;
+                }
+                if start {
+                    fixed -= floor(j) as u128;
+                    slope += shares(j);
+                    state[j] = 1;
+                } else {
+                    slope -= shares(j);
+                    fixed += cap(j) as u128;
+                    state[j] = 2;
+                }
+                k += 1;
+            }
+        }
+        let mut out: Vec<u64> = (0..n)
+            .map(|i| if state[i] == 2 { cap(i) } else { floor(i) })
+            .collect();
+        if slope == 0 {
+            return out;
+        }
+        // The rising members share `rest` exactly in proportion to shares.
+        let rest = b - fixed;
+        let mut given: u128 = 0;
+        let mut prio: Vec<usize> = Vec::new();
+        for i in (0..n).filter(|&i| state[i] == 1) {
+            let num = rest * shares(i);
+            let e = num / slope;
+            out[i] = e as u64;
+            given += e;
+            if num % slope != 0 {
+                prio.push(i);
+            }
+        }
+        let mut left = rest - given;
+        // Leftover units (fewer than `prio`): highest shares first, then the
+        // lower index. A priority that depends only on the member's own shares
+        // keeps the result monotone in shares (largest remainder does not).
+        prio.sort_unstable_by(|&a, &c| shares(c).cmp(&shares(a)).then(a.cmp(&c)));
+        for &i in &prio {
+            if left == 0 {
+                break;
+            }
+            if out[i] < cap(i) {
+                out[i] += 1;
+                left -= 1;
+            }
+        }
+        out
+    }
 
     fn c(floor: u64, cap: u64, shares: u64) -> Claim {
         Claim { floor, cap, shares }
@@ -186,6 +377,14 @@ mod tests {
     #[test]
     fn floors_over_budget_returned_unchanged() {
         assert_eq!(water_fill(3, &[c(2, 5, 1), c(2, 5, 1)]), vec![2, 2]);
+    }
+
+    #[test]
+    fn same_as_reference_with_ties() {
+        // Many equal levels, an unlimited cap, mixed shares.
+        let mut cl: Vec<Claim> = (0..500).map(|i| c(1, 8, 500 + (i % 7) * 500)).collect();
+        cl.push(c(3, u64::MAX, 1000));
+        assert_eq!(water_fill(1200, &cl), reference(1200, &cl));
     }
 
     #[test]
@@ -259,6 +458,32 @@ mod tests {
                     }
                 }
             }
+        }
+
+        /// Same results as the sort-based reference, also with huge values
+        /// (unlimited caps) and many equal levels.
+        #[test]
+        fn same_as_reference((budget, cl) in claims(), big in 0usize..4, same in proptest::bool::ANY) {
+            let mut cl = cl;
+            for (k, c) in cl.iter_mut().enumerate() {
+                if same {
+                    c.shares = 1000 * (1 + (k as u64 % 2));
+                    c.floor %= 3;
+                }
+                if big > 0 && k % big == 0 {
+                    c.cap = u64::MAX - (k as u64 % 3);
+                }
+            }
+            proptest::prop_assert_eq!(water_fill(budget, &cl), reference(budget, &cl));
+        }
+
+        #[test]
+        fn same_as_reference_large(
+            budget in 0u64..(1 << 44),
+            v in proptest::collection::vec((0u64..(1 << 34), 0u64..(1 << 36), 1u64..2_000_000), 0..60),
+        ) {
+            let cl: Vec<Claim> = v.into_iter().map(|(f, extra, s)| c(f, f + extra, s)).collect();
+            proptest::prop_assert_eq!(water_fill(budget, &cl), reference(budget, &cl));
         }
 
         #[test]

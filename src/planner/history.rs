@@ -158,21 +158,88 @@ impl History {
     /// A new run (another libvirt ID, see [`History::observe`]) starts
     /// clean. `None` IDs count as the same run.
     pub fn vcpus_frozen(&self, d: &DomainObs, want: u64) -> Option<PendingVcpus> {
-        let p = self.vcpu_pending.get(&d.uuid).copied()?;
-        let same_run = match (p.run, d.id) {
-            (Some(run), Some(id)) => run == id,
-            _ => true,
-        };
-        let unsettled = d.vcpus != p.to;
-        let regrow = p.is_removal() && want > d.vcpus;
-        (same_run && (unsettled || regrow)).then_some(p)
+        frozen_at(self.vcpu_pending.get(&d.uuid).copied(), d, want)
     }
 
     /// Whether the vCPU cooldown of a domain is still running at `now`.
     pub fn in_cooldown(&self, uuid: &str, now: u64, cooldown: u64) -> bool {
-        self.vcpu_changed_at
-            .get(uuid)
-            .is_some_and(|&t| now < t.saturating_add(cooldown))
+        cooling_at(self.vcpu_changed_at.get(uuid).copied(), now, cooldown)
+    }
+}
+
+/// [`History::vcpus_frozen`] with the domain's entry already looked up.
+pub(crate) fn frozen_at(p: Option<PendingVcpus>, d: &DomainObs, want: u64) -> Option<PendingVcpus> {
+    let p = p?;
+    let same_run = match (p.run, d.id) {
+        (Some(run), Some(id)) => run == id,
+        _ => true,
+    };
+    let unsettled = d.vcpus != p.to;
+    let regrow = p.is_removal() && want > d.vcpus;
+    (same_run && (unsettled || regrow)).then_some(p)
+}
+
+/// [`History::in_cooldown`] with the domain's entry already looked up.
+pub(crate) fn cooling_at(changed_at: Option<u64>, now: u64, cooldown: u64) -> bool {
+    changed_at.is_some_and(|t| now < t.saturating_add(cooldown))
+}
+
+/// One domain's entries in a [`History`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Entry {
+    pub changed_at: Option<u64>,
+    pub pending: Option<PendingVcpus>,
+    pub reclaim: u64,
+}
+
+/// Looks up the history of domains visited in ascending UUID order: a
+/// merge with the history's sorted maps, O(domains + entries) for a whole
+/// cycle instead of a tree search per domain.
+pub(crate) struct Cursor<'h> {
+    changed_at: Seek<'h, u64>,
+    pending: Seek<'h, PendingVcpus>,
+    reclaim: Seek<'h, u64>,
+}
+
+struct Seek<'h, V>(std::iter::Peekable<std::collections::btree_map::Iter<'h, String, V>>);
+
+impl<'h, V: Copy> Seek<'h, V> {
+    fn new(m: &'h BTreeMap<String, V>) -> Self {
+        Seek(m.iter().peekable())
+    }
+
+    /// The entry of `uuid`; later calls must not pass a smaller UUID.
+    fn get(&mut self, uuid: &str) -> Option<V> {
+        while let Some((k, _)) = self.0.peek() {
+            if k.as_str() < uuid {
+                self.0.next();
+            } else {
+                break;
+            }
+        }
+        match self.0.peek() {
+            Some((k, v)) if k.as_str() == uuid => Some(**v),
+            _ => None,
+        }
+    }
+}
+
+impl<'h> Cursor<'h> {
+    pub fn new(h: &'h History) -> Self {
+        Cursor {
+            changed_at: Seek::new(&h.vcpu_changed_at),
+            pending: Seek::new(&h.vcpu_pending),
+            reclaim: Seek::new(&h.reclaim),
+        }
+    }
+
+    /// The entries of `uuid`; UUIDs must come in ascending order.
+    pub fn get(&mut self, uuid: &str) -> Entry {
+        Entry {
+            changed_at: self.changed_at.get(uuid),
+            pending: self.pending.get(uuid),
+            reclaim: self.reclaim.get(uuid).unwrap_or(0),
+        }
     }
 }
 

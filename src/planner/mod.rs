@@ -25,6 +25,7 @@ pub mod disk;
 pub mod history;
 mod pressure;
 mod stability;
+mod strmap;
 pub mod testing;
 pub mod weights;
 
@@ -38,6 +39,7 @@ use crate::model::{Action, DomainObs, DomainState, PerResource, Reason, Resource
 use alloc::Claim;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+pub(crate) use strmap::StrMap;
 
 const MIB: u64 = 1 << 20;
 
@@ -162,7 +164,7 @@ pub struct Plan {
 
 /// The first 8 bytes of `s`, big-endian (zero-padded): ordering these
 /// integers agrees with ordering the strings on those bytes.
-fn prefix_key(s: &str) -> u64 {
+pub(crate) fn prefix_key(s: &str) -> u64 {
     let mut b = [0u8; 8];
     let n = s.len().min(8);
     b[..n].copy_from_slice(&s.as_bytes()[..n]);
@@ -213,6 +215,8 @@ pub(crate) struct Work<'a> {
     budget: PerResource<Option<u64>>,
     /// Parallel to `plans`.
     doms: Vec<&'a DomainObs>,
+    /// The members' history entries (parallel to `plans`).
+    hist: Vec<history::Entry>,
     plans: Vec<MemberPlan>,
     /// Tunable disks per member (parallel to `plans`).
     disks: Vec<usize>,
@@ -249,13 +253,30 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
             .then_with(|| a.uuid.cmp(&b.uuid))
             .then_with(|| a.name.cmp(&b.name))
     });
-    let domains = keyed.into_iter().map(|(_, d)| d);
 
-    let mut by_pool: BTreeMap<&str, Vec<(&DomainObs, Via)>> = BTreeMap::new();
+    // Membership pools → config pools (the same list when the membership
+    // was compiled from this config).
+    let cfg_names: Vec<&str> = cfg.pools.keys().map(String::as_str).collect();
+    let to_cfg: Vec<Option<usize>> = membership
+        .pool_names()
+        .iter()
+        .map(|n| cfg_names.binary_search(&n.as_str()).ok())
+        .collect();
+    let mut by_pool: Vec<Vec<Member<'_>>> = (0..cfg_names.len()).map(|_| Vec::new()).collect();
     let mut unmanaged = Vec::new();
-    for d in domains {
-        match membership.pool_of(d) {
-            Some((p, via)) => by_pool.entry(p).or_default().push((d, via)),
+    // Domains come in UUID order: one merge with the history's maps.
+    let mut hist = history::Cursor::new(input.history);
+    for (_, d) in keyed {
+        match membership.pool_index_of(d) {
+            Some((k, via)) => {
+                if let Some(c) = to_cfg[k] {
+                    by_pool[c].push(Member {
+                        d,
+                        via,
+                        hist: hist.get(&d.uuid),
+                    });
+                }
+            }
             None => unmanaged.push(Unmanaged {
                 name: d.name.clone(),
                 uuid: d.uuid.clone(),
@@ -271,8 +292,8 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
     let mut works: Vec<Work<'_>> = cfg
         .pools
         .values()
-        .map(|pool| {
-            let members = by_pool.remove(pool.name.as_str()).unwrap_or_default();
+        .zip(by_pool)
+        .map(|(pool, members)| {
             let reservations = input.reservations.get(&pool.name).unwrap_or(&empty);
             prepare_pool(input, pool, &alloc, members, reservations)
         })
@@ -322,6 +343,34 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
     }
 }
 
+/// A domain in a pool, before planning.
+struct Member<'a> {
+    d: &'a DomainObs,
+    via: Via,
+    hist: history::Entry,
+}
+
+/// Name-or-UUID lookups in a per-domain map (member overrides,
+/// reservations), hashed once per cycle.
+struct ByDomain<'m, V>(StrMap<&'m str, &'m V>);
+
+impl<'m, V> ByDomain<'m, V> {
+    fn new(m: &'m BTreeMap<String, V>) -> Self {
+        ByDomain(m.iter().map(|(k, v)| (k.as_str(), v)).collect())
+    }
+
+    /// The entry of the domain's name, else of its UUID.
+    fn get(&self, d: &DomainObs) -> Option<&'m V> {
+        if self.0.is_empty() {
+            return None;
+        }
+        self.0
+            .get(d.name.as_str())
+            .or_else(|| self.0.get(d.uuid.as_str()))
+            .copied()
+    }
+}
+
 /// Floor, cap and weight of one member for one resource, in units of the
 /// resource's granularity.
 #[derive(Debug, Clone, Copy)]
@@ -337,13 +386,16 @@ fn prepare_pool<'a>(
     input: &PlanInput<'_>,
     pool: &'a Pool,
     alloc: &Allocatable,
-    members: Vec<(&'a DomainObs, Via)>,
+    members: Vec<Member<'a>>,
     reservations: &BTreeMap<String, PerResource<Option<u64>>>,
 ) -> Work<'a> {
     let budget = Config::pool_budget(pool, alloc);
     let n = members.len();
+    let overrides = ByDomain::new(&pool.members);
+    let reservations = ByDomain::new(reservations);
     let mut plans = Vec::with_capacity(n);
     let mut doms = Vec::with_capacity(n);
+    let mut hist = Vec::with_capacity(n);
     let mut disks = Vec::with_capacity(n);
     let mut disk_shares = Vec::with_capacity(n);
     let mut bounds: Vec<[Option<Bound>; 4]> = Vec::with_capacity(n);
@@ -356,7 +408,7 @@ fn prepare_pool<'a>(
     } else {
         None
     };
-    for (m, (d, via)) in members.into_iter().enumerate() {
+    for (m, Member { d, via, hist: h }) in members.into_iter().enumerate() {
         let is_active = d.state.is_active();
         plans.push(MemberPlan {
             name: d.name.clone(),
@@ -368,15 +420,11 @@ fn prepare_pool<'a>(
             alloc: PerResource::default(),
         });
         doms.push(d);
+        hist.push(h);
         let tunable = disk::tunable_count(&d.disks);
         disks.push(tunable);
-        let over = pool
-            .members
-            .get(&d.name)
-            .or_else(|| pool.members.get(&d.uuid));
-        let res = reservations
-            .get(&d.name)
-            .or_else(|| reservations.get(&d.uuid));
+        let over = overrides.get(d);
+        let res = reservations.get(d);
         let lim = |r: Resource| -> Limits {
             let base = pool
                 .resources
@@ -493,6 +541,7 @@ fn prepare_pool<'a>(
         pool,
         budget,
         doms,
+        hist,
         plans,
         disks,
         disk_shares,

@@ -21,7 +21,6 @@
 use super::{Work, MIB};
 use crate::model::{BalloonStats, Reason};
 use crate::units;
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 /// Shrink step of a member with `actual` bytes: `memory.max_shrink`, at
@@ -35,19 +34,20 @@ pub(super) fn ceil_mib(b: u64) -> u64 {
 }
 
 /// Free fraction of a guest as a rational (free, total); unknown = (0, 1).
-fn idle(b: Option<BalloonStats>) -> (u128, u128) {
+fn idle(b: Option<BalloonStats>) -> (u64, u64) {
     match b.and_then(|s| Some((s.available?, s.used()?))) {
-        Some((total, used)) if total > 0 => (total.saturating_sub(used) as u128, total as u128),
+        Some((total, used)) if total > 0 => (total.saturating_sub(used), total),
         _ => (0, 1),
     }
 }
 
+#[derive(Clone, Copy)]
 struct Cand<'a> {
     w: usize,
     m: usize,
     uuid: &'a str,
     shares: u64,
-    idle: (u128, u128),
+    idle: (u64, u64),
     has_stats: bool,
     actual: u64,
     target: u64,
@@ -55,12 +55,41 @@ struct Cand<'a> {
     reclaim: u64,
 }
 
-/// Order in which reclaim is taken: low shares, most idle, UUID.
-fn take_order(a: &Cand<'_>, b: &Cand<'_>) -> Ordering {
-    a.shares
-        .cmp(&b.shares)
-        .then_with(|| (b.idle.0 * a.idle.1).cmp(&(a.idle.0 * b.idle.1)))
-        .then_with(|| a.uuid.cmp(b.uuid))
+/// A candidate's place in the order reclaim is taken: low shares, most
+/// idle, UUID, then where it was found (so an unstable sort of these small
+/// keys orders like a stable sort of the candidates).
+struct Key {
+    shares: u64,
+    idle: (u64, u64),
+    /// First bytes of the UUID ([`super::prefix_key`]).
+    uuid: u64,
+    pos: usize,
+}
+
+/// Sorts candidates in the order reclaim is taken (see [`Key`]).
+fn take_order<'a>(cands: &[Cand<'a>]) -> Vec<Cand<'a>> {
+    let mut keys: Vec<Key> = cands
+        .iter()
+        .enumerate()
+        .map(|(pos, c)| Key {
+            shares: c.shares,
+            idle: c.idle,
+            uuid: super::prefix_key(c.uuid),
+            pos,
+        })
+        .collect();
+    let more_idle = |a: (u64, u64), b: (u64, u64)| {
+        (b.0 as u128 * a.1 as u128).cmp(&(a.0 as u128 * b.1 as u128))
+    };
+    keys.sort_unstable_by(|a, b| {
+        a.shares
+            .cmp(&b.shares)
+            .then_with(|| more_idle(a.idle, b.idle))
+            .then_with(|| a.uuid.cmp(&b.uuid))
+            .then_with(|| cands[a.pos].uuid.cmp(cands[b.pos].uuid))
+            .then(a.pos.cmp(&b.pos))
+    });
+    keys.iter().map(|k| cands[k.pos]).collect()
 }
 
 /// Lowers memory targets for host pressure. Returns whether the host is
@@ -83,7 +112,7 @@ pub(super) fn apply(
             let Some(a) = p.alloc.memory.filter(|_| p.admitted) else {
                 continue;
             };
-            let prev = input.history.reclaim.get(&p.uuid).copied().unwrap_or(0);
+            let prev = work.hist[m].reclaim;
             let has_stats = a.used.is_some();
             if !pressure && prev == 0 {
                 continue;
@@ -106,7 +135,7 @@ pub(super) fn apply(
             });
         }
     }
-    cands.sort_by(take_order);
+    let mut cands = take_order(&cands);
 
     if pressure {
         let need = threshold - host.memory_available;
@@ -151,15 +180,23 @@ pub(super) fn apply(
         .map(|c| (c.w, c.m, c.reclaim))
         .collect();
     drop(cands);
-    let mut reclaim = BTreeMap::new();
-    for (w, m, r) in lowered {
+    // By UUID (then in the order taken: for a repeated UUID the last one
+    // counts), so the map is built from sorted entries in one pass.
+    let mut entries: Vec<(u64, usize, &str, u64)> = Vec::with_capacity(lowered.len());
+    for (pos, &(w, m, r)) in lowered.iter().enumerate() {
         let p = &mut works[w].plans[m];
         if let Some(a) = p.alloc.memory.as_mut() {
             a.target -= r;
             a.target_reason = Reason::Pressure;
             a.reason = Reason::Pressure;
         }
-        reclaim.insert(p.uuid.clone(), r);
+        let uuid = works[w].doms[m].uuid.as_str();
+        entries.push((super::prefix_key(uuid), pos, uuid, r));
     }
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(b.2)).then(a.1.cmp(&b.1)));
+    let reclaim = entries
+        .into_iter()
+        .map(|(_, _, uuid, r)| (uuid.to_owned(), r))
+        .collect();
     (pressure, reclaim)
 }

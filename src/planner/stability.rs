@@ -17,7 +17,7 @@
 //!   shrinks at the rate limit.
 
 use super::alloc::{water_fill, Claim};
-use super::{pressure, Alloc, PendingVcpus, Work};
+use super::{history, pressure, Alloc, PendingVcpus, Work};
 use crate::model::{Reason, Resource};
 use crate::units;
 
@@ -55,16 +55,17 @@ pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
             let grow = match r {
                 Resource::Vcpus => {
                     let d = work.doms[m];
+                    let h = &work.hist[m];
                     if a.target == a.actual {
                         a.next = a.actual;
                         false
-                    } else if let Some(pv) = input.history.vcpus_frozen(d, a.target) {
+                    } else if let Some(pv) = history::frozen_at(h.pending, d, a.target) {
                         hold(a, Reason::Pending);
                         if p.note.is_none() {
                             p.note = Some(frozen_note(&pv));
                         }
                         false
-                    } else if input.history.in_cooldown(&d.uuid, input.now, cooldown) {
+                    } else if history::cooling_at(h.changed_at, input.now, cooldown) {
                         hold(a, Reason::Cooldown);
                         false
                     } else if a.target < a.actual {
