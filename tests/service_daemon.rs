@@ -341,17 +341,19 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
     );
     assert_eq!(reloads[1]["ok"], true);
     assert!(audit.contains("\"event\":\"action\""), "{audit}");
-    // ... and GET /v1/audit serves the same records, numbered.
-    let served = api_json(&sock, "/v1/audit?limit=1000");
-    let served = served.as_array().unwrap();
+    // ... and GET /v1/events (and its alias /v1/audit) serve the same
+    // records, numbered.
+    let served = api_json(&sock, "/v1/events?limit=1000");
+    assert_eq!(served, api_json(&sock, "/v1/audit?limit=1000"));
+    let served = served["events"].as_array().unwrap();
     assert_eq!(served.len(), audit.lines().count());
     assert_eq!(served[0]["event"], "started");
     assert!(served
         .windows(2)
         .all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()));
     let since = served[served.len() - 2]["seq"].as_u64().unwrap();
-    let tail = api_json(&sock, &format!("/v1/audit?since={since}"));
-    assert_eq!(tail.as_array().unwrap().len(), 1);
+    let tail = api_json(&sock, &format!("/v1/events?since={since}"));
+    assert_eq!(tail["events"].as_array().unwrap().len(), 1);
 
     // SIGTERM: STOPPING=1, exit 0, state persisted, no socket left.
     kill(d.pid(), Signal::SIGTERM).unwrap();
