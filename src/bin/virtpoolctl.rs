@@ -17,7 +17,7 @@ use virtpool::units::{self, Amount, Bytes, Unit};
 
 /// Control a running virtpoold: pools, members, reservations, pause.
 #[derive(Parser, Debug)]
-#[command(name = "virtpoolctl", version, about, long_about = None)]
+#[command(name = "virtpoolctl", version, long_about = None)]
 struct Cli {
     /// The agent's API socket.
     #[arg(long, global = true, env = "VIRTPOOL_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -149,6 +149,16 @@ impl From<ClientError> for Fail {
 }
 
 fn main() -> ExitCode {
+    if let Some(dir) = virtpool::assets::requested() {
+        use clap::CommandFactory;
+        return match virtpool::assets::generate(Cli::command(), "1", &dir) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("virtpoolctl: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
