@@ -127,7 +127,13 @@ impl Daemon {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.path().join("stderr.log"))
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         Daemon {
@@ -484,6 +490,32 @@ fn events_survive_a_restart_and_are_read_across_rotation() {
         .collect();
     let stopped = first_run.last().unwrap().clone();
     assert_eq!(stopped["event"], "stopping");
+    // Each action was also one structured log line (human stderr: no
+    // journal here), with the same fields as its audit record.
+    let log = std::fs::read_to_string(d.dir.path().join("stderr.log")).unwrap();
+    let action = first_run.iter().find(|e| e["event"] == "action").unwrap();
+    let line = log
+        .lines()
+        .find(|l| {
+            l.contains(" applied ")
+                && l.contains(&format!(
+                    "domain=\"{}\"",
+                    action["domain"].as_str().unwrap()
+                ))
+                && l.contains(&format!(
+                    "resource=\"{}\"",
+                    action["resource"].as_str().unwrap()
+                ))
+        })
+        .unwrap_or_else(|| panic!("no log line for {action}: {log}"));
+    for k in ["before", "after", "reason"] {
+        let v = action[k].as_str().unwrap();
+        assert!(
+            line.contains(&format!("{k}=\"{v}\"")) || line.contains(&format!("{k}={v}")),
+            "{k}: {line}"
+        );
+    }
+    assert!(line.contains("result=\"ok\""), "{line}");
     let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
     drop(d);
     let mut d = Daemon::start_in(dir, Duration::from_secs(10));
@@ -525,6 +557,18 @@ fn events_survive_a_restart_and_are_read_across_rotation() {
         "{text}"
     );
 
-    kill(d.pid(), Signal::SIGTERM).unwrap();
+    // SIGINT stops it like SIGTERM: exit 0, socket gone, stop recorded.
+    kill(d.pid(), Signal::SIGINT).unwrap();
+    d.wait_line("STOPPING=1", Duration::from_secs(10));
     assert_eq!(d.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    assert!(!sock.exists());
+    let audit = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .last()
+            .unwrap()
+            .contains("\"event\":\"stopping\""),
+        "{audit}"
+    );
 }
