@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds target/debian/virtpool_*.deb: release binaries, the man page and
-# shell completions generated from the same build, then `cargo deb`.
+# Builds target/debian/virtpool_*.deb: release binaries, the man pages and
+# shell completions of both binaries generated from the same build, then
+# `cargo deb`.
 # Needs cargo-deb (`cargo install cargo-deb`). Not part of CI (slow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,7 @@ command -v cargo-deb >/dev/null || { echo "cargo-deb not found: cargo install ca
 cargo build --release --bins
 rm -rf target/assets
 target/release/virtpoold --generate-assets target/assets
+target/release/virtpoolctl --generate-assets target/assets
 # Debug symbols go to a separate virtpool-dbgsym .ddeb (Debian practice);
 # the main package ships stripped binaries.
 cargo deb --no-build --dbgsym "$@"

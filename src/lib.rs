@@ -7,6 +7,7 @@
 //! serves. See `docs/ARCHITECTURE.md`.
 
 pub mod api;
+pub mod assets;
 pub mod audit;
 pub mod client;
 pub mod config;

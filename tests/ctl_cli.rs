@@ -179,7 +179,9 @@ async fn every_subcommand_works() {
         .starts_with("pool web (config) [paused]"));
     assert_eq!(ok(&s, &["resume", "web"]).await, "pool \"web\" resumed\n");
     let ev = ok(&s, &["events", "--limit", "100"]).await;
-    assert!(ev.contains("change  uid 0: pool \"web\" resumed"), "{ev}");
+    let last = ev.lines().rfind(|l| l.contains(" change ")).unwrap();
+    assert!(last.ends_with(" uid 0: pool \"web\" resumed"), "{ev}");
+    assert!(ev.lines().next().unwrap().contains(" started "), "{ev}");
 
     // --json prints the API's JSON.
     let v: serde_json::Value =

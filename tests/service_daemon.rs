@@ -85,11 +85,17 @@ impl Drop for Daemon {
 
 impl Daemon {
     fn start(watchdog: Duration) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
+        Daemon::start_in(tempfile::tempdir().unwrap(), watchdog)
+    }
+
+    /// Starts the agent over `dir` (its state directory kept from a
+    /// previous run, if any).
+    fn start_in(dir: tempfile::TempDir, watchdog: Duration) -> Daemon {
         let config = dir.path().join("virtpool.toml");
         let port = free_port();
         std::fs::write(&config, config_text(dir.path(), port, "")).unwrap();
         let notify = dir.path().join("notify.sock");
+        let _ = std::fs::remove_file(&notify);
         let sock = UnixDatagram::bind(&notify).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
@@ -121,7 +127,13 @@ impl Daemon {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.path().join("stderr.log"))
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         Daemon {
@@ -341,17 +353,19 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
     );
     assert_eq!(reloads[1]["ok"], true);
     assert!(audit.contains("\"event\":\"action\""), "{audit}");
-    // ... and GET /v1/audit serves the same records, numbered.
-    let served = api_json(&sock, "/v1/audit?limit=1000");
-    let served = served.as_array().unwrap();
+    // ... and GET /v1/events (and its alias /v1/audit) serve the same
+    // records, numbered.
+    let served = api_json(&sock, "/v1/events?limit=1000");
+    assert_eq!(served, api_json(&sock, "/v1/audit?limit=1000"));
+    let served = served["events"].as_array().unwrap();
     assert_eq!(served.len(), audit.lines().count());
     assert_eq!(served[0]["event"], "started");
     assert!(served
         .windows(2)
         .all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()));
     let since = served[served.len() - 2]["seq"].as_u64().unwrap();
-    let tail = api_json(&sock, &format!("/v1/audit?since={since}"));
-    assert_eq!(tail.as_array().unwrap().len(), 1);
+    let tail = api_json(&sock, &format!("/v1/events?since={since}"));
+    assert_eq!(tail["events"].as_array().unwrap().len(), 1);
 
     // SIGTERM: STOPPING=1, exit 0, state persisted, no socket left.
     kill(d.pid(), Signal::SIGTERM).unwrap();
@@ -393,5 +407,168 @@ fn an_inherited_journal_stream_that_is_not_our_stderr_logs_to_stderr() {
     assert!(
         err.contains("WARN") && err.contains("cannot observe libvirt"),
         "{err}"
+    );
+}
+
+/// Audit records `seq` 1..=n (runtime changes) filling `file` to `size`
+/// bytes exactly.
+fn seed_audit(file: &Path, size: usize) -> u64 {
+    use virtpool::audit::{Event, EventKind};
+    let line = |seq: u64, message: String| {
+        let mut ev = Event::now(EventKind::Change { uid: 0, message });
+        ev.seq = seq;
+        let mut l = serde_json::to_vec(&ev).unwrap();
+        l.push(b'\n');
+        l
+    };
+    let mut buf = Vec::with_capacity(size);
+    let mut seq = 0;
+    while size - buf.len() > 300 {
+        seq += 1;
+        buf.extend(line(seq, format!("seed {seq}")));
+    }
+    seq += 1;
+    let base = line(seq, String::new()).len();
+    let pad = "x".repeat(size - buf.len() - base);
+    buf.extend(line(seq, pad));
+    assert_eq!(buf.len(), size);
+    std::fs::write(file, buf).unwrap();
+    seq
+}
+
+#[test]
+fn events_survive_a_restart_and_are_read_across_rotation() {
+    // An audit log 20 bytes short of the rotation size: the agent's first
+    // records rotate it to audit.jsonl.1.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let max = usize::try_from(virtpool::audit::DEFAULT_MAX_BYTES).unwrap();
+    let seeded = seed_audit(&state.join("audit.jsonl"), max - 20);
+    let mut d = Daemon::start_in(dir, Duration::from_secs(10));
+    d.wait_line("READY=1", Duration::from_secs(30));
+    let sock = d.dir.path().join("virtpool.sock");
+    let live = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
+    assert!(
+        live.starts_with(&format!("{{\"seq\":{},", seeded + 1)),
+        "{live}"
+    );
+    assert_eq!(
+        std::fs::metadata(state.join("audit.jsonl.1"))
+            .unwrap()
+            .len(),
+        (max - 20) as u64
+    );
+
+    // A window across the boundary: the last seeded records from .1, then
+    // this run's from the live file.
+    let v = api_json(&sock, &format!("/v1/events?since={}", seeded - 3));
+    let evs = v["events"].as_array().unwrap();
+    let seqs: Vec<u64> = evs.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        &seqs[..4],
+        &[seeded - 2, seeded - 1, seeded, seeded + 1],
+        "{v}"
+    );
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{v}");
+    assert_eq!(evs[0]["message"], format!("seed {}", seeded - 2));
+    assert_eq!(evs[3]["event"], "started");
+    assert!(evs[4..].iter().any(|e| e["event"] == "action"), "{v}");
+    // The default answer is the newest 100, oldest first.
+    let v = api_json(&sock, "/v1/events");
+    let evs = v["events"].as_array().unwrap();
+    assert_eq!(evs.len(), 100);
+    assert_eq!(evs[99]["seq"], *seqs.last().unwrap(), "{v}");
+
+    // Stop, start again over the same state directory.
+    kill(d.pid(), Signal::SIGTERM).unwrap();
+    assert_eq!(d.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    let first_run: Vec<serde_json::Value> = std::fs::read_to_string(state.join("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let stopped = first_run.last().unwrap().clone();
+    assert_eq!(stopped["event"], "stopping");
+    // Each action was also one structured log line (human stderr: no
+    // journal here), with the same fields as its audit record.
+    let log = std::fs::read_to_string(d.dir.path().join("stderr.log")).unwrap();
+    let action = first_run.iter().find(|e| e["event"] == "action").unwrap();
+    let line = log
+        .lines()
+        .find(|l| {
+            l.contains(" applied ")
+                && l.contains(&format!(
+                    "domain=\"{}\"",
+                    action["domain"].as_str().unwrap()
+                ))
+                && l.contains(&format!(
+                    "resource=\"{}\"",
+                    action["resource"].as_str().unwrap()
+                ))
+        })
+        .unwrap_or_else(|| panic!("no log line for {action}: {log}"));
+    for k in ["before", "after", "reason"] {
+        let v = action[k].as_str().unwrap();
+        assert!(
+            line.contains(&format!("{k}=\"{v}\"")) || line.contains(&format!("{k}={v}")),
+            "{k}: {line}"
+        );
+    }
+    assert!(line.contains("result=\"ok\""), "{line}");
+    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
+    drop(d);
+    let mut d = Daemon::start_in(dir, Duration::from_secs(10));
+    d.wait_line("READY=1", Duration::from_secs(30));
+
+    // Everything of the first run is served, numbering goes on, and the
+    // seeded records are still reachable in the rotated file.
+    let v = api_json(&sock, &format!("/v1/events?since={seeded}&limit=1000"));
+    let evs = v["events"].as_array().unwrap();
+    assert_eq!(&evs[..first_run.len()], &first_run[..], "{v}");
+    let restarted = &evs[first_run.len()];
+    assert_eq!(restarted["event"], "started", "{v}");
+    assert_eq!(
+        restarted["seq"].as_u64(),
+        Some(stopped["seq"].as_u64().unwrap() + 1)
+    );
+    let v = api_json(&sock, "/v1/events?since=0&limit=1000");
+    let evs = v["events"].as_array().unwrap();
+    assert_eq!(evs.len(), 1000);
+    assert!(evs[0]["seq"].as_u64().unwrap() < seeded, "{v}");
+
+    // virtpoolctl events shows the first run's stop and both starts.
+    let out = Command::new(env!("CARGO_BIN_EXE_virtpoolctl"))
+        .arg("--socket")
+        .arg(&sock)
+        .args(["events", "--limit", "1000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let stop_row = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{} ", stopped["seq"])))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(stop_row.contains(" stopping"), "{stop_row}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains(" started ")).count(),
+        2,
+        "{text}"
+    );
+
+    // SIGINT stops it like SIGTERM: exit 0, socket gone, stop recorded.
+    kill(d.pid(), Signal::SIGINT).unwrap();
+    d.wait_line("STOPPING=1", Duration::from_secs(10));
+    assert_eq!(d.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    assert!(!sock.exists());
+    let audit = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .last()
+            .unwrap()
+            .contains("\"event\":\"stopping\""),
+        "{audit}"
     );
 }

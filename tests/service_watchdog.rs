@@ -189,6 +189,7 @@ async fn a_refused_reload_stays_visible_until_a_good_one() {
 
     let reloads: Vec<bool> = audit
         .recent(100)
+        .unwrap()
         .into_iter()
         .filter_map(|e| match e.kind {
             EventKind::ConfigReload { ok, .. } => Some(ok),
@@ -198,7 +199,10 @@ async fn a_refused_reload_stays_visible_until_a_good_one() {
     assert_eq!(reloads, vec![false, true]);
     shutdown.cancel();
     task.await.unwrap();
-    assert!(matches!(audit.recent(1)[0].kind, EventKind::Stopping));
+    assert!(matches!(
+        audit.recent(1).unwrap()[0].kind,
+        EventKind::Stopping
+    ));
 }
 
 #[tokio::test]
@@ -236,6 +240,7 @@ async fn libvirt_lost_and_restored_are_audited_once_each() {
     assert!(m.cycle_once().await.libvirt.connected);
     let kinds: Vec<String> = audit
         .recent(100)
+        .unwrap()
         .into_iter()
         .filter_map(|e| match e.kind {
             EventKind::LibvirtLost { error, .. } => Some(format!("lost: {error}")),

@@ -8,7 +8,6 @@
 
 use super::auth::{self, Peer};
 use super::error::Error;
-use super::events::{CycleRecorder, EventRing, EventSource, DEFAULT_EVENTS};
 use super::types::*;
 use super::views;
 use crate::config::{self, Config, Mode, PoolSpec};
@@ -30,8 +29,6 @@ pub struct AppState {
 struct Inner {
     handle: Handle,
     group: String,
-    events: Arc<dyn EventSource>,
-    recorder: Arc<CycleRecorder>,
     /// Bumped on every saved runtime change (cache key).
     generation: AtomicU64,
     /// Serialized read answers for the current (status, generation, config).
@@ -93,21 +90,10 @@ impl AppState {
     /// The state of the API over a monitor handle; `group` is `api.group`
     /// (members may make changes).
     pub fn new(handle: Handle, group: impl Into<String>) -> AppState {
-        AppState::with_events(handle, group, Arc::new(EventRing::new(DEFAULT_EVENTS)))
-    }
-
-    /// Like [`AppState::new`] with another event source.
-    pub fn with_events(
-        handle: Handle,
-        group: impl Into<String>,
-        events: Arc<dyn EventSource>,
-    ) -> AppState {
         AppState {
             inner: Arc::new(Inner {
                 handle,
                 group: group.into(),
-                recorder: Arc::new(CycleRecorder::new(events.clone())),
-                events,
                 generation: AtomicU64::new(0),
                 cache: Mutex::new(ReadCache::default()),
             }),
@@ -116,15 +102,6 @@ impl AppState {
 
     pub fn handle(&self) -> &Handle {
         &self.inner.handle
-    }
-
-    pub fn event_source(&self) -> Arc<dyn EventSource> {
-        self.inner.events.clone()
-    }
-
-    /// Records published cycles as events.
-    pub fn recorder(&self) -> Arc<CycleRecorder> {
-        self.inner.recorder.clone()
     }
 
     pub fn group(&self) -> &str {
@@ -235,14 +212,6 @@ impl AppState {
         Ok(views::plan(&st, &plan, &rt, paused))
     }
 
-    pub fn events(&self, q: EventsQuery) -> EventsResponse {
-        let limit = q.limit.unwrap_or(100).min(1000);
-        self.inner.recorder.observe(&self.inner.handle.status());
-        EventsResponse {
-            events: self.inner.events.recent(q.since, limit),
-        }
-    }
-
     // ------------------------------------------------------------ changes
 
     /// Runs one change transaction (see the module doc), then records it and
@@ -263,14 +232,10 @@ impl AppState {
             .await
             .map_err(|e| Error::Internal(format!("change task failed: {e}")))??;
         if out.changed {
-            self.inner.events.record(EventKind::Change {
-                uid: peer.map_or(u32::MAX, |p| p.uid),
-                message: out.message.clone(),
-            });
             tracing::info!(uid = peer.map(|p| p.uid), change = %out.message, "runtime change");
-            // The same change in the audit log (a few hundred bytes, inline:
-            // see crate::audit).
-            let ev = crate::audit::Event::now(crate::audit::EventKind::Change {
+            // The change in the audit log, before the answer (a few hundred
+            // bytes, inline: see crate::audit).
+            let ev = Event::now(EventKind::Change {
                 uid: peer.map_or(u32::MAX, |p| p.uid),
                 message: out.message.clone(),
             });

@@ -89,7 +89,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/pause", post(pause))
         .route("/v1/resume", post(resume))
         .route("/v1/events", get(events))
-        .route("/v1/audit", get(audit))
+        .route("/v1/audit", get(events))
         .route("/metrics", get(metrics))
 }
 
@@ -218,18 +218,11 @@ async fn plan(State(s): State<AppState>) -> R<PlanResponse> {
     Ok(axum::Json(s.plan()?))
 }
 
+/// `/v1/events` and its alias `/v1/audit`: the audit log's tail.
 async fn events(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> R<EventsResponse> {
-    Ok(axum::Json(s.events(q)))
-}
-
-/// The audit log's recent events (`crate::audit`, as written to
-/// `state_dir/audit.jsonl`), paged like `/v1/events`.
-async fn audit(
-    State(s): State<AppState>,
-    Query(q): Query<EventsQuery>,
-) -> R<Vec<crate::audit::Event>> {
-    let limit = q.limit.unwrap_or(100).min(1000);
-    Ok(axum::Json(s.handle().audit.since(q.since, limit)))
+    Ok(axum::Json(
+        super::events::read(s.handle().audit.clone(), q).await?,
+    ))
 }
 
 /// Prometheus text format (`crate::metrics`), from the last published cycle.

@@ -3,7 +3,6 @@
 
 use super::auth::{self, Peer};
 use super::controller::AppState;
-use super::events;
 use super::routes;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use nix::fcntl::{Flock, FlockArg};
@@ -161,11 +160,6 @@ pub async fn serve_with(
         path,
         _lock,
     } = sock;
-    tokio::spawn(events::follow(
-        state.handle().status.clone(),
-        state.recorder(),
-        shutdown.clone(),
-    ));
     let router = routes::router(state, opts.body_timeout);
     let max = opts.max_connections.max(1);
     let slots = Arc::new(Semaphore::new(max));

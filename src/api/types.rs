@@ -323,43 +323,15 @@ pub struct ReconcileResponse {
     pub cycle: Option<CycleResult>,
 }
 
-/// `GET /v1/events`.
+/// `GET /v1/events`: records of the audit log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventsResponse {
     /// Oldest first.
     pub events: Vec<Event>,
 }
 
-/// A decision or error the agent recorded.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    /// Increasing number, for paging (`?since=`).
-    pub seq: u64,
-    /// Seconds since the Unix epoch.
-    pub time: u64,
-    #[serde(flatten)]
-    pub kind: EventKind,
-}
-
-/// What happened.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum EventKind {
-    /// The monitor applied (or failed to apply) an action.
-    Action {
-        cycle: u64,
-        domain: String,
-        resource: String,
-        ok: bool,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        error: Option<String>,
-        action: Action,
-    },
-    /// A change made through the API.
-    Change { uid: u32, message: String },
-    /// A cycle could not observe libvirt, or the config was refused.
-    Error { cycle: u64, message: String },
-}
+/// An audit record and what happened, as written to `audit.jsonl`.
+pub use crate::audit::{Event, EventKind};
 
 /// `GET /v1/pools` query.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

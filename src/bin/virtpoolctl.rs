@@ -17,7 +17,7 @@ use virtpool::units::{self, Amount, Bytes, Unit};
 
 /// Control a running virtpoold: pools, members, reservations, pause.
 #[derive(Parser, Debug)]
-#[command(name = "virtpoolctl", version, about, long_about = None)]
+#[command(name = "virtpoolctl", version, long_about = None)]
 struct Cli {
     /// The agent's API socket.
     #[arg(long, global = true, env = "VIRTPOOL_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -149,6 +149,16 @@ impl From<ClientError> for Fail {
 }
 
 fn main() -> ExitCode {
+    if let Some(dir) = virtpool::assets::requested() {
+        use clap::CommandFactory;
+        return match virtpool::assets::generate(Cli::command(), "1", &dir) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("virtpoolctl: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -758,37 +768,53 @@ fn render_events(e: &EventsResponse) -> String {
     }
     let mut rows = Vec::new();
     for ev in &e.events {
-        let time = humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(ev.time),
-        )
-        .to_string();
         let (kind, text) = match &ev.kind {
             EventKind::Action {
-                cycle,
                 domain,
                 resource,
-                ok,
+                before,
+                after,
+                reason,
+                result,
                 error,
                 ..
             } => (
-                "action".to_string(),
-                format!(
-                    "cycle {cycle}: {domain} {resource} {}",
-                    if *ok {
-                        "ok".to_string()
-                    } else {
-                        format!("FAILED: {}", error.as_deref().unwrap_or(""))
+                "action",
+                match error {
+                    None => format!("{domain} {resource} {before} -> {after} ({reason}): {result}"),
+                    Some(e) => {
+                        format!("{domain} {resource} {before} -> {after} ({reason}): {result}: {e}")
                     }
-                ),
+                },
             ),
-            EventKind::Change { uid, message } => {
-                ("change".into(), format!("uid {uid}: {message}"))
-            }
-            EventKind::Error { cycle, message } => {
-                ("error".into(), format!("cycle {cycle}: {message}"))
-            }
+            EventKind::ConfigReload { file, ok, error } => (
+                "reload",
+                match (ok, error) {
+                    (true, _) => format!("{file}: ok"),
+                    (false, e) => format!("{file}: refused: {}", e.as_deref().unwrap_or("")),
+                },
+            ),
+            EventKind::LibvirtLost { uri, error } => ("libvirt", format!("{uri} lost: {error}")),
+            EventKind::LibvirtRestored { uri } => ("libvirt", format!("{uri} restored")),
+            EventKind::Unadmitted {
+                pool, domain, note, ..
+            } => (
+                "unadmitted",
+                match note {
+                    None => format!("{domain} in pool {pool}"),
+                    Some(n) => format!("{domain} in pool {pool}: {n}"),
+                },
+            ),
+            EventKind::Started { version } => ("started", format!("virtpoold {version}")),
+            EventKind::Stopping => ("stopping", String::new()),
+            EventKind::Change { uid, message } => ("change", format!("uid {uid}: {message}")),
         };
-        rows.push(vec![ev.seq.to_string(), time, kind, text]);
+        rows.push(vec![
+            ev.seq.to_string(),
+            ev.time.clone(),
+            kind.to_string(),
+            text,
+        ]);
     }
     table(&rows)
 }

@@ -53,18 +53,14 @@ struct Args {
     /// Override `agent.libvirt_uri`.
     #[arg(long)]
     uri: Option<String>,
-    /// Write the man page and shell completions into DIR and exit (packaging).
-    #[arg(long, value_name = "DIR", hide = true)]
-    generate_assets: Option<PathBuf>,
     /// Move a corrupt or unwanted runtime state file aside and start fresh.
     #[arg(long)]
     reset_state: bool,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    if let Some(dir) = &args.generate_assets {
-        return match generate_assets(dir) {
+    if let Some(dir) = virtpool::assets::requested() {
+        return match generate_assets(&dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("virtpoold: {e:#}");
@@ -72,6 +68,7 @@ fn main() -> ExitCode {
             }
         };
     }
+    let args = Args::parse();
     let mut cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -225,19 +222,7 @@ async fn once(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCode
 /// Writes `virtpoold.8` and completions for bash, zsh and fish into `dir`.
 fn generate_assets(dir: &std::path::Path) -> anyhow::Result<()> {
     use clap::CommandFactory;
-    use clap_complete::Shell;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let cmd = Args::command();
-    let mut man = Vec::new();
-    clap_mangen::Man::new(cmd.clone())
-        .section("8")
-        .render(&mut man)
-        .context("cannot render the man page")?;
-    std::fs::write(dir.join("virtpoold.8"), man).context("cannot write the man page")?;
-    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-        clap_complete::generate_to(shell, &mut cmd.clone(), "virtpoold", dir)
-            .with_context(|| format!("cannot write {shell} completions"))?;
-    }
+    virtpool::assets::generate(Args::command(), "8", dir)?;
     Ok(())
 }
 
