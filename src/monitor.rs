@@ -631,9 +631,11 @@ impl Monitor {
         }
         self.flush_events();
         let st = Arc::new(status);
-        self.status_tx.send_replace(st.clone());
+        // Counters first: whoever sees cycle N in the status finds the
+        // counters of cycle N (or later) too.
         self.counters_tx
             .send_replace(Arc::new(self.counters.clone()));
+        self.status_tx.send_replace(st.clone());
         let line = Notice::Status(crate::service::summary(&st));
         if self.watchdog.is_some() {
             self.notifier.notify(&[line, Notice::Watchdog]);
