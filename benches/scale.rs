@@ -5,7 +5,8 @@
 //! `scripts/bench-scale.sh` runs it (`cargo bench --bench scale`); see
 //! docs/performance.md, "Full cycle". Environment:
 //! - `SCALE_SIZES` (default `100,1000,5000`): domain counts.
-//! - `SCALE_REPS` (default 5): timed repetitions of each figure per size.
+//! - `SCALE_REPS` (default 5; at most 3 at 5,000 domains and for the
+//!   allocate latency): timed repetitions per size; medians are printed.
 //! - `SCALE_IDLE_SECS` (default 60): idle-CPU window (at 1,000 domains).
 //! - `SCALE_GROWTH_CYCLES` (default 1000) and `SCALE_GROWTH_SIZE` (default
 //!   100): cycles run through the API to check RSS growth.
@@ -425,6 +426,9 @@ fn allocate_latency(agent: &Agent, c2: &Connect, dom: &str, want: u32, args: &[&
 
 struct DaemonFigures {
     rss_mib: f64,
+    /// Of which anonymous (heap, stacks); the rest is mapped files (the
+    /// binary and shared libraries).
+    anon_mib: f64,
     alloc_ms: f64,
     idle_cpu_pct: Option<f64>,
 }
@@ -437,6 +441,7 @@ fn real_daemon(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Da
     let out = agent.ctl(&["reconcile", "--wait"]);
     assert!(out.status.success());
     let rss_mib = agent.rss_kib() as f64 / 1024.0;
+    let anon_mib = agent.proc_field("RssAnon:") as f64 / 1024.0;
 
     let dom = name(0);
     let mut lat = Vec::new();
@@ -468,6 +473,7 @@ fn real_daemon(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Da
     });
     DaemonFigures {
         rss_mib,
+        anon_mib,
         alloc_ms: median(&mut lat),
         idle_cpu_pct,
     }
@@ -533,8 +539,18 @@ fn main() {
     let growth_size: usize = env_or("SCALE_GROWTH_SIZE", 100);
     println!("virtpool full-cycle benchmark; load at start: {}", load());
     println!(
-        "{:>6} | {:>9} {:>9} {:>9} {:>9} | {:>6} {:>6} | {:>7} {:>9} {:>8} | load",
-        "doms", "a ms", "b ms", "c ms", "c-rd ms", "a/c", "b/c", "RSS MiB", "alloc ms", "idle %"
+        "{:>6} | {:>9} {:>9} {:>9} {:>9} | {:>6} {:>6} | {:>7} {:>8} {:>9} {:>8} | load",
+        "doms",
+        "a ms",
+        "b ms",
+        "c ms",
+        "c-rd ms",
+        "a/c",
+        "b/c",
+        "RSS MiB",
+        "anon MiB",
+        "alloc ms",
+        "idle %"
     );
     for &n in &sizes {
         let base = tempfile::Builder::new()
@@ -558,15 +574,17 @@ fn main() {
         let dir_a = base.path().join("inproc");
         std::fs::create_dir_all(&dir_a).unwrap();
         let load_a = load();
+        // Fewer rounds at 5,000 to keep the whole run near 10 minutes.
+        let reps = if n >= 5000 { reps.min(3) } else { reps };
         let f = in_process(n, &uri, &c2, &dir_a, reps);
         eprintln!("  in-process: {} actions per change cycle", f.actions_a);
         // The daemon's domains are at the baseline's values; the real agent
         // converges them first.
         let dir_d = base.path().join("daemon");
         std::fs::create_dir_all(&dir_d).unwrap();
-        let d = real_daemon(n, &uri, &c2, &dir_d, reps.min(5));
+        let d = real_daemon(n, &uri, &c2, &dir_d, reps.min(3));
         println!(
-            "{:>6} | {:>9.1} {:>9.1} {:>9.1} {:>9.1} | {:>6.3} {:>6.3} | {:>7.1} {:>9.1} {:>8} | {}",
+            "{:>6} | {:>9.1} {:>9.1} {:>9.1} {:>9.1} | {:>6.3} {:>6.3} | {:>7.1} {:>8.1} {:>9.1} {:>8} | {}",
             n,
             f.a,
             f.b,
@@ -575,6 +593,7 @@ fn main() {
             f.a / f.c_change,
             f.b / f.c_read,
             d.rss_mib,
+            d.anon_mib,
             d.alloc_ms,
             d.idle_cpu_pct.map_or("-".into(), |p| format!("{p:.2}")),
             load_a,
