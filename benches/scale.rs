@@ -8,6 +8,8 @@
 //! - `SCALE_REPS` (default 5; at most 3 at 5,000 domains and for the
 //!   allocate latency): timed repetitions per size; medians are printed.
 //! - `SCALE_IDLE_SECS` (default 60): idle-CPU window (at 1,000 domains).
+//! - `SCALE_EVENTS` (default 0): 1 registers the in-process agent for
+//!   lifecycle events, as `virtpoold` is (libvirt's event loop runs).
 //! - `SCALE_GROWTH_CYCLES` (default 1000) and `SCALE_GROWTH_SIZE` (default
 //!   100): cycles run through the API to check RSS growth.
 //!
@@ -236,7 +238,16 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
     let cfg = Config::parse(&cfg_text, Path::new("scale.toml")).unwrap();
     let mut runtime = RuntimeState::new();
     runtime.pools = runtime_pools(n, BUDGET_A);
-    let hv = HvWorker::spawn(Box::new(Libvirt::new(uri))).unwrap();
+    // With SCALE_EVENTS=1 the adapter registers for lifecycle events like
+    // virtpoold does (libvirt's event loop then runs in this process).
+    let mut lv = Libvirt::new(uri);
+    let mut _events = None;
+    if env_or("SCALE_EVENTS", 0) == 1 {
+        let (tx, rx) = virtpool::libvirt::events::channel();
+        lv = lv.with_events(tx);
+        _events = Some(rx);
+    }
+    let hv = HvWorker::spawn(Box::new(lv)).unwrap();
     std::fs::create_dir_all(dir.join("state")).unwrap();
     let opts = MonitorOptions {
         audit: AuditLog::open(&dir.join("state")).unwrap(),
@@ -523,6 +534,10 @@ fn main() {
         return;
     }
     virtpool::libvirt::quiet_errors();
+    if env_or("SCALE_EVENTS", 0) == 1 {
+        // Before any connection is opened.
+        virtpool::libvirt::events::start_event_loop().unwrap();
+    }
     // The agent logs every action at info, like virtpoold: format them
     // (into a sink) so the cycle pays that cost.
     tracing_subscriber::fmt()
