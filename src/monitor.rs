@@ -533,7 +533,9 @@ impl Monitor {
 
         if enforce {
             self.set_stats_periods(&snapshot).await;
-            status.results = self.enforce(&plan, now).await;
+            let (enforced, results) = self.enforce(plan, now).await;
+            plan = enforced;
+            status.results = results;
             // Publish what the domains have now, not what they had.
             let mut by_uuid: HashMap<&str, usize> = HashMap::new();
             for (i, d) in snapshot.domains.iter().enumerate() {
@@ -697,34 +699,53 @@ impl Monitor {
         }
     }
 
-    /// Runs the plan's actions one at a time on the libvirt thread. Each is
-    /// checked against the plan's invariants first (the guard refuses one
-    /// that would break them); one failure never stops the others; a lost
+    /// Runs the plan's actions in order, all in one job on the libvirt
+    /// thread (one hand-over per cycle, not per action). Each is checked
+    /// against the plan's invariants first (the guard refuses one that
+    /// would break them); one failure never stops the others; a lost
     /// connection fails the rest without calling libvirt.
-    async fn enforce(&mut self, plan: &Plan, now: u64) -> Vec<ActionOutcome> {
-        let mut guard = Guard::new(plan);
-        let mut lost: Option<HvError> = None;
-        let mut out = Vec::with_capacity(plan.actions.len());
-        for action in &plan.actions {
-            let r = if let Some(e) = &lost {
-                Err(e.clone())
-            } else if let Err(v) = guard.check(action) {
-                tracing::error!(domain = action.domain(), violation = %v, "action refused by the safety check");
-                Err(HvError::InvalidArg(format!(
-                    "refused by the safety check: {v}"
-                )))
-            } else {
-                let a = action.clone();
-                match self.hv.run(move |hv| hv.apply(&a)).await {
-                    Ok(r) => r,
-                    Err(e) => Err(e),
+    async fn enforce(&mut self, plan: Plan, now: u64) -> (Plan, Vec<ActionOutcome>) {
+        if plan.actions.is_empty() {
+            return (plan, Vec::new());
+        }
+        let plan = Arc::new(plan);
+        let job_plan = plan.clone();
+        let results = self
+            .hv
+            .run(move |hv| {
+                let plan = &*job_plan;
+                let mut guard = Guard::new(plan);
+                let mut lost: Option<HvError> = None;
+                let mut out = Vec::with_capacity(plan.actions.len());
+                for action in &plan.actions {
+                    let r = if let Some(e) = &lost {
+                        Err(e.clone())
+                    } else if let Err(v) = guard.check(action) {
+                        tracing::error!(domain = action.domain(), violation = %v, "action refused by the safety check");
+                        Err(HvError::InvalidArg(format!(
+                            "refused by the safety check: {v}"
+                        )))
+                    } else {
+                        hv.apply(action)
+                    };
+                    match &r {
+                        Ok(()) => guard.applied(action),
+                        Err(e) if e.is_connection() && lost.is_none() => lost = Some(e.clone()),
+                        Err(_) => {}
+                    }
+                    out.push(r);
                 }
-            };
-            match &r {
-                Ok(()) => guard.applied(action),
-                Err(e) if e.is_connection() && lost.is_none() => lost = Some(e.clone()),
-                Err(_) => {}
-            }
+                out
+            })
+            .await;
+        // The job's copy is dropped once it has run: the plan is ours again.
+        let plan = Arc::try_unwrap(plan).unwrap_or_else(|p| (*p).clone());
+        let results = match results {
+            Ok(r) => r,
+            Err(e) => vec![Err(e); plan.actions.len()],
+        };
+        let mut out = Vec::with_capacity(plan.actions.len());
+        for (action, r) in plan.actions.iter().zip(results) {
             let outcome = match &r {
                 Ok(()) => Outcome::Ok,
                 Err(HvError::Timeout(_)) => Outcome::Timeout,
@@ -748,7 +769,7 @@ impl Monitor {
                 action: action.clone(),
             });
         }
-        out
+        (plan, out)
     }
 }
 

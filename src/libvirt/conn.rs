@@ -45,6 +45,12 @@ pub struct Libvirt {
     events: Option<EventSender>,
     /// The callbacks registered on `conn`.
     registration: Option<Registration>,
+    /// What the driver lacks (learnt on this connection).
+    caps: ReadCaps,
+    /// Handles of the domains of the last observation, by UUID: the
+    /// actions that follow use them instead of a lookup round trip each.
+    /// Replaced by every observation, dropped on disconnect.
+    handles: HashMap<String, Domain>,
 }
 
 /// Where a libvirt error came from, for the message.
@@ -107,6 +113,22 @@ pub fn classify_parts(
 /// call per target.
 fn is_exclusive_flags(e: &VirtError) -> bool {
     e.code().is(ErrorNumber::InvalidArg) && e.message().contains("mutually exclusive")
+}
+
+/// The driver does not have this call (or these flags) at all.
+fn is_unsupported(e: &VirtError) -> bool {
+    e.code().is(ErrorNumber::NoSupport)
+        || (e.code().is(ErrorNumber::InvalidArg) && e.message().contains("unsupported flags"))
+}
+
+/// What the connected driver turned out not to offer; reset on reconnect.
+#[derive(Debug, Default, Clone, Copy)]
+struct ReadCaps {
+    /// `cpu_shares` cannot be read: skip the two round trips per domain.
+    no_cpu_shares: bool,
+    /// Bulk stats filled no group beyond `state.*` (the test driver): the
+    /// per-domain reads give everything, so the bulk call is skipped.
+    bulk_state_only: bool,
 }
 
 fn is_no_domain(e: &VirtError) -> bool {
@@ -203,7 +225,11 @@ pub fn bulk_balloon(rec: &ffi::StatsRecord) -> Option<Option<BalloonStats>> {
 /// Reads everything about one domain, taking vCPUs and balloon stats from
 /// `bulk` when its groups are filled. Per-field read errors that are not
 /// fatal (see [`is_fatal_for_read`]) leave the field empty.
-fn read_domain(dom: &Domain, bulk: Option<&ffi::StatsRecord>) -> Res<DomainObs> {
+fn read_domain(
+    dom: &Domain,
+    bulk: Option<&ffi::StatsRecord>,
+    caps: &mut ReadCaps,
+) -> Res<DomainObs> {
     let name = dom
         .name()
         .map_err(|e| Failure::new(e, "reading a domain name"))?;
@@ -267,18 +293,8 @@ fn read_domain(dom: &Domain, bulk: Option<&ffi::StatsRecord>) -> Res<DomainObs> 
     };
 
     let domain_xml = dom.xml_desc(0).map_err(|e| Failure::new(e, ctx("xml")))?;
-    let metadata_pool = match dom.metadata(
-        sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
-        Some(xml::POOL_NS),
-        0,
-    ) {
-        Ok(element) => xml::element_text(&element),
-        Err(e) if is_fatal_for_read(&e) => return Err(Failure::new(e, ctx("metadata"))),
-        // NoDomainMetadata is the normal "not tagged" answer; any other
-        // failure falls back to scanning the XML already read.
-        Err(e) if e.code().is(ErrorNumber::NoDomainMetadata) => None,
-        Err(_) => xml::metadata_pool(&domain_xml),
-    };
+    // The metadata element is in the XML just read: no second round trip.
+    let metadata_pool = xml::metadata_pool(&domain_xml);
 
     let mut disks = Vec::new();
     for d in xml::disks(&domain_xml) {
@@ -303,10 +319,17 @@ fn read_domain(dom: &Domain, bulk: Option<&ffi::StatsRecord>) -> Res<DomainObs> 
     }
 
     // Weights: current values (live when active, config when shut off).
-    let cpu_shares = soft(
-        ffi::get_cpu_shares(dom, sys::VIR_DOMAIN_AFFECT_CURRENT),
-        "cpu_shares",
-    )?;
+    // A driver without `cpu_shares` (the test driver rejects the call) is
+    // not asked again on this connection.
+    let cpu_shares = if caps.no_cpu_shares {
+        None
+    } else {
+        let r = ffi::get_cpu_shares(dom, sys::VIR_DOMAIN_AFFECT_CURRENT);
+        if matches!(&r, Err(e) if is_unsupported(e)) {
+            caps.no_cpu_shares = true;
+        }
+        soft(r, "cpu_shares")?
+    };
     let blkio_weight = soft(
         ffi::get_blkio_weight(dom, sys::VIR_DOMAIN_AFFECT_CURRENT).map(|w| w.map(u64::from)),
         "blkio weight",
@@ -358,6 +381,8 @@ impl Libvirt {
             conn: None,
             events: None,
             registration: None,
+            caps: ReadCaps::default(),
+            handles: HashMap::new(),
         }
     }
 
@@ -388,6 +413,9 @@ impl Libvirt {
         if let (Some(reg), Some(c)) = (self.registration.take(), &self.conn) {
             reg.deregister(c);
         }
+        // Domain handles hold the connection: drop them first.
+        self.handles.clear();
+        self.caps = ReadCaps::default();
         // Dropping a Connect runs virConnectClose, which only fails (and the
         // crate then panics) for an invalid pointer, which we never hold.
         self.conn = None;
@@ -427,14 +455,18 @@ impl Libvirt {
             .map_err(|e| Failure::new(e, format!("domain {name} ({uuid})"))))
     }
 
-    /// Runs `op` on the domain with this UUID, mapping every error.
+    /// Runs `op` on the domain with this UUID (the handle from the last
+    /// observation, else a lookup), mapping every error.
     fn with_domain<T>(
         &mut self,
         uuid: &str,
         name: &str,
         op: impl FnOnce(&Domain) -> Res<T>,
     ) -> Result<T, HvError> {
-        let res = self.lookup(uuid, name)?.and_then(|dom| op(&dom));
+        let res = match self.handles.get(uuid) {
+            Some(dom) => op(dom),
+            None => self.lookup(uuid, name)?.and_then(|dom| op(&dom)),
+        };
         res.map_err(|f| self.fail(f))
     }
 }
@@ -496,12 +528,35 @@ impl Hypervisor for Libvirt {
             Err(f) => return Err(self.fail(f)),
         };
         // Bulk stats are an optimisation: on any non-connection error,
-        // everything is read per domain.
-        let bulk = self
-            .conn()
-            .map(|c| ffi::all_domain_stats(c, BULK_GROUPS, 0))?;
+        // everything is read per domain. NOWAIT: a domain busy with a job
+        // reports fewer groups instead of stalling the whole call.
+        let bulk = if self.caps.bulk_state_only {
+            Ok(Vec::new())
+        } else {
+            self.conn().map(|c| {
+                ffi::all_domain_stats(
+                    c,
+                    BULK_GROUPS,
+                    sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
+                )
+            })?
+        };
         let bulk: HashMap<String, ffi::StatsRecord> = match bulk {
-            Ok(records) => records.into_iter().map(|r| (r.uuid.clone(), r)).collect(),
+            Ok(records) => {
+                // Judged on running domains only (shut-off ones have no
+                // vCPU or balloon group on any driver).
+                let running = u64::from(sys::VIR_DOMAIN_RUNNING);
+                let mut running = records
+                    .iter()
+                    .filter(|r| r.numbers.get("state.state") == Some(&running))
+                    .peekable();
+                if running.peek().is_some()
+                    && running.all(|r| bulk_vcpus(r).is_none() && bulk_balloon(r).is_none())
+                {
+                    self.caps.bulk_state_only = true;
+                }
+                records.into_iter().map(|r| (r.uuid.clone(), r)).collect()
+            }
             Err(e) => {
                 let err = self.fail(Failure::new(e, "bulk domain stats"));
                 if err.is_connection() {
@@ -512,10 +567,15 @@ impl Hypervisor for Libvirt {
             }
         };
         let mut out = Vec::with_capacity(domains.len());
-        for dom in &domains {
+        let mut handles = HashMap::with_capacity(domains.len());
+        let mut caps = self.caps;
+        for dom in domains {
             let rec = dom.uuid_string().ok().and_then(|u| bulk.get(&u));
-            match read_domain(dom, rec) {
-                Ok(obs) => out.push(obs),
+            match read_domain(&dom, rec, &mut caps) {
+                Ok(obs) => {
+                    handles.insert(obs.uuid.clone(), dom);
+                    out.push(obs);
+                }
                 // Vanished between list and read.
                 Err(f) if is_no_domain(&f.err) => {
                     tracing::debug!(what = %f.what, "domain vanished while observed");
@@ -530,6 +590,11 @@ impl Hypervisor for Libvirt {
                 }
             }
         }
+        self.caps = ReadCaps {
+            bulk_state_only: self.caps.bulk_state_only,
+            ..caps
+        };
+        self.handles = handles;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }

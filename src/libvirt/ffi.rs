@@ -233,28 +233,29 @@ impl Drop for ParamArray {
     }
 }
 
-/// Runs the libvirt two-step getter protocol: ask for the count with a null
-/// array, then fill a buffer of that size.
-fn fetch(
+/// Typed-parameter getters in one call: offer a buffer of `cap` entries
+/// (at least the parameters the driver has) and let libvirt fill it —
+/// instead of asking for the count first (half the round trips on a
+/// remote connection). `cap`
+/// must not exceed the RPC limit of the call (`REMOTE_*_PARAMETERS_MAX`).
+fn fetch_once(
+    cap: usize,
     mut call: impl FnMut(sys::virTypedParameterPtr, &mut c_int) -> c_int,
 ) -> Result<ParamArray, Error> {
-    let mut n: c_int = 0;
-    if call(ptr::null_mut(), &mut n) < 0 {
-        return Err(Error::last_error());
-    }
-    let size = usize::try_from(n).unwrap_or(0);
-    let mut arr = ParamArray::zeroed(size);
-    if size == 0 {
-        return Ok(arr);
-    }
+    let mut arr = ParamArray::zeroed(cap);
     let mut filled = arr.capacity();
-    let ret = call(arr.params.as_mut_ptr(), &mut filled);
-    if ret < 0 {
+    if call(arr.params.as_mut_ptr(), &mut filled) < 0 {
         return Err(Error::last_error());
     }
     arr.filled = filled.clamp(0, arr.capacity());
     Ok(arr)
 }
+
+/// Buffer for `virDomainGetBlockIoTune` (`REMOTE_DOMAIN_BLOCK_IO_TUNE_PARAMETERS_MAX`;
+/// QEMU reports about 20).
+const IOTUNE_PARAMS: usize = 32;
+/// Buffer for `virDomainGetBlkioParameters` (`REMOTE_DOMAIN_BLKIO_PARAMETERS_MAX`).
+const BLKIO_PARAMS: usize = 16;
 
 fn disk_cstring(disk: &str) -> Result<CString, Error> {
     Ok(CString::new(disk)?)
@@ -267,10 +268,9 @@ pub fn get_block_iotune(dom: &Domain, disk: &str, flags: u32) -> Result<IoTune, 
     // SAFETY: `as_ptr` is only used while `dom` is borrowed, so the domain
     // reference stays valid for the whole call.
     let dptr = unsafe { dom.as_ptr() };
-    let mut arr = fetch(|params, n| {
+    let mut arr = fetch_once(IOTUNE_PARAMS, |params, n| {
         // SAFETY: `dptr` is valid (see above); `disk` is NUL-terminated and
-        // outlives the call; `params` is null with `*n == 0` (count query)
-        // or points to `*n` writable parameters.
+        // outlives the call; `params` points to `*n` writable parameters.
         unsafe { sys::virDomainGetBlockIoTune(dptr, disk.as_ptr(), params, n, flags) }
     })?;
     Ok(IoTune {
@@ -329,9 +329,9 @@ pub fn set_block_iotune(dom: &Domain, disk: &str, tune: &IoTune, flags: u32) -> 
 pub fn get_blkio_weight(dom: &Domain, flags: u32) -> Result<Option<u32>, Error> {
     // SAFETY: `dom` is borrowed for the whole function.
     let dptr = unsafe { dom.as_ptr() };
-    let mut arr = fetch(|params, n| {
-        // SAFETY: `dptr` valid (see above); `params` is null with `*n == 0`
-        // or points to `*n` writable parameters.
+    let mut arr = fetch_once(BLKIO_PARAMS, |params, n| {
+        // SAFETY: `dptr` valid (see above); `params` points to `*n`
+        // writable parameters.
         unsafe { sys::virDomainGetBlkioParameters(dptr, params, n, flags) }
     })?;
     Ok(arr.uint(sys::VIR_DOMAIN_BLKIO_WEIGHT))

@@ -1,0 +1,629 @@
+//! Full cycle at scale (not a timed test): the agent against a private
+//! `libvirtd` hosting the test driver with 100 / 1,000 / 5,000 domains, and
+//! a raw-libvirt baseline in the same run.
+//!
+//! `scripts/bench-scale.sh` runs it (`cargo bench --bench scale`); see
+//! docs/performance.md, "Full cycle". Environment:
+//! - `SCALE_SIZES` (default `100,1000,5000`): domain counts.
+//! - `SCALE_REPS` (default 5; at most 3 at 5,000 domains and for the
+//!   allocate latency): timed repetitions per size; medians are printed.
+//! - `SCALE_IDLE_SECS` (default 60): idle-CPU window (at 1,000 domains).
+//! - `SCALE_EVENTS` (default 0): 1 registers the in-process agent for
+//!   lifecycle events, as `virtpoold` is (libvirt's event loop runs).
+//! - `SCALE_GROWTH_CYCLES` (default 1000) and `SCALE_GROWTH_SIZE` (default
+//!   100): cycles run through the API to check RSS growth.
+//!
+//! Domains get into the daemon-hosted test driver through the API
+//! (`virDomainDefineXML` + `virDomainCreate` on a second connection that
+//! stays open for the whole size, so the shared `default` node keeps them).
+//!
+//! Figures per size:
+//! - (a) the agent's full cycle (observe + plan + enforce + publish) after a
+//!   budget change that moves every domain's vCPUs, memory and disk limits;
+//! - (b) a steady-state cycle (nothing to change; must issue no writes);
+//! - (c) a raw baseline with `virt` calls only: the reads the cycle needs
+//!   (c-read) and those reads plus the writes (c-change);
+//! - the real `virtpoold`'s RSS, the time from `virtpoolctl allocate`
+//!   returning to the change being visible on a second connection, idle
+//!   CPU (1,000 domains) and RSS across many cycles.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/common/libvirtd.rs"]
+mod libvirtd;
+
+use libvirtd::Daemon;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::sys;
+use virtpool::audit::AuditLog;
+use virtpool::config::{Config, PoolSpec};
+use virtpool::host::Host;
+use virtpool::libvirt::worker::HvWorker;
+use virtpool::libvirt::{ffi, xml, Libvirt};
+use virtpool::model::IoTune;
+use virtpool::monitor::{Monitor, MonitorOptions, Status};
+use virtpool::state::RuntimeState;
+
+const MIB: u64 = 1 << 20;
+const POOLS: usize = 4;
+/// Per-domain targets of the two budgets the agent flips between, and the
+/// values the baseline writes (so every agent change cycle moves every
+/// domain): (vCPUs, memory MiB, disk MiB/s, IOPS).
+const BUDGET_A: (u64, u64, u64, u64) = (2, 1024, 10, 100);
+const BUDGET_B: (u64, u64, u64, u64) = (3, 1536, 20, 200);
+const BASE_C: (u64, u64, u64, u64) = (1, 768, 5, 50);
+
+fn env_or<T: std::str::FromStr>(k: &str, d: T) -> T {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn name(i: usize) -> String {
+    format!("p{}-{i:05}", i % POOLS)
+}
+
+fn uuid(i: usize) -> String {
+    format!("5ca1ab1e-0000-4000-8000-{i:012x}")
+}
+
+fn domain_xml(i: usize) -> String {
+    format!(
+        "<domain type='test'><name>{}</name><uuid>{}</uuid>\
+         <memory unit='MiB'>2048</memory><currentMemory unit='MiB'>{}</currentMemory>\
+         <vcpu placement='static' current='{}'>4</vcpu>\
+         <os><type arch='x86_64'>hvm</type></os>\
+         <devices><disk type='file' device='disk'><source file='/var/lib/vp-scale/{i}.img'/>\
+         <target dev='vda' bus='virtio'/></disk><memballoon model='virtio'/></devices></domain>",
+        name(i),
+        uuid(i),
+        BASE_C.1,
+        BASE_C.0
+    )
+}
+
+/// The pools (4, by name glob) with budgets giving each member `t`.
+fn pools_toml(n: usize, t: (u64, u64, u64, u64)) -> String {
+    let mut s = String::new();
+    for p in 0..POOLS {
+        let members = (0..n).filter(|i| i % POOLS == p).count() as u64;
+        s.push_str(&format!(
+            "[pools.p{p}]\nmatch = \"p{p}-*\"\n\
+             vcpus = {{ budget = {} }}\n\
+             memory = {{ budget = \"{}MiB\" }}\n\
+             disk_bytes_sec = {{ budget = \"{}MiB\" }}\n\
+             disk_iops_sec = {{ budget = {} }}\n",
+            members * t.0,
+            members * t.1,
+            members * t.2,
+            members * t.3
+        ));
+    }
+    s
+}
+
+fn config_toml(n: usize, uri: &str, dir: &Path, interval: &str, pools: &str) -> String {
+    format!(
+        "[agent]\nlibvirt_uri = \"{uri}\"\nstate_dir = \"{state}\"\ninterval = \"{interval}\"\n\
+         [api]\nsocket = \"{sock}\"\ngroup = \"root\"\n\
+         [host]\ncpus = {cpus}\nmemory = \"{mem}MiB\"\ndisk_bytes_sec = \"{disk}MiB\"\ndisk_iops_sec = {iops}\n\
+         [memory]\nmin_change = \"16MiB\"\nmax_shrink = \"50%\"\npressure_threshold = \"1MiB\"\n\
+         [vcpus]\ncooldown = \"0s\"\n{pools}",
+        state = dir.join("state").display(),
+        sock = dir.join("virtpool.sock").display(),
+        cpus = n + 1,
+        mem = n as u64 * 2048 + 1024,
+        disk = n as u64 * 40,
+        iops = n as u64 * 400,
+    )
+}
+
+fn runtime_pools(
+    n: usize,
+    t: (u64, u64, u64, u64),
+) -> std::collections::BTreeMap<String, PoolSpec> {
+    #[derive(serde::Deserialize)]
+    struct P {
+        pools: std::collections::BTreeMap<String, PoolSpec>,
+    }
+    toml::from_str::<P>(&pools_toml(n, t)).unwrap().pools
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+// ------------------------------------------------------------- baseline
+
+/// The reads a cycle needs, straight through `virt` (and the project's ffi
+/// for the typed-parameter getters the crate lacks): list, then per domain
+/// info, live and max vCPUs, memory stats, XML (disks, metadata), the I/O
+/// limits of each disk and the blkio weight (not `cpu_shares`: this
+/// driver has no such scheduler parameter). Returns the domains
+/// with their disk targets (for the writes).
+fn baseline_read(c: &Connect) -> Vec<(Domain, Vec<String>)> {
+    let doms = c.list_all_domains(0).unwrap();
+    let mut out = Vec::with_capacity(doms.len());
+    let mut sink = 0u64;
+    for d in doms {
+        let info = d.info().unwrap();
+        sink += info.memory;
+        let active = info.state.is(virt::domain::DomainState::Running)
+            || info.state.is(virt::domain::DomainState::Paused);
+        if active {
+            sink += u64::from(d.vcpus_flags(sys::VIR_DOMAIN_AFFECT_LIVE).unwrap());
+        }
+        sink += u64::from(d.vcpus_flags(sys::VIR_DOMAIN_VCPU_MAXIMUM).unwrap());
+        if active {
+            sink += d.memory_stats(0).unwrap().len() as u64;
+        }
+        let x = d.xml_desc(0).unwrap();
+        sink += u64::from(xml::metadata_pool(&x).is_some());
+        let disks: Vec<String> = xml::disks(&x).into_iter().map(|d| d.target).collect();
+        if active {
+            for t in &disks {
+                sink += ffi::get_block_iotune(&d, t, sys::VIR_DOMAIN_AFFECT_LIVE)
+                    .unwrap()
+                    .total_bytes_sec;
+            }
+        }
+        sink += u64::from(
+            ffi::get_blkio_weight(&d, sys::VIR_DOMAIN_AFFECT_CURRENT)
+                .unwrap()
+                .unwrap_or(0),
+        );
+        out.push((d, disks));
+    }
+    std::hint::black_box(sink);
+    out
+}
+
+/// The reads, then the writes of a cycle that changes every domain.
+fn baseline_change(c: &Connect, t: (u64, u64, u64, u64)) -> usize {
+    let doms = baseline_read(c);
+    let tune = IoTune {
+        total_bytes_sec: t.2 * MIB,
+        total_bytes_sec_max: t.2 * MIB,
+        total_iops_sec: t.3,
+        total_iops_sec_max: t.3,
+    };
+    let mut writes = 0;
+    // The pools' members (not the driver's own `test`).
+    for (d, disks) in doms
+        .iter()
+        .filter(|(d, _)| d.name().unwrap().starts_with('p'))
+    {
+        d.set_vcpus_flags(t.0 as u32, sys::VIR_DOMAIN_AFFECT_LIVE)
+            .unwrap();
+        d.set_memory_flags(t.1 * 1024, sys::VIR_DOMAIN_MEM_LIVE)
+            .unwrap();
+        writes += 2;
+        for t in disks {
+            ffi::set_block_iotune(d, t, &tune, sys::VIR_DOMAIN_AFFECT_LIVE).unwrap();
+            writes += 1;
+        }
+    }
+    writes
+}
+
+// ------------------------------------------------------------- in-process agent
+
+struct CycleFigures {
+    a: f64,
+    b: f64,
+    c_change: f64,
+    c_read: f64,
+    actions_a: usize,
+}
+
+fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> CycleFigures {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cfg_text = config_toml(n, uri, dir, "10s", "");
+    let cfg = Config::parse(&cfg_text, Path::new("scale.toml")).unwrap();
+    let mut runtime = RuntimeState::new();
+    runtime.pools = runtime_pools(n, BUDGET_A);
+    // With SCALE_EVENTS=1 the adapter registers for lifecycle events like
+    // virtpoold does (libvirt's event loop then runs in this process).
+    let mut lv = Libvirt::new(uri);
+    let mut _events = None;
+    if env_or("SCALE_EVENTS", 0) == 1 {
+        let (tx, rx) = virtpool::libvirt::events::channel();
+        lv = lv.with_events(tx);
+        _events = Some(rx);
+    }
+    let hv = HvWorker::spawn(Box::new(lv)).unwrap();
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    let opts = MonitorOptions {
+        audit: AuditLog::open(&dir.join("state")).unwrap(),
+        ..MonitorOptions::default()
+    };
+    let (mut m, handle) = Monitor::with_options(hv, Host::new().unwrap(), cfg, runtime, opts);
+    let set_budget = |t| {
+        handle.runtime.lock().unwrap().pools = runtime_pools(n, t);
+    };
+    let cycle = |m: &mut Monitor| -> (f64, Arc<Status>) {
+        let t0 = Instant::now();
+        let st = rt.block_on(m.cycle_once());
+        (t0.elapsed().as_secs_f64() * 1e3, st)
+    };
+    // Converge (and set balloon stats periods) first.
+    let (_, st) = cycle(&mut m);
+    assert!(st.libvirt.connected, "{:?}", st.libvirt);
+    assert_eq!(st.domains.len(), n + 1, "N domains + the driver's `test`");
+    let (_, st) = cycle(&mut m);
+    assert_eq!(
+        st.results.len(),
+        0,
+        "not converged: {:?}",
+        st.results.first()
+    );
+
+    let (mut a, mut b, mut cc, mut cr) = (vec![], vec![], vec![], vec![]);
+    let mut actions_a = 0;
+    for rep in 0..reps {
+        let t0 = Instant::now();
+        baseline_read(c2);
+        cr.push(t0.elapsed().as_secs_f64() * 1e3);
+
+        let (ms, st) = cycle(&mut m);
+        assert_eq!(st.results.len(), 0, "steady cycle issued actions");
+        b.push(ms);
+
+        let t0 = Instant::now();
+        let writes = baseline_change(c2, BASE_C);
+        cc.push(t0.elapsed().as_secs_f64() * 1e3);
+
+        set_budget(if rep % 2 == 0 { BUDGET_B } else { BUDGET_A });
+        let (ms, st) = cycle(&mut m);
+        let failed = st.results.iter().filter(|r| !r.ok).count();
+        assert_eq!(failed, 0, "{:?}", st.results.iter().find(|r| !r.ok));
+        assert_eq!(
+            st.results.len(),
+            writes,
+            "the agent's writes equal the baseline's"
+        );
+        actions_a = st.results.len();
+        a.push(ms);
+    }
+    drop(m);
+    drop(handle);
+    CycleFigures {
+        a: median(&mut a),
+        b: median(&mut b),
+        c_change: median(&mut cc),
+        c_read: median(&mut cr),
+        actions_a,
+    }
+}
+
+// ------------------------------------------------------------- real daemon
+
+struct Agent {
+    child: Child,
+    sock: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Agent {
+    fn start(dir: &Path, cfg: &str) -> Agent {
+        let path = dir.join("virtpool.toml");
+        std::fs::write(&path, cfg).unwrap();
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        let log = std::fs::File::create(dir.join("virtpoold.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_virtpoold"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Agent {
+            child,
+            sock: dir.join("virtpool.sock"),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_virtpoolctl"))
+            .arg("--socket")
+            .arg(&self.sock)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        let out = self.ctl(&["status", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    fn wait_cycles(&self, n: u64, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status() {
+                if s["cycle"].as_u64().unwrap_or(0) >= n {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < end,
+                "virtpoold did not reach cycle {n}; log:\n{}",
+                std::fs::read_to_string(self.dir.join("virtpoold.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn proc_field(&self, key: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        s.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        self.proc_field("VmRSS:")
+    }
+
+    /// utime + stime in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let rest = &s[s.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // Fields 14 and 15 of stat; `rest` starts at field 3.
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    }
+}
+
+fn live_vcpus(c: &Connect, dom: &str) -> u32 {
+    c.lookup_domain_by_name(dom)
+        .unwrap()
+        .vcpus_flags(sys::VIR_DOMAIN_AFFECT_LIVE)
+        .unwrap()
+}
+
+/// From `virtpoolctl allocate` returning to the change seen on `c2`, ms.
+fn allocate_latency(agent: &Agent, c2: &Connect, dom: &str, want: u32, args: &[&str]) -> f64 {
+    let out = agent.ctl(args);
+    let t0 = Instant::now();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    loop {
+        if live_vcpus(c2, dom) == want {
+            return t0.elapsed().as_secs_f64() * 1e3;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{dom} never reached {want} vCPUs"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+struct DaemonFigures {
+    rss_mib: f64,
+    /// Of which anonymous (heap, stacks); the rest is mapped files (the
+    /// binary and shared libraries).
+    anon_mib: f64,
+    alloc_ms: f64,
+    idle_cpu_pct: Option<f64>,
+}
+
+fn real_daemon(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> DaemonFigures {
+    let cfg = config_toml(n, uri, dir, "10s", &pools_toml(n, BUDGET_A));
+    let agent = Agent::start(dir, &cfg);
+    agent.wait_cycles(1, Duration::from_secs(300));
+    // Converged: a reconcile that changes nothing.
+    let out = agent.ctl(&["reconcile", "--wait"]);
+    assert!(out.status.success());
+    let rss_mib = agent.rss_kib() as f64 / 1024.0;
+    let anon_mib = agent.proc_field("RssAnon:") as f64 / 1024.0;
+
+    let dom = name(0);
+    let mut lat = Vec::new();
+    for _ in 0..reps {
+        lat.push(allocate_latency(
+            &agent,
+            c2,
+            &dom,
+            4,
+            &["allocate", "p0", &dom, "--vcpus", "4"],
+        ));
+        // Back to the pool's share before the next round.
+        allocate_latency(
+            &agent,
+            c2,
+            &dom,
+            BUDGET_A.0 as u32,
+            &["release", "p0", &dom],
+        );
+    }
+    let idle_secs: u64 = env_or("SCALE_IDLE_SECS", 60);
+    let idle_cpu_pct = (n == 1000 && idle_secs > 0).then(|| {
+        let tick = 100.0; // USER_HZ
+        let c0 = agent.cpu_ticks();
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(idle_secs));
+        let used = (agent.cpu_ticks() - c0) as f64 / tick;
+        used / t0.elapsed().as_secs_f64() * 100.0
+    });
+    DaemonFigures {
+        rss_mib,
+        anon_mib,
+        alloc_ms: median(&mut lat),
+        idle_cpu_pct,
+    }
+}
+
+/// RSS after warm-up, then after `cycles` more cycles driven through the API.
+fn rss_growth(n: usize, uri: &str, dir: &Path, cycles: usize) -> (f64, f64, f64) {
+    let cfg = config_toml(n, uri, dir, "10s", &pools_toml(n, BUDGET_A));
+    let agent = Agent::start(dir, &cfg);
+    agent.wait_cycles(1, Duration::from_secs(120));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = virtpool::client::Client::new(&agent.sock);
+    let t0 = Instant::now();
+    let run = |k: usize| {
+        rt.block_on(async {
+            let mut conn = client.connect().await.unwrap();
+            for _ in 0..k {
+                let a = conn
+                    .request(hyper::Method::POST, "/v1/reconcile?wait=true", None)
+                    .await
+                    .unwrap();
+                assert!(a.status.is_success());
+            }
+        })
+    };
+    run(100);
+    let warm = agent.rss_kib() as f64 / 1024.0;
+    run(cycles);
+    let after = agent.rss_kib() as f64 / 1024.0;
+    let per_cycle = t0.elapsed().as_secs_f64() * 1e3 / (cycles + 100) as f64;
+    (warm, after, per_cycle)
+}
+
+// ------------------------------------------------------------- main
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` builds this
+    // and runs it with no such flag: do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    if !Path::new(Daemon::BIN).exists() {
+        eprintln!("skipped: {} not installed", Daemon::BIN);
+        return;
+    }
+    virtpool::libvirt::quiet_errors();
+    if env_or("SCALE_EVENTS", 0) == 1 {
+        // Before any connection is opened.
+        virtpool::libvirt::events::start_event_loop().unwrap();
+    }
+    // The agent logs every action at info, like virtpoold: format them
+    // (into a sink) so the cycle pays that cost.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::sink)
+        .with_env_filter("info")
+        .init();
+    let sizes: Vec<usize> = std::env::var("SCALE_SIZES")
+        .unwrap_or_else(|_| "100,1000,5000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let reps: usize = env_or("SCALE_REPS", 5);
+    let growth_cycles: usize = env_or("SCALE_GROWTH_CYCLES", 1000);
+    let growth_size: usize = env_or("SCALE_GROWTH_SIZE", 100);
+    println!("virtpool full-cycle benchmark; load at start: {}", load());
+    println!(
+        "{:>6} | {:>9} {:>9} {:>9} {:>9} | {:>6} {:>6} | {:>7} {:>8} {:>9} {:>8} | load",
+        "doms",
+        "a ms",
+        "b ms",
+        "c ms",
+        "c-rd ms",
+        "a/c",
+        "b/c",
+        "RSS MiB",
+        "anon MiB",
+        "alloc ms",
+        "idle %"
+    );
+    for &n in &sizes {
+        let base = tempfile::Builder::new()
+            .prefix("vp-scale-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let daemon = Daemon::start(
+            tempfile::Builder::new()
+                .prefix("vp-scale-lv-")
+                .tempdir_in("/tmp")
+                .unwrap(),
+        );
+        let uri = daemon.uri();
+        let c2 = Connect::open(Some(&uri)).unwrap();
+        let t0 = Instant::now();
+        for i in 0..n {
+            let d = c2.define_domain_xml(&domain_xml(i)).unwrap();
+            d.create().unwrap();
+        }
+        eprintln!("{n} domains defined and started in {:?}", t0.elapsed());
+        let dir_a = base.path().join("inproc");
+        std::fs::create_dir_all(&dir_a).unwrap();
+        let load_a = load();
+        // Fewer rounds at 5,000 to keep the whole run near 10 minutes.
+        let reps = if n >= 5000 { reps.min(3) } else { reps };
+        let f = in_process(n, &uri, &c2, &dir_a, reps);
+        eprintln!("  in-process: {} actions per change cycle", f.actions_a);
+        // The daemon's domains are at the baseline's values; the real agent
+        // converges them first.
+        let dir_d = base.path().join("daemon");
+        std::fs::create_dir_all(&dir_d).unwrap();
+        let d = real_daemon(n, &uri, &c2, &dir_d, reps.min(3));
+        println!(
+            "{:>6} | {:>9.1} {:>9.1} {:>9.1} {:>9.1} | {:>6.3} {:>6.3} | {:>7.1} {:>8.1} {:>9.1} {:>8} | {}",
+            n,
+            f.a,
+            f.b,
+            f.c_change,
+            f.c_read,
+            f.a / f.c_change,
+            f.b / f.c_read,
+            d.rss_mib,
+            d.anon_mib,
+            d.alloc_ms,
+            d.idle_cpu_pct.map_or("-".into(), |p| format!("{p:.2}")),
+            load_a,
+        );
+        if n == growth_size && growth_cycles > 0 {
+            let dir_g = base.path().join("growth");
+            std::fs::create_dir_all(&dir_g).unwrap();
+            let (warm, after, per) = rss_growth(n, &uri, &dir_g, growth_cycles);
+            println!(
+                "       RSS over {growth_cycles} cycles at {n} domains: {warm:.1} MiB -> {after:.1} MiB ({:+.1} MiB; {per:.1} ms per reconcile) | {}",
+                after - warm,
+                load()
+            );
+        }
+        drop(c2);
+        drop(daemon);
+    }
+}

@@ -1,0 +1,98 @@
+//! A converged agent issues no hypervisor writes: once a cycle has nothing
+//! to change, further cycles only read. Writes are counted at the adapter
+//! boundary (every `Hypervisor` call that changes a domain), around the
+//! real libvirt adapter on the test driver.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use virtpool::host::Host;
+use virtpool::libvirt::worker::HvWorker;
+use virtpool::libvirt::{HvError, Hypervisor, Libvirt};
+use virtpool::model::{Action, DomainObs};
+use virtpool::monitor::Monitor;
+use virtpool::state::RuntimeState;
+
+#[derive(Default)]
+struct Calls {
+    observes: AtomicUsize,
+    writes: AtomicUsize,
+}
+
+/// The real adapter, with every call counted.
+struct Counting {
+    inner: Libvirt,
+    calls: Arc<Calls>,
+}
+
+impl Hypervisor for Counting {
+    fn connect(&mut self) -> Result<(), HvError> {
+        self.inner.connect()
+    }
+    fn is_connected(&self) -> bool {
+        self.inner.is_connected()
+    }
+    fn observe(&mut self) -> Result<Vec<DomainObs>, HvError> {
+        self.calls.observes.fetch_add(1, Ordering::SeqCst);
+        self.inner.observe()
+    }
+    fn apply(&mut self, action: &Action) -> Result<(), HvError> {
+        self.calls.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.apply(action)
+    }
+    fn set_stats_period(&mut self, uuid: &str, secs: u32) -> Result<(), HvError> {
+        self.calls.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.set_stats_period(uuid, secs)
+    }
+}
+
+#[tokio::test]
+async fn a_converged_cycle_makes_no_writes() {
+    // The demo pools manage vCPUs, memory, disk bytes and IOPS.
+    let demo = include_str!("../config/demo.toml");
+    let pools = &demo[demo.find("[host]").unwrap()..];
+    let cfg = config("cycle-host.xml", pools);
+    virtpool::libvirt::quiet_errors();
+    let calls = Arc::new(Calls::default());
+    let hv = HvWorker::spawn(Box::new(Counting {
+        inner: Libvirt::new(&cfg.agent.libvirt_uri),
+        calls: calls.clone(),
+    }))
+    .unwrap();
+    let (mut m, _h) = Monitor::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false);
+
+    let st = m.cycle_once().await;
+    assert!(st.libvirt.connected);
+    let first = calls.writes.load(Ordering::SeqCst);
+    assert!(
+        first > 0,
+        "the demo host starts off target: the first cycle writes"
+    );
+    assert!(st.results.iter().all(|r| r.ok), "{:?}", st.results);
+
+    // Converge (balloon shrinks are rate-limited: it may take a few cycles).
+    let mut converged = false;
+    for _ in 0..50 {
+        if m.cycle_once().await.results.is_empty() {
+            converged = true;
+            break;
+        }
+    }
+    assert!(converged, "no fixed point within 50 cycles");
+
+    let before = calls.writes.load(Ordering::SeqCst);
+    let observed = calls.observes.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        let st = m.cycle_once().await;
+        assert!(st.libvirt.connected);
+        assert!(st.results.is_empty(), "{:?}", st.results);
+    }
+    assert_eq!(
+        calls.writes.load(Ordering::SeqCst),
+        before,
+        "steady-state cycles wrote to the hypervisor"
+    );
+    assert_eq!(calls.observes.load(Ordering::SeqCst), observed + 3);
+}
