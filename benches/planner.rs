@@ -197,6 +197,17 @@ fn plan_once(f: &Fixture, m: &Membership) -> usize {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
+    // without it (unoptimized): then only check that one plan at 1,000
+    // domains works.
+    if !std::env::args().any(|a| a == "--bench") {
+        let f = fixture(1_000);
+        let m = Membership::new(&f.config.pools);
+        let actions = plan_once(&f, &m);
+        assert!(actions > 0, "the fixture host needs changes");
+        println!("planner bench smoke: 1000 domains, {actions} actions");
+        return;
+    }
     let fixtures: Vec<(usize, Fixture)> = sizes().into_iter().map(|n| (n, fixture(n))).collect();
     if std::env::var_os("PLANNER_BENCH_ONCE").is_some() {
         for (n, f) in &fixtures {

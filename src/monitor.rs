@@ -72,6 +72,26 @@ pub struct Status {
     /// The last config (or runtime state) error, if the last load failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_error: Option<String>,
+    /// What the planner remembers between cycles, so a dry run plans like
+    /// the next cycle will (not part of the JSON).
+    #[serde(skip)]
+    pub memory: PlannerMemory,
+}
+
+/// The planner's memory as of a published cycle: the history (cooldowns,
+/// held vCPU changes, pressure reclaim) and the clock it is kept in.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlannerMemory {
+    pub history: Arc<History>,
+    /// When the monitor's clock started (`now` = seconds since then).
+    pub clock: Option<Instant>,
+}
+
+impl PlannerMemory {
+    /// The planner's `now` at this moment.
+    pub fn now(&self) -> u64 {
+        self.clock.map_or(0, |c| c.elapsed().as_secs())
+    }
 }
 
 /// Requests to the monitor.
@@ -274,6 +294,7 @@ impl Monitor {
             domains: Vec::new(),
             results: Vec::new(),
             config_error: None,
+            memory: PlannerMemory::default(),
         };
         let (status_tx, status) = watch::channel(Arc::new(initial));
         let (cmd, cmd_rx) = mpsc::channel(64);
@@ -461,6 +482,7 @@ impl Monitor {
                 .reload_error
                 .as_ref()
                 .map(|e| format!("reload refused (running the previous config): {e}")),
+            memory: PlannerMemory::default(),
         };
 
         let effective = match runtime.effective(&self.config) {
@@ -604,6 +626,10 @@ impl Monitor {
     fn publish(&mut self, mut status: Status, t0: Instant) -> Arc<Status> {
         let failed = status.results.iter().filter(|r| !r.ok).count();
         let elapsed = t0.elapsed();
+        status.memory = PlannerMemory {
+            history: Arc::new(self.history.clone()),
+            clock: Some(self.start),
+        };
         status.last_cycle = Some(CycleInfo {
             finished_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)

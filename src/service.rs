@@ -345,6 +345,7 @@ mod tests {
             domains: Vec::new(),
             results: Vec::new(),
             config_error: Some("reload refused: bad".into()),
+            memory: Default::default(),
         };
         let s = summary(&st);
         assert_eq!(

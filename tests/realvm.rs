@@ -653,14 +653,29 @@ fn real_guest_follows_the_agent() {
         assert!(note.contains("timed out"), "{note}");
         let d = ctl_json(&h.sock(), &["domain", "vp-pc"]);
         assert_eq!(d["resources"]["vcpus"]["reason"], "pending", "{d}");
-        // `virtpoolctl plan` is a dry run from a clean history (no
-        // cooldowns or pending changes): shown for the record only.
+        // The dry run plans with the monitor's memory: pending too, and
+        // no vCPU action in it.
         let plan = ctl(&h.sock(), &["plan"]);
         let line = plan
             .lines()
             .find(|l| l.contains("vp-pc") && l.contains(" vcpus "))
             .unwrap_or_default();
         say!("virtpoolctl plan (dry run) vCPU row: {}", line.trim());
+        let pj = ctl_json(&h.sock(), &["plan"]);
+        let vcpu_actions: Vec<_> = pj["actions"]
+            .as_array()
+            .expect("actions")
+            .iter()
+            .filter(|a| a["action"]["kind"] == "set_vcpus")
+            .collect();
+        assert!(vcpu_actions.is_empty(), "dry run plans a vCPU change: {pj}");
+        let pm = pj["pools"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == POOL))
+            .and_then(|p| p["members"].as_array())
+            .and_then(|ms| ms.iter().find(|m| m["name"] == "vp-pc"))
+            .expect("vp-pc in the dry run");
+        assert_eq!(pm["resources"]["vcpus"]["reason"], "pending", "{pm}");
         let guest = h.fresh_status(1);
         say!(
             "after the timeout: libvirt reports {} vCPU(s), guest online={}",

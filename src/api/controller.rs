@@ -14,7 +14,7 @@ use crate::config::{self, Config, Mode, PoolSpec};
 use crate::membership::Membership;
 use crate::model::{PerResource, Resource, Snapshot};
 use crate::monitor::{Handle, Status};
-use crate::planner::{self, History, Plan, PlanInput};
+use crate::planner::{self, Plan, PlanInput};
 use crate::state::RuntimeState;
 use axum::body::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -355,9 +355,11 @@ fn plan_with(
         config: effective,
         snapshot: &snapshot,
         reservations: &rt.reservations,
-        history: &History::default(),
-        now: 0,
-        paused: true,
+        // The monitor's memory and clock: cooldowns and held vCPU changes
+        // show as they will in the next cycle.
+        history: &st.memory.history,
+        now: st.memory.now(),
+        paused: rt.paused,
     })
 }
 
