@@ -42,6 +42,11 @@ pub struct CycleInfo {
     pub duration_ms: f64,
     pub actions: usize,
     pub failed: usize,
+    /// A scoped cycle: the UUIDs of the domains it re-observed and
+    /// enforced (the others kept their last observation). Absent for a
+    /// full cycle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Vec<String>>,
 }
 
 /// The outcome of one enforcement action.
@@ -94,10 +99,43 @@ impl PlannerMemory {
     }
 }
 
+/// Which domains a requested cycle must look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every domain: a full cycle.
+    All,
+    /// Only these domains (UUIDs) changed: a scoped cycle re-observes and
+    /// enforces them alone, the others keep their last observation and
+    /// wait for the next full cycle. The monitor runs a full cycle instead
+    /// when a scoped one can't be trusted (see `Monitor::scoped_uuids`).
+    Domains(Vec<String>),
+}
+
+impl Scope {
+    /// The scope that covers both.
+    pub fn merge(self, other: Scope) -> Scope {
+        match (self, other) {
+            (Scope::Domains(mut a), Scope::Domains(b)) => {
+                for u in b {
+                    if !a.contains(&u) {
+                        a.push(u);
+                    }
+                }
+                Scope::Domains(a)
+            }
+            _ => Scope::All,
+        }
+    }
+}
+
+/// A scoped cycle covers at most this share of the domains (but always
+/// one); beyond it, a full cycle.
+const SCOPED_MAX_SHARE: usize = 10;
+
 /// Requests to the monitor.
 pub enum Command {
     /// Run a cycle now; reply with the status it published.
-    Reconcile(Option<oneshot::Sender<Arc<Status>>>),
+    Reconcile(Scope, Option<oneshot::Sender<Arc<Status>>>),
     /// The outcome of re-reading the config file: a validated config to
     /// swap in, or why the new file was refused (the running config stays
     /// and the error stays in [`Status::config_error`] until a good
@@ -133,13 +171,29 @@ impl Handle {
 
     /// Asks for a cycle now; with `wait`, returns the status that cycle published.
     pub async fn reconcile(&self, wait: bool) -> Option<Arc<Status>> {
+        self.reconcile_scope(Scope::All, wait).await
+    }
+
+    /// Asks for a cycle that looks at `scope` (see [`Scope`]); with `wait`,
+    /// returns the status of the cycle that ran it (a full one, maybe).
+    pub async fn reconcile_scope(&self, scope: Scope, wait: bool) -> Option<Arc<Status>> {
         if wait {
             let (tx, rx) = oneshot::channel();
-            self.cmd.send(Command::Reconcile(Some(tx))).await.ok()?;
+            self.cmd
+                .send(Command::Reconcile(scope, Some(tx)))
+                .await
+                .ok()?;
             rx.await.ok()
         } else {
-            // A full queue already has a reconcile pending: that one will do.
-            let _ = self.cmd.try_send(Command::Reconcile(None));
+            // A full queue: make sure a cycle runs without waiting for room.
+            if let Err(mpsc::error::TrySendError::Full(_)) =
+                self.cmd.try_send(Command::Reconcile(scope.clone(), None))
+            {
+                let cmd = self.cmd.clone();
+                tokio::spawn(async move {
+                    let _ = cmd.send(Command::Reconcile(scope, None)).await;
+                });
+            }
             None
         }
     }
@@ -229,6 +283,9 @@ pub struct Monitor {
     was_connected: Option<bool>,
     /// libvirt lifecycle events: each (debounced) batch runs a cycle.
     events: Option<EventReceiver>,
+    /// The effective config of the last full cycle that observed libvirt
+    /// (a scoped cycle needs the same).
+    last_full: Option<Config>,
 }
 
 /// The next debounced batch of libvirt events; never ready without a receiver.
@@ -335,6 +392,7 @@ impl Monitor {
             unadmitted: HashSet::new(),
             was_connected: None,
             events: None,
+            last_full: None,
         };
         (m, handle)
     }
@@ -367,12 +425,36 @@ impl Monitor {
         loop {
             let down = !self.status_tx.borrow().libvirt.connected && self.cycle > 0;
             let retry = backoff(self.failures.saturating_sub(1));
-            let mut reply = None;
+            let mut replies = Vec::new();
+            let mut scope = Scope::All;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 cmd = self.cmd_rx.recv() => match cmd {
-                    Some(Command::Reconcile(r)) => reply = r,
+                    Some(Command::Reconcile(s, r)) => {
+                        scope = s;
+                        replies.extend(r);
+                        // Requests that piled up meanwhile share this cycle;
+                        // reloads among them are taken first (and a config
+                        // change makes the cycle a full one).
+                        while let Ok(next) = self.cmd_rx.try_recv() {
+                            match next {
+                                Command::Reconcile(s, r) => {
+                                    scope = scope.merge(s);
+                                    replies.extend(r);
+                                }
+                                Command::Reload(result, ack) => {
+                                    if let Some(new_interval) = self.reload(result) {
+                                        tick = tokio::time::interval(new_interval);
+                                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                                    }
+                                    if let Some(ack) = ack {
+                                        let _ = ack.send(());
+                                    }
+                                }
+                            }
+                        }
+                    }
                     Some(Command::Reload(result, ack)) => {
                         if let Some(new_interval) = self.reload(result) {
                             tick = tokio::time::interval(new_interval);
@@ -401,9 +483,9 @@ impl Monitor {
                     None => { self.events = None; continue; }
                 },
             }
-            let st = self.cycle_once().await;
-            if let Some(r) = reply {
-                let _ = r.send(st);
+            let st = self.cycle(scope).await;
+            for r in replies {
+                let _ = r.send(st.clone());
             }
         }
         self.pending.push(Event::now(EventKind::Stopping));
@@ -454,9 +536,70 @@ impl Monitor {
         }
     }
 
-    /// Runs one cycle: observe → plan → enforce → publish. Returns the
+    /// Runs one full cycle: observe → plan → enforce → publish. Returns the
     /// published status.
     pub async fn cycle_once(&mut self) -> Arc<Status> {
+        self.cycle(Scope::All).await
+    }
+
+    /// The domains a scoped cycle may look at, or `None` when it must be a
+    /// full one: no full cycle yet, libvirt down at the last cycle, the
+    /// effective config (pools, mode) or the pause changed since the last
+    /// full cycle, a domain not in the last observation, or more than a
+    /// tenth of the domains (one is always allowed).
+    fn scoped_uuids(&self, scope: Scope, effective: &Config, paused: bool) -> Option<Vec<String>> {
+        let Scope::Domains(uuids) = scope else {
+            return None;
+        };
+        if uuids.is_empty() || self.last_full.as_ref() != Some(effective) {
+            return None;
+        }
+        let prev = self.status_tx.borrow();
+        if !prev.libvirt.connected || prev.plan.is_none() || prev.paused != paused {
+            return None;
+        }
+        if uuids.len() > (prev.domains.len() / SCOPED_MAX_SHARE).max(1) {
+            return None;
+        }
+        let known: HashSet<&str> = prev.domains.iter().map(|d| d.uuid.as_str()).collect();
+        uuids
+            .iter()
+            .all(|u| known.contains(u.as_str()))
+            .then_some(uuids)
+    }
+
+    /// Re-observes the scoped domains and puts them into the last published
+    /// observation. `None` when one is gone or libvirt fails (then a full
+    /// cycle observes, and reports the failure).
+    async fn observe_scoped(&mut self, uuids: &[String]) -> Option<Vec<DomainObs>> {
+        let fresh = match self.hv.observe_domains(uuids.to_vec()).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, "scoped observation failed: full cycle");
+                return None;
+            }
+        };
+        let mut fresh: HashMap<String, DomainObs> =
+            fresh.into_iter().map(|d| (d.uuid.clone(), d)).collect();
+        if uuids.iter().any(|u| !fresh.contains_key(u)) {
+            tracing::debug!("a scoped domain is gone: full cycle");
+            return None;
+        }
+        let prev = self.status_tx.borrow().clone();
+        let mut merged = prev.domains.clone();
+        for d in &mut merged {
+            if let Some(f) = fresh.remove(&d.uuid) {
+                *d = f;
+            }
+        }
+        Some(merged)
+    }
+
+    /// Runs one cycle over `scope` (see [`Scope`]): observe → plan →
+    /// enforce → publish. A scoped cycle observes and enforces only its
+    /// domains, plans the whole host with the others as last observed.
+    /// Returns the published status.
+    pub async fn cycle(&mut self, scope: Scope) -> Arc<Status> {
         let t0 = Instant::now();
         self.cycle += 1;
         let host = self.host.refresh();
@@ -498,7 +641,19 @@ impl Monitor {
             }
         };
 
-        let domains = match self.hv.observe().await {
+        let mut scoped = self.scoped_uuids(scope, &effective, runtime.paused);
+        let merged = match &scoped {
+            Some(uuids) => self.observe_scoped(uuids).await,
+            None => None,
+        };
+        if merged.is_none() {
+            scoped = None;
+        }
+        let observed = match merged {
+            Some(d) => Ok(d),
+            None => self.hv.observe().await,
+        };
+        let domains = match observed {
             Ok(d) => {
                 if self.failures > 0 {
                     tracing::info!(uri = %self.config.agent.libvirt_uri, "libvirt connection restored");
@@ -509,9 +664,13 @@ impl Monitor {
                         uri: self.config.agent.libvirt_uri.clone(),
                     }));
                 }
+                if scoped.is_none() {
+                    self.last_full = Some(effective.clone());
+                }
                 d
             }
             Err(e) => {
+                self.last_full = None;
                 self.failures = self.failures.saturating_add(1);
                 tracing::warn!(uri = %self.config.agent.libvirt_uri, error = %e, retry_in = ?backoff(self.failures - 1), "cannot observe libvirt");
                 status.libvirt.connected = false;
@@ -549,13 +708,32 @@ impl Monitor {
             },
             membership,
         );
+        // Only what is enforced goes into the history: in a scoped cycle,
+        // the scoped domains' part of the plan.
+        let in_scope: Option<HashSet<String>> =
+            scoped.as_ref().map(|u| u.iter().cloned().collect());
         if enforce {
-            self.history.record_plan(&plan);
+            match &in_scope {
+                None => self.history.record_plan(&plan),
+                Some(scope) => {
+                    for u in scope {
+                        match plan.reclaim.get(u) {
+                            Some(v) => self.history.reclaim.insert(u.clone(), *v),
+                            None => self.history.reclaim.remove(u),
+                        };
+                    }
+                }
+            }
         }
 
         if enforce {
-            self.set_stats_periods(&snapshot).await;
-            let (enforced, results) = self.enforce(plan, now).await;
+            let stats: Vec<&DomainObs> = snapshot
+                .domains
+                .iter()
+                .filter(|d| in_scope.as_ref().is_none_or(|s| s.contains(&d.uuid)))
+                .collect();
+            self.set_stats_periods(&stats).await;
+            let (enforced, results) = self.enforce(plan, now, in_scope.as_ref()).await;
             plan = enforced;
             status.results = results;
             // Publish what the domains have now, not what they had.
@@ -591,7 +769,7 @@ impl Monitor {
         self.note_unadmitted(&plan);
         status.plan = Some(plan);
         status.domains = snapshot.domains;
-        self.publish(status, t0)
+        self.publish_scoped(status, t0, scoped)
     }
 
     /// Reports members that became unadmitted (once each, until admitted).
@@ -623,7 +801,17 @@ impl Monitor {
     /// Publishes the status and counters, writes the cycle's events,
     /// reports to the service manager (STATUS=, and WATCHDOG=1: a cycle
     /// finished, so the loop is alive).
-    fn publish(&mut self, mut status: Status, t0: Instant) -> Arc<Status> {
+    fn publish(&mut self, status: Status, t0: Instant) -> Arc<Status> {
+        self.publish_scoped(status, t0, None)
+    }
+
+    /// [`Monitor::publish`], noting the scope of a scoped cycle.
+    fn publish_scoped(
+        &mut self,
+        mut status: Status,
+        t0: Instant,
+        scope: Option<Vec<String>>,
+    ) -> Arc<Status> {
         let failed = status.results.iter().filter(|r| !r.ok).count();
         let elapsed = t0.elapsed();
         status.memory = PlannerMemory {
@@ -637,6 +825,7 @@ impl Monitor {
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             actions: status.results.len(),
             failed,
+            scope,
         });
         // Lost in observe or in the middle of enforcing: one event per loss.
         if !status.libvirt.connected && self.was_connected != Some(false) {
@@ -692,13 +881,12 @@ impl Monitor {
         domains
     }
 
-    async fn set_stats_periods(&mut self, snap: &Snapshot) {
+    async fn set_stats_periods(&mut self, domains: &[&DomainObs]) {
         let secs = u32::try_from(self.config.tuning.stats_period.as_secs()).unwrap_or(u32::MAX);
         if secs == 0 {
             return;
         }
-        let todo: Vec<String> = snap
-            .domains
+        let todo: Vec<String> = domains
             .iter()
             .filter(|d| d.state == crate::model::DomainState::Running)
             .filter(|d| !self.stats_period_set.contains(&d.uuid))
@@ -729,21 +917,32 @@ impl Monitor {
     /// thread (one hand-over per cycle, not per action). Each is checked
     /// against the plan's invariants first (the guard refuses one that
     /// would break them); one failure never stops the others; a lost
-    /// connection fails the rest without calling libvirt.
-    async fn enforce(&mut self, plan: Plan, now: u64) -> (Plan, Vec<ActionOutcome>) {
-        if plan.actions.is_empty() {
+    /// connection fails the rest without calling libvirt. With `only`,
+    /// just the actions on those domains (UUIDs) run; the others are
+    /// neither applied nor recorded nor reported.
+    async fn enforce(
+        &mut self,
+        plan: Plan,
+        now: u64,
+        only: Option<&HashSet<String>>,
+    ) -> (Plan, Vec<ActionOutcome>) {
+        let picked: Vec<usize> = (0..plan.actions.len())
+            .filter(|&i| only.is_none_or(|o| o.contains(plan.actions[i].uuid())))
+            .collect();
+        if picked.is_empty() {
             return (plan, Vec::new());
         }
         let plan = Arc::new(plan);
         let job_plan = plan.clone();
+        let job_picked = picked.clone();
         let results = self
             .hv
             .run(move |hv| {
                 let plan = &*job_plan;
                 let mut guard = Guard::new(plan);
                 let mut lost: Option<HvError> = None;
-                let mut out = Vec::with_capacity(plan.actions.len());
-                for action in &plan.actions {
+                let mut out = Vec::with_capacity(job_picked.len());
+                for action in job_picked.iter().map(|&i| &plan.actions[i]) {
                     let r = if let Some(e) = &lost {
                         Err(e.clone())
                     } else if let Err(v) = guard.check(action) {
@@ -768,10 +967,10 @@ impl Monitor {
         let plan = Arc::try_unwrap(plan).unwrap_or_else(|p| (*p).clone());
         let results = match results {
             Ok(r) => r,
-            Err(e) => vec![Err(e); plan.actions.len()],
+            Err(e) => vec![Err(e); picked.len()],
         };
-        let mut out = Vec::with_capacity(plan.actions.len());
-        for (action, r) in plan.actions.iter().zip(results) {
+        let mut out = Vec::with_capacity(picked.len());
+        for (action, r) in picked.iter().map(|&i| &plan.actions[i]).zip(results) {
             let outcome = match &r {
                 Ok(()) => Outcome::Ok,
                 Err(HvError::Timeout(_)) => Outcome::Timeout,

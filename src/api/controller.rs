@@ -13,7 +13,7 @@ use super::views;
 use crate::config::{self, Config, Mode, PoolSpec};
 use crate::membership::Membership;
 use crate::model::{PerResource, Resource, Snapshot};
-use crate::monitor::{Handle, Status};
+use crate::monitor::{Handle, Scope, Status};
 use crate::planner::{self, Plan, PlanInput};
 use crate::state::RuntimeState;
 use axum::body::Bytes;
@@ -226,6 +226,24 @@ impl AppState {
         T: Send + 'static,
         F: FnOnce(&Ctx, &mut RuntimeState) -> Result<Outcome<T>, Error> + Send + 'static,
     {
+        self.change_scoped(peer, wait, f, |_| None).await
+    }
+
+    /// [`AppState::change`] for a change that concerns one domain: the
+    /// cycle it asks for re-observes and enforces only the domain named by
+    /// `domain_of` (by name or UUID, as last observed; see
+    /// [`Scope::Domains`]), or is a full one when it names none.
+    pub async fn change_scoped<T, F>(
+        &self,
+        peer: Option<Peer>,
+        wait: bool,
+        f: F,
+        domain_of: impl FnOnce(&T) -> Option<String>,
+    ) -> Result<(Outcome<T>, Option<CycleResult>), Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Ctx, &mut RuntimeState) -> Result<Outcome<T>, Error> + Send + 'static,
+    {
         auth::authorize_change(peer, &self.inner.group)?;
         let me = self.clone();
         let out = tokio::task::spawn_blocking(move || me.transact(f))
@@ -243,7 +261,15 @@ impl AppState {
                 tracing::warn!(error = %e, "cannot write the audit log");
             }
         }
-        let cycle = self.reconcile(wait && out.changed, out.changed).await;
+        let scope = domain_of(&out.value)
+            .and_then(|key| {
+                let st = self.inner.handle.status();
+                views::find_domain(&st.domains, &key).map(|d| vec![d.uuid.clone()])
+            })
+            .map_or(Scope::All, Scope::Domains);
+        let cycle = self
+            .reconcile_scope(scope, wait && out.changed, out.changed)
+            .await;
         Ok((out, cycle))
     }
 
@@ -269,10 +295,19 @@ impl AppState {
 
     /// Asks for a cycle (when `trigger`); with `wait`, waits for it.
     pub async fn reconcile(&self, wait: bool, trigger: bool) -> Option<CycleResult> {
+        self.reconcile_scope(Scope::All, wait, trigger).await
+    }
+
+    async fn reconcile_scope(
+        &self,
+        scope: Scope,
+        wait: bool,
+        trigger: bool,
+    ) -> Option<CycleResult> {
         if !trigger {
             return None;
         }
-        let st = self.inner.handle.reconcile(wait).await?;
+        let st = self.inner.handle.reconcile_scope(scope, wait).await?;
         Some(cycle_result(&st))
     }
 }

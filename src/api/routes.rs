@@ -324,9 +324,12 @@ async fn allocate(
     Json(req): Json<Reservation>,
 ) -> R<ReservationResponse> {
     let (out, cycle) = s
-        .change(peer, q.wait, move |ctx, rt| {
-            controller::allocate(ctx, rt, &pool, &req)
-        })
+        .change_scoped(
+            peer,
+            q.wait,
+            move |ctx, rt| controller::allocate(ctx, rt, &pool, &req),
+            |v: &ReservationResponse| Some(v.domain.clone()),
+        )
         .await?;
     let mut v = out.value;
     v.cycle = cycle;
@@ -341,9 +344,12 @@ async fn release(
     Json(req): Json<Reservation>,
 ) -> R<ReservationResponse> {
     let (out, cycle) = s
-        .change(peer, q.wait, move |ctx, rt| {
-            controller::release(ctx, rt, &pool, &req)
-        })
+        .change_scoped(
+            peer,
+            q.wait,
+            move |ctx, rt| controller::release(ctx, rt, &pool, &req),
+            |v: &ReservationResponse| Some(v.domain.clone()),
+        )
         .await?;
     let mut v = out.value;
     v.cycle = cycle;

@@ -448,6 +448,47 @@ impl Libvirt {
         }
     }
 
+    /// Reads each domain (vCPUs and balloon from `bulk` when there), sorted
+    /// by name; keeps the handles of the ones read in `handles`. A domain
+    /// that vanished or cannot be read is left out; a lost connection fails
+    /// the whole read.
+    fn read_domains(
+        &mut self,
+        domains: Vec<Domain>,
+        bulk: &HashMap<String, ffi::StatsRecord>,
+        handles: &mut HashMap<String, Domain>,
+    ) -> Result<Vec<DomainObs>, HvError> {
+        let mut out = Vec::with_capacity(domains.len());
+        let mut caps = self.caps;
+        for dom in domains {
+            let rec = dom.uuid_string().ok().and_then(|u| bulk.get(&u));
+            match read_domain(&dom, rec, &mut caps) {
+                Ok(obs) => {
+                    handles.insert(obs.uuid.clone(), dom);
+                    out.push(obs);
+                }
+                // Vanished between list and read.
+                Err(f) if is_no_domain(&f.err) => {
+                    tracing::debug!(what = %f.what, "domain vanished while observed");
+                }
+                Err(f) => {
+                    let err = self.fail(f);
+                    if err.is_connection() {
+                        return Err(err);
+                    }
+                    // One unreadable domain does not hide the others.
+                    tracing::warn!(error = %err, "domain skipped in observation");
+                }
+            }
+        }
+        self.caps = ReadCaps {
+            bulk_state_only: self.caps.bulk_state_only,
+            ..caps
+        };
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
     fn lookup(&self, uuid: &str, name: &str) -> Result<Res<Domain>, HvError> {
         let conn = self.conn()?;
         Ok(conn
@@ -566,36 +607,29 @@ impl Hypervisor for Libvirt {
                 HashMap::new()
             }
         };
-        let mut out = Vec::with_capacity(domains.len());
         let mut handles = HashMap::with_capacity(domains.len());
-        let mut caps = self.caps;
-        for dom in domains {
-            let rec = dom.uuid_string().ok().and_then(|u| bulk.get(&u));
-            match read_domain(&dom, rec, &mut caps) {
-                Ok(obs) => {
-                    handles.insert(obs.uuid.clone(), dom);
-                    out.push(obs);
-                }
-                // Vanished between list and read.
+        let out = self.read_domains(domains, &bulk, &mut handles)?;
+        self.handles = handles;
+        Ok(out)
+    }
+
+    fn observe_domains(&mut self, uuids: &[String]) -> Result<Vec<DomainObs>, HvError> {
+        let mut domains = Vec::with_capacity(uuids.len());
+        for uuid in uuids {
+            match self.lookup(uuid, uuid)? {
+                Ok(dom) => domains.push(dom),
                 Err(f) if is_no_domain(&f.err) => {
-                    tracing::debug!(what = %f.what, "domain vanished while observed");
+                    tracing::debug!(what = %f.what, "domain gone");
                 }
-                Err(f) => {
-                    let err = self.fail(f);
-                    if err.is_connection() {
-                        return Err(err);
-                    }
-                    // One unreadable domain does not hide the others.
-                    tracing::warn!(error = %err, "domain skipped in observation");
-                }
+                Err(f) => return Err(self.fail(f)),
             }
         }
-        self.caps = ReadCaps {
-            bulk_state_only: self.caps.bulk_state_only,
-            ..caps
-        };
-        self.handles = handles;
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        // No bulk stats: one call for all domains costs more than the
+        // per-domain reads of a few.
+        let mut handles = HashMap::with_capacity(domains.len());
+        let out = self.read_domains(domains, &HashMap::new(), &mut handles)?;
+        // Handles of the other domains stay as the last full observation left them.
+        self.handles.extend(handles);
         Ok(out)
     }
 

@@ -57,6 +57,17 @@ pub trait Hypervisor: Send {
     /// memory, balloon stats, disks and their I/O limits, weights and
     /// virtpool metadata. `active_secs` is left `None` (the monitor tracks it).
     fn observe(&mut self) -> Result<Vec<DomainObs>, HvError>;
+    /// Observes only the domains with these UUIDs, read as [`observe`]
+    /// reads each one. A UUID that names no domain is left out of the
+    /// answer (the caller notices). The default observes every domain and
+    /// keeps the asked ones.
+    ///
+    /// [`observe`]: Hypervisor::observe
+    fn observe_domains(&mut self, uuids: &[String]) -> Result<Vec<DomainObs>, HvError> {
+        let mut all = self.observe()?;
+        all.retain(|d| uuids.contains(&d.uuid));
+        Ok(all)
+    }
     /// Applies one action to a live domain.
     fn apply(&mut self, action: &Action) -> Result<(), HvError>;
     /// Sets the balloon statistics period of a running domain (seconds).

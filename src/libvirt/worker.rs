@@ -61,6 +61,16 @@ impl HvWorker {
         .await?
     }
 
+    /// Connects if needed, then observes the domains with these UUIDs
+    /// (see [`Hypervisor::observe_domains`]).
+    pub async fn observe_domains(&self, uuids: Vec<String>) -> Result<Vec<DomainObs>, HvError> {
+        self.run(move |hv| {
+            hv.connect()?;
+            hv.observe_domains(&uuids)
+        })
+        .await?
+    }
+
     /// Applies actions in order; one failure does not stop the others. A
     /// lost connection fails the remaining actions without calling libvirt.
     pub async fn apply(
