@@ -132,6 +132,32 @@ impl Scope {
 /// one); beyond it, a full cycle.
 const SCOPED_MAX_SHARE: usize = 10;
 
+/// How many domains a scoped cycle may cover out of `total`.
+fn scoped_limit(total: usize) -> usize {
+    (total / SCOPED_MAX_SHARE).max(1)
+}
+
+/// The domains outside `scope` that have actions in the plan and share a
+/// pool with a domain in it.
+fn pool_neighbours_with_actions(plan: &Plan, scope: &[String]) -> Vec<String> {
+    let with_actions: HashSet<&str> = plan.actions.iter().map(|a| a.uuid()).collect();
+    let mut out: Vec<String> = Vec::new();
+    for p in &plan.pools {
+        if !p.members.iter().any(|m| scope.contains(&m.uuid)) {
+            continue;
+        }
+        for m in &p.members {
+            if with_actions.contains(m.uuid.as_str())
+                && !scope.contains(&m.uuid)
+                && !out.contains(&m.uuid)
+            {
+                out.push(m.uuid.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Requests to the monitor.
 pub enum Command {
     /// Run a cycle now; reply with the status it published.
@@ -558,7 +584,7 @@ impl Monitor {
         if !prev.libvirt.connected || prev.plan.is_none() || prev.paused != paused {
             return None;
         }
-        if uuids.len() > (prev.domains.len() / SCOPED_MAX_SHARE).max(1) {
+        if uuids.len() > scoped_limit(prev.domains.len()) {
             return None;
         }
         let known: HashSet<&str> = prev.domains.iter().map(|d| d.uuid.as_str()).collect();
@@ -642,49 +668,6 @@ impl Monitor {
         };
 
         let mut scoped = self.scoped_uuids(scope, &effective, runtime.paused);
-        let merged = match &scoped {
-            Some(uuids) => self.observe_scoped(uuids).await,
-            None => None,
-        };
-        if merged.is_none() {
-            scoped = None;
-        }
-        let observed = match merged {
-            Some(d) => Ok(d),
-            None => self.hv.observe().await,
-        };
-        let domains = match observed {
-            Ok(d) => {
-                if self.failures > 0 {
-                    tracing::info!(uri = %self.config.agent.libvirt_uri, "libvirt connection restored");
-                }
-                self.failures = 0;
-                if self.was_connected == Some(false) {
-                    self.pending.push(Event::now(EventKind::LibvirtRestored {
-                        uri: self.config.agent.libvirt_uri.clone(),
-                    }));
-                }
-                if scoped.is_none() {
-                    self.last_full = Some(effective.clone());
-                }
-                d
-            }
-            Err(e) => {
-                self.last_full = None;
-                self.failures = self.failures.saturating_add(1);
-                tracing::warn!(uri = %self.config.agent.libvirt_uri, error = %e, retry_in = ?backoff(self.failures - 1), "cannot observe libvirt");
-                status.libvirt.connected = false;
-                status.libvirt.error = Some(e.to_string());
-                // Handles are stale after a reconnect: forget per-connection facts.
-                self.stats_period_set.clear();
-                let prev = self.status_tx.borrow().clone();
-                status.domains = prev.domains.clone();
-                status.plan = prev.plan.clone();
-                return self.publish(status, t0);
-            }
-        };
-        let domains = self.track_active(domains);
-        let mut snapshot = Snapshot { host, domains };
         let now = self.start.elapsed().as_secs();
         let enforce = self.mode() == Mode::Enforce && !runtime.paused;
         // Globs are compiled once per pool set, not every cycle.
@@ -696,18 +679,80 @@ impl Monitor {
             let m = Membership::new(&effective.pools);
             self.membership = Some((effective.pools.clone(), m));
         }
-        let membership = &self.membership.as_ref().expect("set just above").1;
-        let mut plan = planner::plan_with(
-            &PlanInput {
-                config: &effective,
-                snapshot: &snapshot,
-                reservations: &runtime.reservations,
-                history: &self.history,
-                now,
-                paused: runtime.paused,
-            },
-            membership,
-        );
+        // A scoped cycle widens its scope once to the other domains with
+        // actions in its domains' pools (a raised reservation takes from
+        // them first), re-observed; when that is too many, a full cycle.
+        let mut widened = false;
+        let (mut snapshot, mut plan) = loop {
+            let merged = match &scoped {
+                Some(uuids) => self.observe_scoped(uuids).await,
+                None => None,
+            };
+            if merged.is_none() {
+                scoped = None;
+            }
+            let observed = match merged {
+                Some(d) => Ok(d),
+                None => self.hv.observe().await,
+            };
+            let domains = match observed {
+                Ok(d) => {
+                    if self.failures > 0 {
+                        tracing::info!(uri = %self.config.agent.libvirt_uri, "libvirt connection restored");
+                    }
+                    self.failures = 0;
+                    if self.was_connected == Some(false) {
+                        self.pending.push(Event::now(EventKind::LibvirtRestored {
+                            uri: self.config.agent.libvirt_uri.clone(),
+                        }));
+                    }
+                    if scoped.is_none() {
+                        self.last_full = Some(effective.clone());
+                    }
+                    d
+                }
+                Err(e) => {
+                    self.last_full = None;
+                    self.failures = self.failures.saturating_add(1);
+                    tracing::warn!(uri = %self.config.agent.libvirt_uri, error = %e, retry_in = ?backoff(self.failures - 1), "cannot observe libvirt");
+                    status.libvirt.connected = false;
+                    status.libvirt.error = Some(e.to_string());
+                    // Handles are stale after a reconnect: forget per-connection facts.
+                    self.stats_period_set.clear();
+                    let prev = self.status_tx.borrow().clone();
+                    status.domains = prev.domains.clone();
+                    status.plan = prev.plan.clone();
+                    return self.publish(status, t0);
+                }
+            };
+            let domains = self.track_active(domains);
+            let snapshot = Snapshot { host, domains };
+            let membership = &self.membership.as_ref().expect("set just above").1;
+            let plan = planner::plan_with(
+                &PlanInput {
+                    config: &effective,
+                    snapshot: &snapshot,
+                    reservations: &runtime.reservations,
+                    history: &self.history,
+                    now,
+                    paused: runtime.paused,
+                },
+                membership,
+            );
+            let Some(uuids) = scoped.as_mut() else {
+                break (snapshot, plan);
+            };
+            let extra = pool_neighbours_with_actions(&plan, uuids);
+            if extra.is_empty() || widened {
+                break (snapshot, plan);
+            }
+            widened = true;
+            uuids.extend(extra);
+            if uuids.len() > scoped_limit(snapshot.domains.len()) {
+                tracing::debug!(domains = uuids.len(), "scope too wide: full cycle");
+                scoped = None;
+            }
+        };
         // Only what is enforced goes into the history: in a scoped cycle,
         // the scoped domains' part of the plan.
         let in_scope: Option<HashSet<String>> =
