@@ -19,6 +19,8 @@ use virtpool::model::{Action, DomainObs, PerResource};
 use virtpool::monitor::{Handle, Monitor, Scope, Status};
 use virtpool::state::RuntimeState;
 
+mod api_support;
+
 #[path = "common/libvirtd.rs"]
 mod libvirtd;
 use libvirtd::Daemon;
@@ -95,13 +97,14 @@ fn domain_xml(name: &str, i: usize) -> String {
 
 /// Two pools giving each member 2 vCPUs out of its 4.
 fn config(uri: &str, dir: &Path) -> Config {
+    let dir = dir.display();
     let text = format!(
-        "[agent]\nlibvirt_uri = \"{uri}\"\nstate_dir = \"{}\"\ninterval = \"1h\"\n\
+        "[agent]\nlibvirt_uri = \"{uri}\"\nstate_dir = \"{dir}/state\"\ninterval = \"1h\"\n\
+         [api]\nsocket = \"{dir}/api.sock\"\ngroup = \"root\"\n\
          [host]\ncpus = 128\nmemory = \"256GiB\"\n\
          [vcpus]\ncooldown = \"0s\"\n\
          [pools.web]\nmatch = \"web-*\"\nvcpus = {{ budget = {}, min = 1, max = 4 }}\n\
          [pools.db]\nmatch = \"db-*\"\nvcpus = {{ budget = {}, min = 1, max = 4 }}\n",
-        dir.display(),
         2 * WEB,
         2 * DB
     );
@@ -368,4 +371,63 @@ async fn a_scoped_cycle_falls_back_to_a_full_one_when_it_cannot_be_trusted() {
     assert!(is_full(&st));
     // One observation job only (the full one): no scoped attempt first.
     assert_eq!(s.calls.lock().unwrap().connects, connects + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocate_runs_a_cycle_scoped_to_its_domain() {
+    let Some(mut s) = setup() else { return };
+    s.converge().await;
+    let cfg = s.handle.config();
+    let sock = virtpool::api::bind(&cfg.agent.socket, &cfg.agent.api_group)
+        .await
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let state = virtpool::api::AppState::new(s.handle.clone(), cfg.agent.api_group.clone());
+    let api = tokio::spawn(virtpool::api::serve_with(
+        sock,
+        state,
+        shutdown.clone(),
+        virtpool::api::ServeOptions::default(),
+    ));
+    let monitor = tokio::spawn(s.monitor.run(shutdown.clone()));
+    // The interval's first tick runs a full cycle: let it pass.
+    let mut status = s.handle.status.clone();
+    let before = status.borrow().cycle;
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        status.wait_for(|st| st.cycle > before),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let full = s.calls.lock().unwrap().full;
+
+    let (code, v) = api_support::call(
+        &cfg.agent.socket,
+        "POST",
+        "/v1/pools/web/allocate?wait=true",
+        Some(&format!(r#"{{"domain":"{}","vcpus":3}}"#, web(0))),
+        true,
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    // Visible from the second connection when the answer comes.
+    assert_eq!(
+        s.c2.lookup_domain_by_name(&web(0))
+            .unwrap()
+            .vcpus_flags(sys::VIR_DOMAIN_AFFECT_LIVE)
+            .unwrap(),
+        3
+    );
+    let cycle = v["cycle"]["cycle"].as_u64().unwrap();
+    let st = s.handle.status();
+    assert_eq!(st.cycle, cycle, "the answer is the cycle that applied it");
+    let scope = st.last_cycle.as_ref().unwrap().scope.clone().unwrap();
+    assert_eq!(scope[0], uuid(0), "{scope:?}");
+    assert_eq!(s.calls.lock().unwrap().full, full, "a full observation ran");
+    assert_eq!(s.calls.lock().unwrap().scoped[0], vec![uuid(0)]);
+
+    shutdown.cancel();
+    api.await.unwrap();
+    monitor.await.unwrap();
 }
