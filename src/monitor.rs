@@ -470,26 +470,12 @@ impl Monitor {
                                     replies.extend(r);
                                 }
                                 Command::Reload(result, ack) => {
-                                    if let Some(new_interval) = self.reload(result) {
-                                        tick = tokio::time::interval(new_interval);
-                                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                                    }
-                                    if let Some(ack) = ack {
-                                        let _ = ack.send(());
-                                    }
+                                    self.take_reload(result, ack, &mut tick);
                                 }
                             }
                         }
                     }
-                    Some(Command::Reload(result, ack)) => {
-                        if let Some(new_interval) = self.reload(result) {
-                            tick = tokio::time::interval(new_interval);
-                            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                        }
-                        if let Some(ack) = ack {
-                            let _ = ack.send(());
-                        }
-                    }
+                    Some(Command::Reload(result, ack)) => self.take_reload(result, ack, &mut tick),
                     None => break,
                 },
                 _ = tick.tick() => {}
@@ -516,6 +502,22 @@ impl Monitor {
         }
         self.pending.push(Event::now(EventKind::Stopping));
         self.flush_events();
+    }
+
+    /// Takes a reload outcome, restarts `tick` on a new interval, acks.
+    fn take_reload(
+        &mut self,
+        result: Result<Box<Config>, String>,
+        ack: Option<oneshot::Sender<()>>,
+        tick: &mut tokio::time::Interval,
+    ) {
+        if let Some(new_interval) = self.reload(result) {
+            *tick = tokio::time::interval(new_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        }
+        if let Some(ack) = ack {
+            let _ = ack.send(());
+        }
     }
 
     /// Takes a reload outcome. Returns the new interval if it changed.
