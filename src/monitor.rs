@@ -128,6 +128,29 @@ impl Scope {
     }
 }
 
+/// The cycle a batch of libvirt events asks for: scoped to the domains
+/// they name (a domain new to the last observation, or gone from libvirt,
+/// turns it into a full cycle, see `Monitor::scoped_uuids`); full when the
+/// connection closed.
+fn event_scope(batch: &[HvEvent]) -> Scope {
+    let mut uuids: Vec<String> = Vec::new();
+    for e in batch {
+        match e {
+            HvEvent::Domain(d) => {
+                if !uuids.contains(&d.uuid) {
+                    uuids.push(d.uuid.clone());
+                }
+            }
+            HvEvent::ConnectionClosed(_) => return Scope::All,
+        }
+    }
+    if uuids.is_empty() {
+        Scope::All
+    } else {
+        Scope::Domains(uuids)
+    }
+}
+
 /// A scoped cycle covers at most this share of the domains (but always
 /// one); beyond it, a full cycle.
 const SCOPED_MAX_SHARE: usize = 10;
@@ -491,7 +514,10 @@ impl Monitor {
                     continue;
                 }
                 batch = next_events(&mut self.events) => match batch {
-                    Some(b) => tracing::debug!(events = ?b, "libvirt event: cycle now"),
+                    Some(b) => {
+                        tracing::debug!(events = ?b, "libvirt event: cycle now");
+                        scope = event_scope(&b);
+                    }
                     None => { self.events = None; continue; }
                 },
             }
@@ -1114,5 +1140,43 @@ fn log_action(a: &Action, r: &Result<(), HvError>) {
             error = %e,
             "action failed"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::libvirt::events::{CloseReason, DomainEvent, LifecycleKind};
+
+    fn ev(uuid: &str, kind: LifecycleKind) -> HvEvent {
+        HvEvent::Domain(DomainEvent {
+            uuid: uuid.into(),
+            name: format!("vm-{uuid}"),
+            kind,
+            detail: 0,
+        })
+    }
+
+    #[test]
+    fn events_scope_the_cycle_to_their_domains() {
+        let b = [
+            ev("a", LifecycleKind::Started),
+            ev("b", LifecycleKind::Stopped),
+            ev("a", LifecycleKind::Suspended),
+        ];
+        assert_eq!(
+            event_scope(&b),
+            Scope::Domains(vec!["a".into(), "b".into()])
+        );
+    }
+
+    #[test]
+    fn a_closed_connection_asks_for_a_full_cycle() {
+        let b = [
+            ev("a", LifecycleKind::Started),
+            HvEvent::ConnectionClosed(CloseReason::Eof),
+        ];
+        assert_eq!(event_scope(&b), Scope::All);
+        assert_eq!(event_scope(&[]), Scope::All);
     }
 }
