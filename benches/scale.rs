@@ -8,8 +8,10 @@
 //! - `SCALE_REPS` (default 5; at most 3 at 5,000 domains and for the
 //!   allocate latency): timed repetitions per size; medians are printed.
 //! - `SCALE_IDLE_SECS` (default 60): idle-CPU window (at 1,000 domains).
-//! - `SCALE_EVENTS` (default 0): 1 registers the in-process agent for
-//!   lifecycle events, as `virtpoold` is (libvirt's event loop runs).
+//! - `SCALE_EVENTS` (default 1): registers the in-process agent for domain
+//!   events, as `virtpoold` is (libvirt's event loop runs; the agent then
+//!   reuses each domain's XML, I/O limits and weights between reads); 0
+//!   reads everything every cycle.
 //! - `SCALE_GROWTH_CYCLES` (default 1000) and `SCALE_GROWTH_SIZE` (default
 //!   100): cycles run through the API to check RSS growth.
 //!
@@ -20,9 +22,13 @@
 //! Figures per size:
 //! - (a) the agent's full cycle (observe + plan + enforce + publish) after a
 //!   budget change that moves every domain's vCPUs, memory and disk limits;
-//! - (b) a steady-state cycle (nothing to change; must issue no writes);
-//! - (c) a raw baseline with `virt` calls only: the reads the cycle needs
-//!   (c-read) and those reads plus the writes (c-change);
+//! - (b) a steady-state cycle (nothing to change; must issue no writes),
+//!   measured after the cycle that reads back the last change;
+//! - (c) a raw baseline with `virt` calls only: the reads a steady cycle
+//!   needs (c-read: list, info, memory stats) and those reads plus the
+//!   writes (c-change); c-full is every read of a domain not known yet
+//!   (XML, I/O limits, weight too), which the agent makes on its first
+//!   cycle, after a change and at each domain's resync;
 //! - the real `virtpoold`'s RSS, the time from `virtpoolctl allocate`
 //!   returning to the change being visible on a second connection, idle
 //!   CPU (1,000 domains) and RSS across many cycles.
@@ -32,6 +38,7 @@
 mod libvirtd;
 
 use libvirtd::Daemon;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -147,24 +154,21 @@ fn median(v: &mut [f64]) -> f64 {
 
 // ------------------------------------------------------------- baseline
 
-/// The reads a cycle needs, straight through `virt` (and the project's ffi
-/// for the typed-parameter getters the crate lacks): list, then per domain
-/// info, live and max vCPUs, memory stats, XML (disks, metadata), the I/O
-/// limits of each disk and the blkio weight (not `cpu_shares`: this
-/// driver has no such scheduler parameter). Returns the domains
-/// with their disk targets (for the writes).
-fn baseline_read(c: &Connect) -> Vec<(Domain, Vec<String>)> {
+/// Every read the agent makes of a domain it knows nothing about, straight
+/// through `virt` (and the project's ffi for the typed-parameter getters
+/// the crate lacks): list, then per domain info, max vCPUs, memory stats,
+/// XML (disks, metadata), the I/O limits of each disk and the blkio weight
+/// (not `cpu_shares`: this driver has no such scheduler parameter).
+/// Returns each domain's disk targets by UUID (what a steady cycle keeps).
+fn baseline_full_read(c: &Connect) -> HashMap<String, Vec<String>> {
     let doms = c.list_all_domains(0).unwrap();
-    let mut out = Vec::with_capacity(doms.len());
+    let mut out = HashMap::with_capacity(doms.len());
     let mut sink = 0u64;
     for d in doms {
         let info = d.info().unwrap();
         sink += info.memory;
         let active = info.state.is(virt::domain::DomainState::Running)
             || info.state.is(virt::domain::DomainState::Paused);
-        if active {
-            sink += u64::from(d.vcpus_flags(sys::VIR_DOMAIN_AFFECT_LIVE).unwrap());
-        }
         sink += u64::from(d.vcpus_flags(sys::VIR_DOMAIN_VCPU_MAXIMUM).unwrap());
         if active {
             sink += d.memory_stats(0).unwrap().len() as u64;
@@ -184,14 +188,38 @@ fn baseline_read(c: &Connect) -> Vec<(Domain, Vec<String>)> {
                 .unwrap()
                 .unwrap_or(0),
         );
-        out.push((d, disks));
+        out.insert(d.uuid_string().unwrap(), disks);
     }
     std::hint::black_box(sink);
     out
 }
 
-/// The reads, then the writes of a cycle that changes every domain.
-fn baseline_change(c: &Connect, t: (u64, u64, u64, u64)) -> usize {
+/// The reads a steady cycle needs once the slow facts are known (what the
+/// agent re-reads every cycle on this driver): list, then per domain info
+/// and, when active, memory stats.
+fn baseline_read(c: &Connect) -> Vec<Domain> {
+    let doms = c.list_all_domains(0).unwrap();
+    let mut sink = 0u64;
+    for d in &doms {
+        let info = d.info().unwrap();
+        sink += info.memory + u64::from(info.nr_virt_cpu);
+        let active = info.state.is(virt::domain::DomainState::Running)
+            || info.state.is(virt::domain::DomainState::Paused);
+        if active {
+            sink += d.memory_stats(0).unwrap().len() as u64;
+        }
+    }
+    std::hint::black_box(sink);
+    doms
+}
+
+/// The reads, then the writes of a cycle that changes every domain
+/// (`disks`: the targets from an earlier full read).
+fn baseline_change(
+    c: &Connect,
+    disks: &HashMap<String, Vec<String>>,
+    t: (u64, u64, u64, u64),
+) -> usize {
     let doms = baseline_read(c);
     let tune = IoTune {
         total_bytes_sec: t.2 * MIB,
@@ -201,16 +229,13 @@ fn baseline_change(c: &Connect, t: (u64, u64, u64, u64)) -> usize {
     };
     let mut writes = 0;
     // The pools' members (not the driver's own `test`).
-    for (d, disks) in doms
-        .iter()
-        .filter(|(d, _)| d.name().unwrap().starts_with('p'))
-    {
+    for d in doms.iter().filter(|d| d.name().unwrap().starts_with('p')) {
         d.set_vcpus_flags(t.0 as u32, sys::VIR_DOMAIN_AFFECT_LIVE)
             .unwrap();
         d.set_memory_flags(t.1 * 1024, sys::VIR_DOMAIN_MEM_LIVE)
             .unwrap();
         writes += 2;
-        for t in disks {
+        for t in &disks[&d.uuid_string().unwrap()] {
             ffi::set_block_iotune(d, t, &tune, sys::VIR_DOMAIN_AFFECT_LIVE).unwrap();
             writes += 1;
         }
@@ -225,6 +250,10 @@ struct CycleFigures {
     b: f64,
     c_change: f64,
     c_read: f64,
+    c_full: f64,
+    /// Of (a) and (b): time spent in libvirt reads.
+    a_observe: f64,
+    b_observe: f64,
     actions_a: usize,
 }
 
@@ -238,11 +267,11 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
     let cfg = Config::parse(&cfg_text, Path::new("scale.toml")).unwrap();
     let mut runtime = RuntimeState::new();
     runtime.pools = runtime_pools(n, BUDGET_A);
-    // With SCALE_EVENTS=1 the adapter registers for lifecycle events like
+    // With SCALE_EVENTS=1 (default) the adapter registers for events like
     // virtpoold does (libvirt's event loop then runs in this process).
     let mut lv = Libvirt::new(uri);
     let mut _events = None;
-    if env_or("SCALE_EVENTS", 0) == 1 {
+    if env_or("SCALE_EVENTS", 1) == 1 {
         let (tx, rx) = virtpool::libvirt::events::channel();
         lv = lv.with_events(tx);
         _events = Some(rx);
@@ -274,9 +303,17 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
         st.results.first()
     );
 
-    let (mut a, mut b, mut cc, mut cr) = (vec![], vec![], vec![], vec![]);
+    let (mut a, mut b, mut cc, mut cr, mut cf) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut a_obs, mut b_obs) = (vec![], vec![]);
     let mut actions_a = 0;
     for rep in 0..reps {
+        // The cycle after a change reads the changed domains back in full.
+        let (_, st) = cycle(&mut m);
+        assert_eq!(st.results.len(), 0, "read-back cycle issued actions");
+
+        let t0 = Instant::now();
+        let disks = baseline_full_read(c2);
+        cf.push(t0.elapsed().as_secs_f64() * 1e3);
         let t0 = Instant::now();
         baseline_read(c2);
         cr.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -284,13 +321,15 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
         let (ms, st) = cycle(&mut m);
         assert_eq!(st.results.len(), 0, "steady cycle issued actions");
         b.push(ms);
+        b_obs.push(st.last_cycle.as_ref().unwrap().observe_ms);
 
         let t0 = Instant::now();
-        let writes = baseline_change(c2, BASE_C);
+        let writes = baseline_change(c2, &disks, BASE_C);
         cc.push(t0.elapsed().as_secs_f64() * 1e3);
 
         set_budget(if rep % 2 == 0 { BUDGET_B } else { BUDGET_A });
         let (ms, st) = cycle(&mut m);
+        a_obs.push(st.last_cycle.as_ref().unwrap().observe_ms);
         let failed = st.results.iter().filter(|r| !r.ok).count();
         assert_eq!(failed, 0, "{:?}", st.results.iter().find(|r| !r.ok));
         assert_eq!(
@@ -308,6 +347,9 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
         b: median(&mut b),
         c_change: median(&mut cc),
         c_read: median(&mut cr),
+        c_full: median(&mut cf),
+        a_observe: median(&mut a_obs),
+        b_observe: median(&mut b_obs),
         actions_a,
     }
 }
@@ -534,7 +576,7 @@ fn main() {
         return;
     }
     virtpool::libvirt::quiet_errors();
-    if env_or("SCALE_EVENTS", 0) == 1 {
+    if env_or("SCALE_EVENTS", 1) == 1 {
         // Before any connection is opened.
         virtpool::libvirt::events::start_event_loop().unwrap();
     }
@@ -554,12 +596,13 @@ fn main() {
     let growth_size: usize = env_or("SCALE_GROWTH_SIZE", 100);
     println!("virtpool full-cycle benchmark; load at start: {}", load());
     println!(
-        "{:>6} | {:>9} {:>9} {:>9} {:>9} | {:>6} {:>6} | {:>7} {:>8} {:>9} {:>8} | load",
+        "{:>6} | {:>9} {:>9} {:>9} {:>9} {:>9} | {:>6} {:>6} | {:>7} {:>8} {:>9} {:>8} | load",
         "doms",
         "a ms",
         "b ms",
         "c ms",
         "c-rd ms",
+        "c-full ms",
         "a/c",
         "b/c",
         "RSS MiB",
@@ -592,19 +635,23 @@ fn main() {
         // Fewer rounds at 5,000 to keep the whole run near 10 minutes.
         let reps = if n >= 5000 { reps.min(3) } else { reps };
         let f = in_process(n, &uri, &c2, &dir_a, reps);
-        eprintln!("  in-process: {} actions per change cycle", f.actions_a);
+        eprintln!(
+            "  in-process: {} actions per change cycle; reads took {:.1} ms of (a), {:.1} ms of (b)",
+            f.actions_a, f.a_observe, f.b_observe
+        );
         // The daemon's domains are at the baseline's values; the real agent
         // converges them first.
         let dir_d = base.path().join("daemon");
         std::fs::create_dir_all(&dir_d).unwrap();
         let d = real_daemon(n, &uri, &c2, &dir_d, reps.min(3));
         println!(
-            "{:>6} | {:>9.1} {:>9.1} {:>9.1} {:>9.1} | {:>6.3} {:>6.3} | {:>7.1} {:>8.1} {:>9.1} {:>8} | {}",
+            "{:>6} | {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} | {:>6.3} {:>6.3} | {:>7.1} {:>8.1} {:>9.1} {:>8} | {}",
             n,
             f.a,
             f.b,
             f.c_change,
             f.c_read,
+            f.c_full,
             f.a / f.c_change,
             f.b / f.c_read,
             d.rss_mib,

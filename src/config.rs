@@ -88,6 +88,7 @@ struct RawAgent {
     state_dir: Option<PathBuf>,
     log_level: Option<String>,
     metrics_listen: Option<SocketAddr>,
+    resync_interval: Option<Secs>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -269,6 +270,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub log_level: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
+    /// Longest a domain's slow facts (XML, I/O limits, weights) are reused
+    /// without an event saying they changed; zero reads them every cycle.
+    pub resync_interval: Duration,
     pub socket: PathBuf,
     pub api_group: String,
 }
@@ -584,6 +588,9 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
         .into(),
         log_level: a.log_level,
         metrics_listen: a.metrics_listen,
+        resync_interval: a
+            .resync_interval
+            .map_or(crate::libvirt::cache::DEFAULT_RESYNC, |s| s.0),
         socket: expand(
             &raw.api
                 .socket

@@ -40,6 +40,9 @@ pub struct CycleInfo {
     /// Wall-clock end of the cycle, seconds since the Unix epoch.
     pub finished_at: u64,
     pub duration_ms: f64,
+    /// Of which spent reading domains from libvirt.
+    #[serde(default)]
+    pub observe_ms: f64,
     pub actions: usize,
     pub failed: usize,
     /// A scoped cycle: the UUIDs of the domains it re-observed and
@@ -335,6 +338,8 @@ pub struct Monitor {
     /// The effective config of the last full cycle that observed libvirt
     /// (a scoped cycle needs the same).
     last_full: Option<Config>,
+    /// Time this cycle spent waiting for libvirt reads (for `last_cycle`).
+    observe_time: Duration,
 }
 
 /// The next debounced batch of libvirt events; never ready without a receiver.
@@ -442,6 +447,7 @@ impl Monitor {
             was_connected: None,
             events: None,
             last_full: None,
+            observe_time: Duration::ZERO,
         };
         (m, handle)
     }
@@ -626,7 +632,10 @@ impl Monitor {
     /// observation. `None` when one is gone or libvirt fails (then a full
     /// cycle observes, and reports the failure).
     async fn observe_scoped(&mut self, uuids: &[String]) -> Option<Vec<DomainObs>> {
-        let fresh = match self.hv.observe_domains(uuids.to_vec()).await {
+        let t = Instant::now();
+        let fresh = self.hv.observe_domains(uuids.to_vec()).await;
+        self.observe_time += t.elapsed();
+        let fresh = match fresh {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(error = %e, "scoped observation failed: full cycle");
@@ -721,7 +730,12 @@ impl Monitor {
             }
             let observed = match merged {
                 Some(d) => Ok(d),
-                None => self.hv.observe().await,
+                None => {
+                    let t = Instant::now();
+                    let r = self.hv.observe().await;
+                    self.observe_time += t.elapsed();
+                    r
+                }
             };
             let domains = match observed {
                 Ok(d) => {
@@ -896,6 +910,7 @@ impl Monitor {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             duration_ms: elapsed.as_secs_f64() * 1000.0,
+            observe_ms: std::mem::take(&mut self.observe_time).as_secs_f64() * 1000.0,
             actions: status.results.len(),
             failed,
             scope,

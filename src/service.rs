@@ -161,6 +161,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if a.metrics_listen != b.metrics_listen {
         out.push("agent.metrics_listen");
     }
+    if a.resync_interval != b.resync_interval {
+        out.push("agent.resync_interval");
+    }
     out
 }
 

@@ -245,7 +245,9 @@ async fn daemon(
     };
     let (events_tx, events_rx) = virtpool::libvirt::events::channel();
     let hv = HvWorker::spawn(Box::new(
-        Libvirt::new(&cfg.agent.libvirt_uri).with_events(events_tx),
+        Libvirt::new(&cfg.agent.libvirt_uri)
+            .with_events(events_tx)
+            .with_resync(cfg.agent.resync_interval),
     ))
     .context("cannot start the libvirt thread")?;
     let config_path = cfg.source.clone();

@@ -12,6 +12,7 @@ use virt::domain::{Domain, DomainState as VirtState};
 use virt::error::{Error as VirtError, ErrorDomain, ErrorNumber};
 use virt::sys;
 
+use super::cache::{ReadCache, Slow, StaleMarks};
 use super::events::{EventSender, Registration};
 use super::{ffi, xml, HvError, Hypervisor};
 use crate::model::{Action, BalloonStats, DiskObs, DomainObs, DomainState, IoTune};
@@ -51,6 +52,12 @@ pub struct Libvirt {
     /// actions that follow use them instead of a lookup round trip each.
     /// Replaced by every observation, dropped on disconnect.
     handles: HashMap<String, Domain>,
+    /// Slow facts kept between observations (see [`super::cache`]).
+    cache: ReadCache,
+    /// Domains the event callbacks marked as changed.
+    stale: StaleMarks,
+    /// Domains read in full (not from the cache) by the last observation.
+    full_reads: usize,
 }
 
 /// Where a libvirt error came from, for the message.
@@ -222,14 +229,40 @@ pub fn bulk_balloon(rec: &ffi::StatsRecord) -> Option<Option<BalloonStats>> {
     Some(balloon_from_stats(&pairs, current))
 }
 
-/// Reads everything about one domain, taking vCPUs and balloon stats from
-/// `bulk` when its groups are filled. Per-field read errors that are not
-/// fatal (see [`is_fatal_for_read`]) leave the field empty.
+/// State, vCPUs and memory (KiB) from a bulk record, when its `state`,
+/// `vcpu` and `balloon` groups are all filled (real QEMU): no `info` call.
+pub fn bulk_info(rec: &ffi::StatsRecord) -> Option<(DomainState, u64, u64, u64, u64)> {
+    let state = *rec.numbers.get("state.state")?;
+    let state = match u32::try_from(state).ok()? {
+        sys::VIR_DOMAIN_RUNNING => DomainState::Running,
+        sys::VIR_DOMAIN_PAUSED => DomainState::Paused,
+        sys::VIR_DOMAIN_SHUTOFF => DomainState::Shutoff,
+        _ => DomainState::Other,
+    };
+    let (vcpus, vcpus_max) = bulk_vcpus(rec)?;
+    let current = *rec.numbers.get("balloon.current")?;
+    let maximum = *rec.numbers.get("balloon.maximum")?;
+    Some((state, vcpus, vcpus_max, current, maximum))
+}
+
+/// How one domain was read.
+struct Read {
+    obs: DomainObs,
+    /// The slow facts were read now (not taken from the cache).
+    slow_read: Option<Slow>,
+}
+
+/// Reads one domain: state, vCPUs and memory (from `bulk` when its groups
+/// are filled, else `info`), balloon stats (bulk or per domain), and the
+/// slow facts (XML, I/O limits, weights) unless `cached` has them.
+/// Per-field read errors that are not fatal (see [`is_fatal_for_read`])
+/// leave the field empty.
 fn read_domain(
     dom: &Domain,
     bulk: Option<&ffi::StatsRecord>,
     caps: &mut ReadCaps,
-) -> Res<DomainObs> {
+    cached: impl FnOnce(Option<u32>, bool) -> Option<Slow>,
+) -> Res<Read> {
     let name = dom
         .name()
         .map_err(|e| Failure::new(e, "reading a domain name"))?;
@@ -237,9 +270,6 @@ fn read_domain(
     let uuid = dom
         .uuid_string()
         .map_err(|e| Failure::new(e, ctx("uuid")))?;
-    let info = dom.info().map_err(|e| Failure::new(e, ctx("info")))?;
-    let state = map_state(info.state);
-    let active = state.is_active();
 
     // Optional reads: fatal errors propagate, others leave the field empty.
     let soft = |r: Result<Option<u64>, VirtError>, what: &str| -> Res<Option<u64>> {
@@ -253,29 +283,26 @@ fn read_domain(
         }
     };
 
-    let from_bulk = bulk.and_then(bulk_vcpus).filter(|_| active);
-    let (vcpus, vcpus_max) = match from_bulk {
-        Some(v) => v,
+    // (state, live vCPUs, max vCPUs if known, memory KiB, max memory KiB)
+    let (state, nr_vcpus, bulk_max, mem_kib, max_kib) = match bulk.and_then(bulk_info) {
+        Some((state, vcpus, max, cur, maxmem)) => (state, vcpus, Some(max), cur, maxmem),
         None => {
-            let vcpus = if active {
-                soft(
-                    dom.vcpus_flags(sys::VIR_DOMAIN_AFFECT_LIVE)
-                        .map(|v| Some(u64::from(v))),
-                    "live vcpus",
-                )?
-                .unwrap_or(u64::from(info.nr_virt_cpu))
-            } else {
-                0
-            };
-            let vcpus_max = soft(
-                dom.vcpus_flags(sys::VIR_DOMAIN_VCPU_MAXIMUM)
-                    .map(|v| Some(u64::from(v))),
-                "max vcpus",
-            )?
-            .unwrap_or(u64::from(info.nr_virt_cpu));
-            (vcpus, vcpus_max)
+            let info = dom.info().map_err(|e| Failure::new(e, ctx("info")))?;
+            let state = map_state(info.state);
+            // info's vCPU count is the live one for a running domain (the
+            // same value `vcpus_flags(LIVE)` returns).
+            let from_bulk = bulk.and_then(bulk_vcpus);
+            (
+                state,
+                from_bulk.map_or(u64::from(info.nr_virt_cpu), |v| v.0),
+                from_bulk.map(|v| v.1),
+                info.memory,
+                info.max_mem,
+            )
         }
     };
+    let active = state.is_active();
+    let id = dom.id().filter(|_| active);
 
     let balloon = if !active {
         None
@@ -285,12 +312,63 @@ fn read_domain(
         match dom.memory_stats(0) {
             Ok(stats) => {
                 let pairs: Vec<(u32, u64)> = stats.iter().map(|s| (s.tag, s.val)).collect();
-                balloon_from_stats(&pairs, info.memory)
+                balloon_from_stats(&pairs, mem_kib)
             }
             Err(e) if is_fatal_for_read(&e) => return Err(Failure::new(e, ctx("memory stats"))),
             Err(_) => None,
         }
     };
+
+    let (slow, slow_read) = match cached(id, active) {
+        Some(slow) => (slow, None),
+        None => {
+            let slow = read_slow(dom, &name, active, nr_vcpus, caps, &soft)?;
+            (slow.clone(), Some(slow))
+        }
+    };
+
+    Ok(Read {
+        obs: DomainObs {
+            name: name.clone(),
+            uuid,
+            id,
+            state,
+            vcpus: if active { nr_vcpus } else { 0 },
+            vcpus_max: bulk_max.filter(|_| active).unwrap_or(slow.vcpus_max),
+            memory: mem_kib.saturating_mul(KIB),
+            memory_max: max_kib.saturating_mul(KIB),
+            balloon,
+            disks: slow.disks,
+            metadata_pool: slow.metadata_pool,
+            cpu_shares: slow.cpu_shares,
+            blkio_weight: slow.blkio_weight,
+            active_secs: None,
+        },
+        slow_read,
+    })
+}
+
+/// Maps an optional read's error: fatal ones propagate, others give `None`.
+type SoftRead<'a> = dyn Fn(Result<Option<u64>, VirtError>, &str) -> Res<Option<u64>> + 'a;
+
+/// Reads what changes only on redefinition, hot-plug, retuning or restart:
+/// maximum vCPUs, the XML (disks, virtpool metadata), each tunable disk's
+/// I/O limits and the weights.
+fn read_slow(
+    dom: &Domain,
+    name: &str,
+    active: bool,
+    fallback_max: u64,
+    caps: &mut ReadCaps,
+    soft: &SoftRead,
+) -> Res<Slow> {
+    let ctx = |what: &str| format!("domain {name}: {what}");
+    let vcpus_max = soft(
+        dom.vcpus_flags(sys::VIR_DOMAIN_VCPU_MAXIMUM)
+            .map(|v| Some(u64::from(v))),
+        "max vcpus",
+    )?
+    .unwrap_or(fallback_max);
 
     let domain_xml = dom.xml_desc(0).map_err(|e| Failure::new(e, ctx("xml")))?;
     // The metadata element is in the XML just read: no second round trip.
@@ -334,22 +412,12 @@ fn read_domain(
         ffi::get_blkio_weight(dom, sys::VIR_DOMAIN_AFFECT_CURRENT).map(|w| w.map(u64::from)),
         "blkio weight",
     )?;
-
-    Ok(DomainObs {
-        name: name.clone(),
-        uuid,
-        id: dom.id().filter(|_| active),
-        state,
-        vcpus,
+    Ok(Slow {
         vcpus_max,
-        memory: info.memory.saturating_mul(KIB),
-        memory_max: info.max_mem.saturating_mul(KIB),
-        balloon,
-        disks,
         metadata_pool,
+        disks,
         cpu_shares,
         blkio_weight,
-        active_secs: None,
     })
 }
 
@@ -383,7 +451,30 @@ impl Libvirt {
             registration: None,
             caps: ReadCaps::default(),
             handles: HashMap::new(),
+            cache: ReadCache::new(super::cache::DEFAULT_RESYNC),
+            stale: StaleMarks::default(),
+            full_reads: 0,
         }
+    }
+
+    /// How many domains the last observation read in full (XML, I/O
+    /// limits, weights), the rest coming from the cache.
+    pub fn last_full_reads(&self) -> usize {
+        self.full_reads
+    }
+
+    /// How long the slow facts of a domain (XML, I/O limits, weights) may
+    /// be reused between reads when no event says they changed (zero:
+    /// read everything on every observation). Used only while events are
+    /// registered; see [`super::cache`].
+    pub fn with_resync(mut self, resync: std::time::Duration) -> Libvirt {
+        self.cache = ReadCache::new(resync);
+        self
+    }
+
+    /// Domains whose slow facts are cached now.
+    pub fn cached_domains(&self) -> usize {
+        self.cache.len()
     }
 
     /// Sends domain lifecycle events (and connection closes) to `tx`: each
@@ -416,6 +507,8 @@ impl Libvirt {
         // Domain handles hold the connection: drop them first.
         self.handles.clear();
         self.caps = ReadCaps::default();
+        self.cache.clear();
+        self.stale.take();
         // Dropping a Connect runs virConnectClose, which only fails (and the
         // crate then panics) for an invalid pointer, which we never hold.
         self.conn = None;
@@ -460,12 +553,29 @@ impl Libvirt {
     ) -> Result<Vec<DomainObs>, HvError> {
         let mut out = Vec::with_capacity(domains.len());
         let mut caps = self.caps;
+        // Reuse cached facts only while events can say they changed.
+        let reuse = self.events_registered();
+        self.cache.begin(&self.stale);
+        self.full_reads = 0;
+        let now = std::time::Instant::now();
         for dom in domains {
-            let rec = dom.uuid_string().ok().and_then(|u| bulk.get(&u));
-            match read_domain(&dom, rec, &mut caps) {
-                Ok(obs) => {
-                    handles.insert(obs.uuid.clone(), dom);
-                    out.push(obs);
+            let uuid = dom.uuid_string().ok();
+            let rec = uuid.as_ref().and_then(|u| bulk.get(u));
+            let cache = &self.cache;
+            let cached = |id: Option<u32>, active: bool| {
+                let u = uuid.as_deref().filter(|_| reuse)?;
+                cache.get(u, id, active, now).cloned()
+            };
+            match read_domain(&dom, rec, &mut caps, cached) {
+                Ok(read) => {
+                    self.full_reads += usize::from(read.slow_read.is_some());
+                    if let Some(slow) = read.slow_read.filter(|_| reuse) {
+                        let o = &read.obs;
+                        self.cache
+                            .put(&o.uuid, o.id, o.state.is_active(), slow, now);
+                    }
+                    handles.insert(read.obs.uuid.clone(), dom);
+                    out.push(read.obs);
                 }
                 // Vanished between list and read.
                 Err(f) if is_no_domain(&f.err) => {
@@ -536,7 +646,8 @@ impl Hypervisor for Libvirt {
         match Connect::open(Some(&self.uri)) {
             Ok(c) => {
                 if let Some(tx) = &self.events {
-                    self.registration = Some(Registration::register(&c, tx, &self.uri));
+                    self.registration =
+                        Some(Registration::register(&c, tx, &self.uri, &self.stale));
                 }
                 self.conn = Some(c);
                 Ok(())
@@ -609,6 +720,13 @@ impl Hypervisor for Libvirt {
         };
         let mut handles = HashMap::with_capacity(domains.len());
         let out = self.read_domains(domains, &bulk, &mut handles)?;
+        self.cache
+            .retain(&out.iter().map(|d| d.uuid.as_str()).collect());
+        tracing::debug!(
+            domains = out.len(),
+            read_in_full = self.full_reads,
+            "domains observed"
+        );
         self.handles = handles;
         Ok(out)
     }
@@ -636,6 +754,9 @@ impl Hypervisor for Libvirt {
     fn apply(&mut self, action: &Action) -> Result<(), HvError> {
         let name = action.domain().to_owned();
         let uuid = action.uuid().to_owned();
+        // Whatever the outcome, the next observation reads back what
+        // libvirt holds for this domain.
+        self.cache.forget(&uuid);
         let ctx = |what: String| format!("domain {name}: {what}");
         match action {
             Action::SetVcpus { to, persist, .. } => {

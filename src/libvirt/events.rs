@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use virt::connect::Connect;
 use virt::sys;
 
+use super::cache::StaleMarks;
 use super::{ffi, HvError};
 
 /// Events arriving within this window after the first one share one cycle.
@@ -39,7 +40,8 @@ pub const KEEPALIVE_INTERVAL_S: i32 = 5;
 /// See [`KEEPALIVE_INTERVAL_S`].
 pub const KEEPALIVE_COUNT: u32 = 3;
 
-/// What happened to a domain (`VIR_DOMAIN_EVENT_*`).
+/// What happened to a domain (`VIR_DOMAIN_EVENT_*` lifecycle codes, plus
+/// device and metadata changes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LifecycleKind {
     Defined,
@@ -51,6 +53,13 @@ pub enum LifecycleKind {
     Shutdown,
     PmSuspended,
     Crashed,
+    /// A device was hot-plugged (`VIR_DOMAIN_EVENT_ID_DEVICE_ADDED`).
+    DeviceAdded,
+    /// A device was unplugged (`VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED`).
+    DeviceRemoved,
+    /// The domain's metadata changed (`VIR_DOMAIN_EVENT_ID_METADATA_CHANGE`):
+    /// its pool may have changed.
+    MetadataChanged,
     /// A code this build does not know.
     Other(i32),
 }
@@ -164,24 +173,39 @@ fn run_event_loop() {
 pub struct Registration {
     lifecycle: Option<ffi::LifecycleRegistration>,
     close: Option<ffi::CloseRegistration>,
+    /// Device, metadata and tunable changes (see [`ffi::ChangeEvent`]).
+    changes: Vec<ffi::ChangeRegistration>,
 }
 
 impl Registration {
     /// Registers lifecycle and close callbacks (and keepalive where the
-    /// driver has it) on a freshly opened `conn`. Failures are logged and
-    /// leave that part out: the monitor still polls on its interval.
-    pub fn register(conn: &Connect, tx: &EventSender, uri: &str) -> Registration {
+    /// driver has it) on a freshly opened `conn`, plus device, metadata and
+    /// tunable change callbacks. Every domain event marks the domain in
+    /// `stale` (the adapter re-reads it, see [`super::cache`]); all but
+    /// tunable changes also go to the monitor (tunables are the agent's
+    /// own writes, or someone else's that the next cycle corrects).
+    /// Failures are logged and leave that part out: the monitor still
+    /// polls on its interval.
+    pub fn register(
+        conn: &Connect,
+        tx: &EventSender,
+        uri: &str,
+        stale: &StaleMarks,
+    ) -> Registration {
         if !event_loop_running() {
             tracing::warn!(%uri, "libvirt event loop not running: no lifecycle events");
             return Registration {
                 lifecycle: None,
                 close: None,
+                changes: Vec::new(),
             };
         }
         let lc_tx = tx.clone();
+        let lc_stale = stale.clone();
         let lifecycle = match ffi::register_lifecycle(
             conn,
             Box::new(move |e: ffi::LifecycleEvent| {
+                lc_stale.mark(&e.uuid);
                 let _ = lc_tx.send(HvEvent::Domain(DomainEvent {
                     uuid: e.uuid,
                     name: e.name,
@@ -209,12 +233,44 @@ impl Registration {
                 None
             }
         };
+        let mut changes = Vec::new();
+        for kind in ffi::ChangeEvent::ALL {
+            let tx = tx.clone();
+            let stale = stale.clone();
+            let lifecycle_kind = match kind {
+                ffi::ChangeEvent::DeviceAdded => Some(LifecycleKind::DeviceAdded),
+                ffi::ChangeEvent::DeviceRemoved => Some(LifecycleKind::DeviceRemoved),
+                ffi::ChangeEvent::MetadataChange => Some(LifecycleKind::MetadataChanged),
+                ffi::ChangeEvent::Tunable => None,
+            };
+            let f: ffi::ChangeFn = Box::new(move |uuid: String, name: String| {
+                stale.mark(&uuid);
+                if let Some(kind) = lifecycle_kind {
+                    let _ = tx.send(HvEvent::Domain(DomainEvent {
+                        uuid,
+                        name,
+                        kind,
+                        detail: 0,
+                    }));
+                }
+            });
+            match ffi::register_change(conn, kind, f) {
+                Ok(r) => changes.push(r),
+                Err(e) => {
+                    tracing::debug!(%uri, ?kind, error = %e, "domain change events not registered");
+                }
+            }
+        }
         // Remote drivers answer keepalive; in-process ones (test:///) say
         // "not supported", which is fine.
         if let Err(e) = conn.set_keep_alive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT) {
             tracing::debug!(%uri, error = %e, "keepalive not enabled");
         }
-        Registration { lifecycle, close }
+        Registration {
+            lifecycle,
+            close,
+            changes,
+        }
     }
 
     /// Whether lifecycle events are registered.
@@ -229,6 +285,11 @@ impl Registration {
         if let Some(r) = self.lifecycle {
             if let Err(e) = ffi::deregister_lifecycle(conn, r) {
                 tracing::debug!(error = %e, "lifecycle deregistration reported an error");
+            }
+        }
+        for r in self.changes {
+            if let Err(e) = ffi::deregister_change(conn, r) {
+                tracing::debug!(error = %e, "change event deregistration reported an error");
             }
         }
         if let Some(r) = self.close {

@@ -686,6 +686,190 @@ pub fn deregister_lifecycle(
     Ok(())
 }
 
+/// Domain events other than lifecycle that tell the agent a domain's
+/// definition or tunables changed (what it caches between reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeEvent {
+    /// `VIR_DOMAIN_EVENT_ID_DEVICE_ADDED`.
+    DeviceAdded,
+    /// `VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED`.
+    DeviceRemoved,
+    /// `VIR_DOMAIN_EVENT_ID_TUNABLE` (I/O limits, CPU tunables, ...).
+    Tunable,
+    /// `VIR_DOMAIN_EVENT_ID_METADATA_CHANGE`.
+    MetadataChange,
+}
+
+impl ChangeEvent {
+    pub const ALL: [ChangeEvent; 4] = [
+        ChangeEvent::DeviceAdded,
+        ChangeEvent::DeviceRemoved,
+        ChangeEvent::Tunable,
+        ChangeEvent::MetadataChange,
+    ];
+}
+
+/// What runs (on the event-loop thread) for a [`ChangeEvent`]; gets the
+/// domain's UUID and name. It must not call libvirt.
+pub type ChangeFn = Box<dyn Fn(String, String) + Send + Sync>;
+
+type DeviceCb = unsafe extern "C" fn(
+    sys::virConnectPtr,
+    sys::virDomainPtr,
+    *const std::os::raw::c_char,
+    *mut std::os::raw::c_void,
+);
+type TunableCb = unsafe extern "C" fn(
+    sys::virConnectPtr,
+    sys::virDomainPtr,
+    sys::virTypedParameterPtr,
+    c_int,
+    *mut std::os::raw::c_void,
+);
+type MetadataCb = unsafe extern "C" fn(
+    sys::virConnectPtr,
+    sys::virDomainPtr,
+    c_int,
+    *const std::os::raw::c_char,
+    *mut std::os::raw::c_void,
+);
+
+/// Runs the `ChangeFn` behind `opaque` for `dom`.
+///
+/// # Safety
+/// `opaque` must be null or the `Box<ChangeFn>` leaked by
+/// [`register_change`] and not yet freed; `dom` null or valid for the call.
+unsafe fn fire_change(dom: sys::virDomainPtr, opaque: *mut std::os::raw::c_void) {
+    if opaque.is_null() {
+        return;
+    }
+    // SAFETY: caller contract: `opaque` is the live Box<ChangeFn>.
+    let f = unsafe { &*(opaque as *const ChangeFn) };
+    // SAFETY: caller contract: `dom` is null or valid during the call.
+    let (uuid, name) = unsafe { domain_ids(dom) };
+    // A panic must not unwind into C.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(uuid, name)));
+}
+
+/// C callback for DEVICE_ADDED / DEVICE_REMOVED.
+unsafe extern "C" fn device_trampoline(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _alias: *const std::os::raw::c_char,
+    opaque: *mut std::os::raw::c_void,
+) {
+    // SAFETY: libvirt passes the registration's opaque (freed only after
+    // the last callback returned) and the event's domain, valid for the call.
+    unsafe { fire_change(dom, opaque) }
+}
+
+/// C callback for TUNABLE.
+unsafe extern "C" fn tunable_trampoline(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _params: sys::virTypedParameterPtr,
+    _nparams: c_int,
+    opaque: *mut std::os::raw::c_void,
+) {
+    // SAFETY: as in `device_trampoline`.
+    unsafe { fire_change(dom, opaque) }
+}
+
+/// C callback for METADATA_CHANGE.
+unsafe extern "C" fn metadata_trampoline(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _kind: c_int,
+    _nsuri: *const std::os::raw::c_char,
+    opaque: *mut std::os::raw::c_void,
+) {
+    // SAFETY: as in `device_trampoline`.
+    unsafe { fire_change(dom, opaque) }
+}
+
+/// Frees a change closure when libvirt drops the registration.
+unsafe extern "C" fn free_change(opaque: *mut std::os::raw::c_void) {
+    if !opaque.is_null() {
+        // SAFETY: `opaque` came from Box::into_raw in `register_change` and
+        // libvirt calls the free callback exactly once.
+        drop(unsafe { Box::from_raw(opaque as *mut ChangeFn) });
+    }
+}
+
+/// A [`ChangeEvent`] registration on one connection (its callback id).
+#[derive(Debug)]
+pub struct ChangeRegistration(c_int);
+
+/// Registers `f` for `event` on every domain of `conn` (same needs as
+/// [`register_lifecycle`]).
+pub fn register_change(
+    conn: &virt::connect::Connect,
+    event: ChangeEvent,
+    f: ChangeFn,
+) -> Result<ChangeRegistration, Error> {
+    // libvirt calls the callback of each event id with that id's own
+    // signature, which the trampoline below has; the generic type is only
+    // how the C API passes it (the VIR_DOMAIN_EVENT_CALLBACK cast in C).
+    let (id, cb) = match event {
+        ChangeEvent::DeviceAdded | ChangeEvent::DeviceRemoved => {
+            let id = if event == ChangeEvent::DeviceAdded {
+                sys::VIR_DOMAIN_EVENT_ID_DEVICE_ADDED
+            } else {
+                sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED
+            };
+            // SAFETY: DEVICE_ADDED/REMOVED callbacks have DeviceCb's signature.
+            let cb = unsafe { std::mem::transmute::<DeviceCb, GenericCb>(device_trampoline) };
+            (id, cb)
+        }
+        ChangeEvent::Tunable => {
+            // SAFETY: TUNABLE callbacks have TunableCb's signature.
+            let cb = unsafe { std::mem::transmute::<TunableCb, GenericCb>(tunable_trampoline) };
+            (sys::VIR_DOMAIN_EVENT_ID_TUNABLE, cb)
+        }
+        ChangeEvent::MetadataChange => {
+            // SAFETY: METADATA_CHANGE callbacks have MetadataCb's signature.
+            let cb = unsafe { std::mem::transmute::<MetadataCb, GenericCb>(metadata_trampoline) };
+            (sys::VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, cb)
+        }
+    };
+    let opaque = Box::into_raw(Box::new(f)).cast::<std::os::raw::c_void>();
+    // SAFETY: `conn` is borrowed so its pointer is valid; a null domain
+    // means "all domains"; `opaque` stays valid until libvirt calls
+    // `free_change`.
+    let ret = unsafe {
+        sys::virConnectDomainEventRegisterAny(
+            conn.as_ptr(),
+            ptr::null_mut(),
+            id as c_int,
+            Some(cb),
+            opaque,
+            Some(free_change),
+        )
+    };
+    if ret < 0 {
+        let err = Error::last_error();
+        // SAFETY: on failure libvirt neither keeps nor frees `opaque`;
+        // freed once here.
+        drop(unsafe { Box::from_raw(opaque.cast::<ChangeFn>()) });
+        return Err(err);
+    }
+    Ok(ChangeRegistration(ret))
+}
+
+/// Removes a change registration (libvirt frees the closure).
+pub fn deregister_change(
+    conn: &virt::connect::Connect,
+    reg: ChangeRegistration,
+) -> Result<(), Error> {
+    // SAFETY: `conn` is valid; `reg.0` is an id returned for this
+    // connection and is used once (`reg` is consumed).
+    let ret = unsafe { sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), reg.0) };
+    if ret < 0 {
+        return Err(Error::last_error());
+    }
+    Ok(())
+}
+
 /// The C callback libvirt calls when a connection closes.
 unsafe extern "C" fn close_trampoline(
     _conn: sys::virConnectPtr,

@@ -5,6 +5,7 @@
 //! owns one on a dedicated thread so libvirt never blocks a tokio worker.
 //! Tests put a fake behind the same trait for faults libvirt can't produce.
 
+pub mod cache;
 pub mod conn;
 pub mod events;
 pub mod ffi;

@@ -322,7 +322,8 @@ pub fn redact(v: &mut Value) {
         Value::Object(m) => {
             for (k, x) in m.iter_mut() {
                 match k.as_str() {
-                    "host" | "last_cycle" | "time" | "finished_at" | "duration_ms" | "version" => {
+                    "host" | "last_cycle" | "time" | "finished_at" | "duration_ms"
+                    | "observe_ms" | "version" => {
                         if !x.is_null() {
                             *x = Value::String(format!("[{k}]"));
                         }

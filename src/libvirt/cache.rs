@@ -1,0 +1,265 @@
+//! What the adapter keeps between observations so a steady cycle reads only
+//! what can change without notice.
+//!
+//! Every observation reads each domain's state, vCPUs, balloon and guest
+//! memory statistics (bulk stats where the driver fills them). The rest —
+//! what comes from the domain XML (disks, maximum vCPUs, virtpool metadata)
+//! and the tunables the agent itself sets (disk I/O limits, blkio weight,
+//! `cpu_shares`) — changes only when someone redefines, hot-plugs, retunes
+//! or restarts the domain. It is read once and reused until one of these
+//! says it may have changed:
+//! - a libvirt event about the domain: any lifecycle event (defined,
+//!   started, stopped, ...), device added or removed, metadata changed,
+//!   tunables changed ([`StaleMarks`], filled by the event callbacks);
+//! - the agent applied an action to the domain (its next observation
+//!   reads back what libvirt now holds);
+//! - the domain's libvirt ID changed (it was restarted);
+//! - the entry is older than the resync interval, a safety net for
+//!   changes no event reports (each entry's deadline is spread over
+//!   [½, 1] × the interval by its UUID, so the re-reads spread over cycles
+//!   instead of arriving together);
+//! - the connection was lost or reopened (everything is dropped).
+//!
+//! Without registered events nothing is reused: every observation reads
+//! everything.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::model::DiskObs;
+
+/// Default resync interval (`agent.resync_interval`).
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(300);
+
+/// UUIDs whose cached facts are stale, marked by event callbacks (on
+/// libvirt's event thread) and taken by the next observation. Cheap to
+/// clone (shared).
+#[derive(Debug, Clone, Default)]
+pub struct StaleMarks(Arc<Mutex<HashSet<String>>>);
+
+impl StaleMarks {
+    /// Marks one domain stale.
+    pub fn mark(&self, uuid: &str) {
+        // A poisoned lock only means a panic elsewhere while holding it;
+        // the set itself is still a valid set.
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !set.contains(uuid) {
+            set.insert(uuid.to_owned());
+        }
+    }
+
+    /// Takes every mark (the set is left empty).
+    pub fn take(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The slowly changing part of a domain's observation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slow {
+    pub vcpus_max: u64,
+    pub metadata_pool: Option<String>,
+    pub disks: Vec<DiskObs>,
+    pub cpu_shares: Option<u64>,
+    pub blkio_weight: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    id: Option<u32>,
+    active: bool,
+    slow: Slow,
+    expires: Instant,
+}
+
+/// Cached [`Slow`] facts by UUID.
+#[derive(Debug)]
+pub struct ReadCache {
+    resync: Duration,
+    entries: HashMap<String, Entry>,
+    /// Stale marks taken at the start of the current observation.
+    stale: HashSet<String>,
+}
+
+/// Where in [½, 1] of the resync interval an entry expires: a hash of the
+/// UUID, so the same domain always gets the same share.
+fn spread(uuid: &str, resync: Duration) -> Duration {
+    let h = uuid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    resync / 2 + resync.mul_f64((h % 1024) as f64 / 2048.0)
+}
+
+impl ReadCache {
+    /// A cache that keeps entries up to `resync` (zero: keeps nothing).
+    pub fn new(resync: Duration) -> ReadCache {
+        ReadCache {
+            resync,
+            entries: HashMap::new(),
+            stale: HashSet::new(),
+        }
+    }
+
+    /// Whether entries are kept at all.
+    pub fn enabled(&self) -> bool {
+        !self.resync.is_zero()
+    }
+
+    /// Starts an observation: takes the event marks.
+    pub fn begin(&mut self, marks: &StaleMarks) {
+        let taken = marks.take();
+        if self.stale.is_empty() {
+            self.stale = taken;
+        } else {
+            self.stale.extend(taken);
+        }
+    }
+
+    /// The cached facts of a domain, if still valid for this (id, activity).
+    pub fn get(&self, uuid: &str, id: Option<u32>, active: bool, now: Instant) -> Option<&Slow> {
+        if !self.enabled() || self.stale.contains(uuid) {
+            return None;
+        }
+        let e = self.entries.get(uuid)?;
+        (e.id == id && e.active == active && now < e.expires).then_some(&e.slow)
+    }
+
+    /// Stores what was just read.
+    pub fn put(&mut self, uuid: &str, id: Option<u32>, active: bool, slow: Slow, now: Instant) {
+        self.stale.remove(uuid);
+        if !self.enabled() {
+            return;
+        }
+        let expires = now + spread(uuid, self.resync);
+        self.entries.insert(
+            uuid.to_owned(),
+            Entry {
+                id,
+                active,
+                slow,
+                expires,
+            },
+        );
+    }
+
+    /// Forgets one domain (an action was applied to it).
+    pub fn forget(&mut self, uuid: &str) {
+        self.entries.remove(uuid);
+    }
+
+    /// Keeps only the domains in `seen` (after a full listing), and drops
+    /// the marks of domains that were not read.
+    pub fn retain(&mut self, seen: &HashSet<&str>) {
+        self.entries.retain(|u, _| seen.contains(u.as_str()));
+        self.stale.retain(|u| seen.contains(u.as_str()));
+    }
+
+    /// Drops everything (connection lost or reopened).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.stale.clear();
+    }
+
+    /// Number of cached domains.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slow(max: u64) -> Slow {
+        Slow {
+            vcpus_max: max,
+            metadata_pool: None,
+            disks: Vec::new(),
+            cpu_shares: None,
+            blkio_weight: Some(500),
+        }
+    }
+
+    #[test]
+    fn entry_is_reused_until_something_says_it_changed() {
+        let t0 = Instant::now();
+        let marks = StaleMarks::default();
+        let mut c = ReadCache::new(Duration::from_secs(300));
+        c.begin(&marks);
+        assert!(c.get("a", Some(1), true, t0).is_none(), "empty");
+        c.put("a", Some(1), true, slow(4), t0);
+        assert_eq!(c.get("a", Some(1), true, t0).unwrap().vcpus_max, 4);
+        // Restarted (new ID), shut off, or a different activity: miss.
+        assert!(c.get("a", Some(2), true, t0).is_none());
+        assert!(c.get("a", None, false, t0).is_none());
+        // An event mark: miss for the observation that takes it, then the
+        // re-read clears it.
+        marks.mark("a");
+        c.begin(&marks);
+        assert!(c.get("a", Some(1), true, t0).is_none());
+        c.put("a", Some(1), true, slow(8), t0);
+        assert_eq!(c.get("a", Some(1), true, t0).unwrap().vcpus_max, 8);
+        // An applied action.
+        c.forget("a");
+        assert!(c.get("a", Some(1), true, t0).is_none());
+    }
+
+    #[test]
+    fn marks_survive_until_the_domain_is_read() {
+        let t0 = Instant::now();
+        let marks = StaleMarks::default();
+        let mut c = ReadCache::new(Duration::from_secs(300));
+        c.put("a", Some(1), true, slow(4), t0);
+        marks.mark("a");
+        c.begin(&marks);
+        // Not read in this observation (e.g. a scoped one for another
+        // domain): the next observation still sees the mark.
+        c.begin(&marks);
+        assert!(c.get("a", Some(1), true, t0).is_none());
+    }
+
+    #[test]
+    fn entries_expire_between_half_and_all_of_the_resync_interval() {
+        let t0 = Instant::now();
+        let r = Duration::from_secs(100);
+        let mut c = ReadCache::new(r);
+        let uuids: Vec<String> = (0..200).map(|i| format!("uuid-{i}")).collect();
+        for u in &uuids {
+            c.put(u, None, false, slow(1), t0);
+        }
+        for u in &uuids {
+            assert!(c
+                .get(u, None, false, t0 + r / 2 - Duration::from_millis(1))
+                .is_some());
+            assert!(c.get(u, None, false, t0 + r).is_none());
+        }
+        // Spread: at 75 % of the interval some have expired, some not.
+        let live = uuids
+            .iter()
+            .filter(|u| c.get(u, None, false, t0 + r * 3 / 4).is_some())
+            .count();
+        assert!(live > 40 && live < 160, "{live} of 200 still valid");
+    }
+
+    #[test]
+    fn zero_resync_keeps_nothing_and_retain_drops_vanished_domains() {
+        let t0 = Instant::now();
+        let mut c = ReadCache::new(Duration::ZERO);
+        c.put("a", None, false, slow(1), t0);
+        assert!(c.is_empty() && c.get("a", None, false, t0).is_none());
+        let mut c = ReadCache::new(Duration::from_secs(60));
+        c.put("a", None, false, slow(1), t0);
+        c.put("b", None, false, slow(1), t0);
+        c.retain(&["b"].into_iter().collect());
+        assert_eq!(c.len(), 1);
+        assert!(c.get("b", None, false, t0).is_some());
+        c.clear();
+        assert!(c.is_empty());
+    }
+}
