@@ -12,6 +12,8 @@
 //!   events, as `virtpoold` is (libvirt's event loop runs; the agent then
 //!   reuses each domain's XML, I/O limits and weights between reads); 0
 //!   reads everything every cycle.
+//! - `SCALE_AGENT_WRAPPER`: a command the real `virtpoold` runs under
+//!   (e.g. `heaptrack -o /tmp/ht`), for profiling.
 //! - `SCALE_GROWTH_CYCLES` (default 1000) and `SCALE_GROWTH_SIZE` (default
 //!   100): cycles run through the API to check RSS growth.
 //!
@@ -30,8 +32,10 @@
 //!   (XML, I/O limits, weight too), which the agent makes on its first
 //!   cycle, after a change and at each domain's resync;
 //! - the real `virtpoold`'s RSS, the time from `virtpoolctl allocate`
-//!   returning to the change being visible on a second connection, idle
-//!   CPU (1,000 domains) and RSS across many cycles.
+//!   returning to the change being visible on a second connection, the
+//!   time from a domain's restart to its vCPUs back at target (lifecycle
+//!   event → reconcile), idle CPU (1,000 domains) and RSS across many
+//!   cycles.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/libvirtd.rs"]
@@ -375,7 +379,19 @@ impl Agent {
         std::fs::write(&path, cfg).unwrap();
         std::fs::create_dir_all(dir.join("state")).unwrap();
         let log = std::fs::File::create(dir.join("virtpoold.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_virtpoold"))
+        // SCALE_AGENT_WRAPPER="heaptrack -o /tmp/ht" runs the agent under a
+        // profiler (the RSS printed is then the wrapper's).
+        let wrapper = std::env::var("SCALE_AGENT_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(w) => {
+                let mut c = Command::new(w);
+                c.args(words).arg(env!("CARGO_BIN_EXE_virtpoold"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_virtpoold")),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "info")
@@ -483,6 +499,10 @@ struct DaemonFigures {
     /// binary and shared libraries).
     anon_mib: f64,
     alloc_ms: f64,
+    /// From a domain's restart (create returning) to its vCPUs back at
+    /// the pool's target, seen on a second connection (the lifecycle event
+    /// triggers the reconcile).
+    event_ms: f64,
     idle_cpu_pct: Option<f64>,
 }
 
@@ -515,6 +535,28 @@ fn real_daemon(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Da
             &["release", "p0", &dom],
         );
     }
+    // A restart brings the domain back at its persistent vCPU count
+    // (BASE_C); the Started event makes the agent set the target again.
+    let dom = name(1);
+    let mut ev = Vec::new();
+    for _ in 0..reps {
+        let d = c2.lookup_domain_by_name(&dom).unwrap();
+        d.destroy().unwrap();
+        d.create().unwrap();
+        let t0 = Instant::now();
+        assert_eq!(live_vcpus(c2, &dom), BASE_C.0 as u32);
+        loop {
+            if live_vcpus(c2, &dom) == BUDGET_A.0 as u32 {
+                ev.push(t0.elapsed().as_secs_f64() * 1e3);
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{dom} not reconciled after its restart"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
     let idle_secs: u64 = env_or("SCALE_IDLE_SECS", 60);
     let idle_cpu_pct = (n == 1000 && idle_secs > 0).then(|| {
         let tick = 100.0; // USER_HZ
@@ -528,6 +570,7 @@ fn real_daemon(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Da
         rss_mib,
         anon_mib,
         alloc_ms: median(&mut lat),
+        event_ms: median(&mut ev),
         idle_cpu_pct,
     }
 }
@@ -596,7 +639,7 @@ fn main() {
     let growth_size: usize = env_or("SCALE_GROWTH_SIZE", 100);
     println!("virtpool full-cycle benchmark; load at start: {}", load());
     println!(
-        "{:>6} | {:>9} {:>9} {:>9} {:>9} {:>9} | {:>6} {:>6} | {:>7} {:>8} {:>9} {:>8} | load",
+        "{:>6} | {:>9} {:>9} {:>9} {:>9} {:>9} | {:>6} {:>6} | {:>7} {:>8} {:>9} {:>9} {:>8} | load",
         "doms",
         "a ms",
         "b ms",
@@ -608,6 +651,7 @@ fn main() {
         "RSS MiB",
         "anon MiB",
         "alloc ms",
+        "event ms",
         "idle %"
     );
     for &n in &sizes {
@@ -645,7 +689,7 @@ fn main() {
         std::fs::create_dir_all(&dir_d).unwrap();
         let d = real_daemon(n, &uri, &c2, &dir_d, reps.min(3));
         println!(
-            "{:>6} | {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} | {:>6.3} {:>6.3} | {:>7.1} {:>8.1} {:>9.1} {:>8} | {}",
+            "{:>6} | {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} | {:>6.3} {:>6.3} | {:>7.1} {:>8.1} {:>9.1} {:>9.1} {:>8} | {}",
             n,
             f.a,
             f.b,
@@ -657,6 +701,7 @@ fn main() {
             d.rss_mib,
             d.anon_mib,
             d.alloc_ms,
+            d.event_ms,
             d.idle_cpu_pct.map_or("-".into(), |p| format!("{p:.2}")),
             load_a,
         );
