@@ -151,6 +151,14 @@ fn runtime_pools(
     toml::from_str::<P>(&pools_toml(n, t)).unwrap().pools
 }
 
+/// utime + stime of this process, in clock ticks (10 ms).
+fn self_cpu_ticks() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -258,6 +266,9 @@ struct CycleFigures {
     /// Of (a) and (b): time spent in libvirt reads.
     a_observe: f64,
     b_observe: f64,
+    /// CPU time (all threads of this process, 10 ms ticks) of c-read: what
+    /// the reads a steady cycle needs cost the client, the idle floor.
+    c_read_cpu: f64,
     actions_a: usize,
 }
 
@@ -308,7 +319,7 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
     );
 
     let (mut a, mut b, mut cc, mut cr, mut cf) = (vec![], vec![], vec![], vec![], vec![]);
-    let (mut a_obs, mut b_obs) = (vec![], vec![]);
+    let (mut a_obs, mut b_obs, mut cr_cpu) = (vec![], vec![], vec![]);
     let mut actions_a = 0;
     for rep in 0..reps {
         // The cycle after a change reads the changed domains back in full.
@@ -319,8 +330,10 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
         let disks = baseline_full_read(c2);
         cf.push(t0.elapsed().as_secs_f64() * 1e3);
         let t0 = Instant::now();
+        let cpu0 = self_cpu_ticks();
         baseline_read(c2);
         cr.push(t0.elapsed().as_secs_f64() * 1e3);
+        cr_cpu.push((self_cpu_ticks() - cpu0) as f64 * 10.0);
 
         let (ms, st) = cycle(&mut m);
         assert_eq!(st.results.len(), 0, "steady cycle issued actions");
@@ -354,6 +367,7 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
         c_full: median(&mut cf),
         a_observe: median(&mut a_obs),
         b_observe: median(&mut b_obs),
+        c_read_cpu: median(&mut cr_cpu),
         actions_a,
     }
 }
@@ -680,8 +694,13 @@ fn main() {
         let reps = if n >= 5000 { reps.min(3) } else { reps };
         let f = in_process(n, &uri, &c2, &dir_a, reps);
         eprintln!(
-            "  in-process: {} actions per change cycle; reads took {:.1} ms of (a), {:.1} ms of (b)",
-            f.actions_a, f.a_observe, f.b_observe
+            "  in-process: {} actions per change cycle; reads took {:.1} ms of (a), {:.1} ms of (b); \
+             c-read used {:.0} ms CPU (= {:.2} % of a core every 10 s: the idle floor)",
+            f.actions_a,
+            f.a_observe,
+            f.b_observe,
+            f.c_read_cpu,
+            f.c_read_cpu / 100.0
         );
         // The daemon's domains are at the baseline's values; the real agent
         // converges them first.
