@@ -7,8 +7,6 @@
 //!   and starts one `libvirt-events` thread running it forever. Once per
 //!   process, and before any connection is opened (a connection opened
 //!   earlier never delivers events). `virtpoold` calls it first thing.
-//!   The same thread runs the [`HvWorker`](super::worker::HvWorker) jobs
-//!   between iterations (see `worker.rs`).
 //! - [`crate::libvirt::Libvirt::with_events`] gives the adapter an
 //!   [`EventSender`]; every `connect()` that opens a connection registers a
 //!   lifecycle callback (all domains), a close callback and, where the
