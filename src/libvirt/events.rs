@@ -146,8 +146,13 @@ pub fn start_event_loop() -> Result<(), HvError> {
             std::thread::Builder::new()
                 .name("libvirt-events".into())
                 .spawn(run_event_loop)
-                .map(|_| ())
-                .map_err(|e| format!("cannot start the libvirt event thread: {e}"))
+                .map_err(|e| format!("cannot start the libvirt event thread: {e}"))?;
+            // Jobs only once the thread runs. Without the queue, workers
+            // keep threads of their own.
+            if let Err(e) = super::worker::install_loop_queue() {
+                tracing::warn!(error = %e, "libvirt jobs stay off the event-loop thread");
+            }
+            Ok(())
         })
         .clone()
         .map_err(HvError::Other)
@@ -158,6 +163,9 @@ pub fn event_loop_running() -> bool {
     matches!(EVENT_LOOP.get(), Some(Ok(())))
 }
 
+/// One iteration of libvirt's loop (waits for a watched socket or timer,
+/// dispatches), then the [`HvWorker`](super::worker::HvWorker) jobs queued
+/// meanwhile, forever.
 fn run_event_loop() {
     loop {
         if let Err(e) = virt::event::event_run_default_impl() {
@@ -165,6 +173,7 @@ fn run_event_loop() {
             // Don't spin if it keeps failing.
             std::thread::sleep(Duration::from_millis(100));
         }
+        super::worker::run_loop_jobs();
     }
 }
 

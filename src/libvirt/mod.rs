@@ -2,7 +2,9 @@
 //!
 //! [`Hypervisor`] is the blocking interface the rest of the agent sees;
 //! [`Libvirt`] implements it over a real connection, and [`worker::HvWorker`]
-//! owns one on a dedicated thread so libvirt never blocks a tokio worker.
+//! owns one and runs its calls off the runtime (on libvirt's event-loop
+//! thread when it runs, else on a thread of its own) so libvirt never
+//! blocks a tokio worker.
 //! Tests put a fake behind the same trait for faults libvirt can't produce.
 
 pub mod cache;

@@ -1,0 +1,255 @@
+//! `HvWorker` jobs on libvirt's event-loop thread (the process runs the
+//! loop, as `virtpoold` does): lifecycle events still arrive while jobs run,
+//! a reconnect registers again, several workers share the thread one job at
+//! a time, and a panicking job stops only its own worker.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use virt::connect::Connect;
+use virtpool::libvirt::events::{self, EventReceiver, HvEvent, LifecycleKind};
+use virtpool::libvirt::worker::HvWorker;
+use virtpool::libvirt::{HvError, Hypervisor, Libvirt};
+use virtpool::model::{Action, DomainObs, DomainState};
+
+#[path = "common/libvirtd.rs"]
+mod libvirtd;
+use libvirtd::Daemon;
+
+fn available() -> bool {
+    if Path::new(Daemon::BIN).exists() {
+        return true;
+    }
+    eprintln!("skipped: {} not installed", Daemon::BIN);
+    false
+}
+
+fn setup() {
+    virtpool::libvirt::quiet_errors();
+    events::start_event_loop().unwrap();
+}
+
+/// Suspends the test driver's domain from a separate client connection.
+fn suspend_from_outside(uri: &str) {
+    let c = Connect::open(Some(uri)).unwrap();
+    let d = c.lookup_domain_by_name("test").unwrap();
+    d.suspend().unwrap();
+}
+
+/// Waits for a "suspended" event, skipping others.
+async fn suspended_within(rx: &mut EventReceiver, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(HvEvent::Domain(e))) if e.kind == LifecycleKind::Suspended => {
+                assert_eq!(e.name, "test");
+                return;
+            }
+            Ok(Some(_)) => continue,
+            other => panic!("no suspended event within {within:?}: {other:?}"),
+        }
+    }
+}
+
+async fn thread_name(w: &HvWorker) -> String {
+    w.run(|_| std::thread::current().name().unwrap_or("").to_string())
+        .await
+        .unwrap()
+}
+
+fn state_of(obs: &[DomainObs], name: &str) -> Option<DomainState> {
+    obs.iter().find(|d| d.name == name).map(|d| d.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_arrive_while_jobs_run_on_the_event_thread() {
+    if !available() {
+        return;
+    }
+    setup();
+    let daemon = Daemon::start(tempfile::tempdir().unwrap());
+    let uri = daemon.uri();
+    let (tx, mut rx) = events::channel();
+    let hv = HvWorker::spawn(Box::new(Libvirt::new(&uri).with_events(tx))).unwrap();
+    assert_eq!(thread_name(&hv).await, "libvirt-events");
+    let obs = hv.observe().await.unwrap();
+    assert_eq!(state_of(&obs, "test"), Some(DomainState::Running));
+
+    // Keep the thread busy with observations while the domain changes.
+    let busy = hv.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let observer = tokio::spawn(async move {
+        let mut n = 0u32;
+        while !stop2.load(Ordering::Relaxed) {
+            busy.observe().await.unwrap();
+            n += 1;
+        }
+        n
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t0 = Instant::now();
+    tokio::task::spawn_blocking({
+        let uri = uri.clone();
+        move || suspend_from_outside(&uri)
+    })
+    .await
+    .unwrap();
+    suspended_within(&mut rx, Duration::from_secs(1)).await;
+    eprintln!("suspend -> event after {:?}", t0.elapsed());
+    stop.store(true, Ordering::Relaxed);
+    let n = observer.await.unwrap();
+    assert!(n > 0, "no observation ran meanwhile");
+    let obs = hv.observe().await.unwrap();
+    assert_eq!(state_of(&obs, "test"), Some(DomainState::Paused));
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_registers_again() {
+    if !available() {
+        return;
+    }
+    setup();
+    let mut daemon = Daemon::start(tempfile::tempdir().unwrap());
+    let (tx, mut rx) = events::channel();
+    let hv = HvWorker::spawn(Box::new(Libvirt::new(&daemon.uri()).with_events(tx))).unwrap();
+    hv.connect().await.unwrap();
+    assert_eq!(thread_name(&hv).await, "libvirt-events");
+
+    daemon.sigterm();
+    match tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+        Ok(Some(HvEvent::ConnectionClosed(_))) => {}
+        other => panic!("no close event: {other:?}"),
+    }
+    let dir = daemon.stop();
+    let daemon = Daemon::start(dir);
+    // The old connection is dead: connect() opens and registers anew.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        match hv.connect().await {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("reconnect: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("no reconnect: {e}"),
+        }
+    }
+    assert!(hv.run(|hv| hv.is_connected()).await.unwrap());
+    let uri = daemon.uri();
+    tokio::task::spawn_blocking(move || suspend_from_outside(&uri))
+        .await
+        .unwrap();
+    suspended_within(&mut rx, Duration::from_secs(1)).await;
+    drop(daemon);
+}
+
+/// A hypervisor that fails the test if two jobs ever hold it at once.
+#[derive(Default)]
+struct Exclusive {
+    busy: Arc<AtomicBool>,
+    jobs: Arc<AtomicUsize>,
+}
+
+impl Exclusive {
+    fn enter(&self) {
+        assert!(
+            !self.busy.swap(true, Ordering::SeqCst),
+            "two jobs on one hypervisor"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+        self.jobs.fetch_add(1, Ordering::SeqCst);
+        self.busy.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Hypervisor for Exclusive {
+    fn connect(&mut self) -> Result<(), HvError> {
+        self.enter();
+        Ok(())
+    }
+    fn is_connected(&self) -> bool {
+        true
+    }
+    fn observe(&mut self) -> Result<Vec<DomainObs>, HvError> {
+        self.enter();
+        Ok(Vec::new())
+    }
+    fn apply(&mut self, _action: &Action) -> Result<(), HvError> {
+        Ok(())
+    }
+    fn set_stats_period(&mut self, _uuid: &str, _secs: u32) -> Result<(), HvError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_the_thread_one_job_at_a_time() {
+    setup();
+    let a = Exclusive::default();
+    let (a_jobs, a_busy) = (a.jobs.clone(), a.busy.clone());
+    let b = Exclusive::default();
+    let b_jobs = b.jobs.clone();
+    let wa = HvWorker::spawn(Box::new(a)).unwrap();
+    let wb = HvWorker::spawn(Box::new(b)).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let w = if i % 2 == 0 { wa.clone() } else { wb.clone() };
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                // observe() is connect() then observe(): two entries.
+                w.observe().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(a_jobs.load(Ordering::SeqCst), 80);
+    assert_eq!(b_jobs.load(Ordering::SeqCst), 80);
+    assert!(!a_busy.load(Ordering::SeqCst));
+    assert_eq!(thread_name(&wa).await, "libvirt-events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_job_stops_only_its_worker() {
+    if !available() {
+        return;
+    }
+    setup();
+    let daemon = Daemon::start(tempfile::tempdir().unwrap());
+    let uri = daemon.uri();
+    let (tx, mut rx) = events::channel();
+    let healthy = HvWorker::spawn(Box::new(Libvirt::new(&uri).with_events(tx))).unwrap();
+    healthy.connect().await.unwrap();
+    let doomed = HvWorker::spawn(Box::new(Libvirt::new(&uri))).unwrap();
+    doomed.connect().await.unwrap();
+
+    let r = doomed
+        .run(|_| -> u32 { panic!("deliberate panic in a job") })
+        .await;
+    assert_eq!(
+        r,
+        Err(HvError::Other("hypervisor thread stopped".into())),
+        "the panicking job"
+    );
+    // Every later job of that worker fails the same way ...
+    let r = doomed.observe().await;
+    assert_eq!(
+        r.map(|o| o.len()),
+        Err(HvError::Other("hypervisor thread stopped".into()))
+    );
+    // ... while the other worker and the event loop go on.
+    let obs = healthy.observe().await.unwrap();
+    assert_eq!(state_of(&obs, "test"), Some(DomainState::Running));
+    tokio::task::spawn_blocking(move || suspend_from_outside(&uri))
+        .await
+        .unwrap();
+    suspended_within(&mut rx, Duration::from_secs(1)).await;
+    drop(daemon);
+}
