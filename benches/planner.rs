@@ -119,7 +119,8 @@ fn fixture(n: usize) -> Fixture {
             (r >> 48) as u16,
             i as u16,
             i
-        );
+        )
+        .into();
         d.state = if r % 97 == 0 {
             DomainState::Shutoff
         } else {
@@ -146,10 +147,10 @@ fn fixture(n: usize) -> Fixture {
         d.cpu_shares = Some(1000);
         d.active_secs = Some((r >> 28) % 100_000);
         if (r >> 32) % 10 == 0 {
-            history.vcpu_changed_at.insert(d.uuid.clone(), 995);
+            history.vcpu_changed_at.insert(d.uuid.to_string(), 995);
         }
         if (r >> 36) % 10 == 0 {
-            history.reclaim.insert(d.uuid.clone(), 256 * MIB);
+            history.reclaim.insert(d.uuid.to_string(), 256 * MIB);
         }
         domains.push(d);
     }

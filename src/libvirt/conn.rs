@@ -336,8 +336,8 @@ fn read_domain(
     )?;
 
     Ok(DomainObs {
-        name: name.clone(),
-        uuid,
+        name: name.as_str().into(),
+        uuid: uuid.into(),
         id: dom.id().filter(|_| active),
         state,
         vcpus,
@@ -464,7 +464,7 @@ impl Libvirt {
             let rec = dom.uuid_string().ok().and_then(|u| bulk.get(&u));
             match read_domain(&dom, rec, &mut caps) {
                 Ok(obs) => {
-                    handles.insert(obs.uuid.clone(), dom);
+                    handles.insert(obs.uuid.to_string(), dom);
                     out.push(obs);
                 }
                 // Vanished between list and read.

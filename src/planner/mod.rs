@@ -39,6 +39,7 @@ use crate::model::{Action, DomainObs, DomainState, PerResource, Reason, Resource
 use alloc::Claim;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 pub(crate) use strmap::StrMap;
 
 const MIB: u64 = 1 << 20;
@@ -89,8 +90,8 @@ pub struct Alloc {
 /// A domain in a pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemberPlan {
-    pub name: String,
-    pub uuid: String,
+    pub name: Arc<str>,
+    pub uuid: Arc<str>,
     pub state: DomainState,
     pub via: Via,
     /// False when its floors did not fit (or it is not running): left
@@ -137,8 +138,8 @@ impl PoolPlan {
 /// A domain in no pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Unmanaged {
-    pub name: String,
-    pub uuid: String,
+    pub name: Arc<str>,
+    pub uuid: Arc<str>,
     pub state: DomainState,
     pub vcpus: u64,
     pub memory: u64,
@@ -175,10 +176,10 @@ impl Plan {
     /// Refreshes every member's `actual` from `domains` (after enforcement).
     pub fn refresh_actuals(&mut self, domains: &[DomainObs]) {
         let by_uuid: std::collections::HashMap<&str, &DomainObs> =
-            domains.iter().map(|d| (d.uuid.as_str(), d)).collect();
+            domains.iter().map(|d| (&*d.uuid, d)).collect();
         for p in &mut self.pools {
             for m in &mut p.members {
-                let Some(d) = by_uuid.get(m.uuid.as_str()) else {
+                let Some(d) = by_uuid.get(&*m.uuid) else {
                     continue;
                 };
                 for r in Resource::ALL {
@@ -365,8 +366,8 @@ impl<'m, V> ByDomain<'m, V> {
             return None;
         }
         self.0
-            .get(d.name.as_str())
-            .or_else(|| self.0.get(d.uuid.as_str()))
+            .get(&*d.name)
+            .or_else(|| self.0.get(&*d.uuid))
             .copied()
     }
 }

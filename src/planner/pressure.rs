@@ -190,7 +190,7 @@ pub(super) fn apply(
             a.target_reason = Reason::Pressure;
             a.reason = Reason::Pressure;
         }
-        let uuid = works[w].doms[m].uuid.as_str();
+        let uuid = &*works[w].doms[m].uuid;
         entries.push((super::prefix_key(uuid), pos, uuid, r));
     }
     entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(b.2)).then(a.1.cmp(&b.1)));
