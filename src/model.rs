@@ -169,8 +169,8 @@ pub struct IoTune {
 /// One disk of a domain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskObs {
-    /// Target device name, e.g. `vda`.
-    pub target: String,
+    /// Target device name, e.g. `vda` (shared with the actions on it).
+    pub target: Arc<str>,
     /// `disk`, `cdrom`, `floppy`, `lun`.
     pub device: String,
     pub readonly: bool,
@@ -342,7 +342,7 @@ pub enum Action {
     SetBlockIoTune {
         uuid: Arc<str>,
         domain: Arc<str>,
-        disk: String,
+        disk: Arc<str>,
         from: IoTune,
         to: IoTune,
         persist: bool,

@@ -95,7 +95,7 @@ fn observe_one(hv: &mut Libvirt, name: &str) -> DomainObs {
 }
 
 fn vda(d: &DomainObs) -> Option<IoTune> {
-    d.disks.iter().find(|d| d.target == "vda").unwrap().iotune
+    d.disks.iter().find(|d| &*d.target == "vda").unwrap().iotune
 }
 
 fn set_vcpus(uuid: &str, to: u64) -> Action {
@@ -166,7 +166,7 @@ fn observe_reads_running_paused_and_shutoff_domains() {
     assert_eq!(web.metadata_pool.as_deref(), Some("gold"));
     assert_eq!(web.active_secs, None);
     // libvirt orders disks itself (by bus/target), so look them up by name.
-    let disk = |t: &str| web.disks.iter().find(|d| d.target == t).unwrap();
+    let disk = |t: &str| web.disks.iter().find(|d| *d.target == *t).unwrap();
     assert_eq!(web.disks.len(), 3);
     assert_eq!(
         (disk("vda").device.as_str(), disk("vda").readonly),

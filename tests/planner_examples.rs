@@ -520,7 +520,7 @@ fn disk_rates_split_across_tunable_disks() {
             Action::SetBlockIoTune {
                 domain, disk, to, ..
             } if &**domain == "a" => Some((
-                disk.as_str(),
+                &**disk,
                 to.total_bytes_sec,
                 to.total_bytes_sec_max,
                 to.total_iops_sec,

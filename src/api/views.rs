@@ -175,7 +175,7 @@ pub fn domain_view(d: &DomainObs, plan: Option<&Plan>, rt: &RuntimeState) -> Dom
             .disks
             .iter()
             .filter(|x| x.is_tunable())
-            .map(|x| x.target.clone())
+            .map(|x| x.target.to_string())
             .collect(),
         reservation: member
             .map(|(p, _)| reservation_of(rt, p, &d.name, &d.uuid))

@@ -299,7 +299,7 @@ fn read_domain(
     let mut disks = Vec::new();
     for d in xml::disks(&domain_xml) {
         let mut obs = DiskObs {
-            target: d.target,
+            target: d.target.into(),
             device: d.device,
             readonly: d.readonly,
             iotune: None,

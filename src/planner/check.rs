@@ -195,7 +195,7 @@ impl<'p> Guard<'p> {
                     if rate == 0 || rate > a.next || max < rate {
                         return Err(Violation::BadIoTune {
                             domain: domain(),
-                            disk: disk.clone(),
+                            disk: disk.to_string(),
                             resource: r,
                             rate,
                             max,

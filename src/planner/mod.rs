@@ -305,13 +305,16 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
     for w in works.iter_mut() {
         stability::settle(w, input);
     }
-    // One pass per phase, straight into one list (actions are large).
-    let mut actions = Vec::new();
-    for phase in [Phase::Shrink, Phase::Neutral, Phase::Grow] {
-        for w in works.iter().filter(|w| !(input.paused || w.pool.paused)) {
-            emit(w, input, phase, &mut actions);
-        }
+    // One pass over the members, each action into its phase's list; the
+    // lists are then joined in phase order (shrinks, neutral, growth).
+    let mut phases: [Vec<Action>; 3] = Default::default();
+    for w in works.iter().filter(|w| !(input.paused || w.pool.paused)) {
+        emit(w, input, &mut phases);
     }
+    let [mut actions, neutral, grow] = phases;
+    actions.reserve_exact(neutral.len() + grow.len());
+    actions.extend(neutral);
+    actions.extend(grow);
 
     let pools = works
         .into_iter()
@@ -400,6 +403,8 @@ fn prepare_pool<'a>(
     let mut disks = Vec::with_capacity(n);
     let mut disk_shares = Vec::with_capacity(n);
     let mut bounds: Vec<[Option<Bound>; 4]> = Vec::with_capacity(n);
+    // Observed amount per resource (disks read once per member).
+    let mut actuals: Vec<[u64; 4]> = Vec::with_capacity(n);
     let mut candidates = Vec::with_capacity(n);
     let mut active = Vec::with_capacity(n);
     let disk_res = if budget.disk_bytes_sec.is_some() {
@@ -422,8 +427,9 @@ fn prepare_pool<'a>(
         });
         doms.push(d);
         hist.push(h);
-        let tunable = disk::tunable_count(&d.disks);
+        let (tunable, disk_bytes, disk_iops) = disk::observed(&d.disks);
         disks.push(tunable);
+        actuals.push([d.vcpus, d.memory, disk_bytes, disk_iops]);
         let over = overrides.get(d);
         let res = reservations.get(d);
         let lim = |r: Resource| -> Limits {
@@ -483,18 +489,26 @@ fn prepare_pool<'a>(
         }
     }
 
-    for r in Resource::ALL {
-        let Some(b) = *budget.get(r) else { continue };
-        let g = granularity(r);
-        let k = idx(r);
-        let mut who = Vec::new();
-        let mut claims = Vec::new();
-        for &m in &active {
+    // One pass over the active members for every resource: the
+    // unadmitted view of each, and the claims of the admitted ones.
+    let managed: Vec<(usize, Resource, u64)> = Resource::ALL
+        .into_iter()
+        .filter_map(|r| budget.get(r).map(|b| (idx(r), r, b)))
+        .collect();
+    let mut who: [Vec<usize>; 4] = Default::default();
+    let mut claims: [Vec<Claim>; 4] = Default::default();
+    for &(k, _, _) in &managed {
+        who[k].reserve_exact(active.len());
+        claims[k].reserve_exact(active.len());
+    }
+    for &m in &active {
+        let p = &mut plans[m];
+        for &(k, r, _) in &managed {
             let Some(bd) = bounds[m][k] else { continue };
-            let d = doms[m];
-            let actual = d.actual(r);
+            let g = granularity(r);
+            let actual = actuals[m][k];
             let used = if r == Resource::Memory {
-                d.balloon.and_then(|s| s.used())
+                doms[m].balloon.and_then(|s| s.used())
             } else {
                 None
             };
@@ -509,20 +523,33 @@ fn prepare_pool<'a>(
                 reason: Reason::Unadmitted,
                 target_reason: Reason::Unadmitted,
             };
-            plans[m].alloc.get_mut(r).replace(unadmitted);
-            if plans[m].admitted {
-                who.push(m);
-                claims.push(Claim {
+            p.alloc.get_mut(r).replace(unadmitted);
+            if p.admitted {
+                who[k].push(m);
+                claims[k].push(Claim {
                     floor: bd.floor,
                     cap: bd.cap,
                     shares: bd.shares,
                 });
             }
         }
-        let targets = alloc::water_fill(b / g, &claims);
-        for (&m, t) in who.iter().zip(targets) {
-            let bd = bounds[m][k];
-            if let (Some(bd), Some(a)) = (bd, plans[m].alloc.get_mut(r).as_mut()) {
+    }
+    let mut targets: [std::vec::IntoIter<u64>; 4] = Default::default();
+    for &(k, r, b) in &managed {
+        targets[k] = alloc::water_fill(b / granularity(r), &claims[k]).into_iter();
+    }
+    // The targets, in one more pass (each `who` list is in member order).
+    let mut next: [usize; 4] = [0; 4];
+    for &m in &active {
+        let p = &mut plans[m];
+        for &(k, r, _) in &managed {
+            if who[k].get(next[k]) != Some(&m) {
+                continue;
+            }
+            next[k] += 1;
+            let Some(t) = targets[k].next() else { continue };
+            let g = granularity(r);
+            if let (Some(bd), Some(a)) = (bounds[m][k], p.alloc.get_mut(r).as_mut()) {
                 let reason = if t >= bd.cap && bd.cap > bd.floor {
                     bd.cap_reason
                 } else if t <= bd.floor {
@@ -624,19 +651,10 @@ fn bound(
     })
 }
 
-/// Which actions an [`emit`] pass produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// vCPU and balloon decreases.
-    Shrink,
-    /// Disk limits and weights.
-    Neutral,
-    /// vCPU and balloon increases.
-    Grow,
-}
-
-/// Turns one pool's settled allocations into the actions of one phase.
-fn emit(w: &Work<'_>, input: &PlanInput<'_>, phase: Phase, out: &mut Vec<Action>) {
+/// Turns one pool's settled allocations into actions, each into the list
+/// of its phase: `out[0]` vCPU and balloon decreases, `out[1]` disk limits
+/// and weights, `out[2]` vCPU and balloon increases.
+fn emit(w: &Work<'_>, input: &PlanInput<'_>, out: &mut [Vec<Action>; 3]) {
     let persist = w.pool.persist;
     let factor = input.config.tuning.disk_burst_factor;
     let manages_disk = w.budget.disk_bytes_sec.is_some() || w.budget.disk_iops_sec.is_some();
@@ -645,36 +663,30 @@ fn emit(w: &Work<'_>, input: &PlanInput<'_>, phase: Phase, out: &mut Vec<Action>
             continue;
         }
         let d = w.doms[m];
-        let moves = |a: &Alloc| match phase {
-            Phase::Shrink => a.next < a.actual,
-            Phase::Grow => a.next > a.actual,
-            Phase::Neutral => false,
-        };
-        if let Some(a) = p.alloc.vcpus.filter(moves) {
-            let act = Action::SetVcpus {
+        // vCPUs before memory, in both the shrink and the growth list.
+        if let Some(a) = p.alloc.vcpus.filter(|a| a.next != a.actual) {
+            let list = if a.next < a.actual { 0 } else { 2 };
+            out[list].push(Action::SetVcpus {
                 uuid: d.uuid.clone(),
                 domain: d.name.clone(),
                 from: a.actual,
                 to: a.next,
                 reason: a.reason,
                 persist,
-            };
-            out.push(act);
+            });
         }
-        if let Some(a) = p.alloc.memory.filter(moves) {
-            let act = Action::SetMemory {
+        if let Some(a) = p.alloc.memory.filter(|a| a.next != a.actual) {
+            let list = if a.next < a.actual { 0 } else { 2 };
+            out[list].push(Action::SetMemory {
                 uuid: d.uuid.clone(),
                 domain: d.name.clone(),
                 from: a.actual,
                 to: a.next,
                 reason: a.reason,
                 persist,
-            };
-            out.push(act);
+            });
         }
-        if phase != Phase::Neutral {
-            continue;
-        }
+        let out = &mut out[1];
         let tunable = w.disks[m];
         if tunable > 0 {
             let bytes = p.alloc.disk_bytes_sec.map(|a| a.next);

@@ -49,7 +49,7 @@ pub fn balloon(memory: u64, used: u64) -> BalloonStats {
 /// A writable virtio disk with no limits read yet.
 pub fn disk(target: &str) -> DiskObs {
     DiskObs {
-        target: target.to_owned(),
+        target: target.into(),
         device: "disk".to_owned(),
         readonly: false,
         iotune: None,
