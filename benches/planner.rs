@@ -210,6 +210,20 @@ fn main() {
         return;
     }
     let fixtures: Vec<(usize, Fixture)> = sizes().into_iter().map(|n| (n, fixture(n))).collect();
+    if let Some(dir) = std::env::var_os("PLANNER_BENCH_DUMP") {
+        // The plans as JSON (first cycle, and after 3 cycles), to compare
+        // two builds of the planner.
+        for (n, f) in fixtures {
+            let m = Membership::new(&f.config.pools);
+            let first = serde_json::to_string(&plan_with(&input(&f), &m)).expect("plan as JSON");
+            let f = after_cycles(f, 3);
+            let later = serde_json::to_string(&plan_with(&input(&f), &m)).expect("plan as JSON");
+            let path = std::path::Path::new(&dir).join(format!("plan-{n}.json"));
+            std::fs::write(&path, format!("{first}\n{later}\n")).expect("write the plans");
+            println!("{n} domains: {}", path.display());
+        }
+        return;
+    }
     if std::env::var_os("PLANNER_BENCH_ONCE").is_some() {
         // `PLANNER_BENCH_REPEAT=N`: plan N times per size (for `perf stat`:
         // the difference between two repeat counts is the planning alone).

@@ -240,21 +240,6 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
     let cfg = input.config;
     let alloc = cfg.host.allocatable(&input.snapshot.host);
 
-    // Deterministic order, whatever order libvirt listed domains in: by
-    // UUID, then name. The first 8 bytes of the UUID as an integer make
-    // most comparisons one integer compare.
-    let mut keyed: Vec<(u64, &DomainObs)> = input
-        .snapshot
-        .domains
-        .iter()
-        .map(|d| (prefix_key(&d.uuid), d))
-        .collect();
-    keyed.sort_unstable_by(|(ka, a), (kb, b)| {
-        ka.cmp(kb)
-            .then_with(|| a.uuid.cmp(&b.uuid))
-            .then_with(|| a.name.cmp(&b.name))
-    });
-
     // Membership pools → config pools (the same list when the membership
     // was compiled from this config).
     let cfg_names: Vec<&str> = cfg.pools.keys().map(String::as_str).collect();
@@ -263,28 +248,57 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
         .iter()
         .map(|n| cfg_names.binary_search(&n.as_str()).ok())
         .collect();
-    let mut by_pool: Vec<Vec<Member<'_>>> = (0..cfg_names.len()).map(|_| Vec::new()).collect();
-    let mut unmanaged = Vec::new();
+
+    // One pass over the domains as listed (memory order): each one's pool
+    // and sort key, and the size of every pool.
+    let domains = &input.snapshot.domains;
+    let mut keyed: Vec<(u64, usize)> = Vec::with_capacity(domains.len());
+    let mut places: Vec<Place> = Vec::with_capacity(domains.len());
+    let mut sizes = vec![0usize; cfg_names.len()];
+    let mut unmanaged_count = 0;
+    for (i, d) in domains.iter().enumerate() {
+        keyed.push((prefix_key(&d.uuid), i));
+        let place = match membership.pool_index_of(d) {
+            Some((k, via)) => to_cfg[k].map_or(Place::Elsewhere, |c| {
+                sizes[c] += 1;
+                Place::Pool(c, via)
+            }),
+            None => {
+                unmanaged_count += 1;
+                Place::Unmanaged
+            }
+        };
+        places.push(place);
+    }
+    // Deterministic order, whatever order libvirt listed domains in: by
+    // UUID, then name. The first 8 bytes of the UUID as an integer make
+    // most comparisons one integer compare.
+    keyed.sort_unstable_by(|&(ka, a), &(kb, b)| {
+        ka.cmp(&kb)
+            .then_with(|| domains[a].uuid.cmp(&domains[b].uuid))
+            .then_with(|| domains[a].name.cmp(&domains[b].name))
+    });
+
+    let mut by_pool: Vec<Vec<Member<'_>>> = sizes.iter().map(|&n| Vec::with_capacity(n)).collect();
+    let mut unmanaged = Vec::with_capacity(unmanaged_count);
     // Domains come in UUID order: one merge with the history's maps.
     let mut hist = history::Cursor::new(input.history);
-    for (_, d) in keyed {
-        match membership.pool_index_of(d) {
-            Some((k, via)) => {
-                if let Some(c) = to_cfg[k] {
-                    by_pool[c].push(Member {
-                        d,
-                        via,
-                        hist: hist.get(&d.uuid),
-                    });
-                }
-            }
-            None => unmanaged.push(Unmanaged {
+    for (_, i) in keyed {
+        let d = &domains[i];
+        match places[i] {
+            Place::Pool(c, via) => by_pool[c].push(Member {
+                d,
+                via,
+                hist: hist.get(&d.uuid),
+            }),
+            Place::Unmanaged => unmanaged.push(Unmanaged {
                 name: d.name.clone(),
                 uuid: d.uuid.clone(),
                 state: d.state,
                 vcpus: d.vcpus,
                 memory: d.memory,
             }),
+            Place::Elsewhere => {}
         }
     }
     unmanaged.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uuid.cmp(&b.uuid)));
@@ -307,14 +321,23 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
     }
     // One pass over the members, each action into its phase's list; the
     // lists are then joined in phase order (shrinks, neutral, growth).
-    let mut phases: [Vec<Action>; 3] = Default::default();
-    for w in works.iter().filter(|w| !(input.paused || w.pool.paused)) {
+    // Each list sized once for the most it can get (pages never written
+    // cost nothing): vCPUs and memory, each disk, two weights.
+    let emitting = || works.iter().filter(|w| !(input.paused || w.pool.paused));
+    let members: usize = emitting().map(|w| w.plans.len()).sum();
+    let disks: usize = emitting().flat_map(|w| &w.disks).sum();
+    let mut phases: [Vec<Action>; 3] = [
+        Vec::with_capacity(4 * members + disks),
+        Vec::with_capacity(2 * members + disks),
+        Vec::with_capacity(2 * members),
+    ];
+    for w in emitting() {
         emit(w, input, &mut phases);
     }
     let [mut actions, neutral, grow] = phases;
-    actions.reserve_exact(neutral.len() + grow.len());
     actions.extend(neutral);
     actions.extend(grow);
+    actions.shrink_to_fit();
 
     let pools = works
         .into_iter()
@@ -345,6 +368,17 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
         actions,
         reclaim,
     }
+}
+
+/// Where membership puts a domain.
+#[derive(Clone, Copy)]
+enum Place {
+    /// In this config pool (index), this way.
+    Pool(usize, Via),
+    /// In a pool of the membership rules that the config does not have.
+    Elsewhere,
+    /// In no pool.
+    Unmanaged,
 }
 
 /// A domain in a pool, before planning.

@@ -103,7 +103,7 @@ pub(super) fn apply(
     let threshold = tuning.pressure_threshold.resolve(host.memory_total);
     let pressure = host.memory_available < threshold;
 
-    let mut cands: Vec<Cand<'_>> = Vec::new();
+    let mut cands: Vec<Cand<'_>> = Vec::with_capacity(works.iter().map(|w| w.plans.len()).sum());
     for (w, work) in works.iter().enumerate() {
         if work.pool.paused {
             continue;
