@@ -11,7 +11,13 @@
 //! `plan_with` (and the drop of its plan) per size, in `plan_once`, for an
 //! instruction count that does not depend on machine load:
 //! `valgrind --tool=callgrind --toggle-collect='planner::plan_once*' BENCH_BINARY`
-//! (see docs/performance.md).
+//! (see docs/performance.md). `PLANNER_BENCH_REPEAT=N` plans N times per
+//! size in that mode (for `perf stat`: the difference between two repeat
+//! counts is the planning alone).
+//!
+//! `PLANNER_BENCH_DUMP=DIR` writes each size's plan as JSON (first cycle,
+//! then after 3 cycles) to `DIR/plan-N.json` and exits: two builds of the
+//! planner must write the same bytes.
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
