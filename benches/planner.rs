@@ -11,7 +11,13 @@
 //! `plan_with` (and the drop of its plan) per size, in `plan_once`, for an
 //! instruction count that does not depend on machine load:
 //! `valgrind --tool=callgrind --toggle-collect='planner::plan_once*' BENCH_BINARY`
-//! (see docs/performance.md).
+//! (see docs/performance.md). `PLANNER_BENCH_REPEAT=N` plans N times per
+//! size in that mode (for `perf stat`: the difference between two repeat
+//! counts is the planning alone).
+//!
+//! `PLANNER_BENCH_DUMP=DIR` writes each size's plan as JSON (first cycle,
+//! then after 3 cycles) to `DIR/plan-N.json` and exits: two builds of the
+//! planner must write the same bytes.
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
@@ -119,7 +125,8 @@ fn fixture(n: usize) -> Fixture {
             (r >> 48) as u16,
             i as u16,
             i
-        );
+        )
+        .into();
         d.state = if r % 97 == 0 {
             DomainState::Shutoff
         } else {
@@ -146,10 +153,10 @@ fn fixture(n: usize) -> Fixture {
         d.cpu_shares = Some(1000);
         d.active_secs = Some((r >> 28) % 100_000);
         if (r >> 32) % 10 == 0 {
-            history.vcpu_changed_at.insert(d.uuid.clone(), 995);
+            history.vcpu_changed_at.insert(d.uuid.to_string(), 995);
         }
         if (r >> 36) % 10 == 0 {
-            history.reclaim.insert(d.uuid.clone(), 256 * MIB);
+            history.reclaim.insert(d.uuid.to_string(), 256 * MIB);
         }
         domains.push(d);
     }
@@ -209,10 +216,33 @@ fn main() {
         return;
     }
     let fixtures: Vec<(usize, Fixture)> = sizes().into_iter().map(|n| (n, fixture(n))).collect();
+    if let Some(dir) = std::env::var_os("PLANNER_BENCH_DUMP") {
+        // The plans as JSON (first cycle, and after 3 cycles), to compare
+        // two builds of the planner.
+        for (n, f) in fixtures {
+            let m = Membership::new(&f.config.pools);
+            let first = serde_json::to_string(&plan_with(&input(&f), &m)).expect("plan as JSON");
+            let f = after_cycles(f, 3);
+            let later = serde_json::to_string(&plan_with(&input(&f), &m)).expect("plan as JSON");
+            let path = std::path::Path::new(&dir).join(format!("plan-{n}.json"));
+            std::fs::write(&path, format!("{first}\n{later}\n")).expect("write the plans");
+            println!("{n} domains: {}", path.display());
+        }
+        return;
+    }
     if std::env::var_os("PLANNER_BENCH_ONCE").is_some() {
+        // `PLANNER_BENCH_REPEAT=N`: plan N times per size (for `perf stat`:
+        // the difference between two repeat counts is the planning alone).
+        let repeat: usize = std::env::var("PLANNER_BENCH_REPEAT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
         for (n, f) in &fixtures {
             let m = Membership::new(&f.config.pools);
-            let actions = plan_once(f, &m);
+            let mut actions = 0;
+            for _ in 0..repeat {
+                actions = plan_once(f, &m);
+            }
             println!("{n} domains: {actions} actions");
         }
         return;
@@ -262,14 +292,16 @@ fn summary(n: usize, label: &str, f: &Fixture) {
     let runs = if n >= 100_000 { 5 } else { 20 };
     let (mut wall, mut cpu) = (f64::MAX, f64::MAX);
     let mut actions = 0;
+    let mut faults = u64::MAX;
     let m = Membership::new(&f.config.pools);
     for _ in 0..runs {
-        let (t0, c0) = (Instant::now(), thread_cpu_secs());
+        let (t0, c0, f0) = (Instant::now(), thread_cpu_secs(), thread_minor_faults());
         let p = plan_with(black_box(&input(f)), &m);
         actions = p.actions.len();
         drop(black_box(p));
         wall = wall.min(t0.elapsed().as_secs_f64());
         cpu = cpu.min(thread_cpu_secs() - c0);
+        faults = faults.min(thread_minor_faults().saturating_sub(f0));
     }
     // How much of it is membership (globs, explicit lists: membership.rs).
     let mut member_cpu = f64::MAX;
@@ -289,7 +321,7 @@ fn summary(n: usize, label: &str, f: &Fixture) {
         member_cpu * 1e9 / n as f64
     );
     println!(
-        "  {n:>7} domains, {label:<15}: wall {:>9.3} ms {:>6.0} ns/domain | cpu {:>9.3} ms {:>6.0} ns/domain  ({actions} actions)",
+        "  {n:>7} domains, {label:<15}: wall {:>9.3} ms {:>6.0} ns/domain | cpu {:>9.3} ms {:>6.0} ns/domain  ({actions} actions, {faults} page faults)",
         wall * 1e3,
         wall * 1e9 / n as f64,
         cpu * 1e3,
@@ -310,4 +342,17 @@ fn thread_cpu_secs() -> f64 {
         return 0.0;
     }
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Minor page faults of this thread so far.
+fn thread_minor_faults() -> u64 {
+    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage; RUSAGE_THREAD is supported
+    // by every Linux kernel since 2.6.26.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    if rc != 0 {
+        return 0;
+    }
+    ru.ru_minflt as u64
 }

@@ -140,7 +140,7 @@ impl Membership {
     pub(crate) fn pool_index_of(&self, d: &DomainObs) -> Option<(usize, Via)> {
         let (k, via) = self.matching(d)?;
         if !self.excluded.is_empty() {
-            let removed = |key: &String| self.excluded.get(key).is_some_and(|v| v.contains(&k));
+            let removed = |key: &str| self.excluded.get(key).is_some_and(|v| v.contains(&k));
             if removed(&d.name) || removed(&d.uuid) {
                 return None;
             }
@@ -152,8 +152,8 @@ impl Membership {
         if !self.explicit.is_empty() {
             if let Some(&k) = self
                 .explicit
-                .get(&d.name)
-                .or_else(|| self.explicit.get(&d.uuid))
+                .get(&*d.name)
+                .or_else(|| self.explicit.get(&*d.uuid))
             {
                 return Some((k, Via::Explicit));
             }
@@ -174,10 +174,10 @@ impl Membership {
             (_, Some(&first)) if plain.is_some_and(|g| g < first) => None,
             (Globs::Set(set), _) => HITS.with(|hits| {
                 let mut hits = hits.borrow_mut();
-                set.matches_candidate_into(&globset::Candidate::new(&d.name), &mut hits);
+                set.matches_candidate_into(&globset::Candidate::new(&*d.name), &mut hits);
                 hits.iter().min().copied()
             }),
-            (Globs::Each(each), _) => each.iter().position(|g| g.is_match(&d.name)),
+            (Globs::Each(each), _) => each.iter().position(|g| g.is_match(&*d.name)),
         }
         .map(|k| self.others_index[k]);
         let first = match (plain, other) {
@@ -198,7 +198,7 @@ mod tests {
     fn dom(name: &str, meta: Option<&str>) -> DomainObs {
         DomainObs {
             name: name.into(),
-            uuid: format!("uuid-{name}"),
+            uuid: format!("uuid-{name}").into(),
             id: None,
             state: DomainState::Running,
             vcpus: 1,

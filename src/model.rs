@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// One of the resources a pool can budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -168,8 +169,8 @@ pub struct IoTune {
 /// One disk of a domain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskObs {
-    /// Target device name, e.g. `vda`.
-    pub target: String,
+    /// Target device name, e.g. `vda` (shared with the actions on it).
+    pub target: Arc<str>,
     /// `disk`, `cdrom`, `floppy`, `lun`.
     pub device: String,
     pub readonly: bool,
@@ -187,8 +188,10 @@ impl DiskObs {
 /// Everything the agent knows about one domain at one instant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DomainObs {
-    pub name: String,
-    pub uuid: String,
+    /// Shared with the plans made from this observation (cloning is a
+    /// reference count, not a copy).
+    pub name: Arc<str>,
+    pub uuid: Arc<str>,
     /// libvirt's ID of the running domain: set while it is active, new on
     /// every start (the same across a guest reboot or a libvirtd restart).
     #[serde(default)]
@@ -317,8 +320,8 @@ impl fmt::Display for Reason {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Action {
     SetVcpus {
-        uuid: String,
-        domain: String,
+        uuid: Arc<str>,
+        domain: Arc<str>,
         from: u64,
         to: u64,
         reason: Reason,
@@ -326,8 +329,8 @@ pub enum Action {
         persist: bool,
     },
     SetMemory {
-        uuid: String,
-        domain: String,
+        uuid: Arc<str>,
+        domain: Arc<str>,
         /// Bytes.
         from: u64,
         /// Bytes (a multiple of 1 MiB).
@@ -337,23 +340,23 @@ pub enum Action {
         persist: bool,
     },
     SetBlockIoTune {
-        uuid: String,
-        domain: String,
-        disk: String,
+        uuid: Arc<str>,
+        domain: Arc<str>,
+        disk: Arc<str>,
         from: IoTune,
         to: IoTune,
         persist: bool,
     },
     SetCpuShares {
-        uuid: String,
-        domain: String,
+        uuid: Arc<str>,
+        domain: Arc<str>,
         from: Option<u64>,
         to: u64,
         persist: bool,
     },
     SetBlkioWeight {
-        uuid: String,
-        domain: String,
+        uuid: Arc<str>,
+        domain: Arc<str>,
         from: Option<u64>,
         to: u64,
         persist: bool,

@@ -169,15 +169,19 @@ fn pool_neighbours_with_actions(plan: &Plan, scope: &[String]) -> Vec<String> {
     let with_actions: HashSet<&str> = plan.actions.iter().map(|a| a.uuid()).collect();
     let mut out: Vec<String> = Vec::new();
     for p in &plan.pools {
-        if !p.members.iter().any(|m| scope.contains(&m.uuid)) {
+        if !p
+            .members
+            .iter()
+            .any(|m| scope.iter().any(|s| **s == *m.uuid))
+        {
             continue;
         }
         for m in &p.members {
-            if with_actions.contains(m.uuid.as_str())
-                && !scope.contains(&m.uuid)
-                && !out.contains(&m.uuid)
+            if with_actions.contains(&*m.uuid)
+                && !scope.iter().any(|s| **s == *m.uuid)
+                && !out.iter().any(|s| **s == *m.uuid)
             {
-                out.push(m.uuid.clone());
+                out.push(m.uuid.to_string());
             }
         }
     }
@@ -621,7 +625,7 @@ impl Monitor {
         if uuids.len() > scoped_limit(prev.domains.len()) {
             return None;
         }
-        let known: HashSet<&str> = prev.domains.iter().map(|d| d.uuid.as_str()).collect();
+        let known: HashSet<&str> = prev.domains.iter().map(|d| &*d.uuid).collect();
         uuids
             .iter()
             .all(|u| known.contains(u.as_str()))
@@ -643,7 +647,7 @@ impl Monitor {
             }
         };
         let mut fresh: HashMap<String, DomainObs> =
-            fresh.into_iter().map(|d| (d.uuid.clone(), d)).collect();
+            fresh.into_iter().map(|d| (d.uuid.to_string(), d)).collect();
         if uuids.iter().any(|u| !fresh.contains_key(u)) {
             tracing::debug!("a scoped domain is gone: full cycle");
             return None;
@@ -651,7 +655,7 @@ impl Monitor {
         let prev = self.status_tx.borrow().clone();
         let mut merged = prev.domains.clone();
         for d in &mut merged {
-            if let Some(f) = fresh.remove(&d.uuid) {
+            if let Some(f) = fresh.remove(&*d.uuid) {
                 *d = f;
             }
         }
@@ -817,7 +821,7 @@ impl Monitor {
             let stats: Vec<&DomainObs> = snapshot
                 .domains
                 .iter()
-                .filter(|d| in_scope.as_ref().is_none_or(|s| s.contains(&d.uuid)))
+                .filter(|d| in_scope.as_ref().is_none_or(|s| s.contains(&*d.uuid)))
                 .collect();
             self.set_stats_periods(&stats).await;
             let (enforced, results) = self.enforce(plan, now, in_scope.as_ref()).await;
@@ -826,7 +830,7 @@ impl Monitor {
             // Publish what the domains have now, not what they had.
             let mut by_uuid: HashMap<&str, usize> = HashMap::new();
             for (i, d) in snapshot.domains.iter().enumerate() {
-                by_uuid.insert(d.uuid.as_str(), i);
+                by_uuid.insert(&*d.uuid, i);
             }
             let mut changed = false;
             let mut domains = snapshot.domains.clone();
@@ -850,7 +854,7 @@ impl Monitor {
                 status.libvirt.error = Some(e);
             }
         }
-        let alive: HashSet<&str> = snapshot.domains.iter().map(|d| d.uuid.as_str()).collect();
+        let alive: HashSet<&str> = snapshot.domains.iter().map(|d| &*d.uuid).collect();
         self.history.retain(|u| alive.contains(u));
         self.history.observe(&snapshot.domains);
         self.note_unadmitted(&plan);
@@ -869,13 +873,13 @@ impl Monitor {
                 .iter()
                 .filter(|m| !m.admitted && m.state.is_active())
             {
-                let key = (p.name.clone(), m.uuid.clone());
+                let key = (p.name.clone(), m.uuid.to_string());
                 if !self.unadmitted.contains(&key) {
                     tracing::warn!(pool = %p.name, domain = %m.name, note = m.note.as_deref().unwrap_or(""), "member not admitted: its floors do not fit the budget");
                     self.pending.push(Event::now(EventKind::Unadmitted {
                         pool: p.name.clone(),
-                        domain: m.name.clone(),
-                        uuid: m.uuid.clone(),
+                        domain: m.name.to_string(),
+                        uuid: m.uuid.to_string(),
                         note: m.note.clone(),
                     }));
                 }
@@ -956,13 +960,13 @@ impl Monitor {
         let active: HashSet<String> = domains
             .iter()
             .filter(|d| d.state.is_active())
-            .map(|d| d.uuid.clone())
+            .map(|d| d.uuid.to_string())
             .collect();
         self.active_since.retain(|u, _| active.contains(u));
         self.stats_period_set.retain(|u| active.contains(u));
         for d in &mut domains {
             if d.state.is_active() {
-                let since = *self.active_since.entry(d.uuid.clone()).or_insert(now);
+                let since = *self.active_since.entry(d.uuid.to_string()).or_insert(now);
                 d.active_secs = Some(now.duration_since(since).as_secs());
             }
         }
@@ -977,8 +981,8 @@ impl Monitor {
         let todo: Vec<String> = domains
             .iter()
             .filter(|d| d.state == crate::model::DomainState::Running)
-            .filter(|d| !self.stats_period_set.contains(&d.uuid))
-            .map(|d| d.uuid.clone())
+            .filter(|d| !self.stats_period_set.contains(&*d.uuid))
+            .map(|d| d.uuid.to_string())
             .collect();
         if todo.is_empty() {
             return;

@@ -23,7 +23,7 @@ async fn reads_have_pinned_shapes() {
             .lock()
             .unwrap()
             .iter()
-            .find(|d| d.name == "db-1")
+            .find(|d| *d.name == *"db-1")
             .unwrap()
             .uuid
             .clone();
@@ -54,7 +54,7 @@ async fn reads_have_pinned_shapes() {
         .lock()
         .unwrap()
         .iter_mut()
-        .find(|d| d.name == "web-1")
+        .find(|d| *d.name == *"web-1")
         .unwrap()
         .vcpus = 1;
     let (_, v) = a.call("POST", "/v1/reconcile?wait=true", None).await;

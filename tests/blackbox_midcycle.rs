@@ -146,11 +146,11 @@ async fn domain_destroyed_or_undefined_between_observe_and_enforce() {
     // Next cycle: mc-3 is forgotten, mc-2 holds nothing, the rest is re-shared.
     let st2 = monitor.cycle_once().await;
     assert!(
-        st2.domains.iter().all(|d| d.name != "mc-3"),
+        st2.domains.iter().all(|d| *d.name != *"mc-3"),
         "mc-3 not forgotten"
     );
     let plan2 = st2.plan.as_ref().unwrap();
-    assert!(plan2.pools[0].members.iter().all(|m| m.name != "mc-3"));
+    assert!(plan2.pools[0].members.iter().all(|m| *m.name != *"mc-3"));
     assert!(
         plan2
             .actions

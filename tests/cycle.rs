@@ -57,9 +57,9 @@ async fn one_cycle_brings_managed_domains_to_their_targets() {
         );
     }
     assert_eq!(dom(&after, "db-old").state, DomainState::Shutoff);
-    assert!(plan.unmanaged.iter().any(|u| u.name == "dev-sandbox"));
+    assert!(plan.unmanaged.iter().any(|u| *u.name == *"dev-sandbox"));
     let db = plan.pools.iter().find(|p| p.name == "db").unwrap();
-    let old = db.members.iter().find(|m| m.name == "db-old").unwrap();
+    let old = db.members.iter().find(|m| *m.name == *"db-old").unwrap();
     assert!(old.alloc.vcpus.is_none() && old.alloc.memory.is_none());
 }
 
@@ -80,7 +80,11 @@ async fn a_domain_whose_max_is_below_its_share_gets_its_max_and_the_rest_is_resh
     assert_eq!(dom(&after, "other").vcpus, 3);
     let pool = &st.plan.as_ref().unwrap().pools[0];
     assert_eq!(pool.allocated.vcpus, 12);
-    let small = pool.members.iter().find(|m| m.name == "app-small").unwrap();
+    let small = pool
+        .members
+        .iter()
+        .find(|m| *m.name == *"app-small")
+        .unwrap();
     assert_eq!(
         small.alloc.vcpus.unwrap().reason,
         virtpool::model::Reason::HardwareMax

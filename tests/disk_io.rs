@@ -87,10 +87,10 @@ async fn every_disk_gets_its_planned_rate_and_a_two_disk_domain_is_split() {
     assert!(!plan
         .actions
         .iter()
-        .any(|a| matches!(a, Action::SetBlockIoTune { disk, .. } if disk == "hdc")));
+        .any(|a| matches!(a, Action::SetBlockIoTune { disk, .. } if &**disk == "hdc")));
     assert!(!plan.actions.iter().any(|a| a.domain() == "dio1-c"));
     let pool = plan.pools.iter().find(|p| p.name == "dio1").unwrap();
-    let c = pool.members.iter().find(|m| m.name == "dio1-c").unwrap();
+    let c = pool.members.iter().find(|m| *m.name == *"dio1-c").unwrap();
     assert!(c.admitted);
 
     // Every planned limit is what the host has, seen from the second connection.

@@ -62,7 +62,7 @@ async fn thread_name(w: &HvWorker) -> String {
 }
 
 fn state_of(obs: &[DomainObs], name: &str) -> Option<DomainState> {
-    obs.iter().find(|d| d.name == name).map(|d| d.state)
+    obs.iter().find(|d| &*d.name == name).map(|d| d.state)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,7 +60,10 @@ async fn wait_status(
 }
 
 fn state_of(st: &Status, name: &str) -> Option<DomainState> {
-    st.domains.iter().find(|d| d.name == name).map(|d| d.state)
+    st.domains
+        .iter()
+        .find(|d| *d.name == *name)
+        .map(|d| d.state)
 }
 
 /// The adapter alone: the daemon's death fires the close callback (EOF).

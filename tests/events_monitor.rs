@@ -139,7 +139,10 @@ async fn wait_status(
 }
 
 fn state_of(st: &Status, name: &str) -> Option<DomainState> {
-    st.domains.iter().find(|d| d.name == name).map(|d| d.state)
+    st.domains
+        .iter()
+        .find(|d| *d.name == *name)
+        .map(|d| d.state)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

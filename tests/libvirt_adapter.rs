@@ -85,7 +85,7 @@ fn connected() -> (tempfile::TempDir, Libvirt) {
 
 fn find<'a>(doms: &'a [DomainObs], name: &str) -> &'a DomainObs {
     doms.iter()
-        .find(|d| d.name == name)
+        .find(|d| *d.name == *name)
         .unwrap_or_else(|| panic!("{name} not observed"))
 }
 
@@ -95,7 +95,7 @@ fn observe_one(hv: &mut Libvirt, name: &str) -> DomainObs {
 }
 
 fn vda(d: &DomainObs) -> Option<IoTune> {
-    d.disks.iter().find(|d| d.target == "vda").unwrap().iotune
+    d.disks.iter().find(|d| &*d.target == "vda").unwrap().iotune
 }
 
 fn set_vcpus(uuid: &str, to: u64) -> Action {
@@ -159,14 +159,14 @@ fn observe_reads_running_paused_and_shutoff_domains() {
     assert_eq!(doms.len(), 3);
 
     let web = find(&doms, "web-1");
-    assert_eq!(web.uuid, WEB);
+    assert_eq!(&*web.uuid, WEB);
     assert_eq!(web.state, DomainState::Running);
     assert_eq!((web.vcpus, web.vcpus_max), (2, 4));
     assert_eq!((web.memory, web.memory_max), (GIB, 2 * GIB));
     assert_eq!(web.metadata_pool.as_deref(), Some("gold"));
     assert_eq!(web.active_secs, None);
     // libvirt orders disks itself (by bus/target), so look them up by name.
-    let disk = |t: &str| web.disks.iter().find(|d| d.target == t).unwrap();
+    let disk = |t: &str| web.disks.iter().find(|d| *d.target == *t).unwrap();
     assert_eq!(web.disks.len(), 3);
     assert_eq!(
         (disk("vda").device.as_str(), disk("vda").readonly),
@@ -195,7 +195,7 @@ fn observe_reads_running_paused_and_shutoff_domains() {
     assert_eq!(web.cpu_shares, None);
 
     let db = find(&doms, "db-1");
-    assert_eq!(db.uuid, DB);
+    assert_eq!(&*db.uuid, DB);
     assert_eq!(db.state, DomainState::Paused);
     assert_eq!((db.vcpus, db.vcpus_max), (2, 2));
     assert_eq!((db.memory, db.memory_max), (GIB, GIB));
@@ -204,7 +204,7 @@ fn observe_reads_running_paused_and_shutoff_domains() {
     assert_eq!(db.disks[0].iotune, Some(IoTune::default()));
 
     let off = find(&doms, "off-1");
-    assert_eq!(off.uuid, OFF);
+    assert_eq!(&*off.uuid, OFF);
     assert_eq!(off.state, DomainState::Shutoff);
     assert_eq!(off.vcpus, 0, "shut-off domains have no live vCPUs");
     assert_eq!(off.vcpus_max, 2);

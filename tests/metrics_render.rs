@@ -269,7 +269,7 @@ async fn metrics_parse_and_carry_the_demo_hosts_values() {
             let a = mem.alloc.vcpus.unwrap();
             let l = [
                 ("pool", p.name.as_str()),
-                ("domain", mem.name.as_str()),
+                ("domain", &*mem.name),
                 ("resource", "vcpus"),
             ];
             assert_eq!(

@@ -37,7 +37,7 @@ fn alloc(p: &Plan, name: &str, r: Resource) -> Alloc {
     p.pools
         .iter()
         .flat_map(|x| &x.members)
-        .find(|m| m.name == name)
+        .find(|m| *m.name == *name)
         .and_then(|m| *m.alloc.get(r))
         .unwrap()
 }
@@ -248,16 +248,16 @@ fn unadmitted_member_left_untouched() {
     };
     let plan = run_with(&cfg, &snap, &res, &History::default(), NOW);
     let pool = &plan.pools[0];
-    let unadmitted: Vec<_> = pool.unadmitted().map(|m| m.name.as_str()).collect();
+    let unadmitted: Vec<_> = pool.unadmitted().map(|m| &*m.name).collect();
     assert_eq!(unadmitted, vec!["mid"]);
-    let m = pool.members.iter().find(|m| m.name == "mid").unwrap();
+    let m = pool.members.iter().find(|m| *m.name == *"mid").unwrap();
     assert!(m.note.as_deref().unwrap().contains("vcpus floor (3)"));
     for r in [Resource::Vcpus, Resource::Memory] {
         let a = alloc(&plan, "mid", r);
         assert_eq!(a.reason, Reason::Unadmitted);
         assert_eq!(a.next, a.actual);
     }
-    assert!(plan.actions.iter().all(|a| a.uuid() != mid.uuid));
+    assert!(plan.actions.iter().all(|a| a.uuid() != &*mid.uuid));
     assert_eq!(targets(&plan, &["old", "new"], Resource::Vcpus), vec![4, 4]);
 }
 
@@ -363,7 +363,7 @@ fn vcpu_cooldown() {
         domains: vec![d.clone()],
     };
     let mut h = History::default();
-    h.vcpu_changed_at.insert(d.uuid.clone(), NOW - 30);
+    h.vcpu_changed_at.insert(d.uuid.to_string(), NOW - 30);
     let plan = run_with(&cfg, &snap, &Reservations::new(), &h, NOW);
     let a = alloc(&plan, "a", Resource::Vcpus);
     assert_eq!((a.target, a.next, a.reason), (4, 2, Reason::Cooldown));
@@ -519,8 +519,8 @@ fn disk_rates_split_across_tunable_disks() {
         .filter_map(|x| match x {
             Action::SetBlockIoTune {
                 domain, disk, to, ..
-            } if domain == "a" => Some((
-                disk.as_str(),
+            } if &**domain == "a" => Some((
+                &**disk,
                 to.total_bytes_sec,
                 to.total_bytes_sec_max,
                 to.total_iops_sec,
@@ -544,7 +544,7 @@ fn disk_rates_split_across_tunable_disks() {
     assert!(plan.pools[0]
         .members
         .iter()
-        .any(|m| m.name == "nodisk" && m.admitted));
+        .any(|m| *m.name == *"nodisk" && m.admitted));
 }
 
 #[test]
@@ -588,7 +588,7 @@ fn weights_follow_shares() {
         [
             Action::SetCpuShares { domain: d1, to: 3000, from: Some(1024), .. },
             Action::SetBlkioWeight { domain: d2, to: 300, .. },
-        ] if d1 == "db" && d2 == "db"
+        ] if &**d1 == "db" && &**d2 == "db"
     ));
 }
 

@@ -98,7 +98,7 @@ fn scenario(seed: u64, n: usize, pools: usize, g: Gen) -> Scenario {
         let pool = (rng.range(0, pools as u64) as usize).min(pools);
         let pool_name = (pool < pools).then(|| format!("p{pool}"));
         let mut d = t::domain(&format!("vm{i}"), pool_name.as_deref());
-        d.uuid = format!("{:016x}-{i}", rng.next());
+        d.uuid = format!("{:016x}-{i}", rng.next()).into();
         d.state = match rng.range(0, 19) {
             0 => DomainState::Shutoff,
             1 => DomainState::Paused,
@@ -150,7 +150,10 @@ fn scenario(seed: u64, n: usize, pools: usize, g: Gen) -> Scenario {
                         _ => rng.range(1, 4),
                     };
                     let e = reservations.get_mut(&p).unwrap();
-                    e.entry(d.name.clone()).or_default().get_mut(r).replace(min);
+                    e.entry(d.name.to_string())
+                        .or_default()
+                        .get_mut(r)
+                        .replace(min);
                 } else {
                     let l = t::shares(rng.range(1, 50_000));
                     ps[pi] = t::with_member(ps[pi].clone(), &d.name, r, l);
@@ -174,12 +177,12 @@ fn scenario(seed: u64, n: usize, pools: usize, g: Gen) -> Scenario {
         if rng.chance(10) {
             history
                 .vcpu_changed_at
-                .insert(d.uuid.clone(), rng.range(900, 1000));
+                .insert(d.uuid.to_string(), rng.range(900, 1000));
         }
         if g.pressure && rng.chance(10) {
             history
                 .reclaim
-                .insert(d.uuid.clone(), rng.range(0, 2048) * MIB);
+                .insert(d.uuid.to_string(), rng.range(0, 2048) * MIB);
         }
     }
     Scenario {
@@ -192,7 +195,11 @@ fn scenario(seed: u64, n: usize, pools: usize, g: Gen) -> Scenario {
 }
 
 fn domain_of<'a>(s: &'a Scenario, uuid: &str) -> &'a DomainObs {
-    s.snapshot.domains.iter().find(|d| d.uuid == uuid).unwrap()
+    s.snapshot
+        .domains
+        .iter()
+        .find(|d| *d.uuid == *uuid)
+        .unwrap()
 }
 
 /// The member's configured `min` (defaults, override, reservation).
@@ -200,7 +207,7 @@ fn min_of(s: &Scenario, pool: &str, d: &DomainObs, r: Resource) -> u64 {
     let p = &s.config.pools[pool];
     let l = p.member_limits(&d.name, &d.uuid, r);
     let res = s.reservations[pool]
-        .get(&d.name)
+        .get(&*d.name)
         .and_then(|x| *x.get(r))
         .unwrap_or(0);
     l.min.unwrap_or(0).max(res)
@@ -484,7 +491,7 @@ fn trace_simulation() {
             }
             for pool in &p.pools {
                 for m in &pool.members {
-                    if p.actions.iter().any(|a| a.uuid() == m.uuid) {
+                    if p.actions.iter().any(|a| a.uuid() == &*m.uuid) {
                         eprintln!("  {} {:?}", m.name, m.alloc);
                     }
                 }

@@ -110,7 +110,7 @@ impl Setup {
 }
 
 fn find<'a>(obs: &'a [DomainObs], name: &str) -> &'a DomainObs {
-    obs.iter().find(|d| d.name == name).unwrap()
+    obs.iter().find(|d| &*d.name == name).unwrap()
 }
 
 fn disk_limit(obs: &[DomainObs], name: &str) -> u64 {

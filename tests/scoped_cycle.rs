@@ -359,7 +359,7 @@ async fn a_scoped_cycle_falls_back_to_a_full_one_when_it_cannot_be_trusted() {
     assert!(is_full(&st));
     assert_eq!(s.full(), n + 1);
     assert_eq!(s.scoped().len(), asked + 1, "the scoped read came first");
-    assert!(st.domains.iter().all(|d| d.uuid != uuid(5)));
+    assert!(st.domains.iter().all(|d| *d.uuid != *uuid(5)));
 
     // libvirt down at the last cycle: full (which reports it down again).
     s.daemon.kill();

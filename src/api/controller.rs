@@ -264,7 +264,7 @@ impl AppState {
         let scope = domain_of(&out.value)
             .and_then(|key| {
                 let st = self.inner.handle.status();
-                views::find_domain(&st.domains, &key).map(|d| vec![d.uuid.clone()])
+                views::find_domain(&st.domains, &key).map(|d| vec![d.uuid.to_string()])
             })
             .map_or(Scope::All, Scope::Domains);
         let cycle = self
@@ -532,8 +532,8 @@ pub fn add_member(
         None => {}
     }
     if let Some(set) = rt.removed.get_mut(pool) {
-        set.remove(&d.name);
-        set.remove(&d.uuid);
+        set.remove(&*d.name);
+        set.remove(&*d.uuid);
         set.remove(domain);
         if set.is_empty() {
             rt.removed.remove(pool);
@@ -544,7 +544,7 @@ pub fn add_member(
         rt.added
             .entry(pool.to_string())
             .or_default()
-            .insert(d.name.clone());
+            .insert(d.name.to_string());
     }
     let eff = effective(rt, &ctx.config)?;
     match Membership::new(&eff.pools).pool_of(d) {
@@ -574,7 +574,7 @@ pub fn remove_member(
     pool_exists(&eff, pool)?;
     let found = views::find_domain(&ctx.status.domains, domain);
     let (name, uuid) = match found {
-        Some(d) => (d.name.clone(), d.uuid.clone()),
+        Some(d) => (d.name.to_string(), d.uuid.to_string()),
         None => (domain.to_string(), domain.to_string()),
     };
     let listed = rt
@@ -631,8 +631,8 @@ fn member_of(ctx: &Ctx, eff: &Config, pool: &str, domain: &str) -> Result<Member
     let d = views::find_domain(&ctx.status.domains, domain).ok_or_else(|| no_domain(domain))?;
     match Membership::new(&eff.pools).pool_of(d) {
         Some((p, _)) if p == pool => Ok(MemberRef {
-            name: d.name.clone(),
-            uuid: d.uuid.clone(),
+            name: d.name.to_string(),
+            uuid: d.uuid.to_string(),
         }),
         Some((p, _)) => Err(Error::Conflict(format!(
             "domain {:?} is in pool {p:?}, not in pool {pool:?}",
@@ -761,13 +761,13 @@ pub fn allocate(
             .map(|p| {
                 p.members
                     .iter()
-                    .filter(|x| x.uuid != m.uuid && x.admitted)
+                    .filter(|x| *x.uuid != *m.uuid && x.admitted)
                     .filter_map(|x| x.alloc.get(r).map(|a| a.floor))
                     .sum()
             })
             .unwrap_or(0);
         let mine = pa
-            .and_then(|p| p.members.iter().find(|x| x.uuid == m.uuid))
+            .and_then(|p| p.members.iter().find(|x| *x.uuid == *m.uuid))
             .and_then(|x| x.alloc.get(r).map(|a| a.floor))
             .unwrap_or(0)
             .max(v);

@@ -52,8 +52,8 @@ pub fn pool_view(p: &PoolPlan, rt: &RuntimeState) -> PoolView {
                 }
             }
             MemberView {
-                name: m.name.clone(),
-                uuid: m.uuid.clone(),
+                name: m.name.to_string(),
+                uuid: m.uuid.to_string(),
                 state: m.state,
                 via: m.via,
                 admitted: m.admitted,
@@ -80,7 +80,7 @@ pub fn pool_view(p: &PoolPlan, rt: &RuntimeState) -> PoolView {
             .members
             .iter()
             .filter(|m| m.state.is_active() && !m.admitted)
-            .map(|m| m.name.clone())
+            .map(|m| m.name.to_string())
             .collect(),
         members,
     }
@@ -145,7 +145,7 @@ pub fn status(st: &Status, rt: &RuntimeState, cfg: &Config) -> StatusResponse {
 pub fn find_domain<'a>(domains: &'a [DomainObs], key: &str) -> Option<&'a DomainObs> {
     domains
         .iter()
-        .find(|d| d.name == key)
+        .find(|d| *d.name == *key)
         .or_else(|| domains.iter().find(|d| d.uuid.eq_ignore_ascii_case(key)))
 }
 
@@ -160,8 +160,8 @@ pub fn domain_view(d: &DomainObs, plan: Option<&Plan>, rt: &RuntimeState) -> Dom
         })
     });
     DomainView {
-        name: d.name.clone(),
-        uuid: d.uuid.clone(),
+        name: d.name.to_string(),
+        uuid: d.uuid.to_string(),
         state: d.state,
         pool: member.map(|(p, _)| p.to_string()),
         via: member.map(|(_, m)| m.via),
@@ -175,7 +175,7 @@ pub fn domain_view(d: &DomainObs, plan: Option<&Plan>, rt: &RuntimeState) -> Dom
             .disks
             .iter()
             .filter(|x| x.is_tunable())
-            .map(|x| x.target.clone())
+            .map(|x| x.target.to_string())
             .collect(),
         reservation: member
             .map(|(p, _)| reservation_of(rt, p, &d.name, &d.uuid))
@@ -200,7 +200,7 @@ pub fn plan(st: &Status, plan: &Plan, rt: &RuntimeState, paused: bool) -> PlanRe
     let pool_of = |uuid: &str| {
         plan.pools
             .iter()
-            .find(|p| p.members.iter().any(|m| m.uuid == uuid))
+            .find(|p| p.members.iter().any(|m| *m.uuid == *uuid))
             .map(|p| p.name.clone())
     };
     PlanResponse {

@@ -329,8 +329,8 @@ fn read_domain(
 
     Ok(Read {
         obs: DomainObs {
-            name: name.clone(),
-            uuid,
+            name: name.as_str().into(),
+            uuid: uuid.into(),
             id,
             state,
             vcpus: if active { nr_vcpus } else { 0 },
@@ -377,7 +377,7 @@ fn read_slow(
     let mut disks = Vec::new();
     for d in xml::disks(&domain_xml) {
         let mut obs = DiskObs {
-            target: d.target,
+            target: d.target.into(),
             device: d.device,
             readonly: d.readonly,
             iotune: None,
@@ -574,7 +574,7 @@ impl Libvirt {
                         self.cache
                             .put(&o.uuid, o.id, o.state.is_active(), slow, now);
                     }
-                    handles.insert(read.obs.uuid.clone(), dom);
+                    handles.insert(read.obs.uuid.to_string(), dom);
                     out.push(read.obs);
                 }
                 // Vanished between list and read.
@@ -720,8 +720,7 @@ impl Hypervisor for Libvirt {
         };
         let mut handles = HashMap::with_capacity(domains.len());
         let out = self.read_domains(domains, &bulk, &mut handles)?;
-        self.cache
-            .retain(&out.iter().map(|d| d.uuid.as_str()).collect());
+        self.cache.retain(&out.iter().map(|d| &*d.uuid).collect());
         tracing::debug!(
             domains = out.len(),
             read_in_full = self.full_reads,

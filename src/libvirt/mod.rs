@@ -68,7 +68,7 @@ pub trait Hypervisor: Send {
     /// [`observe`]: Hypervisor::observe
     fn observe_domains(&mut self, uuids: &[String]) -> Result<Vec<DomainObs>, HvError> {
         let mut all = self.observe()?;
-        all.retain(|d| uuids.contains(&d.uuid));
+        all.retain(|d| uuids.iter().any(|u| **u == *d.uuid));
         Ok(all)
     }
     /// Applies one action to a live domain.

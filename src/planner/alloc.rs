@@ -34,14 +34,59 @@ struct Point {
 }
 
 impl Point {
-    fn cmp(self, o: Point) -> Ordering {
-        (self.value as u128 * o.shares as u128).cmp(&(o.value as u128 * self.shares as u128))
+    /// Exact in `W` when every value × shares product fits it.
+    fn cmp<W: Wide>(self, o: Point) -> Ordering {
+        W::mul(self.value, o.shares).cmp(&W::mul(o.value, self.shares))
     }
 
     /// Strictly between `lo` and `hi` (`None`: unbounded).
-    fn inside(self, lo: Option<Point>, hi: Option<Point>) -> bool {
-        lo.is_none_or(|l| l.cmp(self) == Ordering::Less)
-            && hi.is_none_or(|h| self.cmp(h) == Ordering::Less)
+    fn inside<W: Wide>(self, lo: Option<Point>, hi: Option<Point>) -> bool {
+        lo.is_none_or(|l| l.cmp::<W>(self) == Ordering::Less)
+            && hi.is_none_or(|h| self.cmp::<W>(h) == Ordering::Less)
+    }
+}
+
+/// The integer type the water level is searched in: `u64` when every
+/// product of an amount and a weight fits (the usual case, much cheaper),
+/// else `u128`.
+trait Wide: Copy + Ord {
+    fn mul(a: u64, b: u64) -> Self;
+    fn zero() -> Self;
+    fn sat_add(self, o: Self) -> Self;
+    fn wide(self) -> u128;
+}
+
+impl Wide for u64 {
+    #[inline]
+    fn mul(a: u64, b: u64) -> u64 {
+        a.wrapping_mul(b)
+    }
+    fn zero() -> u64 {
+        0
+    }
+    #[inline]
+    fn sat_add(self, o: u64) -> u64 {
+        self.saturating_add(o)
+    }
+    fn wide(self) -> u128 {
+        u128::from(self)
+    }
+}
+
+impl Wide for u128 {
+    #[inline]
+    fn mul(a: u64, b: u64) -> u128 {
+        u128::from(a) * u128::from(b)
+    }
+    fn zero() -> u128 {
+        0
+    }
+    #[inline]
+    fn sat_add(self, o: u128) -> u128 {
+        self.saturating_add(o)
+    }
+    fn wide(self) -> u128 {
+        self
     }
 }
 
@@ -81,7 +126,25 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
         state,
         fixed,
         slope,
-    } = level_select(b, claims);
+    } = {
+        // A member's cap above the budget is never reached (the level
+        // stops by b / shares): searching with caps clamped to the budget
+        // finds the same level and states, with every breakpoint ≤ budget.
+        // Then value × shares fits 64 bits when budget × max shares does.
+        let max_shares = claims.iter().map(|c| c.shares.max(1)).max().unwrap_or(1);
+        if budget.checked_mul(max_shares).is_some() {
+            let clamped: Vec<Claim> = claims
+                .iter()
+                .map(|c| Claim {
+                    cap: c.cap.min(budget),
+                    ..*c
+                })
+                .collect();
+            level_select::<u64>(b, &clamped)
+        } else {
+            level_select::<u128>(b, claims)
+        }
+    };
     let mut out: Vec<u64> = (0..n)
         .map(|i| if state[i] == 2 { cap(i) } else { floor(i) })
         .collect();
@@ -145,7 +208,7 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
 /// Members with no breakpoint left inside are settled — at floor, rising
 /// or at cap — and summed, so later rounds only visit the others: O(n)
 /// expected. Member i rises iff floor/shares < λ₀ ≤ cap/shares.
-fn level_select(b: u128, claims: &[Claim]) -> Level {
+fn level_select<W: Wide>(b: u128, claims: &[Claim]) -> Level {
     let n = claims.len();
     let floor = |i: usize| claims[i].floor.min(claims[i].cap);
     let cap = |i: usize| claims[i].cap;
@@ -172,35 +235,37 @@ fn level_select(b: u128, claims: &[Claim]) -> Level {
             .wrapping_add(1_442_695_040_888_963_407);
         let j = active[((rng >> 33) as usize) % active.len()];
         // Every active member has a breakpoint inside the bracket.
-        let p = if start(j).inside(lo, hi) {
+        let p = if start(j).inside::<W>(lo, hi) {
             start(j)
         } else {
             stop(j)
         };
         // total(p) × p.shares ≥ b × p.shares? Exact; saturating is safe as
-        // every term is ≥ 0 and b × p.shares < u128::MAX.
-        let q = p.shares as u128;
-        let mut total = fixed
-            .saturating_mul(q)
-            .saturating_add((p.value as u128).saturating_mul(slope));
+        // every term is ≥ 0 and b × p.shares fits `W` (and u128).
+        let q = p.shares;
+        let mut sum = W::zero();
         for &j in &active {
-            let x = p.value as u128 * sh(j) as u128;
-            let f = floor(j) as u128 * q;
-            let c = cap(j) as u128 * q;
-            total = total.saturating_add(x.clamp(f, c));
+            let x = W::mul(p.value, sh(j));
+            let f = W::mul(floor(j), q);
+            let c = W::mul(cap(j), q);
+            sum = sum.sat_add(x.clamp(f, c));
         }
-        if total >= b * q {
+        let total = fixed
+            .saturating_mul(q as u128)
+            .saturating_add((p.value as u128).saturating_mul(slope))
+            .saturating_add(sum.wide());
+        if total >= b * q as u128 {
             hi = Some(p);
         } else {
             lo = Some(p);
         }
         active.retain(|&j| {
             let (st, sp) = (start(j), stop(j));
-            if st.inside(lo, hi) || sp.inside(lo, hi) {
+            if st.inside::<W>(lo, hi) || sp.inside::<W>(lo, hi) {
                 return true;
             }
             // Both outside (lo, hi), and λ₀ is in (lo, hi].
-            let below = |p: Point| lo.is_some_and(|l| p.cmp(l) != Ordering::Greater);
+            let below = |p: Point| lo.is_some_and(|l| p.cmp::<W>(l) != Ordering::Greater);
             if below(sp) {
                 state[j] = 2;
                 fixed += cap(j) as u128;

@@ -110,7 +110,7 @@ impl<'p> Guard<'p> {
                     continue;
                 }
                 if !pool.paused {
-                    index.insert(m.uuid.as_str(), (pi, mi));
+                    index.insert(&*m.uuid, (pi, mi));
                 }
                 for r in Resource::ALL {
                     if let Some(a) = m.alloc.get(r) {
@@ -139,7 +139,7 @@ impl<'p> Guard<'p> {
 
     fn alloc(m: &MemberPlan, r: Resource) -> Result<Alloc, Violation> {
         m.alloc.get(r).ok_or_else(|| Violation::ResourceNotManaged {
-            domain: m.name.clone(),
+            domain: m.name.to_string(),
             resource: r,
         })
     }
@@ -147,7 +147,7 @@ impl<'p> Guard<'p> {
     /// Refuses an action that would break an invariant.
     pub fn check(&self, action: &Action) -> Result<(), Violation> {
         let (pi, m) = self.member(action.uuid(), action.domain())?;
-        let domain = || m.name.clone();
+        let domain = || m.name.to_string();
         match action {
             Action::SetVcpus { from, to, .. } => {
                 let a = Self::alloc(m, Resource::Vcpus)?;
@@ -195,7 +195,7 @@ impl<'p> Guard<'p> {
                     if rate == 0 || rate > a.next || max < rate {
                         return Err(Violation::BadIoTune {
                             domain: domain(),
-                            disk: disk.clone(),
+                            disk: disk.to_string(),
                             resource: r,
                             rate,
                             max,
@@ -230,7 +230,7 @@ impl<'p> Guard<'p> {
     ) -> Result<(), Violation> {
         if to < from && to < a.floor {
             return Err(Violation::BelowFloor {
-                domain: m.name.clone(),
+                domain: m.name.to_string(),
                 resource: r,
                 to,
                 floor: a.floor,
@@ -239,7 +239,7 @@ impl<'p> Guard<'p> {
         if to > from {
             if to > a.cap {
                 return Err(Violation::AboveCap {
-                    domain: m.name.clone(),
+                    domain: m.name.to_string(),
                     resource: r,
                     to,
                     cap: a.cap,
@@ -318,7 +318,7 @@ pub fn check_plan(plan: &Plan) -> Result<(), Vec<Violation>> {
                 actual = actual.saturating_add(a.actual);
                 if a.target < a.floor || a.target > a.cap {
                     out.push(Violation::TargetOutOfBounds {
-                        domain: m.name.clone(),
+                        domain: m.name.to_string(),
                         resource: r,
                         target: a.target,
                         floor: a.floor,

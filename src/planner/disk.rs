@@ -52,6 +52,21 @@ pub fn tunable_count(disks: &[DiskObs]) -> usize {
     disks.iter().filter(|d| d.is_tunable()).count()
 }
 
+/// The tunable disks of a domain in one pass over its disks: how many, and
+/// the observed bytes/s and IOPS as [`crate::model::DomainObs::actual`]
+/// sums them (0 = unlimited on any disk makes the sum 0).
+pub(crate) fn observed(disks: &[DiskObs]) -> (usize, u64, u64) {
+    let (mut n, mut bytes, mut iops) = (0, Some(0u64), Some(0u64));
+    for t in disks.iter().filter(|d| d.is_tunable()).map(|d| d.iotune) {
+        n += 1;
+        let t = t.unwrap_or_default();
+        let add = |sum: Option<u64>, v: u64| sum.filter(|_| v != 0).map(|s| s.saturating_add(v));
+        bytes = add(bytes, t.total_bytes_sec);
+        iops = add(iops, t.total_iops_sec);
+    }
+    (n, bytes.unwrap_or(0), iops.unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +76,45 @@ mod tests {
         assert_eq!(split(10, 3).collect::<Vec<_>>(), vec![4, 3, 3]);
         assert_eq!(split(11, 3).collect::<Vec<_>>(), vec![4, 4, 3]);
         assert_eq!(split(7, 1).collect::<Vec<_>>(), vec![7]);
+    }
+
+    #[test]
+    fn observed_agrees_with_actual() {
+        use crate::model::Resource;
+        let mut d = crate::planner::testing::domain("d", None);
+        let t = |b: u64, i: u64| IoTune {
+            total_bytes_sec: b,
+            total_bytes_sec_max: b,
+            total_iops_sec: i,
+            total_iops_sec_max: i,
+        };
+        let mut cd = crate::planner::testing::disk("hdc");
+        cd.device = "cdrom".into();
+        cd.iotune = Some(t(0, 0));
+        let mut ro = crate::planner::testing::disk("vdz");
+        ro.readonly = true;
+        let cases = [
+            vec![],
+            vec![(Some(t(5, 7)), "vda"), (Some(t(u64::MAX, 1)), "vdb")],
+            vec![(Some(t(5, 0)), "vda"), (Some(t(6, 3)), "vdb")],
+            vec![(None, "vda"), (Some(t(6, 3)), "vdb")],
+        ];
+        for case in cases {
+            d.disks = case
+                .iter()
+                .map(|(io, name)| {
+                    let mut k = crate::planner::testing::disk(name);
+                    k.iotune = *io;
+                    k
+                })
+                .collect();
+            d.disks.push(cd.clone());
+            d.disks.push(ro.clone());
+            let (n, b, i) = observed(&d.disks);
+            assert_eq!(n, tunable_count(&d.disks));
+            assert_eq!(b, d.actual(Resource::DiskBytesSec), "{case:?}");
+            assert_eq!(i, d.actual(Resource::DiskIopsSec), "{case:?}");
+        }
     }
 
     #[test]

@@ -84,11 +84,11 @@ impl History {
         let Action::SetVcpus { uuid, from, to, .. } = action else {
             return;
         };
-        self.vcpu_changed_at.insert(uuid.clone(), now);
+        self.vcpu_changed_at.insert(uuid.to_string(), now);
         match outcome.into() {
             Outcome::Timeout => {
                 self.vcpu_pending.insert(
-                    uuid.clone(),
+                    uuid.to_string(),
                     PendingVcpus {
                         from: *from,
                         to: *to,
@@ -100,8 +100,12 @@ impl History {
             Outcome::Ok | Outcome::Failed => {
                 // A timed-out removal holds for the whole run, whatever
                 // happens after it; a timed-out addition ends here.
-                if self.vcpu_pending.get(uuid).is_some_and(|p| !p.is_removal()) {
-                    self.vcpu_pending.remove(uuid);
+                if self
+                    .vcpu_pending
+                    .get(&**uuid)
+                    .is_some_and(|p| !p.is_removal())
+                {
+                    self.vcpu_pending.remove(&**uuid);
                 }
             }
         }
@@ -112,8 +116,7 @@ impl History {
     /// whose domain stopped or restarted (run ID changed). Call once per
     /// cycle, after enforcement, with the domains the plan was made from.
     pub fn observe(&mut self, domains: &[DomainObs]) {
-        let by_uuid: HashMap<&str, &DomainObs> =
-            domains.iter().map(|d| (d.uuid.as_str(), d)).collect();
+        let by_uuid: HashMap<&str, &DomainObs> = domains.iter().map(|d| (&*d.uuid, d)).collect();
         self.vcpu_pending.retain(|uuid, p| {
             let Some(d) = by_uuid.get(uuid.as_str()) else {
                 return true;
@@ -158,7 +161,7 @@ impl History {
     /// A new run (another libvirt ID, see [`History::observe`]) starts
     /// clean. `None` IDs count as the same run.
     pub fn vcpus_frozen(&self, d: &DomainObs, want: u64) -> Option<PendingVcpus> {
-        frozen_at(self.vcpu_pending.get(&d.uuid).copied(), d, want)
+        frozen_at(self.vcpu_pending.get(&*d.uuid).copied(), d, want)
     }
 
     /// Whether the vCPU cooldown of a domain is still running at `now`.

@@ -39,6 +39,7 @@ use crate::model::{Action, DomainObs, DomainState, PerResource, Reason, Resource
 use alloc::Claim;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 pub(crate) use strmap::StrMap;
 
 const MIB: u64 = 1 << 20;
@@ -89,8 +90,8 @@ pub struct Alloc {
 /// A domain in a pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemberPlan {
-    pub name: String,
-    pub uuid: String,
+    pub name: Arc<str>,
+    pub uuid: Arc<str>,
     pub state: DomainState,
     pub via: Via,
     /// False when its floors did not fit (or it is not running): left
@@ -137,8 +138,8 @@ impl PoolPlan {
 /// A domain in no pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Unmanaged {
-    pub name: String,
-    pub uuid: String,
+    pub name: Arc<str>,
+    pub uuid: Arc<str>,
     pub state: DomainState,
     pub vcpus: u64,
     pub memory: u64,
@@ -175,10 +176,10 @@ impl Plan {
     /// Refreshes every member's `actual` from `domains` (after enforcement).
     pub fn refresh_actuals(&mut self, domains: &[DomainObs]) {
         let by_uuid: std::collections::HashMap<&str, &DomainObs> =
-            domains.iter().map(|d| (d.uuid.as_str(), d)).collect();
+            domains.iter().map(|d| (&*d.uuid, d)).collect();
         for p in &mut self.pools {
             for m in &mut p.members {
-                let Some(d) = by_uuid.get(m.uuid.as_str()) else {
+                let Some(d) = by_uuid.get(&*m.uuid) else {
                     continue;
                 };
                 for r in Resource::ALL {
@@ -239,21 +240,6 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
     let cfg = input.config;
     let alloc = cfg.host.allocatable(&input.snapshot.host);
 
-    // Deterministic order, whatever order libvirt listed domains in: by
-    // UUID, then name. The first 8 bytes of the UUID as an integer make
-    // most comparisons one integer compare.
-    let mut keyed: Vec<(u64, &DomainObs)> = input
-        .snapshot
-        .domains
-        .iter()
-        .map(|d| (prefix_key(&d.uuid), d))
-        .collect();
-    keyed.sort_unstable_by(|(ka, a), (kb, b)| {
-        ka.cmp(kb)
-            .then_with(|| a.uuid.cmp(&b.uuid))
-            .then_with(|| a.name.cmp(&b.name))
-    });
-
     // Membership pools → config pools (the same list when the membership
     // was compiled from this config).
     let cfg_names: Vec<&str> = cfg.pools.keys().map(String::as_str).collect();
@@ -262,28 +248,57 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
         .iter()
         .map(|n| cfg_names.binary_search(&n.as_str()).ok())
         .collect();
-    let mut by_pool: Vec<Vec<Member<'_>>> = (0..cfg_names.len()).map(|_| Vec::new()).collect();
-    let mut unmanaged = Vec::new();
+
+    // One pass over the domains as listed (memory order): each one's pool
+    // and sort key, and the size of every pool.
+    let domains = &input.snapshot.domains;
+    let mut keyed: Vec<(u64, usize)> = Vec::with_capacity(domains.len());
+    let mut places: Vec<Place> = Vec::with_capacity(domains.len());
+    let mut sizes = vec![0usize; cfg_names.len()];
+    let mut unmanaged_count = 0;
+    for (i, d) in domains.iter().enumerate() {
+        keyed.push((prefix_key(&d.uuid), i));
+        let place = match membership.pool_index_of(d) {
+            Some((k, via)) => to_cfg[k].map_or(Place::Elsewhere, |c| {
+                sizes[c] += 1;
+                Place::Pool(c, via)
+            }),
+            None => {
+                unmanaged_count += 1;
+                Place::Unmanaged
+            }
+        };
+        places.push(place);
+    }
+    // Deterministic order, whatever order libvirt listed domains in: by
+    // UUID, then name. The first 8 bytes of the UUID as an integer make
+    // most comparisons one integer compare.
+    keyed.sort_unstable_by(|&(ka, a), &(kb, b)| {
+        ka.cmp(&kb)
+            .then_with(|| domains[a].uuid.cmp(&domains[b].uuid))
+            .then_with(|| domains[a].name.cmp(&domains[b].name))
+    });
+
+    let mut by_pool: Vec<Vec<Member<'_>>> = sizes.iter().map(|&n| Vec::with_capacity(n)).collect();
+    let mut unmanaged = Vec::with_capacity(unmanaged_count);
     // Domains come in UUID order: one merge with the history's maps.
     let mut hist = history::Cursor::new(input.history);
-    for (_, d) in keyed {
-        match membership.pool_index_of(d) {
-            Some((k, via)) => {
-                if let Some(c) = to_cfg[k] {
-                    by_pool[c].push(Member {
-                        d,
-                        via,
-                        hist: hist.get(&d.uuid),
-                    });
-                }
-            }
-            None => unmanaged.push(Unmanaged {
+    for (_, i) in keyed {
+        let d = &domains[i];
+        match places[i] {
+            Place::Pool(c, via) => by_pool[c].push(Member {
+                d,
+                via,
+                hist: hist.get(&d.uuid),
+            }),
+            Place::Unmanaged => unmanaged.push(Unmanaged {
                 name: d.name.clone(),
                 uuid: d.uuid.clone(),
                 state: d.state,
                 vcpus: d.vcpus,
                 memory: d.memory,
             }),
+            Place::Elsewhere => {}
         }
     }
     unmanaged.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uuid.cmp(&b.uuid)));
@@ -304,13 +319,25 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
     for w in works.iter_mut() {
         stability::settle(w, input);
     }
-    // One pass per phase, straight into one list (actions are large).
-    let mut actions = Vec::new();
-    for phase in [Phase::Shrink, Phase::Neutral, Phase::Grow] {
-        for w in works.iter().filter(|w| !(input.paused || w.pool.paused)) {
-            emit(w, input, phase, &mut actions);
-        }
+    // One pass over the members, each action into its phase's list; the
+    // lists are then joined in phase order (shrinks, neutral, growth).
+    // Each list sized once for the most it can get (pages never written
+    // cost nothing): vCPUs and memory, each disk, two weights.
+    let emitting = || works.iter().filter(|w| !(input.paused || w.pool.paused));
+    let members: usize = emitting().map(|w| w.plans.len()).sum();
+    let disks: usize = emitting().flat_map(|w| &w.disks).sum();
+    let mut phases: [Vec<Action>; 3] = [
+        Vec::with_capacity(4 * members + disks),
+        Vec::with_capacity(2 * members + disks),
+        Vec::with_capacity(2 * members),
+    ];
+    for w in emitting() {
+        emit(w, input, &mut phases);
     }
+    let [mut actions, neutral, grow] = phases;
+    actions.extend(neutral);
+    actions.extend(grow);
+    actions.shrink_to_fit();
 
     let pools = works
         .into_iter()
@@ -343,6 +370,17 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
     }
 }
 
+/// Where membership puts a domain.
+#[derive(Clone, Copy)]
+enum Place {
+    /// In this config pool (index), this way.
+    Pool(usize, Via),
+    /// In a pool of the membership rules that the config does not have.
+    Elsewhere,
+    /// In no pool.
+    Unmanaged,
+}
+
 /// A domain in a pool, before planning.
 struct Member<'a> {
     d: &'a DomainObs,
@@ -365,8 +403,8 @@ impl<'m, V> ByDomain<'m, V> {
             return None;
         }
         self.0
-            .get(d.name.as_str())
-            .or_else(|| self.0.get(d.uuid.as_str()))
+            .get(&*d.name)
+            .or_else(|| self.0.get(&*d.uuid))
             .copied()
     }
 }
@@ -399,6 +437,8 @@ fn prepare_pool<'a>(
     let mut disks = Vec::with_capacity(n);
     let mut disk_shares = Vec::with_capacity(n);
     let mut bounds: Vec<[Option<Bound>; 4]> = Vec::with_capacity(n);
+    // Observed amount per resource (disks read once per member).
+    let mut actuals: Vec<[u64; 4]> = Vec::with_capacity(n);
     let mut candidates = Vec::with_capacity(n);
     let mut active = Vec::with_capacity(n);
     let disk_res = if budget.disk_bytes_sec.is_some() {
@@ -421,8 +461,9 @@ fn prepare_pool<'a>(
         });
         doms.push(d);
         hist.push(h);
-        let tunable = disk::tunable_count(&d.disks);
+        let (tunable, disk_bytes, disk_iops) = disk::observed(&d.disks);
         disks.push(tunable);
+        actuals.push([d.vcpus, d.memory, disk_bytes, disk_iops]);
         let over = overrides.get(d);
         let res = reservations.get(d);
         let lim = |r: Resource| -> Limits {
@@ -482,18 +523,26 @@ fn prepare_pool<'a>(
         }
     }
 
-    for r in Resource::ALL {
-        let Some(b) = *budget.get(r) else { continue };
-        let g = granularity(r);
-        let k = idx(r);
-        let mut who = Vec::new();
-        let mut claims = Vec::new();
-        for &m in &active {
+    // One pass over the active members for every resource: the
+    // unadmitted view of each, and the claims of the admitted ones.
+    let managed: Vec<(usize, Resource, u64)> = Resource::ALL
+        .into_iter()
+        .filter_map(|r| budget.get(r).map(|b| (idx(r), r, b)))
+        .collect();
+    let mut who: [Vec<usize>; 4] = Default::default();
+    let mut claims: [Vec<Claim>; 4] = Default::default();
+    for &(k, _, _) in &managed {
+        who[k].reserve_exact(active.len());
+        claims[k].reserve_exact(active.len());
+    }
+    for &m in &active {
+        let p = &mut plans[m];
+        for &(k, r, _) in &managed {
             let Some(bd) = bounds[m][k] else { continue };
-            let d = doms[m];
-            let actual = d.actual(r);
+            let g = granularity(r);
+            let actual = actuals[m][k];
             let used = if r == Resource::Memory {
-                d.balloon.and_then(|s| s.used())
+                doms[m].balloon.and_then(|s| s.used())
             } else {
                 None
             };
@@ -508,20 +557,33 @@ fn prepare_pool<'a>(
                 reason: Reason::Unadmitted,
                 target_reason: Reason::Unadmitted,
             };
-            plans[m].alloc.get_mut(r).replace(unadmitted);
-            if plans[m].admitted {
-                who.push(m);
-                claims.push(Claim {
+            p.alloc.get_mut(r).replace(unadmitted);
+            if p.admitted {
+                who[k].push(m);
+                claims[k].push(Claim {
                     floor: bd.floor,
                     cap: bd.cap,
                     shares: bd.shares,
                 });
             }
         }
-        let targets = alloc::water_fill(b / g, &claims);
-        for (&m, t) in who.iter().zip(targets) {
-            let bd = bounds[m][k];
-            if let (Some(bd), Some(a)) = (bd, plans[m].alloc.get_mut(r).as_mut()) {
+    }
+    let mut targets: [std::vec::IntoIter<u64>; 4] = Default::default();
+    for &(k, r, b) in &managed {
+        targets[k] = alloc::water_fill(b / granularity(r), &claims[k]).into_iter();
+    }
+    // The targets, in one more pass (each `who` list is in member order).
+    let mut next: [usize; 4] = [0; 4];
+    for &m in &active {
+        let p = &mut plans[m];
+        for &(k, r, _) in &managed {
+            if who[k].get(next[k]) != Some(&m) {
+                continue;
+            }
+            next[k] += 1;
+            let Some(t) = targets[k].next() else { continue };
+            let g = granularity(r);
+            if let (Some(bd), Some(a)) = (bounds[m][k], p.alloc.get_mut(r).as_mut()) {
                 let reason = if t >= bd.cap && bd.cap > bd.floor {
                     bd.cap_reason
                 } else if t <= bd.floor {
@@ -623,19 +685,10 @@ fn bound(
     })
 }
 
-/// Which actions an [`emit`] pass produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// vCPU and balloon decreases.
-    Shrink,
-    /// Disk limits and weights.
-    Neutral,
-    /// vCPU and balloon increases.
-    Grow,
-}
-
-/// Turns one pool's settled allocations into the actions of one phase.
-fn emit(w: &Work<'_>, input: &PlanInput<'_>, phase: Phase, out: &mut Vec<Action>) {
+/// Turns one pool's settled allocations into actions, each into the list
+/// of its phase: `out[0]` vCPU and balloon decreases, `out[1]` disk limits
+/// and weights, `out[2]` vCPU and balloon increases.
+fn emit(w: &Work<'_>, input: &PlanInput<'_>, out: &mut [Vec<Action>; 3]) {
     let persist = w.pool.persist;
     let factor = input.config.tuning.disk_burst_factor;
     let manages_disk = w.budget.disk_bytes_sec.is_some() || w.budget.disk_iops_sec.is_some();
@@ -644,36 +697,30 @@ fn emit(w: &Work<'_>, input: &PlanInput<'_>, phase: Phase, out: &mut Vec<Action>
             continue;
         }
         let d = w.doms[m];
-        let moves = |a: &Alloc| match phase {
-            Phase::Shrink => a.next < a.actual,
-            Phase::Grow => a.next > a.actual,
-            Phase::Neutral => false,
-        };
-        if let Some(a) = p.alloc.vcpus.filter(moves) {
-            let act = Action::SetVcpus {
+        // vCPUs before memory, in both the shrink and the growth list.
+        if let Some(a) = p.alloc.vcpus.filter(|a| a.next != a.actual) {
+            let list = if a.next < a.actual { 0 } else { 2 };
+            out[list].push(Action::SetVcpus {
                 uuid: d.uuid.clone(),
                 domain: d.name.clone(),
                 from: a.actual,
                 to: a.next,
                 reason: a.reason,
                 persist,
-            };
-            out.push(act);
+            });
         }
-        if let Some(a) = p.alloc.memory.filter(moves) {
-            let act = Action::SetMemory {
+        if let Some(a) = p.alloc.memory.filter(|a| a.next != a.actual) {
+            let list = if a.next < a.actual { 0 } else { 2 };
+            out[list].push(Action::SetMemory {
                 uuid: d.uuid.clone(),
                 domain: d.name.clone(),
                 from: a.actual,
                 to: a.next,
                 reason: a.reason,
                 persist,
-            };
-            out.push(act);
+            });
         }
-        if phase != Phase::Neutral {
-            continue;
-        }
+        let out = &mut out[1];
         let tunable = w.disks[m];
         if tunable > 0 {
             let bytes = p.alloc.disk_bytes_sec.map(|a| a.next);

@@ -103,7 +103,7 @@ pub(super) fn apply(
     let threshold = tuning.pressure_threshold.resolve(host.memory_total);
     let pressure = host.memory_available < threshold;
 
-    let mut cands: Vec<Cand<'_>> = Vec::new();
+    let mut cands: Vec<Cand<'_>> = Vec::with_capacity(works.iter().map(|w| w.plans.len()).sum());
     for (w, work) in works.iter().enumerate() {
         if work.pool.paused {
             continue;
@@ -190,7 +190,7 @@ pub(super) fn apply(
             a.target_reason = Reason::Pressure;
             a.reason = Reason::Pressure;
         }
-        let uuid = works[w].doms[m].uuid.as_str();
+        let uuid = &*works[w].doms[m].uuid;
         entries.push((super::prefix_key(uuid), pos, uuid, r));
     }
     entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(b.2)).then(a.1.cmp(&b.1)));

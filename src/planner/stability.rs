@@ -35,16 +35,19 @@ pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
     let paused = input.paused || work.pool.paused;
     let tuning = &input.config.tuning;
     let cooldown = tuning.vcpu_cooldown.as_secs();
-    for r in Resource::ALL {
-        let Some(budget) = *work.budget.get(r) else {
+    let managed: Vec<(usize, Resource, u64)> = Resource::ALL
+        .into_iter()
+        .enumerate()
+        .filter_map(|(k, r)| work.budget.get(r).map(|b| (k, r, b)))
+        .collect();
+    // One pass over the members for every resource.
+    let mut growers: [Vec<Grower>; 4] = Default::default();
+    let mut base = [0u64; 4];
+    for (m, p) in work.plans.iter_mut().enumerate() {
+        if !p.admitted {
             continue;
-        };
-        let mut growers: Vec<Grower> = Vec::new();
-        let mut base: u64 = 0;
-        for (m, p) in work.plans.iter_mut().enumerate() {
-            if !p.admitted {
-                continue;
-            }
+        }
+        for &(k, r, _) in &managed {
             let Some(a) = p.alloc.get_mut(r).as_mut() else {
                 continue;
             };
@@ -103,8 +106,8 @@ pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
                 }
             };
             if grow {
-                base = base.saturating_add(a.actual);
-                growers.push(Grower {
+                base[k] = base[k].saturating_add(a.actual);
+                growers[k].push(Grower {
                     m,
                     actual: a.actual,
                     floor: a.floor,
@@ -112,13 +115,16 @@ pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
                     shares: a.shares,
                 });
             } else if r != Resource::DiskBytesSec && r != Resource::DiskIopsSec {
-                base = base.saturating_add(a.next);
+                base[k] = base[k].saturating_add(a.next);
             }
         }
+    }
+    for &(k, r, budget) in &managed {
+        let growers = &growers[k];
         if growers.is_empty() {
             continue;
         }
-        let grants = share_room(budget.saturating_sub(base), &growers);
+        let grants = share_room(budget.saturating_sub(base[k]), growers);
         for (g, grant) in growers.iter().zip(grants) {
             let Some(a) = work.plans[g.m].alloc.get_mut(r).as_mut() else {
                 continue;

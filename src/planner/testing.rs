@@ -19,8 +19,8 @@ pub const GIB: u64 = 1 << 30;
 /// no balloon stats, in pool `pool` through its metadata element.
 pub fn domain(name: &str, pool: Option<&str>) -> DomainObs {
     DomainObs {
-        name: name.to_owned(),
-        uuid: format!("00000000-0000-0000-0000-{name:0>12}"),
+        name: name.into(),
+        uuid: format!("00000000-0000-0000-0000-{name:0>12}").into(),
         id: Some(1),
         state: DomainState::Running,
         vcpus: 1,
@@ -49,7 +49,7 @@ pub fn balloon(memory: u64, used: u64) -> BalloonStats {
 /// A writable virtio disk with no limits read yet.
 pub fn disk(target: &str) -> DiskObs {
     DiskObs {
-        target: target.to_owned(),
+        target: target.into(),
         device: "disk".to_owned(),
         readonly: false,
         iotune: None,
@@ -133,7 +133,7 @@ pub fn apply(
 ) {
     let mut by_uuid: BTreeMap<String, usize> = BTreeMap::new();
     for (i, d) in snapshot.domains.iter().enumerate() {
-        by_uuid.insert(d.uuid.clone(), i);
+        by_uuid.insert(d.uuid.to_string(), i);
     }
     for a in &plan.actions {
         let o = outcome(a);

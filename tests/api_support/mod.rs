@@ -62,7 +62,7 @@ impl Hypervisor for FakeHv {
         let mut ds = self.domains.lock().unwrap();
         let d = ds
             .iter_mut()
-            .find(|d| d.uuid == action.uuid())
+            .find(|d| *d.uuid == *action.uuid())
             .ok_or_else(|| HvError::NoDomain(action.uuid().into()))?;
         match action {
             Action::SetVcpus { to, .. } => d.vcpus = *to,
@@ -102,7 +102,8 @@ pub fn dom(name: &str, vcpus: u64, vcpus_max: u64, mem_gib: u64) -> DomainObs {
             h & 0xfff,
             (h >> 4) & 0xfff,
             h & 0xffff_ffff_ffff
-        ),
+        )
+        .into(),
         id: Some(1),
         state: DomainState::Running,
         vcpus,

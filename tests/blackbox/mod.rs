@@ -256,8 +256,8 @@ impl Live {
     /// A minimal observation for membership.
     pub fn as_obs(&self) -> DomainObs {
         DomainObs {
-            name: self.name.clone(),
-            uuid: self.uuid.clone(),
+            name: self.name.as_str().into(),
+            uuid: self.uuid.as_str().into(),
             id: None,
             state: self.state,
             vcpus: self.vcpus,

@@ -52,7 +52,7 @@ pub async fn one_cycle(cfg: Config, observe: bool) -> (std::sync::Arc<Status>, H
 /// Looks a domain up by name.
 pub fn dom<'a>(doms: &'a [DomainObs], name: &str) -> &'a DomainObs {
     doms.iter()
-        .find(|d| d.name == name)
+        .find(|d| *d.name == *name)
         .unwrap_or_else(|| panic!("no domain {name}"))
 }
 
