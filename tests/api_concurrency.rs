@@ -57,10 +57,13 @@ async fn concurrent_allocations_never_overshoot_and_persist() {
 
     let ok = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicUsize::new(0));
+    // Phase 2 starts once every client has released (no overlap).
+    let phase2 = Arc::new(tokio::sync::Barrier::new(CLIENTS));
     let mut tasks = Vec::new();
     for i in 0..CLIENTS {
         let c = a.client();
         let (ok, refused) = (ok.clone(), refused.clone());
+        let phase2 = phase2.clone();
         tasks.push(tokio::spawn(async move {
             let mut conn = c.connect().await.unwrap();
             let d = format!("w-{i:02}");
@@ -89,6 +92,7 @@ async fn concurrent_allocations_never_overshoot_and_persist() {
                 };
             }
             // Phase 2: from empty, 2 each fits in any order.
+            phase2.wait().await;
             let body = format!(r#"{{"domain":"{d}","vcpus":2}}"#);
             let ans = conn
                 .request(
