@@ -938,6 +938,9 @@ mod tests {
     fn defaults() {
         let c = parse("").unwrap();
         assert_eq!(c.agent.interval, Duration::from_secs(10));
+        assert_eq!(c.agent.resync_interval, Duration::from_secs(300));
+        let c = parse("[agent]\nresync_interval = \"0s\"\n").unwrap();
+        assert_eq!(c.agent.resync_interval, Duration::ZERO);
         assert_eq!(c.agent.mode, Mode::Enforce);
         assert_eq!(c.agent.api_group, "libvirt");
         assert_eq!(c.tuning, Tuning::default());
@@ -1015,6 +1018,10 @@ memory = { min = "4GiB", shares = 3000 }
             .unwrap_err()
             .to_string();
         assert!(e.contains("interval") && e.contains("soon"), "{e}");
+        let e = parse("[agent]\nresync_interval = \"often\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("resync_interval"), "{e}");
         let e = parse("[pools.a]\nmemory = { budget = \"-4GiB\" }\n")
             .unwrap_err()
             .to_string();

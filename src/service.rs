@@ -360,11 +360,11 @@ mod tests {
     #[test]
     fn restart_only_settings_are_named() {
         let a = cfg("[agent]\ninterval = \"5s\"\n");
-        let b = cfg("[agent]\ninterval = \"9s\"\nlibvirt_uri = \"test:///default\"\n[api]\nsocket = \"/tmp/x.sock\"\n");
+        let b = cfg("[agent]\ninterval = \"9s\"\nlibvirt_uri = \"test:///default\"\nresync_interval = \"1m\"\n[api]\nsocket = \"/tmp/x.sock\"\n");
         assert_eq!(restart_only_changes(&a, &a), Vec::<&str>::new());
         assert_eq!(
             restart_only_changes(&a, &b),
-            vec!["agent.libvirt_uri", "api.socket"]
+            vec!["agent.libvirt_uri", "api.socket", "agent.resync_interval"]
         );
     }
 
