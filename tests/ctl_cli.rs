@@ -307,3 +307,15 @@ async fn other_uids_may_read_but_only_group_members_may_change() {
     assert!(a.handle.runtime.lock().unwrap().paused);
     a.stop().await;
 }
+
+#[test]
+fn pool_create_help_names_its_values() {
+    let out = std::process::Command::new(ctl_path())
+        .args(["pool", "create", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--match <GLOB>"), "{help}");
+    assert!(!help.contains("match_"), "{help}");
+}

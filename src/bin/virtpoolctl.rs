@@ -92,7 +92,7 @@ struct CreateArgs {
     #[arg(long)]
     domain: Vec<String>,
     /// A glob on domain names (repeatable).
-    #[arg(long = "match", id = "match_")]
+    #[arg(long = "match", id = "match_", value_name = "GLOB")]
     match_: Vec<String>,
     /// vCPU budget: a number or a share like "25%".
     #[arg(long)]
