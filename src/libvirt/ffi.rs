@@ -633,6 +633,61 @@ unsafe extern "C" fn free_lifecycle(opaque: *mut std::os::raw::c_void) {
 #[derive(Debug)]
 pub struct LifecycleRegistration(c_int);
 
+/// Registers `cb` for event `id` on every domain of `conn`, with the boxed
+/// `f` as its opaque pointer, freed by `free` when libvirt drops the
+/// registration (or here, if the registration fails). Returns the callback
+/// id.
+///
+/// # Safety
+/// `cb` must be a trampoline with the C signature libvirt uses for event
+/// `id` that reads its opaque pointer as a `*const T`, and `free` must free
+/// it as a `Box<T>`.
+unsafe fn register_any<T>(
+    conn: &virt::connect::Connect,
+    id: u32,
+    cb: GenericCb,
+    f: T,
+    free: unsafe extern "C" fn(*mut std::os::raw::c_void),
+) -> Result<c_int, Error> {
+    let opaque = Box::into_raw(Box::new(f)).cast::<std::os::raw::c_void>();
+    // SAFETY: `conn` is borrowed so its pointer is valid; a null domain
+    // means "all domains"; `cb` fits event `id` (caller contract); `opaque`
+    // stays valid until libvirt calls `free`.
+    let ret = unsafe {
+        sys::virConnectDomainEventRegisterAny(
+            conn.as_ptr(),
+            ptr::null_mut(),
+            id as c_int,
+            Some(cb),
+            opaque,
+            Some(free),
+        )
+    };
+    if ret < 0 {
+        let err = Error::last_error();
+        // SAFETY: on failure libvirt does not keep or free `opaque` (the
+        // free callback runs only for registered callbacks), so it is still
+        // ours to free, once.
+        drop(unsafe { Box::from_raw(opaque.cast::<T>()) });
+        return Err(err);
+    }
+    Ok(ret)
+}
+
+/// Removes the registration with callback id `id` from `conn`. libvirt
+/// frees the closure (at once, or after an event being dispatched right
+/// now returns). On a dead remote connection the local callback is still
+/// removed; the error is returned.
+fn deregister_any(conn: &virt::connect::Connect, id: c_int) -> Result<(), Error> {
+    // SAFETY: `conn` is valid; `id` is a callback id returned for this
+    // connection, used once (callers consume their registration).
+    let ret = unsafe { sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), id) };
+    if ret < 0 {
+        return Err(Error::last_error());
+    }
+    Ok(())
+}
+
 /// Registers `f` for every domain's lifecycle events on `conn`. Needs the
 /// default event implementation registered before `conn` was opened and a
 /// thread running it (see `events::start_event_loop`).
@@ -640,50 +695,31 @@ pub fn register_lifecycle(
     conn: &virt::connect::Connect,
     f: LifecycleFn,
 ) -> Result<LifecycleRegistration, Error> {
-    let opaque = Box::into_raw(Box::new(f)).cast::<std::os::raw::c_void>();
     // SAFETY: for VIR_DOMAIN_EVENT_ID_LIFECYCLE libvirt calls the callback
     // with the virConnectDomainEventCallback signature that
     // `lifecycle_trampoline` has; the generic type is only how the C API
     // passes it (the VIR_DOMAIN_EVENT_CALLBACK cast in C).
     let cb = unsafe { std::mem::transmute::<LifecycleCb, GenericCb>(lifecycle_trampoline) };
-    // SAFETY: `conn` is borrowed so its pointer is valid; a null domain
-    // means "all domains"; `opaque` stays valid until libvirt calls
-    // `free_lifecycle`.
+    // SAFETY: the trampoline reads its opaque as a LifecycleFn and
+    // `free_lifecycle` frees a Box<LifecycleFn>.
     let id = unsafe {
-        sys::virConnectDomainEventRegisterAny(
-            conn.as_ptr(),
-            ptr::null_mut(),
-            sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int,
-            Some(cb),
-            opaque,
-            Some(free_lifecycle),
+        register_any(
+            conn,
+            sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+            cb,
+            f,
+            free_lifecycle,
         )
-    };
-    if id < 0 {
-        let err = Error::last_error();
-        // SAFETY: on failure libvirt does not keep or free `opaque`
-        // (the free callback runs only for registered callbacks), so it
-        // is still ours to free, once.
-        drop(unsafe { Box::from_raw(opaque.cast::<LifecycleFn>()) });
-        return Err(err);
-    }
+    }?;
     Ok(LifecycleRegistration(id))
 }
 
-/// Removes a lifecycle registration. libvirt frees the closure (at once, or
-/// after an event being dispatched right now returns). On a dead remote
-/// connection the local callback is still removed; the error is returned.
+/// Removes a lifecycle registration (see [`deregister_any`]).
 pub fn deregister_lifecycle(
     conn: &virt::connect::Connect,
     reg: LifecycleRegistration,
 ) -> Result<(), Error> {
-    // SAFETY: `conn` is valid; `reg.0` is an id returned for this
-    // connection and is used once (`reg` is consumed).
-    let ret = unsafe { sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), reg.0) };
-    if ret < 0 {
-        return Err(Error::last_error());
-    }
-    Ok(())
+    deregister_any(conn, reg.0)
 }
 
 /// Domain events other than lifecycle that tell the agent a domain's
@@ -832,42 +868,18 @@ pub fn register_change(
             (sys::VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, cb)
         }
     };
-    let opaque = Box::into_raw(Box::new(f)).cast::<std::os::raw::c_void>();
-    // SAFETY: `conn` is borrowed so its pointer is valid; a null domain
-    // means "all domains"; `opaque` stays valid until libvirt calls
-    // `free_change`.
-    let ret = unsafe {
-        sys::virConnectDomainEventRegisterAny(
-            conn.as_ptr(),
-            ptr::null_mut(),
-            id as c_int,
-            Some(cb),
-            opaque,
-            Some(free_change),
-        )
-    };
-    if ret < 0 {
-        let err = Error::last_error();
-        // SAFETY: on failure libvirt neither keeps nor frees `opaque`;
-        // freed once here.
-        drop(unsafe { Box::from_raw(opaque.cast::<ChangeFn>()) });
-        return Err(err);
-    }
-    Ok(ChangeRegistration(ret))
+    // SAFETY: every change trampoline reads its opaque as a ChangeFn and
+    // `free_change` frees a Box<ChangeFn>.
+    let id = unsafe { register_any(conn, id, cb, f, free_change) }?;
+    Ok(ChangeRegistration(id))
 }
 
-/// Removes a change registration (libvirt frees the closure).
+/// Removes a change registration (see [`deregister_any`]).
 pub fn deregister_change(
     conn: &virt::connect::Connect,
     reg: ChangeRegistration,
 ) -> Result<(), Error> {
-    // SAFETY: `conn` is valid; `reg.0` is an id returned for this
-    // connection and is used once (`reg` is consumed).
-    let ret = unsafe { sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), reg.0) };
-    if ret < 0 {
-        return Err(Error::last_error());
-    }
-    Ok(())
+    deregister_any(conn, reg.0)
 }
 
 /// The C callback libvirt calls when a connection closes.
