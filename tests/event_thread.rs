@@ -4,12 +4,10 @@
 //! a time, and a panicking job stops only its own worker.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use virt::connect::Connect;
 use virtpool::libvirt::events::{self, EventReceiver, HvEvent, LifecycleKind};
 use virtpool::libvirt::worker::HvWorker;
 use virtpool::libvirt::{HvError, Hypervisor, Libvirt};
@@ -17,27 +15,7 @@ use virtpool::model::{Action, DomainObs, DomainState};
 
 #[path = "common/libvirtd.rs"]
 mod libvirtd;
-use libvirtd::Daemon;
-
-fn available() -> bool {
-    if Path::new(Daemon::BIN).exists() {
-        return true;
-    }
-    eprintln!("skipped: {} not installed", Daemon::BIN);
-    false
-}
-
-fn setup() {
-    virtpool::libvirt::quiet_errors();
-    events::start_event_loop().unwrap();
-}
-
-/// Suspends the test driver's domain from a separate client connection.
-fn suspend_from_outside(uri: &str) {
-    let c = Connect::open(Some(uri)).unwrap();
-    let d = c.lookup_domain_by_name("test").unwrap();
-    d.suspend().unwrap();
-}
+use libvirtd::{available, start_events as setup, suspend_from_outside, Daemon};
 
 /// Waits for a "suspended" event, skipping others.
 async fn suspended_within(rx: &mut EventReceiver, within: Duration) {

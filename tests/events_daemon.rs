@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use virt::connect::Connect;
 use virtpool::config::Config;
 use virtpool::host::Host;
 use virtpool::libvirt::events::{self, CloseReason, HvEvent};
@@ -21,29 +20,7 @@ use virtpool::state::RuntimeState;
 
 #[path = "common/libvirtd.rs"]
 mod libvirtd;
-use libvirtd::Daemon;
-
-fn available() -> bool {
-    if Path::new(Daemon::BIN).exists() {
-        return true;
-    }
-    eprintln!("skipped: {} not installed", Daemon::BIN);
-    false
-}
-
-fn setup() {
-    virtpool::libvirt::quiet_errors();
-    events::start_event_loop().unwrap();
-}
-
-/// Suspends the test driver's domain from a separate client connection.
-fn suspend_from_outside(uri: &str) {
-    let c = Connect::open(Some(uri)).unwrap();
-    let d = c.lookup_domain_by_name("test").unwrap();
-    d.suspend().unwrap();
-    drop(d);
-    drop(c);
-}
+use libvirtd::{available, start_events as setup, suspend_from_outside, Daemon};
 
 async fn wait_status(
     rx: &mut tokio::sync::watch::Receiver<Arc<Status>>,

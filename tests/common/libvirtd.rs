@@ -103,3 +103,27 @@ impl Drop for Daemon {
         self.kill();
     }
 }
+
+/// Whether libvirtd is installed; says so when a test is skipped.
+pub fn available() -> bool {
+    if Path::new(Daemon::BIN).exists() {
+        return true;
+    }
+    eprintln!("skipped: {} not installed", Daemon::BIN);
+    false
+}
+
+/// Quiet libvirt errors and start the process's libvirt event loop (before
+/// any connection is opened, as `virtpoold` does).
+pub fn start_events() {
+    virtpool::libvirt::quiet_errors();
+    virtpool::libvirt::events::start_event_loop().unwrap();
+}
+
+/// Suspends the test driver's own domain (`test`) from a separate client
+/// connection, closed afterwards.
+pub fn suspend_from_outside(uri: &str) {
+    let c = virt::connect::Connect::open(Some(uri)).unwrap();
+    let d = c.lookup_domain_by_name("test").unwrap();
+    d.suspend().unwrap();
+}
