@@ -7,7 +7,8 @@
 //! - `SCALE_SIZES` (default `100,1000,5000`): domain counts.
 //! - `SCALE_REPS` (default 5; at most 3 at 5,000 domains and for the
 //!   allocate latency): timed repetitions per size; medians are printed.
-//! - `SCALE_IDLE_SECS` (default 60): idle-CPU window (at 1,000 domains).
+//! - `SCALE_IDLE_SECS` (default 60): idle-CPU window (at 1,000 domains),
+//!   starting when a cycle ends; a multiple of the 10 s interval.
 //! - `SCALE_EVENTS` (default 1): registers the in-process agent for domain
 //!   events, as `virtpoold` is (libvirt's event loop runs; the agent then
 //!   reuses each domain's XML, I/O limits and weights between reads); 0
@@ -593,11 +594,30 @@ fn real_daemon(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Da
     let idle_secs: u64 = env_or("SCALE_IDLE_SECS", 60);
     let idle_cpu_pct = (n == 1000 && idle_secs > 0).then(|| {
         let tick = 100.0; // USER_HZ
+                          // Start right after a cycle ends, so a window of k intervals holds
+                          // k cycles (not k or k + 1 depending on where it falls).
+        let cycle = agent
+            .status()
+            .map_or(0, |s| s["cycle"].as_u64().unwrap_or(0));
+        agent.wait_cycles(cycle + 1, Duration::from_secs(60));
         let c0 = agent.cpu_ticks();
         let t0 = Instant::now();
         std::thread::sleep(Duration::from_secs(idle_secs));
         let used = (agent.cpu_ticks() - c0) as f64 / tick;
-        used / t0.elapsed().as_secs_f64() * 100.0
+        let pct = used / t0.elapsed().as_secs_f64() * 100.0;
+        // What the window's cycles asked of libvirt (the status is read
+        // after the window: its cost is not in it).
+        if let Some(st) = agent.status() {
+            let cycles = st["cycle"].as_u64().unwrap_or(0).saturating_sub(cycle + 1);
+            let reads = st["last_cycle"]["libvirt_reads"].as_u64().unwrap_or(0);
+            let writes = st["last_cycle"]["libvirt_writes"].as_u64().unwrap_or(0);
+            eprintln!(
+                "  idle: {cycles} cycles in {idle_secs} s, the last made {reads} libvirt reads and \
+                 {writes} writes; {:.0} µs of agent CPU per read",
+                used * 1e6 / (cycles.max(1) * reads.max(1)) as f64
+            );
+        }
+        pct
     });
     DaemonFigures {
         rss_mib,

@@ -7,6 +7,7 @@
 //! resource's own unit — `vcpus` (count), `memory` (bytes),
 //! `disk_bytes_sec` (bytes/s), `disk_iops_sec` (operations/s).
 
+use crate::libvirt::calls::CallCounts;
 use crate::model::Resource;
 use crate::monitor::{Handle, Status};
 use std::collections::BTreeMap;
@@ -62,6 +63,8 @@ pub struct Counters {
     pub last_reload_ok: Option<bool>,
     /// Times the libvirt connection was lost.
     pub libvirt_lost: u64,
+    /// libvirt calls made so far, by kind.
+    pub libvirt_calls: CallCounts,
 }
 
 impl Default for Counters {
@@ -74,6 +77,7 @@ impl Default for Counters {
             reloads_refused: 0,
             last_reload_ok: None,
             libvirt_lost: 0,
+            libvirt_calls: CallCounts::default(),
         }
     }
 }
@@ -167,6 +171,14 @@ pub fn render(st: &Status, c: &Counters) -> String {
         &[],
         c.libvirt_lost as f64,
     );
+    o.family(
+        "virtpool_libvirt_calls_total",
+        "counter",
+        "libvirt calls made (round trips to the libvirt daemon), by call.",
+    );
+    for (call, n) in c.libvirt_calls.by_label() {
+        o.sample("virtpool_libvirt_calls_total", &[("call", call)], n as f64);
+    }
     o.family(
         "virtpool_enforcing",
         "gauge",

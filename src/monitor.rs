@@ -8,6 +8,7 @@
 use crate::audit::{AuditLog, Event, EventKind};
 use crate::config::{Config, Mode};
 use crate::host::Host;
+use crate::libvirt::calls::CallCounts;
 use crate::libvirt::events::{self, EventReceiver, HvEvent};
 use crate::libvirt::worker::HvWorker;
 use crate::libvirt::HvError;
@@ -43,6 +44,14 @@ pub struct CycleInfo {
     /// Of which spent reading domains from libvirt.
     #[serde(default)]
     pub observe_ms: f64,
+    /// libvirt calls that only read, made by this cycle (counted since the
+    /// previous cycle ended; see `virtpool_libvirt_calls_total`).
+    #[serde(default)]
+    pub libvirt_reads: u64,
+    /// libvirt calls that change a domain, made by this cycle (each
+    /// attempt: a setter retried without `--config` counts twice).
+    #[serde(default)]
+    pub libvirt_writes: u64,
     pub actions: usize,
     pub failed: usize,
     /// A scoped cycle: the UUIDs of the domains it re-observed and
@@ -344,6 +353,8 @@ pub struct Monitor {
     last_full: Option<Config>,
     /// Time this cycle spent waiting for libvirt reads (for `last_cycle`).
     observe_time: Duration,
+    /// The libvirt call counts when the last cycle ended.
+    calls_at_publish: CallCounts,
 }
 
 /// The next debounced batch of libvirt events; never ready without a receiver.
@@ -452,6 +463,7 @@ impl Monitor {
             events: None,
             last_full: None,
             observe_time: Duration::ZERO,
+            calls_at_publish: CallCounts::default(),
         };
         (m, handle)
     }
@@ -905,6 +917,10 @@ impl Monitor {
     ) -> Arc<Status> {
         let failed = status.results.iter().filter(|r| !r.ok).count();
         let elapsed = t0.elapsed();
+        let calls_now = self.hv.calls().unwrap_or_default();
+        let calls = calls_now.since(&self.calls_at_publish);
+        self.calls_at_publish = calls_now;
+        self.counters.libvirt_calls = calls_now;
         status.memory = PlannerMemory {
             history: Arc::new(self.history.clone()),
             clock: Some(self.start),
@@ -915,6 +931,8 @@ impl Monitor {
                 .map_or(0, |d| d.as_secs()),
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             observe_ms: std::mem::take(&mut self.observe_time).as_secs_f64() * 1000.0,
+            libvirt_reads: calls.reads(),
+            libvirt_writes: calls.writes(),
             actions: status.results.len(),
             failed,
             scope,

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use virt::connect::Connect;
 use virt::sys;
+use virtpool::libvirt::calls::Call;
 use virtpool::libvirt::events::{self, EventReceiver, HvEvent, LifecycleKind};
 use virtpool::libvirt::{ffi, Hypervisor, Libvirt};
 use virtpool::model::{Action, DomainObs, IoTune};
@@ -239,4 +240,54 @@ fn a_reconnect_drops_the_cache() {
     assert_eq!(hv.cached_domains(), 0);
     hv.connect().unwrap();
     assert_eq!(disk_limit(&hv.observe().unwrap(), "d1"), 9 * MIB);
+}
+
+#[test]
+fn a_steady_observation_reads_two_calls_per_running_domain() {
+    let Some(s) = setup() else { return };
+    let (tx, _rx) = events::channel();
+    let mut hv = Libvirt::new(&s.uri()).with_events(tx);
+    hv.connect().unwrap();
+    let calls = hv.call_counter().expect("the adapter counts its calls");
+    let running = hv.observe().unwrap().len() as u64;
+    assert_eq!(running, 3, "the driver's `test`, d0, d1");
+
+    // Steady: one list, then `info` and memory stats per running domain
+    // (this driver's bulk stats carry the state only: not asked again).
+    let before = calls.snapshot();
+    hv.observe().unwrap();
+    let steady = calls.snapshot().since(&before);
+    assert_eq!(steady.get(Call::List), 1);
+    assert_eq!(steady.get(Call::BulkStats), 0);
+    assert_eq!(steady.get(Call::Info), running);
+    assert_eq!(steady.get(Call::MemoryStats), running);
+    assert_eq!(steady.reads(), 1 + 2 * running, "{steady:?}");
+    assert_eq!(steady.writes(), 0);
+
+    // An own write is one call; the next observation reads that domain's
+    // slow facts back: max vCPUs, XML, its disk's limits, blkio weight.
+    let before = calls.snapshot();
+    hv.apply(&Action::SetVcpus {
+        uuid: uuid(0).as_str().into(),
+        domain: "d0".into(),
+        from: 1,
+        to: 2,
+        reason: virtpool::model::Reason::Share,
+        persist: false,
+    })
+    .unwrap();
+    let write = calls.snapshot().since(&before);
+    assert_eq!((write.get(Call::SetVcpus), write.reads()), (1, 0));
+    let before = calls.snapshot();
+    hv.observe().unwrap();
+    let back = calls.snapshot().since(&before);
+    assert_eq!(back.reads(), 1 + 2 * running + 4, "{back:?}");
+    for c in [
+        Call::MaxVcpus,
+        Call::Xml,
+        Call::GetIoTune,
+        Call::GetBlkioWeight,
+    ] {
+        assert_eq!(back.get(c), 1, "{c:?}");
+    }
 }

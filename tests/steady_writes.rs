@@ -9,6 +9,7 @@ use common::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use virtpool::host::Host;
+use virtpool::libvirt::calls::CallCounter;
 use virtpool::libvirt::worker::HvWorker;
 use virtpool::libvirt::{HvError, Hypervisor, Libvirt};
 use virtpool::model::{Action, DomainObs};
@@ -46,6 +47,9 @@ impl Hypervisor for Counting {
         self.calls.writes.fetch_add(1, Ordering::SeqCst);
         self.inner.set_stats_period(uuid, secs)
     }
+    fn call_counter(&self) -> Option<Arc<CallCounter>> {
+        self.inner.call_counter()
+    }
 }
 
 #[tokio::test]
@@ -71,6 +75,11 @@ async fn a_converged_cycle_makes_no_writes() {
         "the demo host starts off target: the first cycle writes"
     );
     assert!(st.results.iter().all(|r| r.ok), "{:?}", st.results);
+    // The status counts libvirt calls: at least one per write (the test
+    // driver takes live and config in separate calls) and the reads.
+    let c = st.last_cycle.as_ref().unwrap();
+    assert!(c.libvirt_writes >= first as u64, "{c:?} vs {first} writes");
+    assert!(c.libvirt_reads > st.domains.len() as u64, "{c:?}");
 
     // Converge (balloon shrinks are rate-limited: it may take a few cycles).
     let mut converged = false;
@@ -88,6 +97,11 @@ async fn a_converged_cycle_makes_no_writes() {
         let st = m.cycle_once().await;
         assert!(st.libvirt.connected);
         assert!(st.results.is_empty(), "{:?}", st.results);
+        let c = st.last_cycle.as_ref().unwrap();
+        assert_eq!(c.libvirt_writes, 0, "{c:?}");
+        // No events here, so nothing is cached: list, then per domain at
+        // least info, max vCPUs and the XML.
+        assert!(c.libvirt_reads > 3 * st.domains.len() as u64, "{c:?}");
     }
     assert_eq!(
         calls.writes.load(Ordering::SeqCst),

@@ -5,7 +5,7 @@
 //! Memory is converted between bytes (agent) and KiB (libvirt) here only.
 
 use std::collections::HashMap;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 
 use virt::connect::Connect;
 use virt::domain::{Domain, DomainState as VirtState};
@@ -13,6 +13,7 @@ use virt::error::{Error as VirtError, ErrorDomain, ErrorNumber};
 use virt::sys;
 
 use super::cache::{ReadCache, Slow, StaleMarks};
+use super::calls::{Call, CallCounter};
 use super::events::{EventSender, Registration};
 use super::{ffi, xml, HvError, Hypervisor};
 use crate::model::{Action, BalloonStats, DiskObs, DomainObs, DomainState, IoTune};
@@ -58,6 +59,8 @@ pub struct Libvirt {
     stale: StaleMarks,
     /// Domains read in full (not from the cache) by the last observation.
     full_reads: usize,
+    /// The calls made (see [`super::calls`]).
+    calls: Arc<CallCounter>,
 }
 
 /// Where a libvirt error came from, for the message.
@@ -261,6 +264,7 @@ fn read_domain(
     dom: &Domain,
     bulk: Option<&ffi::StatsRecord>,
     caps: &mut ReadCaps,
+    calls: &CallCounter,
     cached: impl FnOnce(Option<u32>, bool) -> Option<Slow>,
 ) -> Res<Read> {
     let name = dom
@@ -287,6 +291,7 @@ fn read_domain(
     let (state, nr_vcpus, bulk_max, mem_kib, max_kib) = match bulk.and_then(bulk_info) {
         Some((state, vcpus, max, cur, maxmem)) => (state, vcpus, Some(max), cur, maxmem),
         None => {
+            calls.add(Call::Info);
             let info = dom.info().map_err(|e| Failure::new(e, ctx("info")))?;
             let state = map_state(info.state);
             // info's vCPU count is the live one for a running domain (the
@@ -309,6 +314,7 @@ fn read_domain(
     } else if let Some(b) = bulk.and_then(bulk_balloon) {
         b
     } else {
+        calls.add(Call::MemoryStats);
         match dom.memory_stats(0) {
             Ok(stats) => {
                 let pairs: Vec<(u32, u64)> = stats.iter().map(|s| (s.tag, s.val)).collect();
@@ -322,7 +328,7 @@ fn read_domain(
     let (slow, slow_read) = match cached(id, active) {
         Some(slow) => (slow, None),
         None => {
-            let slow = read_slow(dom, &name, active, nr_vcpus, caps, &soft)?;
+            let slow = read_slow(dom, &name, active, nr_vcpus, caps, calls, &soft)?;
             (slow.clone(), Some(slow))
         }
     };
@@ -360,9 +366,11 @@ fn read_slow(
     active: bool,
     fallback_max: u64,
     caps: &mut ReadCaps,
+    calls: &CallCounter,
     soft: &SoftRead,
 ) -> Res<Slow> {
     let ctx = |what: &str| format!("domain {name}: {what}");
+    calls.add(Call::MaxVcpus);
     let vcpus_max = soft(
         dom.vcpus_flags(sys::VIR_DOMAIN_VCPU_MAXIMUM)
             .map(|v| Some(u64::from(v))),
@@ -370,6 +378,7 @@ fn read_slow(
     )?
     .unwrap_or(fallback_max);
 
+    calls.add(Call::Xml);
     let domain_xml = dom.xml_desc(0).map_err(|e| Failure::new(e, ctx("xml")))?;
     // The metadata element is in the XML just read: no second round trip.
     let metadata_pool = xml::metadata_pool(&domain_xml);
@@ -383,6 +392,7 @@ fn read_slow(
             iotune: None,
         };
         if active && obs.is_tunable() {
+            calls.add(Call::GetIoTune);
             match ffi::get_block_iotune(dom, &obs.target, sys::VIR_DOMAIN_AFFECT_LIVE) {
                 Ok(t) => obs.iotune = Some(t),
                 Err(e) if is_fatal_for_read(&e) => {
@@ -402,12 +412,14 @@ fn read_slow(
     let cpu_shares = if caps.no_cpu_shares {
         None
     } else {
+        calls.add(Call::GetCpuShares);
         let r = ffi::get_cpu_shares(dom, sys::VIR_DOMAIN_AFFECT_CURRENT);
         if matches!(&r, Err(e) if is_unsupported(e)) {
             caps.no_cpu_shares = true;
         }
         soft(r, "cpu_shares")?
     };
+    calls.add(Call::GetBlkioWeight);
     let blkio_weight = soft(
         ffi::get_blkio_weight(dom, sys::VIR_DOMAIN_AFFECT_CURRENT).map(|w| w.map(u64::from)),
         "blkio weight",
@@ -454,6 +466,7 @@ impl Libvirt {
             cache: ReadCache::new(super::cache::DEFAULT_RESYNC),
             stale: StaleMarks::default(),
             full_reads: 0,
+            calls: Arc::default(),
         }
     }
 
@@ -566,7 +579,7 @@ impl Libvirt {
                 let u = uuid.as_deref().filter(|_| reuse)?;
                 cache.get(u, id, active, now).cloned()
             };
-            match read_domain(&dom, rec, &mut caps, cached) {
+            match read_domain(&dom, rec, &mut caps, &self.calls, cached) {
                 Ok(read) => {
                     self.full_reads += usize::from(read.slow_read.is_some());
                     if let Some(slow) = read.slow_read.filter(|_| reuse) {
@@ -601,6 +614,7 @@ impl Libvirt {
 
     fn lookup(&self, uuid: &str, name: &str) -> Result<Res<Domain>, HvError> {
         let conn = self.conn()?;
+        self.calls.add(Call::Lookup);
         Ok(conn
             .lookup_domain_by_uuid_string(uuid)
             .map_err(|e| Failure::new(e, format!("domain {name} ({uuid})"))))
@@ -671,6 +685,7 @@ impl Hypervisor for Libvirt {
     }
 
     fn observe(&mut self) -> Result<Vec<DomainObs>, HvError> {
+        self.calls.add(Call::List);
         let listed = self
             .conn()?
             .list_all_domains(0)
@@ -685,6 +700,7 @@ impl Hypervisor for Libvirt {
         let bulk = if self.caps.bulk_state_only {
             Ok(Vec::new())
         } else {
+            self.calls.add(Call::BulkStats);
             self.conn().map(|c| {
                 ffi::all_domain_stats(
                     c,
@@ -756,14 +772,19 @@ impl Hypervisor for Libvirt {
         // Whatever the outcome, the next observation reads back what
         // libvirt holds for this domain.
         self.cache.forget(&uuid);
+        let calls = Arc::clone(&self.calls);
+        let count = |call: Call| calls.add(call);
         let ctx = |what: String| format!("domain {name}: {what}");
         match action {
             Action::SetVcpus { to, persist, .. } => {
                 let n = u32::try_from(*to)
                     .map_err(|_| HvError::InvalidArg(ctx(format!("{to} vCPUs"))))?;
                 self.with_domain(&uuid, &name, |d| {
-                    with_persist(*persist, |flags| d.set_vcpus_flags(n, flags))
-                        .map_err(|e| Failure::new(e, ctx(format!("set vCPUs to {n}"))))
+                    with_persist(*persist, |flags| {
+                        count(Call::SetVcpus);
+                        d.set_vcpus_flags(n, flags)
+                    })
+                    .map_err(|e| Failure::new(e, ctx(format!("set vCPUs to {n}"))))
                 })
             }
             Action::SetMemory { to, persist, .. } => {
@@ -771,8 +792,11 @@ impl Hypervisor for Libvirt {
                 self.with_domain(&uuid, &name, |d| {
                     // Never Domain::set_memory: it discards the error.
                     // (VIR_DOMAIN_MEM_LIVE/CONFIG equal AFFECT_LIVE/CONFIG.)
-                    with_persist(*persist, |flags| d.set_memory_flags(kib, flags))
-                        .map_err(|e| Failure::new(e, ctx(format!("set memory to {kib} KiB"))))
+                    with_persist(*persist, |flags| {
+                        count(Call::SetMemory);
+                        d.set_memory_flags(kib, flags)
+                    })
+                    .map_err(|e| Failure::new(e, ctx(format!("set memory to {kib} KiB"))))
                 })
             }
             Action::SetBlockIoTune {
@@ -781,6 +805,7 @@ impl Hypervisor for Libvirt {
                 let tune = normalize_iotune(to);
                 self.with_domain(&uuid, &name, |d| {
                     with_persist(*persist, |flags| {
+                        count(Call::SetIoTune);
                         ffi::set_block_iotune(d, disk, &tune, flags)
                     })
                     .map_err(|e| Failure::new(e, ctx(format!("set I/O limits of {disk}"))))
@@ -795,8 +820,11 @@ impl Hypervisor for Libvirt {
                     ))));
                 }
                 self.with_domain(&uuid, &name, |d| {
-                    with_persist(*persist, |flags| ffi::set_cpu_shares(d, *to, flags))
-                        .map_err(|e| Failure::new(e, ctx(format!("set cpu_shares to {to}"))))
+                    with_persist(*persist, |flags| {
+                        count(Call::SetCpuShares);
+                        ffi::set_cpu_shares(d, *to, flags)
+                    })
+                    .map_err(|e| Failure::new(e, ctx(format!("set cpu_shares to {to}"))))
                 })
             }
             Action::SetBlkioWeight { to, persist, .. } => {
@@ -811,18 +839,27 @@ impl Hypervisor for Libvirt {
                     }
                 };
                 self.with_domain(&uuid, &name, |d| {
-                    with_persist(*persist, |flags| ffi::set_blkio_weight(d, weight, flags))
-                        .map_err(|e| Failure::new(e, ctx(format!("set blkio weight to {weight}"))))
+                    with_persist(*persist, |flags| {
+                        count(Call::SetBlkioWeight);
+                        ffi::set_blkio_weight(d, weight, flags)
+                    })
+                    .map_err(|e| Failure::new(e, ctx(format!("set blkio weight to {weight}"))))
                 })
             }
         }
     }
 
+    fn call_counter(&self) -> Option<Arc<CallCounter>> {
+        Some(Arc::clone(&self.calls))
+    }
+
     fn set_stats_period(&mut self, uuid: &str, secs: u32) -> Result<(), HvError> {
         let period = i32::try_from(secs)
             .map_err(|_| HvError::InvalidArg(format!("stats period {secs} s too large")))?;
+        let calls = Arc::clone(&self.calls);
         self.with_domain(uuid, uuid, |d| {
             let label = d.name().unwrap_or_else(|_| uuid.to_owned());
+            calls.add(Call::SetStatsPeriod);
             d.set_memory_stats_period(period, sys::VIR_DOMAIN_MEM_LIVE)
                 .map_err(|e| {
                     Failure::new(

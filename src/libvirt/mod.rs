@@ -8,6 +8,7 @@
 //! Tests put a fake behind the same trait for faults libvirt can't produce.
 
 pub mod cache;
+pub mod calls;
 pub mod conn;
 pub mod events;
 pub mod ffi;
@@ -75,6 +76,11 @@ pub trait Hypervisor: Send {
     fn apply(&mut self, action: &Action) -> Result<(), HvError>;
     /// Sets the balloon statistics period of a running domain (seconds).
     fn set_stats_period(&mut self, uuid: &str, secs: u32) -> Result<(), HvError>;
+    /// The counts of the libvirt calls made, when the implementation keeps
+    /// them ([`Libvirt`] does).
+    fn call_counter(&self) -> Option<std::sync::Arc<calls::CallCounter>> {
+        None
+    }
 }
 
 /// Stops libvirt from printing every error to stderr (errors are returned

@@ -19,6 +19,7 @@
 //! that panics stops its worker: that job and every later one fail with
 //! "hypervisor thread stopped"; other workers and the event loop go on.
 
+use super::calls::{CallCounter, CallCounts};
 use super::{ffi, HvError, Hypervisor};
 use crate::model::{Action, DomainObs};
 use std::collections::VecDeque;
@@ -33,6 +34,8 @@ type Job = Box<dyn FnOnce(&mut dyn Hypervisor) + Send>;
 #[derive(Clone)]
 pub struct HvWorker {
     inner: Inner,
+    /// The hypervisor's call counts, when it keeps them.
+    calls: Option<Arc<CallCounter>>,
 }
 
 #[derive(Clone)]
@@ -52,18 +55,28 @@ impl HvWorker {
     /// Takes ownership of `hv`: its jobs run on the event-loop thread when
     /// that takes jobs, otherwise on a new `libvirt` thread.
     pub fn spawn(hv: Box<dyn Hypervisor>) -> std::io::Result<HvWorker> {
+        let calls = hv.call_counter();
         if LOOP_QUEUE.get().is_some() {
             return Ok(HvWorker {
                 inner: Inner::EventLoop(Arc::new(LoopHv {
                     hv: Mutex::new(Some(hv)),
                 })),
+                calls,
             });
         }
-        HvWorker::spawn_thread(hv)
+        HvWorker::spawn_thread(hv, calls)
+    }
+
+    /// The libvirt calls made so far, when the hypervisor counts them.
+    pub fn calls(&self) -> Option<CallCounts> {
+        self.calls.as_ref().map(|c| c.snapshot())
     }
 
     /// Starts the thread that owns `hv`.
-    fn spawn_thread(mut hv: Box<dyn Hypervisor>) -> std::io::Result<HvWorker> {
+    fn spawn_thread(
+        mut hv: Box<dyn Hypervisor>,
+        calls: Option<Arc<CallCounter>>,
+    ) -> std::io::Result<HvWorker> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("libvirt".into())
@@ -74,6 +87,7 @@ impl HvWorker {
             })?;
         Ok(HvWorker {
             inner: Inner::Thread(tx),
+            calls,
         })
     }
 
