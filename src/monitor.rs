@@ -18,8 +18,10 @@ use crate::model::{Action, DomainObs, HostCapacity, Snapshot};
 use crate::planner::{self, Guard, History, Outcome, Plan, PlanInput};
 use crate::service::{NoNotifier, Notice, Notifier};
 use crate::state::RuntimeState;
+use crate::state::VcpuHolds;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -295,6 +297,12 @@ pub struct MonitorOptions {
     pub watchdog: Option<Duration>,
     /// Where events are written.
     pub audit: AuditLog,
+    /// Where held vCPU changes are saved (`state_dir`); `None`: kept in
+    /// memory only.
+    pub holds_dir: Option<PathBuf>,
+    /// The held vCPU changes saved by an earlier run (see
+    /// [`VcpuHolds`]): they hold from the first cycle on.
+    pub holds: VcpuHolds,
 }
 
 impl Default for MonitorOptions {
@@ -304,6 +312,8 @@ impl Default for MonitorOptions {
             notifier: Arc::new(NoNotifier),
             watchdog: None,
             audit: AuditLog::memory(),
+            holds_dir: None,
+            holds: VcpuHolds::default(),
         }
     }
 }
@@ -355,6 +365,9 @@ pub struct Monitor {
     observe_time: Duration,
     /// The libvirt call counts when the last cycle ended.
     calls_at_publish: CallCounts,
+    /// Where held vCPU changes are saved, and what the file holds now.
+    holds_dir: Option<PathBuf>,
+    saved_holds: VcpuHolds,
 }
 
 /// The next debounced batch of libvirt events; never ready without a receiver.
@@ -440,7 +453,10 @@ impl Monitor {
             host,
             config,
             runtime,
-            history: History::default(),
+            history: History {
+                vcpu_pending: opts.holds.to_pending(0),
+                ..History::default()
+            },
             active_since: HashMap::new(),
             stats_period_set: HashSet::new(),
             membership: None,
@@ -464,6 +480,8 @@ impl Monitor {
             last_full: None,
             observe_time: Duration::ZERO,
             calls_at_publish: CallCounts::default(),
+            holds_dir: opts.holds_dir,
+            saved_holds: opts.holds,
         };
         (m, handle)
     }
@@ -869,10 +887,33 @@ impl Monitor {
         let alive: HashSet<&str> = snapshot.domains.iter().map(|d| &*d.uuid).collect();
         self.history.retain(|u| alive.contains(u));
         self.history.observe(&snapshot.domains);
+        self.save_holds();
         self.note_unadmitted(&plan);
         status.plan = Some(plan);
         status.domains = snapshot.domains;
         self.publish_scoped(status, t0, scoped)
+    }
+
+    /// Saves the held vCPU changes when they changed (a timeout was
+    /// recorded, or a held domain restarted or went away). A failed write
+    /// is logged and tried again after the next cycle.
+    fn save_holds(&mut self) {
+        let Some(dir) = &self.holds_dir else {
+            return;
+        };
+        let now = VcpuHolds::from_pending(&self.history.vcpu_pending);
+        if now.holds == self.saved_holds.holds {
+            return;
+        }
+        match now.save(dir) {
+            Ok(()) => {
+                tracing::debug!(held = now.holds.len(), "vCPU holds saved");
+                self.saved_holds = now;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "vCPU holds not saved: a restarted agent would forget them");
+            }
+        }
     }
 
     /// Reports members that became unadmitted (once each, until admitted).

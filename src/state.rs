@@ -4,10 +4,14 @@
 //!
 //! The effective configuration is the config file ⊕ this state
 //! ([`RuntimeState::effective`]).
+//!
+//! Also kept there, written by the monitor: `state_dir/vcpu-holds.json`,
+//! the vCPU changes libvirt reported as timed out ([`VcpuHolds`]), so an
+//! agent restart does not undo a hold.
 
 use crate::config::{self, Config, PoolSpec};
 use crate::model::PerResource;
-use crate::planner::Reservations;
+use crate::planner::{PendingVcpus, Reservations};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -17,6 +21,10 @@ use std::path::{Path, PathBuf};
 pub const STATE_VERSION: u32 = 1;
 /// File name inside `state_dir`.
 pub const STATE_FILE: &str = "state.json";
+/// File name inside `state_dir` of the held vCPU changes.
+pub const HOLDS_FILE: &str = "vcpu-holds.json";
+/// Version of the holds file format.
+pub const HOLDS_VERSION: u32 = 1;
 
 /// Why the state could not be loaded or saved.
 #[derive(Debug, thiserror::Error)]
@@ -151,45 +159,164 @@ impl RuntimeState {
 
     /// Writes atomically: temp file, fsync, rename, fsync directory.
     pub fn save(&self, state_dir: &Path) -> Result<(), StateError> {
-        let file = state_dir.join(STATE_FILE);
-        let werr = |source| StateError::Write {
-            file: file.clone(),
-            source,
-        };
-        let json = serde_json::to_vec_pretty(self).map_err(|e| werr(std::io::Error::other(e)))?;
-        std::fs::create_dir_all(state_dir).map_err(werr)?;
-        let tmp = state_dir.join(format!(".{STATE_FILE}.tmp"));
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(werr)?;
-            f.write_all(&json).map_err(werr)?;
-            f.write_all(b"\n").map_err(werr)?;
-            f.sync_all().map_err(werr)?;
-        }
-        std::fs::rename(&tmp, &file).map_err(werr)?;
-        std::fs::File::open(state_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(werr)?;
-        Ok(())
+        write_json(state_dir, STATE_FILE, self)
     }
 
     /// Moves a state file aside (`state.json.corrupt-<unix time>`) so the
     /// agent can start fresh. Returns the new path, if there was a file.
     pub fn reset(state_dir: &Path) -> Result<Option<PathBuf>, StateError> {
-        let file = state_dir.join(STATE_FILE);
-        if !file.exists() {
-            return Ok(None);
-        }
-        let ts = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let aside = state_dir.join(format!("{STATE_FILE}.corrupt-{ts}"));
-        std::fs::rename(&file, &aside).map_err(|source| StateError::Write {
-            file: file.clone(),
-            source,
-        })?;
-        Ok(Some(aside))
+        move_aside(state_dir, STATE_FILE)
     }
+}
+
+/// vCPU changes libvirt reported as timed out, by domain UUID, kept across
+/// agent restarts. A guest that has not finished a vCPU removal gets no
+/// vCPU added back until the domain itself restarts (a new libvirt domain
+/// ID, `run`); without this file a restarted agent would forget the hold
+/// and try again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VcpuHolds {
+    pub version: u32,
+    #[serde(default)]
+    pub holds: BTreeMap<String, HeldVcpus>,
+}
+
+/// One held vCPU change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldVcpus {
+    /// vCPUs the domain had when the change was sent.
+    pub from: u64,
+    /// vCPUs requested.
+    pub to: u64,
+    /// libvirt ID of the domain's run the change timed out in.
+    pub run: u32,
+}
+
+impl VcpuHolds {
+    /// The holds tied to a run (those not yet tied to one are not kept: the
+    /// cycle that recorded them ties them before they are saved).
+    pub fn from_pending(pending: &BTreeMap<String, PendingVcpus>) -> VcpuHolds {
+        VcpuHolds {
+            version: HOLDS_VERSION,
+            holds: pending
+                .iter()
+                .filter_map(|(uuid, p)| {
+                    let run = p.run?;
+                    Some((
+                        uuid.clone(),
+                        HeldVcpus {
+                            from: p.from,
+                            to: p.to,
+                            run,
+                        },
+                    ))
+                })
+                .collect(),
+        }
+    }
+
+    /// As the planner's history holds them; `since` (the time of the
+    /// timeout on the agent's clock) is `now`.
+    pub fn to_pending(&self, now: u64) -> BTreeMap<String, PendingVcpus> {
+        self.holds
+            .iter()
+            .map(|(uuid, h)| {
+                (
+                    uuid.clone(),
+                    PendingVcpus {
+                        from: h.from,
+                        to: h.to,
+                        since: now,
+                        run: Some(h.run),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Loads `state_dir/vcpu-holds.json`; a missing file is no holds.
+    pub fn load(state_dir: &Path) -> Result<VcpuHolds, StateError> {
+        let file = state_dir.join(HOLDS_FILE);
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(VcpuHolds {
+                    version: HOLDS_VERSION,
+                    holds: BTreeMap::new(),
+                })
+            }
+            Err(source) => return Err(StateError::Read { file, source }),
+        };
+        let h: VcpuHolds = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        if h.version != HOLDS_VERSION {
+            return Err(StateError::Corrupt {
+                file,
+                message: format!(
+                    "version {} is not the version this build reads ({HOLDS_VERSION})",
+                    h.version
+                ),
+            });
+        }
+        Ok(h)
+    }
+
+    /// Writes atomically (see [`RuntimeState::save`]).
+    pub fn save(&self, state_dir: &Path) -> Result<(), StateError> {
+        write_json(state_dir, HOLDS_FILE, self)
+    }
+
+    /// Moves the file aside (`vcpu-holds.json.corrupt-<unix time>`).
+    pub fn reset(state_dir: &Path) -> Result<Option<PathBuf>, StateError> {
+        move_aside(state_dir, HOLDS_FILE)
+    }
+}
+
+/// Writes `value` as JSON to `state_dir/name`: temp file, fsync, rename,
+/// fsync directory.
+fn write_json<T: Serialize>(state_dir: &Path, name: &str, value: &T) -> Result<(), StateError> {
+    let file = state_dir.join(name);
+    let werr = |source| StateError::Write {
+        file: file.clone(),
+        source,
+    };
+    let json = serde_json::to_vec_pretty(value).map_err(|e| werr(std::io::Error::other(e)))?;
+    std::fs::create_dir_all(state_dir).map_err(werr)?;
+    let tmp = state_dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
+        f.write_all(&json).map_err(werr)?;
+        f.write_all(b"\n").map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+    }
+    std::fs::rename(&tmp, &file).map_err(werr)?;
+    std::fs::File::open(state_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(werr)?;
+    Ok(())
+}
+
+/// Renames `state_dir/name` to `name.corrupt-<unix time>`; the new path,
+/// if there was a file.
+fn move_aside(state_dir: &Path, name: &str) -> Result<Option<PathBuf>, StateError> {
+    let file = state_dir.join(name);
+    if !file.exists() {
+        return Ok(None);
+    }
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let aside = state_dir.join(format!("{name}.corrupt-{ts}"));
+    std::fs::rename(&file, &aside).map_err(|source| StateError::Write {
+        file: file.clone(),
+        source,
+    })?;
+    Ok(Some(aside))
 }
 
 #[cfg(test)]

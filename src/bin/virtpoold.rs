@@ -11,7 +11,7 @@ use virtpool::libvirt::worker::HvWorker;
 use virtpool::libvirt::Libvirt;
 use virtpool::monitor::{Monitor, MonitorOptions};
 use virtpool::service::{self, Overrides, SdNotifier, ServiceParts};
-use virtpool::state::RuntimeState;
+use virtpool::state::{RuntimeState, VcpuHolds};
 use virtpool::{metrics, observability, report};
 
 /// Signals, files and environment (shown by --help and in the man page).
@@ -25,6 +25,8 @@ Files:
   /etc/virtpool/virtpool.toml   config (--config, VIRTPOOL_CONFIG)
   /run/virtpool/virtpool.sock   control socket (api.socket)
   /var/lib/virtpool/state.json  runtime changes (agent.state_dir)
+  /var/lib/virtpool/vcpu-holds.json  timed-out vCPU changes held until the
+                                domain restarts
   /var/lib/virtpool/audit.jsonl audit log, rotated at 10 MiB (.1 .. .3)
 
 Environment:
@@ -53,7 +55,8 @@ struct Args {
     /// Override `agent.libvirt_uri`.
     #[arg(long)]
     uri: Option<String>,
-    /// Move a corrupt or unwanted runtime state file aside and start fresh.
+    /// Move a corrupt or unwanted runtime state file aside and start fresh
+    /// (an unreadable vcpu-holds.json too; a readable one is kept).
     #[arg(long)]
     reset_state: bool,
 }
@@ -111,6 +114,20 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("virtpoold: {e}");
                 return ExitCode::from(1);
+            }
+        }
+        // Held vCPU changes are kept unless their file cannot be read.
+        if VcpuHolds::load(&cfg.agent.state_dir).is_err() {
+            match VcpuHolds::reset(&cfg.agent.state_dir) {
+                Ok(Some(aside)) => eprintln!(
+                    "virtpoold: unreadable vCPU holds moved aside to {}",
+                    aside.display()
+                ),
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("virtpoold: {e}");
+                    return ExitCode::from(1);
+                }
             }
         }
     }
@@ -236,6 +253,13 @@ async fn daemon(
     log: observability::LogControl,
 ) -> anyhow::Result<ExitCode> {
     let runtime = runtime_state(&cfg)?;
+    let holds = VcpuHolds::load(&cfg.agent.state_dir)?;
+    if !holds.holds.is_empty() {
+        tracing::info!(
+            domains = holds.holds.len(),
+            "vCPU holds from the last run stay until their domains restart"
+        );
+    }
     let audit = match AuditLog::open(&cfg.agent.state_dir) {
         Ok(a) => a,
         Err(e) => {
@@ -251,6 +275,7 @@ async fn daemon(
     ))
     .context("cannot start the libvirt thread")?;
     let config_path = cfg.source.clone();
+    let config_state_dir = cfg.agent.state_dir.clone();
     let metrics_listen = cfg.agent.metrics_listen;
     let notifier = std::sync::Arc::new(SdNotifier);
     let watchdog = service::watchdog_interval();
@@ -268,6 +293,8 @@ async fn daemon(
             notifier: notifier.clone(),
             watchdog,
             audit,
+            holds_dir: Some(config_state_dir.clone()),
+            holds,
         },
     );
     let monitor = monitor.with_events(events_rx);
