@@ -27,7 +27,8 @@
 //!   budget change that moves every domain's vCPUs, memory and disk limits;
 //! - (b) a steady-state cycle (nothing to change; must issue no writes),
 //!   measured after the cycle that reads back the last change;
-//! - (c) a raw baseline with `virt` calls only: the reads a steady cycle
+//! - (c) a raw baseline with `virt` calls only, in a child process with no
+//!   libvirt event loop: the reads a steady cycle
 //!   needs (c-read: list, info, memory stats) and those reads plus the
 //!   writes (c-change); c-full is every read of a domain not known yet
 //!   (XML, I/O limits, weight too), which the agent makes on its first
@@ -226,6 +227,85 @@ fn baseline_read(c: &Connect) -> Vec<Domain> {
     doms
 }
 
+/// The baseline runs in a child process of its own: a minimal program that
+/// uses `virt` with no libvirt event loop. (In this process the agent's
+/// event loop runs, and a call made from another thread has to wake that
+/// loop's thread: the baseline would pay for it, the agent does not.)
+/// Commands on its stdin, one answer line each:
+/// - `full` → `ms` (every read of the domains; remembers their disks);
+/// - `read` → `ms cpu_ms` (a steady cycle's reads; the child's CPU time);
+/// - `change` → `ms writes` (the reads, then the writes to BASE_C values).
+struct Baseline {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Baseline {
+    fn start(uri: &str) -> Baseline {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .arg("--bench")
+            .env("SCALE_CHILD_URI", uri)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        Baseline { child, stdin, out }
+    }
+
+    fn ask(&mut self, cmd: &str) -> Vec<f64> {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{cmd}").unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "baseline child died on {cmd:?}");
+        line.split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Baseline {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The child's side of [`Baseline`].
+fn baseline_child(uri: &str) {
+    use std::io::{BufRead, Write};
+    virtpool::libvirt::quiet_errors();
+    let c = Connect::open(Some(uri)).unwrap();
+    let mut disks = HashMap::new();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.unwrap();
+        let t0 = Instant::now();
+        let ms = |t0: Instant| t0.elapsed().as_secs_f64() * 1e3;
+        let answer = match line.trim() {
+            "full" => {
+                disks = baseline_full_read(&c);
+                format!("{}", ms(t0))
+            }
+            "read" => {
+                let cpu0 = self_cpu_ticks();
+                baseline_read(&c);
+                format!("{} {}", ms(t0), (self_cpu_ticks() - cpu0) as f64 * 10.0)
+            }
+            "change" => {
+                let writes = baseline_change(&c, &disks, BASE_C);
+                format!("{} {writes}", ms(t0))
+            }
+            other => panic!("baseline child: unknown command {other:?}"),
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{answer}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
 /// The reads, then the writes of a cycle that changes every domain
 /// (`disks`: the targets from an earlier full read).
 fn baseline_change(
@@ -267,13 +347,14 @@ struct CycleFigures {
     /// Of (a) and (b): time spent in libvirt reads.
     a_observe: f64,
     b_observe: f64,
-    /// CPU time (all threads of this process, 10 ms ticks) of c-read: what
-    /// the reads a steady cycle needs cost the client, the idle floor.
+    /// CPU time (the baseline child, 10 ms ticks) of c-read: what the reads
+    /// a steady cycle needs cost a minimal client, the idle floor.
     c_read_cpu: f64,
     actions_a: usize,
 }
 
 fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> CycleFigures {
+    let mut base = Baseline::start(uri);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -346,23 +427,19 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
         let (_, st) = cycle(&mut m);
         assert_eq!(st.results.len(), 0, "read-back cycle issued actions");
 
-        let t0 = Instant::now();
-        let disks = baseline_full_read(c2);
-        cf.push(t0.elapsed().as_secs_f64() * 1e3);
-        let t0 = Instant::now();
-        let cpu0 = self_cpu_ticks();
-        baseline_read(c2);
-        cr.push(t0.elapsed().as_secs_f64() * 1e3);
-        cr_cpu.push((self_cpu_ticks() - cpu0) as f64 * 10.0);
+        cf.push(base.ask("full")[0]);
+        let r = base.ask("read");
+        cr.push(r[0]);
+        cr_cpu.push(r[1]);
 
         let (ms, st) = cycle(&mut m);
         assert_eq!(st.results.len(), 0, "steady cycle issued actions");
         b.push(ms);
         b_obs.push(st.last_cycle.as_ref().unwrap().observe_ms);
 
-        let t0 = Instant::now();
-        let writes = baseline_change(c2, &disks, BASE_C);
-        cc.push(t0.elapsed().as_secs_f64() * 1e3);
+        let r = base.ask("change");
+        cc.push(r[0]);
+        let writes = r[1] as usize;
 
         set_budget(if rep % 2 == 0 { BUDGET_B } else { BUDGET_A });
         let (ms, st) = cycle(&mut m);
@@ -665,6 +742,10 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` builds this
     // and runs it with no such flag: do nothing then.
     if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    if let Ok(uri) = std::env::var("SCALE_CHILD_URI") {
+        baseline_child(&uri);
         return;
     }
     if !Path::new(Daemon::BIN).exists() {

@@ -507,6 +507,24 @@ fn real_guest_follows_the_agent() {
     );
     ph.end("guest memory stats");
 
+    // A steady cycle on QEMU: one list and one bulk-stats call (state,
+    // vCPUs, balloon and guest memory all come from it), no write. (The
+    // cycle after a change also reads the changed domain's other facts.)
+    let mut seen = Vec::new();
+    wait_until(
+        30,
+        "a cycle with 2 libvirt reads (list + bulk stats)",
+        || {
+            let c = ctl_json(&h.sock(), &["status"])["last_cycle"].clone();
+            let rw = (c["libvirt_reads"].as_u64()?, c["libvirt_writes"].as_u64()?);
+            if seen.last() != Some(&rw) {
+                say!("cycle: {} libvirt reads, {} writes", rw.0, rw.1);
+                seen.push(rw);
+            }
+            (rw == (2, 0)).then_some(())
+        },
+    );
+
     // ---- 1 + 3 back: raise both budgets.
     h.pool_create(&pool_spec(1, "1GiB", "1GiB"));
     let b = wait_until(30, "balloon back at 512 MiB", || {
