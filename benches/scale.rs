@@ -684,14 +684,18 @@ fn real_daemon(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Da
         let pct = used / t0.elapsed().as_secs_f64() * 100.0;
         // What the window's cycles asked of libvirt (the status is read
         // after the window: its cost is not in it).
+        // The window starts as cycle k ends and holds the 10 s intervals
+        // of cycles k+1 … k+w (the last one may still be finishing).
         if let Some(st) = agent.status() {
-            let cycles = st["cycle"].as_u64().unwrap_or(0).saturating_sub(cycle + 1);
+            let intervals = (idle_secs / 10).max(1);
             let reads = st["last_cycle"]["libvirt_reads"].as_u64().unwrap_or(0);
             let writes = st["last_cycle"]["libvirt_writes"].as_u64().unwrap_or(0);
+            let per_cycle = used * 1e3 / intervals as f64;
             eprintln!(
-                "  idle: {cycles} cycles in {idle_secs} s, the last made {reads} libvirt reads and \
-                 {writes} writes; {:.0} µs of agent CPU per read",
-                used * 1e6 / (cycles.max(1) * reads.max(1)) as f64
+                "  idle: {:.0} ms of agent CPU per cycle ({intervals} intervals); a steady cycle made \
+                 {reads} libvirt reads and {writes} writes: {:.0} µs of agent CPU per read",
+                per_cycle,
+                per_cycle * 1e3 / reads.max(1) as f64
             );
         }
         pct
