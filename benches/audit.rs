@@ -10,6 +10,7 @@ use criterion::Criterion;
 use std::hint::black_box;
 use std::time::Instant;
 use virtpool::audit::{AuditLog, Event, EventKind, DEFAULT_KEEP, DEFAULT_MAX_BYTES};
+use virtpool::model::{Action, Reason};
 
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -24,16 +25,29 @@ fn main() {
     {
         let batch: Vec<Event> = (0..1000)
             .map(|i| {
-                Event::now(EventKind::Action {
-                    domain: format!("vm-{i}"),
-                    uuid: "5a3f178f-34aa-4b69-8db6-178f34aadb69".into(),
-                    resource: "memory".into(),
-                    before: "8.0 GiB".into(),
-                    after: "7.6 GiB".into(),
-                    reason: "rate_limited".into(),
-                    result: "ok".into(),
-                    error: None,
-                })
+                let domain = format!("vm-{i}");
+                let uuid = "5a3f178f-34aa-4b69-8db6-178f34aadb69";
+                Event::in_cycle(
+                    EventKind::Action {
+                        domain: domain.clone(),
+                        uuid: uuid.into(),
+                        resource: "memory".into(),
+                        before: "8.0 GiB".into(),
+                        after: "7.6 GiB".into(),
+                        reason: "rate_limited".into(),
+                        result: "ok".into(),
+                        error: None,
+                        action: Some(Box::new(Action::SetMemory {
+                            uuid: uuid.into(),
+                            domain: domain.as_str().into(),
+                            from: 8 << 30,
+                            to: 8_160_437_862,
+                            reason: Reason::RateLimited,
+                            persist: false,
+                        })),
+                    },
+                    n / 1000 + 1,
+                )
             })
             .collect();
         log.append(&batch).expect("append");

@@ -16,6 +16,7 @@
 //! Sequence numbers only grow, so a rotation racing a read is harmless
 //! (an event seen twice is dropped by its number).
 
+use crate::model::Action;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -47,6 +48,11 @@ pub struct Event {
     pub seq: u64,
     /// RFC 3339 UTC time, millisecond precision.
     pub time: String,
+    /// The monitor cycle that produced the event (`cycle` in
+    /// `/v1/status`; it starts again at 1 when the agent restarts), for
+    /// actions, unadmitted members and libvirt connection changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cycle: Option<u64>,
     #[serde(flatten)]
     pub kind: EventKind,
 }
@@ -67,6 +73,10 @@ pub enum EventKind {
         result: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// The action as the plan has it (`before`/`after` in numbers:
+        /// vCPUs, bytes, bytes/s and IOPS, weights), as in `/v1/plan`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<Box<Action>>,
     },
     /// A SIGHUP reload: swapped in (`ok`) or refused (the running config stays).
     ConfigReload {
@@ -101,7 +111,16 @@ impl Event {
         Event {
             seq: 0,
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            cycle: None,
             kind,
+        }
+    }
+
+    /// An event of monitor cycle `cycle`, stamped now.
+    pub fn in_cycle(kind: EventKind, cycle: u64) -> Event {
+        Event {
+            cycle: Some(cycle),
+            ..Event::now(kind)
         }
     }
 }

@@ -778,9 +778,12 @@ impl Monitor {
                     }
                     self.failures = 0;
                     if self.was_connected == Some(false) {
-                        self.pending.push(Event::now(EventKind::LibvirtRestored {
-                            uri: self.config.agent.libvirt_uri.clone(),
-                        }));
+                        self.pending.push(Event::in_cycle(
+                            EventKind::LibvirtRestored {
+                                uri: self.config.agent.libvirt_uri.clone(),
+                            },
+                            self.cycle,
+                        ));
                     }
                     if scoped.is_none() {
                         self.last_full = Some(effective.clone());
@@ -929,12 +932,15 @@ impl Monitor {
                 let key = (p.name.clone(), m.uuid.to_string());
                 if !self.unadmitted.contains(&key) {
                     tracing::warn!(pool = %p.name, domain = %m.name, note = m.note.as_deref().unwrap_or(""), "member not admitted: its floors do not fit the budget");
-                    self.pending.push(Event::now(EventKind::Unadmitted {
-                        pool: p.name.clone(),
-                        domain: m.name.to_string(),
-                        uuid: m.uuid.to_string(),
-                        note: m.note.clone(),
-                    }));
+                    self.pending.push(Event::in_cycle(
+                        EventKind::Unadmitted {
+                            pool: p.name.clone(),
+                            domain: m.name.to_string(),
+                            uuid: m.uuid.to_string(),
+                            note: m.note.clone(),
+                        },
+                        self.cycle,
+                    ));
                 }
                 now.insert(key);
             }
@@ -981,10 +987,13 @@ impl Monitor {
         // Lost in observe or in the middle of enforcing: one event per loss.
         if !status.libvirt.connected && self.was_connected != Some(false) {
             self.counters.libvirt_lost += 1;
-            self.pending.push(Event::now(EventKind::LibvirtLost {
-                uri: status.libvirt.uri.clone(),
-                error: status.libvirt.error.clone().unwrap_or_default(),
-            }));
+            self.pending.push(Event::in_cycle(
+                EventKind::LibvirtLost {
+                    uri: status.libvirt.uri.clone(),
+                    error: status.libvirt.error.clone().unwrap_or_default(),
+                },
+                self.cycle,
+            ));
         }
         self.was_connected = Some(status.libvirt.connected);
         self.counters.cycles += 1;
@@ -995,7 +1004,7 @@ impl Monitor {
                 if r.ok { "ok" } else { "error" }.to_string(),
             );
             *self.counters.actions.entry(key).or_insert(0) += 1;
-            self.pending.push(action_event(r));
+            self.pending.push(action_event(r, self.cycle));
         }
         self.flush_events();
         let st = Arc::new(status);
@@ -1138,7 +1147,7 @@ impl Monitor {
                     "vCPU change timed out: vCPU count held (pending) until libvirt shows {to} vCPUs or the domain restarts; no vCPU is added back after a timed-out removal"
                 );
             }
-            log_action(action, &r);
+            log_action(action, &r, self.cycle);
             out.push(ActionOutcome {
                 ok: r.is_ok(),
                 error: r.err().map(|e| e.to_string()),
@@ -1150,9 +1159,9 @@ impl Monitor {
 }
 
 /// The audit record of one action's outcome.
-fn action_event(r: &ActionOutcome) -> Event {
+fn action_event(r: &ActionOutcome, cycle: u64) -> Event {
     let (before, after, reason) = describe(&r.action);
-    Event::now(EventKind::Action {
+    let kind = EventKind::Action {
         domain: r.action.domain().to_string(),
         uuid: r.action.uuid().to_string(),
         resource: r.action.resource_label().to_string(),
@@ -1161,7 +1170,9 @@ fn action_event(r: &ActionOutcome) -> Event {
         reason,
         result: if r.ok { "ok" } else { "error" }.into(),
         error: r.error.clone(),
-    })
+        action: Some(Box::new(r.action.clone())),
+    };
+    Event::in_cycle(kind, cycle)
 }
 
 /// (before, after, reason) of an action, for logs and the audit log.
@@ -1194,10 +1205,11 @@ fn describe(a: &Action) -> (String, String, String) {
 }
 
 /// One structured event per enforcement action.
-fn log_action(a: &Action, r: &Result<(), HvError>) {
+fn log_action(a: &Action, r: &Result<(), HvError>, cycle: u64) {
     let (before, after, reason) = describe(a);
     match r {
         Ok(()) => tracing::info!(
+            cycle,
             domain = a.domain(),
             uuid = a.uuid(),
             resource = a.resource_label(),
@@ -1208,6 +1220,7 @@ fn log_action(a: &Action, r: &Result<(), HvError>) {
             "applied"
         ),
         Err(e) => tracing::warn!(
+            cycle,
             domain = a.domain(),
             uuid = a.uuid(),
             resource = a.resource_label(),

@@ -516,6 +516,15 @@ fn events_survive_a_restart_and_are_read_across_rotation() {
         );
     }
     assert!(line.contains("result=\"ok\""), "{line}");
+    // The record names its cycle (as the log line does) and carries the
+    // action in numbers, as /v1/plan shows it.
+    let cycle = action["cycle"].as_u64().unwrap();
+    assert!(cycle >= 1, "{action}");
+    assert!(line.contains(&format!("cycle={cycle}")), "{line}");
+    let a = &action["action"];
+    assert_eq!(a["domain"], action["domain"], "{action}");
+    assert!(a["kind"].as_str().unwrap().starts_with("set_"), "{action}");
+    assert!(a["to"].is_u64() || a["to"].is_object(), "{action}");
     let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
     drop(d);
     let mut d = Daemon::start_in(dir, Duration::from_secs(10));
