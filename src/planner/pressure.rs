@@ -34,7 +34,7 @@ pub(super) fn ceil_mib(b: u64) -> u64 {
 }
 
 /// Free fraction of a guest as a rational (free, total); unknown = (0, 1).
-fn idle(b: Option<BalloonStats>) -> (u64, u64) {
+pub(super) fn idle(b: Option<BalloonStats>) -> (u64, u64) {
     match b.and_then(|s| Some((s.available?, s.used()?))) {
         Some((total, used)) if total > 0 => (total.saturating_sub(used), total),
         _ => (0, 1),
@@ -46,6 +46,8 @@ struct Cand<'a> {
     w: usize,
     m: usize,
     uuid: &'a str,
+    /// [`super::prefix_key`] of `uuid`.
+    key: u64,
     shares: u64,
     idle: (u64, u64),
     has_stats: bool,
@@ -74,7 +76,7 @@ fn take_order<'a>(cands: &[Cand<'a>]) -> Vec<Cand<'a>> {
         .map(|(pos, c)| Key {
             shares: c.shares,
             idle: c.idle,
-            uuid: super::prefix_key(c.uuid),
+            uuid: c.key,
             pos,
         })
         .collect();
@@ -103,16 +105,17 @@ pub(super) fn apply(
     let threshold = tuning.pressure_threshold.resolve(host.memory_total);
     let pressure = host.memory_available < threshold;
 
-    let mut cands: Vec<Cand<'_>> = Vec::with_capacity(works.iter().map(|w| w.plans.len()).sum());
+    let mut cands: Vec<Cand<'_>> = Vec::with_capacity(works.iter().map(|w| w.mems.len()).sum());
     for (w, work) in works.iter().enumerate() {
         if work.pool.paused {
             continue;
         }
-        for (m, p) in work.plans.iter().enumerate() {
-            let Some(a) = p.alloc.memory.filter(|_| p.admitted) else {
+        for (m, slot) in work.allocs[1].iter().enumerate() {
+            let Some(a) = slot.filter(|_| work.admitted[m]) else {
                 continue;
             };
-            let prev = work.hist[m].reclaim;
+            let mem = &work.mems[m];
+            let prev = mem.hist.reclaim;
             let has_stats = a.used.is_some();
             if !pressure && prev == 0 {
                 continue;
@@ -124,9 +127,10 @@ pub(super) fn apply(
             cands.push(Cand {
                 w,
                 m,
-                uuid: &p.uuid,
+                uuid: mem.uuid,
+                key: mem.key,
                 shares: a.shares,
-                idle: idle(work.doms[m].balloon),
+                idle: mem.o.idle,
                 has_stats,
                 actual: a.actual,
                 target: a.target,
@@ -184,14 +188,13 @@ pub(super) fn apply(
     // counts), so the map is built from sorted entries in one pass.
     let mut entries: Vec<(u64, usize, &str, u64)> = Vec::with_capacity(lowered.len());
     for (pos, &(w, m, r)) in lowered.iter().enumerate() {
-        let p = &mut works[w].plans[m];
-        if let Some(a) = p.alloc.memory.as_mut() {
+        if let Some(a) = works[w].allocs[1][m].as_mut() {
             a.target -= r;
             a.target_reason = Reason::Pressure;
             a.reason = Reason::Pressure;
         }
-        let uuid = &*works[w].doms[m].uuid;
-        entries.push((super::prefix_key(uuid), pos, uuid, r));
+        let mem = &works[w].mems[m];
+        entries.push((mem.key, pos, mem.uuid, r));
     }
     entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(b.2)).then(a.1.cmp(&b.1)));
     let reclaim = entries
