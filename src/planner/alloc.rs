@@ -592,6 +592,27 @@ mod tests {
 
         /// Same results as the sort-based reference, also with huge values
         /// (unlimited caps) and many equal levels.
+        /// Hundreds of members: many equal levels (small ranges), wide and
+        /// huge caps, one or many weights, 64- and 128-bit searches.
+        #[test]
+        fn many_members_same_as_reference(
+            v in proptest::collection::vec((0u64..20, 0u64..60, 1u64..4), 256..600),
+            budget_per in 1u64..60,
+            scale in proptest::sample::select(vec![1u64, 1000, 1 << 50]),
+            huge in 0usize..5,
+        ) {
+            let cl: Vec<Claim> = v
+                .iter()
+                .enumerate()
+                .map(|(k, &(f, extra, s))| {
+                    let cap = if huge > 0 && k % (huge * 7) == 0 { u64::MAX } else { f + extra };
+                    c(f, cap, s * scale)
+                })
+                .collect();
+            let budget = (budget_per * cl.len() as u64).max(1);
+            proptest::prop_assert_eq!(water_fill(budget, &cl), reference(budget, &cl));
+        }
+
         #[test]
         fn same_as_reference((budget, cl) in claims(), big in 0usize..4, same in proptest::bool::ANY) {
             let mut cl = cl;
