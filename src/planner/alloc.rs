@@ -47,6 +47,13 @@ impl Point {
 /// product of an amount and a weight fits (the usual case, much cheaper),
 /// else `u128`.
 trait Wide: Copy + Ord {
+    /// Every member has 1 share ([`Unit`]).
+    const UNIT: bool = false;
+    /// A level above every breakpoint.
+    const INFINITY: Point = Point {
+        value: 1,
+        shares: 0,
+    };
     fn mul(a: u64, b: u64) -> Self;
     fn zero() -> Self;
     fn sat_add(self, o: Self) -> Self;
@@ -87,6 +94,35 @@ impl Wide for u128 {
     }
 }
 
+/// Levels when every member has the same shares: searched as if each had
+/// 1 share (the same breakpoints in the same order, λ scaled by the
+/// shares), so comparing two levels compares two amounts, no products.
+/// Every amount must be below `u64::MAX` (the level above them all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Unit(u64);
+
+impl Wide for Unit {
+    const UNIT: bool = true;
+    const INFINITY: Point = Point {
+        value: u64::MAX,
+        shares: 1,
+    };
+    #[inline]
+    fn mul(a: u64, _shares: u64) -> Unit {
+        Unit(a)
+    }
+    fn zero() -> Unit {
+        Unit(0)
+    }
+    #[inline]
+    fn sat_add(self, o: Unit) -> Unit {
+        Unit(self.0.saturating_add(o.0))
+    }
+    fn wide(self) -> u128 {
+        u128::from(self.0)
+    }
+}
+
 /// Splits `budget` among `claims` by weighted max-min fairness ("water
 /// filling"): a water level λ rises until the budget is used up; each
 /// member gets λ × shares, but never less than its floor and never more
@@ -110,10 +146,12 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
     let floor = |i: usize| claims[i].floor.min(claims[i].cap);
     let cap = |i: usize| claims[i].cap;
     let shares = |i: usize| claims[i].shares.max(1) as u128;
-    let (mut floors, mut caps, mut max_shares) = (0u128, 0u128, 1u64);
+    let (mut floors, mut caps) = (0u128, 0u128);
+    let (mut min_shares, mut max_shares) = (u64::MAX, 1u64);
     for c in claims {
         floors += c.floor.min(c.cap) as u128;
         caps += c.cap as u128;
+        min_shares = min_shares.min(c.shares.max(1));
         max_shares = max_shares.max(c.shares);
     }
     if floors >= budget as u128 || n == 0 {
@@ -131,7 +169,13 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
         state,
         fixed,
         slope,
-    } = if budget.checked_mul(max_shares).is_some() {
+    } = if min_shares == max_shares && budget < u64::MAX {
+        // Equal shares: searched with 1 share each; the slope is counted
+        // in members.
+        let mut level = level_select::<Unit>(b, claims, budget);
+        level.slope *= u128::from(max_shares);
+        level
+    } else if budget.checked_mul(max_shares).is_some() {
         level_select::<u64>(b, claims, budget)
     } else {
         level_select::<u128>(b, claims, u64::MAX)
@@ -246,10 +290,7 @@ fn level_select<W: Wide>(b: u128, claims: &[Claim], cap_limit: u64) -> Level {
         value: 0,
         shares: 1,
     };
-    let mut hi = Point {
-        value: 1,
-        shares: 0,
-    };
+    let mut hi = W::INFINITY;
     let mut active: Vec<Active> = claims
         .iter()
         .enumerate()
@@ -258,7 +299,7 @@ fn level_select<W: Wide>(b: u128, claims: &[Claim], cap_limit: u64) -> Level {
             Active {
                 floor: c.floor.min(cap),
                 cap,
-                shares: c.shares.max(1),
+                shares: if W::UNIT { 1 } else { c.shares.max(1) },
                 i,
             }
         })
@@ -593,20 +634,21 @@ mod tests {
         /// Same results as the sort-based reference, also with huge values
         /// (unlimited caps) and many equal levels.
         /// Hundreds of members: many equal levels (small ranges), wide and
-        /// huge caps, one or many weights, 64- and 128-bit searches.
+        /// huge caps, equal or different weights, 64- and 128-bit searches.
         #[test]
         fn many_members_same_as_reference(
             v in proptest::collection::vec((0u64..20, 0u64..60, 1u64..4), 256..600),
             budget_per in 1u64..60,
             scale in proptest::sample::select(vec![1u64, 1000, 1 << 50]),
             huge in 0usize..5,
+            equal in proptest::bool::ANY,
         ) {
             let cl: Vec<Claim> = v
                 .iter()
                 .enumerate()
                 .map(|(k, &(f, extra, s))| {
                     let cap = if huge > 0 && k % (huge * 7) == 0 { u64::MAX } else { f + extra };
-                    c(f, cap, s * scale)
+                    c(f, cap, if equal { scale } else { s * scale })
                 })
                 .collect();
             let budget = (budget_per * cl.len() as u64).max(1);
