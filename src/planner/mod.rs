@@ -454,32 +454,28 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
 
     let (pressure, reclaim) = pressure::apply(&mut works, input);
 
-    // Per pool: how far each member moves, then its plan and actions, each
-    // action into its phase's list; the lists are then joined in phase
-    // order (shrinks, neutral, growth). Each list sized once for the most
-    // it can get (pages never written cost nothing): vCPUs and memory,
-    // each disk, two weights.
+    for w in works.iter_mut() {
+        stability::settle(w, input);
+    }
+    // Per pool, each member's plan and actions, each action into its
+    // phase's list; the lists are then joined in phase order (shrinks,
+    // neutral, growth). The lists are sized from a count first: the vCPU
+    // and memory changes exactly, disk limits at most one per tunable disk
+    // (an oversized list is a larger fresh mapping every cycle; a list
+    // that grows is remapped as it grows).
     let emits = |w: &Work<'_>| !(input.paused || w.pool.paused);
-    let members: usize = works
-        .iter()
-        .filter(|w| emits(w))
-        .map(|w| w.mems.len())
-        .sum();
-    let disks: usize = works
-        .iter()
-        .filter(|w| emits(w))
-        .flat_map(|w| &w.mems)
-        .map(|m| m.o.tunable)
-        .sum();
+    let mut counts = [0usize; 3];
+    for w in works.iter().filter(|w| emits(w)) {
+        count_actions(w, &mut counts);
+    }
     let mut phases: [Vec<Action>; 3] = [
-        Vec::with_capacity(4 * members + disks),
-        Vec::with_capacity(2 * members + disks),
-        Vec::with_capacity(2 * members),
+        Vec::with_capacity(counts.iter().sum()),
+        Vec::with_capacity(counts[1]),
+        Vec::with_capacity(counts[2]),
     ];
     let pools = works
         .into_iter()
-        .map(|mut w| {
-            stability::settle(&mut w, input);
+        .map(|w| {
             let emit = emits(&w);
             finish(w, input, emit, &mut phases)
         })
@@ -487,7 +483,6 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
     let [mut actions, neutral, grow] = phases;
     actions.extend(neutral);
     actions.extend(grow);
-    actions.shrink_to_fit();
 
     Plan {
         allocatable: alloc,
@@ -832,6 +827,35 @@ fn finish(w: Work<'_>, input: &PlanInput<'_>, emit: bool, out: &mut [Vec<Action>
         budget: w.budget,
         allocated,
         members,
+    }
+}
+
+/// Adds to `counts` (per phase, as [`finish`] sorts them) the actions a
+/// pool's settled allocations lead to: exact for vCPUs, memory and
+/// weights, the number of tunable disks for disk limits.
+fn count_actions(w: &Work<'_>, counts: &mut [usize; 3]) {
+    let manages_disk = w.budget.disk_bytes_sec.is_some() || w.budget.disk_iops_sec.is_some();
+    let slot = |k: usize, m: usize| w.allocs[k].get(m).copied().flatten();
+    for (m, mem) in w.mems.iter().enumerate() {
+        if !w.admitted[m] {
+            continue;
+        }
+        for k in 0..2 {
+            if let Some(a) = slot(k, m).filter(|a| a.next != a.actual) {
+                counts[if a.next < a.actual { 0 } else { 2 }] += 1;
+            }
+        }
+        let o = &mem.o;
+        if o.tunable > 0 && (slot(2, m).is_some() || slot(3, m).is_some()) {
+            counts[1] += o.tunable;
+        }
+        if let Some(a) = slot(0, m) {
+            counts[1] += usize::from(o.cpu_shares.is_some_and(|c| c != cpu_weight(a.shares)));
+        }
+        if manages_disk && o.tunable > 0 {
+            let to = blkio_weight(mem.disk_shares);
+            counts[1] += usize::from(o.blkio_weight.is_some_and(|c| c != to));
+        }
     }
 }
 
