@@ -715,13 +715,15 @@ fn hardware_max(o: &Obs, r: Resource) -> u64 {
 /// Floor and cap of one member for one resource (units, floor ≤ cap);
 /// `None` when the member takes no part (disk rates without tunable disks).
 fn bound(input: &PlanInput<'_>, pool: &Pool, o: &Obs, r: Resource, l: Limits) -> Option<Bound> {
-    let g = granularity(r);
+    // Amounts in units: shifts (the granularities are powers of two).
+    let g = shift(r);
+    let ceil = |x: u64| (x >> g) + u64::from(x & ((1 << g) - 1) != 0);
     let hw = hardware_max(o, r);
-    let (mut cap, mut cap_reason) = match l.max.map(|m| m / g) {
+    let (mut cap, mut cap_reason) = match l.max.map(|m| m >> g) {
         Some(m) if m < hw => (m, Reason::Max),
         _ => (hw, Reason::HardwareMax),
     };
-    let mut floor = l.min.unwrap_or(0).div_ceil(g);
+    let mut floor = ceil(l.min.unwrap_or(0));
     match r {
         Resource::Vcpus => {
             cap = cap.max(1);
@@ -732,7 +734,7 @@ fn bound(input: &PlanInput<'_>, pool: &Pool, o: &Obs, r: Resource, l: Limits) ->
             floor = floor.max(1);
             if let Some(used) = o.used {
                 let margin = input.config.tuning.guest_free_min.resolve(o.memory_max);
-                floor = floor.max(used.saturating_add(margin).div_ceil(g));
+                floor = floor.max(ceil(used.saturating_add(margin)));
                 if pool.memory_policy == MemoryPolicy::Demand {
                     let keep = 1.0 - input.config.tuning.target_free;
                     let want = (used as f64 / keep).ceil();
@@ -741,7 +743,7 @@ fn bound(input: &PlanInput<'_>, pool: &Pool, o: &Obs, r: Resource, l: Limits) ->
                     } else {
                         u64::MAX
                     };
-                    let demand = want.div_ceil(g);
+                    let demand = ceil(want);
                     if demand < cap {
                         cap = demand;
                         cap_reason = Reason::Demand;
