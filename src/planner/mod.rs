@@ -457,32 +457,32 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
     for w in works.iter_mut() {
         stability::settle(w, input);
     }
-    // Per pool, each member's plan and actions, each action into its
-    // phase's list; the lists are then joined in phase order (shrinks,
-    // neutral, growth). The lists are sized from a count first: the vCPU
-    // and memory changes exactly, disk limits at most one per tunable disk
-    // (an oversized list is a larger fresh mapping every cycle; a list
-    // that grows is remapped as it grows).
+    // The actions, in phase order: vCPU and balloon decreases, then disk
+    // limits and weights, then vCPU and balloon increases. The decreases
+    // of every pool go first, straight into the list; then, per pool, each
+    // member's plan, its disk limits and weights (into the list) and its
+    // increases (kept aside, appended last). The list is sized from a
+    // count first: the vCPU, memory and weight changes exactly, disk limits
+    // at most one per tunable disk (a list that grows is remapped as it
+    // grows; an oversized one is a larger fresh mapping every cycle).
     let emits = |w: &Work<'_>| !(input.paused || w.pool.paused);
     let mut counts = [0usize; 3];
     for w in works.iter().filter(|w| emits(w)) {
         count_actions(w, &mut counts);
     }
-    let mut phases: [Vec<Action>; 3] = [
-        Vec::with_capacity(counts.iter().sum()),
-        Vec::with_capacity(counts[1]),
-        Vec::with_capacity(counts[2]),
-    ];
+    let mut actions = Vec::with_capacity(counts.iter().sum());
+    let mut grow = Vec::with_capacity(counts[2]);
+    for w in works.iter().filter(|w| emits(w)) {
+        shrinks(w, &mut actions);
+    }
     let pools = works
         .into_iter()
         .map(|w| {
             let emit = emits(&w);
-            finish(w, input, emit, &mut phases)
+            finish(w, input, emit, &mut actions, &mut grow)
         })
         .collect();
-    let [mut actions, neutral, grow] = phases;
-    actions.extend(neutral);
-    actions.extend(grow);
+    actions.append(&mut grow);
 
     Plan {
         allocatable: alloc,
@@ -774,10 +774,15 @@ fn bound(input: &PlanInput<'_>, pool: &Pool, o: &Obs, r: Resource, l: Limits) ->
 }
 
 /// Builds a pool's plan from its settled allocations and, when `emit`,
-/// turns them into actions, each into the list of its phase: `out[0]`
-/// vCPU and balloon decreases, `out[1]` disk limits and weights, `out[2]`
-/// vCPU and balloon increases.
-fn finish(w: Work<'_>, input: &PlanInput<'_>, emit: bool, out: &mut [Vec<Action>; 3]) -> PoolPlan {
+/// its members' disk limits and weights (into `neutral`) and vCPU and
+/// balloon increases (into `grow`); the decreases are [`shrinks`].
+fn finish(
+    w: Work<'_>,
+    input: &PlanInput<'_>,
+    emit: bool,
+    neutral: &mut Vec<Action>,
+    grow: &mut Vec<Action>,
+) -> PoolPlan {
     let persist = w.pool.persist;
     let factor = input.config.tuning.disk_burst_factor;
     let manages_disk = w.budget.disk_bytes_sec.is_some() || w.budget.disk_iops_sec.is_some();
@@ -801,7 +806,7 @@ fn finish(w: Work<'_>, input: &PlanInput<'_>, emit: bool, out: &mut [Vec<Action>
             }
         }
         if emit && admitted {
-            emit_member(
+            emit_neutral(
                 d,
                 &mem.o,
                 &alloc,
@@ -809,8 +814,9 @@ fn finish(w: Work<'_>, input: &PlanInput<'_>, emit: bool, out: &mut [Vec<Action>
                 persist,
                 factor,
                 manages_disk,
-                out,
+                neutral,
             );
+            emit_vcpus_memory(d, &alloc, persist, false, grow);
         }
         members.push(MemberPlan {
             name: d.name.clone(),
@@ -880,9 +886,58 @@ fn note(n: Note, budget: &PerResource<Option<u64>>) -> Option<String> {
     }
 }
 
-/// The actions of one admitted member (see [`finish`]).
+/// The vCPU and balloon decreases of a pool's admitted members, in member
+/// order, vCPUs before memory.
+fn shrinks(w: &Work<'_>, out: &mut Vec<Action>) {
+    let persist = w.pool.persist;
+    for (m, mem) in w.mems.iter().enumerate() {
+        if !w.admitted[m] {
+            continue;
+        }
+        let alloc = PerResource {
+            vcpus: w.allocs[0].get(m).copied().flatten(),
+            memory: w.allocs[1].get(m).copied().flatten(),
+            ..PerResource::default()
+        };
+        emit_vcpus_memory(mem.d, &alloc, persist, true, out);
+    }
+}
+
+/// A member's vCPU and balloon changes in one direction (decreases when
+/// `shrink`), vCPUs first.
+fn emit_vcpus_memory(
+    d: &DomainObs,
+    alloc: &PerResource<Option<Alloc>>,
+    persist: bool,
+    shrink: bool,
+    out: &mut Vec<Action>,
+) {
+    let wanted = |a: &Alloc| a.next != a.actual && (a.next < a.actual) == shrink;
+    if let Some(a) = alloc.vcpus.filter(wanted) {
+        out.push(Action::SetVcpus {
+            uuid: d.uuid.clone(),
+            domain: d.name.clone(),
+            from: a.actual,
+            to: a.next,
+            reason: a.reason,
+            persist,
+        });
+    }
+    if let Some(a) = alloc.memory.filter(wanted) {
+        out.push(Action::SetMemory {
+            uuid: d.uuid.clone(),
+            domain: d.name.clone(),
+            from: a.actual,
+            to: a.next,
+            reason: a.reason,
+            persist,
+        });
+    }
+}
+
+/// A member's disk limits and scheduler weights (see [`finish`]).
 #[allow(clippy::too_many_arguments)]
-fn emit_member(
+fn emit_neutral(
     d: &DomainObs,
     o: &Obs,
     alloc: &PerResource<Option<Alloc>>,
@@ -890,32 +945,8 @@ fn emit_member(
     persist: bool,
     factor: f64,
     manages_disk: bool,
-    out: &mut [Vec<Action>; 3],
+    out: &mut Vec<Action>,
 ) {
-    // vCPUs before memory, in both the shrink and the growth list.
-    if let Some(a) = alloc.vcpus.filter(|a| a.next != a.actual) {
-        let list = if a.next < a.actual { 0 } else { 2 };
-        out[list].push(Action::SetVcpus {
-            uuid: d.uuid.clone(),
-            domain: d.name.clone(),
-            from: a.actual,
-            to: a.next,
-            reason: a.reason,
-            persist,
-        });
-    }
-    if let Some(a) = alloc.memory.filter(|a| a.next != a.actual) {
-        let list = if a.next < a.actual { 0 } else { 2 };
-        out[list].push(Action::SetMemory {
-            uuid: d.uuid.clone(),
-            domain: d.name.clone(),
-            from: a.actual,
-            to: a.next,
-            reason: a.reason,
-            persist,
-        });
-    }
-    let out = &mut out[1];
     let tunable = o.tunable;
     if tunable > 0 {
         let bytes = alloc.disk_bytes_sec.map(|a| a.next);
