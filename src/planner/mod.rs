@@ -323,17 +323,26 @@ struct Mem<'a> {
     disk_shares: u64,
 }
 
-/// A pool being planned: its members in UUID order and, per resource the
-/// pool manages, one allocation slot per member (`None` for inactive
-/// members and for disk rates of members without tunable disks); the
-/// columns of unmanaged resources are empty.
+/// A pool being planned: its members as the domains are listed, their
+/// UUID order, and, per resource the pool manages, one allocation slot per
+/// member in UUID order (`None` for inactive members and for disk rates of
+/// members without tunable disks); the columns of unmanaged resources are
+/// empty. Member `m` (in UUID order) is `mems[order[m]]`.
 pub(crate) struct Work<'a> {
     pool: &'a Pool,
     budget: PerResource<Option<u64>>,
     mems: Vec<Mem<'a>>,
-    /// Parallel to `mems`.
+    order: Vec<u32>,
+    /// In UUID order.
     admitted: Vec<bool>,
     allocs: [Vec<Option<Alloc>>; 4],
+}
+
+impl<'a> Work<'a> {
+    /// The member `m`-th in UUID order.
+    fn mem(&self, m: usize) -> &Mem<'a> {
+        &self.mems[self.order[m] as usize]
+    }
 }
 
 /// Plans one cycle.
@@ -373,25 +382,35 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
         .collect();
 
     // One pass over the domains as listed (memory order): each one's pool,
-    // sort key and everything planning reads of it, and the size of every
-    // pool.
+    // sort key and, for pool members, everything planning reads of it,
+    // kept per pool in this order.
     let domains = &input.snapshot.domains;
     let mut keyed: Vec<(u64, usize)> = Vec::with_capacity(domains.len());
     let mut places: Vec<Place> = Vec::with_capacity(domains.len());
-    let mut pre: Vec<Pre<'_>> = Vec::with_capacity(domains.len());
-    let mut sizes = vec![0usize; cfg_names.len()];
+    let share = domains.len().div_ceil(cfg_names.len().max(1));
+    let mut by_pool: Vec<Vec<Mem<'_>>> = cfg_names
+        .iter()
+        .map(|_| Vec::with_capacity(share))
+        .collect();
     let mut unmanaged_count = 0;
     for (i, d) in domains.iter().enumerate() {
-        keyed.push((prefix_key(&d.uuid), i));
+        let key = prefix_key(&d.uuid);
+        keyed.push((key, i));
         let place = match membership.pool_index_of(d) {
             Some((k, via)) => to_cfg[k].map_or(Place::Elsewhere, |c| {
-                sizes[c] += 1;
-                pre.push(Pre {
+                by_pool[c].push(Mem {
+                    d,
+                    uuid: &d.uuid,
+                    key,
                     o: Obs::new(d),
+                    via,
+                    hist: history::Entry::default(),
                     over: overrides[c].get(d),
                     res: reservations[c].get(d),
+                    note: Note::None,
+                    disk_shares: DEFAULT_SHARES,
                 });
-                Place::Pool(c, via, pre.len() - 1)
+                Place::Pool(c, by_pool[c].len() - 1)
             }),
             None => {
                 unmanaged_count += 1;
@@ -410,27 +429,20 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
             .then_with(|| domains[a].name.cmp(&domains[b].name))
     });
 
-    let mut by_pool: Vec<Vec<Mem<'_>>> = sizes.iter().map(|&n| Vec::with_capacity(n)).collect();
+    // Each pool's UUID order, and the members' history: domains come in
+    // UUID order, so one merge with the history's maps.
+    let mut orders: Vec<Vec<u32>> = by_pool
+        .iter()
+        .map(|m| Vec::with_capacity(m.len()))
+        .collect();
     let mut unmanaged = Vec::with_capacity(unmanaged_count);
-    // Domains come in UUID order: one merge with the history's maps.
     let mut hist = history::Cursor::new(input.history);
     for (key, i) in keyed {
         let d = &domains[i];
         match places[i] {
-            Place::Pool(c, via, j) => {
-                let Pre { o, over, res } = pre[j];
-                by_pool[c].push(Mem {
-                    d,
-                    uuid: &d.uuid,
-                    key,
-                    o,
-                    via,
-                    hist: hist.get(&d.uuid, key),
-                    over,
-                    res,
-                    note: Note::None,
-                    disk_shares: DEFAULT_SHARES,
-                })
+            Place::Pool(c, j) => {
+                by_pool[c][j].hist = hist.get(&d.uuid, key);
+                orders[c].push(j as u32);
             }
             Place::Unmanaged => unmanaged.push(Unmanaged {
                 name: d.name.clone(),
@@ -442,14 +454,14 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
             Place::Elsewhere => {}
         }
     }
-    drop((pre, places));
+    drop(places);
     unmanaged.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uuid.cmp(&b.uuid)));
 
     let mut works: Vec<Work<'_>> = cfg
         .pools
         .values()
-        .zip(by_pool)
-        .map(|(pool, members)| prepare_pool(input, pool, &alloc, members))
+        .zip(by_pool.into_iter().zip(orders))
+        .map(|(pool, (members, order))| prepare_pool(input, pool, &alloc, members, order))
         .collect();
 
     let (pressure, reclaim) = pressure::apply(&mut works, input);
@@ -497,21 +509,12 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
 /// Where membership puts a domain.
 #[derive(Clone, Copy)]
 enum Place {
-    /// In this config pool (index), this way; what planning reads of it is
-    /// at the last index.
-    Pool(usize, Via, usize),
+    /// In this config pool (index), at this index of its members.
+    Pool(usize, usize),
     /// In a pool of the membership rules that the config does not have.
     Elsewhere,
     /// In no pool.
     Unmanaged,
-}
-
-/// A pool member as read in the first pass.
-#[derive(Clone, Copy)]
-struct Pre<'a> {
-    o: Obs,
-    over: Option<&'a PerResource<Limits>>,
-    res: Option<&'a PerResource<Option<u64>>>,
 }
 
 /// Name-or-UUID lookups in a per-domain map (member overrides,
@@ -551,6 +554,7 @@ fn prepare_pool<'a>(
     pool: &'a Pool,
     alloc: &Allocatable,
     mut mems: Vec<Mem<'a>>,
+    order: Vec<u32>,
 ) -> Work<'a> {
     let budget = Config::pool_budget(pool, alloc);
     let n = mems.len();
@@ -578,7 +582,8 @@ fn prepare_pool<'a>(
             .map(|p| p.defaults)
             .unwrap_or_default()
     });
-    for (m, mem) in mems.iter_mut().enumerate() {
+    for (m, &j) in order.iter().enumerate() {
+        let mem = &mut mems[j as usize];
         let o = &mem.o;
         let is_active = o.state.is_active();
         let (over, res) = (mem.over, mem.res);
@@ -642,7 +647,7 @@ fn prepare_pool<'a>(
     for (&m, verdict) in active.iter().zip(&verdicts) {
         if let Err(refusal) = verdict {
             admitted[m] = false;
-            mems[m].note = Note::Unadmitted(*refusal);
+            mems[order[m] as usize].note = Note::Unadmitted(*refusal);
             refused = true;
         }
     }
@@ -698,6 +703,7 @@ fn prepare_pool<'a>(
         pool,
         budget,
         mems,
+        order,
         admitted,
         allocs,
     }
@@ -789,7 +795,8 @@ fn finish(
     let mut allocated = PerResource::<u64>::default();
     let mut members = Vec::with_capacity(w.mems.len());
     let slot = |k: usize, m: usize| w.allocs[k].get(m).copied().flatten();
-    for (m, mem) in w.mems.iter().enumerate() {
+    for m in 0..w.order.len() {
+        let mem = w.mem(m);
         let d = mem.d;
         let admitted = w.admitted[m];
         let alloc = PerResource {
@@ -844,7 +851,8 @@ fn finish(
 fn count_actions(w: &Work<'_>, counts: &mut [usize; 3]) {
     let manages_disk = w.budget.disk_bytes_sec.is_some() || w.budget.disk_iops_sec.is_some();
     let slot = |k: usize, m: usize| w.allocs[k].get(m).copied().flatten();
-    for (m, mem) in w.mems.iter().enumerate() {
+    for m in 0..w.order.len() {
+        let mem = w.mem(m);
         if !w.admitted[m] {
             continue;
         }
@@ -890,7 +898,8 @@ fn note(n: Note, budget: &PerResource<Option<u64>>) -> Option<String> {
 /// order, vCPUs before memory.
 fn shrinks(w: &Work<'_>, out: &mut Vec<Action>) {
     let persist = w.pool.persist;
-    for (m, mem) in w.mems.iter().enumerate() {
+    for m in 0..w.order.len() {
+        let mem = w.mem(m);
         if !w.admitted[m] {
             continue;
         }

@@ -131,7 +131,7 @@ pub(super) fn apply(
             let Some(a) = slot.filter(|_| work.admitted[m]) else {
                 continue;
             };
-            let mem = &work.mems[m];
+            let mem = work.mem(m);
             let prev = mem.hist.reclaim;
             let has_stats = a.used.is_some();
             if !pressure && prev == 0 {
@@ -244,7 +244,7 @@ pub(super) fn apply(
             a.target_reason = Reason::Pressure;
             a.reason = Reason::Pressure;
         }
-        let mem = &works[w].mems[m];
+        let mem = works[w].mem(m);
         entries.push((mem.key, pos, mem.uuid, r));
     }
     entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(b.2)).then(a.1.cmp(&b.1)));

@@ -38,6 +38,7 @@ pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
     let Work {
         budget,
         mems,
+        order,
         admitted,
         allocs,
         ..
@@ -65,7 +66,7 @@ pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
                         a.next = a.actual;
                         false
                     } else {
-                        let mem = &mut mems[m];
+                        let mem = &mut mems[order[m] as usize];
                         let h = &mem.hist;
                         if let Some(pv) =
                             history::frozen_with(h.pending, mem.o.id, mem.o.vcpus, a.target)
