@@ -2,7 +2,7 @@
 //! members with floors, caps and shares. Resource-generic: amounts are
 //! plain integers in a granularity (1 vCPU, 1 MiB, 1 byte/s, 1 IOPS).
 
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Reverse;
 
 /// One member's claim on a budget, in units of the granularity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +27,7 @@ struct Level {
 
 /// A water level at which a member starts (`value` = floor) or stops
 /// (`value` = cap) rising: λ = value / shares, compared exactly.
+/// `shares` 0 stands for an unbounded level (above every other).
 #[derive(Debug, Clone, Copy)]
 struct Point {
     value: u64,
@@ -34,15 +35,11 @@ struct Point {
 }
 
 impl Point {
-    /// Exact in `W` when every value × shares product fits it.
-    fn cmp<W: Wide>(self, o: Point) -> Ordering {
-        W::mul(self.value, o.shares).cmp(&W::mul(o.value, self.shares))
-    }
-
-    /// Strictly between `lo` and `hi` (`None`: unbounded).
-    fn inside<W: Wide>(self, lo: Option<Point>, hi: Option<Point>) -> bool {
-        lo.is_none_or(|l| l.cmp::<W>(self) == Ordering::Less)
-            && hi.is_none_or(|h| self.cmp::<W>(h) == Ordering::Less)
+    /// λ(self) < λ(o), exact in `W` when every value × shares product
+    /// fits it.
+    #[inline]
+    fn lt<W: Wide>(self, o: Point) -> bool {
+        W::mul(self.value, o.shares) < W::mul(o.value, self.shares)
     }
 }
 
@@ -50,6 +47,13 @@ impl Point {
 /// product of an amount and a weight fits (the usual case, much cheaper),
 /// else `u128`.
 trait Wide: Copy + Ord {
+    /// Every member has 1 share ([`Unit`]).
+    const UNIT: bool = false;
+    /// A level above every breakpoint.
+    const INFINITY: Point = Point {
+        value: 1,
+        shares: 0,
+    };
     fn mul(a: u64, b: u64) -> Self;
     fn zero() -> Self;
     fn sat_add(self, o: Self) -> Self;
@@ -90,6 +94,35 @@ impl Wide for u128 {
     }
 }
 
+/// Levels when every member has the same shares: searched as if each had
+/// 1 share (the same breakpoints in the same order, λ scaled by the
+/// shares), so comparing two levels compares two amounts, no products.
+/// Every amount must be below `u64::MAX` (the level above them all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Unit(u64);
+
+impl Wide for Unit {
+    const UNIT: bool = true;
+    const INFINITY: Point = Point {
+        value: u64::MAX,
+        shares: 1,
+    };
+    #[inline]
+    fn mul(a: u64, _shares: u64) -> Unit {
+        Unit(a)
+    }
+    fn zero() -> Unit {
+        Unit(0)
+    }
+    #[inline]
+    fn sat_add(self, o: Unit) -> Unit {
+        Unit(self.0.saturating_add(o.0))
+    }
+    fn wide(self) -> u128 {
+        u128::from(self.0)
+    }
+}
+
 /// Splits `budget` among `claims` by weighted max-min fairness ("water
 /// filling"): a water level λ rises until the budget is used up; each
 /// member gets λ × shares, but never less than its floor and never more
@@ -113,37 +146,39 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
     let floor = |i: usize| claims[i].floor.min(claims[i].cap);
     let cap = |i: usize| claims[i].cap;
     let shares = |i: usize| claims[i].shares.max(1) as u128;
-    let floors: u128 = (0..n).map(|i| floor(i) as u128).sum();
+    let (mut floors, mut caps) = (0u128, 0u128);
+    let (mut min_shares, mut max_shares) = (u64::MAX, 1u64);
+    for c in claims {
+        floors += c.floor.min(c.cap) as u128;
+        caps += c.cap as u128;
+        min_shares = min_shares.min(c.shares.max(1));
+        max_shares = max_shares.max(c.shares);
+    }
     if floors >= budget as u128 || n == 0 {
         return (0..n).map(floor).collect();
     }
-    let caps: u128 = (0..n).map(|i| cap(i) as u128).sum();
     if caps <= budget as u128 {
         return (0..n).map(cap).collect();
     }
     let b = budget as u128;
+    // A member's cap above the budget is never reached (the level stops by
+    // b / shares): searching with caps clamped to the budget finds the
+    // same level and states, with every breakpoint ≤ budget. Then value ×
+    // shares fits 64 bits when budget × max shares does.
     let Level {
         state,
         fixed,
         slope,
-    } = {
-        // A member's cap above the budget is never reached (the level
-        // stops by b / shares): searching with caps clamped to the budget
-        // finds the same level and states, with every breakpoint ≤ budget.
-        // Then value × shares fits 64 bits when budget × max shares does.
-        let max_shares = claims.iter().map(|c| c.shares.max(1)).max().unwrap_or(1);
-        if budget.checked_mul(max_shares).is_some() {
-            let clamped: Vec<Claim> = claims
-                .iter()
-                .map(|c| Claim {
-                    cap: c.cap.min(budget),
-                    ..*c
-                })
-                .collect();
-            level_select::<u64>(b, &clamped)
-        } else {
-            level_select::<u128>(b, claims)
-        }
+    } = if min_shares == max_shares && budget < u64::MAX {
+        // Equal shares: searched with 1 share each; the slope is counted
+        // in members.
+        let mut level = level_select::<Unit>(b, claims, budget);
+        level.slope *= u128::from(max_shares);
+        level
+    } else if budget.checked_mul(max_shares).is_some() {
+        level_select::<u64>(b, claims, budget)
+    } else {
+        level_select::<u128>(b, claims, u64::MAX)
     };
     let mut out: Vec<u64> = (0..n)
         .map(|i| if state[i] == 2 { cap(i) } else { floor(i) })
@@ -155,6 +190,8 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
     let rest = b - fixed;
     let mut given: u128 = 0;
     let mut prio: Vec<usize> = Vec::new();
+    // Whether every member in `prio` has the same shares.
+    let mut prio_shares: Option<Option<u64>> = None;
     let slope64 = u64::try_from(slope).ok();
     for i in (0..n).filter(|&i| state[i] == 1) {
         let num = rest * shares(i);
@@ -167,6 +204,12 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
         given += e;
         if !exact {
             prio.push(i);
+            let s = Some(claims[i].shares.max(1));
+            prio_shares = match prio_shares {
+                None => Some(s),
+                Some(p) if p == s => Some(p),
+                Some(_) => Some(None),
+            };
         }
     }
     let left = rest - given;
@@ -177,7 +220,9 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
     let left = usize::try_from(left).unwrap_or(usize::MAX);
     if left < prio.len() && prio.iter().all(|&i| out[i] < cap(i)) {
         // Each of the first `left` gets one unit: their order is moot.
-        if left > 0 {
+        // With equal shares they are the first `left` of `prio`, which is
+        // in index order.
+        if left > 0 && !matches!(prio_shares, Some(Some(_))) {
             prio.select_nth_unstable_by_key(left - 1, key);
         }
         for &i in &prio[..left] {
@@ -199,84 +244,145 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
     out
 }
 
+/// A member still in the search for the water level: its claim (floor ≤
+/// cap ≤ the search's cap limit, shares ≥ 1) and index.
+#[derive(Debug, Clone, Copy)]
+struct Active {
+    floor: u64,
+    cap: u64,
+    shares: u64,
+    i: usize,
+}
+
+impl Active {
+    fn start(&self) -> Point {
+        Point {
+            value: self.floor,
+            shares: self.shares,
+        }
+    }
+
+    fn stop(&self) -> Point {
+        Point {
+            value: self.cap,
+            shares: self.shares,
+        }
+    }
+}
+
 /// The water level λ₀ — the lowest level where the total Σ clamp(λ ×
 /// shares, floor, cap) reaches the budget — by selection over the
 /// breakpoints: the level is kept in a bracket (lo, hi] with
-/// total(lo) < budget ≤ total(hi); each round evaluates the total exactly
-/// at a breakpoint strictly inside the bracket (quickselect: a random
-/// one) and narrows the bracket to one side of it.
+/// total(lo) < budget ≤ total(hi), starting at (0, ∞) (total(0) = Σ floors
+/// < budget); each round evaluates the total exactly at a breakpoint
+/// strictly inside the bracket (quickselect: that of a random member) and
+/// narrows the bracket to one side of it.
 /// Members with no breakpoint left inside are settled — at floor, rising
 /// or at cap — and summed, so later rounds only visit the others: O(n)
-/// expected. Member i rises iff floor/shares < λ₀ ≤ cap/shares.
-fn level_select<W: Wide>(b: u128, claims: &[Claim]) -> Level {
+/// expected. Settling the members the last round excluded and summing the
+/// others at the next pivot is one pass. Member i rises iff floor/shares <
+/// λ₀ ≤ cap/shares. Caps are clamped to `cap_limit` (see [`water_fill`]).
+fn level_select<W: Wide>(b: u128, claims: &[Claim], cap_limit: u64) -> Level {
     let n = claims.len();
-    let floor = |i: usize| claims[i].floor.min(claims[i].cap);
-    let cap = |i: usize| claims[i].cap;
-    let sh = |i: usize| claims[i].shares.max(1);
-    let start = |i: usize| Point {
-        value: floor(i),
-        shares: sh(i),
-    };
-    let stop = |i: usize| Point {
-        value: cap(i),
-        shares: sh(i),
-    };
     let mut state = vec![0u8; n];
     let (mut fixed, mut slope) = (0u128, 0u128);
-    let (mut lo, mut hi): (Option<Point>, Option<Point>) = (None, None);
-    let mut active: Vec<usize> = (0..n).collect();
-    // Pivots: the breakpoint of a pseudo-random active member (a fixed
-    // sequence, so the work done is reproducible; the result does not
-    // depend on the pivots).
+    let mut lo = Point {
+        value: 0,
+        shares: 1,
+    };
+    let mut hi = W::INFINITY;
+    let mut active: Vec<Active> = claims
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let cap = c.cap.min(cap_limit);
+            Active {
+                floor: c.floor.min(cap),
+                cap,
+                shares: if W::UNIT { 1 } else { c.shares.max(1) },
+                i,
+            }
+        })
+        .collect();
+    // Pivots: the breakpoint of a pseudo-random active member, or of the
+    // next one with a breakpoint inside the bracket (a fixed sequence, so
+    // the work done is reproducible; the result does not depend on the
+    // pivots).
     let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
-    while !active.is_empty() {
+    loop {
         rng = rng
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        let j = active[((rng >> 33) as usize) % active.len()];
-        // Every active member has a breakpoint inside the bracket.
-        let p = if start(j).inside::<W>(lo, hi) {
-            start(j)
+        let len = active.len();
+        let first = if len == 0 {
+            0
         } else {
-            stop(j)
+            ((rng >> 33) as usize) % len
         };
+        let pivot = (0..len).find_map(|t| {
+            let a = &active[(first + t) % len];
+            let (st, sp) = (a.start(), a.stop());
+            if lo.lt::<W>(st) && st.lt::<W>(hi) {
+                Some(st)
+            } else if lo.lt::<W>(sp) && sp.lt::<W>(hi) {
+                Some(sp)
+            } else {
+                None
+            }
+        });
+        // One pass: members with no breakpoint inside (lo, hi) are settled
+        // (λ₀ is in (lo, hi]); the others are kept and summed at the pivot.
         // total(p) × p.shares ≥ b × p.shares? Exact; saturating is safe as
         // every term is ≥ 0 and b × p.shares fits `W` (and u128).
+        let p = pivot.unwrap_or(lo);
         let q = p.shares;
         let mut sum = W::zero();
-        for &j in &active {
-            let x = W::mul(p.value, sh(j));
-            let f = W::mul(floor(j), q);
-            let c = W::mul(cap(j), q);
-            sum = sum.sat_add(x.clamp(f, c));
+        let mut kept = 0;
+        for t in 0..len {
+            let a = active[t];
+            let (st, sp) = (a.start(), a.stop());
+            // start ≤ stop: lo < start implies lo < stop, and start ≥ hi
+            // implies stop ≥ hi.
+            if lo.lt::<W>(st) {
+                if st.lt::<W>(hi) {
+                    active[kept] = a;
+                    kept += 1;
+                    let x = W::mul(p.value, a.shares);
+                    sum = sum.sat_add(x.clamp(W::mul(a.floor, q), W::mul(a.cap, q)));
+                    continue;
+                }
+                // Starts at or above hi ≥ λ₀: at floor.
+                fixed += a.floor as u128;
+            } else if lo.lt::<W>(sp) {
+                if sp.lt::<W>(hi) {
+                    active[kept] = a;
+                    kept += 1;
+                    let x = W::mul(p.value, a.shares);
+                    sum = sum.sat_add(x.clamp(W::mul(a.floor, q), W::mul(a.cap, q)));
+                    continue;
+                }
+                // Started by lo < λ₀, stops at or above hi ≥ λ₀: rising.
+                state[a.i] = 1;
+                slope += a.shares as u128;
+            } else {
+                // Stopped by lo < λ₀: at cap.
+                state[a.i] = 2;
+                fixed += a.cap as u128;
+            }
+        }
+        active.truncate(kept);
+        if pivot.is_none() {
+            break;
         }
         let total = fixed
             .saturating_mul(q as u128)
             .saturating_add((p.value as u128).saturating_mul(slope))
             .saturating_add(sum.wide());
         if total >= b * q as u128 {
-            hi = Some(p);
+            hi = p;
         } else {
-            lo = Some(p);
+            lo = p;
         }
-        active.retain(|&j| {
-            let (st, sp) = (start(j), stop(j));
-            if st.inside::<W>(lo, hi) || sp.inside::<W>(lo, hi) {
-                return true;
-            }
-            // Both outside (lo, hi), and λ₀ is in (lo, hi].
-            let below = |p: Point| lo.is_some_and(|l| p.cmp::<W>(l) != Ordering::Greater);
-            if below(sp) {
-                state[j] = 2;
-                fixed += cap(j) as u128;
-            } else if below(st) {
-                state[j] = 1;
-                slope += sh(j) as u128;
-            } else {
-                fixed += floor(j) as u128;
-            }
-            false
-        });
     }
     Level {
         state,
@@ -527,6 +633,28 @@ mod tests {
 
         /// Same results as the sort-based reference, also with huge values
         /// (unlimited caps) and many equal levels.
+        /// Hundreds of members: many equal levels (small ranges), wide and
+        /// huge caps, equal or different weights, 64- and 128-bit searches.
+        #[test]
+        fn many_members_same_as_reference(
+            v in proptest::collection::vec((0u64..20, 0u64..60, 1u64..4), 256..600),
+            budget_per in 1u64..60,
+            scale in proptest::sample::select(vec![1u64, 1000, 1 << 50]),
+            huge in 0usize..5,
+            equal in proptest::bool::ANY,
+        ) {
+            let cl: Vec<Claim> = v
+                .iter()
+                .enumerate()
+                .map(|(k, &(f, extra, s))| {
+                    let cap = if huge > 0 && k % (huge * 7) == 0 { u64::MAX } else { f + extra };
+                    c(f, cap, if equal { scale } else { s * scale })
+                })
+                .collect();
+            let budget = (budget_per * cl.len() as u64).max(1);
+            proptest::prop_assert_eq!(water_fill(budget, &cl), reference(budget, &cl));
+        }
+
         #[test]
         fn same_as_reference((budget, cl) in claims(), big in 0usize..4, same in proptest::bool::ANY) {
             let mut cl = cl;

@@ -3,7 +3,7 @@
 //! ([`History::record`]) and the plan itself ([`History::record_plan`]),
 //! and passes it back to the next [`plan`](super::plan).
 
-use super::Plan;
+use super::{prefix_key, Plan};
 use crate::model::{Action, DomainObs};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -172,13 +172,23 @@ impl History {
 
 /// [`History::vcpus_frozen`] with the domain's entry already looked up.
 pub(crate) fn frozen_at(p: Option<PendingVcpus>, d: &DomainObs, want: u64) -> Option<PendingVcpus> {
+    frozen_with(p, d.id, d.vcpus, want)
+}
+
+/// [`frozen_at`] with the domain's run ID and vCPU count.
+pub(crate) fn frozen_with(
+    p: Option<PendingVcpus>,
+    id: Option<u32>,
+    vcpus: u64,
+    want: u64,
+) -> Option<PendingVcpus> {
     let p = p?;
-    let same_run = match (p.run, d.id) {
+    let same_run = match (p.run, id) {
         (Some(run), Some(id)) => run == id,
         _ => true,
     };
-    let unsettled = d.vcpus != p.to;
-    let regrow = p.is_removal() && want > d.vcpus;
+    let unsettled = vcpus != p.to;
+    let regrow = p.is_removal() && want > vcpus;
     (same_run && (unsettled || regrow)).then_some(p)
 }
 
@@ -211,19 +221,19 @@ impl<'h, V: Copy> Seek<'h, V> {
         Seek(m.iter().peekable())
     }
 
-    /// The entry of `uuid`; later calls must not pass a smaller UUID.
-    fn get(&mut self, uuid: &str) -> Option<V> {
-        while let Some((k, _)) = self.0.peek() {
-            if k.as_str() < uuid {
+    /// The entry of `uuid` (`key`: its [`prefix_key`]); later calls must
+    /// not pass a smaller UUID. The keys decide most comparisons without
+    /// reading the strings.
+    fn get(&mut self, uuid: &str, key: u64) -> Option<V> {
+        while let Some((k, v)) = self.0.peek() {
+            let kk = prefix_key(k);
+            if kk < key || (kk == key && k.as_str() < uuid) {
                 self.0.next();
-            } else {
-                break;
+                continue;
             }
+            return (kk == key && k.as_str() == uuid).then_some(**v);
         }
-        match self.0.peek() {
-            Some((k, v)) if k.as_str() == uuid => Some(**v),
-            _ => None,
-        }
+        None
     }
 }
 
@@ -236,12 +246,13 @@ impl<'h> Cursor<'h> {
         }
     }
 
-    /// The entries of `uuid`; UUIDs must come in ascending order.
-    pub fn get(&mut self, uuid: &str) -> Entry {
+    /// The entries of `uuid` (`key`: its [`prefix_key`]); UUIDs must come
+    /// in ascending order.
+    pub fn get(&mut self, uuid: &str, key: u64) -> Entry {
         Entry {
-            changed_at: self.changed_at.get(uuid),
-            pending: self.pending.get(uuid),
-            reclaim: self.reclaim.get(uuid).unwrap_or(0),
+            changed_at: self.changed_at.get(uuid, key),
+            pending: self.pending.get(uuid, key),
+            reclaim: self.reclaim.get(uuid, key).unwrap_or(0),
         }
     }
 }

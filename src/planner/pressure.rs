@@ -21,7 +21,8 @@
 use super::{Work, MIB};
 use crate::model::{BalloonStats, Reason};
 use crate::units;
-use std::collections::BTreeMap;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap};
 
 /// Shrink step of a member with `actual` bytes: `memory.max_shrink`, at
 /// least 1 MiB, rounded up to MiB.
@@ -34,7 +35,7 @@ pub(super) fn ceil_mib(b: u64) -> u64 {
 }
 
 /// Free fraction of a guest as a rational (free, total); unknown = (0, 1).
-fn idle(b: Option<BalloonStats>) -> (u64, u64) {
+pub(super) fn idle(b: Option<BalloonStats>) -> (u64, u64) {
     match b.and_then(|s| Some((s.available?, s.used()?))) {
         Some((total, used)) if total > 0 => (total.saturating_sub(used), total),
         _ => (0, 1),
@@ -46,6 +47,8 @@ struct Cand<'a> {
     w: usize,
     m: usize,
     uuid: &'a str,
+    /// [`super::prefix_key`] of `uuid`.
+    key: u64,
     shares: u64,
     idle: (u64, u64),
     has_stats: bool,
@@ -58,39 +61,55 @@ struct Cand<'a> {
 /// A candidate's place in the order reclaim is taken: low shares, most
 /// idle, UUID, then where it was found (so an unstable sort of these small
 /// keys orders like a stable sort of the candidates).
-struct Key {
+struct Key<'a> {
     shares: u64,
     idle: (u64, u64),
     /// First bytes of the UUID ([`super::prefix_key`]).
-    uuid: u64,
+    key: u64,
+    uuid: &'a str,
     pos: usize,
 }
 
-/// Sorts candidates in the order reclaim is taken (see [`Key`]).
-fn take_order<'a>(cands: &[Cand<'a>]) -> Vec<Cand<'a>> {
-    let mut keys: Vec<Key> = cands
-        .iter()
-        .enumerate()
-        .map(|(pos, c)| Key {
+impl<'a> Key<'a> {
+    fn new(pos: usize, c: &Cand<'a>) -> Key<'a> {
+        Key {
             shares: c.shares,
             idle: c.idle,
-            uuid: super::prefix_key(c.uuid),
+            key: c.key,
+            uuid: c.uuid,
             pos,
-        })
-        .collect();
-    let more_idle = |a: (u64, u64), b: (u64, u64)| {
-        (b.0 as u128 * a.1 as u128).cmp(&(a.0 as u128 * b.1 as u128))
-    };
-    keys.sort_unstable_by(|a, b| {
-        a.shares
-            .cmp(&b.shares)
-            .then_with(|| more_idle(a.idle, b.idle))
-            .then_with(|| a.uuid.cmp(&b.uuid))
-            .then_with(|| cands[a.pos].uuid.cmp(cands[b.pos].uuid))
-            .then(a.pos.cmp(&b.pos))
-    });
-    keys.iter().map(|k| cands[k.pos]).collect()
+        }
+    }
 }
+
+impl Ord for Key<'_> {
+    fn cmp(&self, o: &Self) -> Ordering {
+        // More idle first: free/total compared exactly.
+        let more_idle = |a: (u64, u64), b: (u64, u64)| {
+            (b.0 as u128 * a.1 as u128).cmp(&(a.0 as u128 * b.1 as u128))
+        };
+        self.shares
+            .cmp(&o.shares)
+            .then_with(|| more_idle(self.idle, o.idle))
+            .then_with(|| self.key.cmp(&o.key))
+            .then_with(|| self.uuid.cmp(o.uuid))
+            .then(self.pos.cmp(&o.pos))
+    }
+}
+
+impl PartialOrd for Key<'_> {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl PartialEq for Key<'_> {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+
+impl Eq for Key<'_> {}
 
 /// Lowers memory targets for host pressure. Returns whether the host is
 /// under pressure and the reclaim per member UUID (non-zero entries).
@@ -103,16 +122,17 @@ pub(super) fn apply(
     let threshold = tuning.pressure_threshold.resolve(host.memory_total);
     let pressure = host.memory_available < threshold;
 
-    let mut cands: Vec<Cand<'_>> = Vec::with_capacity(works.iter().map(|w| w.plans.len()).sum());
+    let mut cands: Vec<Cand<'_>> = Vec::with_capacity(works.iter().map(|w| w.mems.len()).sum());
     for (w, work) in works.iter().enumerate() {
         if work.pool.paused {
             continue;
         }
-        for (m, p) in work.plans.iter().enumerate() {
-            let Some(a) = p.alloc.memory.filter(|_| p.admitted) else {
+        for (m, slot) in work.allocs[1].iter().enumerate() {
+            let Some(a) = slot.filter(|_| work.admitted[m]) else {
                 continue;
             };
-            let prev = work.hist[m].reclaim;
+            let mem = work.mem(m);
+            let prev = mem.hist.reclaim;
             let has_stats = a.used.is_some();
             if !pressure && prev == 0 {
                 continue;
@@ -124,9 +144,10 @@ pub(super) fn apply(
             cands.push(Cand {
                 w,
                 m,
-                uuid: &p.uuid,
+                uuid: mem.uuid,
+                key: mem.key,
                 shares: a.shares,
-                idle: idle(work.doms[m].balloon),
+                idle: mem.o.idle,
                 has_stats,
                 actual: a.actual,
                 target: a.target,
@@ -135,27 +156,58 @@ pub(super) fn apply(
             });
         }
     }
-    let mut cands = take_order(&cands);
-
-    if pressure {
+    // The candidates' positions in `cands`, in the order reclaim is taken
+    // (each list sorted by `Key`).
+    let order: Vec<usize> = if pressure {
         let need = threshold - host.memory_available;
         let inflight: u64 = cands
             .iter()
             .map(|c| c.actual.saturating_sub(c.target - c.reclaim))
             .fold(0u64, u64::saturating_add);
         let mut need = need.saturating_sub(inflight);
-        for c in cands.iter_mut().filter(|c| c.has_stats) {
-            if need == 0 {
+        // Taken in order until the need is met: usually a few of many
+        // candidates, so they come off a heap instead of a full sort.
+        let keys: Vec<Reverse<Key<'_>>> = cands
+            .iter()
+            .enumerate()
+            .map(|(pos, c)| Reverse(Key::new(pos, c)))
+            .collect();
+        let mut heap = BinaryHeap::from(keys);
+        let mut order = Vec::new();
+        while need > 0 {
+            let Some(Reverse(k)) = heap.pop() else {
                 break;
+            };
+            let c = &mut cands[k.pos];
+            if c.has_stats {
+                let room = (c.target - c.reclaim).saturating_sub(c.floor);
+                let inc = room
+                    .min(step(tuning.memory_max_shrink, c.actual))
+                    .min(ceil_mib(need));
+                c.reclaim += inc;
+                need = need.saturating_sub(inc);
             }
-            let room = (c.target - c.reclaim).saturating_sub(c.floor);
-            let inc = room
-                .min(step(tuning.memory_max_shrink, c.actual))
-                .min(ceil_mib(need));
-            c.reclaim += inc;
-            need = need.saturating_sub(inc);
+            order.push(k.pos);
         }
+        // The others come after, unchanged: only those that keep a
+        // reclaim matter, in order.
+        let mut rest: Vec<Key<'_>> = heap
+            .into_vec()
+            .into_iter()
+            .map(|Reverse(k)| k)
+            .filter(|k| cands[k.pos].reclaim > 0)
+            .collect();
+        rest.sort_unstable();
+        order.extend(rest.iter().map(|k| k.pos));
+        order
     } else {
+        let mut keys: Vec<Key<'_>> = cands
+            .iter()
+            .enumerate()
+            .map(|(pos, c)| Key::new(pos, c))
+            .collect();
+        keys.sort_unstable();
+        let order: Vec<usize> = keys.iter().map(|k| k.pos).collect();
         // Memory already given back but not yet grown into will take
         // headroom too: count it, or repeated small releases would overshoot.
         let regrowing: u64 = cands
@@ -164,7 +216,8 @@ pub(super) fn apply(
             .fold(0u64, u64::saturating_add);
         let mut headroom =
             units::floor_mib((host.memory_available - threshold).saturating_sub(regrowing));
-        for c in cands.iter_mut().rev() {
+        for &pos in order.iter().rev() {
+            let c = &mut cands[pos];
             let dec = c
                 .reclaim
                 .min(step(tuning.memory_max_shrink, c.actual))
@@ -172,10 +225,12 @@ pub(super) fn apply(
             c.reclaim -= dec;
             headroom -= dec;
         }
-    }
+        order
+    };
 
-    let lowered: Vec<(usize, usize, u64)> = cands
+    let lowered: Vec<(usize, usize, u64)> = order
         .iter()
+        .map(|&pos| cands[pos])
         .filter(|c| c.reclaim > 0)
         .map(|c| (c.w, c.m, c.reclaim))
         .collect();
@@ -184,14 +239,13 @@ pub(super) fn apply(
     // counts), so the map is built from sorted entries in one pass.
     let mut entries: Vec<(u64, usize, &str, u64)> = Vec::with_capacity(lowered.len());
     for (pos, &(w, m, r)) in lowered.iter().enumerate() {
-        let p = &mut works[w].plans[m];
-        if let Some(a) = p.alloc.memory.as_mut() {
+        if let Some(a) = works[w].allocs[1][m].as_mut() {
             a.target -= r;
             a.target_reason = Reason::Pressure;
             a.reason = Reason::Pressure;
         }
-        let uuid = &*works[w].doms[m].uuid;
-        entries.push((super::prefix_key(uuid), pos, uuid, r));
+        let mem = works[w].mem(m);
+        entries.push((mem.key, pos, mem.uuid, r));
     }
     entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(b.2)).then(a.1.cmp(&b.1)));
     let reclaim = entries

@@ -17,7 +17,7 @@
 //!   shrinks at the rate limit.
 
 use super::alloc::{water_fill, Claim};
-use super::{history, pressure, Alloc, PendingVcpus, Work};
+use super::{history, pressure, Alloc, Note, PendingVcpus, Work};
 use crate::model::{Reason, Resource};
 use crate::units;
 
@@ -35,20 +35,25 @@ pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
     let paused = input.paused || work.pool.paused;
     let tuning = &input.config.tuning;
     let cooldown = tuning.vcpu_cooldown.as_secs();
-    let managed: Vec<(usize, Resource, u64)> = Resource::ALL
-        .into_iter()
-        .enumerate()
-        .filter_map(|(k, r)| work.budget.get(r).map(|b| (k, r, b)))
-        .collect();
-    // One pass over the members for every resource.
-    let mut growers: [Vec<Grower>; 4] = Default::default();
-    let mut base = [0u64; 4];
-    for (m, p) in work.plans.iter_mut().enumerate() {
-        if !p.admitted {
+    let Work {
+        budget,
+        mems,
+        order,
+        admitted,
+        allocs,
+        ..
+    } = work;
+    // One pass over each managed resource's column.
+    let mut growers: Vec<Grower> = Vec::new();
+    for (k, r) in Resource::ALL.into_iter().enumerate() {
+        let Some(budget) = *budget.get(r) else {
             continue;
-        }
-        for &(k, r, _) in &managed {
-            let Some(a) = p.alloc.get_mut(r).as_mut() else {
+        };
+        let col = &mut allocs[k];
+        growers.clear();
+        let mut base = 0u64;
+        for (m, slot) in col.iter_mut().enumerate() {
+            let Some(a) = slot.as_mut().filter(|_| admitted[m]) else {
                 continue;
             };
             if paused {
@@ -57,25 +62,29 @@ pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
             }
             let grow = match r {
                 Resource::Vcpus => {
-                    let d = work.doms[m];
-                    let h = &work.hist[m];
                     if a.target == a.actual {
                         a.next = a.actual;
                         false
-                    } else if let Some(pv) = history::frozen_at(h.pending, d, a.target) {
-                        hold(a, Reason::Pending);
-                        if p.note.is_none() {
-                            p.note = Some(frozen_note(&pv));
-                        }
-                        false
-                    } else if history::cooling_at(h.changed_at, input.now, cooldown) {
-                        hold(a, Reason::Cooldown);
-                        false
-                    } else if a.target < a.actual {
-                        a.next = a.target;
-                        false
                     } else {
-                        true
+                        let mem = &mut mems[order[m] as usize];
+                        let h = &mem.hist;
+                        if let Some(pv) =
+                            history::frozen_with(h.pending, mem.o.id, mem.o.vcpus, a.target)
+                        {
+                            hold(a, Reason::Pending);
+                            if matches!(mem.note, Note::None) {
+                                mem.note = Note::Frozen(pv);
+                            }
+                            false
+                        } else if history::cooling_at(h.changed_at, input.now, cooldown) {
+                            hold(a, Reason::Cooldown);
+                            false
+                        } else if a.target < a.actual {
+                            a.next = a.target;
+                            false
+                        } else {
+                            true
+                        }
                     }
                 }
                 Resource::Memory => {
@@ -106,8 +115,8 @@ pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
                 }
             };
             if grow {
-                base[k] = base[k].saturating_add(a.actual);
-                growers[k].push(Grower {
+                base = base.saturating_add(a.actual);
+                growers.push(Grower {
                     m,
                     actual: a.actual,
                     floor: a.floor,
@@ -115,18 +124,15 @@ pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
                     shares: a.shares,
                 });
             } else if r != Resource::DiskBytesSec && r != Resource::DiskIopsSec {
-                base[k] = base[k].saturating_add(a.next);
+                base = base.saturating_add(a.next);
             }
         }
-    }
-    for &(k, r, budget) in &managed {
-        let growers = &growers[k];
         if growers.is_empty() {
             continue;
         }
-        let grants = share_room(budget.saturating_sub(base[k]), growers);
+        let grants = share_room(budget.saturating_sub(base), &growers);
         for (g, grant) in growers.iter().zip(grants) {
-            let Some(a) = work.plans[g.m].alloc.get_mut(r).as_mut() else {
+            let Some(a) = col[g.m].as_mut() else {
                 continue;
             };
             if grant >= g.target - g.actual {
@@ -146,7 +152,7 @@ pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
 }
 
 /// Why a member's vCPUs are held after a timed-out change.
-fn frozen_note(p: &PendingVcpus) -> String {
+pub(super) fn frozen_note(p: &PendingVcpus) -> String {
     if p.is_removal() {
         format!(
             "vCPU removal {} → {} timed out: vCPUs held until the domain restarts (no change until libvirt shows {}, never more than it has)",
