@@ -11,11 +11,16 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== systemd-analyze verify"
 scripts/verify-unit.sh
-# tests/realvm.rs boots a real QEMU guest and needs root; as another user
-# it is skipped, loudly (it fails if VIRTPOOL_REALVM is left unset there).
+# tests/realvm.rs boots a real QEMU guest and tests/systemd_boot.rs a
+# systemd container; both need root. As another user they are skipped,
+# loudly (they fail if VIRTPOOL_REALVM / VIRTPOOL_SYSTEMD are left unset).
 if [ "$(id -u)" -ne 0 ] && [ -z "${VIRTPOOL_REALVM:-}" ]; then
   echo "== NOTE: not root: the real-VM test (tests/realvm.rs) is SKIPPED (VIRTPOOL_REALVM=skip)"
   export VIRTPOOL_REALVM=skip
+fi
+if [ "$(id -u)" -ne 0 ] && [ -z "${VIRTPOOL_SYSTEMD:-}" ]; then
+  echo "== NOTE: not root: the systemd test (tests/systemd_boot.rs) is SKIPPED (VIRTPOOL_SYSTEMD=skip)"
+  export VIRTPOOL_SYSTEMD=skip
 fi
 echo "== cargo test"
 log=$(mktemp)

@@ -1,0 +1,268 @@
+//! The unit file under a real systemd (252, Debian 12), booted in a
+//! container by `tests/systemd/run.sh`: `virtpoold` is installed where the
+//! package puts it, with the demo config (libvirt test driver), and driven
+//! with `systemctl` as an operator would:
+//! - start: `Type=notify` start returns once READY=1 came (after the first
+//!   cycle), with the cycle summary as the unit's status text; the API
+//!   socket answers `virtpoolctl`; each action is a journal entry with its
+//!   fields (DOMAIN=, RESOURCE=, …);
+//! - reload (SIGHUP): a valid config is swapped in; an invalid one is
+//!   refused, the service keeps running with the old one and says why;
+//! - stop: exit 0, state saved, the runtime directory gone;
+//! - a killed agent is restarted (`Restart=on-failure`);
+//! - an invalid config at start fails the start without a restart loop
+//!   (`RestartPreventExitStatus=2`).
+//!
+//! Needs root (systemd-nspawn); `VIRTPOOL_SYSTEMD=skip` skips it, loudly
+//! (`scripts/test.sh` sets that when not root).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+struct Container {
+    dir: PathBuf,
+    script: PathBuf,
+    pid: String,
+}
+
+impl Container {
+    fn up(dir: PathBuf) -> Container {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/systemd/run.sh");
+        let bin = Path::new(env!("CARGO_BIN_EXE_virtpoold")).parent().unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        // Torn down even if this process dies without running Drop.
+        let watcher = format!(
+            "while kill -0 {} 2>/dev/null; do sleep 1; done; exec '{}' down '{}'",
+            std::process::id(),
+            script.display(),
+            dir.display()
+        );
+        Command::new("setsid")
+            .args(["-f", "sh", "-c", &watcher])
+            .status()
+            .expect("start the teardown watcher");
+        let st = Command::new(&script)
+            .arg("up")
+            .arg(&dir)
+            .arg(bin)
+            .status()
+            .expect("run tests/systemd/run.sh");
+        assert!(st.success(), "tests/systemd/run.sh up failed: {st}");
+        let env: BTreeMap<String, String> = std::fs::read_to_string(dir.join("env"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let pid = env["PID"].clone();
+        Container { dir, script, pid }
+    }
+
+    /// Runs a command inside the container.
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .args(["-t", &self.pid, "-a"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}\n{}\njournal:\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr),
+            self.journal()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn journal(&self) -> String {
+        let o = self.run(&[
+            "journalctl",
+            "-b",
+            "-u",
+            "virtpoold",
+            "--no-pager",
+            "-n",
+            "40",
+            "-o",
+            "cat",
+        ]);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `systemctl show virtpoold -p KEY` values.
+    fn show(&self, keys: &[&str]) -> BTreeMap<String, String> {
+        let mut args = vec!["systemctl", "show", "virtpoold"];
+        for k in keys {
+            args.extend(["-p", k]);
+        }
+        self.ok(&args)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn wait_show(&self, what: &str, secs: u64, f: impl Fn(&BTreeMap<String, String>) -> bool) {
+        let keys = [
+            "ActiveState",
+            "SubState",
+            "MainPID",
+            "NRestarts",
+            "StatusText",
+        ];
+        let t0 = Instant::now();
+        loop {
+            let s = self.show(&keys);
+            if f(&s) {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(secs),
+                "{what}: not within {secs} s: {s:?}\njournal:\n{}",
+                self.journal()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("etc/virtpool.toml")
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.script)
+            .arg("down")
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn the_unit_runs_under_systemd() {
+    match std::env::var("VIRTPOOL_SYSTEMD").as_deref() {
+        Ok("skip") => {
+            eprintln!("SKIP systemd: VIRTPOOL_SYSTEMD=skip — the unit was not run under systemd");
+            return;
+        }
+        Ok("") | Err(_) => {}
+        Ok(other) => panic!("VIRTPOOL_SYSTEMD={other:?}: understood is \"skip\""),
+    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the systemd test needs root (systemd-nspawn); run it as root, or set \
+         VIRTPOOL_SYSTEMD=skip to skip it (it then prints SKIP)"
+    );
+    let dir = std::env::temp_dir().join(format!("virtpool-systemd.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let c = Container::up(dir);
+    let sock = "/run/virtpool/virtpool.sock";
+
+    // Start: returns after READY=1, i.e. after the first cycle.
+    c.ok(&["systemctl", "start", "virtpoold"]);
+    let s = c.show(&["ActiveState", "SubState", "StatusText", "MainPID"]);
+    assert_eq!(s["ActiveState"], "active", "{s:?}");
+    assert!(s["StatusText"].starts_with("cycle "), "{s:?}");
+    let pid1 = s["MainPID"].clone();
+    let status = c.ok(&["virtpoolctl", "--socket", sock, "status"]);
+    assert!(status.contains("connected"), "{status}");
+    let mode = c.ok(&["stat", "-c", "%a", sock]);
+    assert_eq!(mode.trim(), "660");
+    // Actions are journal entries with their fields.
+    let entries = c.ok(&[
+        "journalctl",
+        "-b",
+        "-u",
+        "virtpoold",
+        "-o",
+        "json",
+        "--no-pager",
+        "MESSAGE=applied",
+    ]);
+    let first: serde_json::Value =
+        serde_json::from_str(entries.lines().next().expect("an action in the journal")).unwrap();
+    for k in ["DOMAIN", "RESOURCE", "BEFORE", "AFTER", "REASON", "CYCLE"] {
+        assert!(first[k].is_string(), "{k} missing: {first}");
+    }
+
+    // Reload, valid: swapped in.
+    let good = std::fs::read_to_string(c.config()).unwrap();
+    std::fs::write(
+        c.config(),
+        good.replace("interval = \"5s\"", "interval = \"7s\""),
+    )
+    .unwrap();
+    c.ok(&["systemctl", "reload", "virtpoold"]);
+    c.wait_show("config reloaded", 10, |_| {
+        c.journal().contains("config reloaded")
+    });
+    // Reload, invalid: refused, same process, the old config stays.
+    std::fs::write(
+        c.config(),
+        good.replace("interval = \"5s\"", "interval = \"soon\""),
+    )
+    .unwrap();
+    c.ok(&["systemctl", "reload", "virtpoold"]);
+    c.wait_show("reload refused", 10, |_| {
+        c.journal().contains("reload refused")
+    });
+    let s = c.show(&["ActiveState", "MainPID"]);
+    assert_eq!(
+        (s["ActiveState"].as_str(), &s["MainPID"]),
+        ("active", &pid1)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&c.ok(&["virtpoolctl", "--socket", sock, "--json", "status"]))
+            .unwrap();
+    let err = v["config_error"].as_str().unwrap_or_default();
+    assert!(err.contains("virtpool.toml") && err.contains("soon"), "{v}");
+    std::fs::write(c.config(), &good).unwrap();
+
+    // Stop: exit 0, state saved, runtime directory removed.
+    c.ok(&["systemctl", "stop", "virtpoold"]);
+    let s = c.show(&["ActiveState", "Result", "ExecMainStatus"]);
+    assert_eq!(s["ActiveState"], "inactive", "{s:?}");
+    assert_eq!(
+        (s["Result"].as_str(), s["ExecMainStatus"].as_str()),
+        ("success", "0")
+    );
+    assert!(!c.run(&["test", "-e", "/run/virtpool"]).status.success());
+    assert!(c.journal().contains("state saved"));
+
+    // A killed agent is restarted.
+    c.ok(&["systemctl", "start", "virtpoold"]);
+    let pid2 = c.show(&["MainPID"])["MainPID"].clone();
+    c.ok(&["systemctl", "kill", "-s", "KILL", "virtpoold"]);
+    c.wait_show("restart after SIGKILL", 20, |s| {
+        s["ActiveState"] == "active" && s["NRestarts"] == "1" && s["MainPID"] != pid2
+    });
+
+    // An invalid config at start: the start fails, and is not retried.
+    std::fs::write(
+        c.config(),
+        good.replace("interval = \"5s\"", "interval = \"soon\""),
+    )
+    .unwrap();
+    let o = c.run(&["systemctl", "restart", "virtpoold"]);
+    assert!(
+        !o.status.success(),
+        "restart with an invalid config succeeded"
+    );
+    let before = c.show(&["NRestarts"])["NRestarts"].clone();
+    std::thread::sleep(Duration::from_secs(7)); // past RestartSec=5s
+    let s = c.show(&["ActiveState", "NRestarts", "ExecMainStatus"]);
+    assert_eq!(s["ActiveState"], "failed", "{s:?}\n{}", c.journal());
+    assert_eq!(s["ExecMainStatus"], "2", "{s:?}");
+    assert_eq!(s["NRestarts"], before, "restarted after exit 2: {s:?}");
+    assert!(c.journal().contains("interval"), "{}", c.journal());
+}
