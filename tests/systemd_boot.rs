@@ -11,7 +11,9 @@
 //! - stop: exit 0, state saved, the runtime directory gone;
 //! - a killed agent is restarted (`Restart=on-failure`);
 //! - an invalid config at start fails the start without a restart loop
-//!   (`RestartPreventExitStatus=2`).
+//!   (`RestartPreventExitStatus=2`);
+//! - the watchdog (shortened to 4 s by a drop-in): the agent's pings keep
+//!   it alive, and a stopped agent is killed and restarted.
 //!
 //! Needs root (systemd-nspawn); `VIRTPOOL_SYSTEMD=skip` skips it, loudly
 //! (`scripts/test.sh` sets that when not root).
@@ -265,4 +267,38 @@ fn the_unit_runs_under_systemd() {
     assert_eq!(s["ExecMainStatus"], "2", "{s:?}");
     assert_eq!(s["NRestarts"], before, "restarted after exit 2: {s:?}");
     assert!(c.journal().contains("interval"), "{}", c.journal());
+    std::fs::write(c.config(), &good).unwrap();
+
+    // The watchdog, shortened to 4 s by a drop-in: the agent's pings keep
+    // it running across several intervals; once it is stopped (SIGSTOP,
+    // as a hung cycle would be) systemd kills and restarts it.
+    c.ok(&["mkdir", "-p", "/etc/systemd/system/virtpoold.service.d"]);
+    c.ok(&[
+        "sh",
+        "-c",
+        "printf '[Service]\\nWatchdogSec=4s\\n' > /etc/systemd/system/virtpoold.service.d/watchdog.conf",
+    ]);
+    c.ok(&["systemctl", "daemon-reload"]);
+    c.ok(&["systemctl", "reset-failed", "virtpoold"]);
+    c.ok(&["systemctl", "start", "virtpoold"]);
+    let s = c.show(&["MainPID", "NRestarts", "WatchdogUSec"]);
+    assert_eq!(s["WatchdogUSec"], "4s", "{s:?}");
+    std::thread::sleep(Duration::from_secs(10));
+    let s2 = c.show(&["ActiveState", "MainPID", "NRestarts"]);
+    assert_eq!(
+        (s2["ActiveState"].as_str(), &s2["MainPID"], &s2["NRestarts"]),
+        ("active", &s["MainPID"], &s["NRestarts"]),
+        "killed while pinging\n{}",
+        c.journal()
+    );
+    c.ok(&["systemctl", "kill", "-s", "STOP", "virtpoold"]);
+    let stopped = s["MainPID"].clone();
+    c.wait_show("restart after a watchdog timeout", 30, |st| {
+        st["ActiveState"] == "active" && st["MainPID"] != stopped
+    });
+    assert!(
+        c.journal().contains("Failed with result 'watchdog'"),
+        "{}",
+        c.journal()
+    );
 }
