@@ -213,6 +213,19 @@ pub fn summary(st: &Status) -> String {
 /// it (below the unit's `TimeoutStopSec=30s`, so state is still persisted).
 pub const STOP_GRACE: Duration = Duration::from_secs(20);
 
+/// What a reload swapped in (see [`reload`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// The file read.
+    pub file: PathBuf,
+    /// Changed settings that apply only on restart (kept as they were).
+    pub restart_only: Vec<String>,
+}
+
+/// A reload asked for through the API (`POST /v1/reload`): the reply is
+/// what [`reload`] gave, `Err` with the reason when the file was refused.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<ReloadReport, String>>;
+
 /// What [`run`] needs.
 pub struct ServiceParts {
     pub handle: Handle,
@@ -225,6 +238,8 @@ pub struct ServiceParts {
     pub overrides: Overrides,
     /// Applies a reloaded `log_level`.
     pub log: Option<crate::observability::LogControl>,
+    /// Reloads asked for through the API (besides SIGHUP).
+    pub reloads: Option<tokio::sync::mpsc::Receiver<ReloadRequest>>,
 }
 
 /// Waits until the monitor has published its first cycle.
@@ -239,11 +254,16 @@ pub fn ready(notifier: &dyn Notifier, handle: &Handle) {
     notifier.notify(&[Notice::Ready, Notice::Status(summary(&handle.status()))]);
 }
 
-/// Handles one SIGHUP: RELOADING=1, validate, hand the result to the
-/// monitor (which swaps it in or records the refusal), READY=1.
-pub async fn reload(parts: &ServiceParts) {
+/// Handles one reload (SIGHUP or the API): RELOADING=1, validate, hand
+/// the result to the monitor (which swaps it in or records the refusal),
+/// READY=1. Returns what was swapped in, or why the file was refused.
+pub async fn reload(parts: &ServiceParts) -> Result<ReloadReport, String> {
     parts.notifier.notify(&[Notice::Reloading]);
     let result = load_checked(&parts.config_path, &parts.overrides);
+    let mut report = ReloadReport {
+        file: parts.config_path.clone(),
+        restart_only: Vec::new(),
+    };
     match &result {
         Ok(new) => {
             let old = parts.handle.config();
@@ -251,6 +271,7 @@ pub async fn reload(parts: &ServiceParts) {
             if !fixed.is_empty() {
                 tracing::warn!(keys = ?fixed, "these settings change only on restart");
             }
+            report.restart_only = fixed.iter().map(|k| k.to_string()).collect();
             if old.agent.log_level != new.agent.log_level {
                 if let Some(log) = &parts.log {
                     if let Err(e) = log.set_level(new.agent.log_level.as_deref()) {
@@ -261,30 +282,52 @@ pub async fn reload(parts: &ServiceParts) {
         }
         Err(e) => tracing::error!(error = %e, "reload refused: keeping the running config"),
     }
+    let outcome = match &result {
+        Ok(_) => Ok(report),
+        Err(e) => Err(e.clone()),
+    };
     parts.handle.reload_checked(result).await;
     parts.notifier.notify(&[
         Notice::Ready,
         Notice::Status(summary(&parts.handle.status())),
     ]);
+    outcome
 }
 
 /// Signal loop until SIGTERM/SIGINT, then the orderly stop: STOPPING=1,
 /// cancel (the API stops accepting, the monitor finishes its cycle), wait
 /// up to [`STOP_GRACE`], persist the runtime state.
-pub async fn run(parts: ServiceParts) -> std::io::Result<()> {
+pub async fn run(mut parts: ServiceParts) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut reloads = parts.reloads.take();
     loop {
+        // A reload waits for the monitor to take it; a hung monitor must
+        // not make the agent deaf to SIGTERM.
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                // A reload waits for the monitor to take it; a hung monitor
-                // must not make the agent deaf to SIGTERM.
                 tokio::select! {
                     _ = reload(&parts) => {}
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                }
+            }
+            req = async {
+                match reloads.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Some(reply) = req else {
+                    reloads = None;
+                    continue;
+                };
+                tokio::select! {
+                    r = reload(&parts) => { let _ = reply.send(r); }
                     _ = term.recv() => break,
                     _ = int.recv() => break,
                 }

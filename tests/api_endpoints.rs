@@ -431,6 +431,15 @@ async fn bad_input_is_refused_with_json_errors_and_the_agent_keeps_serving() {
         "{v}"
     );
 
+    // A reload needs the service loop (virtpoold has one; this harness
+    // has none): 503 with a JSON reason, not a hang.
+    let (code, v) = a.call("POST", "/v1/reload", None).await;
+    assert_eq!(
+        (code, get(&v, "/error/code")),
+        (503, &json!("reload_unavailable")),
+        "{v}"
+    );
+
     // None of it changed anything.
     let st = a.handle.runtime.lock().unwrap().clone();
     assert_eq!(st, virtpool::state::RuntimeState::new());

@@ -367,6 +367,57 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
     let tail = api_json(&sock, &format!("/v1/events?since={since}"));
     assert_eq!(tail["events"].as_array().unwrap().len(), 1);
 
+    // `virtpoolctl reload` (POST /v1/reload): the same reload, answered
+    // when it is done. A broken file: exit 1 with the reason, the running
+    // config stays; a good one: swapped in.
+    let ctl_reload = || {
+        Command::new(env!("CARGO_BIN_EXE_virtpoolctl"))
+            .arg("--socket")
+            .arg(&sock)
+            .arg("reload")
+            .output()
+            .unwrap()
+    };
+    std::fs::write(
+        &d.config,
+        config_text(
+            d.dir.path(),
+            d.port,
+            "[pools.bad]\nvcpus = { budget = 1000 }\n",
+        ),
+    )
+    .unwrap();
+    let out = ctl_reload();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("refused") && err.contains("bad"), "{err}");
+    d.wait_line("READY=1", Duration::from_secs(10));
+    assert!(api_json(&sock, "/v1/pools")
+        .to_string()
+        .contains("\"spare\""));
+    std::fs::write(
+        &d.config,
+        config_text(
+            d.dir.path(),
+            d.port,
+            "[pools.extra]\ndomains = [\"dev-sandbox\"]\nvcpus = { budget = 2 }\n",
+        ),
+    )
+    .unwrap();
+    let out = ctl_reload();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("config reloaded from "), "{text}");
+    let pools = api_json(&sock, "/v1/pools").to_string();
+    assert!(
+        pools.contains("\"extra\"") && !pools.contains("\"spare\""),
+        "{pools}"
+    );
+
     // SIGTERM: STOPPING=1, exit 0, state persisted, no socket left.
     kill(d.pid(), Signal::SIGTERM).unwrap();
     d.wait_line("STOPPING=1", Duration::from_secs(10));

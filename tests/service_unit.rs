@@ -18,7 +18,6 @@ fn the_unit_has_what_the_spec_asks_for() {
     for (k, v) in [
         ("Type", "notify"),
         ("NotifyAccess", "main"),
-        ("ExecReload", "/bin/kill -HUP $MAINPID"),
         ("Restart", "on-failure"),
         ("RuntimeDirectory", "virtpool"),
         ("StateDirectory", "virtpool"),
@@ -31,6 +30,19 @@ fn the_unit_has_what_the_spec_asks_for() {
         assert_eq!(values(k), vec![v], "{k}");
     }
     assert_eq!(values("WatchdogSec").len(), 1);
+    // Reload: the check first (a bad file fails `systemctl reload`), then
+    // the signal.
+    assert_eq!(
+        values("ExecReload"),
+        vec![
+            "/usr/bin/virtpoold --check-config --config /etc/virtpool/virtpool.toml",
+            "/bin/kill -HUP $MAINPID"
+        ]
+    );
+    assert!(
+        values("ExecStartPre").is_empty(),
+        "a failed pre-check is restarted in a loop"
+    );
     let after = values("After").join(" ");
     for u in [
         "libvirtd.service",

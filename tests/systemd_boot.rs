@@ -6,8 +6,10 @@
 //!   cycle), with the cycle summary as the unit's status text; the API
 //!   socket answers `virtpoolctl`; each action is a journal entry with its
 //!   fields (DOMAIN=, RESOURCE=, …);
-//! - reload (SIGHUP): a valid config is swapped in; an invalid one is
-//!   refused, the service keeps running with the old one and says why;
+//! - reload: a valid config is swapped in; an invalid one fails
+//!   `systemctl reload` and `virtpoolctl reload` with the reason, and is
+//!   refused by the agent on a bare SIGHUP; the service keeps running with
+//!   the old one;
 //! - stop: exit 0, state saved, the runtime directory gone;
 //! - a killed agent is restarted (`Restart=on-failure`);
 //! - an invalid config at start fails the start without a restart loop
@@ -208,16 +210,23 @@ fn the_unit_runs_under_systemd() {
     c.wait_show("config reloaded", 10, |_| {
         c.journal().contains("config reloaded")
     });
-    // Reload, invalid: refused, same process, the old config stays.
-    std::fs::write(
-        c.config(),
-        good.replace("interval = \"5s\"", "interval = \"soon\""),
-    )
-    .unwrap();
-    c.ok(&["systemctl", "reload", "virtpoold"]);
+    // Reload, invalid: `systemctl reload` fails (the check before the
+    // signal), the agent is not even asked; a SIGHUP sent anyway is refused
+    // by the agent itself; `virtpoolctl reload` fails with the reason. The
+    // process and its config stay.
+    let bad = good.replace("interval = \"5s\"", "interval = \"soon\"");
+    std::fs::write(c.config(), &bad).unwrap();
+    let o = c.run(&["systemctl", "reload", "virtpoold"]);
+    assert!(!o.status.success(), "reload of an invalid config succeeded");
+    assert!(c.journal().contains("\"soon\""), "{}", c.journal());
+    c.ok(&["systemctl", "kill", "-s", "HUP", "virtpoold"]);
     c.wait_show("reload refused", 10, |_| {
         c.journal().contains("reload refused")
     });
+    let o = c.run(&["virtpoolctl", "--socket", sock, "reload"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("refused") && err.contains("soon"), "{err}");
     let s = c.show(&["ActiveState", "MainPID"]);
     assert_eq!(
         (s["ActiveState"].as_str(), &s["MainPID"]),
@@ -229,6 +238,12 @@ fn the_unit_runs_under_systemd() {
     let err = v["config_error"].as_str().unwrap_or_default();
     assert!(err.contains("virtpool.toml") && err.contains("soon"), "{v}");
     std::fs::write(c.config(), &good).unwrap();
+
+    let out = c.ok(&["virtpoolctl", "--socket", sock, "reload"]);
+    assert!(
+        out.contains("config reloaded from /etc/virtpool/virtpool.toml"),
+        "{out}"
+    );
 
     // Stop: exit 0, state saved, runtime directory removed.
     c.ok(&["systemctl", "stop", "virtpoold"]);

@@ -33,6 +33,8 @@ struct Inner {
     generation: AtomicU64,
     /// Serialized read answers for the current (status, generation, config).
     cache: Mutex<ReadCache>,
+    /// Where `POST /v1/reload` goes (the service loop), when set.
+    reloads: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::service::ReloadRequest>>,
 }
 
 /// Serialized answers valid for one published status, one runtime
@@ -96,7 +98,34 @@ impl AppState {
                 group: group.into(),
                 generation: AtomicU64::new(0),
                 cache: Mutex::new(ReadCache::default()),
+                reloads: std::sync::OnceLock::new(),
             }),
+        }
+    }
+
+    /// Takes `POST /v1/reload` requests to `tx` (the service loop, which
+    /// also takes SIGHUP). Without it the endpoint answers 503.
+    pub fn with_reloads(
+        self,
+        tx: tokio::sync::mpsc::Sender<crate::service::ReloadRequest>,
+    ) -> AppState {
+        // Set once, right after `new`: a second call keeps the first.
+        let _ = self.inner.reloads.set(tx);
+        self
+    }
+
+    /// `POST /v1/reload`: re-reads the config file as SIGHUP does and
+    /// answers once the monitor has taken the result.
+    pub async fn reload(&self) -> Result<ReloadResponse, Error> {
+        let tx = self.inner.reloads.get().ok_or(Error::NoReload)?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        tx.send(reply).await.map_err(|_| Error::Stopping)?;
+        match rx.await.map_err(|_| Error::Stopping)? {
+            Ok(r) => Ok(ReloadResponse {
+                file: r.file.display().to_string(),
+                restart_only: r.restart_only,
+            }),
+            Err(e) => Err(Error::ConfigRefused(e)),
         }
     }
 

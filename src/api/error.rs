@@ -50,6 +50,12 @@ pub enum Error {
     /// The monitor is gone (agent stopping).
     #[error("the agent is stopping")]
     Stopping,
+    /// A reload read a config file that is invalid: the running config stays.
+    #[error("reload refused, the running config stays: {0}")]
+    ConfigRefused(String),
+    /// This agent takes reloads by SIGHUP only (no service loop behind the API).
+    #[error("reloads are not taken through the API here: send SIGHUP")]
+    NoReload,
     /// The runtime state could not be saved: nothing was changed.
     #[error("change not saved, nothing changed: {0}")]
     Persist(String),
@@ -78,6 +84,8 @@ impl Error {
             Error::LibvirtDown(_) => (StatusCode::SERVICE_UNAVAILABLE, "libvirt_unavailable"),
             Error::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Error::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+            Error::ConfigRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "config_refused"),
+            Error::NoReload => (StatusCode::SERVICE_UNAVAILABLE, "reload_unavailable"),
             Error::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "state_not_saved"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -86,6 +86,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/domains/{domain}", get(domain))
         .route("/v1/plan", get(plan))
         .route("/v1/reconcile", post(reconcile))
+        .route("/v1/reload", post(reload))
         .route("/v1/pause", post(pause))
         .route("/v1/resume", post(resume))
         .route("/v1/events", get(events))
@@ -407,6 +408,11 @@ async fn resume_pool(
 
 /// `POST /v1/reconcile`: runs a cycle now, also while libvirt is down (the
 /// cycle is what reconnects).
+async fn reload(State(s): State<AppState>, Caller(peer): Caller) -> R<ReloadResponse> {
+    super::auth::authorize_change(peer, s.group())?;
+    Ok(axum::Json(s.reload().await?))
+}
+
 async fn reconcile(
     State(s): State<AppState>,
     Caller(peer): Caller,

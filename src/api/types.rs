@@ -323,6 +323,17 @@ pub struct ReconcileResponse {
     pub cycle: Option<CycleResult>,
 }
 
+/// `POST /v1/reload`: the config file was valid and is in force.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadResponse {
+    /// The file read.
+    pub file: String,
+    /// Changed settings that apply only on restart (they keep their
+    /// running values until then).
+    #[serde(default)]
+    pub restart_only: Vec<String>,
+}
+
 /// `GET /v1/events`: records of the audit log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventsResponse {

@@ -54,6 +54,10 @@ enum Cmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Re-read the agent's config file (as SIGHUP does) and wait for the
+    /// outcome: exit 1 with the reason if the file is refused (the running
+    /// config stays).
+    Reload,
     /// Stop changing domains (the agent, or one pool); keep planning.
     Pause { pool: Option<String> },
     /// Resume changing domains (the agent, or one pool).
@@ -268,6 +272,7 @@ async fn run(cli: Cli) -> Result<String, Fail> {
             format!("/v1/reconcile{}", wait_q(*wait)),
             None,
         ),
+        Cmd::Reload => (Method::POST, "/v1/reload".into(), None),
         Cmd::Pause { pool: None } => (Method::POST, "/v1/pause".into(), None),
         Cmd::Resume { pool: None } => (Method::POST, "/v1/resume".into(), None),
         Cmd::Pause { pool: Some(p) } => (
@@ -332,6 +337,17 @@ async fn run(cli: Cli) -> Result<String, Fail> {
                 Some(c) => render_cycle(c),
                 None => "cycle requested\n".into(),
             }
+        }
+        Cmd::Reload => {
+            let r: ReloadResponse = ans.json()?;
+            let mut s = format!("config reloaded from {}\n", r.file);
+            if !r.restart_only.is_empty() {
+                s.push_str(&format!(
+                    "changed, applied only on restart: {}\n",
+                    r.restart_only.join(", ")
+                ));
+            }
+            s
         }
         Cmd::Events { .. } => render_events(&ans.json()?),
         Cmd::Pool(_) | Cmd::Pause { .. } | Cmd::Resume { .. } => {
