@@ -89,6 +89,8 @@ struct RawAgent {
     log_level: Option<String>,
     metrics_listen: Option<SocketAddr>,
     resync_interval: Option<Secs>,
+    audit_max_size: Option<Bytes>,
+    audit_keep: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -259,6 +261,12 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
     }
 }
 
+/// Smallest `agent.audit_max_size` (a rotation per few hundred records
+/// below that would lose history for nothing).
+pub const MIN_AUDIT_BYTES: u64 = 64 << 10;
+/// Most rotated audit files (`agent.audit_keep`).
+pub const MAX_AUDIT_KEEP: u64 = 100;
+
 // ---------------------------------------------------------------- validated
 
 /// Agent-wide settings (`[agent]`, `[api]`).
@@ -273,6 +281,10 @@ pub struct AgentConfig {
     /// Longest a domain's slow facts (XML, I/O limits, weights) are reused
     /// without an event saying they changed; zero reads them every cycle.
     pub resync_interval: Duration,
+    /// The audit log rotates when it would grow past this many bytes.
+    pub audit_max_bytes: u64,
+    /// Rotated audit files kept (`audit.jsonl.1` …).
+    pub audit_keep: usize,
     pub socket: PathBuf,
     pub api_group: String,
 }
@@ -570,6 +582,22 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
             humantime::format_duration(interval)
         ));
     }
+    let audit_max_bytes = a
+        .audit_max_size
+        .map_or(crate::audit::DEFAULT_MAX_BYTES, |b| b.0);
+    if audit_max_bytes < MIN_AUDIT_BYTES {
+        problems.push(format!(
+            "agent.audit_max_size ({}) is below the smallest size, {}",
+            units::human_bytes(audit_max_bytes),
+            units::human_bytes(MIN_AUDIT_BYTES)
+        ));
+    }
+    let audit_keep = a.audit_keep.unwrap_or(crate::audit::DEFAULT_KEEP as u64);
+    if audit_keep > MAX_AUDIT_KEEP {
+        problems.push(format!(
+            "agent.audit_keep ({audit_keep}) is above {MAX_AUDIT_KEEP} rotated files"
+        ));
+    }
     if let Some(l) = &a.log_level {
         if tracing_subscriber::EnvFilter::try_new(l).is_err() {
             problems.push(format!("agent.log_level ({l:?}) is not a valid log filter"));
@@ -591,6 +619,8 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
         resync_interval: a
             .resync_interval
             .map_or(crate::libvirt::cache::DEFAULT_RESYNC, |s| s.0),
+        audit_max_bytes,
+        audit_keep: usize::try_from(audit_keep.min(MAX_AUDIT_KEEP)).unwrap_or(0),
         socket: expand(
             &raw.api
                 .socket
@@ -942,6 +972,11 @@ mod tests {
         let c = parse("[agent]\nresync_interval = \"0s\"\n").unwrap();
         assert_eq!(c.agent.resync_interval, Duration::ZERO);
         assert_eq!(c.agent.mode, Mode::Enforce);
+        assert_eq!(
+            (c.agent.audit_max_bytes, c.agent.audit_keep),
+            (10 << 20, 3),
+            "audit rotation defaults"
+        );
         assert_eq!(c.agent.api_group, "libvirt");
         assert_eq!(c.tuning, Tuning::default());
         let cap = HostCapacity {
@@ -1022,6 +1057,16 @@ memory = { min = "4GiB", shares = 3000 }
             .unwrap_err()
             .to_string();
         assert!(e.contains("resync_interval"), "{e}");
+        let c = parse("[agent]\naudit_max_size = \"1MiB\"\naudit_keep = 0\n").unwrap();
+        assert_eq!((c.agent.audit_max_bytes, c.agent.audit_keep), (1 << 20, 0));
+        let e = parse("[agent]\naudit_max_size = \"4KiB\"\naudit_keep = 1000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("agent.audit_max_size (4.0 KiB) is below")
+                && e.contains("agent.audit_keep (1000)"),
+            "{e}"
+        );
         let e = parse("[pools.a]\nmemory = { budget = \"-4GiB\" }\n")
             .unwrap_err()
             .to_string();

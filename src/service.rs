@@ -164,6 +164,12 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if a.resync_interval != b.resync_interval {
         out.push("agent.resync_interval");
     }
+    if a.audit_max_bytes != b.audit_max_bytes {
+        out.push("agent.audit_max_size");
+    }
+    if a.audit_keep != b.audit_keep {
+        out.push("agent.audit_keep");
+    }
     out
 }
 
@@ -403,11 +409,17 @@ mod tests {
     #[test]
     fn restart_only_settings_are_named() {
         let a = cfg("[agent]\ninterval = \"5s\"\n");
-        let b = cfg("[agent]\ninterval = \"9s\"\nlibvirt_uri = \"test:///default\"\nresync_interval = \"1m\"\n[api]\nsocket = \"/tmp/x.sock\"\n");
+        let b = cfg("[agent]\ninterval = \"9s\"\nlibvirt_uri = \"test:///default\"\nresync_interval = \"1m\"\naudit_max_size = \"1MiB\"\naudit_keep = 9\n[api]\nsocket = \"/tmp/x.sock\"\n");
         assert_eq!(restart_only_changes(&a, &a), Vec::<&str>::new());
         assert_eq!(
             restart_only_changes(&a, &b),
-            vec!["agent.libvirt_uri", "api.socket", "agent.resync_interval"]
+            vec![
+                "agent.libvirt_uri",
+                "api.socket",
+                "agent.resync_interval",
+                "agent.audit_max_size",
+                "agent.audit_keep"
+            ]
         );
     }
 

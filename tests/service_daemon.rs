@@ -15,11 +15,14 @@ use std::time::{Duration, Instant};
 const DEMO: &str = include_str!("../config/demo.toml");
 
 /// The demo config with its paths moved into `dir`, metrics on TCP `port`.
+/// The daemons here rotate their audit log at 1 MiB (not the default 10).
+const AUDIT_MAX: usize = 1 << 20;
+
 fn config_text(dir: &Path, port: u16, extra: &str) -> String {
     let pools = &DEMO[DEMO.find("[host]").unwrap()..];
     let node = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo-host.xml");
     format!(
-        "[agent]\nlibvirt_uri = \"test://{}\"\ninterval = \"30s\"\nstate_dir = \"{}\"\nmetrics_listen = \"127.0.0.1:{port}\"\n\n[api]\nsocket = \"{}\"\ngroup = \"root\"\n\n{pools}\n{extra}",
+        "[agent]\nlibvirt_uri = \"test://{}\"\ninterval = \"30s\"\nstate_dir = \"{}\"\nmetrics_listen = \"127.0.0.1:{port}\"\naudit_max_size = \"{AUDIT_MAX}B\"\n\n[api]\nsocket = \"{}\"\ngroup = \"root\"\n\n{pools}\n{extra}",
         node.display(),
         dir.join("state").display(),
         dir.join("virtpool.sock").display(),
@@ -489,12 +492,13 @@ fn seed_audit(file: &Path, size: usize) -> u64 {
 
 #[test]
 fn events_survive_a_restart_and_are_read_across_rotation() {
-    // An audit log 20 bytes short of the rotation size: the agent's first
-    // records rotate it to audit.jsonl.1.
+    // An audit log 20 bytes short of the configured rotation size
+    // (`agent.audit_max_size`): the agent's first records rotate it to
+    // audit.jsonl.1.
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let max = usize::try_from(virtpool::audit::DEFAULT_MAX_BYTES).unwrap();
+    let max = AUDIT_MAX;
     let seeded = seed_audit(&state.join("audit.jsonl"), max - 20);
     let mut d = Daemon::start_in(dir, Duration::from_secs(10));
     d.wait_line("READY=1", Duration::from_secs(30));

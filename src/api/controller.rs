@@ -20,6 +20,9 @@ use axum::body::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// How long `POST /v1/reload` waits for the cycle after the reload.
+const RELOAD_CYCLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What every request handler shares.
 #[derive(Clone)]
 pub struct AppState {
@@ -115,12 +118,20 @@ impl AppState {
     }
 
     /// `POST /v1/reload`: re-reads the config file as SIGHUP does and
-    /// answers once the monitor has taken the result.
+    /// answers once the monitor has taken the result and published the
+    /// cycle that follows (so what the caller reads next reflects it).
     pub async fn reload(&self) -> Result<ReloadResponse, Error> {
         let tx = self.inner.reloads.get().ok_or(Error::NoReload)?;
+        let mut status = self.inner.handle.status.clone();
+        let before = status.borrow().cycle;
         let (reply, rx) = tokio::sync::oneshot::channel();
         tx.send(reply).await.map_err(|_| Error::Stopping)?;
-        match rx.await.map_err(|_| Error::Stopping)? {
+        let outcome = rx.await.map_err(|_| Error::Stopping)?;
+        // The monitor runs a cycle right after taking a reload; a cycle
+        // stuck in libvirt does not hold the answer for long.
+        let _ =
+            tokio::time::timeout(RELOAD_CYCLE_WAIT, status.wait_for(|s| s.cycle > before)).await;
+        match outcome {
             Ok(r) => Ok(ReloadResponse {
                 file: r.file.display().to_string(),
                 restart_only: r.restart_only,

@@ -260,7 +260,11 @@ async fn daemon(
             "vCPU holds from the last run stay until their domains restart"
         );
     }
-    let audit = match AuditLog::open(&cfg.agent.state_dir) {
+    let audit = match AuditLog::open_with(
+        &cfg.agent.state_dir,
+        cfg.agent.audit_max_bytes,
+        cfg.agent.audit_keep,
+    ) {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(error = %e, "audit log kept in memory only");
