@@ -564,6 +564,31 @@ fn real_guest_follows_the_agent() {
     );
     ph.end("memory + disk budgets up");
 
+    // Another tool lowers the disk limit behind the agent's back. QEMU
+    // raises a TUNABLE event, which marks the domain's cached limits stale:
+    // the agent reads them again and restores its limit within a few
+    // cycles, not at the 5-minute resync.
+    let limit = h.iotune_bps();
+    h.virsh(&[
+        "blkdeviotune",
+        "vp-pc",
+        "vda",
+        "--total-bytes-sec",
+        "2097152",
+        "--live",
+    ]);
+    let t0 = Instant::now();
+    wait_until(
+        20,
+        "the agent's disk limit restored after an outside change",
+        || (h.iotune_bps() == limit).then_some(()),
+    );
+    say!(
+        "outside change of vda's limit to 2 MiB/s: restored to {limit} B/s after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    ph.end("outside disk-limit change");
+
     // ---- 2: vCPUs 1 → 2. A reservation cannot lift a member above its
     // pool's `max` (the API refuses it), and a lone member's target is set
     // by the budget, so the change is the pool's `max` 1 → 2; the
