@@ -890,7 +890,7 @@ impl Monitor {
         let alive: HashSet<&str> = snapshot.domains.iter().map(|d| &*d.uuid).collect();
         self.history.retain(|u| alive.contains(u));
         self.history.observe(&snapshot.domains);
-        self.save_holds();
+        self.save_holds().await;
         self.note_unadmitted(&plan);
         status.plan = Some(plan);
         status.domains = snapshot.domains;
@@ -898,18 +898,27 @@ impl Monitor {
     }
 
     /// Saves the held vCPU changes when they changed (a timeout was
-    /// recorded, or a held domain restarted or went away). A failed write
-    /// is logged and tried again after the next cycle.
-    fn save_holds(&mut self) {
-        let Some(dir) = &self.holds_dir else {
+    /// recorded, or a held domain restarted or went away), on a blocking
+    /// thread (the write is fsynced). A failed write is logged and tried
+    /// again after the next cycle.
+    async fn save_holds(&mut self) {
+        let Some(dir) = self.holds_dir.clone() else {
             return;
         };
         let now = VcpuHolds::from_pending(&self.history.vcpu_pending);
         if now.holds == self.saved_holds.holds {
             return;
         }
-        match now.save(dir) {
-            Ok(()) => {
+        let saved = tokio::task::spawn_blocking(move || now.save(&dir).map(|()| now))
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::state::StateError::Write {
+                    file: crate::state::HOLDS_FILE.into(),
+                    source: std::io::Error::other(e),
+                })
+            });
+        match saved {
+            Ok(now) => {
                 tracing::debug!(held = now.holds.len(), "vCPU holds saved");
                 self.saved_holds = now;
             }

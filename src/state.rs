@@ -135,26 +135,10 @@ impl RuntimeState {
 
     /// Loads `state_dir/state.json`; a missing file is an empty state.
     pub fn load(state_dir: &Path) -> Result<RuntimeState, StateError> {
-        let file = state_dir.join(STATE_FILE);
-        let text = match std::fs::read_to_string(&file) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RuntimeState::new()),
-            Err(source) => return Err(StateError::Read { file, source }),
-        };
-        let st: RuntimeState = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
-            file: file.clone(),
-            message: e.to_string(),
+        let st = read_json(state_dir, STATE_FILE, STATE_VERSION, |s: &RuntimeState| {
+            s.version
         })?;
-        if st.version != STATE_VERSION {
-            return Err(StateError::Corrupt {
-                file,
-                message: format!(
-                    "version {} is not the version this build reads ({STATE_VERSION})",
-                    st.version
-                ),
-            });
-        }
-        Ok(st)
+        Ok(st.unwrap_or_else(RuntimeState::new))
     }
 
     /// Writes atomically: temp file, fsync, rename, fsync directory.
@@ -238,31 +222,13 @@ impl VcpuHolds {
 
     /// Loads `state_dir/vcpu-holds.json`; a missing file is no holds.
     pub fn load(state_dir: &Path) -> Result<VcpuHolds, StateError> {
-        let file = state_dir.join(HOLDS_FILE);
-        let text = match std::fs::read_to_string(&file) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(VcpuHolds {
-                    version: HOLDS_VERSION,
-                    holds: BTreeMap::new(),
-                })
-            }
-            Err(source) => return Err(StateError::Read { file, source }),
-        };
-        let h: VcpuHolds = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
-            file: file.clone(),
-            message: e.to_string(),
+        let h = read_json(state_dir, HOLDS_FILE, HOLDS_VERSION, |h: &VcpuHolds| {
+            h.version
         })?;
-        if h.version != HOLDS_VERSION {
-            return Err(StateError::Corrupt {
-                file,
-                message: format!(
-                    "version {} is not the version this build reads ({HOLDS_VERSION})",
-                    h.version
-                ),
-            });
-        }
-        Ok(h)
+        Ok(h.unwrap_or(VcpuHolds {
+            version: HOLDS_VERSION,
+            holds: BTreeMap::new(),
+        }))
     }
 
     /// Writes atomically (see [`RuntimeState::save`]).
@@ -274,6 +240,37 @@ impl VcpuHolds {
     pub fn reset(state_dir: &Path) -> Result<Option<PathBuf>, StateError> {
         move_aside(state_dir, HOLDS_FILE)
     }
+}
+
+/// Reads `state_dir/name` as JSON: `None` when there is no such file. A
+/// file that does not parse, or whose version (`version`) is not `want`,
+/// is corrupt.
+fn read_json<T: serde::de::DeserializeOwned>(
+    state_dir: &Path,
+    name: &str,
+    want: u32,
+    version: impl Fn(&T) -> u32,
+) -> Result<Option<T>, StateError> {
+    let file = state_dir.join(name);
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(StateError::Read { file, source }),
+    };
+    let v: T = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+        file: file.clone(),
+        message: e.to_string(),
+    })?;
+    if version(&v) != want {
+        return Err(StateError::Corrupt {
+            file,
+            message: format!(
+                "version {} is not the version this build reads ({want})",
+                version(&v)
+            ),
+        });
+    }
+    Ok(Some(v))
 }
 
 /// Writes `value` as JSON to `state_dir/name`: temp file, fsync, rename,
