@@ -87,6 +87,11 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
+    /// Rewrites the config file with `extra` after the demo pools.
+    fn write_config(&self, extra: &str) {
+        std::fs::write(&self.config, config_text(self.dir.path(), self.port, extra)).unwrap();
+    }
+
     fn start(watchdog: Duration) -> Daemon {
         Daemon::start_in(tempfile::tempdir().unwrap(), watchdog)
     }
@@ -267,15 +272,7 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
 
     // SIGHUP with a broken config: RELOADING=1, then READY=1 again; the
     // agent keeps running the old config and reports the error.
-    std::fs::write(
-        &d.config,
-        config_text(
-            d.dir.path(),
-            d.port,
-            "[pools.bad]\nvcpus = { budget = 1000 }\n",
-        ),
-    )
-    .unwrap();
+    d.write_config("[pools.bad]\nvcpus = { budget = 1000 }\n");
     kill(d.pid(), Signal::SIGHUP).unwrap();
     let (_, msg) = d.wait_line("RELOADING=1", Duration::from_secs(10));
     assert!(
@@ -308,15 +305,7 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
     d.wait_line("WATCHDOG=1", Duration::from_secs(5));
 
     // SIGHUP with a good config: a fourth pool appears, the error goes.
-    std::fs::write(
-        &d.config,
-        config_text(
-            d.dir.path(),
-            d.port,
-            "[pools.spare]\ndomains = [\"dev-sandbox\"]\nvcpus = { budget = 4 }\n",
-        ),
-    )
-    .unwrap();
+    d.write_config("[pools.spare]\ndomains = [\"dev-sandbox\"]\nvcpus = { budget = 4 }\n");
     kill(d.pid(), Signal::SIGHUP).unwrap();
     d.wait_line("RELOADING=1", Duration::from_secs(10));
     d.wait_line("READY=1", Duration::from_secs(10));
@@ -381,15 +370,7 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
             .output()
             .unwrap()
     };
-    std::fs::write(
-        &d.config,
-        config_text(
-            d.dir.path(),
-            d.port,
-            "[pools.bad]\nvcpus = { budget = 1000 }\n",
-        ),
-    )
-    .unwrap();
+    d.write_config("[pools.bad]\nvcpus = { budget = 1000 }\n");
     let out = ctl_reload();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -398,15 +379,7 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
     assert!(api_json(&sock, "/v1/pools")
         .to_string()
         .contains("\"spare\""));
-    std::fs::write(
-        &d.config,
-        config_text(
-            d.dir.path(),
-            d.port,
-            "[pools.extra]\ndomains = [\"dev-sandbox\"]\nvcpus = { budget = 2 }\n",
-        ),
-    )
-    .unwrap();
+    d.write_config("[pools.extra]\ndomains = [\"dev-sandbox\"]\nvcpus = { budget = 2 }\n");
     let out = ctl_reload();
     assert!(
         out.status.success(),
