@@ -153,6 +153,16 @@ fn runtime_pools(
     toml::from_str::<P>(&pools_toml(n, t)).unwrap().pools
 }
 
+/// A `/proc/PID/status` field in KiB (`pid` may be `self`).
+fn proc_status_kib(pid: &str, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// utime + stime of this process, in clock ticks (10 ms).
 fn self_cpu_ticks() -> u64 {
     let s = std::fs::read_to_string("/proc/self/stat").unwrap();
@@ -234,7 +244,9 @@ fn baseline_read(c: &Connect) -> Vec<Domain> {
 /// Commands on its stdin, one answer line each:
 /// - `full` → `ms` (every read of the domains; remembers their disks);
 /// - `read` → `ms cpu_ms` (a steady cycle's reads; the child's CPU time);
-/// - `change` → `ms writes` (the reads, then the writes to BASE_C values).
+/// - `change` → `ms writes` (the reads, then the writes to BASE_C values);
+/// - `rss` → `rss_kib anon_kib` (the child's `VmRSS` and `RssAnon`: the
+///   memory a minimal libvirt client needs for the same work, the RSS floor).
 struct Baseline {
     child: Child,
     stdin: std::process::ChildStdin,
@@ -298,6 +310,11 @@ fn baseline_child(uri: &str) {
                 let writes = baseline_change(&c, &disks, BASE_C);
                 format!("{} {writes}", ms(t0))
             }
+            "rss" => format!(
+                "{} {}",
+                proc_status_kib("self", "VmRSS:"),
+                proc_status_kib("self", "RssAnon:")
+            ),
             other => panic!("baseline child: unknown command {other:?}"),
         };
         let mut out = std::io::stdout().lock();
@@ -351,6 +368,9 @@ struct CycleFigures {
     /// a steady cycle needs cost a minimal client, the idle floor.
     c_read_cpu: f64,
     actions_a: usize,
+    /// The baseline child's RSS and anonymous memory (MiB) after its cycles.
+    c_rss: f64,
+    c_anon: f64,
 }
 
 fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> CycleFigures {
@@ -456,6 +476,7 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
     }
     drop(m);
     drop(handle);
+    let rss = base.ask("rss");
     CycleFigures {
         a: median(&mut a),
         b: median(&mut b),
@@ -466,6 +487,8 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
         b_observe: median(&mut b_obs),
         c_read_cpu: median(&mut cr_cpu),
         actions_a,
+        c_rss: rss[0] / 1024.0,
+        c_anon: rss[1] / 1024.0,
     }
 }
 
@@ -554,12 +577,7 @@ impl Agent {
     }
 
     fn proc_field(&self, key: &str) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        s.lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        proc_status_kib(&self.child.id().to_string(), key)
     }
 
     fn rss_kib(&self) -> u64 {
@@ -825,6 +843,11 @@ fn main() {
             f.b_observe,
             f.c_read_cpu,
             f.c_read_cpu / 100.0
+        );
+        eprintln!(
+            "  baseline client after its cycles: RSS {:.1} MiB (anon {:.1}): the RSS floor of a \
+             libvirt client doing the same calls",
+            f.c_rss, f.c_anon
         );
         // The daemon's domains are at the baseline's values; the real agent
         // converges them first.
