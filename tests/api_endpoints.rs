@@ -465,6 +465,83 @@ async fn bad_input_is_refused_with_json_errors_and_the_agent_keeps_serving() {
     a.stop().await;
 }
 
+/// `POST /v1/reload` hands the reload to the service loop and answers with
+/// what it gave: 200 with the file, 422 with the reason. When the loop does
+/// not answer within the wait (the monitor's cycle is stuck in libvirt),
+/// the caller gets a 503 that says so instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_answers_with_the_outcome_or_a_503_when_not_taken_in_time() {
+    use virtpool::service::{ReloadReport, ReloadRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
+    let a = Agent::start_with_reloads(
+        dir.path(),
+        "root",
+        STANDARD_POOLS,
+        FakeHv::new(standard_domains()),
+        ServeOptions::default(),
+        Some((tx, Duration::from_secs(1))),
+    )
+    .await;
+
+    // Taken, never answered: a 503 after the wait, naming it.
+    let held = tokio::spawn(async move {
+        let first = rx.recv().await.unwrap();
+        (first, rx)
+    });
+    let t0 = std::time::Instant::now();
+    let (code, v) = a.call("POST", "/v1/reload", None).await;
+    assert_eq!(
+        (code, get(&v, "/error/code")),
+        (503, &json!("reload_pending")),
+        "{v}"
+    );
+    assert!(t0.elapsed() >= Duration::from_secs(1), "{:?}", t0.elapsed());
+    let msg = get(&v, "/error/message").as_str().unwrap();
+    assert!(
+        msg.contains("within 1s") && msg.contains("virtpoolctl status"),
+        "{msg}"
+    );
+    let (first, mut rx) = held.await.unwrap();
+    drop(first);
+
+    // Answered: valid, then refused.
+    let answer = tokio::spawn(async move {
+        let ok = rx.recv().await.unwrap();
+        let _ = ok.send(Ok(ReloadReport {
+            file: "/etc/virtpool/virtpool.toml".into(),
+            restart_only: vec!["api.socket".into()],
+        }));
+        let refused = rx.recv().await.unwrap();
+        let _ = refused.send(Err(
+            "/etc/virtpool/virtpool.toml: pools.web.vcpus.budget: bad".into(),
+        ));
+    });
+    let (code, v) = a.call("POST", "/v1/reload", None).await;
+    assert_eq!(
+        (code, v),
+        (
+            200,
+            json!({"file": "/etc/virtpool/virtpool.toml", "restart_only": ["api.socket"]})
+        )
+    );
+    let (code, v) = a.call("POST", "/v1/reload", None).await;
+    assert_eq!(
+        (code, get(&v, "/error/code")),
+        (422, &json!("config_refused")),
+        "{v}"
+    );
+    assert!(
+        get(&v, "/error/message")
+            .as_str()
+            .unwrap()
+            .contains("pools.web.vcpus.budget: bad"),
+        "{v}"
+    );
+    answer.await.unwrap();
+    a.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reservations_that_do_not_fit_are_refused_with_the_numbers() {
     let dir = tempfile::tempdir().unwrap();

@@ -20,8 +20,9 @@ use axum::body::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// How long `POST /v1/reload` waits for the cycle after the reload.
-const RELOAD_CYCLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long `POST /v1/reload` waits for the monitor to take the reload,
+/// then for the cycle after it (each).
+pub const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -37,7 +38,10 @@ struct Inner {
     /// Serialized read answers for the current (status, generation, config).
     cache: Mutex<ReadCache>,
     /// Where `POST /v1/reload` goes (the service loop), when set.
-    reloads: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::service::ReloadRequest>>,
+    reloads: std::sync::OnceLock<(
+        tokio::sync::mpsc::Sender<crate::service::ReloadRequest>,
+        std::time::Duration,
+    )>,
 }
 
 /// Serialized answers valid for one published status, one runtime
@@ -107,30 +111,40 @@ impl AppState {
     }
 
     /// Takes `POST /v1/reload` requests to `tx` (the service loop, which
-    /// also takes SIGHUP). Without it the endpoint answers 503.
+    /// also takes SIGHUP), waiting at most `wait` for the monitor to take
+    /// each one ([`RELOAD_WAIT`] in the agent). Without it the endpoint
+    /// answers 503.
     pub fn with_reloads(
         self,
         tx: tokio::sync::mpsc::Sender<crate::service::ReloadRequest>,
+        wait: std::time::Duration,
     ) -> AppState {
         // Set once, right after `new`: a second call keeps the first.
-        let _ = self.inner.reloads.set(tx);
+        let _ = self.inner.reloads.set((tx, wait));
         self
     }
 
     /// `POST /v1/reload`: re-reads the config file as SIGHUP does and
     /// answers once the monitor has taken the result and published the
     /// cycle that follows (so what the caller reads next reflects it).
+    /// A monitor whose cycle is stuck (in libvirt) does not take it: after
+    /// the wait the answer is 503 `reload_pending`, and the reload stays
+    /// queued.
     pub async fn reload(&self) -> Result<ReloadResponse, Error> {
-        let tx = self.inner.reloads.get().ok_or(Error::NoReload)?;
+        let (tx, wait) = self.inner.reloads.get().ok_or(Error::NoReload)?;
         let mut status = self.inner.handle.status.clone();
         let before = status.borrow().cycle;
         let (reply, rx) = tokio::sync::oneshot::channel();
-        tx.send(reply).await.map_err(|_| Error::Stopping)?;
-        let outcome = rx.await.map_err(|_| Error::Stopping)?;
+        let handed = async {
+            tx.send(reply).await.map_err(|_| Error::Stopping)?;
+            rx.await.map_err(|_| Error::Stopping)
+        };
+        let outcome = tokio::time::timeout(*wait, handed)
+            .await
+            .map_err(|_| Error::ReloadPending(*wait))??;
         // The monitor runs a cycle right after taking a reload; a cycle
         // stuck in libvirt does not hold the answer for long.
-        let _ =
-            tokio::time::timeout(RELOAD_CYCLE_WAIT, status.wait_for(|s| s.cycle > before)).await;
+        let _ = tokio::time::timeout(*wait, status.wait_for(|s| s.cycle > before)).await;
         match outcome {
             Ok(r) => Ok(ReloadResponse {
                 file: r.file.display().to_string(),

@@ -53,6 +53,15 @@ pub enum Error {
     /// A reload read a config file that is invalid: the running config stays.
     #[error("reload refused, the running config stays: {0}")]
     ConfigRefused(String),
+    /// The reload was handed over, but the monitor did not take it within
+    /// the wait (its cycle is still running): it takes effect when that
+    /// cycle ends.
+    #[error(
+        "reload not taken within {}s: the agent's cycle is still running (stuck in libvirt?); \
+         the file is read when that cycle ends: see `virtpoolctl status` (config_error) for the outcome",
+        .0.as_secs()
+    )]
+    ReloadPending(std::time::Duration),
     /// This agent takes reloads by SIGHUP only (no service loop behind the API).
     #[error("reloads are not taken through the API here: send SIGHUP")]
     NoReload,
@@ -86,6 +95,7 @@ impl Error {
             Error::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
             Error::ConfigRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "config_refused"),
             Error::NoReload => (StatusCode::SERVICE_UNAVAILABLE, "reload_unavailable"),
+            Error::ReloadPending(_) => (StatusCode::SERVICE_UNAVAILABLE, "reload_pending"),
             Error::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "state_not_saved"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -212,6 +212,22 @@ impl Agent {
         hv: FakeHv,
         opts: ServeOptions,
     ) -> Agent {
+        Agent::start_with_reloads(dir, group, pools, hv, opts, None).await
+    }
+
+    /// [`Agent::start`], with `POST /v1/reload` handed to `reloads` (in
+    /// `virtpoold` the service loop takes them) and its wait.
+    pub async fn start_with_reloads(
+        dir: &Path,
+        group: &str,
+        pools: &str,
+        hv: FakeHv,
+        opts: ServeOptions,
+        reloads: Option<(
+            tokio::sync::mpsc::Sender<virtpool::service::ReloadRequest>,
+            std::time::Duration,
+        )>,
+    ) -> Agent {
         let text = config_text(dir, group, pools);
         let cfg = Config::parse(&text, &dir.join("virtpool.toml")).unwrap();
         let runtime = RuntimeState::load(&cfg.agent.state_dir).unwrap();
@@ -223,7 +239,10 @@ impl Agent {
         let group = cfg.agent.api_group.clone();
         let (monitor, handle) = Monitor::new(worker, Host::new().unwrap(), cfg, runtime, false);
         let shutdown = CancellationToken::new();
-        let state = AppState::new(handle.clone(), group);
+        let mut state = AppState::new(handle.clone(), group);
+        if let Some((tx, wait)) = reloads {
+            state = state.with_reloads(tx, wait);
+        }
         let t1 = tokio::spawn(api::serve_with(sock, state, shutdown.clone(), opts));
         let t2 = tokio::spawn(monitor.run(shutdown.clone()));
         handle.reconcile(true).await.unwrap();
