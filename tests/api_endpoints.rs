@@ -474,13 +474,14 @@ async fn reload_answers_with_the_outcome_or_a_503_when_not_taken_in_time() {
     use virtpool::service::{ReloadReport, ReloadRequest};
     let dir = tempfile::tempdir().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
-    let a = Agent::start_with_reloads(
+    let a = Agent::start_with(
         dir.path(),
         "root",
         STANDARD_POOLS,
         FakeHv::new(standard_domains()),
         ServeOptions::default(),
-        Some((tx, Duration::from_secs(1))),
+        Some(tx),
+        Some(Duration::from_secs(1)),
     )
     .await;
 
@@ -539,6 +540,59 @@ async fn reload_answers_with_the_outcome_or_a_503_when_not_taken_in_time() {
         "{v}"
     );
     answer.await.unwrap();
+    a.stop().await;
+}
+
+/// A cycle stuck in libvirt does not hold callers: `?wait=true` answers
+/// after the wait limit — a change stands (200, no cycle in the answer),
+/// `POST /v1/reconcile?wait=true` is a 503 that says why — and reads are
+/// served meanwhile. Once the cycle returns, waits give cycles again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_for_a_stuck_cycle_end_at_the_wait_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let hv = FakeHv::new(standard_domains());
+    let a = Agent::start_with(
+        dir.path(),
+        "root",
+        STANDARD_POOLS,
+        hv.clone(),
+        ServeOptions::default(),
+        None,
+        Some(Duration::from_secs(1)),
+    )
+    .await;
+    hv.set_stall(true);
+
+    let t0 = std::time::Instant::now();
+    let (code, v) = a.call("POST", "/v1/reconcile?wait=true", None).await;
+    assert_eq!(
+        (code, get(&v, "/error/code")),
+        (503, &json!("cycle_pending")),
+        "{v}"
+    );
+    assert!(t0.elapsed() >= Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert!(
+        get(&v, "/error/message")
+            .as_str()
+            .unwrap()
+            .contains("within 1s"),
+        "{v}"
+    );
+
+    let spec = r#"{"domains":["dev"],"vcpus":{"budget":2}}"#;
+    let (code, v) = a.call("PUT", "/v1/pools/extra?wait=true", Some(spec)).await;
+    assert_eq!((code, get(&v, "/changed")), (201, &json!(true)), "{v}");
+    assert!(v.get("cycle").is_none(), "{v}");
+    assert_eq!(a.call("GET", "/v1/status", None).await.0, 200);
+    assert_eq!(
+        get(&a.call("GET", "/v1/pools/extra", None).await.1, "/source"),
+        "runtime"
+    );
+
+    hv.set_stall(false);
+    let (code, v) = a.call("POST", "/v1/reconcile?wait=true", None).await;
+    assert_eq!((code, get(&v, "/waited")), (200, &json!(true)), "{v}");
+    assert!(get(&v, "/cycle/cycle").as_u64().is_some(), "{v}");
     a.stop().await;
 }
 

@@ -20,9 +20,11 @@ use axum::body::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// How long `POST /v1/reload` waits for the monitor to take the reload,
-/// then for the cycle after it (each).
-pub const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a request waits for the monitor — a reload to be taken, a
+/// cycle to finish (`?wait=true`, `POST /v1/reload`) — before it answers
+/// without it. A cycle stuck in libvirt must not hold callers until the
+/// watchdog restarts the agent.
+pub const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -38,10 +40,9 @@ struct Inner {
     /// Serialized read answers for the current (status, generation, config).
     cache: Mutex<ReadCache>,
     /// Where `POST /v1/reload` goes (the service loop), when set.
-    reloads: std::sync::OnceLock<(
-        tokio::sync::mpsc::Sender<crate::service::ReloadRequest>,
-        std::time::Duration,
-    )>,
+    reloads: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::service::ReloadRequest>>,
+    /// See [`WAIT_LIMIT`].
+    wait_limit: std::time::Duration,
 }
 
 /// Serialized answers valid for one published status, one runtime
@@ -106,21 +107,28 @@ impl AppState {
                 generation: AtomicU64::new(0),
                 cache: Mutex::new(ReadCache::default()),
                 reloads: std::sync::OnceLock::new(),
+                wait_limit: WAIT_LIMIT,
             }),
         }
     }
 
     /// Takes `POST /v1/reload` requests to `tx` (the service loop, which
-    /// also takes SIGHUP), waiting at most `wait` for the monitor to take
-    /// each one ([`RELOAD_WAIT`] in the agent). Without it the endpoint
-    /// answers 503.
+    /// also takes SIGHUP). Without it the endpoint answers 503.
     pub fn with_reloads(
         self,
         tx: tokio::sync::mpsc::Sender<crate::service::ReloadRequest>,
-        wait: std::time::Duration,
     ) -> AppState {
         // Set once, right after `new`: a second call keeps the first.
-        let _ = self.inner.reloads.set((tx, wait));
+        let _ = self.inner.reloads.set(tx);
+        self
+    }
+
+    /// Waits for the monitor at most `limit` instead of [`WAIT_LIMIT`]
+    /// (right after `new`, before the state is shared).
+    pub fn with_wait_limit(mut self, limit: std::time::Duration) -> AppState {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.wait_limit = limit;
+        }
         self
     }
 
@@ -128,10 +136,11 @@ impl AppState {
     /// answers once the monitor has taken the result and published the
     /// cycle that follows (so what the caller reads next reflects it).
     /// A monitor whose cycle is stuck (in libvirt) does not take it: after
-    /// the wait the answer is 503 `reload_pending`, and the reload stays
-    /// queued.
+    /// the wait limit the answer is 503 `reload_pending`, and the reload
+    /// stays queued.
     pub async fn reload(&self) -> Result<ReloadResponse, Error> {
-        let (tx, wait) = self.inner.reloads.get().ok_or(Error::NoReload)?;
+        let tx = self.inner.reloads.get().ok_or(Error::NoReload)?;
+        let wait = &self.inner.wait_limit;
         let mut status = self.inner.handle.status.clone();
         let before = status.borrow().cycle;
         let (reply, rx) = tokio::sync::oneshot::channel();
@@ -321,9 +330,12 @@ impl AppState {
                 views::find_domain(&st.domains, &key).map(|d| vec![d.uuid.to_string()])
             })
             .map_or(Scope::All, Scope::Domains);
+        // The change stands whatever the wait gives: without a cycle (the
+        // monitor stopping or past the wait limit) the answer has none.
         let cycle = self
             .reconcile_scope(scope, wait && out.changed, out.changed)
-            .await;
+            .await
+            .unwrap_or(None);
         Ok((out, cycle))
     }
 
@@ -347,8 +359,9 @@ impl AppState {
         Ok(out)
     }
 
-    /// Asks for a cycle (when `trigger`); with `wait`, waits for it.
-    pub async fn reconcile(&self, wait: bool, trigger: bool) -> Option<CycleResult> {
+    /// Asks for a cycle (when `trigger`); with `wait`, waits for it, up
+    /// to the wait limit (then `CyclePending`; the cycle still runs).
+    pub async fn reconcile(&self, wait: bool, trigger: bool) -> Result<Option<CycleResult>, Error> {
         self.reconcile_scope(Scope::All, wait, trigger).await
     }
 
@@ -357,12 +370,20 @@ impl AppState {
         scope: Scope,
         wait: bool,
         trigger: bool,
-    ) -> Option<CycleResult> {
+    ) -> Result<Option<CycleResult>, Error> {
         if !trigger {
-            return None;
+            return Ok(None);
         }
-        let st = self.inner.handle.reconcile_scope(scope, wait).await?;
-        Some(cycle_result(&st))
+        if !wait {
+            self.inner.handle.reconcile_scope(scope, false).await;
+            return Ok(None);
+        }
+        let limit = self.inner.wait_limit;
+        match tokio::time::timeout(limit, self.inner.handle.reconcile_scope(scope, true)).await {
+            Ok(Some(st)) => Ok(Some(cycle_result(&st))),
+            Ok(None) => Err(Error::Stopping),
+            Err(_) => Err(Error::CyclePending(limit)),
+        }
     }
 }
 

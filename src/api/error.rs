@@ -62,6 +62,14 @@ pub enum Error {
         .0.as_secs()
     )]
     ReloadPending(std::time::Duration),
+    /// `POST /v1/reconcile?wait=true`: no cycle finished within the wait
+    /// (one is stuck); the requested cycle runs when it ends.
+    #[error(
+        "no cycle finished within {}s: the agent's cycle is still running (stuck in libvirt?); \
+         the requested cycle runs when it ends",
+        .0.as_secs()
+    )]
+    CyclePending(std::time::Duration),
     /// This agent takes reloads by SIGHUP only (no service loop behind the API).
     #[error("reloads are not taken through the API here: send SIGHUP")]
     NoReload,
@@ -96,6 +104,7 @@ impl Error {
             Error::ConfigRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "config_refused"),
             Error::NoReload => (StatusCode::SERVICE_UNAVAILABLE, "reload_unavailable"),
             Error::ReloadPending(_) => (StatusCode::SERVICE_UNAVAILABLE, "reload_pending"),
+            Error::CyclePending(_) => (StatusCode::SERVICE_UNAVAILABLE, "cycle_pending"),
             Error::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "state_not_saved"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -44,6 +44,6 @@ pub mod server;
 pub mod types;
 pub mod views;
 
-pub use controller::{AppState, RELOAD_WAIT};
+pub use controller::{AppState, WAIT_LIMIT};
 pub use error::Error;
 pub use server::{bind, serve, serve_with, ApiError, ApiSocket, ServeOptions};

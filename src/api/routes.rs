@@ -419,10 +419,7 @@ async fn reconcile(
     Query(q): Query<WaitQuery>,
 ) -> R<ReconcileResponse> {
     super::auth::authorize_change(peer, s.group())?;
-    let cycle = s.reconcile(q.wait, true).await;
-    if q.wait && cycle.is_none() {
-        return Err(Error::Stopping);
-    }
+    let cycle = s.reconcile(q.wait, true).await?;
     Ok(axum::Json(ReconcileResponse {
         waited: q.wait,
         cycle,

@@ -25,6 +25,8 @@ const GIB: u64 = 1 << 30;
 pub struct FakeHv {
     pub domains: Arc<Mutex<Vec<DomainObs>>>,
     pub down: Arc<AtomicBool>,
+    /// While set, `observe` does not return (a libvirt call that hangs).
+    pub stall: Arc<AtomicBool>,
 }
 
 impl FakeHv {
@@ -32,7 +34,11 @@ impl FakeHv {
         FakeHv {
             domains: Arc::new(Mutex::new(domains)),
             down: Arc::new(AtomicBool::new(false)),
+            stall: Arc::new(AtomicBool::new(false)),
         }
+    }
+    pub fn set_stall(&self, stall: bool) {
+        self.stall.store(stall, Ordering::SeqCst);
     }
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
@@ -54,6 +60,9 @@ impl Hypervisor for FakeHv {
         !self.down.load(Ordering::SeqCst)
     }
     fn observe(&mut self) -> Result<Vec<DomainObs>, HvError> {
+        while self.stall.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         self.check()?;
         Ok(self.domains.lock().unwrap().clone())
     }
@@ -212,21 +221,19 @@ impl Agent {
         hv: FakeHv,
         opts: ServeOptions,
     ) -> Agent {
-        Agent::start_with_reloads(dir, group, pools, hv, opts, None).await
+        Agent::start_with(dir, group, pools, hv, opts, None, None).await
     }
 
     /// [`Agent::start`], with `POST /v1/reload` handed to `reloads` (in
-    /// `virtpoold` the service loop takes them) and its wait.
-    pub async fn start_with_reloads(
+    /// `virtpoold` the service loop takes them) and another wait limit.
+    pub async fn start_with(
         dir: &Path,
         group: &str,
         pools: &str,
         hv: FakeHv,
         opts: ServeOptions,
-        reloads: Option<(
-            tokio::sync::mpsc::Sender<virtpool::service::ReloadRequest>,
-            std::time::Duration,
-        )>,
+        reloads: Option<tokio::sync::mpsc::Sender<virtpool::service::ReloadRequest>>,
+        wait_limit: Option<std::time::Duration>,
     ) -> Agent {
         let text = config_text(dir, group, pools);
         let cfg = Config::parse(&text, &dir.join("virtpool.toml")).unwrap();
@@ -240,8 +247,11 @@ impl Agent {
         let (monitor, handle) = Monitor::new(worker, Host::new().unwrap(), cfg, runtime, false);
         let shutdown = CancellationToken::new();
         let mut state = AppState::new(handle.clone(), group);
-        if let Some((tx, wait)) = reloads {
-            state = state.with_reloads(tx, wait);
+        if let Some(limit) = wait_limit {
+            state = state.with_wait_limit(limit);
+        }
+        if let Some(tx) = reloads {
+            state = state.with_reloads(tx);
         }
         let t1 = tokio::spawn(api::serve_with(sock, state, shutdown.clone(), opts));
         let t2 = tokio::spawn(monitor.run(shutdown.clone()));
