@@ -169,7 +169,9 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
         state,
         fixed,
         slope,
-    } = if min_shares == max_shares && budget < u64::MAX {
+    } = if let Some(level) = all_rising(b, claims) {
+        level
+    } else if min_shares == max_shares && budget < u64::MAX {
         // Equal shares: searched with 1 share each; the slope is counted
         // in members.
         let mut level = level_select::<Unit>(b, claims, budget);
@@ -242,6 +244,32 @@ pub fn water_fill(budget: u64, claims: &[Claim]) -> Vec<u64> {
         }
     }
     out
+}
+
+/// The level when every member rises at it: λ = b / Σ shares (the budget
+/// shared in proportion to shares) strictly above every member's floor /
+/// shares and at or below its cap / shares. Below λ the total is then
+/// λ × Σ shares < b, so λ is the lowest level reaching the budget: the
+/// water level, found in one pass (the usual case for resources whose
+/// floors are small and caps large, such as disk rates). `None` when a
+/// member would sit at its floor or cap there (or a product overflows).
+fn all_rising(b: u128, claims: &[Claim]) -> Option<Level> {
+    let total: u128 = claims.iter().map(|c| u128::from(c.shares.max(1))).sum();
+    for c in claims {
+        let s = u128::from(c.shares.max(1));
+        // b < 2^64 and s < 2^64: the product fits.
+        let level = b * s;
+        let floor = u128::from(c.floor.min(c.cap)).checked_mul(total)?;
+        let cap = u128::from(c.cap).checked_mul(total)?;
+        if floor >= level || level > cap {
+            return None;
+        }
+    }
+    Some(Level {
+        state: vec![1; claims.len()],
+        fixed: 0,
+        slope: total,
+    })
 }
 
 /// A member still in the search for the water level: its claim (floor ≤
@@ -676,6 +704,38 @@ mod tests {
             v in proptest::collection::vec((0u64..(1 << 34), 0u64..(1 << 36), 1u64..2_000_000), 0..60),
         ) {
             let cl: Vec<Claim> = v.into_iter().map(|(f, extra, s)| c(f, f + extra, s)).collect();
+            proptest::prop_assert_eq!(water_fill(budget, &cl), reference(budget, &cl));
+        }
+
+        /// Small floors and large caps (every member rising at the fair
+        /// level, as disk rates usually are), some floors or caps right at
+        /// the fair level: the one-pass level agrees with the reference.
+        #[test]
+        fn all_rising_same_as_reference(
+            v in proptest::collection::vec((0u64..4, 0u64..3, 1u64..5), 1..300),
+            budget_per in 4u64..100,
+            edge in 0usize..4,
+            equal in proptest::bool::ANY,
+        ) {
+            let n = v.len() as u64;
+            let budget = budget_per * n;
+            let mut cl: Vec<Claim> = v
+                .iter()
+                .map(|&(f, big, s)| {
+                    let cap = if big == 0 { u64::MAX } else { budget * big };
+                    c(f, cap, if equal { 1 } else { s })
+                })
+                .collect();
+            // One member's floor or cap exactly at its fair share.
+            let total: u64 = cl.iter().map(|x| x.shares).sum();
+            if edge > 0 {
+                let k = edge % cl.len();
+                let fair = budget * cl[k].shares / total;
+                if budget * cl[k].shares % total == 0 {
+                    if edge % 2 == 0 { cl[k].cap = fair } else { cl[k].floor = fair }
+                    cl[k].cap = cl[k].cap.max(cl[k].floor);
+                }
+            }
             proptest::prop_assert_eq!(water_fill(budget, &cl), reference(budget, &cl));
         }
 
