@@ -728,7 +728,7 @@ fn real_daemon(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Da
 }
 
 /// RSS after warm-up, then after `cycles` more cycles driven through the API.
-fn rss_growth(n: usize, uri: &str, dir: &Path, cycles: usize) -> (f64, f64, f64) {
+fn rss_growth(n: usize, uri: &str, dir: &Path, cycles: usize) -> (Vec<f64>, f64) {
     let cfg = config_toml(n, uri, dir, "10s", &pools_toml(n, BUDGET_A));
     let agent = Agent::start(dir, &cfg);
     agent.wait_cycles(1, Duration::from_secs(120));
@@ -751,11 +751,16 @@ fn rss_growth(n: usize, uri: &str, dir: &Path, cycles: usize) -> (f64, f64, f64)
         })
     };
     run(100);
-    let warm = agent.rss_kib() as f64 / 1024.0;
-    run(cycles);
-    let after = agent.rss_kib() as f64 / 1024.0;
+    // RSS after the warm-up, then at each fifth of the cycles: a leak
+    // climbs all along, allocator settling levels off.
+    let mut rss = vec![agent.rss_kib() as f64 / 1024.0];
+    let steps = 5;
+    for k in 0..steps {
+        run(cycles / steps + usize::from(k < cycles % steps));
+        rss.push(agent.rss_kib() as f64 / 1024.0);
+    }
     let per_cycle = t0.elapsed().as_secs_f64() * 1e3 / (cycles + 100) as f64;
-    (warm, after, per_cycle)
+    (rss, per_cycle)
 }
 
 // ------------------------------------------------------------- main
@@ -874,10 +879,14 @@ fn main() {
         if n == growth_size && growth_cycles > 0 {
             let dir_g = base.path().join("growth");
             std::fs::create_dir_all(&dir_g).unwrap();
-            let (warm, after, per) = rss_growth(n, &uri, &dir_g, growth_cycles);
+            let (rss, per) = rss_growth(n, &uri, &dir_g, growth_cycles);
+            let first = rss[0];
+            let last = rss[rss.len() - 1];
+            let path: Vec<String> = rss.iter().map(|r| format!("{r:.1}")).collect();
             println!(
-                "       RSS over {growth_cycles} cycles at {n} domains: {warm:.1} MiB -> {after:.1} MiB ({:+.1} MiB; {per:.1} ms per reconcile) | {}",
-                after - warm,
+                "       RSS over {growth_cycles} cycles at {n} domains: {first:.1} MiB -> {last:.1} MiB ({:+.1} MiB; each fifth: {}; {per:.1} ms per reconcile) | {}",
+                last - first,
+                path.join(" -> "),
                 load()
             );
         }
