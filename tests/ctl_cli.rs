@@ -319,3 +319,45 @@ fn pool_create_help_names_its_values() {
     assert!(help.contains("--match <GLOB>"), "{help}");
     assert!(!help.contains("match_"), "{help}");
 }
+
+/// A cycle stuck in libvirt: `allocate --wait` saves the change and says the
+/// cycle did not finish in time (exit 0); `reconcile --wait` fails with the
+/// agent's reason (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_on_a_stuck_cycle_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let hv = FakeHv::new(standard_domains());
+    let a = Agent::start_with(
+        dir.path(),
+        "root",
+        STANDARD_POOLS,
+        hv.clone(),
+        ServeOptions::default(),
+        None,
+        Some(std::time::Duration::from_secs(1)),
+    )
+    .await;
+    hv.set_stall(true);
+    let out = ok(
+        &a.socket,
+        &["allocate", "web", "web-1", "--vcpus", "3", "--wait"],
+    )
+    .await;
+    assert_eq!(
+        out,
+        "web-1 in pool web: reservation vcpus 3\n\
+         no cycle finished within the agent's wait limit (its cycle is still running): \
+         the change is saved and applies when that cycle ends\n"
+    );
+    let o = ctl(&a.socket, &["reconcile", "--wait"]).await;
+    assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stderr.contains("no cycle finished within 1s"),
+        "{}",
+        o.stderr
+    );
+    hv.set_stall(false);
+    let out = ok(&a.socket, &["reconcile", "--wait"]).await;
+    assert!(out.starts_with("cycle "), "{out}");
+    a.stop().await;
+}

@@ -317,7 +317,7 @@ async fn run(cli: Cli) -> Result<String, Fail> {
         Cmd::Domains => render_domains(&ans.json()?),
         Cmd::Domain { .. } => render_domain(&ans.json()?),
         Cmd::Plan => render_plan(&ans.json()?),
-        Cmd::Allocate(_) | Cmd::Release(_) => {
+        Cmd::Allocate(a) | Cmd::Release(a) => {
             let r: ReservationResponse = ans.json()?;
             let mut s = format!(
                 "{} in pool {}: reservation {}{}\n",
@@ -326,9 +326,7 @@ async fn run(cli: Cli) -> Result<String, Fail> {
                 describe(&r.reservation),
                 if r.changed { "" } else { " (unchanged)" }
             );
-            if let Some(c) = &r.cycle {
-                s.push_str(&render_cycle(c));
-            }
+            s.push_str(&render_waited(a.wait && r.changed, r.cycle.as_ref()));
             s
         }
         Cmd::Reconcile { .. } => {
@@ -361,9 +359,8 @@ async fn run(cli: Cli) -> Result<String, Fail> {
                     " (nothing to change)"
                 }
             );
-            if let Some(c) = &r.cycle {
-                s.push_str(&render_cycle(c));
-            }
+            let waited = matches!(&cli.cmd, Cmd::Pool(PoolCmd::Create(a)) if a.wait);
+            s.push_str(&render_waited(waited && r.changed, r.cycle.as_ref()));
             s
         }
         Cmd::Metrics => String::new(),
@@ -430,6 +427,18 @@ fn describe(r: &PerResource<Option<u64>>) -> String {
         "none".into()
     } else {
         parts.join(", ")
+    }
+}
+
+/// The cycle a change waited for; when it waited and none came (the
+/// agent's wait limit), says so: the change itself is saved.
+fn render_waited(waited: bool, cycle: Option<&CycleResult>) -> String {
+    match cycle {
+        Some(c) => render_cycle(c),
+        None if waited => "no cycle finished within the agent's wait limit (its cycle is still \
+                           running): the change is saved and applies when that cycle ends\n"
+            .into(),
+        None => String::new(),
     }
 }
 
