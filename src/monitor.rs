@@ -22,6 +22,7 @@ use crate::state::VcpuHolds;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -223,6 +224,9 @@ pub struct Handle {
     /// Recent decisions and errors (`GET /v1/events`).
     pub audit: AuditLog,
     cmd: mpsc::Sender<Command>,
+    /// Set when a scoped cycle is asked for: a full observation running
+    /// gives up so that it goes first (see [`Monitor::run`]).
+    preempt: Arc<AtomicBool>,
 }
 
 impl Handle {
@@ -244,12 +248,18 @@ impl Handle {
     /// Asks for a cycle that looks at `scope` (see [`Scope`]); with `wait`,
     /// returns the status of the cycle that ran it (a full one, maybe).
     pub async fn reconcile_scope(&self, scope: Scope, wait: bool) -> Option<Arc<Status>> {
+        let scoped = matches!(scope, Scope::Domains(_));
         if wait {
             let (tx, rx) = oneshot::channel();
             self.cmd
                 .send(Command::Reconcile(scope, Some(tx)))
                 .await
                 .ok()?;
+            // Queued first, flagged second: a full observation that gives
+            // up finds the request waiting.
+            if scoped {
+                self.preempt.store(true, Ordering::Release);
+            }
             rx.await.ok()
         } else {
             // A full queue: make sure a cycle runs without waiting for room.
@@ -260,6 +270,8 @@ impl Handle {
                 tokio::spawn(async move {
                     let _ = cmd.send(Command::Reconcile(scope, None)).await;
                 });
+            } else if scoped {
+                self.preempt.store(true, Ordering::Release);
             }
             None
         }
@@ -368,6 +380,8 @@ pub struct Monitor {
     /// Where held vCPU changes are saved, and what the file holds now.
     holds_dir: Option<PathBuf>,
     saved_holds: VcpuHolds,
+    /// Shared with [`Handle`]: a scoped cycle is waiting.
+    preempt: Arc<AtomicBool>,
 }
 
 /// The next debounced batch of libvirt events; never ready without a receiver.
@@ -440,7 +454,9 @@ impl Monitor {
         let runtime = Arc::new(Mutex::new(runtime));
         let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
         let (counters_tx, counters) = watch::channel(Arc::new(Counters::default()));
+        let preempt = Arc::new(AtomicBool::new(false));
         let handle = Handle {
+            preempt: preempt.clone(),
             config: config_rx,
             status,
             runtime: runtime.clone(),
@@ -482,6 +498,7 @@ impl Monitor {
             calls_at_publish: CallCounts::default(),
             holds_dir: opts.holds_dir,
             saved_holds: opts.holds,
+            preempt,
         };
         (m, handle)
     }
@@ -561,13 +578,55 @@ impl Monitor {
                     None => { self.events = None; continue; }
                 },
             }
-            let st = self.cycle(scope).await;
+            let st = match self.cycle_inner(scope.clone(), true).await {
+                Some(st) => st,
+                None => self.after_preemption(scope, &mut tick).await,
+            };
             for r in replies {
                 let _ = r.send(st.clone());
             }
         }
         self.pending.push(Event::now(EventKind::Stopping));
         self.flush_events();
+    }
+
+    /// A full cycle gave up its observation for a scoped cycle asked
+    /// meanwhile: runs the waiting requests first (reloads among them are
+    /// taken), then the full cycle, no longer preemptible. Returns the
+    /// full cycle's status.
+    async fn after_preemption(
+        &mut self,
+        full: Scope,
+        tick: &mut tokio::time::Interval,
+    ) -> Arc<Status> {
+        let mut first: Option<Scope> = None;
+        let mut replies = Vec::new();
+        while let Ok(next) = self.cmd_rx.try_recv() {
+            match next {
+                Command::Reconcile(s, r) => {
+                    first = Some(match first {
+                        Some(f) => f.merge(s),
+                        None => s,
+                    });
+                    replies.extend(r);
+                }
+                Command::Reload(result, ack) => self.take_reload(result, ack, tick),
+            }
+        }
+        let Some(first) = first else {
+            return self.cycle(full).await;
+        };
+        tracing::debug!("full observation gave way to a scoped cycle");
+        let was_full = matches!(first, Scope::All);
+        let st = self.cycle(first).await;
+        for r in replies {
+            let _ = r.send(st.clone());
+        }
+        if was_full {
+            st
+        } else {
+            self.cycle(full).await
+        }
     }
 
     /// Takes a reload outcome, restarts `tick` on a new interval, acks.
@@ -697,6 +756,15 @@ impl Monitor {
     /// domains, plans the whole host with the others as last observed.
     /// Returns the published status.
     pub async fn cycle(&mut self, scope: Scope) -> Arc<Status> {
+        self.cycle_inner(scope, false)
+            .await
+            .expect("a cycle that may not give way always publishes")
+    }
+
+    /// [`Monitor::cycle`]; with `preemptible`, a full cycle's observation
+    /// gives up when a scoped cycle is asked for meanwhile (`None`: nothing
+    /// published, the cycle number not used).
+    async fn cycle_inner(&mut self, scope: Scope, preemptible: bool) -> Option<Arc<Status>> {
         let t0 = Instant::now();
         self.cycle += 1;
         let host = self.host.refresh();
@@ -764,6 +832,25 @@ impl Monitor {
             }
             let observed = match merged {
                 Some(d) => Ok(d),
+                None if preemptible && !widened => {
+                    let t = Instant::now();
+                    self.preempt.store(false, Ordering::Release);
+                    let r = self.hv.observe_until(self.preempt.clone()).await;
+                    match r {
+                        Ok(Some(d)) => {
+                            self.observe_time += t.elapsed();
+                            Ok(d)
+                        }
+                        Ok(None) => {
+                            self.cycle -= 1;
+                            return None;
+                        }
+                        Err(e) => {
+                            self.observe_time += t.elapsed();
+                            Err(e)
+                        }
+                    }
+                }
                 None => {
                     let t = Instant::now();
                     let r = self.hv.observe().await;
@@ -801,7 +888,7 @@ impl Monitor {
                     let prev = self.status_tx.borrow().clone();
                     status.domains = prev.domains.clone();
                     status.plan = prev.plan.clone();
-                    return self.publish(status, t0);
+                    return Some(self.publish(status, t0));
                 }
             };
             let domains = self.track_active(domains);
@@ -894,7 +981,7 @@ impl Monitor {
         self.note_unadmitted(&plan);
         status.plan = Some(plan);
         status.domains = snapshot.domains;
-        self.publish_scoped(status, t0, scoped)
+        Some(self.publish_scoped(status, t0, scoped))
     }
 
     /// Saves the held vCPU changes when they changed (a timeout was

@@ -320,9 +320,11 @@ fn pool_create_help_names_its_values() {
     assert!(!help.contains("match_"), "{help}");
 }
 
-/// A cycle stuck in libvirt: `allocate --wait` saves the change and says the
-/// cycle did not finish in time (exit 0); `reconcile --wait` fails with the
-/// agent's reason (exit 1).
+/// A full cycle stuck in libvirt: `allocate --wait` on a domain whose pool
+/// has no other member still gets its cycle (the full observation gives
+/// way to a scoped cycle once); a change that needs a
+/// full cycle is saved and the CLI says its cycle did not finish in time
+/// (exit 0); `reconcile --wait` fails with the agent's reason (exit 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waits_on_a_stuck_cycle_say_so() {
     let dir = tempfile::tempdir().unwrap();
@@ -338,14 +340,27 @@ async fn waits_on_a_stuck_cycle_say_so() {
     )
     .await;
     hv.set_stall(true);
+    ok(&a.socket, &["reconcile"]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let out = ok(
         &a.socket,
-        &["allocate", "web", "web-1", "--vcpus", "3", "--wait"],
+        &["allocate", "db", "db-1", "--vcpus", "2", "--wait"],
+    )
+    .await;
+    assert!(
+        out.starts_with("db-1 in pool db: reservation vcpus 2\ncycle "),
+        "{out}"
+    );
+    let out = ok(
+        &a.socket,
+        &[
+            "pool", "create", "extra", "--domain", "dev", "--vcpus", "1", "--wait",
+        ],
     )
     .await;
     assert_eq!(
         out,
-        "web-1 in pool web: reservation vcpus 3\n\
+        "pool \"extra\" created\n\
          no cycle finished within the agent's wait limit (its cycle is still running): \
          the change is saved and applies when that cycle ends\n"
     );

@@ -215,6 +215,26 @@ fn observe_reads_running_paused_and_shutoff_domains() {
     assert_eq!(off.disks[0].iotune, None);
 }
 
+/// A full observation gives up when told to, before reading any domain:
+/// only the list is made, and the next observation reads as before.
+#[test]
+fn observe_until_gives_up_when_stopped_and_reads_in_full_otherwise() {
+    use std::sync::atomic::AtomicBool;
+    use virtpool::libvirt::calls::Call;
+    let (_dir, mut hv) = connected();
+    let calls = hv.call_counter().expect("the adapter counts its calls");
+    let before = calls.snapshot();
+    assert_eq!(hv.observe_until(&AtomicBool::new(true)).unwrap(), None);
+    let made = calls.snapshot().since(&before);
+    assert_eq!(made.get(Call::List), 1);
+    assert_eq!(made.get(Call::Info), 0, "no domain read after the stop");
+
+    let until = hv.observe_until(&AtomicBool::new(false)).unwrap().unwrap();
+    let full = hv.observe().unwrap();
+    assert_eq!(until.len(), 3);
+    assert_eq!(until, full);
+}
+
 #[test]
 fn observe_and_apply_need_a_connection() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,7 @@
 //! Memory is converted between bytes (agent) and KiB (libvirt) here only.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 
 use virt::connect::Connect;
@@ -554,6 +555,76 @@ impl Libvirt {
         }
     }
 
+    /// Lists every domain and reads each (see [`Hypervisor::observe`]);
+    /// `None` when `stop` was set before the last domain was read.
+    fn observe_full(
+        &mut self,
+        stop: Option<&AtomicBool>,
+    ) -> Result<Option<Vec<DomainObs>>, HvError> {
+        self.calls.add(Call::List);
+
+        let listed = self
+            .conn()?
+            .list_all_domains(0)
+            .map_err(|e| Failure::new(e, "listing domains"));
+        let domains = match listed {
+            Ok(d) => d,
+            Err(f) => return Err(self.fail(f)),
+        };
+        // Bulk stats are an optimisation: on any non-connection error,
+        // everything is read per domain. NOWAIT: a domain busy with a job
+        // reports fewer groups instead of stalling the whole call.
+        let bulk = if self.caps.bulk_state_only {
+            Ok(Vec::new())
+        } else {
+            self.calls.add(Call::BulkStats);
+            self.conn().map(|c| {
+                ffi::all_domain_stats(
+                    c,
+                    BULK_GROUPS,
+                    sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
+                )
+            })?
+        };
+        let bulk: HashMap<String, ffi::StatsRecord> = match bulk {
+            Ok(records) => {
+                // Judged on running domains only (shut-off ones have no
+                // vCPU or balloon group on any driver).
+                let running = u64::from(sys::VIR_DOMAIN_RUNNING);
+                let mut running = records
+                    .iter()
+                    .filter(|r| r.numbers.get("state.state") == Some(&running))
+                    .peekable();
+                if running.peek().is_some()
+                    && running.all(|r| bulk_vcpus(r).is_none() && bulk_balloon(r).is_none())
+                {
+                    self.caps.bulk_state_only = true;
+                }
+                records.into_iter().map(|r| (r.uuid.clone(), r)).collect()
+            }
+            Err(e) => {
+                let err = self.fail(Failure::new(e, "bulk domain stats"));
+                if err.is_connection() {
+                    return Err(err);
+                }
+                tracing::debug!(error = %err, "bulk stats unavailable, reading per domain");
+                HashMap::new()
+            }
+        };
+        let mut handles = HashMap::with_capacity(domains.len());
+        let Some(out) = self.read_domains(domains, &bulk, &mut handles, stop)? else {
+            return Ok(None);
+        };
+        self.cache.retain(&out.iter().map(|d| &*d.uuid).collect());
+        tracing::debug!(
+            domains = out.len(),
+            read_in_full = self.full_reads,
+            "domains observed"
+        );
+        self.handles = handles;
+        Ok(Some(out))
+    }
+
     /// Reads each domain (vCPUs and balloon from `bulk` when there), sorted
     /// by name; keeps the handles of the ones read in `handles`. A domain
     /// that vanished or cannot be read is left out; a lost connection fails
@@ -563,7 +634,8 @@ impl Libvirt {
         domains: Vec<Domain>,
         bulk: &HashMap<String, ffi::StatsRecord>,
         handles: &mut HashMap<String, Domain>,
-    ) -> Result<Vec<DomainObs>, HvError> {
+        stop: Option<&AtomicBool>,
+    ) -> Result<Option<Vec<DomainObs>>, HvError> {
         let mut out = Vec::with_capacity(domains.len());
         let mut caps = self.caps;
         // Reuse cached facts only while events can say they changed.
@@ -572,6 +644,11 @@ impl Libvirt {
         self.full_reads = 0;
         let now = std::time::Instant::now();
         for dom in domains {
+            // Given up between two domains: what was read stays cached,
+            // the event marks not yet used stay in the cache's set.
+            if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
+                return Ok(None);
+            }
             let uuid = dom.uuid_string().ok();
             let rec = uuid.as_ref().and_then(|u| bulk.get(u));
             let cache = &self.cache;
@@ -609,7 +686,7 @@ impl Libvirt {
             ..caps
         };
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        Ok(Some(out))
     }
 
     fn lookup(&self, uuid: &str, name: &str) -> Result<Res<Domain>, HvError> {
@@ -685,65 +762,11 @@ impl Hypervisor for Libvirt {
     }
 
     fn observe(&mut self) -> Result<Vec<DomainObs>, HvError> {
-        self.calls.add(Call::List);
-        let listed = self
-            .conn()?
-            .list_all_domains(0)
-            .map_err(|e| Failure::new(e, "listing domains"));
-        let domains = match listed {
-            Ok(d) => d,
-            Err(f) => return Err(self.fail(f)),
-        };
-        // Bulk stats are an optimisation: on any non-connection error,
-        // everything is read per domain. NOWAIT: a domain busy with a job
-        // reports fewer groups instead of stalling the whole call.
-        let bulk = if self.caps.bulk_state_only {
-            Ok(Vec::new())
-        } else {
-            self.calls.add(Call::BulkStats);
-            self.conn().map(|c| {
-                ffi::all_domain_stats(
-                    c,
-                    BULK_GROUPS,
-                    sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
-                )
-            })?
-        };
-        let bulk: HashMap<String, ffi::StatsRecord> = match bulk {
-            Ok(records) => {
-                // Judged on running domains only (shut-off ones have no
-                // vCPU or balloon group on any driver).
-                let running = u64::from(sys::VIR_DOMAIN_RUNNING);
-                let mut running = records
-                    .iter()
-                    .filter(|r| r.numbers.get("state.state") == Some(&running))
-                    .peekable();
-                if running.peek().is_some()
-                    && running.all(|r| bulk_vcpus(r).is_none() && bulk_balloon(r).is_none())
-                {
-                    self.caps.bulk_state_only = true;
-                }
-                records.into_iter().map(|r| (r.uuid.clone(), r)).collect()
-            }
-            Err(e) => {
-                let err = self.fail(Failure::new(e, "bulk domain stats"));
-                if err.is_connection() {
-                    return Err(err);
-                }
-                tracing::debug!(error = %err, "bulk stats unavailable, reading per domain");
-                HashMap::new()
-            }
-        };
-        let mut handles = HashMap::with_capacity(domains.len());
-        let out = self.read_domains(domains, &bulk, &mut handles)?;
-        self.cache.retain(&out.iter().map(|d| &*d.uuid).collect());
-        tracing::debug!(
-            domains = out.len(),
-            read_in_full = self.full_reads,
-            "domains observed"
-        );
-        self.handles = handles;
-        Ok(out)
+        Ok(self.observe_full(None)?.unwrap_or_default())
+    }
+
+    fn observe_until(&mut self, stop: &AtomicBool) -> Result<Option<Vec<DomainObs>>, HvError> {
+        self.observe_full(Some(stop))
     }
 
     fn observe_domains(&mut self, uuids: &[String]) -> Result<Vec<DomainObs>, HvError> {
@@ -760,7 +783,9 @@ impl Hypervisor for Libvirt {
         // No bulk stats: one call for all domains costs more than the
         // per-domain reads of a few.
         let mut handles = HashMap::with_capacity(domains.len());
-        let out = self.read_domains(domains, &HashMap::new(), &mut handles)?;
+        let out = self
+            .read_domains(domains, &HashMap::new(), &mut handles, None)?
+            .unwrap_or_default();
         // Handles of the other domains stay as the last full observation left them.
         self.handles.extend(handles);
         Ok(out)

@@ -61,6 +61,18 @@ pub trait Hypervisor: Send {
     /// memory, balloon stats, disks and their I/O limits, weights and
     /// virtpool metadata. `active_secs` is left `None` (the monitor tracks it).
     fn observe(&mut self) -> Result<Vec<DomainObs>, HvError>;
+    /// [`observe`], giving up (`Ok(None)`) as soon as `stop` is set: a
+    /// full observation of a big host takes seconds, and a scoped cycle
+    /// asked meanwhile goes first. The default does not stop.
+    ///
+    /// [`observe`]: Hypervisor::observe
+    fn observe_until(
+        &mut self,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<Option<Vec<DomainObs>>, HvError> {
+        let _ = stop;
+        self.observe().map(Some)
+    }
     /// Observes only the domains with these UUIDs, read as [`observe`]
     /// reads each one. A UUID that names no domain is left out of the
     /// answer (the caller notices). The default observes every domain and

@@ -138,6 +138,19 @@ impl HvWorker {
         .await?
     }
 
+    /// Connects if needed, then observes every domain, unless `stop` is
+    /// set first (see [`Hypervisor::observe_until`]).
+    pub async fn observe_until(
+        &self,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<Option<Vec<DomainObs>>, HvError> {
+        self.run(move |hv| {
+            hv.connect()?;
+            hv.observe_until(&stop)
+        })
+        .await?
+    }
+
     /// Connects if needed, then observes the domains with these UUIDs
     /// (see [`Hypervisor::observe_domains`]).
     pub async fn observe_domains(&self, uuids: Vec<String>) -> Result<Vec<DomainObs>, HvError> {

@@ -25,7 +25,9 @@ const GIB: u64 = 1 << 30;
 pub struct FakeHv {
     pub domains: Arc<Mutex<Vec<DomainObs>>>,
     pub down: Arc<AtomicBool>,
-    /// While set, `observe` does not return (a libvirt call that hangs).
+    /// While set, a full observation does not return (a libvirt call that
+    /// hangs) unless it is told to give up (`observe_until`); observing
+    /// named domains is not held.
     pub stall: Arc<AtomicBool>,
 }
 
@@ -65,6 +67,21 @@ impl Hypervisor for FakeHv {
         }
         self.check()?;
         Ok(self.domains.lock().unwrap().clone())
+    }
+    fn observe_until(&mut self, stop: &AtomicBool) -> Result<Option<Vec<DomainObs>>, HvError> {
+        while self.stall.load(Ordering::SeqCst) {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        self.observe().map(Some)
+    }
+    fn observe_domains(&mut self, uuids: &[String]) -> Result<Vec<DomainObs>, HvError> {
+        self.check()?;
+        let mut all = self.domains.lock().unwrap().clone();
+        all.retain(|d| uuids.iter().any(|u| **u == *d.uuid));
+        Ok(all)
     }
     fn apply(&mut self, action: &Action) -> Result<(), HvError> {
         self.check()?;
