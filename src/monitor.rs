@@ -591,42 +591,43 @@ impl Monitor {
     }
 
     /// A full cycle gave up its observation for a scoped cycle asked
-    /// meanwhile: runs the waiting requests first (reloads among them are
-    /// taken), then the full cycle, no longer preemptible. Returns the
-    /// full cycle's status.
+    /// meanwhile: runs the scoped requests waiting first (reloads among
+    /// them are taken), then the full cycle, no longer preemptible, which
+    /// also answers the full requests that were waiting. Returns the full
+    /// cycle's status.
     async fn after_preemption(
         &mut self,
         full: Scope,
         tick: &mut tokio::time::Interval,
     ) -> Arc<Status> {
-        let mut first: Option<Scope> = None;
-        let mut replies = Vec::new();
+        let mut scoped: Option<Scope> = None;
+        let mut scoped_replies = Vec::new();
+        let mut full_replies = Vec::new();
         while let Ok(next) = self.cmd_rx.try_recv() {
             match next {
+                Command::Reconcile(Scope::All, r) => full_replies.extend(r),
                 Command::Reconcile(s, r) => {
-                    first = Some(match first {
+                    scoped = Some(match scoped {
                         Some(f) => f.merge(s),
                         None => s,
                     });
-                    replies.extend(r);
+                    scoped_replies.extend(r);
                 }
                 Command::Reload(result, ack) => self.take_reload(result, ack, tick),
             }
         }
-        let Some(first) = first else {
-            return self.cycle(full).await;
-        };
-        tracing::debug!("full observation gave way to a scoped cycle");
-        let was_full = matches!(first, Scope::All);
-        let st = self.cycle(first).await;
-        for r in replies {
+        if let Some(s) = scoped {
+            tracing::debug!("full observation gave way to a scoped cycle");
+            let st = self.cycle(s).await;
+            for r in scoped_replies {
+                let _ = r.send(st.clone());
+            }
+        }
+        let st = self.cycle(full).await;
+        for r in full_replies {
             let _ = r.send(st.clone());
         }
-        if was_full {
-            st
-        } else {
-            self.cycle(full).await
-        }
+        st
     }
 
     /// Takes a reload outcome, restarts `tick` on a new interval, acks.

@@ -596,6 +596,62 @@ async fn waits_for_a_stuck_cycle_end_at_the_wait_limit() {
     a.stop().await;
 }
 
+/// A scoped change does not wait for a full cycle that is observing, nor
+/// for full requests queued behind it: the full observation gives way, the
+/// scoped cycle runs, then the full cycle answers the full requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_change_goes_before_a_running_full_observation() {
+    let dir = tempfile::tempdir().unwrap();
+    let hv = FakeHv::new(standard_domains());
+    let a = Agent::start_with(
+        dir.path(),
+        "root",
+        STANDARD_POOLS,
+        hv.clone(),
+        ServeOptions::default(),
+        None,
+        Some(Duration::from_secs(5)),
+    )
+    .await;
+    hv.set_stall(true);
+    let (code, _) = a.call("POST", "/v1/reconcile", None).await;
+    assert_eq!(code, 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A full request queued behind the stuck observation.
+    let socket = a.socket.clone();
+    let full =
+        tokio::spawn(
+            async move { call(&socket, "POST", "/v1/reconcile?wait=true", None, true).await },
+        );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // db-1 is alone in its pool: the scoped cycle does not widen.
+    let t0 = std::time::Instant::now();
+    let (code, v) = a
+        .call(
+            "POST",
+            "/v1/pools/db/allocate?wait=true",
+            Some(r#"{"domain":"db-1","vcpus":2}"#),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let scoped_cycle = get(&v, "/cycle/cycle")
+        .as_u64()
+        .expect("answered with its cycle");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(!full.is_finished(), "the full cycle is still observing");
+
+    hv.set_stall(false);
+    let (code, v) = full.await.unwrap();
+    assert_eq!(code, 200, "{v}");
+    let full_cycle = get(&v, "/cycle/cycle").as_u64().unwrap();
+    assert!(
+        full_cycle > scoped_cycle,
+        "{full_cycle} after {scoped_cycle}"
+    );
+    a.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reservations_that_do_not_fit_are_refused_with_the_numbers() {
     let dir = tempfile::tempdir().unwrap();
