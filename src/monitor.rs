@@ -617,8 +617,13 @@ impl Monitor {
             }
         }
         if let Some(s) = scoped {
-            tracing::debug!("full observation gave way to a scoped cycle");
+            tracing::debug!(
+                scoped = scoped_replies.len(),
+                full = full_replies.len(),
+                "full observation gave way to a scoped cycle"
+            );
             let st = self.cycle(s).await;
+            tracing::debug!(cycle = st.cycle, "scoped cycle after a full observation gave way");
             for r in scoped_replies {
                 let _ = r.send(st.clone());
             }
