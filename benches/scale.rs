@@ -628,6 +628,9 @@ struct DaemonFigures {
     /// binary and shared libraries).
     anon_mib: f64,
     alloc_ms: f64,
+    /// The same, asked while a full cycle observes (started by `reconcile`
+    /// a third of a full cycle earlier): the full observation gives way.
+    alloc_busy_ms: f64,
     /// From a domain's restart (create returning) to its vCPUs back at
     /// the pool's target, seen on a second connection (the lifecycle event
     /// triggers the reconcile).
@@ -656,6 +659,32 @@ fn real_daemon(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Da
             &["allocate", "p0", &dom, "--vcpus", "4"],
         ));
         // Back to the pool's share before the next round.
+        allocate_latency(
+            &agent,
+            c2,
+            &dom,
+            BUDGET_A.0 as u32,
+            &["release", "p0", &dom],
+        );
+    }
+    // The same while a full cycle is observing: `reconcile` starts one,
+    // the allocate comes a third of a full cycle later.
+    let t = Instant::now();
+    assert!(agent.ctl(&["reconcile", "--wait"]).status.success());
+    let third = t.elapsed() / 3;
+    let mut busy = Vec::new();
+    for _ in 0..reps {
+        // Settled first: no cycle left running from the round before.
+        assert!(agent.ctl(&["reconcile", "--wait"]).status.success());
+        assert!(agent.ctl(&["reconcile"]).status.success());
+        std::thread::sleep(third);
+        busy.push(allocate_latency(
+            &agent,
+            c2,
+            &dom,
+            4,
+            &["allocate", "p0", &dom, "--vcpus", "4"],
+        ));
         allocate_latency(
             &agent,
             c2,
@@ -722,6 +751,7 @@ fn real_daemon(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Da
         rss_mib,
         anon_mib,
         alloc_ms: median(&mut lat),
+        alloc_busy_ms: median(&mut busy),
         event_ms: median(&mut ev),
         idle_cpu_pct,
     }
@@ -875,6 +905,10 @@ fn main() {
             d.event_ms,
             d.idle_cpu_pct.map_or("-".into(), |p| format!("{p:.2}")),
             load_a,
+        );
+        eprintln!(
+            "  allocate -> visible while a full cycle observes: {:.1} ms (median)",
+            d.alloc_busy_ms
         );
         if n == growth_size && growth_cycles > 0 {
             let dir_g = base.path().join("growth");

@@ -623,7 +623,10 @@ impl Monitor {
                 "full observation gave way to a scoped cycle"
             );
             let st = self.cycle(s).await;
-            tracing::debug!(cycle = st.cycle, "scoped cycle after a full observation gave way");
+            tracing::debug!(
+                cycle = st.cycle,
+                "scoped cycle after a full observation gave way"
+            );
             for r in scoped_replies {
                 let _ = r.send(st.clone());
             }
