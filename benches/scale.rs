@@ -649,16 +649,16 @@ fn real_daemon(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Da
     let anon_mib = agent.proc_field("RssAnon:") as f64 / 1024.0;
 
     let dom = name(0);
-    let mut lat = Vec::new();
-    for _ in 0..reps {
-        lat.push(allocate_latency(
+    // One round: allocate (timed), then back to the pool's share.
+    let round = |before: &dyn Fn()| {
+        before();
+        let ms = allocate_latency(
             &agent,
             c2,
             &dom,
             4,
             &["allocate", "p0", &dom, "--vcpus", "4"],
-        ));
-        // Back to the pool's share before the next round.
+        );
         allocate_latency(
             &agent,
             c2,
@@ -666,33 +666,24 @@ fn real_daemon(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Da
             BUDGET_A.0 as u32,
             &["release", "p0", &dom],
         );
-    }
+        ms
+    };
+    let mut lat: Vec<f64> = (0..reps).map(|_| round(&|| {})).collect();
     // The same while a full cycle is observing: `reconcile` starts one,
     // the allocate comes a third of a full cycle later.
     let t = Instant::now();
     assert!(agent.ctl(&["reconcile", "--wait"]).status.success());
     let third = t.elapsed() / 3;
-    let mut busy = Vec::new();
-    for _ in 0..reps {
-        // Settled first: no cycle left running from the round before.
-        assert!(agent.ctl(&["reconcile", "--wait"]).status.success());
-        assert!(agent.ctl(&["reconcile"]).status.success());
-        std::thread::sleep(third);
-        busy.push(allocate_latency(
-            &agent,
-            c2,
-            &dom,
-            4,
-            &["allocate", "p0", &dom, "--vcpus", "4"],
-        ));
-        allocate_latency(
-            &agent,
-            c2,
-            &dom,
-            BUDGET_A.0 as u32,
-            &["release", "p0", &dom],
-        );
-    }
+    let mut busy: Vec<f64> = (0..reps)
+        .map(|_| {
+            round(&|| {
+                // Settled first: no cycle left running from the round before.
+                assert!(agent.ctl(&["reconcile", "--wait"]).status.success());
+                assert!(agent.ctl(&["reconcile"]).status.success());
+                std::thread::sleep(third);
+            })
+        })
+        .collect();
     // A restart brings the domain back at its persistent vCPU count
     // (BASE_C); the Started event makes the agent set the target again.
     let dom = name(1);

@@ -474,16 +474,7 @@ async fn reload_answers_with_the_outcome_or_a_503_when_not_taken_in_time() {
     use virtpool::service::{ReloadReport, ReloadRequest};
     let dir = tempfile::tempdir().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
-    let a = Agent::start_with(
-        dir.path(),
-        "root",
-        STANDARD_POOLS,
-        FakeHv::new(standard_domains()),
-        ServeOptions::default(),
-        Some(tx),
-        Some(Duration::from_secs(1)),
-    )
-    .await;
+    let a = Agent::standard_with(dir.path(), Some(tx), Duration::from_secs(1)).await;
 
     // Taken, never answered: a 503 after the wait, naming it.
     let held = tokio::spawn(async move {
@@ -550,17 +541,8 @@ async fn reload_answers_with_the_outcome_or_a_503_when_not_taken_in_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waits_for_a_stuck_cycle_end_at_the_wait_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let hv = FakeHv::new(standard_domains());
-    let a = Agent::start_with(
-        dir.path(),
-        "root",
-        STANDARD_POOLS,
-        hv.clone(),
-        ServeOptions::default(),
-        None,
-        Some(Duration::from_secs(1)),
-    )
-    .await;
+    let a = Agent::standard_with(dir.path(), None, Duration::from_secs(1)).await;
+    let hv = a.hv.clone();
     hv.set_stall(true);
 
     let t0 = std::time::Instant::now();
@@ -602,17 +584,8 @@ async fn waits_for_a_stuck_cycle_end_at_the_wait_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scoped_change_goes_before_a_running_full_observation() {
     let dir = tempfile::tempdir().unwrap();
-    let hv = FakeHv::new(standard_domains());
-    let a = Agent::start_with(
-        dir.path(),
-        "root",
-        STANDARD_POOLS,
-        hv.clone(),
-        ServeOptions::default(),
-        None,
-        Some(Duration::from_secs(5)),
-    )
-    .await;
+    let a = Agent::standard_with(dir.path(), None, Duration::from_secs(5)).await;
+    let hv = a.hv.clone();
     hv.set_stall(true);
     let (code, _) = a.call("POST", "/v1/reconcile", None).await;
     assert_eq!(code, 200);

@@ -328,17 +328,8 @@ fn pool_create_help_names_its_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waits_on_a_stuck_cycle_say_so() {
     let dir = tempfile::tempdir().unwrap();
-    let hv = FakeHv::new(standard_domains());
-    let a = Agent::start_with(
-        dir.path(),
-        "root",
-        STANDARD_POOLS,
-        hv.clone(),
-        ServeOptions::default(),
-        None,
-        Some(std::time::Duration::from_secs(1)),
-    )
-    .await;
+    let a = Agent::standard_with(dir.path(), None, std::time::Duration::from_secs(1)).await;
+    let hv = a.hv.clone();
     hv.set_stall(true);
     ok(&a.socket, &["reconcile"]).await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;

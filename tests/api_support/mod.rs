@@ -230,6 +230,25 @@ impl Agent {
         .await
     }
 
+    /// [`Agent::standard`] with `POST /v1/reload` handed to `reloads` and
+    /// another wait limit (`self.hv` can then stall a full observation).
+    pub async fn standard_with(
+        dir: &Path,
+        reloads: Option<tokio::sync::mpsc::Sender<virtpool::service::ReloadRequest>>,
+        wait_limit: std::time::Duration,
+    ) -> Agent {
+        Agent::start_with(
+            dir,
+            "root",
+            STANDARD_POOLS,
+            FakeHv::new(standard_domains()),
+            ServeOptions::default(),
+            reloads,
+            Some(wait_limit),
+        )
+        .await
+    }
+
     /// Starts an agent and waits for its first cycle.
     pub async fn start(
         dir: &Path,
