@@ -127,11 +127,20 @@ async fn a_reconnect_registers_again() {
     drop(daemon);
 }
 
-/// A hypervisor that fails the test if two jobs ever hold it at once.
+/// A hypervisor that fails the test if two jobs ever hold it at once. Its
+/// close (drop) takes 200 ms, then sets `closed`.
 #[derive(Default)]
 struct Exclusive {
     busy: Arc<AtomicBool>,
     jobs: Arc<AtomicUsize>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        std::thread::sleep(Duration::from_millis(200));
+        self.closed.store(true, Ordering::SeqCst);
+    }
 }
 
 impl Exclusive {
@@ -192,6 +201,22 @@ async fn workers_share_the_thread_one_job_at_a_time() {
     assert_eq!(b_jobs.load(Ordering::SeqCst), 80);
     assert!(!a_busy.load(Ordering::SeqCst));
     assert_eq!(thread_name(&wa).await, "libvirt-events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_handle_waits_for_the_close_on_the_event_thread() {
+    setup();
+    let hv = Exclusive::default();
+    let closed = hv.closed.clone();
+    let w = HvWorker::spawn(Box::new(hv)).unwrap();
+    assert_eq!(thread_name(&w).await, "libvirt-events");
+    let t = Instant::now();
+    drop(w);
+    assert!(
+        closed.load(Ordering::SeqCst),
+        "the drop returned after {:?}, before the close",
+        t.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -167,6 +167,7 @@ pub fn event_loop_running() -> bool {
 /// dispatches), then the [`HvWorker`](super::worker::HvWorker) jobs queued
 /// meanwhile, forever.
 fn run_event_loop() {
+    super::worker::mark_job_thread();
     loop {
         if let Err(e) = virt::event::event_run_default_impl() {
             tracing::warn!(error = %e, "libvirt event loop iteration failed");

@@ -18,15 +18,53 @@
 //! Either way, one job at a time per hypervisor, in submission order. A job
 //! that panics stops its worker: that job and every later one fail with
 //! "hypervisor thread stopped"; other workers and the event loop go on.
+//!
+//! Dropping the last handle closes the hypervisor on the thread that runs
+//! its jobs and waits for the close (at most [`CLOSE_WAIT`]). So a process
+//! that drops its handles before it returns from `main` never exits while
+//! libvirt is still tearing a connection down: library destructors run at
+//! exit (libxml2's, gnutls's), and libvirt code running beside them can
+//! corrupt the heap.
 
 use super::calls::{CallCounter, CallCounts};
 use super::{ffi, HvError, Hypervisor};
 use crate::model::{Action, DomainObs};
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// How long dropping the last handle waits for the hypervisor to close.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+thread_local! {
+    /// Set on the threads that run jobs (a worker's own thread, the
+    /// event-loop thread): they never wait for a close, which may be
+    /// queued behind the job they are running.
+    static JOB_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as one that runs jobs (see [`JOB_THREAD`]).
+pub(crate) fn mark_job_thread() {
+    JOB_THREAD.with(|t| t.set(true));
+}
+
+/// Waits until `closed` disconnects (its sender is dropped once the
+/// hypervisor is), at most [`CLOSE_WAIT`]; not on a job thread.
+fn wait_closed(closed: mpsc::Receiver<()>) {
+    if JOB_THREAD.with(Cell::get) {
+        return;
+    }
+    if let Err(mpsc::RecvTimeoutError::Timeout) = closed.recv_timeout(CLOSE_WAIT) {
+        tracing::warn!(
+            wait = ?CLOSE_WAIT,
+            "the libvirt connection did not close in time; going on without it"
+        );
+    }
+}
 
 type Job = Box<dyn FnOnce(&mut dyn Hypervisor) + Send>;
 
@@ -41,7 +79,7 @@ pub struct HvWorker {
 #[derive(Clone)]
 enum Inner {
     /// Jobs run on a thread of this worker's own.
-    Thread(mpsc::Sender<Job>),
+    Thread(Arc<ThreadHv>),
     /// Jobs run on the event-loop thread.
     EventLoop(Arc<LoopHv>),
 }
@@ -78,15 +116,24 @@ impl HvWorker {
         calls: Option<Arc<CallCounter>>,
     ) -> std::io::Result<HvWorker> {
         let (tx, rx) = mpsc::channel::<Job>();
+        let (closed_tx, closed) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("libvirt".into())
             .spawn(move || {
+                mark_job_thread();
                 while let Ok(job) = rx.recv() {
                     job(hv.as_mut());
                 }
+                // Closed first, then the waiting handle is told (also when
+                // a job panics: unwinding drops both in this order).
+                drop(hv);
+                drop(closed_tx);
             })?;
         Ok(HvWorker {
-            inner: Inner::Thread(tx),
+            inner: Inner::Thread(Arc::new(ThreadHv {
+                tx: Some(tx),
+                closed: Mutex::new(Some(closed)),
+            })),
             calls,
         })
     }
@@ -98,10 +145,11 @@ impl HvWorker {
     ) -> Result<T, HvError> {
         let (reply, rx) = oneshot::channel();
         match &self.inner {
-            Inner::Thread(tx) => {
+            Inner::Thread(shared) => {
                 let job: Job = Box::new(move |hv| {
                     let _ = reply.send(f(hv));
                 });
+                let tx = shared.tx.as_ref().ok_or_else(gone)?;
                 tx.send(job).map_err(|_| gone())?;
             }
             Inner::EventLoop(shared) => {
@@ -207,6 +255,32 @@ impl HvWorker {
     }
 }
 
+// ------------------------------------------------ jobs on a thread of its own
+
+/// The job queue of a worker with a thread of its own.
+struct ThreadHv {
+    /// Always `Some` until dropped.
+    tx: Option<mpsc::Sender<Job>>,
+    /// Disconnects once the thread has dropped the hypervisor (in a mutex
+    /// only to make the handle `Sync`).
+    closed: Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+impl Drop for ThreadHv {
+    /// The last handle is gone: the thread finishes the queued jobs, closes
+    /// the hypervisor and ends; wait for that.
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        let closed = match self.closed.get_mut() {
+            Ok(c) => c.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(closed) = closed {
+            wait_closed(closed);
+        }
+    }
+}
+
 // ------------------------------------------------ jobs on the event loop
 
 /// A hypervisor whose jobs run on the event-loop thread. The mutex is never
@@ -218,16 +292,29 @@ struct LoopHv {
 
 impl Drop for LoopHv {
     /// The last handle is gone: close the hypervisor on the event-loop
-    /// thread (closing a connection is a blocking call; the last handle may
-    /// be dropped on a tokio worker).
+    /// thread (where its calls run) and wait for that, unless this is that
+    /// thread.
     fn drop(&mut self) {
         let hv = match self.hv.get_mut() {
             Ok(hv) => hv.take(),
             Err(poisoned) => poisoned.into_inner().take(),
         };
-        if let Some(hv) = hv {
-            // If the queue refused it, `hv` is dropped right here instead.
-            let _ = submit(Box::new(move || drop(hv)));
+        let Some(hv) = hv else {
+            return;
+        };
+        if JOB_THREAD.with(Cell::get) {
+            drop(hv);
+            return;
+        }
+        let (closed_tx, closed) = mpsc::channel::<()>();
+        // If the queue refuses the job, `hv` is dropped with it right here.
+        if submit(Box::new(move || {
+            drop(hv);
+            drop(closed_tx);
+        }))
+        .is_ok()
+        {
+            wait_closed(closed);
         }
     }
 }
@@ -293,5 +380,106 @@ pub(crate) fn run_loop_jobs() {
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
             tracing::error!("a libvirt job panicked: that hypervisor is stopped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    /// A hypervisor whose close (drop) takes time: it blocks until
+    /// `release` fires or `delay` passes, then sets `closed`.
+    struct SlowClose {
+        delay: Duration,
+        release: Option<mpsc::Receiver<()>>,
+        closed: Arc<AtomicBool>,
+    }
+
+    impl Drop for SlowClose {
+        fn drop(&mut self) {
+            match self.release.take() {
+                Some(rx) => drop(rx.recv_timeout(self.delay)),
+                None => std::thread::sleep(self.delay),
+            }
+            self.closed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl Hypervisor for SlowClose {
+        fn connect(&mut self) -> Result<(), HvError> {
+            Ok(())
+        }
+        fn is_connected(&self) -> bool {
+            true
+        }
+        fn observe(&mut self) -> Result<Vec<DomainObs>, HvError> {
+            Ok(Vec::new())
+        }
+        fn apply(&mut self, _action: &Action) -> Result<(), HvError> {
+            Ok(())
+        }
+        fn set_stats_period(&mut self, _uuid: &str, _secs: u32) -> Result<(), HvError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn dropping_the_last_handle_waits_for_the_close() {
+        let closed = Arc::new(AtomicBool::new(false));
+        let w = HvWorker::spawn(Box::new(SlowClose {
+            delay: Duration::from_millis(300),
+            release: None,
+            closed: closed.clone(),
+        }))
+        .unwrap();
+        w.observe().await.unwrap();
+        let other = w.clone();
+        drop(w);
+        assert!(!closed.load(Ordering::SeqCst), "a handle is still alive");
+        assert!(other.observe().await.is_ok());
+        drop(other);
+        assert!(
+            closed.load(Ordering::SeqCst),
+            "the last drop returned before the hypervisor was closed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hung_close_is_waited_for_a_bounded_time() {
+        let closed = Arc::new(AtomicBool::new(false));
+        let (release, rx) = mpsc::channel();
+        let w = HvWorker::spawn(Box::new(SlowClose {
+            delay: Duration::from_secs(120),
+            release: Some(rx),
+            closed: closed.clone(),
+        }))
+        .unwrap();
+        w.observe().await.unwrap();
+        let t = Instant::now();
+        drop(w);
+        let waited = t.elapsed();
+        assert!(
+            waited >= CLOSE_WAIT && waited < CLOSE_WAIT * 3,
+            "waited {waited:?}"
+        );
+        assert!(!closed.load(Ordering::SeqCst));
+        release.send(()).unwrap();
+    }
+
+    #[test]
+    fn a_job_thread_does_not_wait_for_a_close() {
+        let (tx, closed) = mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            mark_job_thread();
+            let t = Instant::now();
+            wait_closed(closed);
+            t.elapsed()
+        });
+        let waited = t.join().unwrap();
+        drop(tx);
+        assert!(waited < CLOSE_WAIT, "waited {waited:?}");
     }
 }
