@@ -160,11 +160,16 @@ impl HvWorker {
                 submit(Box::new(move || {
                     // Poisoned: an earlier job panicked holding it. Dropping
                     // `reply` answers "stopped".
-                    let Ok(mut guard) = shared.hv.lock() else {
-                        return;
+                    let out = match shared.hv.lock() {
+                        Ok(mut guard) => guard.as_mut().map(|hv| f(hv.as_mut())),
+                        Err(_) => None,
                     };
-                    if let Some(hv) = guard.as_mut() {
-                        let _ = reply.send(f(hv.as_mut()));
+                    // Let go of the hypervisor before answering: once
+                    // answered, the caller's handle may be the last one,
+                    // and its drop must be the one that closes (and waits).
+                    drop(shared);
+                    if let Some(out) = out {
+                        let _ = reply.send(out);
                     }
                 }))?;
             }
