@@ -693,7 +693,7 @@ impl Monitor {
             return;
         }
         let events = std::mem::take(&mut self.pending);
-        if let Err(e) = self.audit.append(&events) {
+        if let Err(e) = self.audit.append_owned(events) {
             tracing::warn!(error = %e, "cannot write the audit log");
         }
     }
@@ -1103,6 +1103,7 @@ impl Monitor {
         self.was_connected = Some(status.libvirt.connected);
         self.counters.cycles += 1;
         self.counters.cycle_seconds.observe(elapsed.as_secs_f64());
+        self.pending.reserve(status.results.len());
         for r in &status.results {
             let key = (
                 r.action.resource_label().to_string(),
