@@ -180,13 +180,49 @@ impl FileSink {
         Ok(())
     }
 
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        let len = buf.len() as u64;
+    /// Appends the events as JSON lines (rotating first if they would
+    /// not fit), streamed through a [`CHUNK`]-sized buffer: the batch is
+    /// measured first, so a batch of thousands of events never sits in
+    /// memory as one block of text.
+    fn write(&mut self, events: &[Event]) -> std::io::Result<()> {
+        let mut count = ByteCount(0);
+        write_lines(&mut count, events)?;
+        let len = count.0;
         if self.size > 0 && self.size + len > self.max_bytes {
             self.rotate()?;
         }
-        self.file.write_all(buf)?;
+        let cap = usize::try_from(len).map_or(CHUNK, |n| n.min(CHUNK));
+        let mut out = std::io::BufWriter::with_capacity(cap, &mut self.file);
+        write_lines(&mut out, events)?;
+        out.flush()?;
         self.size += len;
+        Ok(())
+    }
+}
+
+/// Writes each event as one JSON line. Serialising these plain structs
+/// cannot fail; an event that does is skipped (an I/O error is returned).
+fn write_lines(out: &mut impl Write, events: &[Event]) -> std::io::Result<()> {
+    for ev in events {
+        match serde_json::to_writer(&mut *out, ev) {
+            Ok(()) => out.write_all(b"\n")?,
+            Err(e) if e.is_io() => return Err(e.into()),
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Counts the bytes written to it.
+struct ByteCount(u64);
+
+impl Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }
@@ -419,37 +455,31 @@ impl AuditLog {
     /// there is no file. Events whose write fails are kept in memory (and
     /// still returned by [`AuditLog::since`]) and the error is returned.
     pub fn append(&self, events: &[Event]) -> Result<(), AuditError> {
+        self.append_owned(events.to_vec())
+    }
+
+    /// [`AuditLog::append`] for events the caller gives away: numbered in
+    /// place, not copied.
+    pub fn append_owned(&self, mut events: Vec<Event>) -> Result<(), AuditError> {
         if events.is_empty() {
             return Ok(());
         }
         let mut inner = self.lock();
-        let mut numbered = Vec::with_capacity(events.len());
-        for ev in events {
+        for ev in &mut events {
             inner.seq += 1;
-            let mut ev = ev.clone();
             ev.seq = inner.seq;
-            numbered.push(ev);
         }
         let result = match inner.sink.as_mut() {
             None => Ok(()),
-            Some(sink) => {
-                let mut buf = Vec::with_capacity(256 * numbered.len());
-                for ev in &numbered {
-                    // Serialising these plain structs cannot fail; skip one if it does.
-                    if serde_json::to_writer(&mut buf, ev).is_ok() {
-                        buf.push(b'\n');
-                    }
-                }
-                match sink.write(&buf) {
-                    Ok(()) => return Ok(()),
-                    Err(source) => Err(AuditError::Write {
-                        file: sink.path.clone(),
-                        source,
-                    }),
-                }
-            }
+            Some(sink) => match sink.write(&events) {
+                Ok(()) => return Ok(()),
+                Err(source) => Err(AuditError::Write {
+                    file: sink.path.clone(),
+                    source,
+                }),
+            },
         };
-        for ev in numbered {
+        for ev in events {
             if inner.recent.len() >= RECENT_CAP {
                 inner.recent.pop_front();
             }
@@ -570,6 +600,32 @@ mod tests {
         assert_eq!(all.len(), kept.lines().count());
         assert_eq!(all.last().unwrap().seq, 40);
         assert!(all.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_write_buffer_is_one_unit_of_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open_with(dir.path(), 200_000, 2).unwrap();
+        log.append(&[reload(0)]).unwrap();
+        // Over CHUNK bytes of JSON, and too big for what is left of the
+        // live file: the file rotates once, before the batch, which then
+        // lands whole in the fresh file.
+        let batch: Vec<Event> = (1..=3000).map(reload).collect();
+        log.append_owned(batch).unwrap();
+        let main = dir.path().join(AUDIT_FILE);
+        let live = std::fs::read_to_string(&main).unwrap();
+        assert!(live.len() > CHUNK, "{} bytes", live.len());
+        let lines: Vec<Event> = live
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3000);
+        assert_eq!(lines.first().unwrap().seq, 2);
+        assert_eq!(lines.last().unwrap().seq, 3001);
+        assert!(lines.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        let r1 = std::fs::read_to_string(dir.path().join("audit.jsonl.1")).unwrap();
+        assert_eq!(r1.lines().count(), 1, "{r1}");
+        assert_eq!(log.recent(5000).unwrap().len(), 3001);
     }
 
     #[test]

@@ -693,7 +693,7 @@ impl Monitor {
             return;
         }
         let events = std::mem::take(&mut self.pending);
-        if let Err(e) = self.audit.append(&events) {
+        if let Err(e) = self.audit.append_owned(events) {
             tracing::warn!(error = %e, "cannot write the audit log");
         }
     }
@@ -956,22 +956,25 @@ impl Monitor {
             let (enforced, results) = self.enforce(plan, now, in_scope.as_ref()).await;
             plan = enforced;
             status.results = results;
-            // Publish what the domains have now, not what they had.
-            let mut by_uuid: HashMap<&str, usize> = HashMap::new();
-            for (i, d) in snapshot.domains.iter().enumerate() {
-                by_uuid.insert(&*d.uuid, i);
-            }
-            let mut changed = false;
-            let mut domains = snapshot.domains.clone();
-            for r in status.results.iter().filter(|r| r.ok) {
-                if let Some(&i) = by_uuid.get(r.action.uuid()) {
-                    domains[i].apply(&r.action);
-                    changed = true;
+            // Publish what the domains have now, not what they had
+            // (changed in place: a steady cycle copies nothing).
+            let mut applied = Vec::new();
+            if status.results.iter().any(|r| r.ok) {
+                let mut by_uuid: HashMap<&str, usize> = HashMap::new();
+                for (i, d) in snapshot.domains.iter().enumerate() {
+                    by_uuid.insert(&*d.uuid, i);
+                }
+                for r in status.results.iter().filter(|r| r.ok) {
+                    if let Some(&i) = by_uuid.get(r.action.uuid()) {
+                        applied.push((i, &r.action));
+                    }
                 }
             }
-            if changed {
-                plan.refresh_actuals(&domains);
-                snapshot.domains = domains;
+            if !applied.is_empty() {
+                for (i, action) in applied {
+                    snapshot.domains[i].apply(action);
+                }
+                plan.refresh_actuals(&snapshot.domains);
             }
             let lost = status.results.iter().find_map(|r| {
                 r.error
@@ -1103,6 +1106,7 @@ impl Monitor {
         self.was_connected = Some(status.libvirt.connected);
         self.counters.cycles += 1;
         self.counters.cycle_seconds.observe(elapsed.as_secs_f64());
+        self.pending.reserve(status.results.len());
         for r in &status.results {
             let key = (
                 r.action.resource_label().to_string(),

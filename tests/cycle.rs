@@ -45,6 +45,20 @@ async fn one_cycle_brings_managed_domains_to_their_targets() {
         }
     }
     assert_eq!(checked, 10, "ten managed active domains on the demo host");
+    // The published domains are what the domains have after the changes.
+    for d in st
+        .domains
+        .iter()
+        .filter(|d| d.state == DomainState::Running)
+    {
+        let a = dom(&after, &d.name);
+        assert_eq!(
+            (d.vcpus, d.memory),
+            (a.vcpus, a.memory),
+            "{} published",
+            d.name
+        );
+    }
 
     // Unmanaged and shut-off domains are untouched.
     let before = fresh_observe("cycle-host.xml").await;

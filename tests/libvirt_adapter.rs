@@ -157,6 +157,8 @@ fn observe_reads_running_paused_and_shutoff_domains() {
     assert!(hv.is_connected());
     let doms = hv.observe().unwrap();
     assert_eq!(doms.len(), 3);
+    // Sorted by name, whatever order libvirt lists them in.
+    assert!(doms.windows(2).all(|w| w[0].name < w[1].name), "{doms:?}");
 
     let web = find(&doms, "web-1");
     assert_eq!(&*web.uuid, WEB);
