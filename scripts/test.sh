@@ -29,6 +29,30 @@ set +e
 cargo test --all-targets --no-fail-fast 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
+# A test binary killed by a signal (an abort, a crash) prints no more than
+# that. Run it again under gdb, up to 3 times, to show where it died if it
+# dies again.
+crashed=$(grep -oE "process didn't exit successfully: \`[^\`]+\` \(signal: [0-9]+" "$log" |
+  sed -E 's/^[^`]*`([^`]+)`.*/\1/' | sort -u || true)
+for bin in $crashed; do
+  echo "== $bin died by a signal; running it again under gdb (up to 3 times)"
+  if ! command -v gdb >/dev/null; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends gdb >/dev/null || true
+  fi
+  command -v gdb >/dev/null || { echo "gdb is not available: no backtrace"; continue; }
+  for _ in 1 2 3; do
+    gdb -q -batch -ex "set pagination off" -ex run -ex "thread apply all bt 40" \
+      --args "$bin" >"$log.gdb" 2>&1 || true
+    if grep -q "received signal" "$log.gdb"; then
+      cat "$log.gdb"
+      break
+    fi
+    echo "   (it passed this time)"
+  done
+  rm -f "$log.gdb"
+done
 # One closing line for the whole suite (benches run last and print their own figures).
 grep -E '^test result:' "$log" | awk '{p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}'
 exit "$rc"
