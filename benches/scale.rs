@@ -33,7 +33,8 @@
 //!   writes (c-change); c-full is every read of a domain not known yet
 //!   (XML, I/O limits, weight too), which the agent makes on its first
 //!   cycle, after a change and at each domain's resync;
-//! - the real `virtpoold`'s RSS, the time from `virtpoolctl allocate`
+//! - the real `virtpoold` (with the `Environment=` of the systemd unit, as
+//!   deployed): its RSS, the time from `virtpoolctl allocate`
 //!   returning to the change being visible on a second connection, the
 //!   time from a domain's restart to its vCPUs back at target (lifecycle
 //!   event → reconcile), idle CPU (1,000 domains) and RSS across many
@@ -507,6 +508,17 @@ impl Drop for Agent {
     }
 }
 
+/// The `Environment=` assignments of the systemd unit (`KEY=VALUE` words,
+/// no quoting: the unit uses none).
+fn unit_environment() -> Vec<(&'static str, &'static str)> {
+    include_str!("../systemd/virtpoold.service")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Environment="))
+        .flat_map(str::split_whitespace)
+        .filter_map(|w| w.split_once('='))
+        .collect()
+}
+
 impl Agent {
     fn start(dir: &Path, cfg: &str) -> Agent {
         let path = dir.join("virtpool.toml");
@@ -525,6 +537,10 @@ impl Agent {
             }
             None => Command::new(env!("CARGO_BIN_EXE_virtpoold")),
         };
+        // The environment the unit gives the agent, as deployed.
+        for (k, v) in unit_environment() {
+            cmd.env(k, v);
+        }
         let child = cmd
             .arg("--config")
             .arg(&path)
@@ -820,6 +836,18 @@ fn main() {
     let growth_cycles: usize = env_or("SCALE_GROWTH_CYCLES", 1000);
     let growth_size: usize = env_or("SCALE_GROWTH_SIZE", 100);
     println!("virtpool full-cycle benchmark; load at start: {}", load());
+    let env: Vec<String> = unit_environment()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!(
+        "  the agent runs with the unit's environment: {}",
+        if env.is_empty() {
+            "(none)".to_string()
+        } else {
+            env.join(" ")
+        }
+    );
     println!(
         "{:>6} | {:>9} {:>9} {:>9} {:>9} {:>9} | {:>6} {:>6} | {:>7} {:>8} {:>9} {:>9} {:>8} | load",
         "doms",
