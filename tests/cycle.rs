@@ -4,7 +4,25 @@
 
 mod common;
 use common::*;
-use virtpool::model::{DomainState, Resource};
+use virtpool::model::{DomainObs, DomainState, Resource};
+
+/// Each domain of `doms` has the vCPUs and memory its namesake in `other`
+/// has (`what` names the failure).
+fn assert_sizes_as_in<'a>(
+    doms: impl IntoIterator<Item = &'a DomainObs>,
+    other: &[DomainObs],
+    what: &str,
+) {
+    for d in doms {
+        let o = dom(other, &d.name);
+        assert_eq!(
+            (d.vcpus, d.memory),
+            (o.vcpus, o.memory),
+            "{} {what}",
+            d.name
+        );
+    }
+}
 
 const DEMO_POOLS: &str = include_str!("../config/demo.toml");
 
@@ -46,19 +64,11 @@ async fn one_cycle_brings_managed_domains_to_their_targets() {
     }
     assert_eq!(checked, 10, "ten managed active domains on the demo host");
     // The published domains are what the domains have after the changes.
-    for d in st
+    let running = st
         .domains
         .iter()
-        .filter(|d| d.state == DomainState::Running)
-    {
-        let a = dom(&after, &d.name);
-        assert_eq!(
-            (d.vcpus, d.memory),
-            (a.vcpus, a.memory),
-            "{} published",
-            d.name
-        );
-    }
+        .filter(|d| d.state == DomainState::Running);
+    assert_sizes_as_in(running, &after, "published");
 
     // Unmanaged and shut-off domains are untouched.
     let before = fresh_observe("cycle-host.xml").await;
@@ -116,15 +126,7 @@ async fn observe_mode_changes_nothing() {
     );
     assert!(st.results.is_empty(), "observe applies nothing");
     let after = hv.observe().await.unwrap();
-    for b in &before {
-        let a = dom(&after, &b.name);
-        assert_eq!(
-            (b.vcpus, b.memory),
-            (a.vcpus, a.memory),
-            "{} changed",
-            b.name
-        );
-    }
+    assert_sizes_as_in(&before, &after, "changed");
 }
 
 #[tokio::test]
