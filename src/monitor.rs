@@ -588,6 +588,8 @@ impl Monitor {
         }
         self.pending.push(Event::now(EventKind::Stopping));
         self.flush_events();
+        // Close the connection (and wait for it) off the runtime's workers.
+        self.hv.close().await;
     }
 
     /// A full cycle gave up its observation for a scoped cycle asked

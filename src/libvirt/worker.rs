@@ -105,6 +105,13 @@ impl HvWorker {
         HvWorker::spawn_thread(hv, calls)
     }
 
+    /// Drops this handle on a blocking thread, not on an async worker:
+    /// when it is the last one, that drop closes the hypervisor and waits
+    /// for the close (at most [`CLOSE_WAIT`]).
+    pub async fn close(self) {
+        let _ = tokio::task::spawn_blocking(move || drop(self)).await;
+    }
+
     /// The libvirt calls made so far, when the hypervisor counts them.
     pub fn calls(&self) -> Option<CallCounts> {
         self.calls.as_ref().map(|c| c.snapshot())
@@ -450,6 +457,20 @@ mod tests {
             closed.load(Ordering::SeqCst),
             "the last drop returned before the hypervisor was closed"
         );
+    }
+
+    #[tokio::test]
+    async fn close_returns_once_the_hypervisor_is_closed() {
+        let closed = Arc::new(AtomicBool::new(false));
+        let w = HvWorker::spawn(Box::new(SlowClose {
+            delay: Duration::from_millis(300),
+            release: None,
+            closed: closed.clone(),
+        }))
+        .unwrap();
+        w.observe().await.unwrap();
+        w.close().await;
+        assert!(closed.load(Ordering::SeqCst));
     }
 
     #[tokio::test]
