@@ -825,7 +825,7 @@ fn main() {
     // (into a sink) so the cycle pays that cost.
     tracing_subscriber::fmt()
         .with_writer(std::io::sink)
-        .with_env_filter("info")
+        .with_max_level(tracing::Level::INFO)
         .init();
     let sizes: Vec<usize> = std::env::var("SCALE_SIZES")
         .unwrap_or_else(|_| "100,1000,5000".into())

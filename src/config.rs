@@ -599,8 +599,10 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
         ));
     }
     if let Some(l) = &a.log_level {
-        if tracing_subscriber::EnvFilter::try_new(l).is_err() {
-            problems.push(format!("agent.log_level ({l:?}) is not a valid log filter"));
+        if let Err(e) = crate::observability::filter(l) {
+            problems.push(format!(
+                "agent.log_level ({l:?}) is not a valid log filter: {e}"
+            ));
         }
     }
     let agent = AgentConfig {
@@ -786,7 +788,7 @@ fn build_pool(name: &str, spec: &PoolSpec, problems: &mut Vec<String>) -> Pool {
         problems.push(format!("{at}: {e}"));
     }
     for g in &spec.match_ {
-        if let Err(e) = globset::Glob::new(g) {
+        if let Err(e) = crate::glob::Glob::new(g) {
             problems.push(format!("{at}: match pattern {g:?} is invalid: {e}"));
         }
     }
@@ -1120,6 +1122,25 @@ memory = { min = "4GiB", shares = 3000 }
             e.contains("vcpus add up to 18 (a 10 + b 8) but the host has only 16"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn bad_glob_and_log_filter_rejected() {
+        let e = parse("[pools.web]\nmatch = [\"web-*\", \"web-[0-9\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(r#"pool "web": match pattern "web-[0-9" is invalid: '[' without a closing ']' (at character 5)"#),
+            "{e}"
+        );
+        let e = parse("[agent]\nlog_level = \"virtpool=loud\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(r#"agent.log_level ("virtpool=loud") is not a valid log filter"#),
+            "{e}"
+        );
+        assert!(parse("[agent]\nlog_level = \"warn,virtpool=debug\"\n").is_ok());
     }
 
     #[test]

@@ -4,10 +4,9 @@
 //! `match` glob matches the domain name. A domain in no pool is unmanaged.
 
 use crate::config::Pool;
+use crate::glob::Glob;
 use crate::model::DomainObs;
 use crate::planner::StrMap;
-use globset::{Glob, GlobMatcher, GlobSet, GlobSetBuilder};
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 /// Pre-compiled membership rules of a set of pools.
@@ -17,53 +16,11 @@ pub struct Membership {
     /// Domain name or UUID → pools (indexes) it was removed from at run
     /// time.
     excluded: StrMap<String, Vec<usize>>,
-    /// Every glob of every pool, in pool order then the pool's order: the
-    /// lowest matching index wins. Plain ones (`web-*`, `db1`) are matched
-    /// with string comparisons, the others with one [`GlobSet`].
-    plain: Vec<(usize, Plain)>,
-    others: Globs,
-    /// Global index of each glob in `others`.
-    others_index: Vec<usize>,
-    /// Pool of each glob (index in `pools`), by global index.
-    glob_pool: Vec<usize>,
+    /// Every glob of every pool with its pool (index in `pools`), in pool
+    /// order then the pool's order: the first that matches wins.
+    globs: Vec<(Glob, usize)>,
     /// Pool names, sorted.
     pools: Vec<String>,
-}
-
-/// A glob without wildcards, or whose only wildcard is one final `*`.
-enum Plain {
-    Exact(String),
-    Prefix(String),
-}
-
-impl Plain {
-    fn parse(glob: &str) -> Option<Plain> {
-        let special = |c: char| matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\');
-        match glob.strip_suffix('*') {
-            Some(p) if !p.contains(special) => Some(Plain::Prefix(p.to_owned())),
-            None if !glob.contains(special) => Some(Plain::Exact(glob.to_owned())),
-            _ => None,
-        }
-    }
-
-    fn is_match(&self, name: &str) -> bool {
-        match self {
-            Plain::Exact(s) => name == s,
-            Plain::Prefix(p) => name.starts_with(p.as_str()),
-        }
-    }
-}
-
-/// The compiled globs: one set (one pass over the name), or one matcher
-/// per glob if the set could not be built.
-enum Globs {
-    Set(GlobSet),
-    Each(Vec<GlobMatcher>),
-}
-
-thread_local! {
-    /// Matching glob indexes (reused: no allocation per domain).
-    static HITS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
 /// How a domain came to be in its pool.
@@ -81,10 +38,7 @@ impl Membership {
     pub fn new(pools: &BTreeMap<String, Pool>) -> Membership {
         let mut explicit = StrMap::default();
         let mut excluded: StrMap<String, Vec<usize>> = StrMap::default();
-        let mut plain = Vec::new();
-        let mut compiled = Vec::new();
-        let mut others_index = Vec::new();
-        let mut glob_pool = Vec::new();
+        let mut globs = Vec::new();
         for (k, p) in pools.values().enumerate() {
             for d in &p.exclude {
                 excluded.entry(d.clone()).or_default().push(k);
@@ -94,31 +48,13 @@ impl Membership {
             }
             for g in &p.globs {
                 let Ok(glob) = Glob::new(g) else { continue };
-                match Plain::parse(g) {
-                    Some(p) => plain.push((glob_pool.len(), p)),
-                    None => {
-                        others_index.push(glob_pool.len());
-                        compiled.push(glob);
-                    }
-                }
-                glob_pool.push(k);
+                globs.push((glob, k));
             }
         }
-        let mut set = GlobSetBuilder::new();
-        for g in &compiled {
-            set.add(g.clone());
-        }
-        let others = match set.build() {
-            Ok(set) => Globs::Set(set),
-            Err(_) => Globs::Each(compiled.iter().map(Glob::compile_matcher).collect()),
-        };
         Membership {
             explicit,
             excluded,
-            plain,
-            others,
-            others_index,
-            glob_pool,
+            globs,
             pools: pools.keys().cloned().collect(),
         }
     }
@@ -163,28 +99,10 @@ impl Membership {
                 return Some((k, Via::Metadata));
             }
         }
-        let plain = self
-            .plain
+        self.globs
             .iter()
-            .find(|(_, p)| p.is_match(&d.name))
-            .map(|(g, _)| *g);
-        // The other globs only matter if one comes before the plain match.
-        let other = match (&self.others, self.others_index.first()) {
-            (_, None) => None,
-            (_, Some(&first)) if plain.is_some_and(|g| g < first) => None,
-            (Globs::Set(set), _) => HITS.with(|hits| {
-                let mut hits = hits.borrow_mut();
-                set.matches_candidate_into(&globset::Candidate::new(&*d.name), &mut hits);
-                hits.iter().min().copied()
-            }),
-            (Globs::Each(each), _) => each.iter().position(|g| g.is_match(&*d.name)),
-        }
-        .map(|k| self.others_index[k]);
-        let first = match (plain, other) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        first.map(|g| (self.glob_pool[g], Via::Match))
+            .find(|(g, _)| g.is_match(&d.name))
+            .map(|&(_, k)| (k, Via::Match))
     }
 }
 
@@ -249,8 +167,8 @@ match = ["*"]
         assert_eq!(m.pool_of(&uuid), Some(("b", Via::Explicit)));
     }
 
-    /// Plain globs (string comparisons) and the others (one glob set)
-    /// together give what matching every glob in order gives.
+    /// The first matching glob in pool order, then each pool's order, wins,
+    /// as `globset` (whose syntax `match` follows) answers glob by glob.
     #[test]
     fn lowest_matching_glob_wins_across_kinds() {
         let c = Config::parse(
