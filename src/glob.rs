@@ -85,10 +85,7 @@ impl Glob {
         match &self.kind {
             Kind::Exact(s) => name == s,
             Kind::Prefix(p) => name.starts_with(p.as_str()),
-            Kind::Tokens(alts) => {
-                let chars: Vec<char> = name.chars().collect();
-                alts.iter().any(|t| matches(t, &chars))
-            }
+            Kind::Tokens(alts) => alts.iter().any(|t| matches(t, name)),
         }
     }
 }
@@ -281,25 +278,28 @@ fn one(t: &Token, c: char) -> bool {
 
 /// Whole-string match with single-star backtracking: on a mismatch, the
 /// last `*` seen takes one more character. Linear in the name for each
-/// `*`, never exponential.
-fn matches(tokens: &[Token], name: &[char]) -> bool {
+/// `*`, never exponential; positions in `name` are byte offsets of
+/// characters (no allocation).
+fn matches(tokens: &[Token], name: &str) -> bool {
     let (mut t, mut n) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
-    while n < name.len() {
+    while let Some(c) = name[n..].chars().next() {
         match tokens.get(t) {
             Some(Token::Star) => {
                 star = Some((t, n));
                 t += 1;
             }
-            Some(tok) if one(tok, name[n]) => {
+            Some(tok) if one(tok, c) => {
                 t += 1;
-                n += 1;
+                n += c.len_utf8();
             }
             _ => match star {
                 Some((st, sn)) => {
+                    // The `*` at `st` takes the character at `sn` too.
+                    let taken = name[sn..].chars().next().map_or(0, char::len_utf8);
                     t = st + 1;
-                    n = sn + 1;
-                    star = Some((st, sn + 1));
+                    n = sn + taken;
+                    star = Some((st, n));
                 }
                 None => return false,
             },
@@ -332,6 +332,9 @@ mod tests {
         assert!(m("", ""));
         assert!(!m("", "a"));
         assert!(m("a/*", "a/b/c"), "'/' is an ordinary character");
+        assert!(m("caf?-*", "café-1"), "'?' is one character, not one byte");
+        assert!(m("*é?", "xxéé"));
+        assert!(!m("[!é]x", "éx"));
     }
 
     #[test]
