@@ -438,8 +438,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn dropping_the_last_handle_waits_for_the_close() {
+    /// A worker over a hypervisor whose close takes 300 ms, after one
+    /// job has run (the thread is up), and its `closed` flag.
+    async fn slow_close_worker() -> (HvWorker, Arc<AtomicBool>) {
         let closed = Arc::new(AtomicBool::new(false));
         let w = HvWorker::spawn(Box::new(SlowClose {
             delay: Duration::from_millis(300),
@@ -448,6 +449,12 @@ mod tests {
         }))
         .unwrap();
         w.observe().await.unwrap();
+        (w, closed)
+    }
+
+    #[tokio::test]
+    async fn dropping_the_last_handle_waits_for_the_close() {
+        let (w, closed) = slow_close_worker().await;
         let other = w.clone();
         drop(w);
         assert!(!closed.load(Ordering::SeqCst), "a handle is still alive");
@@ -461,14 +468,7 @@ mod tests {
 
     #[tokio::test]
     async fn close_returns_once_the_hypervisor_is_closed() {
-        let closed = Arc::new(AtomicBool::new(false));
-        let w = HvWorker::spawn(Box::new(SlowClose {
-            delay: Duration::from_millis(300),
-            release: None,
-            closed: closed.clone(),
-        }))
-        .unwrap();
-        w.observe().await.unwrap();
+        let (w, closed) = slow_close_worker().await;
         w.close().await;
         assert!(closed.load(Ordering::SeqCst));
     }
