@@ -139,17 +139,18 @@ fn fixture(n: usize) -> Fixture {
         if (r >> 16) % 10 < 8 {
             d.balloon = Some(t::balloon(d.memory, d.memory / 100 * (10 + (r >> 20) % 80)));
         }
-        d.disks = vec![t::disk("vda"), t::disk("vdb")];
-        d.disks[1].device = "cdrom".into();
+        let mut disks = vec![t::disk("vda"), t::disk("vdb")];
+        disks[1].device = "cdrom".into();
         if (r >> 24) % 2 == 0 {
-            d.disks.push(t::disk("vdc"));
-            d.disks[0].iotune = Some(IoTune {
+            disks.push(t::disk("vdc"));
+            disks[0].iotune = Some(IoTune {
                 total_bytes_sec: 10 * MIB,
                 total_bytes_sec_max: 10 * MIB,
                 total_iops_sec: 100,
                 total_iops_sec_max: 100,
             });
         }
+        d.disks = disks.into();
         d.cpu_shares = Some(1000);
         d.active_secs = Some((r >> 28) % 100_000);
         if (r >> 32) % 10 == 0 {

@@ -124,7 +124,7 @@ mod tests {
             memory: 1 << 30,
             memory_max: 1 << 30,
             balloon: None,
-            disks: vec![],
+            disks: std::sync::Arc::from([]),
             metadata_pool: meta.map(Into::into),
             cpu_shares: None,
             blkio_weight: None,

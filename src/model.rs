@@ -207,7 +207,9 @@ pub struct DomainObs {
     pub memory_max: u64,
     /// Guest balloon statistics, when the guest reports them.
     pub balloon: Option<BalloonStats>,
-    pub disks: Vec<DiskObs>,
+    /// Read from the domain XML and kept by the adapter's read cache:
+    /// shared between the cache and every observation made from it.
+    pub disks: Arc<[DiskObs]>,
     /// Pool named in the domain's `<virtpool:pool>` metadata element.
     pub metadata_pool: Option<String>,
     /// CPU weight (`cpu_shares` scheduler parameter), if read.
@@ -256,8 +258,8 @@ impl DomainObs {
             Action::SetVcpus { to, .. } => self.vcpus = *to,
             Action::SetMemory { to, .. } => self.memory = *to,
             Action::SetBlockIoTune { disk, to, .. } => {
-                if let Some(d) = self.disks.iter_mut().find(|d| &d.target == disk) {
-                    d.iotune = Some(*to);
+                if let Some(i) = self.disks.iter().position(|d| &d.target == disk) {
+                    Arc::make_mut(&mut self.disks)[i].iotune = Some(*to);
                 }
             }
             Action::SetCpuShares { to, .. } => self.cpu_shares = Some(*to),

@@ -343,7 +343,7 @@ pub struct Monitor {
     runtime: Arc<Mutex<RuntimeState>>,
     history: History,
     /// When each domain (UUID) was first seen active, on the agent's clock.
-    active_since: HashMap<String, Instant>,
+    active_since: HashMap<Arc<str>, Instant>,
     /// Domains whose balloon stats period is set.
     stats_period_set: HashSet<String>,
     /// Compiled membership rules and the pools they were built from.
@@ -1136,16 +1136,18 @@ impl Monitor {
     /// Fills `active_secs` from when each domain was first seen active.
     fn track_active(&mut self, mut domains: Vec<DomainObs>) -> Vec<DomainObs> {
         let now = Instant::now();
-        let active: HashSet<String> = domains
+        let active: HashSet<&str> = domains
             .iter()
             .filter(|d| d.state.is_active())
-            .map(|d| d.uuid.to_string())
+            .map(|d| &*d.uuid)
             .collect();
-        self.active_since.retain(|u, _| active.contains(u));
-        self.stats_period_set.retain(|u| active.contains(u));
+        self.active_since.retain(|u, _| active.contains(&**u));
+        self.stats_period_set.retain(|u| active.contains(u.as_str()));
+        drop(active);
         for d in &mut domains {
             if d.state.is_active() {
-                let since = *self.active_since.entry(d.uuid.to_string()).or_insert(now);
+                // Keyed by the observation's own UUID (shared, not copied).
+                let since = *self.active_since.entry(d.uuid.clone()).or_insert(now);
                 d.active_secs = Some(now.duration_since(since).as_secs());
             }
         }

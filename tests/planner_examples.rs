@@ -505,10 +505,11 @@ fn disk_rates_split_across_tunable_disks() {
     let mut cfg = t::config(16, 32 * GIB, vec![p]);
     cfg.tuning.disk_burst_factor = 1.5;
     let mut a = vm("a", "p", 1, GIB);
-    a.disks = vec![t::disk("vda"), t::disk("vdb"), t::disk("hdc")];
-    a.disks[2].device = "cdrom".into();
+    let mut cdrom = t::disk("hdc");
+    cdrom.device = "cdrom".into();
+    a.disks = vec![t::disk("vda"), t::disk("vdb"), cdrom].into();
     let mut b = vm("b", "p", 1, GIB);
-    b.disks = vec![t::disk("vda"), t::disk("vdb")];
+    b.disks = vec![t::disk("vda"), t::disk("vdb")].into();
     let nodisk = vm("nodisk", "p", 1, GIB);
     let plan = run(&cfg, vec![a, b, nodisk]);
     assert_eq!(alloc(&plan, "a", Resource::DiskBytesSec).target, 150 * MIB);
@@ -557,15 +558,16 @@ fn weights_follow_shares() {
     p = t::with_member(p, "db", Resource::DiskIopsSec, t::shares(3000));
     let cfg = t::config(16, 32 * GIB, vec![p]);
     let mut db = vm("db", "p", 6, GIB);
-    db.disks = vec![t::disk("vda")];
-    db.disks[0].iotune = Some(Default::default());
+    let mut vda = t::disk("vda");
+    vda.iotune = Some(Default::default());
+    db.disks = vec![vda].into();
     db.cpu_shares = Some(1024);
     db.blkio_weight = Some(0);
     let mut web = vm("web", "p", 2, GIB);
     web.cpu_shares = Some(1000);
     // A hypervisor that exposes no weights gets no weight actions.
     let mut bare = vm("bare", "p", 2, GIB);
-    bare.disks = vec![t::disk("vda")];
+    bare.disks = vec![t::disk("vda")].into();
     let plan = run(&cfg, vec![db, web, bare]);
     assert!(plan.actions.iter().all(|a| a.domain() != "bare"
         || !matches!(

@@ -118,6 +118,7 @@ fn scenario(seed: u64, n: usize, pools: usize, g: Gen) -> Scenario {
             let used = d.memory / 100 * rng.range(5, 95);
             d.balloon = Some(t::balloon(d.memory, used));
         }
+        let mut disks = Vec::new();
         for k in 0..rng.range(0, 3) {
             let mut x = t::disk(&format!("vd{k}"));
             match rng.range(0, 5) {
@@ -134,8 +135,9 @@ fn scenario(seed: u64, n: usize, pools: usize, g: Gen) -> Scenario {
                     total_iops_sec_max: r,
                 });
             }
-            d.disks.push(x);
+            disks.push(x);
         }
+        d.disks = disks.into();
         d.active_secs = d.state.is_active().then(|| rng.range(0, 1_000_000));
         if rng.chance(30) {
             d.cpu_shares = Some(rng.range(2, 10_000));

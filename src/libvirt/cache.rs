@@ -60,7 +60,7 @@ impl StaleMarks {
 pub struct Slow {
     pub vcpus_max: u64,
     pub metadata_pool: Option<String>,
-    pub disks: Vec<DiskObs>,
+    pub disks: Arc<[DiskObs]>,
     pub cpu_shares: Option<u64>,
     pub blkio_weight: Option<u64>,
 }
@@ -180,7 +180,7 @@ mod tests {
         Slow {
             vcpus_max: max,
             metadata_pool: None,
-            disks: Vec::new(),
+            disks: Arc::from([]),
             cpu_shares: None,
             blkio_weight: Some(500),
         }

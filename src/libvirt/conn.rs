@@ -428,7 +428,7 @@ fn read_slow(
     Ok(Slow {
         vcpus_max,
         metadata_pool,
-        disks,
+        disks: disks.into(),
         cpu_shares,
         blkio_weight,
     })

@@ -100,7 +100,7 @@ mod tests {
             vec![(None, "vda"), (Some(t(6, 3)), "vdb")],
         ];
         for case in cases {
-            d.disks = case
+            let mut disks: Vec<_> = case
                 .iter()
                 .map(|(io, name)| {
                     let mut k = crate::planner::testing::disk(name);
@@ -108,8 +108,9 @@ mod tests {
                     k
                 })
                 .collect();
-            d.disks.push(cd.clone());
-            d.disks.push(ro.clone());
+            disks.push(cd.clone());
+            disks.push(ro.clone());
+            d.disks = disks.into();
             let (n, b, i) = observed(&d.disks);
             assert_eq!(n, tunable_count(&d.disks));
             assert_eq!(b, d.actual(Resource::DiskBytesSec), "{case:?}");

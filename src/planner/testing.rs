@@ -28,7 +28,7 @@ pub fn domain(name: &str, pool: Option<&str>) -> DomainObs {
         memory: GIB,
         memory_max: 64 * GIB,
         balloon: None,
-        disks: Vec::new(),
+        disks: std::sync::Arc::from([]),
         metadata_pool: pool.map(str::to_owned),
         cpu_shares: None,
         blkio_weight: None,

@@ -99,7 +99,10 @@ impl Hypervisor for FakeHv {
                 }
             }
             Action::SetBlockIoTune { disk, to, .. } => {
-                if let Some(x) = d.disks.iter_mut().find(|x| &x.target == disk) {
+                if let Some(x) = std::sync::Arc::make_mut(&mut d.disks)
+                    .iter_mut()
+                    .find(|x| &x.target == disk)
+                {
                     x.iotune = Some(*to);
                 }
             }
@@ -142,7 +145,8 @@ pub fn dom(name: &str, vcpus: u64, vcpus_max: u64, mem_gib: u64) -> DomainObs {
             device: "disk".into(),
             readonly: false,
             iotune: Some(IoTune::default()),
-        }],
+        }]
+        .into(),
         metadata_pool: None,
         cpu_shares: None,
         blkio_weight: None,

@@ -265,7 +265,7 @@ impl Live {
             memory: self.memory,
             memory_max: self.memory_max,
             balloon: None,
-            disks: Vec::new(),
+            disks: std::sync::Arc::from([]),
             metadata_pool: self.metadata_pool.clone(),
             cpu_shares: None,
             blkio_weight: None,
