@@ -57,6 +57,11 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+/// The time now as events carry it (RFC 3339 UTC, milliseconds).
+pub fn time_now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -110,7 +115,7 @@ impl Event {
     pub fn now(kind: EventKind) -> Event {
         Event {
             seq: 0,
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            time: time_now(),
             cycle: None,
             kind,
         }
@@ -180,37 +185,38 @@ impl FileSink {
         Ok(())
     }
 
-    /// Appends the events as JSON lines (rotating first if they would
-    /// not fit), streamed through a [`CHUNK`]-sized buffer: the batch is
-    /// measured first, so a batch of thousands of events never sits in
-    /// memory as one block of text.
-    fn write(&mut self, events: &[Event]) -> std::io::Result<()> {
+    /// Appends the events `each` visits as JSON lines (rotating first if
+    /// they would not fit), streamed through a [`CHUNK`]-sized buffer: the
+    /// batch is visited twice, once to measure it, so a batch of thousands
+    /// of events never sits in memory as one block of text. `each` must
+    /// visit the same events both times.
+    fn write(&mut self, each: &dyn Fn(&mut Visit) -> std::io::Result<()>) -> std::io::Result<()> {
         let mut count = ByteCount(0);
-        write_lines(&mut count, events)?;
+        each(&mut |ev| write_line(&mut count, ev))?;
         let len = count.0;
         if self.size > 0 && self.size + len > self.max_bytes {
             self.rotate()?;
         }
         let cap = usize::try_from(len).map_or(CHUNK, |n| n.min(CHUNK));
         let mut out = std::io::BufWriter::with_capacity(cap, &mut self.file);
-        write_lines(&mut out, events)?;
+        each(&mut |ev| write_line(&mut out, ev))?;
         out.flush()?;
         self.size += len;
         Ok(())
     }
 }
 
-/// Writes each event as one JSON line. Serialising these plain structs
+/// What [`FileSink::write`] does with each event of a batch.
+type Visit<'a> = dyn FnMut(&Event) -> std::io::Result<()> + 'a;
+
+/// Writes the event as one JSON line. Serialising these plain structs
 /// cannot fail; an event that does is skipped (an I/O error is returned).
-fn write_lines(out: &mut impl Write, events: &[Event]) -> std::io::Result<()> {
-    for ev in events {
-        match serde_json::to_writer(&mut *out, ev) {
-            Ok(()) => out.write_all(b"\n")?,
-            Err(e) if e.is_io() => return Err(e.into()),
-            Err(_) => {}
-        }
+fn write_line(out: &mut impl Write, ev: &Event) -> std::io::Result<()> {
+    match serde_json::to_writer(&mut *out, ev) {
+        Ok(()) => out.write_all(b"\n"),
+        Err(e) if e.is_io() => Err(e.into()),
+        Err(_) => Ok(()),
     }
-    Ok(())
 }
 
 /// Counts the bytes written to it.
@@ -362,6 +368,18 @@ struct Inner {
     seq: u64,
 }
 
+impl Inner {
+    /// Keeps events that are in no file, up to [`RECENT_CAP`] (the oldest go).
+    fn keep_recent(&mut self, events: Vec<Event>) {
+        for ev in events {
+            if self.recent.len() >= RECENT_CAP {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(ev);
+        }
+    }
+}
+
 /// The audit log. Cheap to clone; clones share the file and the memory.
 #[derive(Clone)]
 pub struct AuditLog {
@@ -471,7 +489,7 @@ impl AuditLog {
         }
         let result = match inner.sink.as_mut() {
             None => Ok(()),
-            Some(sink) => match sink.write(&events) {
+            Some(sink) => match sink.write(&|visit| events.iter().try_for_each(&mut *visit)) {
                 Ok(()) => return Ok(()),
                 Err(source) => Err(AuditError::Write {
                     file: sink.path.clone(),
@@ -479,12 +497,39 @@ impl AuditLog {
                 }),
             },
         };
-        for ev in events {
-            if inner.recent.len() >= RECENT_CAP {
-                inner.recent.pop_front();
-            }
-            inner.recent.push_back(ev);
+        inner.keep_recent(events);
+        result
+    }
+
+    /// Appends `n` events made on demand by `event(i)` (numbered here), in
+    /// one batch like [`AuditLog::append`]: written to the file one at a
+    /// time, so a cycle's thousands of action events are never all in
+    /// memory at once. `event` must return the same event for the same `i`
+    /// (it is called twice per event: the batch is measured first).
+    pub fn append_with(&self, n: usize, event: impl Fn(usize) -> Event) -> Result<(), AuditError> {
+        if n == 0 {
+            return Ok(());
         }
+        let mut inner = self.lock();
+        let first = inner.seq + 1;
+        inner.seq += n as u64;
+        let numbered = |i: usize| Event {
+            seq: first + i as u64,
+            ..event(i)
+        };
+        let result = match inner.sink.as_mut() {
+            None => Ok(()),
+            Some(sink) => match sink.write(&|visit| (0..n).try_for_each(|i| visit(&numbered(i)))) {
+                Ok(()) => return Ok(()),
+                Err(source) => Err(AuditError::Write {
+                    file: sink.path.clone(),
+                    source,
+                }),
+            },
+        };
+        // Only the newest RECENT_CAP can be kept.
+        let keep = (n.saturating_sub(RECENT_CAP)..n).map(numbered).collect();
+        inner.keep_recent(keep);
         result
     }
 
@@ -626,6 +671,50 @@ mod tests {
         let r1 = std::fs::read_to_string(dir.path().join("audit.jsonl.1")).unwrap();
         assert_eq!(r1.lines().count(), 1, "{r1}");
         assert_eq!(log.recent(5000).unwrap().len(), 3001);
+    }
+
+    #[test]
+    fn events_made_on_demand_are_one_batch_numbered_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open_with(dir.path(), 200_000, 2).unwrap();
+        log.append(&[reload(0)]).unwrap();
+        // Each event is made when written (twice: measured, then written),
+        // and the batch rotates as one, like an owned batch.
+        let made = std::sync::atomic::AtomicUsize::new(0);
+        let time = time_now();
+        log.append_with(3000, |i| {
+            made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Event {
+                time: time.clone(),
+                ..reload(i + 1)
+            }
+        })
+        .unwrap();
+        assert_eq!(made.into_inner(), 6000);
+        let live = std::fs::read_to_string(dir.path().join(AUDIT_FILE)).unwrap();
+        let lines: Vec<Event> = live
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3000);
+        assert_eq!((lines[0].seq, file_of(&lines[0])), (2, "f1"));
+        assert_eq!((lines[2999].seq, file_of(&lines[2999])), (3001, "f3000"));
+        let r1 = std::fs::read_to_string(dir.path().join("audit.jsonl.1")).unwrap();
+        assert_eq!(r1.lines().count(), 1, "rotated once, before the batch");
+        log.append(&[reload(9)]).unwrap();
+        assert_eq!(log.recent(1).unwrap()[0].seq, 3002);
+        assert!(log.append_with(0, reload).is_ok());
+    }
+
+    #[test]
+    fn events_made_on_demand_stay_in_memory_without_a_file() {
+        let log = AuditLog::memory();
+        log.append_with(RECENT_CAP + 5, reload).unwrap();
+        let kept = log.recent(RECENT_CAP * 2).unwrap();
+        // The newest RECENT_CAP, numbered as if all had been kept.
+        assert_eq!(kept.len(), RECENT_CAP);
+        assert_eq!(kept[0].seq, 6);
+        assert_eq!(file_of(kept.last().unwrap()), format!("f{}", RECENT_CAP + 4));
     }
 
     #[test]

@@ -1108,16 +1108,26 @@ impl Monitor {
         self.was_connected = Some(status.libvirt.connected);
         self.counters.cycles += 1;
         self.counters.cycle_seconds.observe(elapsed.as_secs_f64());
-        self.pending.reserve(status.results.len());
         for r in &status.results {
             let key = (
                 r.action.resource_label().to_string(),
                 if r.ok { "ok" } else { "error" }.to_string(),
             );
             *self.counters.actions.entry(key).or_insert(0) += 1;
-            self.pending.push(action_event(r, self.cycle));
         }
-        self.flush_events();
+        // The cycle's events in one batch: those noted during the cycle,
+        // then one per action, made as they are written.
+        let noted = std::mem::take(&mut self.pending);
+        let (results, cycle, time) = (&status.results, self.cycle, crate::audit::time_now());
+        let written = self.audit.append_with(noted.len() + results.len(), |i| {
+            match i.checked_sub(noted.len()) {
+                None => noted[i].clone(),
+                Some(k) => action_event(&results[k], cycle, &time),
+            }
+        });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot write the audit log");
+        }
         let st = Arc::new(status);
         // Counters first: whoever sees cycle N in the status finds the
         // counters of cycle N (or later) too.
@@ -1272,7 +1282,7 @@ impl Monitor {
 }
 
 /// The audit record of one action's outcome.
-fn action_event(r: &ActionOutcome, cycle: u64) -> Event {
+fn action_event(r: &ActionOutcome, cycle: u64, time: &str) -> Event {
     let (before, after, reason) = describe(&r.action);
     let kind = EventKind::Action {
         domain: r.action.domain().to_string(),
@@ -1285,7 +1295,12 @@ fn action_event(r: &ActionOutcome, cycle: u64) -> Event {
         error: r.error.clone(),
         action: Some(Box::new(r.action.clone())),
     };
-    Event::in_cycle(kind, cycle)
+    Event {
+        seq: 0,
+        time: time.to_owned(),
+        cycle: Some(cycle),
+        kind,
+    }
 }
 
 /// (before, after, reason) of an action, for logs and the audit log.

@@ -67,8 +67,14 @@ pub struct Slow {
 
 #[derive(Debug)]
 struct Entry {
+    /// The domain's name as last read (the key holds its UUID): every
+    /// observation reuses both strings while they match, instead of
+    /// allocating them again.
+    name: Arc<str>,
     id: Option<u32>,
     active: bool,
+    /// False once an action was applied: the facts must be read again.
+    valid: bool,
     slow: Slow,
     expires: Instant,
 }
@@ -77,7 +83,7 @@ struct Entry {
 #[derive(Debug)]
 pub struct ReadCache {
     resync: Duration,
-    entries: HashMap<String, Entry>,
+    entries: HashMap<Arc<str>, Entry>,
     /// Stale marks taken at the start of the current observation.
     stale: HashSet<String>,
 }
@@ -122,36 +128,56 @@ impl ReadCache {
             return None;
         }
         let e = self.entries.get(uuid)?;
-        (e.id == id && e.active == active && now < e.expires).then_some(&e.slow)
+        (e.valid && e.id == id && e.active == active && now < e.expires).then_some(&e.slow)
+    }
+
+    /// The UUID and name strings kept for a domain, whatever the state of
+    /// its entry; the name only if it is still `name`.
+    pub fn ids(&self, uuid: &str, name: &str) -> Option<(Arc<str>, Option<Arc<str>>)> {
+        let (k, e) = self.entries.get_key_value(uuid)?;
+        Some((k.clone(), (*e.name == *name).then(|| e.name.clone())))
     }
 
     /// Stores what was just read.
-    pub fn put(&mut self, uuid: &str, id: Option<u32>, active: bool, slow: Slow, now: Instant) {
-        self.stale.remove(uuid);
+    pub fn put(
+        &mut self,
+        uuid: &Arc<str>,
+        name: &Arc<str>,
+        id: Option<u32>,
+        active: bool,
+        slow: Slow,
+        now: Instant,
+    ) {
+        self.stale.remove(&**uuid);
         if !self.enabled() {
             return;
         }
         let expires = now + spread(uuid, self.resync);
         self.entries.insert(
-            uuid.to_owned(),
+            uuid.clone(),
             Entry {
+                name: name.clone(),
                 id,
                 active,
+                valid: true,
                 slow,
                 expires,
             },
         );
     }
 
-    /// Forgets one domain (an action was applied to it).
+    /// Forgets one domain's facts (an action was applied to it): they are
+    /// read again; its UUID and name strings stay.
     pub fn forget(&mut self, uuid: &str) {
-        self.entries.remove(uuid);
+        if let Some(e) = self.entries.get_mut(uuid) {
+            e.valid = false;
+        }
     }
 
     /// Keeps only the domains in `seen` (after a full listing), and drops
     /// the marks of domains that were not read.
     pub fn retain(&mut self, seen: &HashSet<&str>) {
-        self.entries.retain(|u, _| seen.contains(u.as_str()));
+        self.entries.retain(|u, _| seen.contains(&**u));
         self.stale.retain(|u| seen.contains(u.as_str()));
     }
 
@@ -163,18 +189,44 @@ impl ReadCache {
 
     /// Number of cached domains.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.values().filter(|e| e.valid).count()
     }
 
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stores an entry named like its UUID.
+    fn put(c: &mut ReadCache, uuid: &str, id: Option<u32>, active: bool, s: Slow, now: Instant) {
+        c.put(&Arc::from(uuid), &Arc::from(uuid), id, active, s, now);
+    }
+
+    #[test]
+    fn identity_strings_are_kept_while_they_match() {
+        let t0 = Instant::now();
+        let mut c = ReadCache::new(Duration::from_secs(300));
+        assert!(c.ids("u1", "web").is_none());
+        let (uuid, name): (Arc<str>, Arc<str>) = ("u1".into(), "web".into());
+        c.put(&uuid, &name, Some(1), true, slow(4), t0);
+        let (u, n) = c.ids("u1", "web").expect("kept");
+        assert!(Arc::ptr_eq(&u, &uuid) && Arc::ptr_eq(&n.expect("same name"), &name));
+        // Renamed: the UUID is still shared, the name is not.
+        let (u, n) = c.ids("u1", "web2").expect("kept");
+        assert!(Arc::ptr_eq(&u, &uuid) && n.is_none());
+        // Kept when the facts are forgotten (an action was applied).
+        c.forget("u1");
+        assert!(c.get("u1", Some(1), true, t0).is_none());
+        assert!(c.ids("u1", "web").is_some());
+        // Gone with a domain that is no longer listed.
+        c.retain(&HashSet::new());
+        assert!(c.ids("u1", "web").is_none());
+    }
 
     fn slow(max: u64) -> Slow {
         Slow {
@@ -193,7 +245,7 @@ mod tests {
         let mut c = ReadCache::new(Duration::from_secs(300));
         c.begin(&marks);
         assert!(c.get("a", Some(1), true, t0).is_none(), "empty");
-        c.put("a", Some(1), true, slow(4), t0);
+        put(&mut c, "a", Some(1), true, slow(4), t0);
         assert_eq!(c.get("a", Some(1), true, t0).unwrap().vcpus_max, 4);
         // Restarted (new ID), shut off, or a different activity: miss.
         assert!(c.get("a", Some(2), true, t0).is_none());
@@ -203,7 +255,7 @@ mod tests {
         marks.mark("a");
         c.begin(&marks);
         assert!(c.get("a", Some(1), true, t0).is_none());
-        c.put("a", Some(1), true, slow(8), t0);
+        put(&mut c, "a", Some(1), true, slow(8), t0);
         assert_eq!(c.get("a", Some(1), true, t0).unwrap().vcpus_max, 8);
         // An applied action.
         c.forget("a");
@@ -215,7 +267,7 @@ mod tests {
         let t0 = Instant::now();
         let marks = StaleMarks::default();
         let mut c = ReadCache::new(Duration::from_secs(300));
-        c.put("a", Some(1), true, slow(4), t0);
+        put(&mut c, "a", Some(1), true, slow(4), t0);
         marks.mark("a");
         c.begin(&marks);
         // Not read in this observation (e.g. a scoped one for another
@@ -231,7 +283,7 @@ mod tests {
         let mut c = ReadCache::new(r);
         let uuids: Vec<String> = (0..200).map(|i| format!("uuid-{i}")).collect();
         for u in &uuids {
-            c.put(u, None, false, slow(1), t0);
+            put(&mut c, u, None, false, slow(1), t0);
         }
         for u in &uuids {
             assert!(c
@@ -251,11 +303,11 @@ mod tests {
     fn zero_resync_keeps_nothing_and_retain_drops_vanished_domains() {
         let t0 = Instant::now();
         let mut c = ReadCache::new(Duration::ZERO);
-        c.put("a", None, false, slow(1), t0);
+        put(&mut c, "a", None, false, slow(1), t0);
         assert!(c.is_empty() && c.get("a", None, false, t0).is_none());
         let mut c = ReadCache::new(Duration::from_secs(60));
-        c.put("a", None, false, slow(1), t0);
-        c.put("b", None, false, slow(1), t0);
+        put(&mut c, "a", None, false, slow(1), t0);
+        put(&mut c, "b", None, false, slow(1), t0);
         c.retain(&["b"].into_iter().collect());
         assert_eq!(c.len(), 1);
         assert!(c.get("b", None, false, t0).is_some());

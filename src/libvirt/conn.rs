@@ -1,7 +1,9 @@
 //! [`Libvirt`]: the [`Hypervisor`] over a real libvirt connection.
 //!
-//! Domains are looked up by UUID for every call and their handles dropped
-//! right after: the adapter keeps names and UUIDs, never `Domain` handles.
+//! An observation lists the domains and keeps their handles, by UUID, until
+//! the next one: the actions that follow use them (a domain the last
+//! observation did not see is looked up by UUID). Handles are dropped on
+//! disconnect.
 //! Memory is converted between bytes (agent) and KiB (libvirt) here only.
 
 use std::collections::HashMap;
@@ -53,7 +55,7 @@ pub struct Libvirt {
     /// Handles of the domains of the last observation, by UUID: the
     /// actions that follow use them instead of a lookup round trip each.
     /// Replaced by every observation, dropped on disconnect.
-    handles: HashMap<String, Domain>,
+    handles: HashMap<Arc<str>, Domain>,
     /// Slow facts kept between observations (see [`super::cache`]).
     cache: ReadCache,
     /// Domains the event callbacks marked as changed.
@@ -206,28 +208,38 @@ pub fn normalize_iotune(t: &IoTune) -> IoTune {
 const BULK_GROUPS: u32 =
     sys::VIR_DOMAIN_STATS_STATE | sys::VIR_DOMAIN_STATS_VCPU | sys::VIR_DOMAIN_STATS_BALLOON;
 
+/// The bulk stats parameters the observation reads (the others are not
+/// copied out of libvirt).
+const BULK_FIELDS: [&str; 8] = [
+    "state.state",
+    "vcpu.current",
+    "vcpu.maximum",
+    "balloon.current",
+    "balloon.maximum",
+    "balloon.unused",
+    "balloon.available",
+    "balloon.usable",
+];
+
 /// Live (current, maximum) vCPUs from a bulk record, when the `vcpu` group
 /// is filled.
 pub fn bulk_vcpus(rec: &ffi::StatsRecord) -> Option<(u64, u64)> {
-    Some((
-        *rec.numbers.get("vcpu.current")?,
-        *rec.numbers.get("vcpu.maximum")?,
-    ))
+    Some((rec.number("vcpu.current")?, rec.number("vcpu.maximum")?))
 }
 
 /// Balloon stats from a bulk record: `None` when the `balloon` group is
 /// missing (read per domain then), `Some(None)` when it is there but the
 /// guest reports neither `unused` nor `available`.
 pub fn bulk_balloon(rec: &ffi::StatsRecord) -> Option<Option<BalloonStats>> {
-    let current = *rec.numbers.get("balloon.current")?;
+    let current = rec.number("balloon.current")?;
     let mut pairs = vec![(sys::VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON, current)];
     for (key, tag) in [
         ("balloon.unused", sys::VIR_DOMAIN_MEMORY_STAT_UNUSED),
         ("balloon.available", sys::VIR_DOMAIN_MEMORY_STAT_AVAILABLE),
         ("balloon.usable", sys::VIR_DOMAIN_MEMORY_STAT_USABLE),
     ] {
-        if let Some(v) = rec.numbers.get(key) {
-            pairs.push((tag, *v));
+        if let Some(v) = rec.number(key) {
+            pairs.push((tag, v));
         }
     }
     Some(balloon_from_stats(&pairs, current))
@@ -236,7 +248,7 @@ pub fn bulk_balloon(rec: &ffi::StatsRecord) -> Option<Option<BalloonStats>> {
 /// State, vCPUs and memory (KiB) from a bulk record, when its `state`,
 /// `vcpu` and `balloon` groups are all filled (real QEMU): no `info` call.
 pub fn bulk_info(rec: &ffi::StatsRecord) -> Option<(DomainState, u64, u64, u64, u64)> {
-    let state = *rec.numbers.get("state.state")?;
+    let state = rec.number("state.state")?;
     let state = match u32::try_from(state).ok()? {
         sys::VIR_DOMAIN_RUNNING => DomainState::Running,
         sys::VIR_DOMAIN_PAUSED => DomainState::Paused,
@@ -244,8 +256,8 @@ pub fn bulk_info(rec: &ffi::StatsRecord) -> Option<(DomainState, u64, u64, u64, 
         _ => DomainState::Other,
     };
     let (vcpus, vcpus_max) = bulk_vcpus(rec)?;
-    let current = *rec.numbers.get("balloon.current")?;
-    let maximum = *rec.numbers.get("balloon.maximum")?;
+    let current = rec.number("balloon.current")?;
+    let maximum = rec.number("balloon.maximum")?;
     Some((state, vcpus, vcpus_max, current, maximum))
 }
 
@@ -259,22 +271,34 @@ struct Read {
 /// Reads one domain: state, vCPUs and memory (from `bulk` when its groups
 /// are filled, else `info`), balloon stats (bulk or per domain), and the
 /// slow facts (XML, I/O limits, weights) unless `cached` has them.
+/// `uuid` is the domain's UUID if the caller has read it already; `ids`
+/// gives the UUID and name strings kept from earlier observations, to be
+/// shared instead of allocated again.
 /// Per-field read errors that are not fatal (see [`is_fatal_for_read`])
 /// leave the field empty.
 fn read_domain(
     dom: &Domain,
+    uuid: Option<&str>,
     bulk: Option<&ffi::StatsRecord>,
     caps: &mut ReadCaps,
     calls: &CallCounter,
+    ids: impl FnOnce(&str, &str) -> Option<(Arc<str>, Option<Arc<str>>)>,
     cached: impl FnOnce(Option<u32>, bool) -> Option<Slow>,
 ) -> Res<Read> {
     let name = dom
         .name()
         .map_err(|e| Failure::new(e, "reading a domain name"))?;
     let ctx = |what: &str| format!("domain {name}: {what}");
-    let uuid = dom
-        .uuid_string()
-        .map_err(|e| Failure::new(e, ctx("uuid")))?;
+    let read_uuid;
+    let uuid = match uuid {
+        Some(u) => u,
+        None => {
+            read_uuid = dom
+                .uuid_string()
+                .map_err(|e| Failure::new(e, ctx("uuid")))?;
+            &read_uuid
+        }
+    };
 
     // Optional reads: fatal errors propagate, others leave the field empty.
     let soft = |r: Result<Option<u64>, VirtError>, what: &str| -> Res<Option<u64>> {
@@ -334,10 +358,14 @@ fn read_domain(
         }
     };
 
+    let (uuid, name) = match ids(uuid, &name) {
+        Some((u, n)) => (u, n.unwrap_or_else(|| name.as_str().into())),
+        None => (uuid.into(), name.as_str().into()),
+    };
     Ok(Read {
         obs: DomainObs {
-            name: name.as_str().into(),
-            uuid: uuid.into(),
+            name,
+            uuid,
             id,
             state,
             vcpus: if active { nr_vcpus } else { 0 },
@@ -583,24 +611,25 @@ impl Libvirt {
                     c,
                     BULK_GROUPS,
                     sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
+                    &BULK_FIELDS,
                 )
             })?
         };
-        let bulk: HashMap<String, ffi::StatsRecord> = match bulk {
+        let records = match bulk {
             Ok(records) => {
                 // Judged on running domains only (shut-off ones have no
                 // vCPU or balloon group on any driver).
                 let running = u64::from(sys::VIR_DOMAIN_RUNNING);
                 let mut running = records
                     .iter()
-                    .filter(|r| r.numbers.get("state.state") == Some(&running))
+                    .filter(|r| r.number("state.state") == Some(running))
                     .peekable();
                 if running.peek().is_some()
                     && running.all(|r| bulk_vcpus(r).is_none() && bulk_balloon(r).is_none())
                 {
                     self.caps.bulk_state_only = true;
                 }
-                records.into_iter().map(|r| (r.uuid.clone(), r)).collect()
+                records
             }
             Err(e) => {
                 let err = self.fail(Failure::new(e, "bulk domain stats"));
@@ -608,9 +637,11 @@ impl Libvirt {
                     return Err(err);
                 }
                 tracing::debug!(error = %err, "bulk stats unavailable, reading per domain");
-                HashMap::new()
+                Vec::new()
             }
         };
+        let bulk: HashMap<&str, &ffi::StatsRecord> =
+            records.iter().map(|r| (r.uuid.as_str(), r)).collect();
         let mut handles = HashMap::with_capacity(domains.len());
         let Some(out) = self.read_domains(domains, &bulk, &mut handles, stop)? else {
             return Ok(None);
@@ -632,8 +663,8 @@ impl Libvirt {
     fn read_domains(
         &mut self,
         domains: Vec<Domain>,
-        bulk: &HashMap<String, ffi::StatsRecord>,
-        handles: &mut HashMap<String, Domain>,
+        bulk: &HashMap<&str, &ffi::StatsRecord>,
+        handles: &mut HashMap<Arc<str>, Domain>,
         stop: Option<&AtomicBool>,
     ) -> Result<Option<Vec<DomainObs>>, HvError> {
         let mut out = Vec::with_capacity(domains.len());
@@ -650,21 +681,22 @@ impl Libvirt {
                 return Ok(None);
             }
             let uuid = dom.uuid_string().ok();
-            let rec = uuid.as_ref().and_then(|u| bulk.get(u));
+            let rec = uuid.as_deref().and_then(|u| bulk.get(u).copied());
             let cache = &self.cache;
+            let ids = |u: &str, name: &str| cache.ids(u, name);
             let cached = |id: Option<u32>, active: bool| {
                 let u = uuid.as_deref().filter(|_| reuse)?;
                 cache.get(u, id, active, now).cloned()
             };
-            match read_domain(&dom, rec, &mut caps, &self.calls, cached) {
+            match read_domain(&dom, uuid.as_deref(), rec, &mut caps, &self.calls, ids, cached) {
                 Ok(read) => {
                     self.full_reads += usize::from(read.slow_read.is_some());
                     if let Some(slow) = read.slow_read.filter(|_| reuse) {
                         let o = &read.obs;
                         self.cache
-                            .put(&o.uuid, o.id, o.state.is_active(), slow, now);
+                            .put(&o.uuid, &o.name, o.id, o.state.is_active(), slow, now);
                     }
-                    handles.insert(read.obs.uuid.to_string(), dom);
+                    handles.insert(read.obs.uuid.clone(), dom);
                     out.push(read.obs);
                 }
                 // Vanished between list and read.
@@ -978,8 +1010,10 @@ mod tests {
     fn record(pairs: &[(&str, u64)]) -> ffi::StatsRecord {
         ffi::StatsRecord {
             uuid: "u".into(),
-            numbers: pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
-            strings: HashMap::new(),
+            numbers: pairs
+                .iter()
+                .filter_map(|&(k, v)| BULK_FIELDS.iter().find(|f| **f == k).map(|f| (*f, v)))
+                .collect(),
         }
     }
 
