@@ -1047,3 +1047,27 @@ async fn cached_reads_follow_changes_and_revalidate() {
     assert!(v["cycle"].as_u64().unwrap() > cycle);
     a.stop().await;
 }
+
+/// Cached answers do not keep a published cycle alive: once the next one is
+/// published, the previous observation and plan are freed even though no
+/// read came since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_answers_do_not_keep_an_old_cycle_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::standard(dir.path()).await;
+    for path in ["/v1/status", "/v1/pools", "/v1/domains"] {
+        let (code, tag, _) = get_tagged(&a.socket, path, None).await;
+        assert_eq!((code, tag.is_some()), (200, true), "{path}");
+    }
+    let status = a.handle.status();
+    let (old, old_cycle) = (std::sync::Arc::downgrade(&status), status.cycle);
+    drop(status);
+    let next = a.handle.reconcile(true).await.unwrap();
+    assert!(next.cycle > old_cycle);
+    drop(next);
+    assert!(old.upgrade().is_none(), "the cycle the answers were built from is still held");
+    // And the cache still answers (rebuilt for the new cycle).
+    let (code, tag, _) = get_tagged(&a.socket, "/v1/status", None).await;
+    assert_eq!((code, tag.is_some()), (200, true));
+    a.stop().await;
+}

@@ -57,17 +57,20 @@ struct ReadCache {
     entries: std::collections::HashMap<String, Cached>,
 }
 
-/// The inputs of a read answer (compared by identity).
+/// The inputs of a read answer (compared by identity). The status is held
+/// weakly: once the monitor publishes the next one, the cache no longer
+/// keeps the previous cycle's observation and plan alive (the allocation
+/// it points to stays, so its address is not reused while it is compared).
 #[derive(Clone)]
 struct CacheKey {
-    status: Arc<Status>,
+    status: std::sync::Weak<Status>,
     generation: u64,
     config: Arc<Config>,
 }
 
 impl CacheKey {
     fn same(&self, o: &CacheKey) -> bool {
-        Arc::ptr_eq(&self.status, &o.status)
+        self.status.ptr_eq(&o.status)
             && self.generation == o.generation
             && Arc::ptr_eq(&self.config, &o.config)
     }
@@ -191,8 +194,9 @@ impl AppState {
         key: &str,
         build: impl FnOnce(&Status, &RuntimeState, &Config) -> Result<Vec<u8>, Error>,
     ) -> Result<Cached, Error> {
+        let status = self.inner.handle.status();
         let want = CacheKey {
-            status: self.inner.handle.status(),
+            status: Arc::downgrade(&status),
             generation: self.inner.generation.load(Ordering::Acquire),
             config: self.inner.handle.config(),
         };
@@ -209,7 +213,7 @@ impl AppState {
             }
             c.epoch
         };
-        let body = build(&want.status, &self.runtime(), &want.config)?;
+        let body = build(&status, &self.runtime(), &want.config)?;
         let answer = Cached {
             etag: etag_of(&body),
             body: Bytes::from(body),
