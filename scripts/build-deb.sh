@@ -8,7 +8,6 @@ cd "$(dirname "$0")/.."
 command -v cargo-deb >/dev/null || { echo "cargo-deb not found: cargo install cargo-deb" >&2; exit 1; }
 cargo build --release --bins
 rm -rf target/assets
-target/release/virtpoold --generate-assets target/assets
 target/release/virtpoolctl --generate-assets target/assets
 # Debug symbols go to a separate virtpool-dbgsym .ddeb (Debian practice);
 # the main package ships stripped binaries.

@@ -1,6 +1,9 @@
-//! Man pages and shell completions generated from the binaries' clap
-//! definitions, for packaging (`virtpoold --generate-assets DIR`,
-//! `virtpoolctl --generate-assets DIR`; see `scripts/build-deb.sh`).
+//! Man pages and shell completions of both binaries, for packaging:
+//! `virtpoolctl --generate-assets DIR` writes them (see
+//! `scripts/build-deb.sh`). `virtpoolctl`'s come from its clap
+//! definition; `virtpoold`'s from [`daemon_command`], a clap definition
+//! built from the daemon's own option table ([`crate::daemon_args`]),
+//! which parses its command line without clap.
 //!
 //! The flag is recognised before clap parses the command line
 //! ([`requested`]), so it appears in no help, man page or completion.
@@ -22,6 +25,38 @@ pub fn requested() -> Option<PathBuf> {
         (Some(flag), Some(dir), None) if flag == FLAG => Some(PathBuf::from(dir)),
         _ => None,
     }
+}
+
+/// `virtpoold`'s command line as a clap definition, for its man page and
+/// completions: the same options, help, environment and defaults as
+/// [`crate::daemon_args::OPTIONS`].
+pub fn daemon_command() -> clap::Command {
+    use crate::daemon_args::{ABOUT, AFTER_HELP, OPTIONS};
+    let mut cmd = clap::Command::new("virtpoold")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(ABOUT)
+        .after_long_help(AFTER_HELP);
+    for o in OPTIONS {
+        let mut arg = clap::Arg::new(o.long).long(o.long).help(o.help);
+        if let Some(c) = o.short {
+            arg = arg.short(c);
+        }
+        arg = match o.value {
+            Some(v) => arg.value_name(v).action(clap::ArgAction::Set),
+            None => arg.action(clap::ArgAction::SetTrue),
+        };
+        if let Some(e) = o.env {
+            arg = arg.env(e);
+        }
+        if let Some(d) = o.default {
+            arg = arg.default_value(d);
+        }
+        if o.long == "config" {
+            arg = arg.value_hint(clap::ValueHint::FilePath);
+        }
+        cmd = cmd.arg(arg);
+    }
+    cmd
 }
 
 /// A file that could not be written.

@@ -11,6 +11,7 @@ pub mod assets;
 pub mod audit;
 pub mod client;
 pub mod config;
+pub mod daemon_args;
 pub mod glob;
 pub mod host;
 pub mod libvirt;

@@ -155,7 +155,11 @@ impl From<ClientError> for Fail {
 fn main() -> ExitCode {
     if let Some(dir) = virtpool::assets::requested() {
         use clap::CommandFactory;
-        return match virtpool::assets::generate(Cli::command(), "1", &dir) {
+        // Both binaries' pages and completions (virtpoold has no clap).
+        let written = virtpool::assets::generate(Cli::command(), "1", &dir).and_then(|_| {
+            virtpool::assets::generate(virtpool::assets::daemon_command(), "8", &dir)
+        });
+        return match written {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("virtpoolctl: {e}");

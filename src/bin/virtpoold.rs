@@ -1,11 +1,10 @@
 //! virtpoold: the virtpool host agent.
 
 use anyhow::Context;
-use clap::Parser;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use virtpool::audit::AuditLog;
-use virtpool::config::{Config, Mode, DEFAULT_PATH};
+use virtpool::config::{Config, Mode};
+use virtpool::daemon_args::{self, Parsed};
 use virtpool::host::Host;
 use virtpool::libvirt::worker::HvWorker;
 use virtpool::libvirt::Libvirt;
@@ -14,64 +13,26 @@ use virtpool::service::{self, Overrides, SdNotifier, ServiceParts};
 use virtpool::state::{RuntimeState, VcpuHolds};
 use virtpool::{metrics, observability, report};
 
-/// Signals, files and environment (shown by --help and in the man page).
-const AFTER_HELP: &str = "\
-Signals:
-  SIGHUP           re-read and validate the config; swap it in only if valid
-                   (else keep the running one and report the error)
-  SIGTERM, SIGINT  finish the current cycle, save state, remove the socket, exit 0
-
-Files:
-  /etc/virtpool/virtpool.toml   config (--config, VIRTPOOL_CONFIG)
-  /run/virtpool/virtpool.sock   control socket (api.socket)
-  /var/lib/virtpool/state.json  runtime changes (agent.state_dir)
-  /var/lib/virtpool/vcpu-holds.json  timed-out vCPU changes held until the
-                                domain restarts
-  /var/lib/virtpool/audit.jsonl audit log, rotated at 10 MiB (.1 .. .3)
-
-Environment:
-  RUST_LOG         log filter (wins over agent.log_level)
-  NOTIFY_SOCKET, WATCHDOG_USEC  set by systemd (Type=notify, WatchdogSec=)
-
-Exit status: 0 ok, 1 failure, 2 invalid config.
-See /usr/share/doc/virtpool/operations.md.";
-
-/// Keeps the libvirt domains of this host inside their resource pools.
-#[derive(Parser, Debug)]
-#[command(name = "virtpoold", version, about, long_about = None, after_long_help = AFTER_HELP)]
-struct Args {
-    /// Config file.
-    #[arg(long, short = 'c', env = "VIRTPOOL_CONFIG", default_value = DEFAULT_PATH)]
-    config: PathBuf,
-    /// Validate the config (against this host's capacity) and exit: 0 valid, 2 invalid.
-    #[arg(long)]
-    check_config: bool,
-    /// Run exactly one cycle, print the pools and exit.
-    #[arg(long)]
-    once: bool,
-    /// Plan and report, change nothing (overrides `agent.mode`).
-    #[arg(long)]
-    observe: bool,
-    /// Override `agent.libvirt_uri`.
-    #[arg(long)]
-    uri: Option<String>,
-    /// Move a corrupt or unwanted runtime state file aside and start fresh
-    /// (an unreadable vcpu-holds.json too; a readable one is kept).
-    #[arg(long)]
-    reset_state: bool,
-}
-
 fn main() -> ExitCode {
-    if let Some(dir) = virtpool::assets::requested() {
-        return match generate_assets(&dir) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("virtpoold: {e:#}");
-                ExitCode::from(1)
-            }
-        };
-    }
-    let args = Args::parse();
+    let parsed = daemon_args::parse(
+        std::env::args_os().skip(1),
+        std::env::var_os("VIRTPOOL_CONFIG"),
+    );
+    let args = match parsed {
+        Ok(Parsed::Run(args)) => args,
+        Ok(Parsed::Help) => {
+            print!("{}", daemon_args::help());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::Version) => {
+            println!("{}", daemon_args::version());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{}", e.report());
+            return ExitCode::from(2);
+        }
+    };
     let mut cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -234,13 +195,6 @@ async fn once(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCode
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes `virtpoold.8` and completions for bash, zsh and fish into `dir`.
-fn generate_assets(dir: &std::path::Path) -> anyhow::Result<()> {
-    use clap::CommandFactory;
-    virtpool::assets::generate(Args::command(), "8", dir)?;
-    Ok(())
 }
 
 /// The agent under systemd (or in a terminal): monitor, API socket,
