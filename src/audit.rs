@@ -714,7 +714,10 @@ mod tests {
         // The newest RECENT_CAP, numbered as if all had been kept.
         assert_eq!(kept.len(), RECENT_CAP);
         assert_eq!(kept[0].seq, 6);
-        assert_eq!(file_of(kept.last().unwrap()), format!("f{}", RECENT_CAP + 4));
+        assert_eq!(
+            file_of(kept.last().unwrap()),
+            format!("f{}", RECENT_CAP + 4)
+        );
     }
 
     #[test]

@@ -335,17 +335,26 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60))
 }
 
+/// What the monitor keeps about an active domain.
+#[derive(Debug, Clone, Copy)]
+struct Active {
+    /// When it was first seen active, on the agent's clock.
+    since: Instant,
+    /// Its balloon stats period is set (or cannot be).
+    stats_period_set: bool,
+}
+
 /// The monitor's own state.
 pub struct Monitor {
     hv: HvWorker,
     host: Host,
     config: Config,
     runtime: Arc<Mutex<RuntimeState>>,
-    history: History,
-    /// When each domain (UUID) was first seen active, on the agent's clock.
-    active_since: HashMap<Arc<str>, Instant>,
-    /// Domains whose balloon stats period is set.
-    stats_period_set: HashSet<String>,
+    /// Shared with the published status until it changes (no copy per
+    /// cycle when nothing is recorded).
+    history: Arc<History>,
+    /// Each active domain (by the observation's UUID string, shared).
+    active: HashMap<Arc<str>, Active>,
     /// Compiled membership rules and the pools they were built from.
     membership: Option<(BTreeMap<String, crate::config::Pool>, Membership)>,
     start: Instant,
@@ -469,12 +478,11 @@ impl Monitor {
             host,
             config,
             runtime,
-            history: History {
+            history: Arc::new(History {
                 vcpu_pending: opts.holds.to_pending(0),
                 ..History::default()
-            },
-            active_since: HashMap::new(),
-            stats_period_set: HashSet::new(),
+            }),
+            active: HashMap::new(),
             membership: None,
             start: Instant::now(),
             cycle: 0,
@@ -895,7 +903,9 @@ impl Monitor {
                     status.libvirt.connected = false;
                     status.libvirt.error = Some(e.to_string());
                     // Handles are stale after a reconnect: forget per-connection facts.
-                    self.stats_period_set.clear();
+                    for a in self.active.values_mut() {
+                        a.stats_period_set = false;
+                    }
                     let prev = self.status_tx.borrow().clone();
                     status.domains = prev.domains.clone();
                     status.plan = prev.plan.clone();
@@ -936,12 +946,21 @@ impl Monitor {
             scoped.as_ref().map(|u| u.iter().cloned().collect());
         if enforce {
             match &in_scope {
-                None => self.history.record_plan(&plan),
+                None => {
+                    if self.history.reclaim != plan.reclaim {
+                        Arc::make_mut(&mut self.history).record_plan(&plan);
+                    }
+                }
                 Some(scope) => {
                     for u in scope {
-                        match plan.reclaim.get(u) {
-                            Some(v) => self.history.reclaim.insert(u.clone(), *v),
-                            None => self.history.reclaim.remove(u),
+                        let want = plan.reclaim.get(u);
+                        if self.history.reclaim.get(u) == want {
+                            continue;
+                        }
+                        let history = Arc::make_mut(&mut self.history);
+                        match want {
+                            Some(v) => history.reclaim.insert(u.clone(), *v),
+                            None => history.reclaim.remove(u),
                         };
                     }
                 }
@@ -989,8 +1008,12 @@ impl Monitor {
             }
         }
         let alive: HashSet<&str> = snapshot.domains.iter().map(|d| &*d.uuid).collect();
-        self.history.retain(|u| alive.contains(u));
-        self.history.observe(&snapshot.domains);
+        if !self.history.all_alive(|u| alive.contains(u)) {
+            Arc::make_mut(&mut self.history).retain(|u| alive.contains(u));
+        }
+        if !self.history.vcpu_pending.is_empty() {
+            Arc::make_mut(&mut self.history).observe(&snapshot.domains);
+        }
         self.save_holds().await;
         self.note_unadmitted(&plan);
         status.plan = Some(plan);
@@ -1079,7 +1102,7 @@ impl Monitor {
         self.calls_at_publish = calls_now;
         self.counters.libvirt_calls = calls_now;
         status.memory = PlannerMemory {
-            history: Arc::new(self.history.clone()),
+            history: self.history.clone(),
             clock: Some(self.start),
         };
         status.last_cycle = Some(CycleInfo {
@@ -1151,14 +1174,15 @@ impl Monitor {
             .filter(|d| d.state.is_active())
             .map(|d| &*d.uuid)
             .collect();
-        self.active_since.retain(|u, _| active.contains(&**u));
-        self.stats_period_set.retain(|u| active.contains(u.as_str()));
+        self.active.retain(|u, _| active.contains(&**u));
         drop(active);
         for d in &mut domains {
             if d.state.is_active() {
-                // Keyed by the observation's own UUID (shared, not copied).
-                let since = *self.active_since.entry(d.uuid.clone()).or_insert(now);
-                d.active_secs = Some(now.duration_since(since).as_secs());
+                let a = self.active.entry(d.uuid.clone()).or_insert(Active {
+                    since: now,
+                    stats_period_set: false,
+                });
+                d.active_secs = Some(now.duration_since(a.since).as_secs());
             }
         }
         domains
@@ -1172,7 +1196,12 @@ impl Monitor {
         let todo: Vec<String> = domains
             .iter()
             .filter(|d| d.state == crate::model::DomainState::Running)
-            .filter(|d| !self.stats_period_set.contains(&*d.uuid))
+            .filter(|d| {
+                !self
+                    .active
+                    .get(&*d.uuid)
+                    .is_some_and(|a| a.stats_period_set)
+            })
             .map(|d| d.uuid.to_string())
             .collect();
         if todo.is_empty() {
@@ -1180,17 +1209,16 @@ impl Monitor {
         }
         if let Ok(results) = self.hv.set_stats_period(todo, secs).await {
             for (uuid, r) in results {
-                match r {
-                    Ok(()) => {
-                        self.stats_period_set.insert(uuid);
-                    }
+                let done = match r {
+                    Ok(()) => true,
                     Err(e) => {
                         tracing::debug!(%uuid, error = %e, "cannot set balloon stats period");
                         // Don't retry every cycle on domains that can't.
-                        if !matches!(e, HvError::ConnectionLost(_)) {
-                            self.stats_period_set.insert(uuid);
-                        }
+                        !matches!(e, HvError::ConnectionLost(_))
                     }
+                };
+                if let Some(a) = self.active.get_mut(uuid.as_str()) {
+                    a.stats_period_set |= done;
                 }
             }
         }
@@ -1259,7 +1287,7 @@ impl Monitor {
                 Err(HvError::Timeout(_)) => Outcome::Timeout,
                 Err(_) => Outcome::Failed,
             };
-            self.history.record(action, outcome, now);
+            Arc::make_mut(&mut self.history).record(action, outcome, now);
             if let (Outcome::Timeout, Action::SetVcpus { from, to, .. }) = (outcome, action) {
                 // Logged once: the planner sends no vCPU change to this
                 // domain again in this run of it (see History::vcpus_frozen).

@@ -1065,7 +1065,10 @@ async fn cached_answers_do_not_keep_an_old_cycle_alive() {
     let next = a.handle.reconcile(true).await.unwrap();
     assert!(next.cycle > old_cycle);
     drop(next);
-    assert!(old.upgrade().is_none(), "the cycle the answers were built from is still held");
+    assert!(
+        old.upgrade().is_none(),
+        "the cycle the answers were built from is still held"
+    );
     // And the cache still answers (rebuilt for the new cycle).
     let (code, tag, _) = get_tagged(&a.socket, "/v1/status", None).await;
     assert_eq!((code, tag.is_some()), (200, true));

@@ -83,7 +83,9 @@ struct Entry {
 #[derive(Debug)]
 pub struct ReadCache {
     resync: Duration,
-    entries: HashMap<Arc<str>, Entry>,
+    /// Boxed: the table has up to twice as many slots as entries, and an
+    /// empty slot then costs a pointer, not a whole entry.
+    entries: HashMap<Arc<str>, Box<Entry>>,
     /// Stale marks taken at the start of the current observation.
     stale: HashSet<String>,
 }
@@ -153,17 +155,21 @@ impl ReadCache {
             return;
         }
         let expires = now + spread(uuid, self.resync);
-        self.entries.insert(
-            uuid.clone(),
-            Entry {
-                name: name.clone(),
-                id,
-                active,
-                valid: true,
-                slow,
-                expires,
-            },
-        );
+        let entry = Entry {
+            name: name.clone(),
+            id,
+            active,
+            valid: true,
+            slow,
+            expires,
+        };
+        match self.entries.get_mut(&**uuid) {
+            // In place: no new allocation for a domain read again.
+            Some(e) => **e = entry,
+            None => {
+                self.entries.insert(uuid.clone(), Box::new(entry));
+            }
+        }
     }
 
     /// Forgets one domain's facts (an action was applied to it): they are

@@ -688,7 +688,15 @@ impl Libvirt {
                 let u = uuid.as_deref().filter(|_| reuse)?;
                 cache.get(u, id, active, now).cloned()
             };
-            match read_domain(&dom, uuid.as_deref(), rec, &mut caps, &self.calls, ids, cached) {
+            match read_domain(
+                &dom,
+                uuid.as_deref(),
+                rec,
+                &mut caps,
+                &self.calls,
+                ids,
+                cached,
+            ) {
                 Ok(read) => {
                     self.full_reads += usize::from(read.slow_read.is_some());
                     if let Some(slow) = read.slow_read.filter(|_| reuse) {

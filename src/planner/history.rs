@@ -142,6 +142,14 @@ impl History {
         self.reclaim.clone_from(&plan.reclaim);
     }
 
+    /// Whether every domain mentioned is alive (then [`History::retain`]
+    /// would change nothing).
+    pub fn all_alive(&self, alive: impl Fn(&str) -> bool) -> bool {
+        self.vcpu_changed_at.keys().all(|u| alive(u))
+            && self.vcpu_pending.keys().all(|u| alive(u))
+            && self.reclaim.keys().all(|u| alive(u))
+    }
+
     /// Forgets domains that no longer exist.
     pub fn retain(&mut self, alive: impl Fn(&str) -> bool) {
         self.vcpu_changed_at.retain(|u, _| alive(u));
@@ -333,5 +341,20 @@ mod tests {
         assert_eq!(h.vcpu_changed_at.get("u"), Some(&5));
         h.retain(|_| false);
         assert_eq!(h, History::default());
+    }
+
+    #[test]
+    fn all_alive_says_whether_retain_would_change_anything() {
+        let mut h = History::default();
+        assert!(h.all_alive(|_| false), "empty");
+        h.record(&set_vcpus(1, 2), Outcome::Timeout, 5);
+        h.reclaim.insert("r".into(), 1);
+        assert!(h.all_alive(|u| u == "u" || u == "r"));
+        for gone in ["u", "r"] {
+            assert!(!h.all_alive(|u| u != gone), "{gone}");
+        }
+        let before = h.clone();
+        h.retain(|u| u == "u" || u == "r");
+        assert_eq!(h, before);
     }
 }
