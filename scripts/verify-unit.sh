@@ -5,11 +5,12 @@
 # from the same build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --quiet --bin virtpoold
+cargo build --quiet --bins
 bin="$PWD/target/debug/virtpoold"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-"$bin" --generate-assets "$tmp/assets"
+# virtpoolctl writes both binaries' man pages.
+target/debug/virtpoolctl --generate-assets "$tmp/assets"
 mkdir -p "$tmp/man/man8"
 cp "$tmp/assets/virtpoold.8" "$tmp/man/man8/"
 sed "s|/usr/bin/virtpoold|$bin|g" systemd/virtpoold.service > "$tmp/virtpoold.service"

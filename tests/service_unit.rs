@@ -81,7 +81,8 @@ fn have(cmd: &str) -> bool {
 fn unit_for_this_build(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let bin = env!("CARGO_BIN_EXE_virtpoold");
     let assets = dir.join("assets");
-    let st = Command::new(bin)
+    // virtpoolctl writes both binaries' man pages.
+    let st = Command::new(env!("CARGO_BIN_EXE_virtpoolctl"))
         .arg("--generate-assets")
         .arg(&assets)
         .status()
