@@ -32,10 +32,13 @@ pub fn requested() -> Option<PathBuf> {
 /// [`crate::daemon_args::OPTIONS`].
 pub fn daemon_command() -> clap::Command {
     use crate::daemon_args::{ABOUT, AFTER_HELP, OPTIONS};
+    // `-h` and `--help` print the same text in virtpoold: clap's own flag
+    // would say otherwise.
     let mut cmd = clap::Command::new("virtpoold")
         .version(env!("CARGO_PKG_VERSION"))
         .about(ABOUT)
-        .after_long_help(AFTER_HELP);
+        .after_long_help(AFTER_HELP)
+        .disable_help_flag(true);
     for o in OPTIONS {
         let mut arg = clap::Arg::new(o.long).long(o.long).help(o.help);
         if let Some(c) = o.short {
@@ -56,7 +59,13 @@ pub fn daemon_command() -> clap::Command {
         }
         cmd = cmd.arg(arg);
     }
-    cmd
+    cmd.arg(
+        clap::Arg::new("help")
+            .short('h')
+            .long("help")
+            .help("Print help")
+            .action(clap::ArgAction::Help),
+    )
 }
 
 /// A file that could not be written.
