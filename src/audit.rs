@@ -369,6 +369,23 @@ struct Inner {
 }
 
 impl Inner {
+    /// Writes a batch (see [`FileSink::write`]) to the file: `Ok(true)`
+    /// when written, `Ok(false)` when there is no file (memory only).
+    fn write(
+        &mut self,
+        each: &dyn Fn(&mut Visit) -> std::io::Result<()>,
+    ) -> Result<bool, AuditError> {
+        let Some(sink) = self.sink.as_mut() else {
+            return Ok(false);
+        };
+        sink.write(each)
+            .map(|()| true)
+            .map_err(|source| AuditError::Write {
+                file: sink.path.clone(),
+                source,
+            })
+    }
+
     /// Keeps events that are in no file, up to [`RECENT_CAP`] (the oldest go).
     fn keep_recent(&mut self, events: Vec<Event>) {
         for ev in events {
@@ -487,18 +504,11 @@ impl AuditLog {
             inner.seq += 1;
             ev.seq = inner.seq;
         }
-        let result = match inner.sink.as_mut() {
-            None => Ok(()),
-            Some(sink) => match sink.write(&|visit| events.iter().try_for_each(&mut *visit)) {
-                Ok(()) => return Ok(()),
-                Err(source) => Err(AuditError::Write {
-                    file: sink.path.clone(),
-                    source,
-                }),
-            },
-        };
-        inner.keep_recent(events);
-        result
+        let written = inner.write(&|visit| events.iter().try_for_each(&mut *visit));
+        if !matches!(written, Ok(true)) {
+            inner.keep_recent(events);
+        }
+        written.map(|_| ())
     }
 
     /// Appends `n` events made on demand by `event(i)` (numbered here), in
@@ -517,20 +527,13 @@ impl AuditLog {
             seq: first + i as u64,
             ..event(i)
         };
-        let result = match inner.sink.as_mut() {
-            None => Ok(()),
-            Some(sink) => match sink.write(&|visit| (0..n).try_for_each(|i| visit(&numbered(i)))) {
-                Ok(()) => return Ok(()),
-                Err(source) => Err(AuditError::Write {
-                    file: sink.path.clone(),
-                    source,
-                }),
-            },
-        };
-        // Only the newest RECENT_CAP can be kept.
-        let keep = (n.saturating_sub(RECENT_CAP)..n).map(numbered).collect();
-        inner.keep_recent(keep);
-        result
+        let written = inner.write(&|visit| (0..n).try_for_each(|i| visit(&numbered(i))));
+        if !matches!(written, Ok(true)) {
+            // Only the newest RECENT_CAP can be kept.
+            let keep = (n.saturating_sub(RECENT_CAP)..n).map(numbered).collect();
+            inner.keep_recent(keep);
+        }
+        written.map(|_| ())
     }
 
     /// The last `n` events, oldest first.
@@ -704,6 +707,20 @@ mod tests {
         log.append(&[reload(9)]).unwrap();
         assert_eq!(log.recent(1).unwrap()[0].seq, 3002);
         assert!(log.append_with(0, reload).is_ok());
+    }
+
+    #[test]
+    fn events_whose_write_fails_stay_in_memory_and_the_error_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every write to /dev/full fails (ENOSPC).
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(AUDIT_FILE)).unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        let err = log.append(&[reload(1)]).unwrap_err();
+        assert!(err.to_string().contains(AUDIT_FILE), "{err}");
+        assert!(log.append_with(2, |i| reload(i + 2)).is_err());
+        let kept = log.recent(10).unwrap();
+        assert_eq!(seqs(&kept), vec![1, 2, 3]);
+        assert_eq!(file_of(&kept[2]), "f3");
     }
 
     #[test]
