@@ -13,7 +13,8 @@
 //! `valgrind --tool=callgrind --toggle-collect='planner::plan_once*' BENCH_BINARY`
 //! (see docs/performance.md). `PLANNER_BENCH_REPEAT=N` plans N times per
 //! size in that mode (for `perf stat`: the difference between two repeat
-//! counts is the planning alone).
+//! counts is the planning alone); `PLANNER_BENCH_CYCLES=10` plans the steady
+//! state (the host after 10 applied cycles) instead of the first cycle.
 //!
 //! `PLANNER_BENCH_DUMP=DIR` writes each size's plan as JSON (first cycle,
 //! then after 3 cycles) to `DIR/plan-N.json` and exits: two builds of the
@@ -238,7 +239,14 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(1);
-        for (n, f) in &fixtures {
+        // `PLANNER_BENCH_CYCLES=N`: plan the host as it is after N applied
+        // cycles (10: the steady state of the summary) instead of the first.
+        let cycles: usize = std::env::var("PLANNER_BENCH_CYCLES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        for (n, f) in fixtures {
+            let f = &after_cycles(f, cycles);
             let m = Membership::new(&f.config.pools);
             let mut actions = 0;
             for _ in 0..repeat {
