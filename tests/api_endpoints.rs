@@ -14,6 +14,35 @@ fn get<'a>(v: &'a Value, ptr: &str) -> &'a Value {
     v.pointer(ptr).unwrap_or(&Value::Null)
 }
 
+/// Largest integer every JSON reader holds exactly (I-JSON, RFC 7493:
+/// jq and JavaScript read numbers as doubles).
+const EXACT_MAX: u64 = (1 << 53) - 1;
+
+/// The JSON pointers of the integers in `v` that readers cannot hold
+/// exactly.
+fn inexact_numbers(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Number(n) => {
+            let exact = n
+                .as_u64()
+                .map(|x| x <= EXACT_MAX)
+                .or_else(|| n.as_i64().map(|x| x.unsigned_abs() <= EXACT_MAX))
+                .unwrap_or(true);
+            if !exact {
+                out.push(format!("{at} = {n}"));
+            }
+        }
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, x)| inexact_numbers(x, &format!("{at}/{i}"), out)),
+        Value::Object(o) => o
+            .iter()
+            .for_each(|(k, x)| inexact_numbers(x, &format!("{at}/{k}"), out)),
+        _ => {}
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_have_pinned_shapes() {
     let dir = tempfile::tempdir().unwrap();
@@ -42,9 +71,18 @@ async fn reads_have_pinned_shapes() {
     ] {
         let (code, mut v) = a.call("GET", &path, None).await;
         assert_eq!(code, 200, "{path}: {v}");
+        let mut inexact = Vec::new();
+        inexact_numbers(&v, "", &mut inexact);
+        assert!(inexact.is_empty(), "{path}: {inexact:?}");
         redact(&mut v);
         insta::assert_json_snapshot!(name, v);
     }
+    // A disk rate without a max has no cap: `null`, not u64::MAX.
+    let (_, v) = a.call("GET", "/v1/domains/db-1", None).await;
+    let disk = get(&v, "/resources/disk_iops_sec");
+    assert!(disk.is_object(), "{v}");
+    assert_eq!(disk["cap"], Value::Null, "{v}");
+    assert!(get(&v, "/resources/vcpus/cap").is_u64(), "{v}");
     // A cycle with actions: web-1 lost vCPUs behind the agent's back.
     let (_, v) = a.call("GET", "/v1/events", None).await;
     let before = v["events"].as_array().unwrap().last().unwrap()["seq"]
@@ -65,6 +103,9 @@ async fn reads_have_pinned_shapes() {
         .call("GET", &format!("/v1/events?since={before}"), None)
         .await;
     assert_eq!(code, 200);
+    let mut inexact = Vec::new();
+    inexact_numbers(&v, "", &mut inexact);
+    assert!(inexact.is_empty(), "/v1/events: {inexact:?}");
     let mut evs: Vec<Value> = v["events"].as_array().unwrap().clone();
     assert!(evs.iter().all(|e| e["event"] == "action"), "{evs:?}");
     evs.iter_mut().for_each(|e| {

@@ -795,7 +795,7 @@ pub fn allocate(
         let hw = match r {
             Resource::Vcpus => d.vcpus_max.max(1),
             Resource::Memory => d.memory_max,
-            Resource::DiskBytesSec | Resource::DiskIopsSec => u64::MAX,
+            Resource::DiskBytesSec | Resource::DiskIopsSec => crate::planner::UNCAPPED,
         };
         if let Some(max) = lim.max.filter(|mx| v > *mx) {
             return Err(Error::DoesNotFit(format!(

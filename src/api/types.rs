@@ -213,8 +213,10 @@ pub struct MemberView {
 pub struct ResourceView {
     /// Guaranteed amount (reservation, guest need).
     pub floor: u64,
-    /// Most it may get.
-    pub cap: u64,
+    /// Most it may get; `null` when nothing caps it (a disk rate without a
+    /// `max`: up to the pool's budget). Never `u64::MAX`, which most JSON
+    /// readers (jq, JavaScript) cannot represent.
+    pub cap: Option<u64>,
     pub shares: u64,
     /// Its fair allocation.
     pub target: u64,

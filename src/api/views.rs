@@ -11,7 +11,7 @@ use crate::state::RuntimeState;
 fn resource_view(a: &Alloc) -> ResourceView {
     ResourceView {
         floor: a.floor,
-        cap: a.cap,
+        cap: (a.cap != crate::planner::UNCAPPED).then_some(a.cap),
         shares: a.shares,
         target: a.target,
         next: a.next,

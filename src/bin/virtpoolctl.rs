@@ -725,7 +725,7 @@ fn render_domain(d: &DomainView) -> String {
                     r.human(a.floor),
                     r.human(a.target),
                     r.human(a.actual),
-                    r.human(a.cap),
+                    a.cap.map_or_else(|| "none".to_string(), |c| r.human(c)),
                     a.reason
                 ),
             ]);

@@ -46,6 +46,11 @@ pub(crate) use strmap::StrMap;
 
 const MIB: u64 = 1 << 20;
 
+/// [`Alloc::cap`] of a member nothing caps: a disk rate without a `max`
+/// (domains have no maximum I/O rate). Such a member may take up to the
+/// pool's budget.
+pub const UNCAPPED: u64 = u64::MAX;
+
 /// Reservations made at run time through the API, per pool, then per
 /// domain (name or UUID as the operator gave it): a raised `min`.
 pub type Reservations = BTreeMap<String, BTreeMap<String, PerResource<Option<u64>>>>;
@@ -67,7 +72,8 @@ pub struct PlanInput<'a> {
 pub struct Alloc {
     /// Guaranteed amount (reservation, guest need), capped by `cap`.
     pub floor: u64,
-    /// Most it may get (max, hardware max, demand).
+    /// Most it may get (max, hardware max, demand); [`UNCAPPED`] when
+    /// nothing caps it (a disk rate without a `max`).
     pub cap: u64,
     pub shares: u64,
     /// Its fair allocation: floor ≤ target ≤ cap, Σ targets ≤ budget.
@@ -714,7 +720,7 @@ fn hardware_max(o: &Obs, r: Resource) -> u64 {
     match r {
         Resource::Vcpus => o.vcpus_max.max(1),
         Resource::Memory => (o.memory_max / MIB).max(1),
-        Resource::DiskBytesSec | Resource::DiskIopsSec => u64::MAX,
+        Resource::DiskBytesSec | Resource::DiskIopsSec => UNCAPPED,
     }
 }
 
