@@ -38,10 +38,11 @@ pub fn reservation_of(
         .unwrap_or_default()
 }
 
-/// One pool's view.
+/// One pool's view, members sorted by name (then UUID), as
+/// `GET /v1/domains` lists domains.
 pub fn pool_view(p: &PoolPlan, rt: &RuntimeState) -> PoolView {
     let mut reserved = PerResource::<u64>::default();
-    let members: Vec<MemberView> = p
+    let mut members: Vec<MemberView> = p
         .members
         .iter()
         .map(|m| {
@@ -63,6 +64,12 @@ pub fn pool_view(p: &PoolPlan, rt: &RuntimeState) -> PoolView {
             }
         })
         .collect();
+    members.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uuid.cmp(&b.uuid)));
+    let unadmitted = members
+        .iter()
+        .filter(|m| m.state.is_active() && !m.admitted)
+        .map(|m| m.name.clone())
+        .collect();
     PoolView {
         name: p.name.clone(),
         source: if p.runtime {
@@ -76,12 +83,7 @@ pub fn pool_view(p: &PoolPlan, rt: &RuntimeState) -> PoolView {
         free: PerResource::from_fn(|r| p.free(r)),
         reserved,
         member_count: members.len(),
-        unadmitted: p
-            .members
-            .iter()
-            .filter(|m| m.state.is_active() && !m.admitted)
-            .map(|m| m.name.to_string())
-            .collect(),
+        unadmitted,
         members,
     }
 }
