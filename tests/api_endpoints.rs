@@ -43,6 +43,13 @@ fn inexact_numbers(v: &Value, at: &str, out: &mut Vec<String>) {
     }
 }
 
+/// Fails, naming them, on integers in `v` that readers cannot hold exactly.
+fn assert_exact_numbers(what: &str, v: &Value) {
+    let mut inexact = Vec::new();
+    inexact_numbers(v, "", &mut inexact);
+    assert!(inexact.is_empty(), "{what}: {inexact:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_have_pinned_shapes() {
     let dir = tempfile::tempdir().unwrap();
@@ -71,9 +78,7 @@ async fn reads_have_pinned_shapes() {
     ] {
         let (code, mut v) = a.call("GET", &path, None).await;
         assert_eq!(code, 200, "{path}: {v}");
-        let mut inexact = Vec::new();
-        inexact_numbers(&v, "", &mut inexact);
-        assert!(inexact.is_empty(), "{path}: {inexact:?}");
+        assert_exact_numbers(&path, &v);
         redact(&mut v);
         insta::assert_json_snapshot!(name, v);
     }
@@ -103,9 +108,7 @@ async fn reads_have_pinned_shapes() {
         .call("GET", &format!("/v1/events?since={before}"), None)
         .await;
     assert_eq!(code, 200);
-    let mut inexact = Vec::new();
-    inexact_numbers(&v, "", &mut inexact);
-    assert!(inexact.is_empty(), "/v1/events: {inexact:?}");
+    assert_exact_numbers("/v1/events", &v);
     let mut evs: Vec<Value> = v["events"].as_array().unwrap().clone();
     assert!(evs.iter().all(|e| e["event"] == "action"), "{evs:?}");
     evs.iter_mut().for_each(|e| {
