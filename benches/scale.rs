@@ -5,8 +5,8 @@
 //! `scripts/bench-scale.sh` runs it (`cargo bench --bench scale`); see
 //! docs/performance.md, "Full cycle". Environment:
 //! - `SCALE_SIZES` (default `100,1000,5000`): domain counts.
-//! - `SCALE_REPS` (default 5; at most 3 at 5,000 domains and for the
-//!   allocate latency): timed repetitions per size; medians are printed.
+//! - `SCALE_REPS` (default 5; at most 3 for the allocate latency): timed
+//!   repetitions per size; medians are printed, and each round's figures.
 //! - `SCALE_IDLE_SECS` (default 60): idle-CPU window (at 1,000 domains),
 //!   starting when a cycle ends; a multiple of the 10 s interval.
 //! - `SCALE_EVENTS` (default 1): registers the in-process agent for domain
@@ -172,6 +172,59 @@ fn self_cpu_ticks() -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
+/// CPU time the hypervisor under this machine took from it ("steal"),
+/// as a share of this machine's CPUs since [`Steal::start`]. This VM shares
+/// its host: episodes of 20–30 % steal lasting tens of seconds slow down
+/// whichever side of a comparison is running then.
+struct Steal {
+    ticks: u64,
+    t0: Instant,
+}
+
+impl Steal {
+    fn ticks() -> u64 {
+        let s = std::fs::read_to_string("/proc/stat").unwrap();
+        // cpu user nice system idle iowait irq softirq steal …
+        s.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(8)
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    fn start() -> Steal {
+        Steal {
+            ticks: Self::ticks(),
+            t0: Instant::now(),
+        }
+    }
+
+    /// Percent of the machine's CPU time stolen since `start`.
+    fn pct(&self) -> f64 {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let stolen_s = (Self::ticks() - self.ticks) as f64 / 100.0; // USER_HZ
+        stolen_s / (self.t0.elapsed().as_secs_f64() * cpus) * 100.0
+    }
+}
+
+/// Below this steal (percent), a round counts as undisturbed.
+const CLEAN_STEAL_PCT: f64 = 5.0;
+
+/// Median of `x` over `y` taken over the rounds where both sides ran with
+/// less than [`CLEAN_STEAL_PCT`] steal: (ratio, rounds used).
+fn clean_ratio(x: &[(f64, f64)], y: &[(f64, f64)]) -> Option<(f64, usize)> {
+    let (mut xs, mut ys): (Vec<f64>, Vec<f64>) = x
+        .iter()
+        .zip(y)
+        .filter(|(a, b)| a.1 < CLEAN_STEAL_PCT && b.1 < CLEAN_STEAL_PCT)
+        .map(|(a, b)| (a.0, b.0))
+        .unzip();
+    (!xs.is_empty()).then(|| (median(&mut xs) / median(&mut ys), xs.len()))
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -308,8 +361,10 @@ fn baseline_child(uri: &str) {
                 format!("{} {}", ms(t0), (self_cpu_ticks() - cpu0) as f64 * 10.0)
             }
             "change" => {
-                let writes = baseline_change(&c, &disks, BASE_C);
-                format!("{} {writes}", ms(t0))
+                let cpu0 = self_cpu_ticks();
+                let (writes, write_ms) = baseline_change(&c, &disks, BASE_C);
+                let cpu_ms = (self_cpu_ticks() - cpu0) as f64 * 10.0;
+                format!("{} {writes} {write_ms} {cpu_ms}", ms(t0))
             }
             "rss" => format!(
                 "{} {}",
@@ -325,13 +380,15 @@ fn baseline_child(uri: &str) {
 }
 
 /// The reads, then the writes of a cycle that changes every domain
-/// (`disks`: the targets from an earlier full read).
+/// (`disks`: the targets from an earlier full read). Returns the writes
+/// and the milliseconds they took.
 fn baseline_change(
     c: &Connect,
     disks: &HashMap<String, Vec<String>>,
     t: (u64, u64, u64, u64),
-) -> usize {
+) -> (usize, f64) {
     let doms = baseline_read(c);
+    let t0 = Instant::now();
     let tune = IoTune {
         total_bytes_sec: t.2 * MIB,
         total_bytes_sec_max: t.2 * MIB,
@@ -351,7 +408,7 @@ fn baseline_change(
             writes += 1;
         }
     }
-    writes
+    (writes, t0.elapsed().as_secs_f64() * 1e3)
 }
 
 // ------------------------------------------------------------- in-process agent
@@ -364,6 +421,9 @@ struct CycleFigures {
     c_full: f64,
     /// Of (a) and (b): time spent in libvirt reads.
     a_observe: f64,
+    /// Of (a): time spent enforcing (the writes); of c-change: the writes.
+    a_enforce: f64,
+    c_write: f64,
     b_observe: f64,
     /// CPU time (the baseline child, 10 ms ticks) of c-read: what the reads
     /// a steady cycle needs cost a minimal client, the idle floor.
@@ -442,6 +502,11 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
 
     let (mut a, mut b, mut cc, mut cr, mut cf) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut a_obs, mut b_obs, mut cr_cpu) = (vec![], vec![], vec![]);
+    let (mut a_enf, mut cw) = (vec![], vec![]);
+    // CPU time of (a) (this process) over c-change's (the child's).
+    let mut cpu_ratio = vec![];
+    // (ms, steal %) per round, for the ratios over undisturbed rounds.
+    let (mut a_st, mut b_st, mut cc_st, mut cr_st) = (vec![], vec![], vec![], vec![]);
     let mut actions_a = 0;
     for rep in 0..reps {
         // The cycle after a change reads the changed domains back in full.
@@ -449,22 +514,37 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
         assert_eq!(st.results.len(), 0, "read-back cycle issued actions");
 
         cf.push(base.ask("full")[0]);
+        let steal = Steal::start();
         let r = base.ask("read");
+        cr_st.push((r[0], steal.pct()));
         cr.push(r[0]);
         cr_cpu.push(r[1]);
 
+        let steal = Steal::start();
         let (ms, st) = cycle(&mut m);
+        b_st.push((ms, steal.pct()));
         assert_eq!(st.results.len(), 0, "steady cycle issued actions");
         b.push(ms);
         b_obs.push(st.last_cycle.as_ref().unwrap().observe_ms);
 
+        let steal = Steal::start();
         let r = base.ask("change");
+        let c_steal = steal.pct();
+        cc_st.push((r[0], c_steal));
         cc.push(r[0]);
         let writes = r[1] as usize;
+        cw.push(r[2]);
 
         set_budget(if rep % 2 == 0 { BUDGET_B } else { BUDGET_A });
+        let steal = Steal::start();
+        let cpu0 = self_cpu_ticks();
         let (ms, st) = cycle(&mut m);
+        let a_cpu = (self_cpu_ticks() - cpu0) as f64 * 10.0;
+        let a_steal = steal.pct();
+        cpu_ratio.push(a_cpu / r[3].max(1.0));
+        a_st.push((ms, a_steal));
         a_obs.push(st.last_cycle.as_ref().unwrap().observe_ms);
+        a_enf.push(st.last_cycle.as_ref().unwrap().enforce_ms);
         let failed = st.results.iter().filter(|r| !r.ok).count();
         assert_eq!(failed, 0, "{:?}", st.results.iter().find(|r| !r.ok));
         assert_eq!(
@@ -473,11 +553,37 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
             "the agent's writes equal the baseline's"
         );
         actions_a = st.results.len();
+        let c = st.last_cycle.as_ref().unwrap();
+        eprintln!(
+            "  round {rep}: (a) {ms:.0} ms, steal {a_steal:.0} %: reads {:.0}, plan {:.1}, writes {:.0} \
+             ({:.3} ms each), CPU {a_cpu:.0} ms; c-change {:.0} ms, steal {c_steal:.0} %: writes {:.0} \
+             ({:.3} ms each), CPU {:.0} ms",
+            c.observe_ms,
+            c.plan_ms,
+            c.enforce_ms,
+            c.enforce_ms / writes.max(1) as f64,
+            cc[cc.len() - 1],
+            cw[cw.len() - 1],
+            cw[cw.len() - 1] / writes.max(1) as f64,
+            r[3]
+        );
         a.push(ms);
     }
     drop(m);
     drop(handle);
     let rss = base.ask("rss");
+    let show = |r: Option<(f64, usize)>| {
+        r.map_or("no round".into(), |(x, k)| {
+            format!("{x:.3} ({k} of {reps} rounds)")
+        })
+    };
+    eprintln!(
+        "  rounds with under {CLEAN_STEAL_PCT} % steal on both sides: a/c {}, b/c-rd {}; \
+         CPU time a/c (median of rounds): {:.3}",
+        show(clean_ratio(&a_st, &cc_st)),
+        show(clean_ratio(&b_st, &cr_st)),
+        median(&mut cpu_ratio)
+    );
     CycleFigures {
         a: median(&mut a),
         b: median(&mut b),
@@ -485,6 +591,8 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
         c_read: median(&mut cr),
         c_full: median(&mut cf),
         a_observe: median(&mut a_obs),
+        a_enforce: median(&mut a_enf),
+        c_write: median(&mut cw),
         b_observe: median(&mut b_obs),
         c_read_cpu: median(&mut cr_cpu),
         actions_a,
@@ -886,15 +994,15 @@ fn main() {
         let dir_a = base.path().join("inproc");
         std::fs::create_dir_all(&dir_a).unwrap();
         let load_a = load();
-        // Fewer rounds at 5,000 to keep the whole run near 10 minutes.
-        let reps = if n >= 5000 { reps.min(3) } else { reps };
         let f = in_process(n, &uri, &c2, &dir_a, reps);
         eprintln!(
             "  in-process: {} actions per change cycle; reads took {:.1} ms of (a), {:.1} ms of (b); \
-             c-read used {:.0} ms CPU (= {:.2} % of a core every 10 s: the idle floor)",
+             writes {:.1} ms of (a), {:.1} ms of c-change; c-read used {:.0} ms CPU (= {:.2} % of a core every 10 s: the idle floor)",
             f.actions_a,
             f.a_observe,
             f.b_observe,
+            f.a_enforce,
+            f.c_write,
             f.c_read_cpu,
             f.c_read_cpu / 100.0
         );

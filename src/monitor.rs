@@ -47,6 +47,14 @@ pub struct CycleInfo {
     /// Of which spent reading domains from libvirt.
     #[serde(default)]
     pub observe_ms: f64,
+    /// Of which spent planning (the pure planner).
+    #[serde(default)]
+    pub plan_ms: f64,
+    /// Of which spent enforcing: the libvirt writes (stats periods and
+    /// actions) with their safety checks. The rest of `duration_ms` is
+    /// bookkeeping and publishing (status, audit log).
+    #[serde(default)]
+    pub enforce_ms: f64,
     /// libvirt calls that only read, made by this cycle (counted since the
     /// previous cycle ended; see `virtpool_libvirt_calls_total`).
     #[serde(default)]
@@ -382,8 +390,11 @@ pub struct Monitor {
     /// The effective config of the last full cycle that observed libvirt
     /// (a scoped cycle needs the same).
     last_full: Option<Config>,
-    /// Time this cycle spent waiting for libvirt reads (for `last_cycle`).
+    /// Time this cycle spent waiting for libvirt reads, planning and
+    /// enforcing (for `last_cycle`).
     observe_time: Duration,
+    plan_time: Duration,
+    enforce_time: Duration,
     /// The libvirt call counts when the last cycle ended.
     calls_at_publish: CallCounts,
     /// Where held vCPU changes are saved, and what the file holds now.
@@ -503,6 +514,8 @@ impl Monitor {
             events: None,
             last_full: None,
             observe_time: Duration::ZERO,
+            plan_time: Duration::ZERO,
+            enforce_time: Duration::ZERO,
             calls_at_publish: CallCounts::default(),
             holds_dir: opts.holds_dir,
             saved_holds: opts.holds,
@@ -915,6 +928,7 @@ impl Monitor {
             let domains = self.track_active(domains);
             let snapshot = Snapshot { host, domains };
             let membership = &self.membership.as_ref().expect("set just above").1;
+            let t = Instant::now();
             let plan = planner::plan_with(
                 &PlanInput {
                     config: &effective,
@@ -926,6 +940,7 @@ impl Monitor {
                 },
                 membership,
             );
+            self.plan_time += t.elapsed();
             let Some(uuids) = scoped.as_mut() else {
                 break (snapshot, plan);
             };
@@ -973,8 +988,10 @@ impl Monitor {
                 .iter()
                 .filter(|d| in_scope.as_ref().is_none_or(|s| s.contains(&*d.uuid)))
                 .collect();
+            let t = Instant::now();
             self.set_stats_periods(&stats).await;
             let (enforced, results) = self.enforce(plan, now, in_scope.as_ref()).await;
+            self.enforce_time += t.elapsed();
             plan = enforced;
             status.results = results;
             // Publish what the domains have now, not what they had
@@ -1111,6 +1128,8 @@ impl Monitor {
                 .map_or(0, |d| d.as_secs()),
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             observe_ms: std::mem::take(&mut self.observe_time).as_secs_f64() * 1000.0,
+            plan_ms: std::mem::take(&mut self.plan_time).as_secs_f64() * 1000.0,
+            enforce_ms: std::mem::take(&mut self.enforce_time).as_secs_f64() * 1000.0,
             libvirt_reads: calls.reads(),
             libvirt_writes: calls.writes(),
             actions: status.results.len(),

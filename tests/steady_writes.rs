@@ -80,6 +80,16 @@ async fn a_converged_cycle_makes_no_writes() {
     let c = st.last_cycle.as_ref().unwrap();
     assert!(c.libvirt_writes >= first as u64, "{c:?} vs {first} writes");
     assert!(c.libvirt_reads > st.domains.len() as u64, "{c:?}");
+    // Where the cycle's time went: each phase took some, together no more
+    // than the whole.
+    assert!(
+        c.observe_ms > 0.0 && c.plan_ms > 0.0 && c.enforce_ms > 0.0,
+        "{c:?}"
+    );
+    assert!(
+        c.observe_ms + c.plan_ms + c.enforce_ms <= c.duration_ms,
+        "{c:?}"
+    );
 
     // Converge (balloon shrinks are rate-limited: it may take a few cycles).
     let mut converged = false;
