@@ -922,7 +922,7 @@ impl Monitor {
                     let prev = self.status_tx.borrow().clone();
                     status.domains = prev.domains.clone();
                     status.plan = prev.plan.clone();
-                    return Some(self.publish(status, t0));
+                    return Some(self.publish(status, t0).await);
                 }
             };
             let domains = self.track_active(domains);
@@ -1035,7 +1035,7 @@ impl Monitor {
         self.note_unadmitted(&plan);
         status.plan = Some(plan);
         status.domains = snapshot.domains;
-        Some(self.publish_scoped(status, t0, scoped))
+        Some(self.publish_scoped(status, t0, scoped).await)
     }
 
     /// Saves the held vCPU changes when they changed (a timeout was
@@ -1101,12 +1101,12 @@ impl Monitor {
     /// Publishes the status and counters, writes the cycle's events,
     /// reports to the service manager (STATUS=, and WATCHDOG=1: a cycle
     /// finished, so the loop is alive).
-    fn publish(&mut self, status: Status, t0: Instant) -> Arc<Status> {
-        self.publish_scoped(status, t0, None)
+    async fn publish(&mut self, status: Status, t0: Instant) -> Arc<Status> {
+        self.publish_scoped(status, t0, None).await
     }
 
     /// [`Monitor::publish`], noting the scope of a scoped cycle.
-    fn publish_scoped(
+    async fn publish_scoped(
         &mut self,
         mut status: Status,
         t0: Instant,
@@ -1158,19 +1158,30 @@ impl Monitor {
             *self.counters.actions.entry(key).or_insert(0) += 1;
         }
         // The cycle's events in one batch: those noted during the cycle,
-        // then one per action, made as they are written.
-        let noted = std::mem::take(&mut self.pending);
-        let (results, cycle, time) = (&status.results, self.cycle, crate::audit::time_now());
-        let written = self.audit.append_with(noted.len() + results.len(), |i| {
-            match i.checked_sub(noted.len()) {
-                None => noted[i].clone(),
-                Some(k) => action_event(&results[k], cycle, &time),
-            }
-        });
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "cannot write the audit log");
-        }
+        // then one per action, made as they are written. Written before
+        // the status is published (whoever sees cycle N finds its events),
+        // on a blocking thread: thousands of events are a file write that
+        // must not hold a runtime worker (the API's requests run there).
         let st = Arc::new(status);
+        let noted = std::mem::take(&mut self.pending);
+        if !noted.is_empty() || !st.results.is_empty() {
+            let (audit, cycle, status) = (self.audit.clone(), self.cycle, st.clone());
+            let written = tokio::task::spawn_blocking(move || {
+                let (results, time) = (&status.results, crate::audit::time_now());
+                audit.append_with(noted.len() + results.len(), |i| {
+                    match i.checked_sub(noted.len()) {
+                        None => noted[i].clone(),
+                        Some(k) => action_event(&results[k], cycle, &time),
+                    }
+                })
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the audit log"),
+                Err(e) => tracing::warn!(error = %e, "audit log write did not finish"),
+            }
+        }
         // Counters first: whoever sees cycle N in the status finds the
         // counters of cycle N (or later) too.
         self.counters_tx
