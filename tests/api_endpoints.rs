@@ -50,6 +50,18 @@ fn assert_exact_numbers(what: &str, v: &Value) {
     assert!(inexact.is_empty(), "{what}: {inexact:?}");
 }
 
+/// `/v1/pools?members=false` is `/v1/pools` with empty member lists (the
+/// counts, reservations and unadmitted names are all still there).
+async fn assert_summary_is_pools_without_members(a: &Agent) {
+    let (_, mut full) = a.call("GET", "/v1/pools", None).await;
+    let (_, summary) = a.call("GET", "/v1/pools?members=false", None).await;
+    for p in full["pools"].as_array_mut().unwrap() {
+        assert!(!p["members"].as_array().unwrap().is_empty(), "{p}");
+        p["members"] = json!([]);
+    }
+    assert_eq!(summary, full);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_have_pinned_shapes() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,6 +94,7 @@ async fn reads_have_pinned_shapes() {
         redact(&mut v);
         insta::assert_json_snapshot!(name, v);
     }
+    assert_summary_is_pools_without_members(&a).await;
     // A disk rate without a max has no cap: `null`, not u64::MAX.
     let (_, v) = a.call("GET", "/v1/domains/db-1", None).await;
     let disk = get(&v, "/resources/disk_iops_sec");
@@ -209,6 +222,7 @@ async fn changes_happy_paths() {
     insta::assert_json_snapshot!("allocate", v);
     let (_, v) = a.call("GET", "/v1/pools/web", None).await;
     assert_eq!(get(&v, "/reserved/vcpus"), 6);
+    assert_summary_is_pools_without_members(&a).await;
     let web1 = v["members"]
         .as_array()
         .unwrap()

@@ -41,18 +41,24 @@ pub fn reservation_of(
 /// One pool's view, members sorted by name (then UUID), as
 /// `GET /v1/domains` lists domains.
 pub fn pool_view(p: &PoolPlan, rt: &RuntimeState) -> PoolView {
+    pool_view_with(p, rt, true)
+}
+
+/// [`pool_view`]; without `members`, the member list stays empty (the
+/// counts, reservations and unadmitted names are still there) and no
+/// member view is built.
+fn pool_view_with(p: &PoolPlan, rt: &RuntimeState, members: bool) -> PoolView {
     let mut reserved = PerResource::<u64>::default();
-    let mut members: Vec<MemberView> = p
-        .members
-        .iter()
-        .map(|m| {
-            let reservation = reservation_of(rt, &p.name, &m.name, &m.uuid);
-            for r in Resource::ALL {
-                if let Some(v) = reservation.get(r) {
-                    *reserved.get_mut(r) = reserved.get(r).saturating_add(*v);
-                }
+    let mut views = Vec::with_capacity(if members { p.members.len() } else { 0 });
+    for m in &p.members {
+        let reservation = reservation_of(rt, &p.name, &m.name, &m.uuid);
+        for r in Resource::ALL {
+            if let Some(v) = reservation.get(r) {
+                *reserved.get_mut(r) = reserved.get(r).saturating_add(*v);
             }
-            MemberView {
+        }
+        if members {
+            views.push(MemberView {
                 name: m.name.to_string(),
                 uuid: m.uuid.to_string(),
                 state: m.state,
@@ -61,15 +67,12 @@ pub fn pool_view(p: &PoolPlan, rt: &RuntimeState) -> PoolView {
                 note: m.note.clone(),
                 reservation,
                 resources: resources(m),
-            }
-        })
-        .collect();
-    members.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uuid.cmp(&b.uuid)));
-    let unadmitted = members
-        .iter()
-        .filter(|m| m.state.is_active() && !m.admitted)
-        .map(|m| m.name.clone())
-        .collect();
+            });
+        }
+    }
+    views.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uuid.cmp(&b.uuid)));
+    let mut unadmitted: Vec<(&str, &str)> = p.unadmitted().map(|m| (&*m.name, &*m.uuid)).collect();
+    unadmitted.sort_unstable();
     PoolView {
         name: p.name.clone(),
         source: if p.runtime {
@@ -82,9 +85,9 @@ pub fn pool_view(p: &PoolPlan, rt: &RuntimeState) -> PoolView {
         allocated: p.allocated,
         free: PerResource::from_fn(|r| p.free(r)),
         reserved,
-        member_count: members.len(),
-        unadmitted,
-        members,
+        member_count: p.members.len(),
+        unadmitted: unadmitted.into_iter().map(|(n, _)| n.to_owned()).collect(),
+        members: views,
     }
 }
 
@@ -95,13 +98,7 @@ pub fn pools(plan: Option<&Plan>, rt: &RuntimeState, members: bool) -> PoolsResp
             .map(|p| {
                 p.pools
                     .iter()
-                    .map(|pp| {
-                        let mut v = pool_view(pp, rt);
-                        if !members {
-                            v.members.clear();
-                        }
-                        v
-                    })
+                    .map(|pp| pool_view_with(pp, rt, members))
                     .collect()
             })
             .unwrap_or_default(),
