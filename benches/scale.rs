@@ -810,9 +810,13 @@ fn real_daemon(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Da
         .collect();
     // A restart brings the domain back at its persistent vCPU count
     // (BASE_C); the Started event makes the agent set the target again.
+    // Settled first (no cycle left running from the rounds before), then
+    // the same with a full cycle started a third of a cycle before the
+    // restart: events arrive on the libvirt thread and are seen between
+    // jobs, so they wait for a running full observation.
     let dom = name(1);
-    let mut ev = Vec::new();
-    for _ in 0..reps {
+    let restart = |before: &dyn Fn()| -> f64 {
+        before();
         let d = c2.lookup_domain_by_name(&dom).unwrap();
         d.destroy().unwrap();
         d.create().unwrap();
@@ -820,8 +824,7 @@ fn real_daemon(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Da
         assert_eq!(live_vcpus(c2, &dom), BASE_C.0 as u32);
         loop {
             if live_vcpus(c2, &dom) == BUDGET_A.0 as u32 {
-                ev.push(t0.elapsed().as_secs_f64() * 1e3);
-                break;
+                return t0.elapsed().as_secs_f64() * 1e3;
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(60),
@@ -829,7 +832,25 @@ fn real_daemon(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Da
             );
             std::thread::sleep(Duration::from_millis(2));
         }
-    }
+    };
+    let settle = || assert!(agent.ctl(&["reconcile", "--wait"]).status.success());
+    let mut ev: Vec<f64> = (0..reps).map(|_| restart(&settle)).collect();
+    let mut ev_busy: Vec<f64> = (0..reps)
+        .map(|_| {
+            restart(&|| {
+                settle();
+                assert!(agent.ctl(&["reconcile"]).status.success());
+                std::thread::sleep(third);
+            })
+        })
+        .collect();
+    eprintln!(
+        "  event -> reconcile per round: {ev:.0?} ms, while a full cycle runs: {ev_busy:.0?} ms"
+    );
+    eprintln!(
+        "  event -> reconcile while a full cycle runs: {:.1} ms (median)",
+        median(&mut ev_busy)
+    );
     let idle_secs: u64 = env_or("SCALE_IDLE_SECS", 60);
     let idle_cpu_pct = (n == 1000 && idle_secs > 0).then(|| {
         let tick = 100.0; // USER_HZ

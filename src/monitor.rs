@@ -639,6 +639,24 @@ impl Monitor {
                 Command::Reload(result, ack) => self.take_reload(result, ack, tick),
             }
         }
+        // Or a domain event gave the observation pause: its batch (after
+        // the usual debounce) joins the scoped cycle.
+        if let Some(rx) = self.events.as_mut().filter(|rx| !rx.is_empty()) {
+            if let Some(Scope::Domains(uuids)) = events::next_batch(rx, events::DEBOUNCE)
+                .await
+                .map(|b| event_scope(&b))
+            {
+                tracing::debug!(
+                    domains = uuids.len(),
+                    "domain events go before the full cycle"
+                );
+                let s = Scope::Domains(uuids);
+                scoped = Some(match scoped {
+                    Some(f) => f.merge(s),
+                    None => s,
+                });
+            }
+        }
         if let Some(s) = scoped {
             tracing::debug!(
                 scoped = scoped_replies.len(),

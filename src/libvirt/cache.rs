@@ -24,6 +24,7 @@
 //! everything.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,25 +34,41 @@ use crate::model::DiskObs;
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(300);
 
 /// UUIDs whose cached facts are stale, marked by event callbacks (on
-/// libvirt's event thread) and taken by the next observation. Cheap to
-/// clone (shared).
+/// libvirt's event thread) and taken by the next observation; and whether
+/// an event the monitor must act on (lifecycle, device, metadata) arrived
+/// since the current full observation began, which makes it give way.
+/// Cheap to clone (shared).
 #[derive(Debug, Clone, Default)]
-pub struct StaleMarks(Arc<Mutex<HashSet<String>>>);
+pub struct StaleMarks {
+    set: Arc<Mutex<HashSet<String>>>,
+    news: Arc<AtomicBool>,
+}
 
 impl StaleMarks {
     /// Marks one domain stale.
     pub fn mark(&self, uuid: &str) {
         // A poisoned lock only means a panic elsewhere while holding it;
         // the set itself is still a valid set.
-        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
         if !set.contains(uuid) {
             set.insert(uuid.to_owned());
         }
     }
 
+    /// Marks one domain stale, for an event the monitor acts on.
+    pub fn mark_news(&self, uuid: &str) {
+        self.mark(uuid);
+        self.news.store(true, Ordering::Release);
+    }
+
+    /// Whether such an event arrived since the last call (and clears it).
+    pub fn take_news(&self) -> bool {
+        self.news.swap(false, Ordering::AcqRel)
+    }
+
     /// Takes every mark (the set is left empty).
     pub fn take(&self) -> HashSet<String> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.set.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 

@@ -163,11 +163,37 @@ pub fn event_loop_running() -> bool {
     matches!(EVENT_LOOP.get(), Some(Ok(())))
 }
 
+thread_local! {
+    /// Set on the thread that runs libvirt's event loop.
+    static LOOP_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Called by a long job on the event-loop thread (a full observation, one
+/// domain in so many): runs one iteration of the loop, without waiting, so
+/// the events that arrived meanwhile reach their callbacks now instead of
+/// after the job. Does nothing on any other thread. Must not be called from
+/// a callback the loop dispatches (jobs run between iterations).
+pub(crate) fn dispatch_pending() {
+    if !LOOP_THREAD.with(std::cell::Cell::get) {
+        return;
+    }
+    // The wake-up makes the iteration return at once; whatever else is
+    // ready (event flush timers, the connection's socket) is dispatched too.
+    super::worker::wake_loop();
+    if let Err(e) = virt::event::event_run_default_impl() {
+        tracing::debug!(error = %e, "libvirt event loop iteration failed");
+    }
+    // The iteration drained the wake-up socket: jobs queued meanwhile
+    // need another one to run after this job.
+    super::worker::rewake_if_jobs();
+}
+
 /// One iteration of libvirt's loop (waits for a watched socket or timer,
 /// dispatches), then the [`HvWorker`](super::worker::HvWorker) jobs queued
 /// meanwhile, forever.
 fn run_event_loop() {
     super::worker::mark_job_thread();
+    LOOP_THREAD.with(|t| t.set(true));
     loop {
         if let Err(e) = virt::event::event_run_default_impl() {
             tracing::warn!(error = %e, "libvirt event loop iteration failed");
@@ -215,7 +241,7 @@ impl Registration {
         let lifecycle = match ffi::register_lifecycle(
             conn,
             Box::new(move |e: ffi::LifecycleEvent| {
-                lc_stale.mark(&e.uuid);
+                lc_stale.mark_news(&e.uuid);
                 let _ = lc_tx.send(HvEvent::Domain(DomainEvent {
                     uuid: e.uuid,
                     name: e.name,
@@ -254,14 +280,16 @@ impl Registration {
                 ffi::ChangeEvent::Tunable => None,
             };
             let f: ffi::ChangeFn = Box::new(move |uuid: String, name: String| {
-                stale.mark(&uuid);
                 if let Some(kind) = lifecycle_kind {
+                    stale.mark_news(&uuid);
                     let _ = tx.send(HvEvent::Domain(DomainEvent {
                         uuid,
                         name,
                         kind,
                         detail: 0,
                     }));
+                } else {
+                    stale.mark(&uuid);
                 }
             });
             match ffi::register_change(conn, kind, f) {

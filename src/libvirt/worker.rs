@@ -376,6 +376,23 @@ fn submit(job: LoopJob) -> Result<(), HvError> {
     Ok(())
 }
 
+/// Wakes the event-loop thread's next iteration (no job queued).
+pub(crate) fn wake_loop() {
+    if let Some(q) = LOOP_QUEUE.get() {
+        let _ = (&q.wake).write(&[1]);
+    }
+}
+
+/// Wakes the event-loop thread again if jobs are waiting (after an
+/// iteration run inside a job drained the wake-up).
+pub(crate) fn rewake_if_jobs() {
+    if let Some(q) = LOOP_QUEUE.get() {
+        if q.jobs.lock().is_ok_and(|j| !j.is_empty()) {
+            let _ = (&q.wake).write(&[1]);
+        }
+    }
+}
+
 /// Runs the jobs queued so far (not those queued while they run: events
 /// get their turn in between). Called by the event-loop thread after each
 /// iteration. A panicking job is caught here and stops only its worker

@@ -1,0 +1,126 @@
+//! A domain event during a long full observation: the observation gives
+//! way, and a cycle scoped to that domain runs before the full one (as an
+//! `allocate` does), so the event is acted on within the debounce instead
+//! of after the rest of the full cycle.
+//!
+//! In-process `test:///default` with a few thousand extra domains (its own
+//! test binary: the driver state is per process).
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use virt::connect::Connect;
+use virtpool::config::Config;
+use virtpool::host::Host;
+use virtpool::libvirt::events;
+use virtpool::libvirt::worker::HvWorker;
+use virtpool::libvirt::Libvirt;
+use virtpool::model::DomainState;
+use virtpool::monitor::{Monitor, Status};
+use virtpool::state::RuntimeState;
+
+const URI: &str = "test:///default";
+const EXTRA: usize = 12_000;
+
+fn config() -> Config {
+    let text = format!(
+        "[agent]\nlibvirt_uri = \"{URI}\"\nstate_dir = \"/nonexistent\"\nmode = \"observe\"\ninterval = \"60s\"\n"
+    );
+    Config::parse(&text, std::path::Path::new("events.toml")).unwrap()
+}
+
+async fn wait_status(
+    rx: &mut tokio::sync::watch::Receiver<Arc<Status>>,
+    within: Duration,
+    f: impl Fn(&Status) -> bool,
+) -> Arc<Status> {
+    let r = tokio::time::timeout(within, rx.wait_for(|s| f(s)))
+        .await
+        .map(|r| r.map(|s| s.clone()));
+    match r {
+        Ok(Ok(s)) => s,
+        _ => panic!(
+            "status not reached within {within:?}: cycle {}",
+            rx.borrow().cycle
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_event_goes_before_a_running_full_observation() {
+    virtpool::libvirt::quiet_errors();
+    events::start_event_loop().unwrap();
+    let other = Connect::open(Some(URI)).unwrap();
+    for i in 0..EXTRA {
+        let d = other
+            .define_domain_xml(&format!(
+                "<domain type='test'><name>x{i}</name><memory unit='MiB'>64</memory>\
+                 <vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>"
+            ))
+            .unwrap();
+        d.create().unwrap();
+    }
+    let test = other.lookup_domain_by_name("test").unwrap();
+    let test_uuid = test.uuid_string().unwrap();
+
+    let (tx, rx) = events::channel();
+    let hv = HvWorker::spawn(Box::new(Libvirt::new(URI).with_events(tx))).unwrap();
+    let (monitor, handle) = Monitor::new(
+        hv,
+        Host::new().unwrap(),
+        config(),
+        RuntimeState::new(),
+        true,
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(monitor.with_events(rx).run(shutdown.clone()));
+    let mut status = handle.status.clone();
+    wait_status(&mut status, Duration::from_secs(60), |s| s.cycle >= 1).await;
+
+    // How long a steady full observation takes here.
+    let st = handle.reconcile(true).await.unwrap();
+    let observe = Duration::from_secs_f64(st.last_cycle.as_ref().unwrap().observe_ms / 1e3);
+    assert_eq!(st.domains.len(), EXTRA + 1);
+    eprintln!(
+        "full observation of {} domains: {observe:?}",
+        st.domains.len()
+    );
+    assert!(
+        observe > Duration::from_millis(150),
+        "too fast to land an event inside it: {observe:?}"
+    );
+
+    // A full cycle; a quarter of an observation later, the domain pauses.
+    let before = st.cycle;
+    handle.reconcile(false).await;
+    tokio::time::sleep(observe / 4).await;
+    let t0 = Instant::now();
+    test.suspend().unwrap();
+    let st = wait_status(&mut status, Duration::from_secs(30), |s| s.cycle > before).await;
+    let took = t0.elapsed();
+    eprintln!(
+        "suspend -> cycle {} after {took:?}: {:?}",
+        st.cycle, st.last_cycle
+    );
+    // The first cycle to finish is the one scoped to the paused domain.
+    assert_eq!(
+        st.last_cycle.as_ref().unwrap().scope.as_deref(),
+        Some(&[test_uuid.clone()][..]),
+        "the full cycle went first"
+    );
+    let seen = st.domains.iter().find(|d| *d.name == *"test").unwrap();
+    assert_eq!(seen.state, DomainState::Paused);
+    // Then the full cycle, whole.
+    let st = wait_status(&mut status, Duration::from_secs(30), |s| {
+        s.cycle > before + 1
+    })
+    .await;
+    assert!(st.last_cycle.as_ref().unwrap().scope.is_none());
+    assert_eq!(st.domains.len(), EXTRA + 1);
+
+    test.resume().unwrap();
+    shutdown.cancel();
+    task.await.unwrap();
+}
