@@ -231,6 +231,20 @@ mod tests {
     }
 
     #[test]
+    fn only_events_the_monitor_acts_on_are_news() {
+        let marks = StaleMarks::default();
+        let seen_by_callbacks = marks.clone();
+        seen_by_callbacks.mark("a");
+        assert!(!marks.take_news(), "a tunable change is not news");
+        seen_by_callbacks.mark_news("b");
+        assert!(marks.take_news());
+        assert!(!marks.take_news(), "taken once");
+        let mut set: Vec<String> = marks.take().into_iter().collect();
+        set.sort();
+        assert_eq!(set, ["a", "b"], "both are stale");
+    }
+
+    #[test]
     fn identity_strings_are_kept_while_they_match() {
         let t0 = Instant::now();
         let mut c = ReadCache::new(Duration::from_secs(300));
