@@ -557,7 +557,7 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
         eprintln!(
             "  round {rep}: (a) {ms:.0} ms, steal {a_steal:.0} %: reads {:.0}, plan {:.1}, writes {:.0} \
              ({:.3} ms each), CPU {a_cpu:.0} ms; c-change {:.0} ms, steal {c_steal:.0} %: writes {:.0} \
-             ({:.3} ms each), CPU {:.0} ms",
+             ({:.3} ms each), CPU {:.0} ms; (b) {:.0} ms, steal {:.0} %; c-rd {:.0} ms, steal {:.0} %",
             c.observe_ms,
             c.plan_ms,
             c.enforce_ms,
@@ -565,7 +565,11 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
             cc[cc.len() - 1],
             cw[cw.len() - 1],
             cw[cw.len() - 1] / writes.max(1) as f64,
-            r[3]
+            r[3],
+            b_st[rep].0,
+            b_st[rep].1,
+            cr_st[rep].0,
+            cr_st[rep].1
         );
         a.push(ms);
     }
