@@ -402,12 +402,18 @@ pub struct Monitor {
     saved_holds: VcpuHolds,
     /// Shared with [`Handle`]: a scoped cycle is waiting.
     preempt: Arc<AtomicBool>,
+    /// Events received and not yet acted on, and when their debounce
+    /// window closes (kept here, not in a future: a cycle asked meanwhile
+    /// takes them along instead of dropping them).
+    event_batch: Vec<HvEvent>,
+    event_deadline: Option<tokio::time::Instant>,
 }
 
-/// The next debounced batch of libvirt events; never ready without a receiver.
-async fn next_events(rx: &mut Option<EventReceiver>) -> Option<Vec<HvEvent>> {
+/// The next libvirt event; never ready without a receiver. Cancel-safe
+/// (an event is either returned or still queued).
+async fn next_event(rx: &mut Option<EventReceiver>) -> Option<HvEvent> {
     match rx {
-        Some(rx) => events::next_batch(rx, events::DEBOUNCE).await,
+        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -520,6 +526,8 @@ impl Monitor {
             holds_dir: opts.holds_dir,
             saved_holds: opts.holds,
             preempt,
+            event_batch: Vec::new(),
+            event_deadline: None,
         };
         (m, handle)
     }
@@ -552,6 +560,7 @@ impl Monitor {
         loop {
             let down = !self.status_tx.borrow().libvirt.connected && self.cycle > 0;
             let retry = backoff(self.failures.saturating_sub(1));
+            let deadline = self.event_deadline;
             let mut replies = Vec::new();
             let mut scope = Scope::All;
             tokio::select! {
@@ -591,13 +600,25 @@ impl Monitor {
                     self.notifier.notify(&[Notice::Watchdog]);
                     continue;
                 }
-                batch = next_events(&mut self.events) => match batch {
-                    Some(b) => {
-                        tracing::debug!(events = ?b, "libvirt event: cycle now");
-                        scope = event_scope(&b);
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
+                    if deadline.is_some() => {
+                    // The debounce window closed: a cycle for these events.
+                    if let Some(s) = self.take_event_scope() {
+                        scope = s;
+                    }
+                }
+                ev = next_event(&mut self.events) => match ev {
+                    Some(e) => {
+                        self.note_event(e);
+                        continue;
                     }
                     None => { self.events = None; continue; }
                 },
+            }
+            // Events waiting join whatever cycle runs now (a full one
+            // covers them).
+            if let Some(s) = self.take_event_scope() {
+                scope = scope.merge(s);
             }
             let st = match self.cycle_inner(scope.clone(), true).await {
                 Some(st) => st,
@@ -641,21 +662,21 @@ impl Monitor {
         }
         // Or a domain event gave the observation pause: its batch (after
         // the usual debounce) joins the scoped cycle.
-        if let Some(rx) = self.events.as_mut().filter(|rx| !rx.is_empty()) {
-            if let Some(Scope::Domains(uuids)) = events::next_batch(rx, events::DEBOUNCE)
-                .await
-                .map(|b| event_scope(&b))
-            {
-                tracing::debug!(
-                    domains = uuids.len(),
-                    "domain events go before the full cycle"
-                );
-                let s = Scope::Domains(uuids);
-                scoped = Some(match scoped {
-                    Some(f) => f.merge(s),
-                    None => s,
-                });
-            }
+        self.drain_events();
+        if let Some(deadline) = self.event_deadline {
+            tokio::time::sleep_until(deadline).await;
+            self.drain_events();
+        }
+        if let Some(Scope::Domains(uuids)) = self.take_event_scope() {
+            tracing::debug!(
+                domains = uuids.len(),
+                "domain events go before the full cycle"
+            );
+            let s = Scope::Domains(uuids);
+            scoped = Some(match scoped {
+                Some(f) => f.merge(s),
+                None => s,
+            });
         }
         if let Some(s) = scoped {
             tracing::debug!(
@@ -677,6 +698,39 @@ impl Monitor {
             let _ = r.send(st.clone());
         }
         st
+    }
+
+    /// Adds a received event to the batch; the first opens the debounce
+    /// window.
+    fn note_event(&mut self, e: HvEvent) {
+        if self.event_batch.is_empty() {
+            self.event_deadline = Some(tokio::time::Instant::now() + events::DEBOUNCE);
+        }
+        self.event_batch.push(e);
+    }
+
+    /// Moves the events already queued into the batch.
+    fn drain_events(&mut self) {
+        let mut got = Vec::new();
+        if let Some(rx) = self.events.as_mut() {
+            while let Ok(e) = rx.try_recv() {
+                got.push(e);
+            }
+        }
+        for e in got {
+            self.note_event(e);
+        }
+    }
+
+    /// The scope of the events waiting, if any (and forgets them).
+    fn take_event_scope(&mut self) -> Option<Scope> {
+        self.event_deadline = None;
+        if self.event_batch.is_empty() {
+            return None;
+        }
+        let batch = std::mem::take(&mut self.event_batch);
+        tracing::debug!(events = ?batch, "libvirt event: cycle now");
+        Some(event_scope(&batch))
     }
 
     /// Takes a reload outcome, restarts `tick` on a new interval, acks.

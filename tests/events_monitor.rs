@@ -202,3 +202,54 @@ async fn an_event_runs_a_cycle_within_a_second_despite_a_60s_interval() {
     drop(d);
     drop(c);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_not_lost_when_a_scoped_request_arrives_in_its_debounce() {
+    let _g = setup().await;
+    let (c, d) = other();
+    let b = c
+        .define_domain_xml(
+            "<domain type='test'><name>evb</name><memory unit='MiB'>64</memory>\
+             <vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>",
+        )
+        .unwrap();
+    b.create().unwrap();
+    let b_uuid = b.uuid_string().unwrap();
+
+    let (tx, rx) = events::channel();
+    let hv = HvWorker::spawn(Box::new(Libvirt::new(URI).with_events(tx))).unwrap();
+    let (monitor, handle) = Monitor::new(
+        hv,
+        Host::new().unwrap(),
+        config("60s"),
+        RuntimeState::new(),
+        true,
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(monitor.with_events(rx).run(shutdown.clone()));
+    let mut status = handle.status.clone();
+    let st = wait_status(&mut status, Duration::from_secs(5), |s| s.cycle >= 1).await;
+    assert_eq!(state_of(&st, "test"), Some(DomainState::Running));
+
+    // `test` pauses; inside the event's debounce window, a cycle scoped to
+    // the other domain is asked for (an allocate would do that).
+    d.suspend().unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    handle
+        .reconcile_scope(virtpool::monitor::Scope::Domains(vec![b_uuid]), false)
+        .await;
+    // The pause is seen by the next cycles, not at the next 60 s tick.
+    let st = wait_status(&mut status, Duration::from_secs(2), |s| {
+        state_of(s, "test") == Some(DomainState::Paused)
+    })
+    .await;
+    eprintln!("pause seen in cycle {}: {:?}", st.cycle, st.last_cycle);
+
+    shutdown.cancel();
+    task.await.unwrap();
+    d.resume().unwrap();
+    b.destroy().unwrap();
+    b.undefine().unwrap();
+    drop(d);
+    drop(c);
+}

@@ -16,9 +16,10 @@
 //!   name and UUID out of the object libvirt passes (no driver call, no
 //!   RPC) and push an [`HvEvent`] into an unbounded channel: they never
 //!   block and never call back into libvirt.
-//! - The monitor waits on the receiver with [`next_batch`]: the first event
-//!   opens a [`DEBOUNCE`] window, everything arriving in it is taken too,
-//!   and one cycle runs for the batch.
+//! - The monitor takes events from the receiver as they come: the first
+//!   opens a [`DEBOUNCE`] window, everything arriving in it joins the batch,
+//!   and one cycle runs for the batch when the window closes — or sooner,
+//!   when another cycle runs first: the batch then joins that cycle.
 
 use std::os::raw::c_int;
 use std::sync::OnceLock;
@@ -336,27 +337,6 @@ impl Registration {
     }
 }
 
-/// Waits for the next event, then keeps taking events for `window` after
-/// it; returns them all (at least one), or `None` once every sender is
-/// gone. Cancel-safe in the sense the monitor needs: if dropped mid-window
-/// the events taken so far are lost, which is fine because whatever
-/// cancelled it runs a cycle too.
-pub async fn next_batch(rx: &mut EventReceiver, window: Duration) -> Option<Vec<HvEvent>> {
-    let first = rx.recv().await?;
-    let mut batch = vec![first];
-    let deadline = tokio::time::Instant::now() + window;
-    loop {
-        tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(ev) => batch.push(ev),
-                None => break,
-            },
-            _ = tokio::time::sleep_until(deadline) => break,
-        }
-    }
-    Some(batch)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,36 +351,5 @@ mod tests {
         assert_eq!(CloseReason::from_code(1), CloseReason::Eof);
         assert_eq!(CloseReason::from_code(2), CloseReason::Keepalive);
         assert_eq!(CloseReason::from_code(7), CloseReason::Other(7));
-    }
-
-    fn ev(name: &str) -> HvEvent {
-        HvEvent::Domain(DomainEvent {
-            uuid: String::new(),
-            name: name.into(),
-            kind: LifecycleKind::Started,
-            detail: 0,
-        })
-    }
-
-    #[tokio::test]
-    async fn events_within_the_window_make_one_batch() {
-        let (tx, mut rx) = channel();
-        tx.send(ev("a")).expect("open");
-        let t = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            tx.send(ev("b")).expect("open");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            tx.send(ev("c")).expect("open");
-            tokio::time::sleep(Duration::from_millis(900)).await;
-            tx.send(ev("late")).expect("open");
-            tx
-        });
-        let b = next_batch(&mut rx, DEBOUNCE).await.expect("batch");
-        assert_eq!(b, vec![ev("a"), ev("b"), ev("c")]);
-        let tx = t.await.expect("task");
-        let b = next_batch(&mut rx, DEBOUNCE).await.expect("batch");
-        assert_eq!(b, vec![ev("late")]);
-        drop(tx);
-        assert_eq!(next_batch(&mut rx, DEBOUNCE).await, None);
     }
 }
