@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -15,33 +14,15 @@ use virtpool::libvirt::events::{self, CloseReason, HvEvent};
 use virtpool::libvirt::worker::HvWorker;
 use virtpool::libvirt::{Hypervisor, Libvirt};
 use virtpool::model::DomainState;
-use virtpool::monitor::{Monitor, Status};
+use virtpool::monitor::Monitor;
 use virtpool::state::RuntimeState;
 
 #[path = "common/libvirtd.rs"]
 mod libvirtd;
 use libvirtd::{available, start_events as setup, suspend_from_outside, Daemon};
-
-async fn wait_status(
-    rx: &mut tokio::sync::watch::Receiver<Arc<Status>>,
-    within: Duration,
-    f: impl Fn(&Status) -> bool,
-) -> Arc<Status> {
-    let r = tokio::time::timeout(within, rx.wait_for(|s| f(s)))
-        .await
-        .map(|r| r.map(|s| s.clone()));
-    match r {
-        Ok(Ok(s)) => s,
-        _ => panic!("status not reached within {within:?}: {:?}", rx.borrow()),
-    }
-}
-
-fn state_of(st: &Status, name: &str) -> Option<DomainState> {
-    st.domains
-        .iter()
-        .find(|d| *d.name == *name)
-        .map(|d| d.state)
-}
+#[path = "common/status.rs"]
+mod status;
+use status::{state_of, wait_status};
 
 /// The adapter alone: the daemon's death fires the close callback (EOF).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,20 +5,17 @@
 //! The tests share that one driver state, so they run one at a time.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
 use virt::connect::Connect;
 use virt::domain::Domain;
-use virtpool::config::Config;
-use virtpool::host::Host;
 use virtpool::libvirt::events::{self, DomainEvent, EventReceiver, HvEvent, LifecycleKind};
-use virtpool::libvirt::worker::HvWorker;
 use virtpool::libvirt::{Hypervisor, Libvirt};
 use virtpool::model::DomainState;
-use virtpool::monitor::{Monitor, Status};
-use virtpool::state::RuntimeState;
+
+#[path = "common/status.rs"]
+mod status;
+use status::{run_observer, state_of, wait_status};
 
 const URI: &str = "test:///default";
 
@@ -116,50 +113,11 @@ async fn reconnect_reregisters_once_and_drop_releases_the_callbacks() {
     drop(c);
 }
 
-fn config(interval: &str) -> Config {
-    let text = format!(
-        "[agent]\nlibvirt_uri = \"{URI}\"\nstate_dir = \"/nonexistent\"\nmode = \"observe\"\ninterval = \"{interval}\"\n"
-    );
-    Config::parse(&text, std::path::Path::new("events.toml")).unwrap()
-}
-
-/// Waits until the published status satisfies `f`.
-async fn wait_status(
-    rx: &mut tokio::sync::watch::Receiver<Arc<Status>>,
-    within: Duration,
-    f: impl Fn(&Status) -> bool,
-) -> Arc<Status> {
-    let r = tokio::time::timeout(within, rx.wait_for(|s| f(s)))
-        .await
-        .map(|r| r.map(|s| s.clone()));
-    match r {
-        Ok(Ok(s)) => s,
-        _ => panic!("status not reached within {within:?}: {:?}", rx.borrow()),
-    }
-}
-
-fn state_of(st: &Status, name: &str) -> Option<DomainState> {
-    st.domains
-        .iter()
-        .find(|d| *d.name == *name)
-        .map(|d| d.state)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_runs_a_cycle_within_a_second_despite_a_60s_interval() {
     let _g = setup().await;
-    let (tx, rx) = events::channel();
-    let hv = HvWorker::spawn(Box::new(Libvirt::new(URI).with_events(tx))).unwrap();
-    let (monitor, handle) = Monitor::new(
-        hv,
-        Host::new().unwrap(),
-        config("60s"),
-        RuntimeState::new(),
-        true,
-    );
-    let monitor = monitor.with_events(rx);
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(monitor.run(shutdown.clone()));
+    let agent = run_observer(URI);
+    let handle = &agent.handle;
     let mut status = handle.status.clone();
 
     // The first tick is immediate.
@@ -197,8 +155,7 @@ async fn an_event_runs_a_cycle_within_a_second_despite_a_60s_interval() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(handle.status().cycle, 3, "the burst ran one cycle");
 
-    shutdown.cancel();
-    task.await.unwrap();
+    agent.stop().await;
     drop(d);
     drop(c);
 }
@@ -216,17 +173,8 @@ async fn an_event_is_not_lost_when_a_scoped_request_arrives_in_its_debounce() {
     b.create().unwrap();
     let b_uuid = b.uuid_string().unwrap();
 
-    let (tx, rx) = events::channel();
-    let hv = HvWorker::spawn(Box::new(Libvirt::new(URI).with_events(tx))).unwrap();
-    let (monitor, handle) = Monitor::new(
-        hv,
-        Host::new().unwrap(),
-        config("60s"),
-        RuntimeState::new(),
-        true,
-    );
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(monitor.with_events(rx).run(shutdown.clone()));
+    let agent = run_observer(URI);
+    let handle = &agent.handle;
     let mut status = handle.status.clone();
     let st = wait_status(&mut status, Duration::from_secs(5), |s| s.cycle >= 1).await;
     assert_eq!(state_of(&st, "test"), Some(DomainState::Running));
@@ -245,8 +193,7 @@ async fn an_event_is_not_lost_when_a_scoped_request_arrives_in_its_debounce() {
     .await;
     eprintln!("pause seen in cycle {}: {:?}", st.cycle, st.last_cycle);
 
-    shutdown.cancel();
-    task.await.unwrap();
+    agent.stop().await;
     d.resume().unwrap();
     b.destroy().unwrap();
     b.undefine().unwrap();

@@ -7,46 +7,18 @@
 //! test binary: the driver state is per process).
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
 use virt::connect::Connect;
-use virtpool::config::Config;
-use virtpool::host::Host;
 use virtpool::libvirt::events;
-use virtpool::libvirt::worker::HvWorker;
-use virtpool::libvirt::Libvirt;
 use virtpool::model::DomainState;
-use virtpool::monitor::{Monitor, Status};
-use virtpool::state::RuntimeState;
+
+#[path = "common/status.rs"]
+mod status;
+use status::{run_observer, wait_status};
 
 const URI: &str = "test:///default";
 const EXTRA: usize = 12_000;
-
-fn config() -> Config {
-    let text = format!(
-        "[agent]\nlibvirt_uri = \"{URI}\"\nstate_dir = \"/nonexistent\"\nmode = \"observe\"\ninterval = \"60s\"\n"
-    );
-    Config::parse(&text, std::path::Path::new("events.toml")).unwrap()
-}
-
-async fn wait_status(
-    rx: &mut tokio::sync::watch::Receiver<Arc<Status>>,
-    within: Duration,
-    f: impl Fn(&Status) -> bool,
-) -> Arc<Status> {
-    let r = tokio::time::timeout(within, rx.wait_for(|s| f(s)))
-        .await
-        .map(|r| r.map(|s| s.clone()));
-    match r {
-        Ok(Ok(s)) => s,
-        _ => panic!(
-            "status not reached within {within:?}: cycle {}",
-            rx.borrow().cycle
-        ),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_domain_event_goes_before_a_running_full_observation() {
@@ -65,17 +37,8 @@ async fn a_domain_event_goes_before_a_running_full_observation() {
     let test = other.lookup_domain_by_name("test").unwrap();
     let test_uuid = test.uuid_string().unwrap();
 
-    let (tx, rx) = events::channel();
-    let hv = HvWorker::spawn(Box::new(Libvirt::new(URI).with_events(tx))).unwrap();
-    let (monitor, handle) = Monitor::new(
-        hv,
-        Host::new().unwrap(),
-        config(),
-        RuntimeState::new(),
-        true,
-    );
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(monitor.with_events(rx).run(shutdown.clone()));
+    let agent = run_observer(URI);
+    let handle = &agent.handle;
     let mut status = handle.status.clone();
     wait_status(&mut status, Duration::from_secs(60), |s| s.cycle >= 1).await;
 
@@ -121,6 +84,5 @@ async fn a_domain_event_goes_before_a_running_full_observation() {
     assert_eq!(st.domains.len(), EXTRA + 1);
 
     test.resume().unwrap();
-    shutdown.cancel();
-    task.await.unwrap();
+    agent.stop().await;
 }
