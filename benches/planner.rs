@@ -16,6 +16,12 @@
 //! counts is the planning alone); `PLANNER_BENCH_CYCLES=10` plans the steady
 //! state (the host after 10 applied cycles) instead of the first cycle.
 //!
+//! The summary also times a floor pass alongside the plans (`floor_pass`:
+//! read every domain, order by UUID, build and drop one member record per
+//! domain, no rules) and prints plan/floor, a ratio that holds across
+//! machines of different speed; `PLANNER_BENCH_ONCE` runs it once per size
+//! after the plans, for `--toggle-collect='planner::floor_pass*'`.
+//!
 //! `PLANNER_BENCH_DUMP=DIR` writes each size's plan as JSON (first cycle,
 //! then after 3 cycles) to `DIR/plan-N.json` and exits: two builds of the
 //! planner must write the same bytes.
@@ -24,10 +30,12 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Instant;
 use virtpool::config::{Config, Limits, MemoryPolicy};
-use virtpool::membership::Membership;
-use virtpool::model::{DomainState, IoTune, Resource, Snapshot};
+use virtpool::membership::{Membership, Via};
+use virtpool::model::{DomainState, IoTune, PerResource, Reason, Resource, Snapshot};
 use virtpool::planner::testing::{self as t, GIB, MIB};
-use virtpool::planner::{plan, plan_with, History, Outcome, PlanInput, Reservations};
+use virtpool::planner::{
+    plan, plan_with, Alloc, History, MemberPlan, Outcome, PlanInput, Reservations,
+};
 
 const POOLS: usize = 10;
 const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
@@ -252,7 +260,10 @@ fn main() {
             for _ in 0..repeat {
                 actions = plan_once(f, &m);
             }
-            println!("{n} domains: {actions} actions");
+            // The baseline of the summary, once, for
+            // `--toggle-collect='planner::floor_pass*'`.
+            let records = floor_pass(f);
+            println!("{n} domains: {actions} actions; floor pass: {records} records");
         }
         return;
     }
@@ -297,6 +308,70 @@ fn main() {
     }
 }
 
+/// The floor under any plan of this host, as a baseline measured in the
+/// same run: read what a plan reads of every domain (its amounts, guest
+/// memory, disks' limits), put the domains in UUID order (a plan does not
+/// depend on the listing order) and build, then drop, one member record
+/// per domain with its name and UUID. No pools, no rules, no actions.
+#[inline(never)]
+fn floor_pass(f: &Fixture) -> usize {
+    let doms = &f.snapshot.domains;
+    let key = |s: &str| {
+        let mut b = [0u8; 8];
+        let n = s.len().min(8);
+        b[..n].copy_from_slice(&s.as_bytes()[..n]);
+        u64::from_be_bytes(b)
+    };
+    let mut order: Vec<(u64, usize)> = doms
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (key(&d.uuid), i))
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| doms[a.1].uuid.cmp(&doms[b.1].uuid))
+    });
+    let one = |actual: u64, used: Option<u64>| Alloc {
+        floor: 0,
+        cap: actual,
+        shares: 1000,
+        target: actual,
+        next: actual,
+        actual,
+        used,
+        reason: Reason::Share,
+        target_reason: Reason::Share,
+    };
+    let members: Vec<MemberPlan> = order
+        .iter()
+        .map(|&(_, i)| {
+            let d = &doms[i];
+            let (mut bytes, mut iops) = (0u64, 0u64);
+            for t in d.disks.iter().filter_map(|x| x.iotune) {
+                bytes = bytes.saturating_add(t.total_bytes_sec);
+                iops = iops.saturating_add(t.total_iops_sec);
+            }
+            let used = d.balloon.and_then(|b| b.used());
+            MemberPlan {
+                name: d.name.clone(),
+                uuid: d.uuid.clone(),
+                state: d.state,
+                via: Via::Match,
+                admitted: d.state.is_active(),
+                note: None,
+                alloc: PerResource {
+                    vcpus: Some(one(d.vcpus, None)),
+                    memory: Some(one(d.memory, used)),
+                    disk_bytes_sec: Some(one(bytes, None)),
+                    disk_iops_sec: Some(one(iops, None)),
+                },
+            }
+        })
+        .collect();
+    black_box(&members);
+    members.len()
+}
+
 fn summary(n: usize, label: &str, f: &Fixture) {
     let runs = if n >= 100_000 { 5 } else { 20 };
     let (mut wall, mut cpu) = (f64::MAX, f64::MAX);
@@ -325,9 +400,24 @@ fn summary(n: usize, label: &str, f: &Fixture) {
         black_box(k);
         member_cpu = member_cpu.min(thread_cpu_secs() - c0);
     }
+    // The floor (see `floor_pass`), alternated with plans so that both
+    // see the same machine: the ratio is what planning adds to touching
+    // the host's data and writing a plan-sized answer.
+    let (mut floor_cpu, mut plan_cpu) = (f64::MAX, f64::MAX);
+    for _ in 0..runs {
+        let c0 = thread_cpu_secs();
+        black_box(floor_pass(black_box(f)));
+        floor_cpu = floor_cpu.min(thread_cpu_secs() - c0);
+        let c0 = thread_cpu_secs();
+        drop(black_box(plan_with(black_box(&input(f)), &m)));
+        plan_cpu = plan_cpu.min(thread_cpu_secs() - c0);
+    }
     println!(
-        "  {n:>7} domains, {label:<15}: membership alone {:>5.0} ns/domain (cpu)",
-        member_cpu * 1e9 / n as f64
+        "  {n:>7} domains, {label:<15}: membership alone {:>5.0} ns/domain (cpu); floor {:>6.0} ns/domain, plan {:>6.0} ns/domain alongside: plan/floor {:.2}",
+        member_cpu * 1e9 / n as f64,
+        floor_cpu * 1e9 / n as f64,
+        plan_cpu * 1e9 / n as f64,
+        plan_cpu / floor_cpu
     );
     println!(
         "  {n:>7} domains, {label:<15}: wall {:>9.3} ms {:>6.0} ns/domain | cpu {:>9.3} ms {:>6.0} ns/domain  ({actions} actions, {faults} page faults)",
