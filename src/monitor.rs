@@ -615,14 +615,21 @@ impl Monitor {
                     None => { self.events = None; continue; }
                 },
             }
-            // Events waiting join whatever cycle runs now (a full one
-            // covers them).
-            if let Some(s) = self.take_event_scope() {
-                scope = scope.merge(s);
-            }
-            let st = match self.cycle_inner(scope.clone(), true).await {
-                Some(st) => st,
-                None => self.after_preemption(scope, &mut tick).await,
+            // A full cycle due while domain events wait (a tick or a
+            // request inside their debounce window): their domains go
+            // first, in a cycle of their own, as when they interrupt a
+            // full observation. Otherwise events waiting join whatever
+            // cycle runs now.
+            let st = if matches!(scope, Scope::All) && self.events_go_first() {
+                self.after_preemption(scope, &mut tick).await
+            } else {
+                if let Some(s) = self.take_event_scope() {
+                    scope = scope.merge(s);
+                }
+                match self.cycle_inner(scope.clone(), true).await {
+                    Some(st) => st,
+                    None => self.after_preemption(scope, &mut tick).await,
+                }
             };
             for r in replies {
                 let _ = r.send(st.clone());
@@ -811,18 +818,38 @@ impl Monitor {
         if uuids.is_empty() || self.last_full.as_ref() != Some(effective) {
             return None;
         }
-        let prev = self.status_tx.borrow();
-        if !prev.libvirt.connected || prev.plan.is_none() || prev.paused != paused {
+        if self.status_tx.borrow().paused != paused {
             return None;
+        }
+        self.scopable(&uuids).then_some(uuids)
+    }
+
+    /// Whether a cycle scoped to `uuids` can run on the last published
+    /// status: libvirt connected, a plan made, and the domains few enough
+    /// (see [`scoped_limit`]) and all in the last observation.
+    fn scopable(&self, uuids: &[String]) -> bool {
+        let prev = self.status_tx.borrow();
+        if !prev.libvirt.connected || prev.plan.is_none() {
+            return false;
         }
         if uuids.len() > scoped_limit(prev.domains.len()) {
-            return None;
+            return false;
         }
         let known: HashSet<&str> = prev.domains.iter().map(|d| &*d.uuid).collect();
-        uuids
-            .iter()
-            .all(|u| known.contains(u.as_str()))
-            .then_some(uuids)
+        uuids.iter().all(|u| known.contains(u.as_str()))
+    }
+
+    /// Whether the domain events waiting (queued or in their debounce
+    /// window) call for a cycle of their own before a full one.
+    fn events_go_first(&mut self) -> bool {
+        self.drain_events();
+        if self.event_batch.is_empty() {
+            return false;
+        }
+        match event_scope(&self.event_batch) {
+            Scope::Domains(uuids) => self.scopable(&uuids),
+            Scope::All => false,
+        }
     }
 
     /// Re-observes the scoped domains and puts them into the last published

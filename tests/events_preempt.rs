@@ -1,7 +1,8 @@
 //! A domain event during a long full observation: the observation gives
 //! way, and a cycle scoped to that domain runs before the full one (as an
 //! `allocate` does), so the event is acted on within the debounce instead
-//! of after the rest of the full cycle.
+//! of after the rest of the full cycle. The same holds for a full cycle
+//! that starts while an event waits in its debounce window.
 //!
 //! In-process `test:///default` with a few thousand extra domains (its own
 //! test binary: the driver state is per process).
@@ -15,7 +16,7 @@ use virtpool::model::DomainState;
 
 #[path = "common/status.rs"]
 mod status;
-use status::{run_observer, wait_status};
+use status::{run_observer, state_of, wait_status};
 
 const URI: &str = "test:///default";
 const EXTRA: usize = 12_000;
@@ -76,6 +77,31 @@ async fn a_domain_event_goes_before_a_running_full_observation() {
     let seen = st.domains.iter().find(|d| *d.name == *"test").unwrap();
     assert_eq!(seen.state, DomainState::Paused);
     // Then the full cycle, whole.
+    let st = wait_status(&mut status, Duration::from_secs(30), |s| {
+        s.cycle > before + 1
+    })
+    .await;
+    assert!(st.last_cycle.as_ref().unwrap().scope.is_none());
+    assert_eq!(st.domains.len(), EXTRA + 1);
+
+    // A full cycle asked for inside an event's debounce window (as a
+    // periodic tick can be): the event's domain still goes first.
+    test.resume().unwrap();
+    let st = wait_status(&mut status, Duration::from_secs(30), |s| {
+        state_of(s, "test") == Some(DomainState::Running)
+    })
+    .await;
+    let before = st.cycle;
+    test.suspend().unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    handle.reconcile(false).await;
+    let st = wait_status(&mut status, Duration::from_secs(30), |s| s.cycle > before).await;
+    assert_eq!(
+        st.last_cycle.as_ref().unwrap().scope.as_deref(),
+        Some(&[test_uuid.clone()][..]),
+        "the full cycle asked in the debounce window went first"
+    );
+    assert_eq!(state_of(&st, "test"), Some(DomainState::Paused));
     let st = wait_status(&mut status, Duration::from_secs(30), |s| {
         s.cycle > before + 1
     })
