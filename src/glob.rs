@@ -28,10 +28,56 @@ pub struct Glob {
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Exact(String),
-    Prefix(String),
+    Exact(Literal),
+    Prefix(Literal),
     /// One token list per alternative.
     Tokens(Vec<Vec<Token>>),
+}
+
+/// A literal pattern (or prefix) with its first bytes as a word: a name
+/// whose [`head_word`] differs under `mask` is rejected with one compare,
+/// before any string comparison (a membership pass tries every pool's
+/// globs on every domain name, most of them failing).
+#[derive(Debug, Clone)]
+struct Literal {
+    text: String,
+    head: u64,
+    mask: u64,
+}
+
+impl Literal {
+    fn new(text: String) -> Literal {
+        let n = text.len().min(8);
+        let mask = match n {
+            0 => 0,
+            8 => u64::MAX,
+            n => !(u64::MAX >> (8 * n)),
+        };
+        Literal {
+            head: head_word(&text) & mask,
+            mask,
+            text,
+        }
+    }
+
+    /// Whether a name whose [`head_word`] is `word` may start with the
+    /// literal: false means it surely does not.
+    fn may_start(&self, word: u64) -> bool {
+        word & self.mask == self.head
+    }
+}
+
+/// The first 8 bytes of `s` as a big-endian word, zero-padded.
+pub(crate) fn head_word(s: &str) -> u64 {
+    let b = s.as_bytes();
+    match b.first_chunk::<8>() {
+        Some(h) => u64::from_be_bytes(*h),
+        None => {
+            let mut h = [0u8; 8];
+            h[..b.len()].copy_from_slice(b);
+            u64::from_be_bytes(h)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,9 +128,15 @@ impl Glob {
 
     /// Whether the whole of `name` matches.
     pub fn is_match(&self, name: &str) -> bool {
+        self.is_match_word(name, head_word(name))
+    }
+
+    /// [`Glob::is_match`] with the name's [`head_word`] computed by the
+    /// caller (once per name for many globs).
+    pub(crate) fn is_match_word(&self, name: &str, word: u64) -> bool {
         match &self.kind {
-            Kind::Exact(s) => name == s,
-            Kind::Prefix(p) => name.starts_with(p.as_str()),
+            Kind::Exact(l) => l.may_start(word) && name == l.text,
+            Kind::Prefix(l) => l.may_start(word) && name.starts_with(l.text.as_str()),
             Kind::Tokens(alts) => alts.iter().any(|t| matches(t, name)),
         }
     }
@@ -108,9 +160,9 @@ fn simplify(mut alts: Vec<Vec<Token>>) -> Kind {
             .collect();
         if let Some(s) = literal {
             return if star {
-                Kind::Prefix(s)
+                Kind::Prefix(Literal::new(s))
             } else {
-                Kind::Exact(s)
+                Kind::Exact(Literal::new(s))
             };
         }
     }
@@ -434,6 +486,23 @@ mod tests {
                 // Refused here on purpose: a mistake, not a pattern.
                 (Err(e), _) if e.reason.starts_with("too many") || e.reason.starts_with("'{}'") => {}
                 (o, t) => prop_assert!(false, "pattern {:?}: ours {:?}, globset {:?}", p, o.err(), t.err()),
+            }
+        }
+
+        /// Literal patterns and prefixes (compared as strings after the
+        /// first-word check): the same answers as `==` and `starts_with`,
+        /// for names shorter and longer than a word, sharing the first
+        /// bytes or not, with multi-byte characters.
+        #[test]
+        fn literals_agree_with_string_comparison(
+            lit in "[ab\\-é]{0,10}",
+            names in proptest::collection::vec("[ab\\-é]{0,12}", 1..8),
+        ) {
+            let exact = Glob::new(&lit).unwrap();
+            let prefix = Glob::new(&format!("{lit}*")).unwrap();
+            for n in names.iter().map(String::as_str).chain([lit.as_str(), &format!("{lit}x")]) {
+                prop_assert_eq!(exact.is_match(n), n == lit, "pattern {:?} name {:?}", lit, n);
+                prop_assert_eq!(prefix.is_match(n), n.starts_with(lit.as_str()), "pattern {:?}* name {:?}", lit, n);
             }
         }
     }

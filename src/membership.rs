@@ -99,9 +99,10 @@ impl Membership {
                 return Some((k, Via::Metadata));
             }
         }
+        let word = crate::glob::head_word(&d.name);
         self.globs
             .iter()
-            .find(|(g, _)| g.is_match(&d.name))
+            .find(|(g, _)| g.is_match_word(&d.name, word))
             .map(|&(_, k)| (k, Via::Match))
     }
 }
