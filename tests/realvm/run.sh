@@ -114,6 +114,15 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     -o DPkg::Lock::Timeout=600 $missing >>"$R/apt.log" 2>&1 || { tail -20 "$R/apt.log"; die "apt-get install$missing"; }
 fi
+# A qemu-utils of another release (a backport) that was already there is
+# removed by apt when it installs this release's QEMU: put this release's
+# back, its qemu-img makes the guest's disk below.
+if ! command -v qemu-img >/dev/null; then
+  echo "    installing: qemu-utils (qemu-img is missing)"
+  ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -q >>"$R/apt.log" 2>&1
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    -o DPkg::Lock::Timeout=600 qemu-utils >>"$R/apt.log" 2>&1 || { tail -20 "$R/apt.log"; die "apt-get install qemu-utils"; }
+fi
 dpkg-query -W -f='    ${Package} ${Version}\n' qemu-system-x86 libvirt-daemon
 T_PACKAGES=$(since "$T")
 
