@@ -636,6 +636,62 @@ async fn waits_for_a_stuck_cycle_end_at_the_wait_limit() {
     a.stop().await;
 }
 
+/// A pool paused through the API shows as paused at once, before any cycle
+/// plans it (`virtpoolctl pause web; virtpoolctl pool show web`); a resume
+/// shows with the next cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_shows_in_the_pool_views_before_the_next_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Agent::standard(dir.path()).await;
+    let web_paused = |v: &serde_json::Value| -> bool {
+        let pools = get(v, "/pools").as_array().unwrap();
+        let web = pools.iter().find(|p| p["name"] == "web").unwrap();
+        web["paused"].as_bool().unwrap()
+    };
+    assert!(!web_paused(&a.call("GET", "/v1/pools", None).await.1));
+    // No cycle can finish from here on.
+    a.hv.set_stall(true);
+    let before = a.handle.status().cycle;
+    let (code, v) = a.call("POST", "/v1/pools/web/pause", None).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        get(&a.call("GET", "/v1/pools/web", None).await.1, "/paused"),
+        &json!(true)
+    );
+    assert!(web_paused(&a.call("GET", "/v1/pools", None).await.1));
+    assert!(web_paused(
+        &a.call("GET", "/v1/pools?members=false", None).await.1
+    ));
+    assert_eq!(
+        a.handle.status().cycle,
+        before,
+        "a cycle ran: the test shows nothing"
+    );
+    // Planned by a cycle: paused in the plan too.
+    a.hv.set_stall(false);
+    let (code, v) = a.call("POST", "/v1/reconcile?wait=true", None).await;
+    assert_eq!(code, 200, "{v}");
+    let plan = a.handle.status().plan.clone().unwrap();
+    assert!(plan.pools.iter().any(|p| p.name == "web" && p.paused));
+    // Resumed while no cycle can run: paused until a cycle plans the
+    // resume (nothing touches the members before it either).
+    a.hv.set_stall(true);
+    let (code, _) = a.call("POST", "/v1/pools/web/resume", None).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        get(&a.call("GET", "/v1/pools/web", None).await.1, "/paused"),
+        &json!(true)
+    );
+    a.hv.set_stall(false);
+    let (code, v) = a.call("POST", "/v1/reconcile?wait=true", None).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        get(&a.call("GET", "/v1/pools/web", None).await.1, "/paused"),
+        &json!(false)
+    );
+    a.stop().await;
+}
+
 /// A scoped change does not wait for a full cycle that is observing, nor
 /// for full requests queued behind it: the full observation gives way, the
 /// scoped cycle runs, then the full cycle answers the full requests.

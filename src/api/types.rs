@@ -172,6 +172,8 @@ pub enum PoolSource {
 pub struct PoolView {
     pub name: String,
     pub source: PoolSource,
+    /// Its members are left untouched: paused in the config file, or
+    /// through the API (shown at once, before the next cycle).
     pub paused: bool,
     /// `None` for resources the pool does not manage.
     #[serde(with = "sparse")]

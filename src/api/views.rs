@@ -80,7 +80,11 @@ fn pool_view_with(p: &PoolPlan, rt: &RuntimeState, members: bool) -> PoolView {
         } else {
             PoolSource::Config
         },
-        paused: p.paused,
+        // A pause asked through the API shows at once: from then on the
+        // members are left untouched, even before a cycle plans it. (A
+        // resume shows with the next cycle: until then nothing touches
+        // them either.)
+        paused: p.paused || rt.paused_pools.contains(&p.name),
         budget: p.budget,
         allocated: p.allocated,
         free: PerResource::from_fn(|r| p.free(r)),
