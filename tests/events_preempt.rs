@@ -62,27 +62,13 @@ async fn a_domain_event_goes_before_a_running_full_observation() {
     tokio::time::sleep(observe / 4).await;
     let t0 = Instant::now();
     test.suspend().unwrap();
-    let st = wait_status(&mut status, Duration::from_secs(30), |s| s.cycle > before).await;
-    let took = t0.elapsed();
+    let st = scoped_then_full(&mut status, before, &test_uuid, "the full cycle went first").await;
     eprintln!(
-        "suspend -> cycle {} after {took:?}: {:?}",
-        st.cycle, st.last_cycle
+        "suspend -> scoped cycle {}, full one finished {:?} after the suspend: {:?}",
+        st.cycle,
+        t0.elapsed(),
+        st.last_cycle
     );
-    // The first cycle to finish is the one scoped to the paused domain.
-    assert_eq!(
-        st.last_cycle.as_ref().unwrap().scope.as_deref(),
-        Some(&[test_uuid.clone()][..]),
-        "the full cycle went first"
-    );
-    let seen = st.domains.iter().find(|d| *d.name == *"test").unwrap();
-    assert_eq!(seen.state, DomainState::Paused);
-    // Then the full cycle, whole.
-    let st = wait_status(&mut status, Duration::from_secs(30), |s| {
-        s.cycle > before + 1
-    })
-    .await;
-    assert!(st.last_cycle.as_ref().unwrap().scope.is_none());
-    assert_eq!(st.domains.len(), EXTRA + 1);
 
     // A full cycle asked for inside an event's debounce window (as a
     // periodic tick can be): the event's domain still goes first.
@@ -95,20 +81,36 @@ async fn a_domain_event_goes_before_a_running_full_observation() {
     test.suspend().unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     handle.reconcile(false).await;
-    let st = wait_status(&mut status, Duration::from_secs(30), |s| s.cycle > before).await;
-    assert_eq!(
-        st.last_cycle.as_ref().unwrap().scope.as_deref(),
-        Some(&[test_uuid.clone()][..]),
-        "the full cycle asked in the debounce window went first"
-    );
-    assert_eq!(state_of(&st, "test"), Some(DomainState::Paused));
-    let st = wait_status(&mut status, Duration::from_secs(30), |s| {
-        s.cycle > before + 1
-    })
+    scoped_then_full(
+        &mut status,
+        before,
+        &test_uuid,
+        "the full cycle asked in the debounce window went first",
+    )
     .await;
-    assert!(st.last_cycle.as_ref().unwrap().scope.is_none());
-    assert_eq!(st.domains.len(), EXTRA + 1);
 
     test.resume().unwrap();
     agent.stop().await;
+}
+
+/// After cycle `before`: the first cycle to finish is the one scoped to the
+/// paused domain `uuid` (else fails with `why`), showing it paused; then
+/// the full cycle, whole. Returns the scoped cycle's status.
+async fn scoped_then_full(
+    status: &mut tokio::sync::watch::Receiver<std::sync::Arc<virtpool::monitor::Status>>,
+    before: u64,
+    uuid: &str,
+    why: &str,
+) -> std::sync::Arc<virtpool::monitor::Status> {
+    let scoped = wait_status(status, Duration::from_secs(30), |s| s.cycle > before).await;
+    assert_eq!(
+        scoped.last_cycle.as_ref().unwrap().scope.as_deref(),
+        Some(&[uuid.to_string()][..]),
+        "{why}"
+    );
+    assert_eq!(state_of(&scoped, "test"), Some(DomainState::Paused));
+    let full = wait_status(status, Duration::from_secs(30), |s| s.cycle > before + 1).await;
+    assert!(full.last_cycle.as_ref().unwrap().scope.is_none());
+    assert_eq!(full.domains.len(), EXTRA + 1);
+    scoped
 }
