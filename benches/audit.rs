@@ -9,8 +9,8 @@
 use criterion::Criterion;
 use std::hint::black_box;
 use std::time::Instant;
-use virtpool::audit::{AuditLog, Event, EventKind, DEFAULT_KEEP, DEFAULT_MAX_BYTES};
-use virtpool::model::{Action, Reason};
+use virtpool::agent::audit::{AuditLog, Event, EventKind, DEFAULT_KEEP, DEFAULT_MAX_BYTES};
+use virtpool::core::model::{Action, Reason};
 
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");

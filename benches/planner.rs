@@ -29,11 +29,11 @@
 use criterion::{BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Instant;
-use virtpool::config::{Config, Limits, MemoryPolicy};
-use virtpool::membership::{Membership, Via};
-use virtpool::model::{DomainState, IoTune, PerResource, Reason, Resource, Snapshot};
-use virtpool::planner::testing::{self as t, GIB, MIB};
-use virtpool::planner::{
+use virtpool::core::config::{Config, Limits, MemoryPolicy};
+use virtpool::core::membership::{Membership, Via};
+use virtpool::core::model::{DomainState, IoTune, PerResource, Reason, Resource, Snapshot};
+use virtpool::core::planner::testing::{self as t, GIB, MIB};
+use virtpool::core::planner::{
     plan, plan_with, Alloc, History, MemberPlan, Outcome, PlanInput, Reservations,
 };
 
@@ -102,7 +102,7 @@ fn fixture(n: usize) -> Fixture {
             let dom = format!("p{k}-{j}");
             p = t::with_member(p, &dom, Resource::Vcpus, t::shares(500 + (j % 7) * 500));
             p.domains.push(format!("x{k}-{j}"));
-            let r = virtpool::model::PerResource {
+            let r = virtpool::core::model::PerResource {
                 memory: Some(GIB),
                 ..Default::default()
             };
@@ -112,7 +112,7 @@ fn fixture(n: usize) -> Fixture {
         pools.push(p);
     }
     let mut config = t::config(4 * n as u64, 4 * GIB * n as u64, pools);
-    config.tuning.memory_max_shrink = virtpool::units::Amount::Fraction(0.05);
+    config.tuning.memory_max_shrink = virtpool::core::units::Amount::Fraction(0.05);
     let mut history = History::default();
     let mut domains = Vec::with_capacity(n);
     for i in 0..n {

@@ -53,14 +53,14 @@ use std::time::{Duration, Instant};
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
-use virtpool::audit::AuditLog;
-use virtpool::config::{Config, PoolSpec};
-use virtpool::host::Host;
-use virtpool::libvirt::worker::HvWorker;
-use virtpool::libvirt::{ffi, xml, Libvirt};
-use virtpool::model::IoTune;
-use virtpool::monitor::{Monitor, MonitorOptions, Status};
-use virtpool::state::RuntimeState;
+use virtpool::adapters::host::Host;
+use virtpool::adapters::libvirt::worker::HvWorker;
+use virtpool::adapters::libvirt::{ffi, xml, Libvirt};
+use virtpool::agent::audit::AuditLog;
+use virtpool::agent::monitor::{Monitor, MonitorOptions, Status};
+use virtpool::agent::state::RuntimeState;
+use virtpool::core::config::{Config, PoolSpec};
+use virtpool::core::model::IoTune;
 
 const MIB: u64 = 1 << 20;
 const POOLS: usize = 4;
@@ -343,7 +343,7 @@ impl Drop for Baseline {
 /// The child's side of [`Baseline`].
 fn baseline_child(uri: &str) {
     use std::io::{BufRead, Write};
-    virtpool::libvirt::quiet_errors();
+    virtpool::adapters::libvirt::quiet_errors();
     let c = Connect::open(Some(uri)).unwrap();
     let mut disks = HashMap::new();
     for line in std::io::stdin().lock().lines() {
@@ -450,7 +450,7 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
     let mut lv = Libvirt::new(uri);
     let mut _events = None;
     if env_or("SCALE_EVENTS", 1) == 1 {
-        let (tx, rx) = virtpool::libvirt::events::channel();
+        let (tx, rx) = virtpool::adapters::libvirt::events::channel();
         lv = lv.with_events(tx);
         _events = Some(rx);
     }
@@ -906,7 +906,7 @@ fn rss_growth(n: usize, uri: &str, dir: &Path, cycles: usize) -> (Vec<f64>, f64)
         .enable_all()
         .build()
         .unwrap();
-    let client = virtpool::client::Client::new(&agent.sock);
+    let client = virtpool::cli::client::Client::new(&agent.sock);
     let t0 = Instant::now();
     let run = |k: usize| {
         rt.block_on(async {
@@ -949,10 +949,10 @@ fn main() {
         eprintln!("skipped: {} not installed", Daemon::BIN);
         return;
     }
-    virtpool::libvirt::quiet_errors();
+    virtpool::adapters::libvirt::quiet_errors();
     if env_or("SCALE_EVENTS", 1) == 1 {
         // Before any connection is opened.
-        virtpool::libvirt::events::start_event_loop().unwrap();
+        virtpool::adapters::libvirt::events::start_event_loop().unwrap();
     }
     // The agent logs every action at info, like virtpoold: format them
     // (into a sink) so the cycle pays that cost.

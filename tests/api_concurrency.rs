@@ -9,8 +9,8 @@ use api_support::*;
 use hyper::Method;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use virtpool::agent::state::RuntimeState;
 use virtpool::api::ServeOptions;
-use virtpool::state::RuntimeState;
 
 const CLIENTS: usize = 16;
 const OPS: usize = 200;
@@ -130,7 +130,7 @@ async fn concurrent_allocations_never_overshoot_and_persist() {
     for i in 0..CLIENTS {
         serial.reservations.entry("web".into()).or_default().insert(
             format!("w-{i:02}"),
-            virtpool::model::PerResource {
+            virtpool::core::model::PerResource {
                 vcpus: Some(2),
                 ..Default::default()
             },

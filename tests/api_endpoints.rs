@@ -519,7 +519,7 @@ async fn bad_input_is_refused_with_json_errors_and_the_agent_keeps_serving() {
 
     // None of it changed anything.
     let st = a.handle.runtime.lock().unwrap().clone();
-    assert_eq!(st, virtpool::state::RuntimeState::new());
+    assert_eq!(st, virtpool::agent::state::RuntimeState::new());
     a.stop().await;
 }
 
@@ -529,7 +529,7 @@ async fn bad_input_is_refused_with_json_errors_and_the_agent_keeps_serving() {
 /// the caller gets a 503 that says so instead of hanging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_answers_with_the_outcome_or_a_503_when_not_taken_in_time() {
-    use virtpool::service::{ReloadReport, ReloadRequest};
+    use virtpool::agent::service::{ReloadReport, ReloadRequest};
     let dir = tempfile::tempdir().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
     let a = Agent::standard_with(dir.path(), Some(tx), Duration::from_secs(1)).await;
@@ -983,7 +983,7 @@ async fn runtime_changes_survive_a_restart() {
     let before = a.handle.runtime.lock().unwrap().clone();
     let (_, pools_before) = a.call("GET", "/v1/pools", None).await;
     a.stop().await;
-    let on_disk = virtpool::state::RuntimeState::load(&dir.path().join("state")).unwrap();
+    let on_disk = virtpool::agent::state::RuntimeState::load(&dir.path().join("state")).unwrap();
     assert_eq!(on_disk, before);
 
     let a = Agent::start(

@@ -49,7 +49,7 @@ struct Setup {
     dir: tempfile::TempDir,
     lv: Libvirtd,
     h: Host2,
-    cfg: virtpool::config::Config,
+    cfg: virtpool::core::config::Config,
     cfg_path: std::path::PathBuf,
     agent: Agent,
 }
@@ -818,7 +818,7 @@ fn saved(state_dir: &Path) -> BTreeMap<String, Res> {
     };
     let v: Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("state.json does not parse after SIGKILL: {e}\n{text}"));
-    virtpool::state::RuntimeState::load(state_dir).unwrap();
+    virtpool::agent::state::RuntimeState::load(state_dir).unwrap();
     let mut out = BTreeMap::new();
     if let Some(m) = v["reservations"]["cs"].as_object() {
         for (d, r) in m {

@@ -8,7 +8,7 @@
 mod blackbox;
 use blackbox::*;
 use std::time::{Duration, Instant};
-use virtpool::model::DomainState;
+use virtpool::core::model::DomainState;
 
 /// vCPUs 12 and memory 18 GiB shared by the active `lc-*` (max 8 vCPUs,
 /// 8 GiB, min 5 GiB): two active → 6 vCPUs and 8 GiB (hardware max) each,
@@ -53,7 +53,7 @@ fn spec(name: &str, i: u64, state: Init) -> DomSpec {
 fn step(
     h: &Host2,
     agent: &mut Agent,
-    cfg: &virtpool::config::Config,
+    cfg: &virtpool::core::config::Config,
     label: &str,
     active: &[&str],
 ) -> Duration {

@@ -8,12 +8,12 @@
 mod blackbox;
 use blackbox::*;
 use std::sync::{Arc, Mutex};
-use virtpool::host::Host;
-use virtpool::libvirt::worker::HvWorker;
-use virtpool::libvirt::{HvError, Hypervisor, Libvirt};
-use virtpool::model::{Action, DomainObs, DomainState};
-use virtpool::monitor::Monitor;
-use virtpool::state::RuntimeState;
+use virtpool::adapters::host::Host;
+use virtpool::adapters::libvirt::worker::HvWorker;
+use virtpool::adapters::libvirt::{HvError, Hypervisor, Libvirt};
+use virtpool::agent::monitor::Monitor;
+use virtpool::agent::state::RuntimeState;
+use virtpool::core::model::{Action, DomainObs, DomainState};
 
 type Hook = Box<dyn FnOnce(&Host2) + Send>;
 type Applied = Arc<Mutex<Vec<(Action, Result<(), HvError>)>>>;
@@ -76,7 +76,7 @@ async fn domain_destroyed_or_undefined_between_observe_and_enforce() {
 
     let text = config_text(dir.path(), &lv.uri(), "1h", POOLS);
     let (_, cfg) = write_config(dir.path(), &text);
-    virtpool::libvirt::quiet_errors();
+    virtpool::adapters::libvirt::quiet_errors();
     let hooks: Arc<Mutex<Vec<Hook>>> = Arc::default();
     let applied: Applied = Arc::default();
     let hv = HvWorker::spawn(Box::new(Interposer {

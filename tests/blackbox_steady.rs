@@ -55,7 +55,7 @@ fn fifty_domains_in_four_pools_reach_the_plan_in_one_cycle() {
     }
     // The paused member stays paused and holds its share.
     let ci10 = h.get("ci-10");
-    assert_eq!(ci10.state, virtpool::model::DomainState::Paused);
+    assert_eq!(ci10.state, virtpool::core::model::DomainState::Paused);
 
     // One cycle: exactly one successful vCPU/memory action per needed
     // change, none failed.

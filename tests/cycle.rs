@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use virtpool::model::{DomainObs, DomainState, Resource};
+use virtpool::core::model::{DomainObs, DomainState, Resource};
 
 /// Each domain of `doms` has the vCPUs and memory its namesake in `other`
 /// has (`what` names the failure).
@@ -111,7 +111,7 @@ async fn a_domain_whose_max_is_below_its_share_gets_its_max_and_the_rest_is_resh
         .unwrap();
     assert_eq!(
         small.alloc.vcpus.unwrap().reason,
-        virtpool::model::Reason::HardwareMax
+        virtpool::core::model::Reason::HardwareMax
     );
 }
 

@@ -10,10 +10,10 @@ use std::path::Path;
 use virt::connect::Connect;
 
 use virt::sys;
-use virtpool::config::Config;
-use virtpool::libvirt::ffi;
-use virtpool::model::{Action, IoTune};
-use virtpool::planner::blkio_weight;
+use virtpool::adapters::libvirt::ffi;
+use virtpool::core::config::Config;
+use virtpool::core::model::{Action, IoTune};
+use virtpool::core::planner::blkio_weight;
 
 const MIB: u64 = 1 << 20;
 
@@ -57,7 +57,7 @@ fn config(prefix: &str, body: &str) -> Config {
 
 #[tokio::test]
 async fn every_disk_gets_its_planned_rate_and_a_two_disk_domain_is_split() {
-    virtpool::libvirt::quiet_errors();
+    virtpool::adapters::libvirt::quiet_errors();
     let checker = Connect::open(Some("test:///default")).unwrap();
     start(&checker, "dio1-a", &["vda", "vdb"], true);
     start(&checker, "dio1-b", &["vda"], false);
@@ -133,7 +133,7 @@ async fn every_disk_gets_its_planned_rate_and_a_two_disk_domain_is_split() {
 
 #[tokio::test]
 async fn shares_change_weights_change_and_persist_writes_the_config() {
-    virtpool::libvirt::quiet_errors();
+    virtpool::adapters::libvirt::quiet_errors();
     let checker = Connect::open(Some("test:///default")).unwrap();
     start(&checker, "dio2-a", &["vda"], false);
     start(&checker, "dio2-b", &["vda"], false);

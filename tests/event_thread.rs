@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use virtpool::libvirt::events::{self, EventReceiver, HvEvent, LifecycleKind};
-use virtpool::libvirt::worker::HvWorker;
-use virtpool::libvirt::{HvError, Hypervisor, Libvirt};
-use virtpool::model::{Action, DomainObs, DomainState};
+use virtpool::adapters::libvirt::events::{self, EventReceiver, HvEvent, LifecycleKind};
+use virtpool::adapters::libvirt::worker::HvWorker;
+use virtpool::adapters::libvirt::{HvError, Hypervisor, Libvirt};
+use virtpool::core::model::{Action, DomainObs, DomainState};
 
 #[path = "common/libvirtd.rs"]
 mod libvirtd;

@@ -8,14 +8,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use virtpool::config::Config;
-use virtpool::host::Host;
-use virtpool::libvirt::events::{self, CloseReason, HvEvent};
-use virtpool::libvirt::worker::HvWorker;
-use virtpool::libvirt::{Hypervisor, Libvirt};
-use virtpool::model::DomainState;
-use virtpool::monitor::Monitor;
-use virtpool::state::RuntimeState;
+use virtpool::adapters::host::Host;
+use virtpool::adapters::libvirt::events::{self, CloseReason, HvEvent};
+use virtpool::adapters::libvirt::worker::HvWorker;
+use virtpool::adapters::libvirt::{Hypervisor, Libvirt};
+use virtpool::agent::monitor::Monitor;
+use virtpool::agent::state::RuntimeState;
+use virtpool::core::config::Config;
+use virtpool::core::model::DomainState;
 
 #[path = "common/libvirtd.rs"]
 mod libvirtd;

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
 use virt::domain::Domain;
-use virtpool::libvirt::events::{self, DomainEvent, EventReceiver, HvEvent, LifecycleKind};
-use virtpool::libvirt::{Hypervisor, Libvirt};
-use virtpool::model::DomainState;
+use virtpool::adapters::libvirt::events::{
+    self, DomainEvent, EventReceiver, HvEvent, LifecycleKind,
+};
+use virtpool::adapters::libvirt::{Hypervisor, Libvirt};
+use virtpool::core::model::DomainState;
 
 #[path = "common/status.rs"]
 mod status;
@@ -24,7 +26,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// One test at a time; the event loop runs before any connection opens.
 async fn setup() -> tokio::sync::MutexGuard<'static, ()> {
     let guard = SERIAL.lock().await;
-    virtpool::libvirt::quiet_errors();
+    virtpool::adapters::libvirt::quiet_errors();
     events::start_event_loop().unwrap();
     guard
 }
@@ -184,7 +186,10 @@ async fn an_event_is_not_lost_when_a_scoped_request_arrives_in_its_debounce() {
     d.suspend().unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     handle
-        .reconcile_scope(virtpool::monitor::Scope::Domains(vec![b_uuid]), false)
+        .reconcile_scope(
+            virtpool::agent::monitor::Scope::Domains(vec![b_uuid]),
+            false,
+        )
         .await;
     // The pause is seen by the next cycles, not at the next 60 s tick.
     let st = wait_status(&mut status, Duration::from_secs(2), |s| {

@@ -11,8 +11,8 @@
 use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
-use virtpool::libvirt::events;
-use virtpool::model::DomainState;
+use virtpool::adapters::libvirt::events;
+use virtpool::core::model::DomainState;
 
 #[path = "common/status.rs"]
 mod status;
@@ -23,7 +23,7 @@ const EXTRA: usize = 12_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_domain_event_goes_before_a_running_full_observation() {
-    virtpool::libvirt::quiet_errors();
+    virtpool::adapters::libvirt::quiet_errors();
     events::start_event_loop().unwrap();
     let other = Connect::open(Some(URI)).unwrap();
     for i in 0..EXTRA {
@@ -97,11 +97,11 @@ async fn a_domain_event_goes_before_a_running_full_observation() {
 /// paused domain `uuid` (else fails with `why`), showing it paused; then
 /// the full cycle, whole. Returns the scoped cycle's status.
 async fn scoped_then_full(
-    status: &mut tokio::sync::watch::Receiver<std::sync::Arc<virtpool::monitor::Status>>,
+    status: &mut tokio::sync::watch::Receiver<std::sync::Arc<virtpool::agent::monitor::Status>>,
     before: u64,
     uuid: &str,
     why: &str,
-) -> std::sync::Arc<virtpool::monitor::Status> {
+) -> std::sync::Arc<virtpool::agent::monitor::Status> {
     let scoped = wait_status(status, Duration::from_secs(30), |s| s.cycle > before).await;
     assert_eq!(
         scoped.last_cycle.as_ref().unwrap().scope.as_deref(),

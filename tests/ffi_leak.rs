@@ -5,8 +5,8 @@
 
 use virt::connect::Connect;
 use virt::sys;
-use virtpool::libvirt::{ffi, Hypervisor, Libvirt};
-use virtpool::model::{Action, IoTune};
+use virtpool::adapters::libvirt::{ffi, Hypervisor, Libvirt};
+use virtpool::core::model::{Action, IoTune};
 
 const NODE: &str = r#"<node>
   <cpu><mhz>2000</mhz><model>i686</model><active>4</active><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>1</threads></cpu>

@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use virtpool::libvirt::{HvError, Hypervisor, Libvirt};
-use virtpool::model::{Action, DomainObs, DomainState, IoTune, Reason};
+use virtpool::adapters::libvirt::{HvError, Hypervisor, Libvirt};
+use virtpool::core::model::{Action, DomainObs, DomainState, IoTune, Reason};
 
 const WEB: &str = "11111111-1111-1111-1111-111111111111";
 const DB: &str = "22222222-2222-2222-2222-222222222222";
@@ -222,7 +222,7 @@ fn observe_reads_running_paused_and_shutoff_domains() {
 #[test]
 fn observe_until_gives_up_when_stopped_and_reads_in_full_otherwise() {
     use std::sync::atomic::AtomicBool;
-    use virtpool::libvirt::calls::Call;
+    use virtpool::adapters::libvirt::calls::Call;
     let (_dir, mut hv) = connected();
     let calls = hv.call_counter().expect("the adapter counts its calls");
     let before = calls.snapshot();
@@ -313,7 +313,7 @@ fn set_block_iotune_reads_back_and_clears() {
         })
     );
     assert_eq!(
-        web.actual(virtpool::model::Resource::DiskBytesSec),
+        web.actual(virtpool::core::model::Resource::DiskBytesSec),
         5_000_000
     );
 
@@ -606,7 +606,8 @@ fn bulk_stats_on_test_driver_fill_state_only() {
         "vcpu.maximum",
         "balloon.current",
     ];
-    let recs = virtpool::libvirt::ffi::all_domain_stats(&conn, groups, 0, &wanted).unwrap();
+    let recs =
+        virtpool::adapters::libvirt::ffi::all_domain_stats(&conn, groups, 0, &wanted).unwrap();
     assert_eq!(recs.len(), 3);
     let state = |uuid: &str| {
         let r = recs.iter().find(|r| r.uuid == uuid).unwrap();

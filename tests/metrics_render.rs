@@ -6,11 +6,11 @@
 mod common;
 use common::*;
 use std::collections::{BTreeMap, HashMap};
-use virtpool::host::Host;
-use virtpool::libvirt::worker::HvWorker;
-use virtpool::libvirt::Libvirt;
-use virtpool::monitor::Monitor;
-use virtpool::state::RuntimeState;
+use virtpool::adapters::host::Host;
+use virtpool::adapters::libvirt::worker::HvWorker;
+use virtpool::adapters::libvirt::Libvirt;
+use virtpool::agent::monitor::Monitor;
+use virtpool::agent::state::RuntimeState;
 
 const DEMO: &str = include_str!("../config/demo.toml");
 
@@ -203,14 +203,14 @@ fn the_parser_rejects_broken_text() {
 async fn metrics_parse_and_carry_the_demo_hosts_values() {
     let pools = &DEMO[DEMO.find("[host]").unwrap()..];
     let cfg = config("cycle-host.xml", pools);
-    virtpool::libvirt::quiet_errors();
+    virtpool::adapters::libvirt::quiet_errors();
     let hv = HvWorker::spawn(Box::new(Libvirt::new(&cfg.agent.libvirt_uri))).unwrap();
     let (mut m, handle) = Monitor::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false);
     let first = m.cycle_once().await;
     let st = m.cycle_once().await;
     assert!(!first.results.is_empty(), "the demo host starts off target");
     let counters = handle.counters();
-    let text = virtpool::metrics::render(&st, &counters);
+    let text = virtpool::agent::metrics::render(&st, &counters);
     let (samples, types) = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
 
     for (family, ty) in [

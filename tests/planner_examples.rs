@@ -2,13 +2,13 @@
 //! Each one is quoted in `docs/allocation.md` under its test name.
 #![allow(clippy::unwrap_used)]
 
-use virtpool::config::{Config, Limits, MemoryPolicy};
-use virtpool::model::{Action, DomainObs, Reason, Resource, Snapshot};
-use virtpool::planner::testing::{self as t, GIB, MIB};
-use virtpool::planner::{
+use virtpool::core::config::{Config, Limits, MemoryPolicy};
+use virtpool::core::model::{Action, DomainObs, Reason, Resource, Snapshot};
+use virtpool::core::planner::testing::{self as t, GIB, MIB};
+use virtpool::core::planner::{
     check_plan, plan, Alloc, Guard, History, Outcome, Plan, PlanInput, Reservations, Violation,
 };
-use virtpool::units::Amount;
+use virtpool::core::units::Amount;
 
 const NOW: u64 = 10_000;
 

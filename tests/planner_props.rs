@@ -4,11 +4,11 @@
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use virtpool::config::{Config, Limits, MemoryPolicy};
-use virtpool::model::{Action, DomainObs, DomainState, IoTune, Resource, Snapshot};
-use virtpool::planner::testing::{self as t, GIB, MIB};
-use virtpool::planner::{check_plan, plan, History, Outcome, Plan, PlanInput, Reservations};
-use virtpool::units::Amount;
+use virtpool::core::config::{Config, Limits, MemoryPolicy};
+use virtpool::core::model::{Action, DomainObs, DomainState, IoTune, Resource, Snapshot};
+use virtpool::core::planner::testing::{self as t, GIB, MIB};
+use virtpool::core::planner::{check_plan, plan, History, Outcome, Plan, PlanInput, Reservations};
+use virtpool::core::units::Amount;
 
 /// SplitMix64: the scenario builder's only source of variety (seeded by
 /// proptest, so failures reproduce).

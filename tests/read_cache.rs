@@ -14,10 +14,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use virt::connect::Connect;
 use virt::sys;
-use virtpool::libvirt::calls::Call;
-use virtpool::libvirt::events::{self, EventReceiver, HvEvent, LifecycleKind};
-use virtpool::libvirt::{ffi, Hypervisor, Libvirt};
-use virtpool::model::{Action, DomainObs, IoTune};
+use virtpool::adapters::libvirt::calls::Call;
+use virtpool::adapters::libvirt::events::{self, EventReceiver, HvEvent, LifecycleKind};
+use virtpool::adapters::libvirt::{ffi, Hypervisor, Libvirt};
+use virtpool::core::model::{Action, DomainObs, IoTune};
 
 #[path = "common/libvirtd.rs"]
 mod libvirtd;
@@ -62,7 +62,7 @@ fn setup() -> Option<Setup> {
     }
     // Before any connection is opened in this process.
     events::start_event_loop().unwrap();
-    virtpool::libvirt::quiet_errors();
+    virtpool::adapters::libvirt::quiet_errors();
     let daemon = Daemon::start(tempfile::tempdir().unwrap());
     let c2 = Connect::open(Some(&daemon.uri())).unwrap();
     for i in 0..2 {
@@ -103,7 +103,7 @@ impl Setup {
             sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
             Some(&format!("<pool>{pool}</pool>")),
             Some("virtpool"),
-            Some(virtpool::libvirt::xml::POOL_NS),
+            Some(virtpool::adapters::libvirt::xml::POOL_NS),
             sys::VIR_DOMAIN_AFFECT_LIVE,
         )
         .unwrap();
@@ -272,7 +272,7 @@ fn a_steady_observation_reads_two_calls_per_running_domain() {
         domain: "d0".into(),
         from: 1,
         to: 2,
-        reason: virtpool::model::Reason::Share,
+        reason: virtpool::core::model::Reason::Share,
         persist: false,
     })
     .unwrap();

@@ -11,13 +11,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use virt::connect::Connect;
 use virt::sys;
-use virtpool::config::Config;
-use virtpool::host::Host;
-use virtpool::libvirt::worker::HvWorker;
-use virtpool::libvirt::{HvError, Hypervisor, Libvirt};
-use virtpool::model::{Action, DomainObs, PerResource};
-use virtpool::monitor::{Handle, Monitor, Scope, Status};
-use virtpool::state::RuntimeState;
+use virtpool::adapters::host::Host;
+use virtpool::adapters::libvirt::worker::HvWorker;
+use virtpool::adapters::libvirt::{HvError, Hypervisor, Libvirt};
+use virtpool::agent::monitor::{Handle, Monitor, Scope, Status};
+use virtpool::agent::state::RuntimeState;
+use virtpool::core::config::Config;
+use virtpool::core::model::{Action, DomainObs, PerResource};
 
 mod api_support;
 
@@ -127,7 +127,7 @@ fn setup() -> Option<Setup> {
         eprintln!("skipped: {} not installed", Daemon::BIN);
         return None;
     }
-    virtpool::libvirt::quiet_errors();
+    virtpool::adapters::libvirt::quiet_errors();
     let daemon = Daemon::start(tempfile::tempdir().unwrap());
     let c2 = Connect::open(Some(&daemon.uri())).unwrap();
     for i in 0..WEB {

@@ -440,7 +440,7 @@ fn an_inherited_journal_stream_that_is_not_our_stderr_logs_to_stderr() {
 /// Audit records `seq` 1..=n (runtime changes) filling `file` to `size`
 /// bytes exactly.
 fn seed_audit(file: &Path, size: usize) -> u64 {
-    use virtpool::audit::{Event, EventKind};
+    use virtpool::agent::audit::{Event, EventKind};
     let line = |seq: u64, message: String| {
         let mut ev = Event::now(EventKind::Change { uid: 0, message });
         ev.seq = seq;

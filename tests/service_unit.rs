@@ -69,7 +69,7 @@ fn the_unit_has_what_the_spec_asks_for() {
         .trim_end_matches('s')
         .parse()
         .unwrap();
-    assert!(virtpool::service::STOP_GRACE.as_secs() + 5 <= stop);
+    assert!(virtpool::agent::service::STOP_GRACE.as_secs() + 5 <= stop);
 }
 
 fn have(cmd: &str) -> bool {

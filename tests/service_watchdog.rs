@@ -8,15 +8,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use virtpool::audit::{AuditLog, EventKind};
-use virtpool::config::Config;
-use virtpool::host::Host;
-use virtpool::libvirt::worker::HvWorker;
-use virtpool::libvirt::{HvError, Hypervisor};
-use virtpool::model::{Action, DomainObs};
-use virtpool::monitor::{Monitor, MonitorOptions};
-use virtpool::service::{Notice, RecordingNotifier};
-use virtpool::state::RuntimeState;
+use virtpool::adapters::host::Host;
+use virtpool::adapters::libvirt::worker::HvWorker;
+use virtpool::adapters::libvirt::{HvError, Hypervisor};
+use virtpool::agent::audit::{AuditLog, EventKind};
+use virtpool::agent::monitor::{Monitor, MonitorOptions};
+use virtpool::agent::service::{Notice, RecordingNotifier};
+use virtpool::agent::state::RuntimeState;
+use virtpool::core::config::Config;
+use virtpool::core::model::{Action, DomainObs};
 
 /// A hypervisor with no domains whose `observe` blocks forever once `hang`
 /// is set (and says so in `hung`).
@@ -229,7 +229,7 @@ async fn libvirt_lost_and_restored_are_audited_once_each() {
     for _ in 0..3 {
         let st = m.cycle_once().await;
         assert!(!st.libvirt.connected);
-        let text = virtpool::metrics::render(&st, &handle.counters());
+        let text = virtpool::agent::metrics::render(&st, &handle.counters());
         assert!(
             text.contains("\nvirtpool_libvirt_up{uri=\"qemu:///system\"} 0\n"),
             "{text}"

@@ -8,13 +8,13 @@ mod common;
 use common::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use virtpool::host::Host;
-use virtpool::libvirt::calls::CallCounter;
-use virtpool::libvirt::worker::HvWorker;
-use virtpool::libvirt::{HvError, Hypervisor, Libvirt};
-use virtpool::model::{Action, DomainObs};
-use virtpool::monitor::Monitor;
-use virtpool::state::RuntimeState;
+use virtpool::adapters::host::Host;
+use virtpool::adapters::libvirt::calls::CallCounter;
+use virtpool::adapters::libvirt::worker::HvWorker;
+use virtpool::adapters::libvirt::{HvError, Hypervisor, Libvirt};
+use virtpool::agent::monitor::Monitor;
+use virtpool::agent::state::RuntimeState;
+use virtpool::core::model::{Action, DomainObs};
 
 #[derive(Default)]
 struct Calls {
@@ -58,7 +58,7 @@ async fn a_converged_cycle_makes_no_writes() {
     let demo = include_str!("../config/demo.toml");
     let pools = &demo[demo.find("[host]").unwrap()..];
     let cfg = config("cycle-host.xml", pools);
-    virtpool::libvirt::quiet_errors();
+    virtpool::adapters::libvirt::quiet_errors();
     let calls = Arc::new(Calls::default());
     let hv = HvWorker::spawn(Box::new(Counting {
         inner: Libvirt::new(&cfg.agent.libvirt_uri),

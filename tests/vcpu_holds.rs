@@ -9,14 +9,14 @@
 
 use std::sync::Arc;
 use virt::connect::Connect;
-use virtpool::config::Config;
-use virtpool::host::Host;
-use virtpool::libvirt::calls::CallCounter;
-use virtpool::libvirt::worker::HvWorker;
-use virtpool::libvirt::{HvError, Hypervisor, Libvirt};
-use virtpool::model::{Action, DomainObs, Reason};
-use virtpool::monitor::{Monitor, MonitorOptions, Status};
-use virtpool::state::{RuntimeState, VcpuHolds, HOLDS_FILE};
+use virtpool::adapters::host::Host;
+use virtpool::adapters::libvirt::calls::CallCounter;
+use virtpool::adapters::libvirt::worker::HvWorker;
+use virtpool::adapters::libvirt::{HvError, Hypervisor, Libvirt};
+use virtpool::agent::monitor::{Monitor, MonitorOptions, Status};
+use virtpool::agent::state::{RuntimeState, VcpuHolds, HOLDS_FILE};
+use virtpool::core::config::Config;
+use virtpool::core::model::{Action, DomainObs, Reason};
 
 #[path = "common/libvirtd.rs"]
 mod libvirtd;
@@ -102,7 +102,7 @@ async fn a_timed_out_removal_holds_across_agent_restarts_until_the_domain_restar
     if !available() {
         return;
     }
-    virtpool::libvirt::quiet_errors();
+    virtpool::adapters::libvirt::quiet_errors();
     let daemon = Daemon::start(tempfile::tempdir().unwrap());
     let uri = daemon.uri();
     let c2 = Connect::open(Some(&uri)).unwrap();

@@ -10,12 +10,12 @@ use super::auth::{self, Peer};
 use super::error::Error;
 use super::types::*;
 use super::views;
-use crate::config::{self, Config, Mode, PoolSpec};
-use crate::membership::Membership;
-use crate::model::{PerResource, Resource, Snapshot};
-use crate::monitor::{Handle, Scope, Status};
-use crate::planner::{self, Plan, PlanInput};
-use crate::state::RuntimeState;
+use crate::agent::monitor::{Handle, Scope, Status};
+use crate::agent::state::RuntimeState;
+use crate::core::config::{self, Config, Mode, PoolSpec};
+use crate::core::membership::Membership;
+use crate::core::model::{PerResource, Resource, Snapshot};
+use crate::core::planner::{self, Plan, PlanInput};
 use axum::body::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,7 +40,7 @@ struct Inner {
     /// Serialized read answers for the current (status, generation, config).
     cache: Mutex<ReadCache>,
     /// Where `POST /v1/reload` goes (the service loop), when set.
-    reloads: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::service::ReloadRequest>>,
+    reloads: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::agent::service::ReloadRequest>>,
     /// See [`WAIT_LIMIT`].
     wait_limit: std::time::Duration,
 }
@@ -119,7 +119,7 @@ impl AppState {
     /// also takes SIGHUP). Without it the endpoint answers 503.
     pub fn with_reloads(
         self,
-        tx: tokio::sync::mpsc::Sender<crate::service::ReloadRequest>,
+        tx: tokio::sync::mpsc::Sender<crate::agent::service::ReloadRequest>,
     ) -> AppState {
         // Set once, right after `new`: a second call keeps the first.
         let _ = self.inner.reloads.set(tx);
@@ -319,7 +319,7 @@ impl AppState {
         if out.changed {
             tracing::info!(uid = peer.map(|p| p.uid), change = %out.message, "runtime change");
             // The change in the audit log, before the answer (a few hundred
-            // bytes, inline: see crate::audit).
+            // bytes, inline: see crate::agent::audit).
             let ev = Event::now(EventKind::Change {
                 uid: peer.map_or(u32::MAX, |p| p.uid),
                 message: out.message.clone(),
@@ -459,7 +459,7 @@ fn plan_with(
     st: &Status,
     effective: &Config,
     rt: &RuntimeState,
-    host: crate::model::HostCapacity,
+    host: crate::core::model::HostCapacity,
 ) -> Plan {
     let snapshot = Snapshot {
         host,
@@ -795,7 +795,7 @@ pub fn allocate(
         let hw = match r {
             Resource::Vcpus => d.vcpus_max.max(1),
             Resource::Memory => d.memory_max,
-            Resource::DiskBytesSec | Resource::DiskIopsSec => crate::planner::UNCAPPED,
+            Resource::DiskBytesSec | Resource::DiskIopsSec => crate::core::planner::UNCAPPED,
         };
         if let Some(max) = lim.max.filter(|mx| v > *mx) {
             return Err(Error::DoesNotFit(format!(

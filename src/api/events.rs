@@ -1,5 +1,5 @@
 //! `GET /v1/events` (alias `/v1/audit`): recent decisions and errors, read
-//! back from the audit log ([`crate::audit`]) so they survive restarts.
+//! back from the audit log ([`crate::agent::audit`]) so they survive restarts.
 //!
 //! The monitor appends a cycle's events before it publishes the cycle, and
 //! API changes are appended before they are answered: a read right after
@@ -7,7 +7,7 @@
 
 use super::error::Error;
 use super::types::{EventsQuery, EventsResponse};
-use crate::audit::AuditLog;
+use crate::agent::audit::AuditLog;
 
 /// Events returned when the query gives no `limit`.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -30,7 +30,7 @@ pub async fn read(audit: AuditLog, q: EventsQuery) -> Result<EventsResponse, Err
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::audit::{Event, EventKind};
+    use crate::agent::audit::{Event, EventKind};
 
     #[tokio::test]
     async fn limits_default_and_cap() {

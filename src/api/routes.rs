@@ -226,12 +226,12 @@ async fn events(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> R<Ev
     ))
 }
 
-/// Prometheus text format (`crate::metrics`), from the last published cycle.
+/// Prometheus text format (`crate::agent::metrics`), from the last published cycle.
 async fn metrics(State(s): State<AppState>) -> Response {
     let h = s.handle();
     (
-        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        crate::metrics::render(&h.status(), &h.counters()),
+        [(header::CONTENT_TYPE, crate::agent::metrics::CONTENT_TYPE)],
+        crate::agent::metrics::render(&h.status(), &h.counters()),
     )
         .into_response()
 }

@@ -6,14 +6,14 @@
 //! (bytes per second). Request bodies accept sizes as integers (bytes) or
 //! strings with a unit (`"4GiB"`); responses always carry integers.
 
-use crate::config::Mode;
-use crate::membership::Via;
-use crate::model::{Action, DomainState, HostCapacity, PerResource, Reason, Resource};
-use crate::monitor::{CycleInfo, LibvirtStatus};
-use crate::units::Bytes;
+use crate::agent::monitor::{CycleInfo, LibvirtStatus};
+use crate::core::config::Mode;
+use crate::core::membership::Via;
+use crate::core::model::{Action, DomainState, HostCapacity, PerResource, Reason, Resource};
+use crate::core::units::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use crate::config::PoolSpec;
+pub use crate::core::config::PoolSpec;
 
 /// API version prefix.
 pub const PREFIX: &str = "/v1";
@@ -346,7 +346,7 @@ pub struct EventsResponse {
 }
 
 /// An audit record and what happened, as written to `audit.jsonl`.
-pub use crate::audit::{Event, EventKind};
+pub use crate::agent::audit::{Event, EventKind};
 
 /// `GET /v1/pools` query.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -361,7 +361,7 @@ pub struct PoolsQuery {
 /// the JSON (`{"vcpus": 4}` rather than four keys with nulls) — pool views
 /// of a thousand members stay small.
 mod sparse {
-    use crate::model::PerResource;
+    use crate::core::model::PerResource;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     #[derive(Serialize)]

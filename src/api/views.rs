@@ -2,16 +2,16 @@
 //! runtime state and a [`Plan`]. No locks, no I/O: unit-testable.
 
 use super::types::*;
-use crate::config::Config;
-use crate::model::{DomainObs, PerResource, Resource};
-use crate::monitor::Status;
-use crate::planner::{Alloc, MemberPlan, Plan, PoolPlan};
-use crate::state::RuntimeState;
+use crate::agent::monitor::Status;
+use crate::agent::state::RuntimeState;
+use crate::core::config::Config;
+use crate::core::model::{DomainObs, PerResource, Resource};
+use crate::core::planner::{Alloc, MemberPlan, Plan, PoolPlan};
 
 fn resource_view(a: &Alloc) -> ResourceView {
     ResourceView {
         floor: a.floor,
-        cap: (a.cap != crate::planner::UNCAPPED).then_some(a.cap),
+        cap: (a.cap != crate::core::planner::UNCAPPED).then_some(a.cap),
         shares: a.shares,
         target: a.target,
         next: a.next,

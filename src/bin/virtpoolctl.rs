@@ -9,11 +9,11 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use virtpool::api::types::*;
-use virtpool::client::{Client, ClientError, DEFAULT_SOCKET};
-use virtpool::config::{BytesPolicy, CountPolicy};
-use virtpool::model::{PerResource, Resource};
-use virtpool::report::table;
-use virtpool::units::{self, Amount, Bytes, Unit};
+use virtpool::cli::client::{Client, ClientError, DEFAULT_SOCKET};
+use virtpool::cli::report::table;
+use virtpool::core::config::{BytesPolicy, CountPolicy};
+use virtpool::core::model::{PerResource, Resource};
+use virtpool::core::units::{self, Amount, Bytes, Unit};
 
 /// Control a running virtpoold: pools, members, reservations, pause.
 #[derive(Parser, Debug)]
@@ -153,11 +153,11 @@ impl From<ClientError> for Fail {
 }
 
 fn main() -> ExitCode {
-    if let Some(dir) = virtpool::assets::requested() {
+    if let Some(dir) = virtpool::cli::assets::requested() {
         use clap::CommandFactory;
         // Both binaries' pages and completions (virtpoold has no clap).
-        let written = virtpool::assets::generate(Cli::command(), "1", &dir).and_then(|_| {
-            virtpool::assets::generate(virtpool::assets::daemon_command(), "8", &dir)
+        let written = virtpool::cli::assets::generate(Cli::command(), "1", &dir).and_then(|_| {
+            virtpool::cli::assets::generate(virtpool::cli::assets::daemon_command(), "8", &dir)
         });
         return match written {
             Ok(_) => ExitCode::SUCCESS,
@@ -191,7 +191,7 @@ fn main() -> ExitCode {
 }
 
 fn path_seg(s: &str) -> Result<&str, Fail> {
-    virtpool::config::valid_name(s).map_err(|e| Fail(e, 2))?;
+    virtpool::core::config::valid_name(s).map_err(|e| Fail(e, 2))?;
     Ok(s)
 }
 
@@ -749,7 +749,7 @@ fn render_plan(p: &PlanResponse) -> String {
     );
     let mut rows = Vec::new();
     for a in &p.actions {
-        use virtpool::model::Action as A;
+        use virtpool::core::model::Action as A;
         let what = match &a.action {
             A::SetVcpus {
                 from, to, reason, ..

@@ -2,16 +2,17 @@
 
 use anyhow::Context;
 use std::process::ExitCode;
-use virtpool::audit::AuditLog;
-use virtpool::config::{Config, Mode};
-use virtpool::daemon_args::{self, Parsed};
-use virtpool::host::Host;
-use virtpool::libvirt::worker::HvWorker;
-use virtpool::libvirt::Libvirt;
-use virtpool::monitor::{Monitor, MonitorOptions};
-use virtpool::service::{self, Overrides, SdNotifier, ServiceParts};
-use virtpool::state::{RuntimeState, VcpuHolds};
-use virtpool::{metrics, observability, report};
+use virtpool::adapters::host::Host;
+use virtpool::adapters::libvirt::worker::HvWorker;
+use virtpool::adapters::libvirt::Libvirt;
+use virtpool::agent::audit::AuditLog;
+use virtpool::agent::monitor::{Monitor, MonitorOptions};
+use virtpool::agent::service::{self, Overrides, SdNotifier, ServiceParts};
+use virtpool::agent::state::{RuntimeState, VcpuHolds};
+use virtpool::agent::{metrics, observability};
+use virtpool::cli::daemon_args::{self, Parsed};
+use virtpool::cli::report;
+use virtpool::core::config::{Config, Mode};
 
 fn main() -> ExitCode {
     let parsed = daemon_args::parse(
@@ -61,7 +62,7 @@ fn main() -> ExitCode {
             args.config.display(),
             cfg.pools.len(),
             alloc.vcpus,
-            virtpool::units::human_bytes(alloc.memory)
+            virtpool::core::units::human_bytes(alloc.memory)
         );
         return ExitCode::SUCCESS;
     }
@@ -102,7 +103,7 @@ fn main() -> ExitCode {
     virt_quiet();
     // Before any libvirt connection is opened (events need it).
     if !args.once {
-        if let Err(e) = virtpool::libvirt::events::start_event_loop() {
+        if let Err(e) = virtpool::adapters::libvirt::events::start_event_loop() {
             tracing::warn!(error = %e, "lifecycle events off: cycles run on the interval only");
         }
     }
@@ -137,7 +138,7 @@ fn main() -> ExitCode {
 
 /// Silences libvirt's default error printing (errors are returned and logged).
 fn virt_quiet() {
-    virtpool::libvirt::quiet_errors();
+    virtpool::adapters::libvirt::quiet_errors();
 }
 
 fn runtime_state(cfg: &Config) -> anyhow::Result<RuntimeState> {
@@ -152,7 +153,7 @@ async fn once(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCode
     let runtime = if cfg
         .agent
         .state_dir
-        .join(virtpool::state::STATE_FILE)
+        .join(virtpool::agent::state::STATE_FILE)
         .exists()
     {
         runtime_state(&cfg)?
@@ -198,7 +199,7 @@ async fn once(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCode
 }
 
 /// The agent under systemd (or in a terminal): monitor, API socket,
-/// metrics listener, signals. See `virtpool::service`.
+/// metrics listener, signals. See `virtpool::agent::service`.
 async fn daemon(
     cfg: Config,
     host: Host,
@@ -225,7 +226,7 @@ async fn daemon(
             AuditLog::memory()
         }
     };
-    let (events_tx, events_rx) = virtpool::libvirt::events::channel();
+    let (events_tx, events_rx) = virtpool::adapters::libvirt::events::channel();
     let hv = HvWorker::spawn(Box::new(
         Libvirt::new(&cfg.agent.libvirt_uri)
             .with_events(events_tx)

@@ -8,15 +8,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
+use virtpool::adapters::host::Host;
+use virtpool::adapters::libvirt::worker::HvWorker;
+use virtpool::adapters::libvirt::{HvError, Hypervisor};
+use virtpool::agent::monitor::{Handle, Monitor};
+use virtpool::agent::state::RuntimeState;
 use virtpool::api::{self, AppState, ServeOptions};
-use virtpool::client::Client;
-use virtpool::config::Config;
-use virtpool::host::Host;
-use virtpool::libvirt::worker::HvWorker;
-use virtpool::libvirt::{HvError, Hypervisor};
-use virtpool::model::{Action, DiskObs, DomainObs, DomainState, IoTune};
-use virtpool::monitor::{Handle, Monitor};
-use virtpool::state::RuntimeState;
+use virtpool::cli::client::Client;
+use virtpool::core::config::Config;
+use virtpool::core::model::{Action, DiskObs, DomainObs, DomainState, IoTune};
 
 const GIB: u64 = 1 << 30;
 
@@ -238,7 +238,7 @@ impl Agent {
     /// another wait limit (`self.hv` can then stall a full observation).
     pub async fn standard_with(
         dir: &Path,
-        reloads: Option<tokio::sync::mpsc::Sender<virtpool::service::ReloadRequest>>,
+        reloads: Option<tokio::sync::mpsc::Sender<virtpool::agent::service::ReloadRequest>>,
         wait_limit: std::time::Duration,
     ) -> Agent {
         Agent::start_with(
@@ -272,7 +272,7 @@ impl Agent {
         pools: &str,
         hv: FakeHv,
         opts: ServeOptions,
-        reloads: Option<tokio::sync::mpsc::Sender<virtpool::service::ReloadRequest>>,
+        reloads: Option<tokio::sync::mpsc::Sender<virtpool::agent::service::ReloadRequest>>,
         wait_limit: Option<std::time::Duration>,
     ) -> Agent {
         let text = config_text(dir, group, pools);
@@ -366,7 +366,7 @@ async fn raw_no_content_type(
     method: &str,
     path: &str,
     body: &str,
-) -> virtpool::client::Answer {
+) -> virtpool::cli::client::Answer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
     let req = format!(
@@ -379,7 +379,7 @@ async fn raw_no_content_type(
     let text = String::from_utf8_lossy(&out).to_string();
     let status: u16 = text[9..12].parse().unwrap();
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    virtpool::client::Answer {
+    virtpool::cli::client::Answer {
         status: hyper::StatusCode::from_u16(status).unwrap(),
         body: body.into_bytes().into(),
     }

@@ -22,9 +22,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use virt::connect::Connect;
 use virt::domain::Domain;
-use virtpool::config::Config;
-use virtpool::membership::Membership;
-use virtpool::model::{DomainObs, DomainState, Resource};
+use virtpool::core::config::Config;
+use virtpool::core::membership::Membership;
+use virtpool::core::model::{DomainObs, DomainState, Resource};
 
 pub const LIBVIRTD: &str = "/usr/sbin/libvirtd";
 pub const POOL_NS: &str = "https://virtpool.dev/xmlns/pool/1";
@@ -421,8 +421,8 @@ impl Host2 {
     }
 
     /// Live block I/O limits of one disk (own connection; `virDomainGetBlockIoTune`).
-    pub fn iotune(&self, name: &str, disk: &str) -> virtpool::model::IoTune {
-        virtpool::libvirt::ffi::get_block_iotune(&self.dom(name), disk, 0)
+    pub fn iotune(&self, name: &str, disk: &str) -> virtpool::core::model::IoTune {
+        virtpool::adapters::libvirt::ffi::get_block_iotune(&self.dom(name), disk, 0)
             .unwrap_or_else(|e| panic!("{name} {disk}: {e}"))
     }
 
@@ -739,7 +739,7 @@ pub fn write_config(dir: &Path, text: &str) -> (PathBuf, Config) {
 /// its floors (configured `min`, ≥ 1 vCPU, memory ≥ guest used + margin).
 /// Returns the number of domains checked.
 pub fn check_safety(h: &Host2, cfg: &Config) -> usize {
-    let cap = virtpool::model::HostCapacity {
+    let cap = virtpool::core::model::HostCapacity {
         cpus: cfg.host.cpus.unwrap_or(1),
         memory_total: cfg.host.memory.unwrap_or(GIB),
         memory_available: cfg.host.memory.unwrap_or(GIB),

@@ -116,8 +116,8 @@ pub fn available() -> bool {
 /// Quiet libvirt errors and start the process's libvirt event loop (before
 /// any connection is opened, as `virtpoold` does).
 pub fn start_events() {
-    virtpool::libvirt::quiet_errors();
-    virtpool::libvirt::events::start_event_loop().unwrap();
+    virtpool::adapters::libvirt::quiet_errors();
+    virtpool::adapters::libvirt::events::start_event_loop().unwrap();
 }
 
 /// Suspends the test driver's own domain (`test`) from a separate client

@@ -4,13 +4,13 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use virtpool::config::Config;
-use virtpool::host::Host;
-use virtpool::libvirt::worker::HvWorker;
-use virtpool::libvirt::Libvirt;
-use virtpool::model::DomainObs;
-use virtpool::monitor::{Monitor, Status};
-use virtpool::state::RuntimeState;
+use virtpool::adapters::host::Host;
+use virtpool::adapters::libvirt::worker::HvWorker;
+use virtpool::adapters::libvirt::Libvirt;
+use virtpool::agent::monitor::{Monitor, Status};
+use virtpool::agent::state::RuntimeState;
+use virtpool::core::config::Config;
+use virtpool::core::model::DomainObs;
 
 /// Absolute path of a fixture under tests/fixtures.
 pub fn fixture(name: &str) -> PathBuf {
@@ -36,7 +36,7 @@ pub fn config(node: &str, body: &str) -> Config {
 /// One cycle on a fresh connection; returns the status and a handle to the
 /// same connection (file-backed test nodes are private per connection).
 pub async fn one_cycle(cfg: Config, observe: bool) -> (std::sync::Arc<Status>, HvWorker) {
-    virtpool::libvirt::quiet_errors();
+    virtpool::adapters::libvirt::quiet_errors();
     let hv = HvWorker::spawn(Box::new(Libvirt::new(&cfg.agent.libvirt_uri))).unwrap();
     let (mut m, _h) = Monitor::new(
         hv.clone(),

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use virtpool::config::Config;
-use virtpool::model::DomainState;
-use virtpool::monitor::Status;
+use virtpool::agent::monitor::Status;
+use virtpool::core::config::Config;
+use virtpool::core::model::DomainState;
 
 /// Waits until the published status satisfies `f`; panics with the last
 /// status after `within`.
@@ -55,21 +55,21 @@ pub fn observe_config(uri: &str, interval: &str) -> Config {
 /// events and running (`Monitor::run`) until [`Running::stop`]. The event
 /// loop must be started before.
 pub struct Running {
-    pub handle: virtpool::monitor::Handle,
+    pub handle: virtpool::agent::monitor::Handle,
     shutdown: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 pub fn run_observer(uri: &str) -> Running {
-    use virtpool::libvirt::{events, worker::HvWorker, Libvirt};
+    use virtpool::adapters::libvirt::{events, worker::HvWorker, Libvirt};
     let (tx, rx) = events::channel();
     let hv = HvWorker::spawn(Box::new(Libvirt::new(uri).with_events(tx)))
         .expect("the libvirt worker starts");
-    let (monitor, handle) = virtpool::monitor::Monitor::new(
+    let (monitor, handle) = virtpool::agent::monitor::Monitor::new(
         hv,
-        virtpool::host::Host::new().expect("host facts"),
+        virtpool::adapters::host::Host::new().expect("host facts"),
         observe_config(uri, "60s"),
-        virtpool::state::RuntimeState::new(),
+        virtpool::agent::state::RuntimeState::new(),
         true,
     );
     let shutdown = tokio_util::sync::CancellationToken::new();

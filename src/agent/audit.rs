@@ -1,0 +1,859 @@
+//! The audit log: what the agent decided and what happened, as JSON lines
+//! in `state_dir/audit.jsonl`, rotated by size (`audit.jsonl.1` … `.N`).
+//! `GET /v1/events` reads it back ([`AuditLog::since`]), so the history
+//! survives restarts.
+//!
+//! The monitor appends once per cycle. The write is a few hundred bytes to
+//! a local file without fsync (the page cache absorbs it in microseconds),
+//! so it runs inline in the monitor task with plain `std::fs`: a
+//! `spawn_blocking` hop would cost more than the write and could reorder
+//! cycles' events. Losing the last lines in a crash is acceptable for an
+//! audit trail that the journal duplicates.
+//!
+//! Reading goes backwards from the end of the live file, then through the
+//! rotated files, and stops as soon as it has `limit` events (or reaches
+//! `since`): a read costs the tail it returns, not the whole history.
+//! Sequence numbers only grow, so a rotation racing a read is harmless
+//! (an event seen twice is dropped by its number).
+
+use crate::core::model::Action;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+/// File name inside `state_dir`.
+pub const AUDIT_FILE: &str = "audit.jsonl";
+/// Rotate when the file would grow past this.
+pub const DEFAULT_MAX_BYTES: u64 = 10 << 20;
+/// Rotated files kept (`audit.jsonl.1` … `.3`).
+pub const DEFAULT_KEEP: usize = 3;
+/// Events kept in memory when there is no file to read them back from
+/// (a memory-only log, or events whose write failed).
+pub const RECENT_CAP: usize = 1000;
+/// Bytes read from a file per step when reading backwards.
+const CHUNK: usize = 64 << 10;
+/// Lines longer than this are not audit records: skipped unread.
+const MAX_LINE: usize = 1 << 20;
+
+/// One audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Increasing number, for paging (`?since=`); continues across
+    /// restarts. Assigned by [`AuditLog::append`].
+    #[serde(default)]
+    pub seq: u64,
+    /// RFC 3339 UTC time, millisecond precision.
+    pub time: String,
+    /// The monitor cycle that produced the event (`cycle` in
+    /// `/v1/status`; it starts again at 1 when the agent restarts), for
+    /// actions, unadmitted members and libvirt connection changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cycle: Option<u64>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// The time now as events carry it (RFC 3339 UTC, milliseconds).
+pub fn time_now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    /// One enforcement action and its outcome.
+    Action {
+        domain: String,
+        uuid: String,
+        resource: String,
+        before: String,
+        after: String,
+        reason: String,
+        /// `ok` or `error`.
+        result: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// The action as the plan has it (`before`/`after` in numbers:
+        /// vCPUs, bytes, bytes/s and IOPS, weights), as in `/v1/plan`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<Box<Action>>,
+    },
+    /// A SIGHUP reload: swapped in (`ok`) or refused (the running config stays).
+    ConfigReload {
+        file: String,
+        ok: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// The libvirt connection went down.
+    LibvirtLost { uri: String, error: String },
+    /// The libvirt connection is back.
+    LibvirtRestored { uri: String },
+    /// A pool member whose floors do not fit the budget: left untouched.
+    Unadmitted {
+        pool: String,
+        domain: String,
+        uuid: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+    /// The agent started.
+    Started { version: String },
+    /// The agent is stopping.
+    Stopping,
+    /// A runtime change made through the API, by `uid`.
+    Change { uid: u32, message: String },
+}
+
+impl Event {
+    /// An event stamped now.
+    pub fn now(kind: EventKind) -> Event {
+        Event {
+            seq: 0,
+            time: time_now(),
+            cycle: None,
+            kind,
+        }
+    }
+
+    /// An event of monitor cycle `cycle`, stamped now.
+    pub fn in_cycle(kind: EventKind, cycle: u64) -> Event {
+        Event {
+            cycle: Some(cycle),
+            ..Event::now(kind)
+        }
+    }
+}
+
+/// Why the audit file could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("{file}: cannot open audit log: {source}")]
+    Open {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: cannot write audit log: {source}")]
+    Write {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: cannot read audit log: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct FileSink {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_bytes: u64,
+    keep: usize,
+}
+
+impl FileSink {
+    fn rotated(&self, n: usize) -> PathBuf {
+        rotated_path(&self.path, n)
+    }
+
+    /// audit.jsonl.(keep-1) → .keep, …, audit.jsonl → .1, then a fresh file.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        if self.keep == 0 {
+            self.file.set_len(0)?;
+            self.size = 0;
+            return Ok(());
+        }
+        for n in (1..self.keep).rev() {
+            let from = self.rotated(n);
+            if from.exists() {
+                std::fs::rename(&from, self.rotated(n + 1))?;
+            }
+        }
+        std::fs::rename(&self.path, self.rotated(1))?;
+        self.file = open_append(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+
+    /// Appends the events `each` visits as JSON lines (rotating first if
+    /// they would not fit), streamed through a [`CHUNK`]-sized buffer: the
+    /// batch is visited twice, once to measure it, so a batch of thousands
+    /// of events never sits in memory as one block of text. `each` must
+    /// visit the same events both times.
+    fn write(&mut self, each: &dyn Fn(&mut Visit) -> std::io::Result<()>) -> std::io::Result<()> {
+        let mut count = ByteCount(0);
+        each(&mut |ev| write_line(&mut count, ev))?;
+        let len = count.0;
+        if self.size > 0 && self.size + len > self.max_bytes {
+            self.rotate()?;
+        }
+        let cap = usize::try_from(len).map_or(CHUNK, |n| n.min(CHUNK));
+        let mut out = std::io::BufWriter::with_capacity(cap, &mut self.file);
+        each(&mut |ev| write_line(&mut out, ev))?;
+        out.flush()?;
+        self.size += len;
+        Ok(())
+    }
+}
+
+/// What [`FileSink::write`] does with each event of a batch.
+type Visit<'a> = dyn FnMut(&Event) -> std::io::Result<()> + 'a;
+
+/// Writes the event as one JSON line. Serialising these plain structs
+/// cannot fail; an event that does is skipped (an I/O error is returned).
+fn write_line(out: &mut impl Write, ev: &Event) -> std::io::Result<()> {
+    match serde_json::to_writer(&mut *out, ev) {
+        Ok(()) => out.write_all(b"\n"),
+        Err(e) if e.is_io() => Err(e.into()),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Counts the bytes written to it.
+struct ByteCount(u64);
+
+impl Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+}
+
+/// Whether the file's last byte is a newline.
+fn ends_with_newline(path: &Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::End(-1))?;
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b)?;
+    Ok(b[0] == b'\n')
+}
+
+/// `audit.jsonl` → `audit.jsonl.N`.
+fn rotated_path(path: &Path, n: usize) -> PathBuf {
+    let mut s = path.to_path_buf().into_os_string();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// Calls `f` with each line of the file at `path`, last line first, until
+/// `f` returns `false`. Reads [`CHUNK`] bytes at a time from the end, so the
+/// cost is the lines visited; lines over [`MAX_LINE`] bytes are skipped.
+/// Returns `Ok(false)` if `f` stopped the scan; a missing file is empty.
+fn scan_back(path: &Path, mut f: impl FnMut(&[u8]) -> bool) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    let mut pos = file.metadata()?.len();
+    // The start of a line whose beginning is in a chunk not read yet.
+    let mut carry: Vec<u8> = Vec::new();
+    // `carry` overflowed MAX_LINE: drop bytes until the next newline.
+    let mut skipping = false;
+    while pos > 0 {
+        let start = pos.saturating_sub(CHUNK as u64);
+        // At most CHUNK: fits in usize.
+        let n = (pos - start) as usize;
+        let mut data = vec![0u8; n];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut data)?;
+        pos = start;
+        let mut end = data.len();
+        while let Some(i) = data[..end].iter().rposition(|&b| b == b'\n') {
+            let seg = &data[i + 1..end];
+            if skipping {
+                skipping = false;
+            } else if carry.is_empty() {
+                if !seg.is_empty() && !f(seg) {
+                    return Ok(false);
+                }
+            } else {
+                let mut line = seg.to_vec();
+                line.append(&mut carry);
+                if !f(&line) {
+                    return Ok(false);
+                }
+            }
+            carry.clear();
+            end = i;
+        }
+        if !skipping {
+            let mut head = data[..end].to_vec();
+            head.append(&mut carry);
+            carry = head;
+            if carry.len() > MAX_LINE {
+                carry = Vec::new();
+                skipping = true;
+            }
+        }
+    }
+    if !skipping && !carry.is_empty() && !f(&carry) {
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// The newest `limit` events with `seq > since` from `path` and its rotated
+/// files (`path.1` … `path.keep`), newest first.
+fn read_tail(
+    path: &Path,
+    keep: usize,
+    since: Option<u64>,
+    limit: usize,
+) -> std::io::Result<Vec<Event>> {
+    let mut out: Vec<Event> = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    let floor = since.unwrap_or(0);
+    for n in 0..=keep {
+        let file = if n == 0 {
+            path.to_path_buf()
+        } else {
+            rotated_path(path, n)
+        };
+        let go_on = scan_back(&file, |line| {
+            // Unparseable lines (a torn last write, a future format) are skipped.
+            let Ok(ev) = serde_json::from_slice::<Event>(line) else {
+                return true;
+            };
+            if since.is_some() && ev.seq <= floor {
+                return false;
+            }
+            // Numbers only decrease going back; a repeat is a file read
+            // twice across a concurrent rotation.
+            if out.last().is_none_or(|last| ev.seq < last.seq) {
+                out.push(ev);
+            }
+            out.len() < limit
+        })?;
+        if !go_on {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+struct Inner {
+    sink: Option<FileSink>,
+    /// Events not in a file: all of them for a memory-only log, those whose
+    /// write failed otherwise. At most [`RECENT_CAP`].
+    recent: VecDeque<Event>,
+    /// The last `seq` given out.
+    seq: u64,
+}
+
+impl Inner {
+    /// Writes a batch (see [`FileSink::write`]) to the file: `Ok(true)`
+    /// when written, `Ok(false)` when there is no file (memory only).
+    fn write(
+        &mut self,
+        each: &dyn Fn(&mut Visit) -> std::io::Result<()>,
+    ) -> Result<bool, AuditError> {
+        let Some(sink) = self.sink.as_mut() else {
+            return Ok(false);
+        };
+        sink.write(each)
+            .map(|()| true)
+            .map_err(|source| AuditError::Write {
+                file: sink.path.clone(),
+                source,
+            })
+    }
+
+    /// Keeps events that are in no file, up to [`RECENT_CAP`] (the oldest go).
+    fn keep_recent(&mut self, events: Vec<Event>) {
+        for ev in events {
+            if self.recent.len() >= RECENT_CAP {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(ev);
+        }
+    }
+}
+
+/// The audit log. Cheap to clone; clones share the file and the memory.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = self.lock().sink.as_ref().map(|s| s.path.clone());
+        f.debug_struct("AuditLog").field("file", &path).finish()
+    }
+}
+
+impl Default for AuditLog {
+    fn default() -> Self {
+        AuditLog::memory()
+    }
+}
+
+impl AuditLog {
+    /// An audit log that keeps recent events in memory only.
+    pub fn memory() -> AuditLog {
+        AuditLog {
+            inner: Arc::new(Mutex::new(Inner {
+                sink: None,
+                recent: VecDeque::new(),
+                seq: 0,
+            })),
+        }
+    }
+
+    /// Opens (creates) `state_dir/audit.jsonl` with the default rotation
+    /// (10 MiB, 3 rotated files); numbering continues from its last event.
+    pub fn open(state_dir: &Path) -> Result<AuditLog, AuditError> {
+        AuditLog::open_with(state_dir, DEFAULT_MAX_BYTES, DEFAULT_KEEP)
+    }
+
+    /// Like [`AuditLog::open`] with explicit rotation limits.
+    pub fn open_with(
+        state_dir: &Path,
+        max_bytes: u64,
+        keep: usize,
+    ) -> Result<AuditLog, AuditError> {
+        let path = state_dir.join(AUDIT_FILE);
+        let oerr = |source| AuditError::Open {
+            file: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(state_dir).map_err(oerr)?;
+        // The last event, wherever it is (the live file is empty right
+        // after a rotation).
+        let seq = read_tail(&path, keep, None, 1)
+            .map_err(oerr)?
+            .first()
+            .map_or(0, |e| e.seq);
+        let mut file = open_append(&path).map_err(oerr)?;
+        let mut size = file.metadata().map_err(oerr)?.len();
+        // A torn last write (a crash mid-line): end that line, so the next
+        // record starts on its own line instead of being glued to it.
+        if size > 0 && !ends_with_newline(&path).map_err(oerr)? {
+            file.write_all(b"\n").map_err(oerr)?;
+            size += 1;
+        }
+        Ok(AuditLog {
+            inner: Arc::new(Mutex::new(Inner {
+                sink: Some(FileSink {
+                    path,
+                    file,
+                    size,
+                    max_bytes,
+                    keep,
+                }),
+                recent: VecDeque::new(),
+                seq,
+            })),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (appends are
+        // whole lines); keep going.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The file written, if any.
+    pub fn path(&self) -> Option<PathBuf> {
+        self.lock().sink.as_ref().map(|s| s.path.clone())
+    }
+
+    /// Numbers the events and appends them to the file, or to memory if
+    /// there is no file. Events whose write fails are kept in memory (and
+    /// still returned by [`AuditLog::since`]) and the error is returned.
+    pub fn append(&self, events: &[Event]) -> Result<(), AuditError> {
+        self.append_owned(events.to_vec())
+    }
+
+    /// [`AuditLog::append`] for events the caller gives away: numbered in
+    /// place, not copied.
+    pub fn append_owned(&self, mut events: Vec<Event>) -> Result<(), AuditError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut inner = self.lock();
+        for ev in &mut events {
+            inner.seq += 1;
+            ev.seq = inner.seq;
+        }
+        let written = inner.write(&|visit| events.iter().try_for_each(&mut *visit));
+        if !matches!(written, Ok(true)) {
+            inner.keep_recent(events);
+        }
+        written.map(|_| ())
+    }
+
+    /// Appends `n` events made on demand by `event(i)` (numbered here), in
+    /// one batch like [`AuditLog::append`]: written to the file one at a
+    /// time, so a cycle's thousands of action events are never all in
+    /// memory at once. `event` must return the same event for the same `i`
+    /// (it is called twice per event: the batch is measured first).
+    pub fn append_with(&self, n: usize, event: impl Fn(usize) -> Event) -> Result<(), AuditError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let mut inner = self.lock();
+        let first = inner.seq + 1;
+        inner.seq += n as u64;
+        let numbered = |i: usize| Event {
+            seq: first + i as u64,
+            ..event(i)
+        };
+        let written = inner.write(&|visit| (0..n).try_for_each(|i| visit(&numbered(i))));
+        if !matches!(written, Ok(true)) {
+            // Only the newest RECENT_CAP can be kept.
+            let keep = (n.saturating_sub(RECENT_CAP)..n).map(numbered).collect();
+            inner.keep_recent(keep);
+        }
+        written.map(|_| ())
+    }
+
+    /// The last `n` events, oldest first.
+    pub fn recent(&self, n: usize) -> Result<Vec<Event>, AuditError> {
+        self.since(None, n)
+    }
+
+    /// Events with `seq > since` (all kept when `None`), oldest first, the
+    /// newest `limit` of them: read back from the end of the file and its
+    /// rotated files, plus any kept in memory. Blocking file I/O; the cost
+    /// is about the events returned.
+    pub fn since(&self, since: Option<u64>, limit: usize) -> Result<Vec<Event>, AuditError> {
+        let (file, mut events) = {
+            let inner = self.lock();
+            let file = inner.sink.as_ref().map(|s| (s.path.clone(), s.keep));
+            let mem: Vec<Event> = inner
+                .recent
+                .iter()
+                .filter(|e| since.is_none_or(|s| e.seq > s))
+                .cloned()
+                .collect();
+            (file, mem)
+        };
+        if let Some((path, keep)) = file {
+            let read = read_tail(&path, keep, since, limit).map_err(|source| AuditError::Read {
+                file: path.clone(),
+                source,
+            })?;
+            events.extend(read);
+        }
+        events.sort_by_key(|e| e.seq);
+        events.dedup_by_key(|e| e.seq);
+        let skip = events.len().saturating_sub(limit);
+        events.drain(..skip);
+        Ok(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn reload(i: usize) -> Event {
+        Event::now(EventKind::ConfigReload {
+            file: format!("f{i}"),
+            ok: true,
+            error: None,
+        })
+    }
+
+    fn seqs(evs: &[Event]) -> Vec<u64> {
+        evs.iter().map(|e| e.seq).collect()
+    }
+
+    fn file_of(e: &Event) -> &str {
+        match &e.kind {
+            EventKind::ConfigReload { file, .. } => file,
+            other => panic!("not a reload: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn appends_json_lines_and_reads_them_back_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        log.append(&[reload(1), Event::now(EventKind::Stopping)])
+            .unwrap();
+        let text = std::fs::read_to_string(dir.path().join(AUDIT_FILE)).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["event"], "config_reload");
+        assert_eq!(v["file"], "f1");
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
+        drop(log);
+        let again = AuditLog::open(dir.path()).unwrap();
+        let recent = again.recent(10).unwrap();
+        assert_eq!(recent.len(), 2);
+        assert_eq!(recent[1].kind, EventKind::Stopping);
+        assert_eq!(again.recent(1).unwrap().len(), 1);
+        // Numbers continue after a restart.
+        assert_eq!(seqs(&recent), vec![1, 2]);
+        again.append(&[reload(3)]).unwrap();
+        assert_eq!(again.since(Some(2), 10).unwrap()[0].seq, 3);
+        assert_eq!(again.since(Some(3), 10).unwrap().len(), 0);
+        assert_eq!(seqs(&again.since(None, 2).unwrap()), vec![2, 3]);
+        assert!(again.since(None, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rotates_by_size_and_keeps_n_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open_with(dir.path(), 300, 2).unwrap();
+        for i in 0..40 {
+            log.append(&[reload(i)]).unwrap();
+        }
+        let main = dir.path().join(AUDIT_FILE);
+        assert!(std::fs::metadata(&main).unwrap().len() <= 300);
+        assert!(dir.path().join("audit.jsonl.1").exists());
+        assert!(dir.path().join("audit.jsonl.2").exists());
+        assert!(!dir.path().join("audit.jsonl.3").exists());
+        // The newest event is in the live file, older ones in .1.
+        let live = std::fs::read_to_string(&main).unwrap();
+        assert!(live.contains("\"f39\""), "{live}");
+        let r1 = std::fs::read_to_string(dir.path().join("audit.jsonl.1")).unwrap();
+        assert!(!r1.contains("\"f39\""));
+        // Reading back returns what the three files hold: the newest
+        // events, contiguous, oldest first, ending at the last one.
+        let kept = std::fs::read_to_string(dir.path().join("audit.jsonl.2")).unwrap() + &r1 + &live;
+        let all = log.recent(100).unwrap();
+        assert_eq!(all.len(), kept.lines().count());
+        assert_eq!(all.last().unwrap().seq, 40);
+        assert!(all.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_write_buffer_is_one_unit_of_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open_with(dir.path(), 200_000, 2).unwrap();
+        log.append(&[reload(0)]).unwrap();
+        // Over CHUNK bytes of JSON, and too big for what is left of the
+        // live file: the file rotates once, before the batch, which then
+        // lands whole in the fresh file.
+        let batch: Vec<Event> = (1..=3000).map(reload).collect();
+        log.append_owned(batch).unwrap();
+        let main = dir.path().join(AUDIT_FILE);
+        let live = std::fs::read_to_string(&main).unwrap();
+        assert!(live.len() > CHUNK, "{} bytes", live.len());
+        let lines: Vec<Event> = live
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3000);
+        assert_eq!(lines.first().unwrap().seq, 2);
+        assert_eq!(lines.last().unwrap().seq, 3001);
+        assert!(lines.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        let r1 = std::fs::read_to_string(dir.path().join("audit.jsonl.1")).unwrap();
+        assert_eq!(r1.lines().count(), 1, "{r1}");
+        assert_eq!(log.recent(5000).unwrap().len(), 3001);
+    }
+
+    #[test]
+    fn events_made_on_demand_are_one_batch_numbered_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open_with(dir.path(), 200_000, 2).unwrap();
+        log.append(&[reload(0)]).unwrap();
+        // Each event is made when written (twice: measured, then written),
+        // and the batch rotates as one, like an owned batch.
+        let made = std::sync::atomic::AtomicUsize::new(0);
+        let time = time_now();
+        log.append_with(3000, |i| {
+            made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Event {
+                time: time.clone(),
+                ..reload(i + 1)
+            }
+        })
+        .unwrap();
+        assert_eq!(made.into_inner(), 6000);
+        let live = std::fs::read_to_string(dir.path().join(AUDIT_FILE)).unwrap();
+        let lines: Vec<Event> = live
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3000);
+        assert_eq!((lines[0].seq, file_of(&lines[0])), (2, "f1"));
+        assert_eq!((lines[2999].seq, file_of(&lines[2999])), (3001, "f3000"));
+        let r1 = std::fs::read_to_string(dir.path().join("audit.jsonl.1")).unwrap();
+        assert_eq!(r1.lines().count(), 1, "rotated once, before the batch");
+        log.append(&[reload(9)]).unwrap();
+        assert_eq!(log.recent(1).unwrap()[0].seq, 3002);
+        assert!(log.append_with(0, reload).is_ok());
+    }
+
+    #[test]
+    fn events_whose_write_fails_stay_in_memory_and_the_error_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every write to /dev/full fails (ENOSPC).
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(AUDIT_FILE)).unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        let err = log.append(&[reload(1)]).unwrap_err();
+        assert!(err.to_string().contains(AUDIT_FILE), "{err}");
+        assert!(log.append_with(2, |i| reload(i + 2)).is_err());
+        let kept = log.recent(10).unwrap();
+        assert_eq!(seqs(&kept), vec![1, 2, 3]);
+        assert_eq!(file_of(&kept[2]), "f3");
+    }
+
+    #[test]
+    fn events_made_on_demand_stay_in_memory_without_a_file() {
+        let log = AuditLog::memory();
+        log.append_with(RECENT_CAP + 5, reload).unwrap();
+        let kept = log.recent(RECENT_CAP * 2).unwrap();
+        // The newest RECENT_CAP, numbered as if all had been kept.
+        assert_eq!(kept.len(), RECENT_CAP);
+        assert_eq!(kept[0].seq, 6);
+        assert_eq!(
+            file_of(kept.last().unwrap()),
+            format!("f{}", RECENT_CAP + 4)
+        );
+    }
+
+    #[test]
+    fn reads_across_the_rotation_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        // Three events per file: rotation after each third append.
+        let probe = serde_json::to_vec(&reload(10)).unwrap().len() as u64 + 1;
+        let log = AuditLog::open_with(dir.path(), 3 * probe + 10, 3).unwrap();
+        for i in 1..=8 {
+            log.append(&[reload(i)]).unwrap();
+        }
+        let lines = |f: &str| {
+            std::fs::read_to_string(dir.path().join(f))
+                .unwrap()
+                .lines()
+                .count()
+        };
+        assert_eq!(
+            (
+                lines("audit.jsonl.2"),
+                lines("audit.jsonl.1"),
+                lines(AUDIT_FILE)
+            ),
+            (3, 3, 2)
+        );
+        // A window that straddles live and .1, and one that spans all three.
+        let w = log.recent(4).unwrap();
+        assert_eq!(seqs(&w), vec![5, 6, 7, 8]);
+        assert_eq!(file_of(&w[0]), "f5");
+        assert_eq!(
+            seqs(&log.since(Some(1), 100).unwrap()),
+            (2..=8).collect::<Vec<_>>()
+        );
+        assert_eq!(seqs(&log.since(Some(5), 2).unwrap()), vec![7, 8]);
+        // Just after a rotation the live file is empty; a restart still
+        // continues the numbering from .1.
+        std::fs::rename(
+            dir.path().join("audit.jsonl.2"),
+            dir.path().join("audit.jsonl.3"),
+        )
+        .unwrap();
+        std::fs::rename(
+            dir.path().join("audit.jsonl.1"),
+            dir.path().join("audit.jsonl.2"),
+        )
+        .unwrap();
+        std::fs::rename(
+            dir.path().join(AUDIT_FILE),
+            dir.path().join("audit.jsonl.1"),
+        )
+        .unwrap();
+        drop(log);
+        let again = AuditLog::open_with(dir.path(), 3 * probe + 10, 3).unwrap();
+        assert_eq!(lines(AUDIT_FILE), 0);
+        again.append(&[reload(9)]).unwrap();
+        let all = again.recent(100).unwrap();
+        assert_eq!(seqs(&all), (1..=9).collect::<Vec<_>>());
+        assert_eq!(file_of(&all[8]), "f9");
+    }
+
+    #[test]
+    fn a_file_read_twice_by_a_racing_rotation_gives_each_event_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        for i in 1..=4 {
+            log.append(&[reload(i)]).unwrap();
+        }
+        // What a reader sees if the live file is renamed to .1 between its
+        // reading the live file and .1: the same lines twice.
+        std::fs::copy(
+            dir.path().join(AUDIT_FILE),
+            dir.path().join("audit.jsonl.1"),
+        )
+        .unwrap();
+        assert_eq!(seqs(&log.recent(100).unwrap()), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn long_files_torn_lines_and_garbage_are_read_correctly() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        // Several read chunks' worth of lines, so lines straddle chunks.
+        let n = 3 * CHUNK / 90 + 7;
+        let events: Vec<Event> = (1..=n).map(reload).collect();
+        log.append(&events).unwrap();
+        let main = dir.path().join(AUDIT_FILE);
+        assert!(std::fs::metadata(&main).unwrap().len() > 3 * CHUNK as u64);
+        let all = log.recent(usize::MAX).unwrap();
+        assert_eq!(seqs(&all), (1..=n as u64).collect::<Vec<_>>());
+        assert!(all
+            .iter()
+            .enumerate()
+            .all(|(i, e)| file_of(e) == format!("f{}", i + 1)));
+        drop(log);
+        // A line too long to be a record, a garbage line, a torn last write.
+        let mut f = OpenOptions::new().append(true).open(&main).unwrap();
+        f.write_all(&vec![b'x'; MAX_LINE + 3 * CHUNK]).unwrap();
+        f.write_all(b"\nnot json\n{\"seq\":99,\"time\":\"2026")
+            .unwrap();
+        drop(f);
+        let again = AuditLog::open(dir.path()).unwrap();
+        again.append(&[reload(0)]).unwrap();
+        let tail = again.recent(3).unwrap();
+        assert_eq!(seqs(&tail), vec![n as u64 - 1, n as u64, n as u64 + 1]);
+    }
+
+    #[test]
+    fn memory_log_caps_recent() {
+        let log = AuditLog::memory();
+        for i in 0..(RECENT_CAP + 5) {
+            log.append(&[reload(i)]).unwrap();
+        }
+        let all = log.recent(usize::MAX).unwrap();
+        assert_eq!(all.len(), RECENT_CAP);
+        assert_eq!(file_of(&all[0]), "f5");
+        assert_eq!(
+            seqs(&log.since(Some(RECENT_CAP as u64 + 3), 10).unwrap()),
+            vec![RECENT_CAP as u64 + 4, RECENT_CAP as u64 + 5]
+        );
+        assert!(log.path().is_none());
+    }
+}

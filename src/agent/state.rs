@@ -1,0 +1,349 @@
+//! Runtime changes made through the API — runtime pools, members added or
+//! removed, reservations, pause — and their atomic persistence in
+//! `state_dir/state.json` (write temp, fsync, rename, fsync dir).
+//!
+//! The effective configuration is the config file ⊕ this state
+//! ([`RuntimeState::effective`]).
+//!
+//! Also kept there, written by the monitor: `state_dir/vcpu-holds.json`,
+//! the vCPU changes libvirt reported as timed out ([`VcpuHolds`]), so an
+//! agent restart does not undo a hold.
+
+use crate::core::config::{self, Config, PoolSpec};
+use crate::core::model::PerResource;
+use crate::core::planner::{PendingVcpus, Reservations};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Version of the state file format this build writes and reads.
+pub const STATE_VERSION: u32 = 1;
+/// File name inside `state_dir`.
+pub const STATE_FILE: &str = "state.json";
+/// File name inside `state_dir` of the held vCPU changes.
+pub const HOLDS_FILE: &str = "vcpu-holds.json";
+/// Version of the holds file format.
+pub const HOLDS_VERSION: u32 = 1;
+
+/// Why the state could not be loaded or saved.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{file}: cannot read state: {source} (fix the file, or start with --reset-state to move it aside)")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: corrupt state: {message} (fix the file, or start with --reset-state to move it aside)")]
+    Corrupt { file: PathBuf, message: String },
+    #[error("{file}: cannot write state: {source}")]
+    Write {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything changed at run time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeState {
+    pub version: u32,
+    /// Pools created through the API.
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolSpec>,
+    /// Domains added to a pool through the API (pool → domains).
+    #[serde(default)]
+    pub added: BTreeMap<String, BTreeSet<String>>,
+    /// Domains removed from a pool through the API (pool → domains).
+    #[serde(default)]
+    pub removed: BTreeMap<String, BTreeSet<String>>,
+    /// Reservations (raised `min`) per pool and domain.
+    #[serde(default)]
+    pub reservations: Reservations,
+    /// Agent-wide pause.
+    #[serde(default)]
+    pub paused: bool,
+    /// Paused pools.
+    #[serde(default)]
+    pub paused_pools: BTreeSet<String>,
+}
+
+impl RuntimeState {
+    pub fn new() -> RuntimeState {
+        RuntimeState {
+            version: STATE_VERSION,
+            ..Default::default()
+        }
+    }
+
+    /// The config file ⊕ runtime changes. Errors list every problem.
+    pub fn effective(&self, base: &Config) -> Result<Config, Vec<String>> {
+        let mut cfg = base.clone();
+        let mut problems = Vec::new();
+        for (name, spec) in &self.pools {
+            if cfg.pools.contains_key(name) {
+                problems.push(format!(
+                    "runtime pool {name:?} has the name of a pool in the config file"
+                ));
+                continue;
+            }
+            match Config::validate_pool(name, spec) {
+                Ok(mut p) => {
+                    p.runtime = true;
+                    cfg.pools.insert(name.clone(), p);
+                }
+                Err(e) => problems.extend(e),
+            }
+        }
+        for (pool, domains) in &self.added {
+            match cfg.pools.get_mut(pool) {
+                Some(p) => {
+                    for d in domains {
+                        if !p.domains.contains(d) {
+                            p.domains.push(d.clone());
+                        }
+                    }
+                }
+                None => problems.push(format!("domains were added to unknown pool {pool:?}")),
+            }
+        }
+        for (pool, domains) in &self.removed {
+            if let Some(p) = cfg.pools.get_mut(pool) {
+                p.domains.retain(|d| !domains.contains(d));
+                p.exclude.extend(domains.iter().cloned());
+            }
+        }
+        for name in &self.paused_pools {
+            if let Some(p) = cfg.pools.get_mut(name) {
+                p.paused = true;
+            }
+        }
+        problems.extend(config::membership_conflicts(&cfg.pools));
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Reservation of a domain in a pool, if any.
+    pub fn reservation(&self, pool: &str, domain: &str) -> Option<&PerResource<Option<u64>>> {
+        self.reservations.get(pool)?.get(domain)
+    }
+
+    /// Loads `state_dir/state.json`; a missing file is an empty state.
+    pub fn load(state_dir: &Path) -> Result<RuntimeState, StateError> {
+        let st = read_json(state_dir, STATE_FILE, STATE_VERSION, |s: &RuntimeState| {
+            s.version
+        })?;
+        Ok(st.unwrap_or_else(RuntimeState::new))
+    }
+
+    /// Writes atomically: temp file, fsync, rename, fsync directory.
+    pub fn save(&self, state_dir: &Path) -> Result<(), StateError> {
+        write_json(state_dir, STATE_FILE, self)
+    }
+
+    /// Moves a state file aside (`state.json.corrupt-<unix time>`) so the
+    /// agent can start fresh. Returns the new path, if there was a file.
+    pub fn reset(state_dir: &Path) -> Result<Option<PathBuf>, StateError> {
+        move_aside(state_dir, STATE_FILE)
+    }
+}
+
+/// vCPU changes libvirt reported as timed out, by domain UUID, kept across
+/// agent restarts. A guest that has not finished a vCPU removal gets no
+/// vCPU added back until the domain itself restarts (a new libvirt domain
+/// ID, `run`); without this file a restarted agent would forget the hold
+/// and try again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VcpuHolds {
+    pub version: u32,
+    #[serde(default)]
+    pub holds: BTreeMap<String, HeldVcpus>,
+}
+
+/// One held vCPU change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldVcpus {
+    /// vCPUs the domain had when the change was sent.
+    pub from: u64,
+    /// vCPUs requested.
+    pub to: u64,
+    /// libvirt ID of the domain's run the change timed out in.
+    pub run: u32,
+}
+
+impl VcpuHolds {
+    /// The holds tied to a run (those not yet tied to one are not kept: the
+    /// cycle that recorded them ties them before they are saved).
+    pub fn from_pending(pending: &BTreeMap<String, PendingVcpus>) -> VcpuHolds {
+        VcpuHolds {
+            version: HOLDS_VERSION,
+            holds: pending
+                .iter()
+                .filter_map(|(uuid, p)| {
+                    let run = p.run?;
+                    Some((
+                        uuid.clone(),
+                        HeldVcpus {
+                            from: p.from,
+                            to: p.to,
+                            run,
+                        },
+                    ))
+                })
+                .collect(),
+        }
+    }
+
+    /// As the planner's history holds them; `since` (the time of the
+    /// timeout on the agent's clock) is `now`.
+    pub fn to_pending(&self, now: u64) -> BTreeMap<String, PendingVcpus> {
+        self.holds
+            .iter()
+            .map(|(uuid, h)| {
+                (
+                    uuid.clone(),
+                    PendingVcpus {
+                        from: h.from,
+                        to: h.to,
+                        since: now,
+                        run: Some(h.run),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Loads `state_dir/vcpu-holds.json`; a missing file is no holds.
+    pub fn load(state_dir: &Path) -> Result<VcpuHolds, StateError> {
+        let h = read_json(state_dir, HOLDS_FILE, HOLDS_VERSION, |h: &VcpuHolds| {
+            h.version
+        })?;
+        Ok(h.unwrap_or(VcpuHolds {
+            version: HOLDS_VERSION,
+            holds: BTreeMap::new(),
+        }))
+    }
+
+    /// Writes atomically (see [`RuntimeState::save`]).
+    pub fn save(&self, state_dir: &Path) -> Result<(), StateError> {
+        write_json(state_dir, HOLDS_FILE, self)
+    }
+
+    /// Moves the file aside (`vcpu-holds.json.corrupt-<unix time>`).
+    pub fn reset(state_dir: &Path) -> Result<Option<PathBuf>, StateError> {
+        move_aside(state_dir, HOLDS_FILE)
+    }
+}
+
+/// Reads `state_dir/name` as JSON: `None` when there is no such file. A
+/// file that does not parse, or whose version (`version`) is not `want`,
+/// is corrupt.
+fn read_json<T: serde::de::DeserializeOwned>(
+    state_dir: &Path,
+    name: &str,
+    want: u32,
+    version: impl Fn(&T) -> u32,
+) -> Result<Option<T>, StateError> {
+    let file = state_dir.join(name);
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(StateError::Read { file, source }),
+    };
+    let v: T = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+        file: file.clone(),
+        message: e.to_string(),
+    })?;
+    if version(&v) != want {
+        return Err(StateError::Corrupt {
+            file,
+            message: format!(
+                "version {} is not the version this build reads ({want})",
+                version(&v)
+            ),
+        });
+    }
+    Ok(Some(v))
+}
+
+/// Writes `value` as JSON to `state_dir/name`: temp file, fsync, rename,
+/// fsync directory.
+fn write_json<T: Serialize>(state_dir: &Path, name: &str, value: &T) -> Result<(), StateError> {
+    let file = state_dir.join(name);
+    let werr = |source| StateError::Write {
+        file: file.clone(),
+        source,
+    };
+    let json = serde_json::to_vec_pretty(value).map_err(|e| werr(std::io::Error::other(e)))?;
+    std::fs::create_dir_all(state_dir).map_err(werr)?;
+    let tmp = state_dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
+        f.write_all(&json).map_err(werr)?;
+        f.write_all(b"\n").map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+    }
+    std::fs::rename(&tmp, &file).map_err(werr)?;
+    std::fs::File::open(state_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(werr)?;
+    Ok(())
+}
+
+/// Renames `state_dir/name` to `name.corrupt-<unix time>`; the new path,
+/// if there was a file.
+fn move_aside(state_dir: &Path, name: &str) -> Result<Option<PathBuf>, StateError> {
+    let file = state_dir.join(name);
+    if !file.exists() {
+        return Ok(None);
+    }
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let aside = state_dir.join(format!("{name}.corrupt-{ts}"));
+    std::fs::rename(&file, &aside).map_err(|source| StateError::Write {
+        file: file.clone(),
+        source,
+    })?;
+    Ok(Some(aside))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(RuntimeState::load(dir.path()).unwrap(), RuntimeState::new());
+        let mut st = RuntimeState::new();
+        st.paused = true;
+        st.added
+            .entry("web".into())
+            .or_default()
+            .insert("vm1".into());
+        st.save(dir.path()).unwrap();
+        assert_eq!(RuntimeState::load(dir.path()).unwrap(), st);
+
+        std::fs::write(dir.path().join(STATE_FILE), "{\"version\": 1, \"pau").unwrap();
+        let e = RuntimeState::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("state.json") && e.contains("--reset-state"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join(STATE_FILE), "{\"version\": 99}").unwrap();
+        let e = RuntimeState::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("version 99"), "{e}");
+        let aside = RuntimeState::reset(dir.path()).unwrap().unwrap();
+        assert!(aside.exists());
+        assert_eq!(RuntimeState::load(dir.path()).unwrap(), RuntimeState::new());
+    }
+}

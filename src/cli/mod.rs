@@ -1,0 +1,7 @@
+//! The command-line side: the API client, human tables, and the options,
+//! man pages and completions of both binaries.
+
+pub mod assets;
+pub mod client;
+pub mod daemon_args;
+pub mod report;

@@ -1,0 +1,183 @@
+//! Human-readable tables of a plan, shared by `virtpoold --once` and
+//! `virtpoolctl`.
+
+use crate::core::model::{Reason, Resource};
+use crate::core::planner::{Alloc, Plan, PoolPlan};
+use std::fmt::Write;
+
+/// Left-aligned columns separated by two spaces.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                let pad = widths[c] - cell.chars().count();
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn pair(r: Resource, a: &Option<Alloc>) -> String {
+    match a {
+        Some(a) if a.next != a.target && a.next != a.actual => format!(
+            "{} → {} (target {})",
+            r.human(a.actual),
+            r.human(a.next),
+            r.human(a.target)
+        ),
+        Some(a) if a.next != a.actual => format!("{} → {}", r.human(a.actual), r.human(a.next)),
+        Some(a) => r.human(a.actual),
+        None => "-".into(),
+    }
+}
+
+fn reasons(p: &crate::core::planner::MemberPlan) -> String {
+    let mut v: Vec<String> = Vec::new();
+    for r in Resource::ALL {
+        if let Some(a) = p.alloc.get(r) {
+            if a.reason != Reason::Share {
+                v.push(format!("{}:{}", r.key(), a.reason));
+            }
+        }
+    }
+    if let Some(n) = &p.note {
+        v.push(n.clone());
+    }
+    if v.is_empty() {
+        "share".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// The table of one pool: budget / allocated / free, then one line per member.
+pub fn pool(p: &PoolPlan) -> String {
+    let mut out = String::new();
+    let unadmitted = p
+        .members
+        .iter()
+        .filter(|m| m.state.is_active() && !m.admitted)
+        .count();
+    let _ = writeln!(
+        out,
+        "pool {}{}{} — {} members{}",
+        p.name,
+        if p.runtime { " (runtime)" } else { "" },
+        if p.paused { " [paused]" } else { "" },
+        p.members.len(),
+        if unadmitted > 0 {
+            format!(", {unadmitted} UNADMITTED")
+        } else {
+            String::new()
+        }
+    );
+    let mut rows = vec![vec![
+        "  RESOURCE".to_string(),
+        "BUDGET".into(),
+        "ALLOCATED".into(),
+        "FREE".into(),
+    ]];
+    for r in Resource::ALL {
+        if let Some(b) = p.budget.get(r) {
+            rows.push(vec![
+                format!("  {}", r.key()),
+                r.human(*b),
+                r.human(*p.allocated.get(r)),
+                r.human(p.free(r).unwrap_or(0)),
+            ]);
+        }
+    }
+    out.push_str(&table(&rows));
+    let mut rows = vec![vec![
+        "  DOMAIN".to_string(),
+        "STATE".into(),
+        "VCPUS".into(),
+        "MEMORY".into(),
+        "WHY".into(),
+    ]];
+    let mut members: Vec<_> = p.members.iter().collect();
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+    for m in members {
+        rows.push(vec![
+            format!("  {}", m.name),
+            m.state.to_string(),
+            pair(Resource::Vcpus, &m.alloc.vcpus),
+            pair(Resource::Memory, &m.alloc.memory),
+            reasons(m),
+        ]);
+    }
+    if p.members.is_empty() {
+        rows.push(vec!["  (no members)".into()]);
+    }
+    out.push_str(&table(&rows));
+    out
+}
+
+/// Every pool, then the unmanaged domains.
+pub fn plan(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "host allocatable: {} vCPUs, {} memory{}",
+        plan.allocatable.vcpus,
+        crate::core::units::human_bytes(plan.allocatable.memory),
+        if plan.pressure {
+            "  [MEMORY PRESSURE]"
+        } else {
+            ""
+        }
+    );
+    for p in &plan.pools {
+        out.push('\n');
+        out.push_str(&pool(p));
+    }
+    out.push('\n');
+    if plan.unmanaged.is_empty() {
+        out.push_str("unmanaged: none\n");
+    } else {
+        let _ = writeln!(out, "unmanaged ({}, never touched):", plan.unmanaged.len());
+        let mut rows = Vec::new();
+        for u in &plan.unmanaged {
+            rows.push(vec![
+                format!("  {}", u.name),
+                u.state.to_string(),
+                format!("{} vCPUs", u.vcpus),
+                crate::core::units::human_bytes(u.memory),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_columns() {
+        let t = table(&[
+            vec!["a".into(), "bb".into(), "c".into()],
+            vec!["aaa".into(), "b".into(), "c".into()],
+        ]);
+        assert_eq!(t, "a    bb  c\naaa  b   c\n");
+    }
+}

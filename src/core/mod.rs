@@ -1,0 +1,9 @@
+//! The pure core: what the agent decides, with no I/O (the config module
+//! reads its file and nothing else).
+
+pub mod config;
+pub mod glob;
+pub mod membership;
+pub mod model;
+pub mod planner;
+pub mod units;

@@ -1,0 +1,360 @@
+//! What the planner remembers between cycles. The monitor keeps one
+//! [`History`], feeds it the outcome of every enforced action
+//! ([`History::record`]) and the plan itself ([`History::record_plan`]),
+//! and passes it back to the next [`plan`](super::plan).
+
+use super::{prefix_key, Plan};
+use crate::core::model::{Action, DomainObs};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// How an enforced action ended, as the enforcer saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// libvirt accepted the change.
+    Ok,
+    /// libvirt reported a timeout (e.g. QEMU did not finish a vCPU unplug
+    /// in time): the change may still complete later.
+    Timeout,
+    /// libvirt refused or failed the change.
+    Failed,
+}
+
+impl From<bool> for Outcome {
+    /// `true` → [`Outcome::Ok`], `false` → [`Outcome::Failed`].
+    fn from(ok: bool) -> Outcome {
+        if ok {
+            Outcome::Ok
+        } else {
+            Outcome::Failed
+        }
+    }
+}
+
+/// A vCPU change libvirt reported as timed out. It freezes the domain's
+/// vCPU count for the rest of the domain's run (see
+/// [`History::vcpus_frozen`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingVcpus {
+    /// vCPUs the domain had when the change was sent.
+    pub from: u64,
+    /// vCPUs requested.
+    pub to: u64,
+    /// When the timeout was recorded (caller's clock, seconds).
+    pub since: u64,
+    /// libvirt ID of the domain's run the change timed out in (`None`
+    /// until [`History::observe`] saw the domain).
+    #[serde(default)]
+    pub run: Option<u32>,
+}
+
+impl PendingVcpus {
+    /// A removal (fewer vCPUs) rather than an addition.
+    pub fn is_removal(&self) -> bool {
+        self.to < self.from
+    }
+}
+
+/// What the planner remembers between cycles (kept by the monitor).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// Per domain UUID: when (seconds, caller's clock) a vCPU change was
+    /// last attempted (the cooldown runs from there).
+    #[serde(default)]
+    pub vcpu_changed_at: BTreeMap<String, u64>,
+    /// Per domain UUID: a vCPU change that timed out.
+    #[serde(default)]
+    pub vcpu_pending: BTreeMap<String, PendingVcpus>,
+    /// Per domain UUID: bytes by which host memory pressure currently
+    /// lowers the member's memory target (grown and released gradually).
+    #[serde(default)]
+    pub reclaim: BTreeMap<String, u64>,
+}
+
+impl History {
+    /// Records the outcome of one enforced action at time `now` (seconds on
+    /// the same clock as [`PlanInput::now`](super::PlanInput::now)).
+    ///
+    /// `outcome` is an [`Outcome`] or a plain `bool` (`true` = ok).
+    /// Every attempted vCPU change (ok, timed out or failed) starts the
+    /// domain's cooldown, so a failing change is retried at most once per
+    /// cooldown; a timed-out one is also remembered as pending.
+    pub fn record(&mut self, action: &Action, outcome: impl Into<Outcome>, now: u64) {
+        let Action::SetVcpus { uuid, from, to, .. } = action else {
+            return;
+        };
+        self.vcpu_changed_at.insert(uuid.to_string(), now);
+        match outcome.into() {
+            Outcome::Timeout => {
+                self.vcpu_pending.insert(
+                    uuid.to_string(),
+                    PendingVcpus {
+                        from: *from,
+                        to: *to,
+                        since: now,
+                        run: None,
+                    },
+                );
+            }
+            Outcome::Ok | Outcome::Failed => {
+                // A timed-out removal holds for the whole run, whatever
+                // happens after it; a timed-out addition ends here.
+                if self
+                    .vcpu_pending
+                    .get(&**uuid)
+                    .is_some_and(|p| !p.is_removal())
+                {
+                    self.vcpu_pending.remove(&**uuid);
+                }
+            }
+        }
+    }
+
+    /// Keeps timed-out vCPU changes tied to the run of the domain they
+    /// happened in: pins the libvirt run ID of new ones, and forgets those
+    /// whose domain stopped or restarted (run ID changed). Call once per
+    /// cycle, after enforcement, with the domains the plan was made from.
+    pub fn observe(&mut self, domains: &[DomainObs]) {
+        let by_uuid: HashMap<&str, &DomainObs> = domains.iter().map(|d| (&*d.uuid, d)).collect();
+        self.vcpu_pending.retain(|uuid, p| {
+            let Some(d) = by_uuid.get(uuid.as_str()) else {
+                return true;
+            };
+            if !d.state.is_active() {
+                return false;
+            }
+            match (p.run, d.id) {
+                (None, id) => {
+                    p.run = id;
+                    true
+                }
+                (Some(run), Some(id)) => run == id,
+                (Some(_), None) => true,
+            }
+        });
+    }
+
+    /// Carries what the plan decided about pressure reclaim into the next
+    /// cycle. Call once per cycle with the plan that was enforced (also in
+    /// observe mode).
+    pub fn record_plan(&mut self, plan: &Plan) {
+        self.reclaim.clone_from(&plan.reclaim);
+    }
+
+    /// Whether every domain mentioned is alive (then [`History::retain`]
+    /// would change nothing).
+    pub fn all_alive(&self, alive: impl Fn(&str) -> bool) -> bool {
+        self.vcpu_changed_at.keys().all(|u| alive(u))
+            && self.vcpu_pending.keys().all(|u| alive(u))
+            && self.reclaim.keys().all(|u| alive(u))
+    }
+
+    /// Forgets domains that no longer exist.
+    pub fn retain(&mut self, alive: impl Fn(&str) -> bool) {
+        self.vcpu_changed_at.retain(|u, _| alive(u));
+        self.vcpu_pending.retain(|u, _| alive(u));
+        self.reclaim.retain(|u, _| alive(u));
+    }
+
+    /// The timed-out vCPU change that forbids moving domain `d` to `want`
+    /// vCPUs now, if any. In the run a vCPU change timed out in:
+    ///
+    /// - while libvirt does not show the requested count, no vCPU change
+    ///   at all (the hypervisor may still be working on it, or its state
+    ///   may be out of step with libvirt's; a retry can fail or crash it);
+    /// - after a timed-out removal, never more vCPUs than the domain has
+    ///   (re-adding a CPU whose removal went wrong is what crashes QEMU).
+    ///
+    /// A new run (another libvirt ID, see [`History::observe`]) starts
+    /// clean. `None` IDs count as the same run.
+    pub fn vcpus_frozen(&self, d: &DomainObs, want: u64) -> Option<PendingVcpus> {
+        frozen_at(self.vcpu_pending.get(&*d.uuid).copied(), d, want)
+    }
+
+    /// Whether the vCPU cooldown of a domain is still running at `now`.
+    pub fn in_cooldown(&self, uuid: &str, now: u64, cooldown: u64) -> bool {
+        cooling_at(self.vcpu_changed_at.get(uuid).copied(), now, cooldown)
+    }
+}
+
+/// [`History::vcpus_frozen`] with the domain's entry already looked up.
+pub(crate) fn frozen_at(p: Option<PendingVcpus>, d: &DomainObs, want: u64) -> Option<PendingVcpus> {
+    frozen_with(p, d.id, d.vcpus, want)
+}
+
+/// [`frozen_at`] with the domain's run ID and vCPU count.
+pub(crate) fn frozen_with(
+    p: Option<PendingVcpus>,
+    id: Option<u32>,
+    vcpus: u64,
+    want: u64,
+) -> Option<PendingVcpus> {
+    let p = p?;
+    let same_run = match (p.run, id) {
+        (Some(run), Some(id)) => run == id,
+        _ => true,
+    };
+    let unsettled = vcpus != p.to;
+    let regrow = p.is_removal() && want > vcpus;
+    (same_run && (unsettled || regrow)).then_some(p)
+}
+
+/// [`History::in_cooldown`] with the domain's entry already looked up.
+pub(crate) fn cooling_at(changed_at: Option<u64>, now: u64, cooldown: u64) -> bool {
+    changed_at.is_some_and(|t| now < t.saturating_add(cooldown))
+}
+
+/// One domain's entries in a [`History`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Entry {
+    pub changed_at: Option<u64>,
+    pub pending: Option<PendingVcpus>,
+    pub reclaim: u64,
+}
+
+/// Looks up the history of domains visited in ascending UUID order: a
+/// merge with the history's sorted maps, O(domains + entries) for a whole
+/// cycle instead of a tree search per domain.
+pub(crate) struct Cursor<'h> {
+    changed_at: Seek<'h, u64>,
+    pending: Seek<'h, PendingVcpus>,
+    reclaim: Seek<'h, u64>,
+}
+
+struct Seek<'h, V>(std::iter::Peekable<std::collections::btree_map::Iter<'h, String, V>>);
+
+impl<'h, V: Copy> Seek<'h, V> {
+    fn new(m: &'h BTreeMap<String, V>) -> Self {
+        Seek(m.iter().peekable())
+    }
+
+    /// The entry of `uuid` (`key`: its [`prefix_key`]); later calls must
+    /// not pass a smaller UUID. The keys decide most comparisons without
+    /// reading the strings.
+    fn get(&mut self, uuid: &str, key: u64) -> Option<V> {
+        while let Some((k, v)) = self.0.peek() {
+            let kk = prefix_key(k);
+            if kk < key || (kk == key && k.as_str() < uuid) {
+                self.0.next();
+                continue;
+            }
+            return (kk == key && k.as_str() == uuid).then_some(**v);
+        }
+        None
+    }
+}
+
+impl<'h> Cursor<'h> {
+    pub fn new(h: &'h History) -> Self {
+        Cursor {
+            changed_at: Seek::new(&h.vcpu_changed_at),
+            pending: Seek::new(&h.vcpu_pending),
+            reclaim: Seek::new(&h.reclaim),
+        }
+    }
+
+    /// The entries of `uuid` (`key`: its [`prefix_key`]); UUIDs must come
+    /// in ascending order.
+    pub fn get(&mut self, uuid: &str, key: u64) -> Entry {
+        Entry {
+            changed_at: self.changed_at.get(uuid, key),
+            pending: self.pending.get(uuid, key),
+            reclaim: self.reclaim.get(uuid, key).unwrap_or(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::Reason;
+
+    fn set_vcpus(from: u64, to: u64) -> Action {
+        Action::SetVcpus {
+            uuid: "u".into(),
+            domain: "d".into(),
+            from,
+            to,
+            reason: Reason::Share,
+            persist: false,
+        }
+    }
+
+    fn obs(vcpus: u64, id: Option<u32>) -> DomainObs {
+        let mut d = crate::core::planner::testing::domain("d", None);
+        d.uuid = "u".into();
+        d.vcpus = vcpus;
+        d.id = id;
+        d
+    }
+
+    #[test]
+    fn timed_out_removal_freezes_the_run() {
+        let mut h = History::default();
+        h.record(&set_vcpus(4, 2), Outcome::Timeout, 100);
+        h.observe(&[obs(4, Some(7))]);
+        assert_eq!(h.vcpu_pending["u"].run, Some(7), "run pinned");
+        // Still 4: nothing at all, however long it has been.
+        for want in [1, 2, 3, 5] {
+            assert!(h.vcpus_frozen(&obs(4, Some(7)), want).is_some());
+        }
+        assert!(h.vcpus_frozen(&obs(4, Some(7)), 4).is_some());
+        // Shows 3 (neither old nor requested): still frozen.
+        assert!(h.vcpus_frozen(&obs(3, Some(7)), 2).is_some());
+        // Shows the requested 2: further removals go, re-adding does not.
+        assert!(h.vcpus_frozen(&obs(2, Some(7)), 1).is_none());
+        assert!(h.vcpus_frozen(&obs(2, Some(7)), 3).is_some());
+        // A later successful removal does not lift the ban on re-adding.
+        h.record(&set_vcpus(2, 1), Outcome::Ok, 500);
+        assert!(h.vcpus_frozen(&obs(1, Some(7)), 2).is_some());
+        // A new run (restart: new libvirt ID) starts clean ...
+        assert!(h.vcpus_frozen(&obs(4, Some(8)), 2).is_none());
+        // ... and observing it forgets the change; so does a stop.
+        h.observe(&[obs(4, Some(8))]);
+        assert!(h.vcpu_pending.is_empty());
+        h.record(&set_vcpus(4, 2), Outcome::Timeout, 600);
+        let mut off = obs(0, None);
+        off.state = crate::core::model::DomainState::Shutoff;
+        h.observe(&[off]);
+        assert!(h.vcpu_pending.is_empty());
+    }
+
+    #[test]
+    fn timed_out_addition_holds_until_it_shows() {
+        let mut h = History::default();
+        h.record(&set_vcpus(1, 2), Outcome::Timeout, 100);
+        h.observe(&[obs(1, Some(3))]);
+        assert!(h.vcpus_frozen(&obs(1, Some(3)), 2).is_some());
+        assert!(h.vcpus_frozen(&obs(2, Some(3)), 4).is_none());
+        assert!(h.vcpus_frozen(&obs(2, Some(3)), 1).is_none());
+        h.record(&set_vcpus(2, 4), true, 200);
+        assert!(h.vcpu_pending.is_empty());
+        assert!(h.in_cooldown("u", 259, 60));
+        assert!(!h.in_cooldown("u", 260, 60));
+    }
+
+    #[test]
+    fn bool_outcomes_still_accepted() {
+        let mut h = History::default();
+        h.record(&set_vcpus(1, 2), false, 5);
+        assert_eq!(h.vcpu_changed_at.get("u"), Some(&5));
+        h.retain(|_| false);
+        assert_eq!(h, History::default());
+    }
+
+    #[test]
+    fn all_alive_says_whether_retain_would_change_anything() {
+        let mut h = History::default();
+        assert!(h.all_alive(|_| false), "empty");
+        h.record(&set_vcpus(1, 2), Outcome::Timeout, 5);
+        h.reclaim.insert("r".into(), 1);
+        assert!(h.all_alive(|u| u == "u" || u == "r"));
+        for gone in ["u", "r"] {
+            assert!(!h.all_alive(|u| u != gone), "{gone}");
+        }
+        let before = h.clone();
+        h.retain(|u| u == "u" || u == "r");
+        assert_eq!(h, before);
+    }
+}

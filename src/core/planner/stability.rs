@@ -1,0 +1,208 @@
+//! Stability: how far each member moves toward its target this cycle
+//! (`Alloc::next`).
+//!
+//! - Memory: no change while the target is within `memory.min_change` of
+//!   the current balloon and the balloon is within [floor, cap] (dead
+//!   band); a shrink moves at most one step (`memory.max_shrink` of the
+//!   current memory, at least 1 MiB) per cycle; growth is immediate.
+//! - vCPUs: no change while a timed-out change holds the domain (for the
+//!   rest of its run, see `History::vcpus_frozen`) or during
+//!   `vcpus.cooldown` after the last change; otherwise immediate.
+//! - Disk rates: immediate.
+//! - Budget: growth only gets room that is actually free this cycle.
+//!   With `base` = Σ next of the members that do not grow + Σ current of
+//!   those that do, the growers share `budget − base` (nothing if `base`
+//!   is over the budget), first to reach their floors, then by shares. So
+//!   Σ next ≤ budget, or ≤ Σ current while a pool that is over budget
+//!   shrinks at the rate limit.
+
+use super::alloc::{water_fill, Claim};
+use super::{history, pressure, Alloc, Note, PendingVcpus, Work};
+use crate::core::model::{Reason, Resource};
+use crate::core::units;
+
+/// A member that wants to grow: index and its allocation.
+struct Grower {
+    m: usize,
+    actual: u64,
+    floor: u64,
+    target: u64,
+    shares: u64,
+}
+
+/// Fills in `next` (and the final `reason`) of every admitted member.
+pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
+    let paused = input.paused || work.pool.paused;
+    let tuning = &input.config.tuning;
+    let cooldown = tuning.vcpu_cooldown.as_secs();
+    let Work {
+        budget,
+        mems,
+        order,
+        admitted,
+        allocs,
+        ..
+    } = work;
+    // One pass over each managed resource's column.
+    let mut growers: Vec<Grower> = Vec::new();
+    for (k, r) in Resource::ALL.into_iter().enumerate() {
+        let Some(budget) = *budget.get(r) else {
+            continue;
+        };
+        let col = &mut allocs[k];
+        growers.clear();
+        let mut base = 0u64;
+        for (m, slot) in col.iter_mut().enumerate() {
+            let Some(a) = slot.as_mut().filter(|_| admitted[m]) else {
+                continue;
+            };
+            if paused {
+                hold(a, Reason::Paused);
+                continue;
+            }
+            let grow = match r {
+                Resource::Vcpus => {
+                    if a.target == a.actual {
+                        a.next = a.actual;
+                        false
+                    } else {
+                        let mem = &mut mems[order[m] as usize];
+                        let h = &mem.hist;
+                        if let Some(pv) =
+                            history::frozen_with(h.pending, mem.o.id, mem.o.vcpus, a.target)
+                        {
+                            hold(a, Reason::Pending);
+                            if matches!(mem.note, Note::None) {
+                                mem.note = Note::Frozen(pv);
+                            }
+                            false
+                        } else if history::cooling_at(h.changed_at, input.now, cooldown) {
+                            hold(a, Reason::Cooldown);
+                            false
+                        } else if a.target < a.actual {
+                            a.next = a.target;
+                            false
+                        } else {
+                            true
+                        }
+                    }
+                }
+                Resource::Memory => {
+                    let in_bounds = a.floor <= a.actual && a.actual <= a.cap;
+                    if a.target == a.actual {
+                        a.next = a.actual;
+                        false
+                    } else if in_bounds && a.target.abs_diff(a.actual) < tuning.memory_min_change {
+                        hold(a, Reason::DeadBand);
+                        false
+                    } else if a.target < a.actual {
+                        let step = pressure::step(tuning.memory_max_shrink, a.actual);
+                        let lo = pressure::ceil_mib(a.actual.saturating_sub(step));
+                        a.next = a.target.max(lo);
+                        if a.next > a.target {
+                            a.reason = Reason::RateLimited;
+                        }
+                        false
+                    } else {
+                        true
+                    }
+                }
+                Resource::DiskBytesSec | Resource::DiskIopsSec => {
+                    // Rates apply at once; an observed 0 (unlimited) is
+                    // never a ceiling worth keeping.
+                    a.next = a.target;
+                    false
+                }
+            };
+            if grow {
+                base = base.saturating_add(a.actual);
+                growers.push(Grower {
+                    m,
+                    actual: a.actual,
+                    floor: a.floor,
+                    target: a.target,
+                    shares: a.shares,
+                });
+            } else if r != Resource::DiskBytesSec && r != Resource::DiskIopsSec {
+                base = base.saturating_add(a.next);
+            }
+        }
+        if growers.is_empty() {
+            continue;
+        }
+        let grants = share_room(budget.saturating_sub(base), &growers);
+        for (g, grant) in growers.iter().zip(grants) {
+            let Some(a) = col[g.m].as_mut() else {
+                continue;
+            };
+            if grant >= g.target - g.actual {
+                a.next = g.target;
+            } else {
+                // Memory grants are bytes, applied rounded down to MiB; the
+                // unused bytes stay free for the next cycle.
+                let mut next = g.actual + grant;
+                if r == Resource::Memory {
+                    next = units::floor_mib(next);
+                }
+                a.next = next.max(g.actual);
+                a.reason = Reason::RateLimited;
+            }
+        }
+    }
+}
+
+/// Why a member's vCPUs are held after a timed-out change.
+pub(super) fn frozen_note(p: &PendingVcpus) -> String {
+    if p.is_removal() {
+        format!(
+            "vCPU removal {} → {} timed out: vCPUs held until the domain restarts (no change until libvirt shows {}, never more than it has)",
+            p.from, p.to, p.to
+        )
+    } else {
+        format!(
+            "vCPU addition {} → {} timed out: no vCPU change until libvirt shows {} or the domain restarts",
+            p.from, p.to, p.to
+        )
+    }
+}
+
+/// Keeps the current value, explaining why.
+fn hold(a: &mut Alloc, reason: Reason) {
+    a.next = a.actual;
+    if a.target != a.actual {
+        a.reason = reason;
+    }
+}
+
+/// Splits `room` among growers: first up to their floors, then up to their
+/// targets, by shares each time.
+fn share_room(room: u64, growers: &[Grower]) -> Vec<u64> {
+    let want: u64 = growers
+        .iter()
+        .map(|g| g.target - g.actual)
+        .fold(0, u64::saturating_add);
+    if want <= room {
+        return growers.iter().map(|g| g.target - g.actual).collect();
+    }
+    let to_floor: Vec<Claim> = growers
+        .iter()
+        .map(|g| Claim {
+            floor: 0,
+            cap: g.floor.min(g.target).saturating_sub(g.actual),
+            shares: g.shares,
+        })
+        .collect();
+    let first = water_fill(room, &to_floor);
+    let left = room - first.iter().sum::<u64>();
+    let rest: Vec<Claim> = growers
+        .iter()
+        .zip(&first)
+        .map(|(g, f)| Claim {
+            floor: 0,
+            cap: g.target - g.actual - f,
+            shares: g.shares,
+        })
+        .collect();
+    let second = water_fill(left, &rest);
+    first.iter().zip(second).map(|(a, b)| a + b).collect()
+}
