@@ -31,7 +31,7 @@ use std::hint::black_box;
 use std::time::Instant;
 use virtpool::core::config::{Config, Limits, MemoryPolicy};
 use virtpool::core::membership::{Membership, Via};
-use virtpool::core::model::{DomainState, IoTune, PerResource, Reason, Resource, Snapshot};
+use virtpool::core::model::{DomainState, IoTune, Observation, PerResource, Reason, Resource};
 use virtpool::core::planner::testing::{self as t, GIB, MIB};
 use virtpool::core::planner::{
     plan, plan_with, Alloc, History, MemberPlan, Outcome, PlanInput, Reservations,
@@ -50,7 +50,7 @@ fn sizes() -> Vec<usize> {
 
 struct Fixture {
     config: Config,
-    snapshot: Snapshot,
+    snapshot: Observation,
     reservations: Reservations,
     history: History,
     now: u64,
@@ -174,7 +174,7 @@ fn fixture(n: usize) -> Fixture {
     host.memory_available = host.memory_total / 20; // under pressure
     Fixture {
         config,
-        snapshot: Snapshot { host, domains },
+        snapshot: Observation { host, domains },
         reservations,
         history,
         now: 1000,
@@ -184,7 +184,8 @@ fn fixture(n: usize) -> Fixture {
 fn input(f: &Fixture) -> PlanInput<'_> {
     PlanInput {
         config: &f.config,
-        snapshot: &f.snapshot,
+        host: f.snapshot.host,
+        domains: &f.snapshot.domains,
         reservations: &f.reservations,
         history: &f.history,
         now: f.now,

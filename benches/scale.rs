@@ -57,7 +57,8 @@ use virtpool::adapters::host::Host;
 use virtpool::adapters::libvirt::worker::HvWorker;
 use virtpool::adapters::libvirt::{ffi, xml, Libvirt};
 use virtpool::agent::audit::AuditLog;
-use virtpool::agent::monitor::{Monitor, MonitorOptions, Status};
+use virtpool::agent::reconciler::{Reconciler, ReconcilerOptions};
+use virtpool::agent::report::Report;
 use virtpool::agent::state::RuntimeState;
 use virtpool::core::config::{Config, PoolSpec};
 use virtpool::core::model::IoTune;
@@ -456,19 +457,19 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
     }
     let hv = HvWorker::spawn(Box::new(lv)).unwrap();
     std::fs::create_dir_all(dir.join("state")).unwrap();
-    let opts = MonitorOptions {
+    let opts = ReconcilerOptions {
         audit: AuditLog::open(&dir.join("state")).unwrap(),
-        ..MonitorOptions::default()
+        ..ReconcilerOptions::default()
     };
-    let (mut m, handle) = Monitor::with_options(hv, Host::new().unwrap(), cfg, runtime, opts);
+    let (mut m, handle) = Reconciler::with_options(hv, Host::new().unwrap(), cfg, runtime, opts);
     let set_budget = |t| {
-        handle.runtime.lock().unwrap().pools = runtime_pools(n, t);
+        handle.runtime().lock().unwrap().pools = runtime_pools(n, t);
     };
     // The agent's jobs run on this process's libvirt event-loop thread,
     // which then cannot read `c2`'s socket: libvirtd's keepalive (5 probes,
     // 5 s apart) would close `c2` during a job longer than that (a full
     // cycle at 5,000 domains). A call on `c2` every 2 s answers the probes.
-    let cycle = |m: &mut Monitor| -> (f64, Arc<Status>) {
+    let cycle = |m: &mut Reconciler| -> (f64, Arc<Report>) {
         let done = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|s| {
             s.spawn(|| {

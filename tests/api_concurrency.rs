@@ -42,7 +42,7 @@ async fn concurrent_allocations_never_overshoot_and_persist() {
     // Watch the in-memory state the whole time.
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
-        let rt = a.handle.runtime.clone();
+        let rt = a.handle.runtime().clone();
         let stop = stop.clone();
         std::thread::spawn(move || {
             let mut max = 0;
@@ -136,7 +136,7 @@ async fn concurrent_allocations_never_overshoot_and_persist() {
             },
         );
     }
-    let mem = a.handle.runtime.lock().unwrap().clone();
+    let mem = a.handle.runtime().lock().unwrap().clone();
     assert_eq!(mem, serial);
     a.stop().await;
     assert_eq!(
@@ -151,7 +151,7 @@ async fn concurrent_allocations_never_overshoot_and_persist() {
         ServeOptions::default(),
     )
     .await;
-    assert_eq!(*a.handle.runtime.lock().unwrap(), serial);
+    assert_eq!(*a.handle.runtime().lock().unwrap(), serial);
     let (_, v) = a.call("GET", "/v1/pools/web", None).await;
     assert_eq!(v["reserved"]["vcpus"], 2 * CLIENTS as u64);
     a.stop().await;

@@ -518,7 +518,7 @@ async fn bad_input_is_refused_with_json_errors_and_the_agent_keeps_serving() {
     );
 
     // None of it changed anything.
-    let st = a.handle.runtime.lock().unwrap().clone();
+    let st = a.handle.runtime().lock().unwrap().clone();
     assert_eq!(st, virtpool::agent::state::RuntimeState::new());
     a.stop().await;
 }
@@ -529,7 +529,9 @@ async fn bad_input_is_refused_with_json_errors_and_the_agent_keeps_serving() {
 /// the caller gets a 503 that says so instead of hanging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_answers_with_the_outcome_or_a_503_when_not_taken_in_time() {
+    use virtpool::agent::load::LoadError;
     use virtpool::agent::service::{ReloadReport, ReloadRequest};
+    use virtpool::core::config::ConfigError;
     let dir = tempfile::tempdir().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
     let a = Agent::standard_with(dir.path(), Some(tx), Duration::from_secs(1)).await;
@@ -563,9 +565,10 @@ async fn reload_answers_with_the_outcome_or_a_503_when_not_taken_in_time() {
             restart_only: vec!["api.socket".into()],
         }));
         let refused = rx.recv().await.unwrap();
-        let _ = refused.send(Err(
-            "/etc/virtpool/virtpool.toml: pools.web.vcpus.budget: bad".into(),
-        ));
+        let _ = refused.send(Err(LoadError::from(ConfigError::Parse {
+            file: "/etc/virtpool/virtpool.toml".into(),
+            message: "pools.web.vcpus.budget: bad".into(),
+        })));
     });
     let (code, v) = a.call("POST", "/v1/reload", None).await;
     assert_eq!(
@@ -651,7 +654,7 @@ async fn a_pause_shows_in_the_pool_views_before_the_next_cycle() {
     assert!(!web_paused(&a.call("GET", "/v1/pools", None).await.1));
     // No cycle can finish from here on.
     a.hv.set_stall(true);
-    let before = a.handle.status().cycle;
+    let before = a.handle.report().cycle;
     let (code, v) = a.call("POST", "/v1/pools/web/pause", None).await;
     assert_eq!(code, 200, "{v}");
     assert_eq!(
@@ -663,7 +666,7 @@ async fn a_pause_shows_in_the_pool_views_before_the_next_cycle() {
         &a.call("GET", "/v1/pools?members=false", None).await.1
     ));
     assert_eq!(
-        a.handle.status().cycle,
+        a.handle.report().cycle,
         before,
         "a cycle ran: the test shows nothing"
     );
@@ -671,7 +674,7 @@ async fn a_pause_shows_in_the_pool_views_before_the_next_cycle() {
     a.hv.set_stall(false);
     let (code, v) = a.call("POST", "/v1/reconcile?wait=true", None).await;
     assert_eq!(code, 200, "{v}");
-    let plan = a.handle.status().plan.clone().unwrap();
+    let plan = a.handle.report().plan.clone().unwrap();
     assert!(plan.pools.iter().any(|p| p.name == "web" && p.paused));
     // Resumed while no cycle can run: paused until a cycle plans the
     // resume (nothing touches the members before it either).
@@ -980,7 +983,7 @@ async fn runtime_changes_survive_a_restart() {
         200
     );
     assert_eq!(a.call("POST", "/v1/pools/db/pause", None).await.0, 200);
-    let before = a.handle.runtime.lock().unwrap().clone();
+    let before = a.handle.runtime().lock().unwrap().clone();
     let (_, pools_before) = a.call("GET", "/v1/pools", None).await;
     a.stop().await;
     let on_disk = virtpool::agent::state::RuntimeState::load(&dir.path().join("state")).unwrap();
@@ -994,7 +997,7 @@ async fn runtime_changes_survive_a_restart() {
         ServeOptions::default(),
     )
     .await;
-    assert_eq!(*a.handle.runtime.lock().unwrap(), before);
+    assert_eq!(*a.handle.runtime().lock().unwrap(), before);
     let (_, v) = a.call("GET", "/v1/pools/extra", None).await;
     assert_eq!(get(&v, "/members/0/name"), "dev");
     let (_, v) = a.call("GET", "/v1/domains/web-2", None).await;
@@ -1173,7 +1176,7 @@ async fn cached_answers_do_not_keep_an_old_cycle_alive() {
         let (code, tag, _) = get_tagged(&a.socket, path, None).await;
         assert_eq!((code, tag.is_some()), (200, true), "{path}");
     }
-    let status = a.handle.status();
+    let status = a.handle.report();
     let (old, old_cycle) = (std::sync::Arc::downgrade(&status), status.cycle);
     drop(status);
     let next = a.handle.reconcile(true).await.unwrap();

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use virtpool::adapters::host::Host;
 use virtpool::adapters::libvirt::worker::HvWorker;
 use virtpool::adapters::libvirt::{HvError, Hypervisor, Libvirt};
-use virtpool::agent::monitor::Monitor;
+use virtpool::agent::reconciler::Reconciler;
+use virtpool::agent::report::ActionErrorKind;
 use virtpool::agent::state::RuntimeState;
 use virtpool::core::model::{Action, DomainObs, DomainState};
 
@@ -48,9 +49,6 @@ impl Hypervisor for Interposer {
             .push((action.clone(), r.clone()));
         r
     }
-    fn set_stats_period(&mut self, uuid: &str, secs: u32) -> Result<(), HvError> {
-        self.inner.set_stats_period(uuid, secs)
-    }
 }
 
 /// 16 vCPUs and 24 GiB for the active `mc-*` (max 8 / 8 GiB, min 5 GiB):
@@ -86,7 +84,7 @@ async fn domain_destroyed_or_undefined_between_observe_and_enforce() {
         applied: applied.clone(),
     }))
     .unwrap();
-    let (mut monitor, _handle) = Monitor::new(
+    let (mut monitor, _handle) = Reconciler::new(
         hv,
         Host::new().unwrap(),
         cfg.clone(),
@@ -108,23 +106,18 @@ async fn domain_destroyed_or_undefined_between_observe_and_enforce() {
         assert!(planned.contains(&d), "{d} not in the plan: {planned:?}");
     }
     // Each action was tried; those on mc-2 / mc-3 failed cleanly, the others applied.
-    assert_eq!(applied.lock().unwrap().len(), plan.actions.len());
+    assert_eq!(applied.lock().unwrap().len(), plan.step_count());
     for r in &st.results {
         match r.action.domain() {
             "mc-2" => {
                 assert!(!r.ok, "{r:?}");
-                let e = r.error.as_deref().unwrap();
-                assert!(
-                    e.contains("operation invalid") || e.contains("not running"),
-                    "{e}"
-                );
+                let e = r.error.as_ref().unwrap();
+                assert_eq!(e.kind, ActionErrorKind::OperationInvalid, "{e}");
             }
             "mc-3" => {
                 assert!(!r.ok, "{r:?}");
-                assert!(
-                    r.error.as_deref().unwrap().contains("no such domain"),
-                    "{r:?}"
-                );
+                let e = r.error.as_ref().unwrap();
+                assert_eq!(e.kind, ActionErrorKind::NoDomain, "{e}");
             }
             _ => assert!(r.ok, "{r:?}"),
         }

@@ -304,7 +304,7 @@ async fn other_uids_may_read_but_only_group_members_may_change() {
     // A member of the group (by its gid) may change.
     let o = ctl_as(&s, Some((65534, 50)), &["pause"]).await;
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(a.handle.runtime.lock().unwrap().paused);
+    assert!(a.handle.runtime().lock().unwrap().paused);
     a.stop().await;
 }
 

@@ -170,9 +170,6 @@ impl Hypervisor for Exclusive {
     fn apply(&mut self, _action: &Action) -> Result<(), HvError> {
         Ok(())
     }
-    fn set_stats_period(&mut self, _uuid: &str, _secs: u32) -> Result<(), HvError> {
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

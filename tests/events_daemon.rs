@@ -12,7 +12,7 @@ use virtpool::adapters::host::Host;
 use virtpool::adapters::libvirt::events::{self, CloseReason, HvEvent};
 use virtpool::adapters::libvirt::worker::HvWorker;
 use virtpool::adapters::libvirt::{Hypervisor, Libvirt};
-use virtpool::agent::monitor::Monitor;
+use virtpool::agent::reconciler::Reconciler;
 use virtpool::agent::state::RuntimeState;
 use virtpool::core::config::Config;
 use virtpool::core::model::DomainState;
@@ -69,11 +69,12 @@ async fn monitor_wakes_on_events_and_after_a_daemon_restart() {
     let cfg = Config::parse(&text, Path::new("events.toml")).unwrap();
     let (tx, rx) = events::channel();
     let hv = HvWorker::spawn(Box::new(Libvirt::new(&uri).with_events(tx))).unwrap();
-    let (monitor, handle) = Monitor::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), true);
+    let (monitor, handle) =
+        Reconciler::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), true);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(monitor.with_events(rx).run(shutdown.clone()));
-    let mut status = handle.status.clone();
-    let mut log = handle.status.clone();
+    let mut status = handle.reports();
+    let mut log = handle.reports();
     let start = Instant::now();
     tokio::spawn(async move {
         while log.changed().await.is_ok() {

@@ -120,14 +120,14 @@ async fn an_event_runs_a_cycle_within_a_second_despite_a_60s_interval() {
     let _g = setup().await;
     let agent = run_observer(URI);
     let handle = &agent.handle;
-    let mut status = handle.status.clone();
+    let mut status = handle.reports();
 
     // The first tick is immediate.
     let st = wait_status(&mut status, Duration::from_secs(5), |s| s.cycle >= 1).await;
     assert!(st.libvirt.connected, "{:?}", st.libvirt);
     assert_eq!(state_of(&st, "test"), Some(DomainState::Running));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(handle.status().cycle, 1, "no cycle without an event");
+    assert_eq!(handle.report().cycle, 1, "no cycle without an event");
 
     let (c, d) = other();
     let t0 = Instant::now();
@@ -155,7 +155,7 @@ async fn an_event_runs_a_cycle_within_a_second_despite_a_60s_interval() {
     );
     assert_eq!(state_of(&st, "test"), Some(DomainState::Running));
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(handle.status().cycle, 3, "the burst ran one cycle");
+    assert_eq!(handle.report().cycle, 3, "the burst ran one cycle");
 
     agent.stop().await;
     drop(d);
@@ -177,7 +177,7 @@ async fn an_event_is_not_lost_when_a_scoped_request_arrives_in_its_debounce() {
 
     let agent = run_observer(URI);
     let handle = &agent.handle;
-    let mut status = handle.status.clone();
+    let mut status = handle.reports();
     let st = wait_status(&mut status, Duration::from_secs(5), |s| s.cycle >= 1).await;
     assert_eq!(state_of(&st, "test"), Some(DomainState::Running));
 
@@ -187,7 +187,7 @@ async fn an_event_is_not_lost_when_a_scoped_request_arrives_in_its_debounce() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     handle
         .reconcile_scope(
-            virtpool::agent::monitor::Scope::Domains(vec![b_uuid]),
+            virtpool::agent::reconciler::Scope::Domains(vec![b_uuid]),
             false,
         )
         .await;

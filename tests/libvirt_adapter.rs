@@ -109,6 +109,14 @@ fn set_vcpus(uuid: &str, to: u64) -> Action {
     }
 }
 
+fn stats_period(uuid: &str, secs: u32) -> Action {
+    Action::SetStatsPeriod {
+        uuid: uuid.into(),
+        domain: "dom".into(),
+        secs,
+    }
+}
+
 fn set_memory(uuid: &str, to: u64) -> Action {
     Action::SetMemory {
         uuid: uuid.into(),
@@ -394,7 +402,7 @@ fn missing_domain_is_no_domain_for_every_action() {
         }
     }
     assert!(matches!(
-        hv.set_stats_period(MISSING, 5),
+        hv.apply(&stats_period(MISSING, 5)),
         Err(HvError::NoDomain(_))
     ));
     assert!(hv.is_connected(), "NoDomain keeps the connection");
@@ -447,7 +455,7 @@ fn live_changes_on_shutoff_domain_are_operation_invalid() {
         }
     }
     assert!(matches!(
-        hv.set_stats_period(OFF, 5),
+        hv.apply(&stats_period(OFF, 5)),
         Err(HvError::OperationInvalid(_))
     ));
 }
@@ -477,10 +485,10 @@ fn unknown_disk_is_a_per_domain_error() {
 #[test]
 fn stats_period_is_set_on_running_domain() {
     let (_dir, mut hv) = connected();
-    hv.set_stats_period(WEB, 5).unwrap();
-    hv.set_stats_period(WEB, 0).unwrap(); // 0 disables collection
+    hv.apply(&stats_period(WEB, 5)).unwrap();
+    hv.apply(&stats_period(WEB, 0)).unwrap(); // 0 disables collection
     assert!(matches!(
-        hv.set_stats_period(WEB, u32::MAX),
+        hv.apply(&stats_period(WEB, u32::MAX)),
         Err(HvError::InvalidArg(_))
     ));
 }

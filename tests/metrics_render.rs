@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use virtpool::adapters::host::Host;
 use virtpool::adapters::libvirt::worker::HvWorker;
 use virtpool::adapters::libvirt::Libvirt;
-use virtpool::agent::monitor::Monitor;
+use virtpool::agent::reconciler::Reconciler;
 use virtpool::agent::state::RuntimeState;
 
 const DEMO: &str = include_str!("../config/demo.toml");
@@ -205,7 +205,8 @@ async fn metrics_parse_and_carry_the_demo_hosts_values() {
     let cfg = config("cycle-host.xml", pools);
     virtpool::adapters::libvirt::quiet_errors();
     let hv = HvWorker::spawn(Box::new(Libvirt::new(&cfg.agent.libvirt_uri))).unwrap();
-    let (mut m, handle) = Monitor::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false);
+    let (mut m, handle) =
+        Reconciler::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false);
     let first = m.cycle_once().await;
     let st = m.cycle_once().await;
     assert!(!first.results.is_empty(), "the demo host starts off target");

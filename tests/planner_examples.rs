@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use virtpool::core::config::{Config, Limits, MemoryPolicy};
-use virtpool::core::model::{Action, DomainObs, Reason, Resource, Snapshot};
+use virtpool::core::model::{Action, DomainObs, Observation, Reason, Resource};
 use virtpool::core::planner::testing::{self as t, GIB, MIB};
 use virtpool::core::planner::{
     check_plan, plan, Alloc, Guard, History, Outcome, Plan, PlanInput, Reservations, Violation,
@@ -12,10 +12,17 @@ use virtpool::core::units::Amount;
 
 const NOW: u64 = 10_000;
 
-fn run_with(cfg: &Config, snapshot: &Snapshot, res: &Reservations, h: &History, now: u64) -> Plan {
+fn run_with(
+    cfg: &Config,
+    snapshot: &Observation,
+    res: &Reservations,
+    h: &History,
+    now: u64,
+) -> Plan {
     let p = plan(&PlanInput {
         config: cfg,
-        snapshot,
+        host: snapshot.host,
+        domains: &snapshot.domains,
         reservations: res,
         history: h,
         now,
@@ -26,7 +33,7 @@ fn run_with(cfg: &Config, snapshot: &Snapshot, res: &Reservations, h: &History, 
 }
 
 fn run(cfg: &Config, domains: Vec<DomainObs>) -> Plan {
-    let snap = Snapshot {
+    let snap = Observation {
         host: t::host(64, 256 * GIB),
         domains,
     };
@@ -60,7 +67,7 @@ fn no_limits() -> Limits {
 }
 
 /// Applies plans until nothing is left to do; returns how many cycles.
-fn settle(cfg: &Config, snap: &mut Snapshot, h: &mut History, mut now: u64) -> usize {
+fn settle(cfg: &Config, snap: &mut Observation, h: &mut History, mut now: u64) -> usize {
     for k in 0..100 {
         let p = run_with(cfg, snap, &Reservations::new(), h, now);
         if p.actions.is_empty() {
@@ -107,7 +114,7 @@ fn db_vm_gets_three_times_the_share() {
     }));
 
     // Applying the plan reaches a fixed point: the next cycle does nothing.
-    let mut snap = Snapshot {
+    let mut snap = Observation {
         host: t::host(16, 32 * GIB),
         domains: doms,
     };
@@ -242,7 +249,7 @@ fn unadmitted_member_left_untouched() {
         .entry("new".into())
         .or_default()
         .vcpus = Some(3);
-    let snap = Snapshot {
+    let snap = Observation {
         host: t::host(16, 128 * GIB),
         domains: vec![old, mid.clone(), new],
     };
@@ -309,7 +316,7 @@ fn shrink_is_rate_limited_growth_waits_for_room() {
     let p = t::with_budget(t::pool("p"), Resource::Memory, 16 * GIB, no_limits());
     let mut cfg = t::config(16, 32 * GIB, vec![p]);
     cfg.tuning.memory_max_shrink = Amount::Absolute(GIB);
-    let mut snap = Snapshot {
+    let mut snap = Observation {
         host: t::host(16, 32 * GIB),
         domains: vec![vm("a", "p", 1, 12 * GIB), vm("b", "p", 1, 4 * GIB)],
     };
@@ -358,7 +365,7 @@ fn vcpu_cooldown() {
     let p = t::with_budget(t::pool("p"), Resource::Vcpus, 4, no_limits());
     let cfg = t::config(16, 32 * GIB, vec![p]);
     let d = vm("a", "p", 2, GIB);
-    let snap = Snapshot {
+    let snap = Observation {
         host: t::host(16, 32 * GIB),
         domains: vec![d.clone()],
     };
@@ -383,7 +390,7 @@ fn vcpu_unplug_timeout_freezes_vcpus_until_restart() {
     let cfg = t::config(16, 32 * GIB, vec![p]);
     let mut d = vm("a", "p", 4, GIB);
     d.id = Some(7);
-    let mut snap = Snapshot {
+    let mut snap = Observation {
         host: t::host(16, 32 * GIB),
         domains: vec![d],
     };
@@ -450,7 +457,7 @@ fn pressure_takes_from_low_shares_and_idle_first_and_gives_back_gradually() {
     busy.balloon = Some(t::balloon(13 * GIB, 12 * GIB));
     let mut vip = vm("vip", "p", 1, 16 * GIB);
     vip.balloon = Some(t::balloon(16 * GIB, 2 * GIB));
-    let mut snap = Snapshot {
+    let mut snap = Observation {
         host: t::host(16, 64 * GIB),
         domains: vec![idle, busy, vip],
     };

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use virtpool::core::config::{Config, Limits, MemoryPolicy};
-use virtpool::core::model::{Action, DomainObs, DomainState, IoTune, Resource, Snapshot};
+use virtpool::core::model::{Action, DomainObs, DomainState, IoTune, Observation, Resource};
 use virtpool::core::planner::testing::{self as t, GIB, MIB};
 use virtpool::core::planner::{check_plan, plan, History, Outcome, Plan, PlanInput, Reservations};
 use virtpool::core::units::Amount;
@@ -32,7 +32,7 @@ impl Rng {
 
 struct Scenario {
     config: Config,
-    snapshot: Snapshot,
+    snapshot: Observation,
     reservations: Reservations,
     history: History,
     now: u64,
@@ -42,7 +42,8 @@ impl Scenario {
     fn plan(&self) -> Plan {
         plan(&PlanInput {
             config: &self.config,
-            snapshot: &self.snapshot,
+            host: self.snapshot.host,
+            domains: &self.snapshot.domains,
             reservations: &self.reservations,
             history: &self.history,
             now: self.now,
@@ -189,7 +190,7 @@ fn scenario(seed: u64, n: usize, pools: usize, g: Gen) -> Scenario {
     }
     Scenario {
         config,
-        snapshot: Snapshot { host, domains },
+        snapshot: Observation { host, domains },
         reservations,
         history,
         now: 1000,

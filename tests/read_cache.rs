@@ -176,7 +176,9 @@ fn slow_facts_are_read_again_after_an_event_an_own_write_or_the_resync() {
     assert_eq!(disk_limit(&obs, "d0"), MIB);
     assert_eq!(find(&obs, "d1").blkio_weight, Some(0), "d1 still cached");
 
-    // The agent's own write: read back on the next observation.
+    // The agent's own write: what it wrote is read back on the next
+    // observation, and only that (the weight changed behind the agent's
+    // back without an event waits for the resync).
     hv.apply(&Action::SetBlockIoTune {
         uuid: uuid(1).as_str().into(),
         domain: "d1".into(),
@@ -188,7 +190,7 @@ fn slow_facts_are_read_again_after_an_event_an_own_write_or_the_resync() {
     .unwrap();
     let obs = hv.observe().unwrap();
     assert_eq!(disk_limit(&obs, "d1"), 2 * MIB);
-    assert_eq!(find(&obs, "d1").blkio_weight, Some(300), "re-read with it");
+    assert_eq!(find(&obs, "d1").blkio_weight, Some(0), "not read with it");
 
     // A lifecycle event (suspend) marks the domain too.
     s.set_limit("d1", 3 * MIB);
@@ -196,6 +198,7 @@ fn slow_facts_are_read_again_after_an_event_an_own_write_or_the_resync() {
     wait_event(&mut rx, &uuid(1), LifecycleKind::Suspended);
     let obs = hv.observe().unwrap();
     assert_eq!(disk_limit(&obs, "d1"), 3 * MIB);
+    assert_eq!(find(&obs, "d1").blkio_weight, Some(300), "read in full");
 
     // No event at all: seen once the resync interval has passed.
     s.set_limit("d0", 5 * MIB);
@@ -264,8 +267,8 @@ fn a_steady_observation_reads_two_calls_per_running_domain() {
     assert_eq!(steady.reads(), 1 + 2 * running, "{steady:?}");
     assert_eq!(steady.writes(), 0);
 
-    // An own write is one call; the next observation reads that domain's
-    // slow facts back: max vCPUs, XML, its disk's limits, blkio weight.
+    // An own write is one call. A vCPU write changes no slow fact: the
+    // next observation reads nothing more than a steady one.
     let before = calls.snapshot();
     hv.apply(&Action::SetVcpus {
         uuid: uuid(0).as_str().into(),
@@ -281,13 +284,43 @@ fn a_steady_observation_reads_two_calls_per_running_domain() {
     let before = calls.snapshot();
     hv.observe().unwrap();
     let back = calls.snapshot().since(&before);
-    assert_eq!(back.reads(), 1 + 2 * running + 4, "{back:?}");
-    for c in [
-        Call::MaxVcpus,
-        Call::Xml,
-        Call::GetIoTune,
-        Call::GetBlkioWeight,
-    ] {
-        assert_eq!(back.get(c), 1, "{c:?}");
-    }
+    assert_eq!(back.reads(), 1 + 2 * running, "{back:?}");
+
+    // A weight write: only that weight is read back.
+    hv.apply(&Action::SetBlkioWeight {
+        uuid: uuid(0).as_str().into(),
+        domain: "d0".into(),
+        from: None,
+        to: 300,
+        persist: false,
+    })
+    .unwrap();
+    let before = calls.snapshot();
+    let seen = hv.observe().unwrap();
+    let back = calls.snapshot().since(&before);
+    assert_eq!(back.reads(), 1 + 2 * running + 1, "{back:?}");
+    assert_eq!(back.get(Call::GetBlkioWeight), 1);
+    let d0 = seen.iter().find(|d| &*d.name == "d0").unwrap();
+    assert_eq!(d0.blkio_weight, Some(300), "read back from libvirt");
+
+    // An I/O limit write: that domain's disk limits only.
+    hv.apply(&Action::SetBlockIoTune {
+        uuid: uuid(0).as_str().into(),
+        domain: "d0".into(),
+        disk: "vda".into(),
+        from: IoTune::default(),
+        to: IoTune {
+            total_bytes_sec: 7 * MIB,
+            total_bytes_sec_max: 7 * MIB,
+            ..IoTune::default()
+        },
+        persist: false,
+    })
+    .unwrap();
+    let before = calls.snapshot();
+    let seen = hv.observe().unwrap();
+    let back = calls.snapshot().since(&before);
+    assert_eq!(back.reads(), 1 + 2 * running + 1, "{back:?}");
+    assert_eq!(back.get(Call::GetIoTune), 1);
+    assert_eq!(disk_limit(&seen, "d0"), 7 * MIB, "read back from libvirt");
 }

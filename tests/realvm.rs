@@ -213,18 +213,18 @@ cooldown = "1s"
     }
 
     /// The guest's status lines so far.
-    fn statuses(&self) -> Vec<Status> {
+    fn statuses(&self) -> Vec<Report> {
         let raw = std::fs::read(self.var("SERIAL")).unwrap_or_default();
         String::from_utf8_lossy(&raw)
             .lines()
             .filter(|l| l.starts_with("STATUS "))
-            .map(Status::parse)
+            .map(Report::parse)
             .collect()
     }
 
     /// The `n`-th status line printed after the call (the first may have
     /// been half-way through when the call came).
-    fn fresh_status(&self, n: usize) -> Status {
+    fn fresh_status(&self, n: usize) -> Report {
         let seen = self.statuses().len();
         wait_until(60, &format!("{n} new guest status line(s)"), || {
             self.statuses().get(seen + n - 1).cloned()
@@ -293,21 +293,21 @@ impl Drop for Harness {
 
 /// One `STATUS` line of the guest.
 #[derive(Debug, Clone)]
-struct Status {
+struct Report {
     online: String,
     mem_total_kb: u64,
     dd4m_s: f64,
 }
 
-impl Status {
-    fn parse(line: &str) -> Status {
+impl Report {
+    fn parse(line: &str) -> Report {
         let f = |k: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
                 .unwrap_or("")
                 .to_string()
         };
-        Status {
+        Report {
             online: f("online"),
             mem_total_kb: f("MemTotal").parse().unwrap_or(0),
             dd4m_s: f("dd4M").parse().unwrap_or(f64::NAN),

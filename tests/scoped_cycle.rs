@@ -14,7 +14,8 @@ use virt::sys;
 use virtpool::adapters::host::Host;
 use virtpool::adapters::libvirt::worker::HvWorker;
 use virtpool::adapters::libvirt::{HvError, Hypervisor, Libvirt};
-use virtpool::agent::monitor::{Handle, Monitor, Scope, Status};
+use virtpool::agent::reconciler::{Handle, Reconciler, Scope};
+use virtpool::agent::report::Report;
 use virtpool::agent::state::RuntimeState;
 use virtpool::core::config::Config;
 use virtpool::core::model::{Action, DomainObs, PerResource};
@@ -66,10 +67,6 @@ impl Hypervisor for Counting {
         self.calls.lock().unwrap().writes.push(action.uuid().into());
         self.inner.apply(action)
     }
-    fn set_stats_period(&mut self, uuid: &str, secs: u32) -> Result<(), HvError> {
-        self.calls.lock().unwrap().writes.push(uuid.into());
-        self.inner.set_stats_period(uuid, secs)
-    }
 }
 
 fn uuid(i: usize) -> String {
@@ -115,7 +112,7 @@ struct Setup {
     daemon: Daemon,
     c2: Connect,
     calls: Arc<Mutex<Calls>>,
-    monitor: Monitor,
+    monitor: Reconciler,
     handle: Handle,
     _dir: tempfile::TempDir,
 }
@@ -149,7 +146,7 @@ fn setup() -> Option<Setup> {
         calls: calls.clone(),
     }))
     .unwrap();
-    let (monitor, handle) = Monitor::new(
+    let (monitor, handle) = Reconciler::new(
         hv,
         Host::new().unwrap(),
         config(&daemon.uri(), dir.path()),
@@ -189,7 +186,7 @@ impl Setup {
     }
 
     fn reserve(&self, pool: &str, name: &str, vcpus: u64) {
-        let mut rt = self.handle.runtime.lock().unwrap();
+        let mut rt = self.handle.runtime().lock().unwrap();
         rt.reservations.entry(pool.into()).or_default().insert(
             name.into(),
             PerResource {
@@ -208,7 +205,7 @@ impl Setup {
     }
 }
 
-fn is_full(st: &Status) -> bool {
+fn is_full(st: &Report) -> bool {
     st.last_cycle.as_ref().unwrap().scope.is_none()
 }
 
@@ -219,7 +216,7 @@ async fn a_scoped_cycle_reads_and_enforces_only_its_domains() {
     assert_eq!(s.vcpus(&web(0)), 2);
     assert_eq!(s.vcpus(&db(1)), 2);
     let full = s.full();
-    let cycle = s.handle.status().cycle;
+    let cycle = s.handle.report().cycle;
 
     // web-00 reserves 3 (a web neighbour gives one up); db-01 reserves 3
     // too, but only web-00 is in scope.
@@ -328,7 +325,7 @@ async fn a_scoped_cycle_falls_back_to_a_full_one_when_it_cannot_be_trusted() {
     // The pools changed since the last full cycle (db-09 taken out of db
     // at run time): full.
     s.handle
-        .runtime
+        .runtime()
         .lock()
         .unwrap()
         .removed
@@ -341,12 +338,12 @@ async fn a_scoped_cycle_falls_back_to_a_full_one_when_it_cannot_be_trusted() {
     assert_eq!(s.full(), n + 1);
 
     // Paused since the last cycle: full.
-    s.handle.runtime.lock().unwrap().paused = true;
+    s.handle.runtime().lock().unwrap().paused = true;
     let n = s.full();
     let st = s.monitor.cycle(Scope::Domains(vec![uuid(0)])).await;
     assert!(is_full(&st));
     assert_eq!(s.full(), n + 1);
-    s.handle.runtime.lock().unwrap().paused = false;
+    s.handle.runtime().lock().unwrap().paused = false;
     s.monitor.cycle_once().await;
 
     // A scoped domain gone from libvirt: full, and it is gone from the status.
@@ -391,7 +388,7 @@ async fn allocate_runs_a_cycle_scoped_to_its_domain() {
     ));
     let monitor = tokio::spawn(s.monitor.run(shutdown.clone()));
     // The interval's first tick runs a full cycle: let it pass.
-    let mut status = s.handle.status.clone();
+    let mut status = s.handle.reports();
     let before = status.borrow().cycle;
     tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -420,7 +417,7 @@ async fn allocate_runs_a_cycle_scoped_to_its_domain() {
         3
     );
     let cycle = v["cycle"]["cycle"].as_u64().unwrap();
-    let st = s.handle.status();
+    let st = s.handle.report();
     assert_eq!(st.cycle, cycle, "the answer is the cycle that applied it");
     let scope = st.last_cycle.as_ref().unwrap().scope.clone().unwrap();
     assert_eq!(scope[0], uuid(0), "{scope:?}");

@@ -12,10 +12,12 @@ use virtpool::adapters::host::Host;
 use virtpool::adapters::libvirt::worker::HvWorker;
 use virtpool::adapters::libvirt::{HvError, Hypervisor};
 use virtpool::agent::audit::{AuditLog, EventKind};
-use virtpool::agent::monitor::{Monitor, MonitorOptions};
-use virtpool::agent::service::{Notice, RecordingNotifier};
+use virtpool::agent::load::LoadError;
+use virtpool::agent::notify::{Notice, RecordingNotifier};
+use virtpool::agent::reconciler::{Reconciler, ReconcilerOptions};
 use virtpool::agent::state::RuntimeState;
 use virtpool::core::config::Config;
+use virtpool::core::config::ConfigError;
 use virtpool::core::model::{Action, DomainObs};
 
 /// A hypervisor with no domains whose `observe` blocks forever once `hang`
@@ -50,9 +52,6 @@ impl Hypervisor for Fake {
     fn apply(&mut self, _: &Action) -> Result<(), HvError> {
         Ok(())
     }
-    fn set_stats_period(&mut self, _: &str, _: u32) -> Result<(), HvError> {
-        Ok(())
-    }
 }
 
 fn config(text: &str) -> Config {
@@ -83,15 +82,15 @@ async fn a_hung_hypervisor_stops_the_watchdog_pings() {
     .unwrap();
     let rec = RecordingNotifier::new();
     let watchdog = Duration::from_millis(200);
-    let (monitor, handle) = Monitor::with_options(
+    let (monitor, handle) = Reconciler::with_options(
         hv,
         Host::new().unwrap(),
         config(""),
         RuntimeState::new(),
-        MonitorOptions {
+        ReconcilerOptions {
             notifier: rec.clone(),
             watchdog: Some(watchdog),
-            ..MonitorOptions::default()
+            ..ReconcilerOptions::default()
         },
     );
     let shutdown = CancellationToken::new();
@@ -113,7 +112,7 @@ async fn a_hung_hypervisor_stops_the_watchdog_pings() {
         "gaps {gaps:?}"
     );
     assert!(sorted.iter().all(|g| *g < watchdog), "gaps {gaps:?}");
-    assert!(handle.status().cycle >= 1);
+    assert!(handle.report().cycle >= 1);
     assert!(rec
         .events()
         .iter()
@@ -144,14 +143,14 @@ async fn a_hung_hypervisor_stops_the_watchdog_pings() {
 async fn a_refused_reload_stays_visible_until_a_good_one() {
     let hv = HvWorker::spawn(Box::new(Fake::default())).unwrap();
     let audit = AuditLog::memory();
-    let (monitor, handle) = Monitor::with_options(
+    let (monitor, handle) = Reconciler::with_options(
         hv,
         Host::new().unwrap(),
         config(""),
         RuntimeState::new(),
-        MonitorOptions {
+        ReconcilerOptions {
             audit: audit.clone(),
-            ..MonitorOptions::default()
+            ..ReconcilerOptions::default()
         },
     );
     let shutdown = CancellationToken::new();
@@ -162,7 +161,10 @@ async fn a_refused_reload_stays_visible_until_a_good_one() {
 
     assert!(
         handle
-            .reload_checked(Err("test.toml: pool \"x\": broken".into()))
+            .reload_checked(Err(LoadError::from(ConfigError::Parse {
+                file: "test.toml".into(),
+                message: "pool \"x\": broken".into(),
+            })))
             .await
     );
     let st = handle.reconcile(true).await.unwrap();
@@ -214,14 +216,14 @@ async fn libvirt_lost_and_restored_are_audited_once_each() {
     }))
     .unwrap();
     let audit = AuditLog::memory();
-    let (mut m, handle) = Monitor::with_options(
+    let (mut m, handle) = Reconciler::with_options(
         hv,
         Host::new().unwrap(),
         config(""),
         RuntimeState::new(),
-        MonitorOptions {
+        ReconcilerOptions {
             audit: audit.clone(),
-            ..MonitorOptions::default()
+            ..ReconcilerOptions::default()
         },
     );
     assert!(m.cycle_once().await.libvirt.connected);

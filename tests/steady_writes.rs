@@ -12,7 +12,7 @@ use virtpool::adapters::host::Host;
 use virtpool::adapters::libvirt::calls::CallCounter;
 use virtpool::adapters::libvirt::worker::HvWorker;
 use virtpool::adapters::libvirt::{HvError, Hypervisor, Libvirt};
-use virtpool::agent::monitor::Monitor;
+use virtpool::agent::reconciler::Reconciler;
 use virtpool::agent::state::RuntimeState;
 use virtpool::core::model::{Action, DomainObs};
 
@@ -43,10 +43,6 @@ impl Hypervisor for Counting {
         self.calls.writes.fetch_add(1, Ordering::SeqCst);
         self.inner.apply(action)
     }
-    fn set_stats_period(&mut self, uuid: &str, secs: u32) -> Result<(), HvError> {
-        self.calls.writes.fetch_add(1, Ordering::SeqCst);
-        self.inner.set_stats_period(uuid, secs)
-    }
     fn call_counter(&self) -> Option<Arc<CallCounter>> {
         self.inner.call_counter()
     }
@@ -65,7 +61,7 @@ async fn a_converged_cycle_makes_no_writes() {
         calls: calls.clone(),
     }))
     .unwrap();
-    let (mut m, _h) = Monitor::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false);
+    let (mut m, _h) = Reconciler::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false);
 
     let st = m.cycle_once().await;
     assert!(st.libvirt.connected);

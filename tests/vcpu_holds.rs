@@ -13,7 +13,8 @@ use virtpool::adapters::host::Host;
 use virtpool::adapters::libvirt::calls::CallCounter;
 use virtpool::adapters::libvirt::worker::HvWorker;
 use virtpool::adapters::libvirt::{HvError, Hypervisor, Libvirt};
-use virtpool::agent::monitor::{Monitor, MonitorOptions, Status};
+use virtpool::agent::reconciler::{Reconciler, ReconcilerOptions};
+use virtpool::agent::report::Report;
 use virtpool::agent::state::{RuntimeState, VcpuHolds, HOLDS_FILE};
 use virtpool::core::config::Config;
 use virtpool::core::model::{Action, DomainObs, Reason};
@@ -48,9 +49,6 @@ impl Hypervisor for StuckUnplug {
             _ => self.inner.apply(action),
         }
     }
-    fn set_stats_period(&mut self, uuid: &str, secs: u32) -> Result<(), HvError> {
-        self.inner.set_stats_period(uuid, secs)
-    }
     fn call_counter(&self) -> Option<Arc<CallCounter>> {
         self.inner.call_counter()
     }
@@ -66,21 +64,21 @@ fn config(uri: &str, state: &std::path::Path, max_vcpus: u64) -> Config {
     Config::parse(&text, std::path::Path::new("holds.toml")).unwrap()
 }
 
-fn monitor(cfg: Config, state: &std::path::Path) -> Monitor {
+fn monitor(cfg: Config, state: &std::path::Path) -> Reconciler {
     let hv = HvWorker::spawn(Box::new(StuckUnplug {
         inner: Libvirt::new(&cfg.agent.libvirt_uri),
     }))
     .unwrap();
-    let opts = MonitorOptions {
+    let opts = ReconcilerOptions {
         holds_dir: Some(state.to_path_buf()),
         holds: VcpuHolds::load(state).unwrap(),
-        ..MonitorOptions::default()
+        ..ReconcilerOptions::default()
     };
-    Monitor::with_options(hv, Host::new().unwrap(), cfg, RuntimeState::new(), opts).0
+    Reconciler::with_options(hv, Host::new().unwrap(), cfg, RuntimeState::new(), opts).0
 }
 
 /// vm1's vCPU (target, next, reason).
-fn vm1_vcpus(st: &Status) -> (u64, u64, Reason) {
+fn vm1_vcpus(st: &Report) -> (u64, u64, Reason) {
     let m = st.plan.as_ref().unwrap().pools[0]
         .members
         .iter()
@@ -90,7 +88,7 @@ fn vm1_vcpus(st: &Status) -> (u64, u64, Reason) {
     (v.target, v.next, v.reason)
 }
 
-fn vcpu_actions(st: &Status) -> usize {
+fn vcpu_actions(st: &Report) -> usize {
     st.results
         .iter()
         .filter(|r| matches!(r.action, Action::SetVcpus { .. }))

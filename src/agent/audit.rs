@@ -28,9 +28,9 @@ use std::time::SystemTime;
 /// File name inside `state_dir`.
 pub const AUDIT_FILE: &str = "audit.jsonl";
 /// Rotate when the file would grow past this.
-pub const DEFAULT_MAX_BYTES: u64 = 10 << 20;
+pub const DEFAULT_MAX_BYTES: u64 = crate::core::config::DEFAULT_AUDIT_MAX_BYTES;
 /// Rotated files kept (`audit.jsonl.1` … `.3`).
-pub const DEFAULT_KEEP: usize = 3;
+pub const DEFAULT_KEEP: usize = crate::core::config::DEFAULT_AUDIT_KEEP;
 /// Events kept in memory when there is no file to read them back from
 /// (a memory-only log, or events whose write failed).
 pub const RECENT_CAP: usize = 1000;

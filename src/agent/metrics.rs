@@ -1,5 +1,5 @@
-//! Prometheus metrics: [`render`] turns the published [`Status`] and the
-//! monitor's running [`Counters`] into the text exposition format (0.0.4).
+//! Prometheus metrics: [`render`] turns the published [`Report`] and the
+//! reconciler's running [`Counters`] into the text exposition format (0.0.4).
 //! Pure: no registry, no globals; the API's `GET /metrics` and the optional
 //! TCP listener (`agent.metrics_listen`, [`serve_tcp`]) both call it.
 //!
@@ -7,80 +7,13 @@
 //! resource's own unit — `vcpus` (count), `memory` (bytes),
 //! `disk_bytes_sec` (bytes/s), `disk_iops_sec` (operations/s).
 
-use crate::adapters::libvirt::calls::CallCounts;
-use crate::agent::monitor::{Handle, Status};
+use crate::agent::reconciler::Handle;
+use crate::agent::report::{Counters, Report};
 use crate::core::model::Resource;
-use std::collections::BTreeMap;
 use std::fmt::Write;
 
 /// Content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Upper bounds of the cycle duration histogram, seconds.
-pub const CYCLE_BUCKETS: [f64; 12] = [
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// A cumulative histogram with fixed buckets.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Histogram {
-    pub bounds: Vec<f64>,
-    /// Observations ≤ each bound (not cumulative; rendered cumulatively).
-    pub counts: Vec<u64>,
-    pub sum: f64,
-    pub count: u64,
-}
-
-impl Histogram {
-    pub fn new(bounds: &[f64]) -> Histogram {
-        Histogram {
-            bounds: bounds.to_vec(),
-            counts: vec![0; bounds.len()],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    pub fn observe(&mut self, v: f64) {
-        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
-            self.counts[i] += 1;
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-}
-
-/// What the monitor counts across cycles (the [`Status`] is one cycle).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Counters {
-    pub cycles: u64,
-    pub cycle_seconds: Histogram,
-    /// (resource label, "ok" | "error") → actions.
-    pub actions: BTreeMap<(String, String), u64>,
-    pub reloads_ok: u64,
-    pub reloads_refused: u64,
-    /// Whether the last reload was swapped in (`None` before any reload).
-    pub last_reload_ok: Option<bool>,
-    /// Times the libvirt connection was lost.
-    pub libvirt_lost: u64,
-    /// libvirt calls made so far, by kind.
-    pub libvirt_calls: CallCounts,
-}
-
-impl Default for Counters {
-    fn default() -> Self {
-        Counters {
-            cycles: 0,
-            cycle_seconds: Histogram::new(&CYCLE_BUCKETS),
-            actions: BTreeMap::new(),
-            reloads_ok: 0,
-            reloads_refused: 0,
-            last_reload_ok: None,
-            libvirt_lost: 0,
-            libvirt_calls: CallCounts::default(),
-        }
-    }
-}
 
 /// Escapes a label value (backslash, double quote, newline).
 fn esc(v: &str) -> String {
@@ -142,7 +75,7 @@ fn b(v: bool) -> f64 {
 }
 
 /// The whole exposition.
-pub fn render(st: &Status, c: &Counters) -> String {
+pub fn render(st: &Report, c: &Counters) -> String {
     let mut o = Out {
         text: String::with_capacity(8192),
     };
@@ -330,7 +263,7 @@ pub fn render(st: &Status, c: &Counters) -> String {
         o.sample("virtpool_planned_actions", &[], plan.actions.len() as f64);
     }
 
-    o.family("virtpool_cycles_total", "counter", "Monitor cycles run.");
+    o.family("virtpool_cycles_total", "counter", "Reconciler cycles run.");
     o.sample("virtpool_cycles_total", &[], c.cycles as f64);
     o.family(
         "virtpool_cycle_duration_seconds",
@@ -418,7 +351,7 @@ pub fn router(handle: Handle) -> axum::Router {
             async move {
                 (
                     [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
-                    render(&h.status(), &h.counters()),
+                    render(&h.report(), &h.counters()),
                 )
             }
         }),

@@ -1,9 +1,13 @@
-//! The running agent: the loop that keeps domains inside their pools, and
-//! what it keeps and reports (runtime state, audit log, metrics, systemd).
+//! The running agent: the reconciler that keeps domains inside their
+//! pools, and what it keeps and reports (runtime state, audit log,
+//! metrics, systemd).
 
 pub mod audit;
+pub mod load;
 pub mod metrics;
-pub mod monitor;
+pub mod notify;
 pub mod observability;
+pub mod reconciler;
+pub mod report;
 pub mod service;
 pub mod state;

@@ -10,6 +10,7 @@
 //! (`DOMAIN=web-1`, `RESOURCE=vcpus`, `RESULT=error`), so
 //! `journalctl -u virtpoold RESULT=error` works.
 
+use crate::core::config::{parse_log_filter, LogFilterError};
 use std::io::IsTerminal;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
@@ -26,7 +27,7 @@ pub struct LogControl {
 impl LogControl {
     /// Applies a config's `log_level` (unless `RUST_LOG` is set). An invalid
     /// filter is refused and the current one stays.
-    pub fn set_level(&self, log_level: Option<&str>) -> Result<(), String> {
+    pub fn set_level(&self, log_level: Option<&str>) -> Result<(), LogLevelError> {
         if self.from_env {
             return Ok(());
         }
@@ -34,20 +35,23 @@ impl LogControl {
             return Ok(());
         };
         let f = filter(log_level.unwrap_or("info"))?;
-        h.reload(f).map_err(|e| e.to_string())
+        h.reload(f)
+            .map_err(|e| LogLevelError::Reload(e.to_string()))
     }
 }
 
-/// Parses a log filter: `level` (`error`, `warn`, `info`, `debug`,
-/// `trace`, `off`), `target=level` (the target and the modules under it:
-/// `virtpool::agent::monitor=debug`), or several of them separated by commas. A
-/// bare level is the default for targets no directive names; without one,
-/// only the named targets log.
-pub fn filter(s: &str) -> Result<Targets, String> {
-    if s.trim().is_empty() {
-        return Err("the filter is empty".into());
-    }
-    s.parse::<Targets>().map_err(|e| e.to_string())
+/// Why the log level could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogLevelError {
+    #[error("invalid log filter: {0}")]
+    Filter(#[from] LogFilterError),
+    #[error("cannot swap the log filter: {0}")]
+    Reload(String),
+}
+
+/// Parses a log filter (see [`parse_log_filter`]).
+pub fn filter(s: &str) -> Result<Targets, LogFilterError> {
+    parse_log_filter(s)
 }
 
 /// Whether stderr is the journal stream systemd connected (`JOURNAL_STREAM`
@@ -122,13 +126,13 @@ mod tests {
 
     #[test]
     fn filters_name_levels_per_target() {
-        let f = filter("warn,virtpool::agent::monitor=debug").unwrap();
-        assert!(f.would_enable("virtpool::agent::monitor", &Level::DEBUG));
-        assert!(f.would_enable("virtpool::agent::monitor::x", &Level::DEBUG));
+        let f = filter("warn,virtpool::agent::reconciler=debug").unwrap();
+        assert!(f.would_enable("virtpool::agent::reconciler", &Level::DEBUG));
+        assert!(f.would_enable("virtpool::agent::reconciler::x", &Level::DEBUG));
         assert!(!f.would_enable("virtpool::api", &Level::INFO));
         assert!(f.would_enable("virtpool::api", &Level::WARN));
         let only = filter("virtpool=debug").unwrap();
-        assert!(only.would_enable("virtpool::agent::monitor", &Level::DEBUG));
+        assert!(only.would_enable("virtpool::agent::reconciler", &Level::DEBUG));
         assert!(!only.would_enable("hyper", &Level::ERROR));
         let level = filter("info").unwrap();
         assert!(level.would_enable("anything", &Level::INFO));

@@ -1,219 +1,22 @@
 //! Running as a systemd service: readiness and watchdog notifications,
 //! signals, config reload and orderly shutdown.
 //!
-//! - [`Notifier`] is the seam to the service manager: [`SdNotifier`] sends
-//!   `sd_notify` datagrams, [`RecordingNotifier`] records them for tests.
-//! - The monitor (not a timer) pings the watchdog after each completed cycle
+//! - [`Notifier`](crate::agent::notify::Notifier) is the seam to the
+//!   service manager.
+//! - The reconciler (not a timer) pings the watchdog after each completed cycle
 //!   and on its own watchdog tick, so a hung libvirt call stops the pings
 //!   and systemd restarts the agent.
 //! - [`run`] waits for signals: SIGHUP re-reads and validates the config
-//!   ([`load_checked`]) and hands the result to the monitor; SIGTERM/SIGINT
+//!   ([`load_checked`]) and hands the result to the reconciler; SIGTERM/SIGINT
 //!   let the current cycle finish, persist state and return.
 
-use crate::adapters::host::Host;
-use crate::agent::monitor::{Handle, Status};
-use crate::core::config::Config;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use crate::agent::load::{load_checked, restart_only_changes, LoadError, Overrides};
+use crate::agent::notify::{Notice, Notifier};
+use crate::agent::reconciler::Handle;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// A message to the service manager.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notice {
-    /// Start-up (or a reload) finished.
-    Ready,
-    /// A reload started (sent with `MONOTONIC_USEC`).
-    Reloading,
-    /// Shutdown started.
-    Stopping,
-    /// The monitor loop made progress.
-    Watchdog,
-    /// One-line state for `systemctl status`.
-    Status(String),
-}
-
-/// Where notifications go.
-pub trait Notifier: Send + Sync {
-    /// Sends the notices in one message.
-    fn notify(&self, notices: &[Notice]);
-}
-
-/// Sends nothing (the `--once` run, tests that don't look).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoNotifier;
-
-impl Notifier for NoNotifier {
-    fn notify(&self, _: &[Notice]) {}
-}
-
-/// `sd_notify(3)` to `$NOTIFY_SOCKET`; does nothing when it is unset.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SdNotifier;
-
-impl Notifier for SdNotifier {
-    fn notify(&self, notices: &[Notice]) {
-        use sd_notify::NotifyState as S;
-        let mono = if notices.contains(&Notice::Reloading) {
-            sd_notify::NotifyState::monotonic_usec_now().ok()
-        } else {
-            None
-        };
-        let mut states: Vec<S<'_>> = notices
-            .iter()
-            .map(|n| match n {
-                Notice::Ready => S::Ready,
-                Notice::Reloading => S::Reloading,
-                Notice::Stopping => S::Stopping,
-                Notice::Watchdog => S::Watchdog,
-                Notice::Status(s) => S::Status(s),
-            })
-            .collect();
-        states.extend(mono);
-        if let Err(e) = sd_notify::notify(&states) {
-            tracing::debug!(error = %e, "sd_notify failed");
-        }
-    }
-}
-
-/// Records every notice with the time it was sent (for tests).
-#[derive(Debug, Default)]
-pub struct RecordingNotifier {
-    log: Mutex<Vec<(Instant, Notice)>>,
-}
-
-impl RecordingNotifier {
-    pub fn new() -> Arc<RecordingNotifier> {
-        Arc::new(RecordingNotifier::default())
-    }
-
-    /// Everything recorded so far.
-    pub fn events(&self) -> Vec<(Instant, Notice)> {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Times of the watchdog pings so far.
-    pub fn pings(&self) -> Vec<Instant> {
-        self.events()
-            .into_iter()
-            .filter(|(_, n)| *n == Notice::Watchdog)
-            .map(|(t, _)| t)
-            .collect()
-    }
-}
-
-impl Notifier for RecordingNotifier {
-    fn notify(&self, notices: &[Notice]) {
-        let now = Instant::now();
-        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        log.extend(notices.iter().map(|n| (now, n.clone())));
-    }
-}
-
-/// The watchdog interval systemd asked for (`WATCHDOG_USEC`, for this PID).
-pub fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled().filter(|d| !d.is_zero())
-}
-
-/// Command-line settings that override the file and must survive a reload.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub libvirt_uri: Option<String>,
-}
-
-impl Overrides {
-    pub fn apply(&self, cfg: &mut Config) {
-        if let Some(uri) = &self.libvirt_uri {
-            cfg.agent.libvirt_uri.clone_from(uri);
-        }
-    }
-}
-
-/// Reads the config file, applies the overrides and checks the budgets
-/// against this host: what start-up and SIGHUP both do. The error is one
-/// line naming the file, the key and the problem.
-pub fn load_checked(path: &Path, overrides: &Overrides) -> Result<Config, String> {
-    let mut cfg = Config::load(path).map_err(|e| e.to_string())?;
-    overrides.apply(&mut cfg);
-    let mut host = Host::new().map_err(|e| e.to_string())?;
-    let alloc = cfg.host.allocatable(&host.refresh());
-    cfg.check_budgets(&alloc).map_err(|e| e.to_string())?;
-    Ok(cfg)
-}
-
-/// Settings a reload cannot change in a running agent (they are bound at
-/// start): the differences, for a warning.
-pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let (a, b) = (&old.agent, &new.agent);
-    let mut out = Vec::new();
-    if a.libvirt_uri != b.libvirt_uri {
-        out.push("agent.libvirt_uri");
-    }
-    if a.state_dir != b.state_dir {
-        out.push("agent.state_dir");
-    }
-    if a.socket != b.socket {
-        out.push("api.socket");
-    }
-    if a.api_group != b.api_group {
-        out.push("api.group");
-    }
-    if a.metrics_listen != b.metrics_listen {
-        out.push("agent.metrics_listen");
-    }
-    if a.resync_interval != b.resync_interval {
-        out.push("agent.resync_interval");
-    }
-    if a.audit_max_bytes != b.audit_max_bytes {
-        out.push("agent.audit_max_size");
-    }
-    if a.audit_keep != b.audit_keep {
-        out.push("agent.audit_keep");
-    }
-    out
-}
-
-/// One-line summary of a status, for `STATUS=` and logs.
-pub fn summary(st: &Status) -> String {
-    let mut s = format!("cycle {}", st.cycle);
-    if let Some(plan) = &st.plan {
-        let managed: usize = plan.pools.iter().map(|p| p.members.len()).sum();
-        s.push_str(&format!(
-            ": {} pools, {} members, {} unmanaged",
-            plan.pools.len(),
-            managed,
-            plan.unmanaged.len()
-        ));
-    }
-    if let Some(c) = &st.last_cycle {
-        s.push_str(&format!(
-            "; {} changes, {} failed, {:.0} ms",
-            c.actions - c.failed,
-            c.failed,
-            c.duration_ms
-        ));
-    }
-    s.push_str(match st.mode {
-        crate::core::config::Mode::Enforce => "; enforce",
-        crate::core::config::Mode::Observe => "; observe",
-    });
-    if st.paused {
-        s.push_str(" (paused)");
-    }
-    if st.libvirt.connected {
-        s.push_str("; libvirt up");
-    } else {
-        s.push_str("; libvirt DOWN");
-        if let Some(e) = &st.libvirt.error {
-            s.push_str(&format!(" ({e})"));
-        }
-    }
-    if let Some(e) = &st.config_error {
-        s.push_str(&format!("; config error: {e}"));
-    }
-    // STATUS= is one line.
-    s.replace('\n', " ")
-}
 
 /// How long shutdown waits for the cycle in progress before giving up on
 /// it (below the unit's `TimeoutStopSec=30s`, so state is still persisted).
@@ -230,7 +33,7 @@ pub struct ReloadReport {
 
 /// A reload asked for through the API (`POST /v1/reload`): the reply is
 /// what [`reload`] gave, `Err` with the reason when the file was refused.
-pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<ReloadReport, String>>;
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<ReloadReport, LoadError>>;
 
 /// What [`run`] needs.
 pub struct ServiceParts {
@@ -250,20 +53,20 @@ pub struct ServiceParts {
 
 /// Waits until the monitor has published its first cycle.
 pub async fn first_cycle(handle: &Handle) {
-    let mut rx = handle.status.clone();
-    // Err only if the monitor is gone; then there is nothing to wait for.
+    let mut rx = handle.reports();
+    // Err only if the reconciler is gone; then there is nothing to wait for.
     let _ = rx.wait_for(|st| st.cycle > 0).await;
 }
 
 /// Sends READY=1 with the current status line.
 pub fn ready(notifier: &dyn Notifier, handle: &Handle) {
-    notifier.notify(&[Notice::Ready, Notice::Status(summary(&handle.status()))]);
+    notifier.notify(&[Notice::Ready, Notice::Status(handle.report().summary())]);
 }
 
 /// Handles one reload (SIGHUP or the API): RELOADING=1, validate, hand
 /// the result to the monitor (which swaps it in or records the refusal),
 /// READY=1. Returns what was swapped in, or why the file was refused.
-pub async fn reload(parts: &ServiceParts) -> Result<ReloadReport, String> {
+pub async fn reload(parts: &ServiceParts) -> Result<ReloadReport, LoadError> {
     parts.notifier.notify(&[Notice::Reloading]);
     let result = load_checked(&parts.config_path, &parts.overrides);
     let mut report = ReloadReport {
@@ -295,7 +98,7 @@ pub async fn reload(parts: &ServiceParts) -> Result<ReloadReport, String> {
     parts.handle.reload_checked(result).await;
     parts.notifier.notify(&[
         Notice::Ready,
-        Notice::Status(summary(&parts.handle.status())),
+        Notice::Status(parts.handle.report().summary()),
     ]);
     outcome
 }
@@ -360,92 +163,12 @@ pub async fn stop(parts: ServiceParts) {
     let state_dir = parts.handle.config().agent.state_dir.clone();
     let runtime = parts
         .handle
-        .runtime
+        .runtime()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     match runtime.save(&state_dir) {
         Ok(()) => tracing::info!(dir = %state_dir.display(), "state saved"),
         Err(e) => tracing::error!(error = %e, "cannot save state"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use crate::agent::monitor::LibvirtStatus;
-
-    fn cfg(text: &str) -> Config {
-        Config::parse(text, Path::new("t.toml")).unwrap()
-    }
-
-    #[test]
-    fn summary_is_one_line_and_says_what_is_wrong() {
-        let st = Status {
-            cycle: 7,
-            mode: crate::core::config::Mode::Observe,
-            paused: true,
-            libvirt: LibvirtStatus {
-                uri: "qemu:///system".into(),
-                connected: false,
-                error: Some("no socket\nat all".into()),
-            },
-            host: None,
-            last_cycle: None,
-            plan: None,
-            domains: Vec::new(),
-            results: Vec::new(),
-            config_error: Some("reload refused: bad".into()),
-            memory: Default::default(),
-        };
-        let s = summary(&st);
-        assert_eq!(
-            s,
-            "cycle 7; observe (paused); libvirt DOWN (no socket at all); config error: reload refused: bad"
-        );
-    }
-
-    #[test]
-    fn restart_only_settings_are_named() {
-        let a = cfg("[agent]\ninterval = \"5s\"\n");
-        let b = cfg("[agent]\ninterval = \"9s\"\nlibvirt_uri = \"test:///default\"\nresync_interval = \"1m\"\naudit_max_size = \"1MiB\"\naudit_keep = 9\n[api]\nsocket = \"/tmp/x.sock\"\n");
-        assert_eq!(restart_only_changes(&a, &a), Vec::<&str>::new());
-        assert_eq!(
-            restart_only_changes(&a, &b),
-            vec![
-                "agent.libvirt_uri",
-                "api.socket",
-                "agent.resync_interval",
-                "agent.audit_max_size",
-                "agent.audit_keep"
-            ]
-        );
-    }
-
-    #[test]
-    fn overrides_survive_a_reload() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("c.toml");
-        std::fs::write(&f, "[agent]\nlibvirt_uri = \"qemu:///system\"\n").unwrap();
-        let o = Overrides {
-            libvirt_uri: Some("test:///default".into()),
-        };
-        assert_eq!(
-            load_checked(&f, &o).unwrap().agent.libvirt_uri,
-            "test:///default"
-        );
-        std::fs::write(&f, "[agent]\nspeed = 1\n").unwrap();
-        let e = load_checked(&f, &o).unwrap_err();
-        assert!(e.contains("c.toml") && e.contains("speed"), "{e}");
-    }
-
-    #[test]
-    fn the_recorder_records_in_order() {
-        let r = RecordingNotifier::new();
-        r.notify(&[Notice::Ready, Notice::Watchdog]);
-        r.notify(&[Notice::Watchdog]);
-        assert_eq!(r.pings().len(), 2);
-        assert_eq!(r.events()[0].1, Notice::Ready);
     }
 }

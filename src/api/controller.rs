@@ -10,11 +10,12 @@ use super::auth::{self, Peer};
 use super::error::Error;
 use super::types::*;
 use super::views;
-use crate::agent::monitor::{Handle, Scope, Status};
+use crate::agent::reconciler::{Control, Scope};
+use crate::agent::report::Report;
 use crate::agent::state::RuntimeState;
 use crate::core::config::{self, Config, Mode, PoolSpec};
 use crate::core::membership::Membership;
-use crate::core::model::{PerResource, Resource, Snapshot};
+use crate::core::model::{PerResource, Resource};
 use crate::core::planner::{self, Plan, PlanInput};
 use axum::body::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +34,7 @@ pub struct AppState {
 }
 
 struct Inner {
-    handle: Handle,
+    control: Arc<dyn Control>,
     group: String,
     /// Bumped on every saved runtime change (cache key).
     generation: AtomicU64,
@@ -63,7 +64,7 @@ struct ReadCache {
 /// it points to stays, so its address is not reused while it is compared).
 #[derive(Clone)]
 struct CacheKey {
-    status: std::sync::Weak<Status>,
+    status: std::sync::Weak<Report>,
     generation: u64,
     config: Arc<Config>,
 }
@@ -102,10 +103,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl AppState {
     /// The state of the API over a monitor handle; `group` is `api.group`
     /// (members may make changes).
-    pub fn new(handle: Handle, group: impl Into<String>) -> AppState {
+    pub fn new(control: impl Control, group: impl Into<String>) -> AppState {
         AppState {
             inner: Arc::new(Inner {
-                handle,
+                control: Arc::new(control),
                 group: group.into(),
                 generation: AtomicU64::new(0),
                 cache: Mutex::new(ReadCache::default()),
@@ -144,7 +145,7 @@ impl AppState {
     pub async fn reload(&self) -> Result<ReloadResponse, Error> {
         let tx = self.inner.reloads.get().ok_or(Error::NoReload)?;
         let wait = &self.inner.wait_limit;
-        let mut status = self.inner.handle.status.clone();
+        let mut status = self.inner.control.reports();
         let before = status.borrow().cycle;
         let (reply, rx) = tokio::sync::oneshot::channel();
         let handed = async {
@@ -162,12 +163,12 @@ impl AppState {
                 file: r.file.display().to_string(),
                 restart_only: r.restart_only,
             }),
-            Err(e) => Err(Error::ConfigRefused(e)),
+            Err(e) => Err(Error::ConfigRefused(e.to_string())),
         }
     }
 
-    pub fn handle(&self) -> &Handle {
-        &self.inner.handle
+    pub fn control(&self) -> &dyn Control {
+        self.inner.control.as_ref()
     }
 
     pub fn group(&self) -> &str {
@@ -175,14 +176,14 @@ impl AppState {
     }
 
     fn runtime(&self) -> RuntimeState {
-        lock(&self.inner.handle.runtime).clone()
+        lock(self.inner.control.runtime()).clone()
     }
 
     // ------------------------------------------------------------ reads
 
     pub fn status(&self) -> StatusResponse {
-        let st = self.inner.handle.status();
-        views::status(&st, &self.runtime(), &self.inner.handle.config())
+        let st = self.inner.control.report();
+        views::status(&st, &self.runtime(), &self.inner.control.config())
     }
 
     /// An answer from the cache, or built and cached. The generation is
@@ -192,13 +193,13 @@ impl AppState {
     fn cached(
         &self,
         key: &str,
-        build: impl FnOnce(&Status, &RuntimeState, &Config) -> Result<Vec<u8>, Error>,
+        build: impl FnOnce(&Report, &RuntimeState, &Config) -> Result<Vec<u8>, Error>,
     ) -> Result<Cached, Error> {
-        let status = self.inner.handle.status();
+        let status = self.inner.control.report();
         let want = CacheKey {
             status: Arc::downgrade(&status),
             generation: self.inner.generation.load(Ordering::Acquire),
-            config: self.inner.handle.config(),
+            config: self.inner.control.config(),
         };
         let epoch = {
             let mut c = lock(&self.inner.cache);
@@ -252,18 +253,18 @@ impl AppState {
     }
 
     pub fn pool(&self, name: &str) -> Result<PoolView, Error> {
-        let st = self.inner.handle.status();
+        let st = self.inner.control.report();
         let rt = self.runtime();
-        let cfg = self.inner.handle.config();
+        let cfg = self.inner.control.config();
         pool_in(&st, &rt, &cfg, name)
     }
 
     pub fn domains(&self) -> DomainsResponse {
-        views::domains(&self.inner.handle.status(), &self.runtime())
+        views::domains(&self.inner.control.report(), &self.runtime())
     }
 
     pub fn domain(&self, key: &str) -> Result<DomainView, Error> {
-        let st = self.inner.handle.status();
+        let st = self.inner.control.report();
         let d = views::find_domain(&st.domains, key).ok_or_else(|| no_domain(key))?;
         Ok(views::domain_view(d, st.plan.as_ref(), &self.runtime()))
     }
@@ -271,9 +272,9 @@ impl AppState {
     /// What the next cycle would do, planned now on the last observation
     /// with the current runtime state (so it shows changes not yet enforced).
     pub fn plan(&self) -> Result<PlanResponse, Error> {
-        let st = self.inner.handle.status();
+        let st = self.inner.control.report();
         let rt = self.runtime();
-        let cfg = self.inner.handle.config();
+        let cfg = self.inner.control.config();
         let plan = current_plan(&st, &rt, &cfg)?;
         let paused = rt.paused || st.mode == Mode::Observe;
         Ok(views::plan(&st, &plan, &rt, paused))
@@ -324,13 +325,13 @@ impl AppState {
                 uid: peer.map_or(u32::MAX, |p| p.uid),
                 message: out.message.clone(),
             });
-            if let Err(e) = self.inner.handle.audit.append(&[ev]) {
+            if let Err(e) = self.inner.control.audit().append(&[ev]) {
                 tracing::warn!(error = %e, "cannot write the audit log");
             }
         }
         let scope = domain_of(&out.value)
             .and_then(|key| {
-                let st = self.inner.handle.status();
+                let st = self.inner.control.report();
                 views::find_domain(&st.domains, &key).map(|d| vec![d.uuid.to_string()])
             })
             .map_or(Scope::All, Scope::Domains);
@@ -348,10 +349,10 @@ impl AppState {
         F: FnOnce(&Ctx, &mut RuntimeState) -> Result<Outcome<T>, Error>,
     {
         let ctx = Ctx {
-            status: self.inner.handle.status(),
-            config: self.inner.handle.config(),
+            status: self.inner.control.report(),
+            config: self.inner.control.config(),
         };
-        let mut guard = lock(&self.inner.handle.runtime);
+        let mut guard = lock(self.inner.control.runtime());
         let mut next = guard.clone();
         let out = f(&ctx, &mut next)?;
         if out.changed && next != *guard {
@@ -379,11 +380,11 @@ impl AppState {
             return Ok(None);
         }
         if !wait {
-            self.inner.handle.reconcile_scope(scope, false).await;
+            self.inner.control.request_cycle(scope, false).await;
             return Ok(None);
         }
         let limit = self.inner.wait_limit;
-        match tokio::time::timeout(limit, self.inner.handle.reconcile_scope(scope, true)).await {
+        match tokio::time::timeout(limit, self.inner.control.request_cycle(scope, true)).await {
             Ok(Some(st)) => Ok(Some(cycle_result(&st))),
             Ok(None) => Err(Error::Stopping),
             Err(_) => Err(Error::CyclePending(limit)),
@@ -393,7 +394,7 @@ impl AppState {
 
 /// One pool's view from a published status; a pool created or changed
 /// since the last cycle is planned now.
-fn pool_in(st: &Status, rt: &RuntimeState, cfg: &Config, name: &str) -> Result<PoolView, Error> {
+fn pool_in(st: &Report, rt: &RuntimeState, cfg: &Config, name: &str) -> Result<PoolView, Error> {
     if let Some(p) = st
         .plan
         .as_ref()
@@ -422,7 +423,7 @@ fn etag_of(body: &[u8]) -> String {
 }
 
 /// A cycle's outcome from the status it published.
-pub fn cycle_result(st: &Status) -> CycleResult {
+pub fn cycle_result(st: &Report) -> CycleResult {
     CycleResult {
         cycle: st.cycle,
         actions: st.results.len(),
@@ -433,7 +434,7 @@ pub fn cycle_result(st: &Status) -> CycleResult {
 
 /// What a change transaction sees besides the runtime state.
 pub struct Ctx {
-    pub status: Arc<Status>,
+    pub status: Arc<Report>,
     pub config: Arc<Config>,
 }
 
@@ -446,7 +447,7 @@ fn no_domain(key: &str) -> Error {
 }
 
 /// Plans on the last observation with `rt` applied.
-pub fn current_plan(st: &Status, rt: &RuntimeState, cfg: &Config) -> Result<Plan, Error> {
+pub fn current_plan(st: &Report, rt: &RuntimeState, cfg: &Config) -> Result<Plan, Error> {
     let host = st.host.ok_or(Error::NotReady)?;
     if st.cycle == 0 {
         return Err(Error::NotReady);
@@ -456,23 +457,20 @@ pub fn current_plan(st: &Status, rt: &RuntimeState, cfg: &Config) -> Result<Plan
 }
 
 fn plan_with(
-    st: &Status,
+    st: &Report,
     effective: &Config,
     rt: &RuntimeState,
     host: crate::core::model::HostCapacity,
 ) -> Plan {
-    let snapshot = Snapshot {
-        host,
-        domains: st.domains.clone(),
-    };
     planner::plan(&PlanInput {
         config: effective,
-        snapshot: &snapshot,
+        host,
+        domains: &st.domains,
         reservations: &rt.reservations,
-        // The monitor's memory and clock: cooldowns and held vCPU changes
-        // show as they will in the next cycle.
-        history: &st.memory.history,
-        now: st.memory.now(),
+        // The reconciler's history and clock: cooldowns and held vCPU
+        // changes show as they will in the next cycle.
+        history: &st.basis.history,
+        now: st.basis.now(),
         paused: rt.paused,
     })
 }

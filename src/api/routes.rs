@@ -222,16 +222,16 @@ async fn plan(State(s): State<AppState>) -> R<PlanResponse> {
 /// `/v1/events` and its alias `/v1/audit`: the audit log's tail.
 async fn events(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> R<EventsResponse> {
     Ok(axum::Json(
-        super::events::read(s.handle().audit.clone(), q).await?,
+        super::events::read(s.control().audit().clone(), q).await?,
     ))
 }
 
 /// Prometheus text format (`crate::agent::metrics`), from the last published cycle.
 async fn metrics(State(s): State<AppState>) -> Response {
-    let h = s.handle();
+    let h = s.control();
     (
         [(header::CONTENT_TYPE, crate::agent::metrics::CONTENT_TYPE)],
-        crate::agent::metrics::render(&h.status(), &h.counters()),
+        crate::agent::metrics::render(&h.report(), &h.counters()),
     )
         .into_response()
 }

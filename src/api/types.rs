@@ -6,7 +6,7 @@
 //! (bytes per second). Request bodies accept sizes as integers (bytes) or
 //! strings with a unit (`"4GiB"`); responses always carry integers.
 
-use crate::agent::monitor::{CycleInfo, LibvirtStatus};
+use crate::agent::report::{CycleInfo, LibvirtStatus};
 use crate::core::config::Mode;
 use crate::core::membership::Via;
 use crate::core::model::{Action, DomainState, HostCapacity, PerResource, Reason, Resource};

@@ -1,8 +1,8 @@
-//! Pure builders of API responses from a published [`Status`], the
+//! Pure builders of API responses from a published [`Report`], the
 //! runtime state and a [`Plan`]. No locks, no I/O: unit-testable.
 
 use super::types::*;
-use crate::agent::monitor::Status;
+use crate::agent::report::Report;
 use crate::agent::state::RuntimeState;
 use crate::core::config::Config;
 use crate::core::model::{DomainObs, PerResource, Resource};
@@ -110,7 +110,7 @@ pub fn pools(plan: Option<&Plan>, rt: &RuntimeState, members: bool) -> PoolsResp
 }
 
 /// `GET /v1/status`.
-pub fn status(st: &Status, rt: &RuntimeState, cfg: &Config) -> StatusResponse {
+pub fn status(st: &Report, rt: &RuntimeState, cfg: &Config) -> StatusResponse {
     let mut counts = DomainCounts {
         total: st.domains.len(),
         active: st.domains.iter().filter(|d| d.state.is_active()).count(),
@@ -188,7 +188,7 @@ pub fn domain_view(d: &DomainObs, plan: Option<&Plan>, rt: &RuntimeState) -> Dom
 }
 
 /// `GET /v1/domains`, sorted by name.
-pub fn domains(st: &Status, rt: &RuntimeState) -> DomainsResponse {
+pub fn domains(st: &Report, rt: &RuntimeState) -> DomainsResponse {
     let mut v: Vec<DomainView> = st
         .domains
         .iter()
@@ -199,7 +199,7 @@ pub fn domains(st: &Status, rt: &RuntimeState) -> DomainsResponse {
 }
 
 /// `GET /v1/plan` from a freshly computed plan.
-pub fn plan(st: &Status, plan: &Plan, rt: &RuntimeState, paused: bool) -> PlanResponse {
+pub fn plan(st: &Report, plan: &Plan, rt: &RuntimeState, paused: bool) -> PlanResponse {
     let pool_of = |uuid: &str| {
         plan.pools
             .iter()

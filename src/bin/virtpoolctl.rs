@@ -776,6 +776,7 @@ fn render_plan(p: &PlanResponse) -> String {
                 "blkio weight {} → {to}",
                 from.map_or("?".into(), |v| v.to_string())
             ),
+            A::SetStatsPeriod { secs, .. } => format!("balloon stats period {secs} s"),
         };
         rows.push(vec![
             format!("  {}", a.action.domain()),

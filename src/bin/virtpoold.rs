@@ -6,8 +6,10 @@ use virtpool::adapters::host::Host;
 use virtpool::adapters::libvirt::worker::HvWorker;
 use virtpool::adapters::libvirt::Libvirt;
 use virtpool::agent::audit::AuditLog;
-use virtpool::agent::monitor::{Monitor, MonitorOptions};
-use virtpool::agent::service::{self, Overrides, SdNotifier, ServiceParts};
+use virtpool::agent::load::Overrides;
+use virtpool::agent::notify::{self, SdNotifier};
+use virtpool::agent::reconciler::{Reconciler, ReconcilerOptions};
+use virtpool::agent::service::{self, ServiceParts};
 use virtpool::agent::state::{RuntimeState, VcpuHolds};
 use virtpool::agent::{metrics, observability};
 use virtpool::cli::daemon_args::{self, Parsed};
@@ -160,7 +162,7 @@ async fn once(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCode
     } else {
         RuntimeState::new()
     };
-    let (mut monitor, _handle) = Monitor::new(hv, host, cfg, runtime, observe);
+    let (mut monitor, _handle) = Reconciler::new(hv, host, cfg, runtime, observe);
     let st = monitor.cycle_once().await;
     if !st.libvirt.connected && st.plan.is_none() {
         eprintln!(
@@ -190,7 +192,7 @@ async fn once(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCode
                     "  {} {}: {}",
                     f.action.domain(),
                     f.action.resource_label(),
-                    f.error.as_deref().unwrap_or("")
+                    f.error.as_ref().map_or("", |e| e.message.as_str())
                 );
             }
         }
@@ -237,17 +239,17 @@ async fn daemon(
     let config_state_dir = cfg.agent.state_dir.clone();
     let metrics_listen = cfg.agent.metrics_listen;
     let notifier = std::sync::Arc::new(SdNotifier);
-    let watchdog = service::watchdog_interval();
+    let watchdog = notify::watchdog_interval();
     // API: bind (lock, stale socket, chmod, chgrp) before the first cycle,
     // so READY=1 (after the first cycle) means the socket answers.
     let api_sock = virtpool::api::bind(&cfg.agent.socket, &cfg.agent.api_group).await?;
     let api_group = cfg.agent.api_group.clone();
-    let (monitor, handle) = Monitor::with_options(
+    let (monitor, handle) = Reconciler::with_options(
         hv,
         host,
         cfg,
         runtime,
-        MonitorOptions {
+        ReconcilerOptions {
             observe_only: observe,
             notifier: notifier.clone(),
             watchdog,

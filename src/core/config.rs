@@ -19,6 +19,35 @@ pub const DEFAULT_PATH: &str = "/etc/virtpool/virtpool.toml";
 pub const DEFAULT_SHARES: u64 = 1000;
 /// Largest accepted `shares` value.
 pub const MAX_SHARES: u64 = 1_000_000;
+/// Default `agent.audit_max_size`: rotate the audit log past this.
+pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 10 << 20;
+/// Default `agent.audit_keep`: rotated audit files kept.
+pub const DEFAULT_AUDIT_KEEP: usize = 3;
+/// Default `agent.resync_interval`: slow facts read again at the latest
+/// after this.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(300);
+
+/// Why a log filter (`agent.log_level`, `RUST_LOG`) is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogFilterError {
+    #[error("the filter is empty")]
+    Empty,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Parses a log filter: `level` (`error`, `warn`, `info`, `debug`,
+/// `trace`, `off`), `target=level` (the target and the modules under it:
+/// `virtpool::agent::reconciler=debug`), or several of them separated by
+/// commas. A bare level is the default for targets no directive names;
+/// without one, only the named targets log.
+pub fn parse_log_filter(s: &str) -> Result<tracing_subscriber::filter::Targets, LogFilterError> {
+    if s.trim().is_empty() {
+        return Err(LogFilterError::Empty);
+    }
+    s.parse()
+        .map_err(|e: tracing_subscriber::filter::ParseError| LogFilterError::Invalid(e.to_string()))
+}
 
 /// Why a config was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -582,9 +611,7 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
             humantime::format_duration(interval)
         ));
     }
-    let audit_max_bytes = a
-        .audit_max_size
-        .map_or(crate::agent::audit::DEFAULT_MAX_BYTES, |b| b.0);
+    let audit_max_bytes = a.audit_max_size.map_or(DEFAULT_AUDIT_MAX_BYTES, |b| b.0);
     if audit_max_bytes < MIN_AUDIT_BYTES {
         problems.push(format!(
             "agent.audit_max_size ({}) is below the smallest size, {}",
@@ -592,16 +619,14 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
             units::human_bytes(MIN_AUDIT_BYTES)
         ));
     }
-    let audit_keep = a
-        .audit_keep
-        .unwrap_or(crate::agent::audit::DEFAULT_KEEP as u64);
+    let audit_keep = a.audit_keep.unwrap_or(DEFAULT_AUDIT_KEEP as u64);
     if audit_keep > MAX_AUDIT_KEEP {
         problems.push(format!(
             "agent.audit_keep ({audit_keep}) is above {MAX_AUDIT_KEEP} rotated files"
         ));
     }
     if let Some(l) = &a.log_level {
-        if let Err(e) = crate::agent::observability::filter(l) {
+        if let Err(e) = parse_log_filter(l) {
             problems.push(format!(
                 "agent.log_level ({l:?}) is not a valid log filter: {e}"
             ));
@@ -620,9 +645,7 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
         .into(),
         log_level: a.log_level,
         metrics_listen: a.metrics_listen,
-        resync_interval: a
-            .resync_interval
-            .map_or(crate::adapters::libvirt::cache::DEFAULT_RESYNC, |s| s.0),
+        resync_interval: a.resync_interval.map_or(DEFAULT_RESYNC, |s| s.0),
         audit_max_bytes,
         audit_keep: usize::try_from(audit_keep.min(MAX_AUDIT_KEEP)).unwrap_or(0),
         socket: expand(

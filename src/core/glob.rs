@@ -15,6 +15,7 @@
 //! (a `/` is an ordinary character). A pattern without wildcards, or whose
 //! only wildcard is a final `*`, is compared as a string.
 
+use crate::core::keys::{head_mask, head_word};
 use std::fmt;
 
 /// Most alternatives a pattern's `{…}` groups may spell out together.
@@ -47,12 +48,7 @@ struct Literal {
 
 impl Literal {
     fn new(text: String) -> Literal {
-        let n = text.len().min(8);
-        let mask = match n {
-            0 => 0,
-            8 => u64::MAX,
-            n => !(u64::MAX >> (8 * n)),
-        };
+        let mask = head_mask(text.len());
         Literal {
             head: head_word(&text) & mask,
             mask,
@@ -64,19 +60,6 @@ impl Literal {
     /// literal: false means it surely does not.
     fn may_start(&self, word: u64) -> bool {
         word & self.mask == self.head
-    }
-}
-
-/// The first 8 bytes of `s` as a big-endian word, zero-padded.
-pub(crate) fn head_word(s: &str) -> u64 {
-    let b = s.as_bytes();
-    match b.first_chunk::<8>() {
-        Some(h) => u64::from_be_bytes(*h),
-        None => {
-            let mut h = [0u8; 8];
-            h[..b.len()].copy_from_slice(b);
-            u64::from_be_bytes(h)
-        }
     }
 }
 

@@ -6,16 +6,16 @@
 use crate::core::config::Pool;
 use crate::core::glob::Glob;
 use crate::core::model::DomainObs;
-use crate::core::planner::StrMap;
+use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 
 /// Pre-compiled membership rules of a set of pools.
 pub struct Membership {
     /// Domain name or UUID → index in `pools`.
-    explicit: StrMap<String, usize>,
+    explicit: FxHashMap<String, usize>,
     /// Domain name or UUID → pools (indexes) it was removed from at run
     /// time.
-    excluded: StrMap<String, Vec<usize>>,
+    excluded: FxHashMap<String, Vec<usize>>,
     /// Every glob of every pool with its pool (index in `pools`), in pool
     /// order then the pool's order: the first that matches wins.
     globs: Vec<(Glob, usize)>,
@@ -36,8 +36,8 @@ impl Membership {
     /// Compiles the rules. Invalid globs were rejected by config
     /// validation; any that slip through are skipped.
     pub fn new(pools: &BTreeMap<String, Pool>) -> Membership {
-        let mut explicit = StrMap::default();
-        let mut excluded: StrMap<String, Vec<usize>> = StrMap::default();
+        let mut explicit = FxHashMap::default();
+        let mut excluded: FxHashMap<String, Vec<usize>> = FxHashMap::default();
         let mut globs = Vec::new();
         for (k, p) in pools.values().enumerate() {
             for d in &p.exclude {
@@ -99,7 +99,7 @@ impl Membership {
                 return Some((k, Via::Metadata));
             }
         }
-        let word = crate::core::glob::head_word(&d.name);
+        let word = crate::core::keys::head_word(&d.name);
         self.globs
             .iter()
             .find(|(g, _)| g.is_match_word(&d.name, word))

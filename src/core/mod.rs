@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod glob;
+pub mod keys;
 pub mod membership;
 pub mod model;
 pub mod planner;

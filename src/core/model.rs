@@ -1,5 +1,5 @@
-//! The shared vocabulary of virtpool: what the agent observes (a
-//! [`Snapshot`]), what the planner decides (a [`Plan`] of [`Action`]s with
+//! The shared vocabulary of virtpool: what the agent observes (an
+//! [`Observation`]), what the planner decides (a [`Plan`] of [`Action`]s with
 //! [`Reason`]s), in units independent of libvirt.
 //!
 //! Units everywhere inside the agent: vCPUs as a count, memory in bytes,
@@ -264,13 +264,14 @@ impl DomainObs {
             }
             Action::SetCpuShares { to, .. } => self.cpu_shares = Some(*to),
             Action::SetBlkioWeight { to, .. } => self.blkio_weight = Some(*to),
+            Action::SetStatsPeriod { .. } => {}
         }
     }
 }
 
-/// One observation of the whole host.
+/// What one cycle observed of the whole host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
+pub struct Observation {
     pub host: HostCapacity,
     pub domains: Vec<DomainObs>,
 }
@@ -363,6 +364,15 @@ pub enum Action {
         to: u64,
         persist: bool,
     },
+    /// How often the guest's balloon driver reports memory statistics
+    /// (seconds): set once per run of a domain whose memory is managed,
+    /// so that guest statistics exist. Not an allocation change: not in
+    /// the cycle's results or the audit log.
+    SetStatsPeriod {
+        uuid: Arc<str>,
+        domain: Arc<str>,
+        secs: u32,
+    },
 }
 
 impl Action {
@@ -372,7 +382,8 @@ impl Action {
             | Action::SetMemory { uuid, .. }
             | Action::SetBlockIoTune { uuid, .. }
             | Action::SetCpuShares { uuid, .. }
-            | Action::SetBlkioWeight { uuid, .. } => uuid,
+            | Action::SetBlkioWeight { uuid, .. }
+            | Action::SetStatsPeriod { uuid, .. } => uuid,
         }
     }
 
@@ -382,7 +393,8 @@ impl Action {
             | Action::SetMemory { domain, .. }
             | Action::SetBlockIoTune { domain, .. }
             | Action::SetCpuShares { domain, .. }
-            | Action::SetBlkioWeight { domain, .. } => domain,
+            | Action::SetBlkioWeight { domain, .. }
+            | Action::SetStatsPeriod { domain, .. } => domain,
         }
     }
 
@@ -394,6 +406,63 @@ impl Action {
             Action::SetBlockIoTune { .. } => "block_iotune",
             Action::SetCpuShares { .. } => "cpu_shares",
             Action::SetBlkioWeight { .. } => "blkio_weight",
+            Action::SetStatsPeriod { .. } => "stats_period",
+        }
+    }
+
+    /// Whether the action changes what a domain is allocated (everything
+    /// but the balloon statistics period): these are the cycle's results,
+    /// logged and audited.
+    pub fn is_allocation(&self) -> bool {
+        !matches!(self, Action::SetStatsPeriod { .. })
+    }
+}
+
+/// What an action changes, in words (for logs and the audit log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub before: String,
+    pub after: String,
+    pub reason: String,
+}
+
+impl Action {
+    /// The value before and after, and why.
+    pub fn change(&self) -> Change {
+        let (before, after, reason) = match self {
+            Action::SetVcpus {
+                from, to, reason, ..
+            } => (from.to_string(), to.to_string(), reason.to_string()),
+            Action::SetMemory {
+                from, to, reason, ..
+            } => (
+                crate::core::units::human_bytes(*from),
+                crate::core::units::human_bytes(*to),
+                reason.to_string(),
+            ),
+            Action::SetBlockIoTune { disk, from, to, .. } => (
+                format!(
+                    "{disk} {}B/s {}IOPS",
+                    from.total_bytes_sec, from.total_iops_sec
+                ),
+                format!("{disk} {}B/s {}IOPS", to.total_bytes_sec, to.total_iops_sec),
+                "share".into(),
+            ),
+            Action::SetCpuShares { from, to, .. } | Action::SetBlkioWeight { from, to, .. } => (
+                from.map_or("unknown".into(), |v| v.to_string()),
+                to.to_string(),
+                "shares".into(),
+            ),
+            Action::SetStatsPeriod { secs, .. } => (
+                "unset".into(),
+                format!("{secs}s"),
+                "guest statistics".into(),
+            ),
+        };
+        Change {
+            before,
+            after,
+            reason,
         }
     }
 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use virtpool::adapters::host::Host;
 use virtpool::adapters::libvirt::worker::HvWorker;
 use virtpool::adapters::libvirt::{HvError, Hypervisor};
-use virtpool::agent::monitor::{Handle, Monitor};
+use virtpool::agent::reconciler::{Handle, Reconciler};
 use virtpool::agent::state::RuntimeState;
 use virtpool::api::{self, AppState, ServeOptions};
 use virtpool::cli::client::Client;
@@ -108,11 +108,9 @@ impl Hypervisor for FakeHv {
             }
             Action::SetCpuShares { to, .. } => d.cpu_shares = Some(*to),
             Action::SetBlkioWeight { to, .. } => d.blkio_weight = Some(*to),
+            Action::SetStatsPeriod { .. } => {}
         }
         Ok(())
-    }
-    fn set_stats_period(&mut self, _uuid: &str, _secs: u32) -> Result<(), HvError> {
-        self.check()
     }
 }
 
@@ -284,7 +282,7 @@ impl Agent {
             .unwrap();
         let socket = cfg.agent.socket.clone();
         let group = cfg.agent.api_group.clone();
-        let (monitor, handle) = Monitor::new(worker, Host::new().unwrap(), cfg, runtime, false);
+        let (monitor, handle) = Reconciler::new(worker, Host::new().unwrap(), cfg, runtime, false);
         let shutdown = CancellationToken::new();
         let mut state = AppState::new(handle.clone(), group);
         if let Some(limit) = wait_limit {
@@ -299,7 +297,7 @@ impl Agent {
         // The interval's immediate first tick runs a cycle too: let both
         // finish so what the test reads next is settled.
         for _ in 0..500 {
-            if handle.status().cycle >= 2 {
+            if handle.report().cycle >= 2 {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;

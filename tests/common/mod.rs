@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use virtpool::adapters::host::Host;
 use virtpool::adapters::libvirt::worker::HvWorker;
 use virtpool::adapters::libvirt::Libvirt;
-use virtpool::agent::monitor::{Monitor, Status};
+use virtpool::agent::reconciler::Reconciler;
+use virtpool::agent::report::Report;
 use virtpool::agent::state::RuntimeState;
 use virtpool::core::config::Config;
 use virtpool::core::model::DomainObs;
@@ -35,10 +36,10 @@ pub fn config(node: &str, body: &str) -> Config {
 
 /// One cycle on a fresh connection; returns the status and a handle to the
 /// same connection (file-backed test nodes are private per connection).
-pub async fn one_cycle(cfg: Config, observe: bool) -> (std::sync::Arc<Status>, HvWorker) {
+pub async fn one_cycle(cfg: Config, observe: bool) -> (std::sync::Arc<Report>, HvWorker) {
     virtpool::adapters::libvirt::quiet_errors();
     let hv = HvWorker::spawn(Box::new(Libvirt::new(&cfg.agent.libvirt_uri))).unwrap();
-    let (mut m, _h) = Monitor::new(
+    let (mut m, _h) = Reconciler::new(
         hv.clone(),
         Host::new().unwrap(),
         cfg,

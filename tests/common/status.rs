@@ -1,21 +1,21 @@
 //! Watching a running monitor's published status, for the tests that run
-//! `Monitor::run` against libvirt events: `#[path = "common/status.rs"] mod status;`.
+//! `Reconciler::run` against libvirt events: `#[path = "common/status.rs"] mod status;`.
 #![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use virtpool::agent::monitor::Status;
+use virtpool::agent::report::Report;
 use virtpool::core::config::Config;
 use virtpool::core::model::DomainState;
 
 /// Waits until the published status satisfies `f`; panics with the last
 /// status after `within`.
 pub async fn wait_status(
-    rx: &mut tokio::sync::watch::Receiver<Arc<Status>>,
+    rx: &mut tokio::sync::watch::Receiver<Arc<Report>>,
     within: Duration,
-    f: impl Fn(&Status) -> bool,
-) -> Arc<Status> {
+    f: impl Fn(&Report) -> bool,
+) -> Arc<Report> {
     let r = tokio::time::timeout(within, rx.wait_for(|s| f(s)))
         .await
         .map(|r| r.map(|s| s.clone()));
@@ -35,7 +35,7 @@ pub async fn wait_status(
 }
 
 /// The state `st` shows for the domain called `name`.
-pub fn state_of(st: &Status, name: &str) -> Option<DomainState> {
+pub fn state_of(st: &Report, name: &str) -> Option<DomainState> {
     st.domains
         .iter()
         .find(|d| *d.name == *name)
@@ -52,10 +52,10 @@ pub fn observe_config(uri: &str, interval: &str) -> Config {
 }
 
 /// An observe-only monitor on `uri` (60 s interval), registered for libvirt
-/// events and running (`Monitor::run`) until [`Running::stop`]. The event
+/// events and running (`Reconciler::run`) until [`Running::stop`]. The event
 /// loop must be started before.
 pub struct Running {
-    pub handle: virtpool::agent::monitor::Handle,
+    pub handle: virtpool::agent::reconciler::Handle,
     shutdown: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -65,7 +65,7 @@ pub fn run_observer(uri: &str) -> Running {
     let (tx, rx) = events::channel();
     let hv = HvWorker::spawn(Box::new(Libvirt::new(uri).with_events(tx)))
         .expect("the libvirt worker starts");
-    let (monitor, handle) = virtpool::agent::monitor::Monitor::new(
+    let (monitor, handle) = virtpool::agent::reconciler::Reconciler::new(
         hv,
         virtpool::adapters::host::Host::new().expect("host facts"),
         observe_config(uri, "60s"),

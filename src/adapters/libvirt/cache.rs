@@ -11,8 +11,9 @@
 //! - a libvirt event about the domain: any lifecycle event (defined,
 //!   started, stopped, ...), device added or removed, metadata changed,
 //!   tunables changed ([`StaleMarks`], filled by the event callbacks);
-//! - the agent applied an action to the domain (its next observation
-//!   reads back what libvirt now holds);
+//! - the agent applied an action to the domain: its next observation
+//!   reads back only what that action wrote (a disk's I/O limits, a
+//!   weight); a vCPU, balloon or stats-period write touches no slow fact;
 //! - the domain's libvirt ID changed (it was restarted);
 //! - the entry is older than the resync interval, a safety net for
 //!   changes no event reports (each entry's deadline is spread over
@@ -28,10 +29,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::core::model::DiskObs;
+use crate::core::model::{Action, DiskObs};
 
 /// Default resync interval (`agent.resync_interval`).
-pub const DEFAULT_RESYNC: Duration = Duration::from_secs(300);
+pub const DEFAULT_RESYNC: Duration = crate::core::config::DEFAULT_RESYNC;
 
 /// UUIDs whose cached facts are stale, marked by event callbacks (on
 /// libvirt's event thread) and taken by the next observation; and whether
@@ -82,6 +83,41 @@ pub struct Slow {
     pub blkio_weight: Option<u64>,
 }
 
+/// The parts of a cached [`Slow`] that must be read again before it is
+/// used (the agent wrote them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refresh {
+    /// The I/O limits of the domain's disks.
+    pub iotune: bool,
+    pub cpu_shares: bool,
+    pub blkio_weight: bool,
+}
+
+impl Refresh {
+    /// Nothing to read again.
+    pub fn is_empty(&self) -> bool {
+        *self == Refresh::default()
+    }
+
+    /// What an action may have changed among the slow facts.
+    fn of(action: &Action) -> Refresh {
+        let mut r = Refresh::default();
+        match action {
+            Action::SetBlockIoTune { .. } => r.iotune = true,
+            Action::SetCpuShares { .. } => r.cpu_shares = true,
+            Action::SetBlkioWeight { .. } => r.blkio_weight = true,
+            Action::SetVcpus { .. } | Action::SetMemory { .. } | Action::SetStatsPeriod { .. } => {}
+        }
+        r
+    }
+
+    fn add(&mut self, o: Refresh) {
+        self.iotune |= o.iotune;
+        self.cpu_shares |= o.cpu_shares;
+        self.blkio_weight |= o.blkio_weight;
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     /// The domain's name as last read (the key holds its UUID): every
@@ -90,8 +126,8 @@ struct Entry {
     name: Arc<str>,
     id: Option<u32>,
     active: bool,
-    /// False once an action was applied: the facts must be read again.
-    valid: bool,
+    /// What the agent's own writes made stale since the entry was read.
+    refresh: Refresh,
     slow: Slow,
     expires: Instant,
 }
@@ -141,13 +177,20 @@ impl ReadCache {
         }
     }
 
-    /// The cached facts of a domain, if still valid for this (id, activity).
-    pub fn get(&self, uuid: &str, id: Option<u32>, active: bool, now: Instant) -> Option<&Slow> {
+    /// The cached facts of a domain, if still valid for this (id,
+    /// activity), with the parts the agent's writes made stale.
+    pub fn get(
+        &self,
+        uuid: &str,
+        id: Option<u32>,
+        active: bool,
+        now: Instant,
+    ) -> Option<(&Slow, Refresh)> {
         if !self.enabled() || self.stale.contains(uuid) {
             return None;
         }
         let e = self.entries.get(uuid)?;
-        (e.valid && e.id == id && e.active == active && now < e.expires).then_some(&e.slow)
+        (e.id == id && e.active == active && now < e.expires).then_some((&e.slow, e.refresh))
     }
 
     /// The UUID and name strings kept for a domain, whatever the state of
@@ -176,7 +219,7 @@ impl ReadCache {
             name: name.clone(),
             id,
             active,
-            valid: true,
+            refresh: Refresh::default(),
             slow,
             expires,
         };
@@ -189,11 +232,25 @@ impl ReadCache {
         }
     }
 
-    /// Forgets one domain's facts (an action was applied to it): they are
-    /// read again; its UUID and name strings stay.
-    pub fn forget(&mut self, uuid: &str) {
+    /// Notes an action applied to a domain: what it may have changed is
+    /// read again by the next observation (the rest stays cached).
+    pub fn touched(&mut self, action: &Action) {
+        let parts = Refresh::of(action);
+        if parts.is_empty() {
+            return;
+        }
+        if let Some(e) = self.entries.get_mut(action.uuid()) {
+            e.refresh.add(parts);
+        }
+    }
+
+    /// Stores the parts read again (see [`Refresh`]) without moving the
+    /// entry's resync deadline.
+    pub fn refreshed(&mut self, uuid: &str, slow: Slow) {
+        self.stale.remove(uuid);
         if let Some(e) = self.entries.get_mut(uuid) {
-            e.valid = false;
+            e.slow = slow;
+            e.refresh = Refresh::default();
         }
     }
 
@@ -212,7 +269,10 @@ impl ReadCache {
 
     /// Number of cached domains.
     pub fn len(&self) -> usize {
-        self.entries.values().filter(|e| e.valid).count()
+        self.entries
+            .values()
+            .filter(|e| e.refresh.is_empty())
+            .count()
     }
 
     /// Whether nothing is cached.
@@ -256,9 +316,9 @@ mod tests {
         // Renamed: the UUID is still shared, the name is not.
         let (u, n) = c.ids("u1", "web2").expect("kept");
         assert!(Arc::ptr_eq(&u, &uuid) && n.is_none());
-        // Kept when the facts are forgotten (an action was applied).
-        c.forget("u1");
-        assert!(c.get("u1", Some(1), true, t0).is_none());
+        // Kept when an action makes a part stale.
+        c.touched(&weight("u1"));
+        assert!(!c.get("u1", Some(1), true, t0).unwrap().1.is_empty());
         assert!(c.ids("u1", "web").is_some());
         // Gone with a domain that is no longer listed.
         c.retain(&HashSet::new());
@@ -283,7 +343,7 @@ mod tests {
         c.begin(&marks);
         assert!(c.get("a", Some(1), true, t0).is_none(), "empty");
         put(&mut c, "a", Some(1), true, slow(4), t0);
-        assert_eq!(c.get("a", Some(1), true, t0).unwrap().vcpus_max, 4);
+        assert_eq!(c.get("a", Some(1), true, t0).unwrap().0.vcpus_max, 4);
         // Restarted (new ID), shut off, or a different activity: miss.
         assert!(c.get("a", Some(2), true, t0).is_none());
         assert!(c.get("a", None, false, t0).is_none());
@@ -293,10 +353,42 @@ mod tests {
         c.begin(&marks);
         assert!(c.get("a", Some(1), true, t0).is_none());
         put(&mut c, "a", Some(1), true, slow(8), t0);
-        assert_eq!(c.get("a", Some(1), true, t0).unwrap().vcpus_max, 8);
-        // An applied action.
-        c.forget("a");
-        assert!(c.get("a", Some(1), true, t0).is_none());
+        assert_eq!(c.get("a", Some(1), true, t0).unwrap().0.vcpus_max, 8);
+        // An applied action makes stale only what it wrote.
+        let vcpus = Action::SetVcpus {
+            uuid: "a".into(),
+            domain: "a".into(),
+            from: 1,
+            to: 2,
+            reason: crate::core::model::Reason::Share,
+            persist: false,
+        };
+        c.touched(&vcpus);
+        assert!(c.get("a", Some(1), true, t0).unwrap().1.is_empty());
+        c.touched(&weight("a"));
+        let (_, refresh) = c.get("a", Some(1), true, t0).unwrap();
+        assert_eq!(
+            refresh,
+            Refresh {
+                blkio_weight: true,
+                ..Refresh::default()
+            }
+        );
+        assert_eq!(c.len(), 0, "an entry with a stale part is not counted");
+        // Read back: whole again, the deadline unmoved.
+        c.refreshed("a", slow(8));
+        assert!(c.get("a", Some(1), true, t0).unwrap().1.is_empty());
+        assert_eq!(c.len(), 1);
+    }
+
+    fn weight(uuid: &str) -> Action {
+        Action::SetBlkioWeight {
+            uuid: uuid.into(),
+            domain: uuid.into(),
+            from: None,
+            to: 500,
+            persist: false,
+        }
     }
 
     #[test]

@@ -30,7 +30,8 @@ use virt::connect::Connect;
 use virt::sys;
 
 use super::cache::StaleMarks;
-use super::{ffi, HvError};
+use super::ffi;
+use super::hypervisor::HvError;
 
 /// Events arriving within this window after the first one share one cycle.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);

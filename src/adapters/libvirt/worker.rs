@@ -27,7 +27,8 @@
 //! corrupt the heap.
 
 use super::calls::{CallCounter, CallCounts};
-use super::{ffi, HvError, Hypervisor};
+use super::ffi;
+use super::hypervisor::{HvError, Hypervisor};
 use crate::core::model::{Action, DomainObs};
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -246,25 +247,6 @@ impl HvWorker {
         })
         .await
     }
-
-    /// Sets the balloon stats period on the given domains (UUIDs); returns
-    /// the ones that succeeded.
-    pub async fn set_stats_period(
-        &self,
-        uuids: Vec<String>,
-        secs: u32,
-    ) -> Result<Vec<(String, Result<(), HvError>)>, HvError> {
-        self.run(move |hv| {
-            uuids
-                .into_iter()
-                .map(|u| {
-                    let r = hv.set_stats_period(&u, secs);
-                    (u, r)
-                })
-                .collect()
-        })
-        .await
-    }
 }
 
 // ------------------------------------------------ jobs on a thread of its own
@@ -345,11 +327,15 @@ static LOOP_QUEUE: OnceLock<LoopQueue> = OnceLock::new();
 /// watched by libvirt's default event loop (which must be registered, and
 /// then run by one thread calling [`run_loop_jobs`] after every iteration).
 /// Once per process; called by [`super::events::start_event_loop`].
-pub(crate) fn install_loop_queue() -> Result<(), String> {
-    let (rx, tx) = UnixStream::pair().map_err(|e| format!("cannot create a socket pair: {e}"))?;
+pub(crate) fn install_loop_queue() -> Result<(), HvError> {
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |e: std::io::Error| HvError::Other(format!("{what}: {e}"))
+    };
+    let (rx, tx) = UnixStream::pair().map_err(io("cannot create a socket pair"))?;
     rx.set_nonblocking(true)
         .and_then(|()| tx.set_nonblocking(true))
-        .map_err(|e| format!("cannot make the wake-up socket non-blocking: {e}"))?;
+        .map_err(io("cannot make the wake-up socket non-blocking"))?;
     ffi::watch_readable(
         rx,
         Box::new(|mut sock: &UnixStream| {
@@ -358,13 +344,13 @@ pub(crate) fn install_loop_queue() -> Result<(), String> {
             while matches!(sock.read(&mut buf), Ok(n) if n > 0) {}
         }),
     )
-    .map_err(|e| format!("cannot watch the wake-up socket: {e}"))?;
+    .map_err(|e| HvError::Other(format!("cannot watch the wake-up socket: {e}")))?;
     LOOP_QUEUE
         .set(LoopQueue {
             jobs: Mutex::new(VecDeque::new()),
             wake: tx,
         })
-        .map_err(|_| "the event-loop job queue is already installed".to_string())
+        .map_err(|_| HvError::Other("the event-loop job queue is already installed".into()))
 }
 
 /// Queues `job` for the event-loop thread and wakes it.
@@ -448,9 +434,6 @@ mod tests {
             Ok(Vec::new())
         }
         fn apply(&mut self, _action: &Action) -> Result<(), HvError> {
-            Ok(())
-        }
-        fn set_stats_period(&mut self, _uuid: &str, _secs: u32) -> Result<(), HvError> {
             Ok(())
         }
     }

@@ -21,8 +21,9 @@
 //! for every admitted member, Σ next ≤ max(budget, Σ current), and every
 //! action, in order, passes the guard.
 
+use super::plan::{Alloc, MemberPlan, Plan};
 use super::weights::{BLKIO_WEIGHT_RANGE, CPU_WEIGHT_RANGE};
-use super::{Alloc, MemberPlan, Plan, MIB};
+use super::work::MIB;
 use crate::core::model::{Action, PerResource, Resource};
 use std::collections::HashMap;
 
@@ -95,6 +96,9 @@ pub struct Guard<'p> {
     plan: &'p Plan,
     /// UUID → (pool index, member index), admitted members of unpaused pools.
     index: HashMap<&'p str, (usize, usize)>,
+    /// UUID → pool index, every member of an unpaused pool that manages
+    /// memory (whose stats period may be set).
+    stats: HashMap<&'p str, usize>,
     /// Per pool: Σ current values of admitted members.
     committed: Vec<PerResource<u64>>,
 }
@@ -102,10 +106,14 @@ pub struct Guard<'p> {
 impl<'p> Guard<'p> {
     pub fn new(plan: &'p Plan) -> Guard<'p> {
         let mut index = HashMap::new();
+        let mut stats = HashMap::new();
         let mut committed = Vec::with_capacity(plan.pools.len());
         for (pi, pool) in plan.pools.iter().enumerate() {
             let mut c = PerResource::<u64>::default();
             for (mi, m) in pool.members.iter().enumerate() {
+                if !pool.paused && pool.budget.memory.is_some() {
+                    stats.insert(&*m.uuid, pi);
+                }
                 if !m.admitted {
                     continue;
                 }
@@ -123,6 +131,7 @@ impl<'p> Guard<'p> {
         Guard {
             plan,
             index,
+            stats,
             committed,
         }
     }
@@ -146,6 +155,14 @@ impl<'p> Guard<'p> {
 
     /// Refuses an action that would break an invariant.
     pub fn check(&self, action: &Action) -> Result<(), Violation> {
+        if let Action::SetStatsPeriod { uuid, domain, .. } = action {
+            return match self.stats.contains_key(&**uuid) {
+                true => Ok(()),
+                false => Err(Violation::NotManaged {
+                    domain: domain.to_string(),
+                }),
+            };
+        }
         let (pi, m) = self.member(action.uuid(), action.domain())?;
         let domain = || m.name.to_string();
         match action {
@@ -216,6 +233,7 @@ impl<'p> Guard<'p> {
             Action::SetBlkioWeight { to, .. } => {
                 range(domain, "blkio_weight", *to, BLKIO_WEIGHT_RANGE)
             }
+            Action::SetStatsPeriod { .. } => Ok(()),
         }
     }
 

@@ -1,9 +1,10 @@
-//! What the planner remembers between cycles. The monitor keeps one
-//! [`History`], feeds it the outcome of every enforced action
-//! ([`History::record`]) and the plan itself ([`History::record_plan`]),
-//! and passes it back to the next [`plan`](super::plan).
+//! What the planner remembers between cycles. The reconciler keeps one
+//! [`History`], moves it on after every cycle with
+//! [`advance`](super::advance::advance) (the outcome of every enforced
+//! action, the plan's pressure reclaim) and passes it back to the next
+//! [`plan`](super::plan).
 
-use super::{prefix_key, Plan};
+use crate::core::keys::head_word;
 use crate::core::model::{Action, DomainObs};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -19,6 +20,9 @@ pub enum Outcome {
     Timeout,
     /// libvirt refused or failed the change.
     Failed,
+    /// The connection was lost: whether it happened is not known (it is
+    /// tried again once the connection is back).
+    Lost,
 }
 
 impl From<bool> for Outcome {
@@ -70,6 +74,11 @@ pub struct History {
     /// lowers the member's memory target (grown and released gradually).
     #[serde(default)]
     pub reclaim: BTreeMap<String, u64>,
+    /// Per domain UUID: the libvirt run ID (see [`DomainObs::id`]) in which
+    /// its balloon statistics period was set (or could not be: it is not
+    /// tried again in that run).
+    #[serde(default)]
+    pub stats_period: BTreeMap<String, Option<u32>>,
 }
 
 impl History {
@@ -81,11 +90,23 @@ impl History {
     /// domain's cooldown, so a failing change is retried at most once per
     /// cooldown; a timed-out one is also remembered as pending.
     pub fn record(&mut self, action: &Action, outcome: impl Into<Outcome>, now: u64) {
+        self.record_in_run(action, outcome.into(), now, None);
+    }
+
+    /// [`History::record`] for an action on a domain in its run `run`
+    /// (its libvirt ID when the action was planned).
+    pub fn record_in_run(&mut self, action: &Action, outcome: Outcome, now: u64, run: Option<u32>) {
+        if let Action::SetStatsPeriod { uuid, .. } = action {
+            if outcome != Outcome::Lost {
+                self.stats_period.insert(uuid.to_string(), run);
+            }
+            return;
+        }
         let Action::SetVcpus { uuid, from, to, .. } = action else {
             return;
         };
         self.vcpu_changed_at.insert(uuid.to_string(), now);
-        match outcome.into() {
+        match outcome {
             Outcome::Timeout => {
                 self.vcpu_pending.insert(
                     uuid.to_string(),
@@ -97,7 +118,7 @@ impl History {
                     },
                 );
             }
-            Outcome::Ok | Outcome::Failed => {
+            Outcome::Ok | Outcome::Failed | Outcome::Lost => {
                 // A timed-out removal holds for the whole run, whatever
                 // happens after it; a timed-out addition ends here.
                 if self
@@ -135,19 +156,13 @@ impl History {
         });
     }
 
-    /// Carries what the plan decided about pressure reclaim into the next
-    /// cycle. Call once per cycle with the plan that was enforced (also in
-    /// observe mode).
-    pub fn record_plan(&mut self, plan: &Plan) {
-        self.reclaim.clone_from(&plan.reclaim);
-    }
-
     /// Whether every domain mentioned is alive (then [`History::retain`]
     /// would change nothing).
     pub fn all_alive(&self, alive: impl Fn(&str) -> bool) -> bool {
         self.vcpu_changed_at.keys().all(|u| alive(u))
             && self.vcpu_pending.keys().all(|u| alive(u))
             && self.reclaim.keys().all(|u| alive(u))
+            && self.stats_period.keys().all(|u| alive(u))
     }
 
     /// Forgets domains that no longer exist.
@@ -155,6 +170,7 @@ impl History {
         self.vcpu_changed_at.retain(|u, _| alive(u));
         self.vcpu_pending.retain(|u, _| alive(u));
         self.reclaim.retain(|u, _| alive(u));
+        self.stats_period.retain(|u, _| alive(u));
     }
 
     /// The timed-out vCPU change that forbids moving domain `d` to `want`
@@ -211,6 +227,8 @@ pub(crate) struct Entry {
     pub changed_at: Option<u64>,
     pub pending: Option<PendingVcpus>,
     pub reclaim: u64,
+    /// The run in which the stats period was set, if it was.
+    pub stats_period: Option<Option<u32>>,
 }
 
 /// Looks up the history of domains visited in ascending UUID order: a
@@ -220,6 +238,7 @@ pub(crate) struct Cursor<'h> {
     changed_at: Seek<'h, u64>,
     pending: Seek<'h, PendingVcpus>,
     reclaim: Seek<'h, u64>,
+    stats_period: Seek<'h, Option<u32>>,
 }
 
 struct Seek<'h, V>(std::iter::Peekable<std::collections::btree_map::Iter<'h, String, V>>);
@@ -229,12 +248,12 @@ impl<'h, V: Copy> Seek<'h, V> {
         Seek(m.iter().peekable())
     }
 
-    /// The entry of `uuid` (`key`: its [`prefix_key`]); later calls must
+    /// The entry of `uuid` (`key`: its [`head_word`]); later calls must
     /// not pass a smaller UUID. The keys decide most comparisons without
     /// reading the strings.
     fn get(&mut self, uuid: &str, key: u64) -> Option<V> {
         while let Some((k, v)) = self.0.peek() {
-            let kk = prefix_key(k);
+            let kk = head_word(k);
             if kk < key || (kk == key && k.as_str() < uuid) {
                 self.0.next();
                 continue;
@@ -251,16 +270,18 @@ impl<'h> Cursor<'h> {
             changed_at: Seek::new(&h.vcpu_changed_at),
             pending: Seek::new(&h.vcpu_pending),
             reclaim: Seek::new(&h.reclaim),
+            stats_period: Seek::new(&h.stats_period),
         }
     }
 
-    /// The entries of `uuid` (`key`: its [`prefix_key`]); UUIDs must come
+    /// The entries of `uuid` (`key`: its [`head_word`]); UUIDs must come
     /// in ascending order.
     pub fn get(&mut self, uuid: &str, key: u64) -> Entry {
         Entry {
             changed_at: self.changed_at.get(uuid, key),
             pending: self.pending.get(uuid, key),
             reclaim: self.reclaim.get(uuid, key).unwrap_or(0),
+            stats_period: self.stats_period.get(uuid, key),
         }
     }
 }

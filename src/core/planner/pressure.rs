@@ -18,8 +18,8 @@
 //!   headroom above the threshold, less what members given memory back
 //!   have not grown into yet (so giving back cannot cause pressure).
 
-use super::{Work, MIB};
-use crate::core::model::{BalloonStats, Reason};
+use super::work::{Work, MIB};
+use crate::core::model::Reason;
 use crate::core::units;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap};
@@ -34,20 +34,12 @@ pub(super) fn ceil_mib(b: u64) -> u64 {
     b.div_ceil(MIB).saturating_mul(MIB)
 }
 
-/// Free fraction of a guest as a rational (free, total); unknown = (0, 1).
-pub(super) fn idle(b: Option<BalloonStats>) -> (u64, u64) {
-    match b.and_then(|s| Some((s.available?, s.used()?))) {
-        Some((total, used)) if total > 0 => (total.saturating_sub(used), total),
-        _ => (0, 1),
-    }
-}
-
 #[derive(Clone, Copy)]
 struct Cand<'a> {
     w: usize,
     m: usize,
     uuid: &'a str,
-    /// [`super::prefix_key`] of `uuid`.
+    /// [`crate::core::keys::head_word`] of `uuid`.
     key: u64,
     shares: u64,
     idle: (u64, u64),
@@ -64,7 +56,7 @@ struct Cand<'a> {
 struct Key<'a> {
     shares: u64,
     idle: (u64, u64),
-    /// First bytes of the UUID ([`super::prefix_key`]).
+    /// First bytes of the UUID ([`crate::core::keys::head_word`]).
     key: u64,
     uuid: &'a str,
     pos: usize,
@@ -115,14 +107,14 @@ impl Eq for Key<'_> {}
 /// under pressure and the reclaim per member UUID (non-zero entries).
 pub(super) fn apply(
     works: &mut [Work<'_>],
-    input: &super::PlanInput<'_>,
+    input: &super::plan::PlanInput<'_>,
 ) -> (bool, BTreeMap<String, u64>) {
-    let host = &input.snapshot.host;
+    let host = &input.host;
     let tuning = &input.config.tuning;
     let threshold = tuning.pressure_threshold.resolve(host.memory_total);
     let pressure = host.memory_available < threshold;
 
-    let mut cands: Vec<Cand<'_>> = Vec::with_capacity(works.iter().map(|w| w.mems.len()).sum());
+    let mut cands: Vec<Cand<'_>> = Vec::with_capacity(works.iter().map(|w| w.members.len()).sum());
     for (w, work) in works.iter().enumerate() {
         if work.pool.paused {
             continue;
@@ -131,7 +123,7 @@ pub(super) fn apply(
             let Some(a) = slot.filter(|_| work.admitted[m]) else {
                 continue;
             };
-            let mem = work.mem(m);
+            let mem = work.member(m);
             let prev = mem.hist.reclaim;
             let has_stats = a.used.is_some();
             if !pressure && prev == 0 {
@@ -244,7 +236,7 @@ pub(super) fn apply(
             a.target_reason = Reason::Pressure;
             a.reason = Reason::Pressure;
         }
-        let mem = works[w].mem(m);
+        let mem = works[w].member(m);
         entries.push((mem.key, pos, mem.uuid, r));
     }
     entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(b.2)).then(a.1.cmp(&b.1)));

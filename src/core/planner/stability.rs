@@ -17,7 +17,10 @@
 //!   shrinks at the rate limit.
 
 use super::alloc::{water_fill, Claim};
-use super::{history, pressure, Alloc, Note, PendingVcpus, Work};
+use super::history::{self, PendingVcpus};
+use super::plan::{Alloc, PlanInput};
+use super::pressure;
+use super::work::{Note, Work};
 use crate::core::model::{Reason, Resource};
 use crate::core::units;
 
@@ -31,13 +34,13 @@ struct Grower {
 }
 
 /// Fills in `next` (and the final `reason`) of every admitted member.
-pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
+pub(super) fn settle(work: &mut Work<'_>, input: &PlanInput<'_>) {
     let paused = input.paused || work.pool.paused;
     let tuning = &input.config.tuning;
     let cooldown = tuning.vcpu_cooldown.as_secs();
     let Work {
         budget,
-        mems,
+        members,
         order,
         admitted,
         allocs,
@@ -66,7 +69,7 @@ pub(super) fn settle(work: &mut Work<'_>, input: &super::PlanInput<'_>) {
                         a.next = a.actual;
                         false
                     } else {
-                        let mem = &mut mems[order[m] as usize];
+                        let mem = &mut members[order[m] as usize];
                         let h = &mem.hist;
                         if let Some(pv) =
                             history::frozen_with(h.pending, mem.o.id, mem.o.vcpus, a.target)

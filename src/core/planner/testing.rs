@@ -2,11 +2,13 @@
 //! domains, pools and configs in a few lines, and apply a plan to a
 //! simulated host. Not used by the agent itself.
 
-use super::{History, Outcome, Plan};
+use super::advance::{advance, CycleFacts};
+use super::history::{History, Outcome};
+use super::plan::Plan;
 use crate::core::config::{Config, Limits, MemoryPolicy, Pool, PoolResource};
 use crate::core::model::{
-    Action, BalloonStats, DiskObs, DomainObs, DomainState, HostCapacity, PerResource, Resource,
-    Snapshot,
+    Action, BalloonStats, DiskObs, DomainObs, DomainState, HostCapacity, Observation, PerResource,
+    Resource,
 };
 use crate::core::units::Amount;
 use std::collections::BTreeMap;
@@ -122,10 +124,11 @@ pub fn host(cpus: u64, memory: u64) -> HostCapacity {
 
 /// Carries out `plan` on a simulated host: every action succeeds unless
 /// `outcome` says otherwise (a timed-out or failed action changes
-/// nothing). Records outcomes and the plan in `history`. Guest memory
-/// stats follow the balloon (the guest keeps using what it used).
+/// nothing), then moves `history` on as the agent does
+/// ([`advance`](super::advance::advance)). Guest memory stats follow the
+/// balloon (the guest keeps using what it used).
 pub fn apply(
-    snapshot: &mut Snapshot,
+    snapshot: &mut Observation,
     plan: &Plan,
     history: &mut History,
     now: u64,
@@ -135,9 +138,10 @@ pub fn apply(
     for (i, d) in snapshot.domains.iter().enumerate() {
         by_uuid.insert(d.uuid.to_string(), i);
     }
-    for a in &plan.actions {
+    let mut outcomes = Vec::with_capacity(plan.step_count());
+    for a in plan.steps() {
         let o = outcome(a);
-        history.record(a, o, now);
+        outcomes.push((a, o));
         if o != Outcome::Ok {
             continue;
         }
@@ -151,12 +155,36 @@ pub fn apply(
             *b = balloon(*to, used);
         }
     }
-    history.record_plan(plan);
+    let next = advance(
+        &std::sync::Arc::new(std::mem::take(history)),
+        &CycleFacts {
+            plan,
+            domains: &snapshot.domains,
+            scope: None,
+            enforced: true,
+            outcomes: &outcomes,
+            now,
+        },
+    );
+    *history = std::sync::Arc::unwrap_or_clone(next);
+}
+
+/// A plan with nothing in it (for tests of what follows a plan).
+pub fn empty_plan() -> Plan {
+    Plan {
+        allocatable: crate::core::config::Allocatable::default(),
+        pressure: false,
+        pools: Vec::new(),
+        unmanaged: Vec::new(),
+        setup: Vec::new(),
+        actions: Vec::new(),
+        reclaim: BTreeMap::new(),
+    }
 }
 
 /// Host available memory if the host holds only the active domains'
 /// balloons (plus `other` bytes used outside any domain).
-pub fn available_after(snapshot: &Snapshot, other: u64) -> u64 {
+pub fn available_after(snapshot: &Observation, other: u64) -> u64 {
     let used: u64 = snapshot
         .domains
         .iter()

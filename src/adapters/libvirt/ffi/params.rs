@@ -1,0 +1,300 @@
+//! Typed-parameter lists (for setters) and arrays (filled by getters).
+
+use std::ffi::{CStr, CString};
+use std::os::raw::{c_int, c_uint};
+use std::ptr;
+
+use virt::error::Error;
+use virt::sys;
+
+static INIT: std::sync::Once = std::sync::Once::new();
+
+/// Initialises libvirt's global state (thread-local error slots). Opening a
+/// connection does it too, but the typed-parameter helpers may run before
+/// any connection exists and crash without it.
+fn ensure_init() {
+    INIT.call_once(|| {
+        // SAFETY: virInitialize takes no arguments, is idempotent and
+        // thread-safe (guarded by virOnce inside libvirt).
+        let ret = unsafe { sys::virInitialize() };
+        if ret < 0 {
+            tracing::error!("virInitialize failed");
+        }
+    });
+}
+
+/// A list of typed parameters allocated by libvirt, for a setter call.
+/// Freed with `virTypedParamsFree` when dropped, on every path.
+#[derive(Debug)]
+pub struct TypedParams {
+    pub(super) ptr: sys::virTypedParameterPtr,
+    pub(super) len: c_int,
+    pub(super) cap: c_int,
+}
+
+impl Default for TypedParams {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TypedParams {
+    /// An empty list (allocates nothing until the first `add_*`).
+    pub fn new() -> TypedParams {
+        ensure_init();
+        TypedParams {
+            ptr: ptr::null_mut(),
+            len: 0,
+            cap: 0,
+        }
+    }
+
+    /// Number of parameters in the list.
+    pub fn len(&self) -> usize {
+        usize::try_from(self.len).unwrap_or(0)
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends an unsigned long long parameter (libvirt rejects names
+    /// longer than 79 bytes and names containing NUL).
+    pub fn add_ullong(&mut self, name: &str, value: u64) -> Result<(), Error> {
+        let name = CString::new(name)?;
+        // SAFETY: `self.ptr`/`self.len`/`self.cap` are either the empty
+        // triple (null, 0, 0) or exactly what previous virTypedParamsAdd*
+        // calls left there, which is the contract of virTypedParamsAdd*;
+        // `name` is a valid NUL-terminated string living across the call.
+        let ret = unsafe {
+            sys::virTypedParamsAddULLong(
+                &mut self.ptr,
+                &mut self.len,
+                &mut self.cap,
+                name.as_ptr(),
+                value,
+            )
+        };
+        if ret < 0 {
+            return Err(Error::last_error());
+        }
+        Ok(())
+    }
+
+    /// Appends an unsigned int parameter.
+    pub fn add_uint(&mut self, name: &str, value: u32) -> Result<(), Error> {
+        let name = CString::new(name)?;
+        // SAFETY: as in `add_ullong`: the triple is owned by `self` and only
+        // ever updated by libvirt; `name` outlives the call.
+        let ret = unsafe {
+            sys::virTypedParamsAddUInt(
+                &mut self.ptr,
+                &mut self.len,
+                &mut self.cap,
+                name.as_ptr(),
+                value,
+            )
+        };
+        if ret < 0 {
+            return Err(Error::last_error());
+        }
+        Ok(())
+    }
+
+    /// Reads back an unsigned long long parameter by name.
+    pub fn get_ullong(&self, name: &str) -> Option<u64> {
+        let name = CString::new(name).ok()?;
+        let mut value: u64 = 0;
+        if self.ptr.is_null() {
+            return None;
+        }
+        // SAFETY: `self.ptr` points to `self.len` initialised parameters
+        // (maintained by libvirt); `value` is a valid out pointer.
+        let ret =
+            unsafe { sys::virTypedParamsGetULLong(self.ptr, self.len, name.as_ptr(), &mut value) };
+        (ret == 1).then_some(value)
+    }
+
+    /// Reads back an unsigned int parameter by name.
+    pub fn get_uint(&self, name: &str) -> Option<u32> {
+        let name = CString::new(name).ok()?;
+        let mut value: c_uint = 0;
+        if self.ptr.is_null() {
+            return None;
+        }
+        // SAFETY: as in `get_ullong`.
+        let ret =
+            unsafe { sys::virTypedParamsGetUInt(self.ptr, self.len, name.as_ptr(), &mut value) };
+        (ret == 1).then_some(value)
+    }
+}
+
+impl Drop for TypedParams {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: the list was allocated by virTypedParamsAdd* and holds
+            // `self.len` parameters; it is freed exactly once (the pointer is
+            // nulled right after).
+            unsafe { sys::virTypedParamsFree(self.ptr, self.len) };
+            self.ptr = ptr::null_mut();
+            self.len = 0;
+            self.cap = 0;
+        }
+    }
+}
+
+/// A caller-allocated array filled by a libvirt getter. Strings libvirt
+/// stored inside are released with `virTypedParamsClear` on drop; the array
+/// itself is a Rust `Vec`.
+pub(super) struct ParamArray {
+    pub(super) params: Vec<sys::virTypedParameter>,
+    /// How many entries libvirt filled (<= params.len()).
+    pub(super) filled: c_int,
+}
+
+impl ParamArray {
+    pub(super) fn zeroed(n: usize) -> ParamArray {
+        let blank = sys::virTypedParameter {
+            field: [0; 80],
+            type_: 0,
+            value: sys::_virTypedParameterValue { ul: 0 },
+        };
+        ParamArray {
+            params: vec![blank; n],
+            filled: 0,
+        }
+    }
+
+    pub(super) fn capacity(&self) -> c_int {
+        c_int::try_from(self.params.len()).unwrap_or(c_int::MAX)
+    }
+
+    pub(super) fn ullong(&mut self, name: &CStr) -> Option<u64> {
+        let mut value: u64 = 0;
+        if self.filled <= 0 {
+            return None;
+        }
+        // SAFETY: `params` holds at least `filled` entries initialised by
+        // libvirt (or zeroed); `name` is NUL-terminated; `value` is valid.
+        let ret = unsafe {
+            sys::virTypedParamsGetULLong(
+                self.params.as_mut_ptr(),
+                self.filled,
+                name.as_ptr(),
+                &mut value,
+            )
+        };
+        (ret == 1).then_some(value)
+    }
+
+    pub(super) fn uint(&mut self, name: &CStr) -> Option<u32> {
+        let mut value: c_uint = 0;
+        if self.filled <= 0 {
+            return None;
+        }
+        // SAFETY: as in `ullong`.
+        let ret = unsafe {
+            sys::virTypedParamsGetUInt(
+                self.params.as_mut_ptr(),
+                self.filled,
+                name.as_ptr(),
+                &mut value,
+            )
+        };
+        (ret == 1).then_some(value)
+    }
+}
+
+impl Drop for ParamArray {
+    fn drop(&mut self) {
+        if self.filled > 0 {
+            // SAFETY: the first `filled` entries were written by libvirt;
+            // virTypedParamsClear frees the strings they own and leaves the
+            // array itself (owned by the Vec) alone.
+            unsafe { sys::virTypedParamsClear(self.params.as_mut_ptr(), self.filled) };
+            self.filled = 0;
+        }
+    }
+}
+
+/// Typed-parameter getters in one call: offer a buffer of `cap` entries
+/// (at least the parameters the driver has) and let libvirt fill it —
+/// instead of asking for the count first (half the round trips on a
+/// remote connection). `cap`
+/// must not exceed the RPC limit of the call (`REMOTE_*_PARAMETERS_MAX`).
+pub(super) fn fetch_once(
+    cap: usize,
+    mut call: impl FnMut(sys::virTypedParameterPtr, &mut c_int) -> c_int,
+) -> Result<ParamArray, Error> {
+    let mut arr = ParamArray::zeroed(cap);
+    let mut filled = arr.capacity();
+    if call(arr.params.as_mut_ptr(), &mut filled) < 0 {
+        return Err(Error::last_error());
+    }
+    arr.filled = filled.clamp(0, arr.capacity());
+    Ok(arr)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn typed_params_start_empty() {
+        let p = TypedParams::new();
+        assert!(p.is_empty());
+        assert_eq!(p.len(), 0);
+        assert_eq!(p.get_ullong("x"), None);
+    }
+
+    #[test]
+    fn typed_params_add_and_read_back() {
+        virt::error::clear_error_callback();
+        let mut p = TypedParams::new();
+        p.add_ullong("total_bytes_sec", 10_000_000).unwrap();
+        p.add_ullong("total_bytes_sec_max", u64::MAX).unwrap();
+        p.add_uint("weight", 500).unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p.get_ullong("total_bytes_sec"), Some(10_000_000));
+        assert_eq!(p.get_ullong("total_bytes_sec_max"), Some(u64::MAX));
+        assert_eq!(p.get_uint("weight"), Some(500));
+        // Wrong type or unknown name: not found.
+        assert_eq!(p.get_ullong("weight"), None);
+        assert_eq!(p.get_uint("nope"), None);
+    }
+
+    #[test]
+    fn typed_params_grow_past_initial_capacity() {
+        let mut p = TypedParams::new();
+        for i in 0..100u64 {
+            p.add_ullong(&format!("p{i}"), i * 3).unwrap();
+        }
+        assert_eq!(p.len(), 100);
+        assert_eq!(p.get_ullong("p0"), Some(0));
+        assert_eq!(p.get_ullong("p99"), Some(297));
+    }
+
+    #[test]
+    fn typed_params_reject_bad_names() {
+        virt::error::clear_error_callback();
+        let mut p = TypedParams::new();
+        // Field names are limited to VIR_TYPED_PARAM_FIELD_LENGTH (80) bytes.
+        let long = "x".repeat(100);
+        assert!(p.add_ullong(&long, 1).is_err());
+        assert!(p.add_uint("nul\0inside", 1).is_err());
+        assert!(p.is_empty());
+        // The list stays usable after a failure.
+        p.add_uint("ok", 7).unwrap();
+        assert_eq!(p.get_uint("ok"), Some(7));
+    }
+
+    #[test]
+    fn param_array_of_zero_is_harmless() {
+        let mut a = ParamArray::zeroed(0);
+        assert_eq!(a.ullong(sys::VIR_DOMAIN_BLKIO_WEIGHT), None);
+        let mut b = ParamArray::zeroed(4);
+        assert_eq!(b.uint(sys::VIR_DOMAIN_BLKIO_WEIGHT), None);
+    }
+}

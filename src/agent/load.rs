@@ -1,0 +1,130 @@
+//! Loading the config file: what start-up and a reload both do (read,
+//! apply the command line's overrides, check the budgets against this
+//! host), and what a reload cannot change.
+
+use crate::adapters::host::{Host, HostError};
+use crate::core::config::{Config, ConfigError};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Command-line settings that override the file and must survive a reload.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub libvirt_uri: Option<String>,
+}
+
+impl Overrides {
+    pub fn apply(&self, cfg: &mut Config) {
+        if let Some(uri) = &self.libvirt_uri {
+            cfg.agent.libvirt_uri.clone_from(uri);
+        }
+    }
+}
+
+/// Why a config file could not be taken (at start-up or on reload).
+/// Cheap to clone: the reconciler keeps it to report, the caller answers
+/// with it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    /// The file is unreadable, malformed or invalid (it names the file,
+    /// the key and the problem).
+    #[error("{0}")]
+    Config(Arc<ConfigError>),
+    /// The host's capacity could not be read to check the budgets.
+    #[error("{0}")]
+    Host(Arc<HostError>),
+}
+
+impl From<ConfigError> for LoadError {
+    fn from(e: ConfigError) -> LoadError {
+        LoadError::Config(Arc::new(e))
+    }
+}
+
+/// Reads the config file, applies the overrides and checks the budgets
+/// against this host: what start-up and SIGHUP both do. The error is one
+/// line naming the file, the key and the problem.
+pub fn load_checked(path: &Path, overrides: &Overrides) -> Result<Config, LoadError> {
+    let mut cfg = Config::load(path)?;
+    overrides.apply(&mut cfg);
+    let mut host = Host::new().map_err(|e| LoadError::Host(Arc::new(e)))?;
+    let alloc = cfg.host.allocatable(&host.refresh());
+    cfg.check_budgets(&alloc)?;
+    Ok(cfg)
+}
+
+/// Settings a reload cannot change in a running agent (they are bound at
+/// start): the differences, for a warning.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (&old.agent, &new.agent);
+    let mut out = Vec::new();
+    if a.libvirt_uri != b.libvirt_uri {
+        out.push("agent.libvirt_uri");
+    }
+    if a.state_dir != b.state_dir {
+        out.push("agent.state_dir");
+    }
+    if a.socket != b.socket {
+        out.push("api.socket");
+    }
+    if a.api_group != b.api_group {
+        out.push("api.group");
+    }
+    if a.metrics_listen != b.metrics_listen {
+        out.push("agent.metrics_listen");
+    }
+    if a.resync_interval != b.resync_interval {
+        out.push("agent.resync_interval");
+    }
+    if a.audit_max_bytes != b.audit_max_bytes {
+        out.push("agent.audit_max_size");
+    }
+    if a.audit_keep != b.audit_keep {
+        out.push("agent.audit_keep");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn cfg(text: &str) -> Config {
+        Config::parse(text, Path::new("t.toml")).unwrap()
+    }
+
+    #[test]
+    fn restart_only_settings_are_named() {
+        let a = cfg("[agent]\ninterval = \"5s\"\n");
+        let b = cfg("[agent]\ninterval = \"9s\"\nlibvirt_uri = \"test:///default\"\nresync_interval = \"1m\"\naudit_max_size = \"1MiB\"\naudit_keep = 9\n[api]\nsocket = \"/tmp/x.sock\"\n");
+        assert_eq!(restart_only_changes(&a, &a), Vec::<&str>::new());
+        assert_eq!(
+            restart_only_changes(&a, &b),
+            vec![
+                "agent.libvirt_uri",
+                "api.socket",
+                "agent.resync_interval",
+                "agent.audit_max_size",
+                "agent.audit_keep"
+            ]
+        );
+    }
+
+    #[test]
+    fn overrides_survive_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[agent]\nlibvirt_uri = \"qemu:///system\"\n").unwrap();
+        let o = Overrides {
+            libvirt_uri: Some("test:///default".into()),
+        };
+        assert_eq!(
+            load_checked(&f, &o).unwrap().agent.libvirt_uri,
+            "test:///default"
+        );
+        std::fs::write(&f, "[agent]\nspeed = 1\n").unwrap();
+        let e = load_checked(&f, &o).unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("speed"), "{e}");
+    }
+}

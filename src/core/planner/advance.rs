@@ -1,0 +1,201 @@
+//! How the planner's [`History`] moves on after a cycle: one pure function
+//! of what the cycle planned, what it enforced and how that ended.
+
+use super::history::{History, Outcome};
+use super::plan::Plan;
+use crate::core::model::{Action, DomainObs};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// What one cycle did, as the history needs it.
+pub struct CycleFacts<'a> {
+    /// The plan the cycle made.
+    pub plan: &'a Plan,
+    /// The domains after the cycle: as observed, with the changes libvirt
+    /// accepted applied.
+    pub domains: &'a [DomainObs],
+    /// A scoped cycle: the domains (UUIDs) it observed and enforced; only
+    /// their part of the plan is recorded. `None`: a full cycle.
+    pub scope: Option<&'a HashSet<String>>,
+    /// Whether the plan was enforced (enforce mode, agent not paused): in
+    /// observe mode or while paused nothing is recorded but the domains
+    /// that are gone.
+    pub enforced: bool,
+    /// The actions that ran, in order, with how each ended.
+    pub outcomes: &'a [(&'a Action, Outcome)],
+    /// The planner's clock (seconds).
+    pub now: u64,
+}
+
+/// The history after a cycle. Shares `prev` (no copy) when the cycle
+/// changed nothing in it.
+pub fn advance(prev: &Arc<History>, c: &CycleFacts<'_>) -> Arc<History> {
+    let mut h = Arc::clone(prev);
+    if c.enforced {
+        // Pressure reclaim carries over as planned (scoped: for the
+        // scoped domains only).
+        match c.scope {
+            None => {
+                if h.reclaim != c.plan.reclaim {
+                    Arc::make_mut(&mut h).reclaim.clone_from(&c.plan.reclaim);
+                }
+            }
+            Some(scope) => {
+                for u in scope {
+                    let want = c.plan.reclaim.get(u);
+                    if h.reclaim.get(u) == want {
+                        continue;
+                    }
+                    let reclaim = &mut Arc::make_mut(&mut h).reclaim;
+                    match want {
+                        Some(v) => reclaim.insert(u.clone(), *v),
+                        None => reclaim.remove(u),
+                    };
+                }
+            }
+        }
+        if !c.outcomes.is_empty() {
+            let runs: HashMap<&str, Option<u32>> =
+                c.domains.iter().map(|d| (&*d.uuid, d.id)).collect();
+            let hist = Arc::make_mut(&mut h);
+            for (action, outcome) in c.outcomes {
+                let run = runs.get(action.uuid()).copied().flatten();
+                hist.record_in_run(action, *outcome, c.now, run);
+            }
+        }
+    }
+    let alive: HashSet<&str> = c.domains.iter().map(|d| &*d.uuid).collect();
+    if !h.all_alive(|u| alive.contains(u)) {
+        Arc::make_mut(&mut h).retain(|u| alive.contains(u));
+    }
+    if !h.vcpu_pending.is_empty() {
+        Arc::make_mut(&mut h).observe(c.domains);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::Reason;
+    use crate::core::planner::testing;
+
+    fn plan_with_reclaim(reclaim: &[(&str, u64)]) -> Plan {
+        let mut p = testing::empty_plan();
+        p.reclaim = reclaim.iter().map(|(u, v)| (u.to_string(), *v)).collect();
+        p
+    }
+
+    fn dom(uuid: &str, id: u32) -> DomainObs {
+        let mut d = testing::domain(uuid, None);
+        d.uuid = uuid.into();
+        d.id = Some(id);
+        d
+    }
+
+    #[test]
+    fn nothing_changed_shares_the_history() {
+        let prev = Arc::new(History::default());
+        let plan = plan_with_reclaim(&[]);
+        let domains = [dom("a", 1)];
+        let next = advance(
+            &prev,
+            &CycleFacts {
+                plan: &plan,
+                domains: &domains,
+                scope: None,
+                enforced: true,
+                outcomes: &[],
+                now: 5,
+            },
+        );
+        assert!(Arc::ptr_eq(&prev, &next));
+    }
+
+    #[test]
+    fn records_outcomes_reclaim_and_forgets_the_gone() {
+        let mut h = History::default();
+        h.reclaim.insert("gone".into(), 7);
+        let prev = Arc::new(h);
+        let plan = plan_with_reclaim(&[("a", 64), ("b", 32)]);
+        let domains = [dom("a", 3), dom("b", 4)];
+        let vcpus = Action::SetVcpus {
+            uuid: "a".into(),
+            domain: "a".into(),
+            from: 2,
+            to: 1,
+            reason: Reason::Share,
+            persist: false,
+        };
+        let stats = Action::SetStatsPeriod {
+            uuid: "b".into(),
+            domain: "b".into(),
+            secs: 5,
+        };
+        let outcomes = [(&vcpus, Outcome::Timeout), (&stats, Outcome::Failed)];
+        let scope: HashSet<String> = ["a".to_string()].into();
+        let next = advance(
+            &prev,
+            &CycleFacts {
+                plan: &plan,
+                domains: &domains,
+                scope: Some(&scope),
+                enforced: true,
+                outcomes: &outcomes,
+                now: 9,
+            },
+        );
+        // Scoped: only a's reclaim is taken from the plan.
+        assert_eq!(next.reclaim.get("a"), Some(&64));
+        assert_eq!(next.reclaim.get("b"), None);
+        assert!(!next.reclaim.contains_key("gone"));
+        assert_eq!(next.vcpu_changed_at.get("a"), Some(&9));
+        assert_eq!(
+            next.vcpu_pending["a"].run,
+            Some(3),
+            "pending pinned to the run"
+        );
+        // A stats period that failed is not tried again in that run.
+        assert_eq!(next.stats_period.get("b"), Some(&Some(4)));
+        // Observe mode records nothing.
+        let still = advance(
+            &prev,
+            &CycleFacts {
+                plan: &plan,
+                domains: &domains,
+                scope: None,
+                enforced: false,
+                outcomes: &[],
+                now: 9,
+            },
+        );
+        assert!(
+            still.reclaim.is_empty(),
+            "gone domain forgotten, nothing recorded"
+        );
+    }
+
+    #[test]
+    fn a_lost_stats_period_is_tried_again() {
+        let prev = Arc::new(History::default());
+        let plan = plan_with_reclaim(&[]);
+        let domains = [dom("b", 4)];
+        let stats = Action::SetStatsPeriod {
+            uuid: "b".into(),
+            domain: "b".into(),
+            secs: 5,
+        };
+        let next = advance(
+            &prev,
+            &CycleFacts {
+                plan: &plan,
+                domains: &domains,
+                scope: None,
+                enforced: true,
+                outcomes: &[(&stats, Outcome::Lost)],
+                now: 1,
+            },
+        );
+        assert!(next.stats_period.is_empty());
+    }
+}
