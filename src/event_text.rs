@@ -143,10 +143,11 @@ pub fn describe(ev: &Event) -> (&'static str, String) {
     }
 }
 
-/// One event as a line: sequence number, time (UTC), kind, what.
+/// One event as a line: sequence number (what `/v1/events?since=` takes),
+/// time (UTC), kind, what.
 pub fn line(ev: &Event) -> String {
     let (kind, text) = describe(ev);
-    format!("{:>6}  {}  {kind:<10}  {text}", ev.seq, ev.time)
+    format!("{}  {}  {kind:<10}  {text}", ev.seq, ev.time)
         .trim_end()
         .to_string()
 }
@@ -283,12 +284,12 @@ mod tests {
     #[test]
     fn lines_in_units_a_person_reads() {
         insta::assert_snapshot!(render(&sample()), @r#"
-             1  2025-03-01T10:00:00.000Z  started     virtpoold 0.1.0
-             2  2025-03-01T10:00:05.250Z  action      web-1 disk vda 128.0 MiB/s, 500 IOPS → 64.0 MiB/s, 250 IOPS: ok
-             3  2025-03-01T10:00:05.250Z  action      web-2 memory 5.30 GiB → 5.34 GiB (share): ok
-             4  2025-03-01T10:02:00.000Z  action      db-1 vcpus 2 → 4 (share): error: guest did not answer
-             5  2025-03-01T10:03:00.000Z  unadmitted  web-9 in pool web: floors do not fit
-             6  2025-03-01T10:04:00.000Z  change      uid 0: domain "dev" added to pool "web"
+        1  2025-03-01T10:00:00.000Z  started     virtpoold 0.1.0
+        2  2025-03-01T10:00:05.250Z  action      web-1 disk vda 128.0 MiB/s, 500 IOPS → 64.0 MiB/s, 250 IOPS: ok
+        3  2025-03-01T10:00:05.250Z  action      web-2 memory 5.30 GiB → 5.34 GiB (share): ok
+        4  2025-03-01T10:02:00.000Z  action      db-1 vcpus 2 → 4 (share): error: guest did not answer
+        5  2025-03-01T10:03:00.000Z  unadmitted  web-9 in pool web: floors do not fit
+        6  2025-03-01T10:04:00.000Z  change      uid 0: domain "dev" added to pool "web"
         "#);
         assert_eq!(render(&[]), "no events\n");
     }
