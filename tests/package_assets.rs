@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Runs `bin --generate-assets DIR` into a fresh directory.
+/// Runs `bin --generate-assets DIR` into a fresh directory; it lists
+/// every file it wrote, and only those.
 fn generate(bin: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(bin)
@@ -16,6 +17,28 @@ fn generate(bin: &str) -> tempfile::TempDir {
         .output()
         .unwrap();
     assert!(out.status.success(), "{bin}: {out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let mut listed: Vec<String> = lines
+        .by_ref()
+        .skip(1)
+        .map(|l| l.strip_prefix("  ").unwrap().to_string())
+        .collect();
+    let mut written: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    assert_eq!(
+        text.lines().next().unwrap(),
+        format!(
+            "wrote {} files into {}:",
+            written.len(),
+            dir.path().display()
+        )
+    );
+    listed.sort();
+    written.sort();
+    assert_eq!(listed, written);
     dir
 }
 
@@ -140,14 +163,111 @@ fn virtpoolctl_man_pages_and_completions_cover_every_subcommand() {
         }
         assert!(offered.contains(&"--socket".to_string()), "{offered:?}");
     }
-    // Options too; the packaging flag stays out of sight.
+    // Options too, the packaging flag among them; the helper of the
+    // completion scripts stays out of sight.
     assert!(
         main.contains("--socket") && main.contains("VIRTPOOL_SOCKET"),
         "{main}"
     );
+    assert!(long_options(bin).contains(&"--generate-assets".to_string()));
     for c in [&main, &bash, &zsh, &fish] {
-        assert!(!c.contains("generate-assets"));
+        assert!(c.contains("generate-assets"));
     }
+    assert!(!main.contains("__complete"));
+    assert!(!subcommands(bin, &[]).contains(&"__complete".to_string()));
+}
+
+/// The EXAMPLES section of a page: (what it does, command line) pairs.
+fn examples(page: &str) -> Vec<(String, String)> {
+    let Some(sec) = page.split(".SH EXAMPLES\n").nth(1) else {
+        return Vec::new();
+    };
+    let sec = sec.split(".SH ").next().unwrap();
+    sec.split(".PP\n")
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .map(|c| {
+            let what = c[0].to_string();
+            let line = c[1]
+                .lines()
+                .find(|l| !l.starts_with('.'))
+                .unwrap()
+                .replace("\\e", "\\");
+            (what, line)
+        })
+        .collect()
+}
+
+#[test]
+fn every_man_page_has_examples_that_run() {
+    let bin = env!("CARGO_BIN_EXE_virtpoolctl");
+    let dir = generate(bin);
+    let d = dir.path();
+    let mut pages: Vec<(String, String)> = vec![("virtpoolctl".into(), "virtpoolctl.1".into())];
+    for sub in subcommands(bin, &[]) {
+        pages.push((format!("virtpoolctl {sub}"), format!("virtpoolctl-{sub}.1")));
+    }
+    for sub in subcommands(bin, &["pool"]) {
+        pages.push((
+            format!("virtpoolctl pool {sub}"),
+            format!("virtpoolctl-pool-{sub}.1"),
+        ));
+    }
+    pages.push(("virtpoold".into(), "virtpoold.8".into()));
+    let nowhere = d.join("no-agent.sock");
+    let mut ran = 0;
+    for (path, file) in &pages {
+        let page = plain(&text(d, file));
+        let ex = examples(&page);
+        assert!(!ex.is_empty(), "{file}: no EXAMPLES");
+        // Before VERSION, after the options.
+        assert!(
+            page.find(".SH EXAMPLES") > page.find(".SH OPTIONS"),
+            "{file}"
+        );
+        for (what, line) in &ex {
+            assert!(what.ends_with(':'), "{file}: {what:?}");
+            let cmd = line.strip_prefix("sudo ").unwrap_or(line);
+            // Of this command (options of the program may come first).
+            let words: Vec<&str> = cmd
+                .split_whitespace()
+                .filter(|w| !w.starts_with('-'))
+                .collect();
+            let want: Vec<&str> = path.split(' ').collect();
+            assert!(words.starts_with(&want), "{file}: {line}");
+            if !cmd.starts_with("virtpoolctl ") {
+                continue;
+            }
+            // Each one parses: with no agent to reach it fails with exit 1
+            // (never 2, a usage error). Only what comes before a pipe.
+            let cmd = cmd
+                .split(" | ")
+                .next()
+                .unwrap()
+                .replace("virtpoolctl ", &format!("{bin} "));
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(&cmd)
+                .env("VIRTPOOL_SOCKET", &nowhere)
+                .current_dir(d)
+                .output()
+                .unwrap();
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(out.status.code(), Some(1), "{file}: {cmd}: {all}");
+            assert!(
+                all.contains("cannot reach virtpoold") || all.contains("batch.toml"),
+                "{file}: {cmd}: {all}"
+            );
+            ran += 1;
+        }
+    }
+    assert!(ran > 30, "{ran}");
 }
 
 #[test]

@@ -1,7 +1,11 @@
-//! The unit file under a real systemd (252, Debian 12), booted in a
-//! container by `tests/systemd/run.sh`: `virtpoold` is installed where the
-//! package puts it, with the demo config (libvirt test driver), and driven
-//! with `systemctl` as an operator would:
+//! The Debian package and its unit under a real systemd (252, Debian 12),
+//! booted in a container by `tests/systemd/run.sh`: the `.deb` is built by
+//! cargo-deb from this build's binaries (as `scripts/build-deb.sh` does
+//! from release ones; cargo-deb is installed from crates.io if missing,
+//! about 2 minutes once), installed with `dpkg -i` — installed, neither
+//! enabled nor started, the existing config kept — then run with the demo
+//! config (libvirt test driver) and driven with `systemctl` as an operator
+//! would:
 //! - start: `Type=notify` start returns once READY=1 came (after the first
 //!   cycle), with the cycle summary as the unit's status text; the API
 //!   socket answers `virtpoolctl`; each action is a journal entry with its
@@ -16,6 +20,7 @@
 //!   (`RestartPreventExitStatus=2`);
 //! - the watchdog (shortened to 4 s by a drop-in): the agent's pings keep
 //!   it alive, and a stopped agent is killed and restarted.
+//! - removing the package stops the agent.
 //!
 //! Needs root (systemd-nspawn); `VIRTPOOL_SYSTEMD=skip` skips it, loudly
 //! (`scripts/test.sh` sets that when not root).
@@ -32,8 +37,82 @@ struct Container {
     pid: String,
 }
 
+/// The cargo-deb this test installs when there is none.
+const CARGO_DEB: &str = "3.8.0";
+
+/// Builds the package of this build's binaries into `out` (cargo-deb,
+/// installed first if missing) and returns its path.
+fn build_deb(out: &Path) -> PathBuf {
+    let cargo = option_env!("CARGO").unwrap_or("cargo");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let has = |args: &[&str]| {
+        Command::new(cargo)
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has(&["deb", "--version"]) {
+        eprintln!("installing cargo-deb {CARGO_DEB} (once)");
+        let st = Command::new(cargo)
+            .args(["install", "cargo-deb", "--locked", "--version", CARGO_DEB])
+            .status()
+            .expect("run cargo install");
+        assert!(st.success(), "cargo install cargo-deb failed: {st}");
+    }
+    // The binaries of this build: target/<profile dir>/.
+    let bin = Path::new(env!("CARGO_BIN_EXE_virtpoold")).parent().unwrap();
+    let profile = match bin.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(p) => p,
+        None => panic!("no profile directory in {}", bin.display()),
+    };
+    // The man pages and completions the package ships (Cargo.toml's
+    // assets name target/assets/).
+    let assets = bin.parent().unwrap().join("assets");
+    let _ = std::fs::remove_dir_all(&assets);
+    let o = Command::new(env!("CARGO_BIN_EXE_virtpoolctl"))
+        .arg("--generate-assets")
+        .arg(&assets)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "--generate-assets: {o:?}");
+    std::fs::create_dir_all(out).unwrap();
+    let o = Command::new(cargo)
+        .arg("deb")
+        .arg("--manifest-path")
+        .arg(root.join("Cargo.toml"))
+        .args([
+            "--no-build",
+            "--profile",
+            profile,
+            "--strip",
+            "--no-dbgsym",
+            "--fast",
+            "-o",
+        ])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "cargo deb: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let deb = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("a .deb");
+    eprintln!(
+        "built {} ({} KiB)",
+        deb.display(),
+        std::fs::metadata(&deb).unwrap().len() >> 10
+    );
+    deb
+}
+
 impl Container {
-    fn up(dir: PathBuf) -> Container {
+    fn up(dir: PathBuf, deb: &Path) -> Container {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/systemd/run.sh");
         let bin = Path::new(env!("CARGO_BIN_EXE_virtpoold")).parent().unwrap();
         std::fs::create_dir_all(&dir).unwrap();
@@ -52,6 +131,7 @@ impl Container {
             .arg("up")
             .arg(&dir)
             .arg(bin)
+            .arg(deb)
             .status()
             .expect("run tests/systemd/run.sh");
         assert!(st.success(), "tests/systemd/run.sh up failed: {st}");
@@ -169,8 +249,41 @@ fn the_unit_runs_under_systemd() {
     );
     let dir = std::env::temp_dir().join(format!("virtpool-systemd.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let c = Container::up(dir);
+    let debs = tempfile::tempdir().unwrap();
+    let deb = build_deb(debs.path());
+    let c = Container::up(dir, &deb);
     let sock = "/run/virtpool/virtpool.sock";
+
+    // The package: installed; its unit known to systemd, neither enabled
+    // nor started; the config already there kept; its man pages and
+    // completions in place.
+    assert_eq!(
+        c.ok(&["dpkg-query", "-W", "-f", "${Status}", "virtpool"]),
+        "install ok installed"
+    );
+    let s = c.show(&["FragmentPath", "UnitFileState", "ActiveState"]);
+    assert_eq!(
+        (s["UnitFileState"].as_str(), s["ActiveState"].as_str()),
+        ("disabled", "inactive"),
+        "{s:?}"
+    );
+    // /lib is /usr/lib on Debian 12.
+    let unit = c.ok(&["realpath", &s["FragmentPath"]]);
+    assert_eq!(unit.trim(), "/usr/lib/systemd/system/virtpoold.service");
+    assert!(c
+        .ok(&["dpkg", "-L", "virtpool"])
+        .lines()
+        .any(|l| l == unit.trim()));
+    let conf = c.ok(&["cat", "/etc/virtpool/virtpool.toml"]);
+    assert!(conf.contains("demo-host.xml"), "{conf}");
+    for f in [
+        "/usr/bin/virtpoold",
+        "/usr/share/man/man1/virtpoolctl-events.1.gz",
+        "/usr/share/man/man8/virtpoold.8.gz",
+        "/usr/share/bash-completion/completions/virtpoolctl",
+    ] {
+        c.ok(&["test", "-s", f]);
+    }
 
     // Start: returns after READY=1, i.e. after the first cycle.
     c.ok(&["systemctl", "start", "virtpoold"]);
@@ -316,4 +429,13 @@ fn the_unit_runs_under_systemd() {
         "{}",
         c.journal()
     );
+
+    // Removing the package stops the agent.
+    c.ok(&["dpkg", "-r", "virtpool"]);
+    let s = c.show(&["ActiveState", "LoadState"]);
+    assert_ne!(s["ActiveState"], "active", "{s:?}");
+    assert!(!c
+        .run(&["test", "-e", "/usr/bin/virtpoold"])
+        .status
+        .success());
 }

@@ -318,12 +318,13 @@ fn scan_back(path: &Path, mut f: impl FnMut(&[u8]) -> bool) -> std::io::Result<b
     Ok(true)
 }
 
-/// The newest `limit` events with `seq > since` from `path` and its rotated
-/// files (`path.1` … `path.keep`), newest first.
+/// The newest `limit` events with `since < seq < before` from `path` and
+/// its rotated files (`path.1` … `path.keep`), newest first.
 fn read_tail(
     path: &Path,
     keep: usize,
     since: Option<u64>,
+    before: Option<u64>,
     limit: usize,
 ) -> std::io::Result<Vec<Event>> {
     let mut out: Vec<Event> = Vec::new();
@@ -344,6 +345,9 @@ fn read_tail(
             };
             if since.is_some() && ev.seq <= floor {
                 return false;
+            }
+            if before.is_some_and(|b| ev.seq >= b) {
+                return true;
             }
             // Numbers only decrease going back; a repeat is a file read
             // twice across a concurrent rotation.
@@ -448,7 +452,7 @@ impl AuditLog {
         std::fs::create_dir_all(state_dir).map_err(oerr)?;
         // The last event, wherever it is (the live file is empty right
         // after a rotation).
-        let seq = read_tail(&path, keep, None, 1)
+        let seq = read_tail(&path, keep, None, None, 1)
             .map_err(oerr)?
             .first()
             .map_or(0, |e| e.seq);
@@ -546,6 +550,17 @@ impl AuditLog {
     /// rotated files, plus any kept in memory. Blocking file I/O; the cost
     /// is about the events returned.
     pub fn since(&self, since: Option<u64>, limit: usize) -> Result<Vec<Event>, AuditError> {
+        self.between(since, None, limit)
+    }
+
+    /// [`AuditLog::since`], and only events with `seq < before` (to page
+    /// back through older events).
+    pub fn between(
+        &self,
+        since: Option<u64>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Event>, AuditError> {
         let (file, mut events) = {
             let inner = self.lock();
             let file = inner.sink.as_ref().map(|s| (s.path.clone(), s.keep));
@@ -553,14 +568,17 @@ impl AuditLog {
                 .recent
                 .iter()
                 .filter(|e| since.is_none_or(|s| e.seq > s))
+                .filter(|e| before.is_none_or(|b| e.seq < b))
                 .cloned()
                 .collect();
             (file, mem)
         };
         if let Some((path, keep)) = file {
-            let read = read_tail(&path, keep, since, limit).map_err(|source| AuditError::Read {
-                file: path.clone(),
-                source,
+            let read = read_tail(&path, keep, since, before, limit).map_err(|source| {
+                AuditError::Read {
+                    file: path.clone(),
+                    source,
+                }
             })?;
             events.extend(read);
         }
@@ -621,6 +639,8 @@ mod tests {
         assert_eq!(again.since(Some(2), 10).unwrap()[0].seq, 3);
         assert_eq!(again.since(Some(3), 10).unwrap().len(), 0);
         assert_eq!(seqs(&again.since(None, 2).unwrap()), vec![2, 3]);
+        assert_eq!(seqs(&again.between(None, Some(3), 1).unwrap()), vec![2]);
+        assert_eq!(seqs(&again.between(Some(1), Some(3), 9).unwrap()), vec![2]);
         assert!(again.since(None, 0).unwrap().is_empty());
     }
 

@@ -15,11 +15,11 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 
 /// The newest `limit` events (default [`DEFAULT_LIMIT`], at most
-/// [`MAX_LIMIT`]) after `since`, oldest first. Reads the tail of the files
-/// on a blocking thread.
+/// [`MAX_LIMIT`]) after `since` and before `before`, oldest first. Reads
+/// the tail of the files on a blocking thread.
 pub async fn read(audit: AuditLog, q: EventsQuery) -> Result<EventsResponse, Error> {
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-    let events = tokio::task::spawn_blocking(move || audit.since(q.since, limit))
+    let events = tokio::task::spawn_blocking(move || audit.between(q.since, q.before, limit))
         .await
         .map_err(|e| Error::Internal(format!("events task failed: {e}")))?
         .map_err(|e| Error::Internal(e.to_string()))?;
@@ -44,7 +44,11 @@ mod tests {
             })
             .collect();
         log.append(&evs).unwrap();
-        let q = |since, limit| EventsQuery { since, limit };
+        let q = |since, limit| EventsQuery {
+            since,
+            limit,
+            before: None,
+        };
         let r = read(log.clone(), q(None, None)).await.unwrap();
         assert_eq!(r.events.len(), DEFAULT_LIMIT);
         assert_eq!(r.events.last().unwrap().seq, (MAX_LIMIT + 10) as u64);
@@ -54,6 +58,24 @@ mod tests {
         assert_eq!(
             r.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
             vec![1008, 1009, 1010]
+        );
+        // Paging back: before the first of the last answer.
+        let page = |since, before| EventsQuery {
+            since,
+            before,
+            limit: Some(3),
+        };
+        let r = read(log.clone(), page(None, Some(1008))).await.unwrap();
+        assert_eq!(
+            r.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1005, 1006, 1007]
+        );
+        let r = read(log.clone(), page(Some(1005), Some(1008)))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1006, 1007]
         );
     }
 }

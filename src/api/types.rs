@@ -190,6 +190,14 @@ pub struct PoolView {
     pub members: Vec<MemberView>,
     /// Names of active members whose floors did not fit.
     pub unadmitted: Vec<String>,
+    /// Domains added to the pool through the API that no cycle has
+    /// planned yet: members from the next cycle on. Absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
+    /// Members removed from the pool through the API that the last cycle
+    /// still planned: they leave with the next cycle. Absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaving: Vec<String>,
 }
 
 /// One member of a pool.
@@ -422,6 +430,10 @@ pub struct EventsQuery {
     /// Only events with `seq` greater than this.
     #[serde(default)]
     pub since: Option<u64>,
+    /// Only events with `seq` less than this: with the first `seq` of an
+    /// answer, pages back through older events.
+    #[serde(default)]
+    pub before: Option<u64>,
     /// At most this many (the newest), default 100, at most 1000.
     #[serde(default)]
     pub limit: Option<usize>,

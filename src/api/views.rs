@@ -73,6 +73,23 @@ fn pool_view_with(p: &PoolPlan, rt: &RuntimeState, members: bool) -> PoolView {
     views.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uuid.cmp(&b.uuid)));
     let mut unadmitted: Vec<(&str, &str)> = p.unadmitted().map(|m| (&*m.name, &*m.uuid)).collect();
     unadmitted.sort_unstable();
+    // Runtime membership changes no cycle has planned yet (a domain is
+    // named as the change named it: by name, or by UUID).
+    let planned = |d: &str| {
+        p.members
+            .iter()
+            .any(|m| *m.name == *d || m.uuid.eq_ignore_ascii_case(d))
+    };
+    let pending = rt
+        .added
+        .get(&p.name)
+        .map(|set| set.iter().filter(|d| !planned(d)).cloned().collect())
+        .unwrap_or_default();
+    let leaving = rt
+        .removed
+        .get(&p.name)
+        .map(|set| set.iter().filter(|d| planned(d)).cloned().collect())
+        .unwrap_or_default();
     PoolView {
         name: p.name.clone(),
         source: if p.runtime {
@@ -92,6 +109,8 @@ fn pool_view_with(p: &PoolPlan, rt: &RuntimeState, members: bool) -> PoolView {
         member_count: p.members.len(),
         unadmitted: unadmitted.into_iter().map(|(n, _)| n.to_owned()).collect(),
         members: views,
+        pending,
+        leaving,
     }
 }
 

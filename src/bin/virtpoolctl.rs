@@ -1,15 +1,21 @@
 //! virtpoolctl: the command-line client of virtpoold's control API.
 //!
 //! Exit codes: 0 ok, 1 refused or failed (the agent's message is printed),
-//! 2 usage.
+//! 2 usage. Under `--json`, a failure is printed as JSON on stdout
+//! (`{"error": {"code": ..., "message": ...}}`) with the same exit code.
+//! A closed output pipe (`virtpoolctl pools | head -1`) ends it quietly
+//! with exit 0.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use hyper::Method;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
 use virtpool::api::types::*;
 use virtpool::cli::client::{Client, ClientError, DEFAULT_SOCKET};
+use virtpool::cli::event_text::{self, EventFilter, PoolScope};
 use virtpool::cli::report::table;
 use virtpool::core::config::{BytesPolicy, CountPolicy};
 use virtpool::core::model::{PerResource, Resource};
@@ -22,11 +28,15 @@ struct Cli {
     /// The agent's API socket.
     #[arg(long, global = true, env = "VIRTPOOL_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
-    /// Print the API's JSON instead of tables.
+    /// Print the API's JSON instead of tables (errors too, on stdout).
     #[arg(long, global = true)]
     json: bool,
+    /// Write the man pages and shell completions of virtpoolctl and
+    /// virtpoold into DIR (for packaging), and list the files written.
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath, exclusive = true)]
+    generate_assets: Option<PathBuf>,
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -41,7 +51,7 @@ enum Cmd {
     /// Every domain and its pool.
     Domains,
     /// One domain (by name or UUID).
-    Domain { name: String },
+    Domain { domain: String },
     /// What the next cycle would do, with reasons (dry run).
     Plan,
     /// Set a member's reservation (guaranteed minimum), if it fits the pool.
@@ -59,17 +69,27 @@ enum Cmd {
     /// config stays).
     Reload,
     /// Stop changing domains (the agent, or one pool); keep planning.
-    Pause { pool: Option<String> },
-    /// Resume changing domains (the agent, or one pool).
-    Resume { pool: Option<String> },
-    /// Recent decisions and errors.
-    Events {
-        /// At most this many (the newest).
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+    Pause {
+        pool: Option<String>,
+        /// Wait for the cycle the change triggers.
+        #[arg(long)]
+        wait: bool,
     },
-    /// Prometheus metrics, as served.
+    /// Resume changing domains (the agent, or one pool).
+    Resume {
+        pool: Option<String>,
+        /// Wait for the cycle the change triggers.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Decisions and errors from the audit log, newest last; with
+    /// --follow, new ones as they come.
+    Events(EventsArgs),
+    /// Prometheus metrics, as served (--json: one object per sample).
     Metrics,
+    /// Names for shell completion (used by the completion scripts).
+    #[command(name = "__complete", hide = true)]
+    Complete(CompleteArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -77,13 +97,30 @@ enum PoolCmd {
     /// Show one pool.
     Show { pool: String },
     /// Add a domain to a pool.
-    Add { pool: String, domain: String },
+    Add {
+        pool: String,
+        domain: String,
+        /// Wait for the cycle the change triggers.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Remove a domain from a pool.
-    Remove { pool: String, domain: String },
+    Remove {
+        pool: String,
+        domain: String,
+        /// Wait for the cycle the change triggers.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Create or update a runtime pool from a file (JSON or TOML) or flags.
     Create(CreateArgs),
     /// Delete a runtime pool.
-    Delete { pool: String },
+    Delete {
+        pool: String,
+        /// Wait for the cycle the change triggers.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -139,59 +176,219 @@ struct ReserveArgs {
     wait: bool,
 }
 
+#[derive(Args, Debug)]
+struct EventsArgs {
+    /// At most this many, the newest [default: 50; with --since, all since
+    /// then].
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Only events since then: a time ago ("10m", "2h", "1d") or a UTC
+    /// time ("2025-05-01 10:00:00").
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
+    /// Then keep printing new events as they come, until interrupted
+    /// (--json: one JSON object per line).
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// Only events about this pool: its members' actions (members as of
+    /// now), its unadmitted members, changes to it.
+    #[arg(long, value_name = "POOL")]
+    pool: Option<String>,
+    /// Only events about this domain (name or UUID).
+    #[arg(long, value_name = "DOMAIN")]
+    domain: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct CompleteArgs {
+    /// `pools`, `domains`, or `line` (then WORDS: the command line after
+    /// the program name, the last being the word completed).
+    what: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    words: Vec<String>,
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     units::parse_bytes(s)
 }
 
-/// A failure to print: message and exit code.
-struct Fail(String, u8);
+/// A failure: the machine code (as the API's errors have), the message
+/// and the exit code.
+struct Fail {
+    code: String,
+    message: String,
+    exit: u8,
+}
 
-impl From<ClientError> for Fail {
-    fn from(e: ClientError) -> Fail {
-        Fail(e.to_string(), 1)
+impl Fail {
+    fn usage(message: impl Into<String>) -> Fail {
+        Fail {
+            code: "usage".into(),
+            message: message.into(),
+            exit: 2,
+        }
+    }
+
+    fn failed(code: &str, message: impl Into<String>) -> Fail {
+        Fail {
+            code: code.into(),
+            message: message.into(),
+            exit: 1,
+        }
     }
 }
 
-fn main() -> ExitCode {
-    if let Some(dir) = virtpool::cli::assets::requested() {
-        use clap::CommandFactory;
-        // Both binaries' pages and completions (virtpoold has no clap).
-        let written = virtpool::cli::assets::generate(Cli::command(), "1", &dir).and_then(|_| {
-            virtpool::cli::assets::generate(virtpool::cli::assets::daemon_command(), "8", &dir)
-        });
-        return match written {
-            Ok(_) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("virtpoolctl: {e}");
-                ExitCode::from(1)
-            }
+impl From<ClientError> for Fail {
+    fn from(e: ClientError) -> Fail {
+        let code = match &e {
+            ClientError::Api { code, .. } => code.clone(),
+            ClientError::Unreachable { .. } => "unreachable".into(),
+            ClientError::Protocol { .. } => "protocol".into(),
+            ClientError::Decode(_) => "bad_answer".into(),
         };
+        Fail::failed(&code, e.to_string())
     }
-    let cli = Cli::parse();
+}
+
+// ------------------------------------------------------------- printing
+
+/// Writes `text` to stdout. A closed pipe (the reader is gone, as after
+/// `| head -1`) ends the program quietly with exit 0: there is no one left
+/// to tell.
+fn out(text: &str) {
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        err(&format!("virtpoolctl: cannot write the output: {e}\n"));
+        std::process::exit(1);
+    }
+}
+
+/// Whether stdout is a pipe whose reader has closed it (a write would
+/// fail with a broken pipe).
+fn reader_gone() -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let stdout = std::io::stdout();
+    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLOUT)];
+    poll(&mut fds, PollTimeout::ZERO).is_ok()
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLERR))
+}
+
+/// Writes `text` to stderr; a failure to is ignored (nowhere to report it).
+fn err(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// Prints a failure (JSON on stdout under `--json`, else text on stderr)
+/// and gives its exit code.
+fn report(json: bool, f: Fail) -> ExitCode {
+    if json {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: f.code,
+                message: f.message,
+            },
+        };
+        match serde_json::to_string_pretty(&body) {
+            Ok(s) => out(&(s + "\n")),
+            Err(e) => err(&format!("virtpoolctl: {e}\n")),
+        }
+    } else {
+        err(&format!("virtpoolctl: {}\n", f.message));
+    }
+    ExitCode::from(f.exit)
+}
+
+/// Whether `--json` is on the command line (before a `--`), for errors
+/// found while parsing it.
+fn json_requested() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
+/// A clap error as a failure: its first line, without clap's `error: `.
+fn usage_fail(e: &clap::Error) -> Fail {
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid command line");
+    Fail::usage(first.strip_prefix("error: ").unwrap_or(first).trim())
+}
+
+fn main() -> ExitCode {
+    let json = json_requested();
+    let cli = match Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(c) => c,
+        Err(e) if !json || !e.use_stderr() => e.exit(),
+        Err(e) => return report(true, usage_fail(&e)),
+    };
+    if let Some(dir) = &cli.generate_assets {
+        return generate_assets(dir);
+    }
+    let Some(cmd) = cli.cmd else {
+        let e = Cli::command().error(
+            clap::error::ErrorKind::MissingSubcommand,
+            "a subcommand is required (see --help)",
+        );
+        if json {
+            return report(true, usage_fail(&e));
+        }
+        e.exit();
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("virtpoolctl: cannot start: {e}");
-            return ExitCode::from(1);
-        }
+        Err(e) => return report(json, Fail::failed("failed", format!("cannot start: {e}"))),
     };
-    match rt.block_on(run(cli)) {
-        Ok(out) => {
-            print!("{out}");
+    let c = Client::new(&cli.socket);
+    let done = rt.block_on(async {
+        match &cmd {
+            Cmd::Events(a) => events(&c, a, json).await,
+            Cmd::Complete(a) => complete(&c, a).await,
+            _ => run(&c, &cmd, json).await.map(|text| out(&text)),
+        }
+    });
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => report(json, f),
+    }
+}
+
+/// `--generate-assets DIR`: both binaries' man pages and completions.
+fn generate_assets(dir: &Path) -> ExitCode {
+    let written = virtpool::cli::assets::generate(Cli::command(), "1", dir).and_then(|mut a| {
+        a.extend(virtpool::cli::assets::generate(
+            virtpool::cli::assets::daemon_command(),
+            "8",
+            dir,
+        )?);
+        Ok(a)
+    });
+    match written {
+        Ok(files) => {
+            let mut text = format!("wrote {} files into {}:\n", files.len(), dir.display());
+            for f in files {
+                let _ = writeln!(text, "  {}", f.display());
+            }
+            out(&text);
             ExitCode::SUCCESS
         }
-        Err(Fail(msg, code)) => {
-            eprintln!("virtpoolctl: {msg}");
-            ExitCode::from(code)
-        }
+        Err(e) => report(false, Fail::failed("failed", e.to_string())),
     }
 }
 
 fn path_seg(s: &str) -> Result<&str, Fail> {
-    virtpool::core::config::valid_name(s).map_err(|e| Fail(e, 2))?;
+    virtpool::core::config::valid_name(s).map_err(Fail::usage)?;
     Ok(s)
 }
 
@@ -203,29 +400,31 @@ fn wait_q(wait: bool) -> &'static str {
     }
 }
 
-async fn run(cli: Cli) -> Result<String, Fail> {
-    let c = Client::new(&cli.socket);
-    let json = cli.json;
+/// What a change without `--wait` prints after its message.
+const SAVED: &str = "change saved; it applies with the next cycle (use --wait to wait for it)\n";
+
+async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
     // (method, path, body) of the one request each command makes.
-    let (method, path, body): (Method, String, Option<Vec<u8>>) = match &cli.cmd {
+    let (method, path, body): (Method, String, Option<Vec<u8>>) = match cmd {
         Cmd::Status => (Method::GET, "/v1/status".into(), None),
         Cmd::Pools => (Method::GET, "/v1/pools".into(), None),
         Cmd::Pool(PoolCmd::Show { pool }) => {
             (Method::GET, format!("/v1/pools/{}", path_seg(pool)?), None)
         }
-        Cmd::Pool(PoolCmd::Add { pool, domain }) => (
+        Cmd::Pool(PoolCmd::Add { pool, domain, wait }) => (
             Method::POST,
-            format!("/v1/pools/{}/members", path_seg(pool)?),
+            format!("/v1/pools/{}/members{}", path_seg(pool)?, wait_q(*wait)),
             Some(to_json(&AddMember {
                 domain: domain.clone(),
             })?),
         ),
-        Cmd::Pool(PoolCmd::Remove { pool, domain }) => (
+        Cmd::Pool(PoolCmd::Remove { pool, domain, wait }) => (
             Method::DELETE,
             format!(
-                "/v1/pools/{}/members/{}",
+                "/v1/pools/{}/members/{}{}",
                 path_seg(pool)?,
-                path_seg(domain)?
+                path_seg(domain)?,
+                wait_q(*wait)
             ),
             None,
         ),
@@ -234,20 +433,20 @@ async fn run(cli: Cli) -> Result<String, Fail> {
             format!("/v1/pools/{}{}", path_seg(&a.pool)?, wait_q(a.wait)),
             Some(to_json(&pool_spec(a)?)?),
         ),
-        Cmd::Pool(PoolCmd::Delete { pool }) => (
+        Cmd::Pool(PoolCmd::Delete { pool, wait }) => (
             Method::DELETE,
-            format!("/v1/pools/{}", path_seg(pool)?),
+            format!("/v1/pools/{}{}", path_seg(pool)?, wait_q(*wait)),
             None,
         ),
         Cmd::Domains => (Method::GET, "/v1/domains".into(), None),
-        Cmd::Domain { name } => (
+        Cmd::Domain { domain } => (
             Method::GET,
-            format!("/v1/domains/{}", path_seg(name)?),
+            format!("/v1/domains/{}", path_seg(domain)?),
             None,
         ),
         Cmd::Plan => (Method::GET, "/v1/plan".into(), None),
         Cmd::Allocate(a) | Cmd::Release(a) => {
-            let verb = if matches!(cli.cmd, Cmd::Allocate(_)) {
+            let verb = if matches!(cmd, Cmd::Allocate(_)) {
                 "allocate"
             } else {
                 "release"
@@ -260,9 +459,8 @@ async fn run(cli: Cli) -> Result<String, Fail> {
                 disk_iops_sec: a.disk_iops_sec,
             };
             if verb == "allocate" && req.is_empty() {
-                return Err(Fail(
-                    "allocate needs at least one of --vcpus, --memory, --disk-bytes-sec, --disk-iops-sec".into(),
-                    2,
+                return Err(Fail::usage(
+                    "allocate needs at least one of --vcpus, --memory, --disk-bytes-sec, --disk-iops-sec",
                 ));
             }
             (
@@ -277,33 +475,60 @@ async fn run(cli: Cli) -> Result<String, Fail> {
             None,
         ),
         Cmd::Reload => (Method::POST, "/v1/reload".into(), None),
-        Cmd::Pause { pool: None } => (Method::POST, "/v1/pause".into(), None),
-        Cmd::Resume { pool: None } => (Method::POST, "/v1/resume".into(), None),
-        Cmd::Pause { pool: Some(p) } => (
+        Cmd::Pause { pool: None, wait } => {
+            (Method::POST, format!("/v1/pause{}", wait_q(*wait)), None)
+        }
+        Cmd::Resume { pool: None, wait } => {
+            (Method::POST, format!("/v1/resume{}", wait_q(*wait)), None)
+        }
+        Cmd::Pause {
+            pool: Some(p),
+            wait,
+        } => (
             Method::POST,
-            format!("/v1/pools/{}/pause", path_seg(p)?),
+            format!("/v1/pools/{}/pause{}", path_seg(p)?, wait_q(*wait)),
             None,
         ),
-        Cmd::Resume { pool: Some(p) } => (
+        Cmd::Resume {
+            pool: Some(p),
+            wait,
+        } => (
             Method::POST,
-            format!("/v1/pools/{}/resume", path_seg(p)?),
+            format!("/v1/pools/{}/resume{}", path_seg(p)?, wait_q(*wait)),
             None,
         ),
-        Cmd::Events { limit } => (Method::GET, format!("/v1/events?limit={limit}"), None),
         Cmd::Metrics => (Method::GET, "/metrics".into(), None),
+        Cmd::Events(_) | Cmd::Complete(_) => {
+            return Err(Fail::failed("failed", "not a one-request command"))
+        }
     };
     let ans = c.request(method, &path, body).await?;
     ans.ok()?;
-    if matches!(cli.cmd, Cmd::Metrics) {
-        return Ok(String::from_utf8_lossy(&ans.body).into_owned());
+    if matches!(cmd, Cmd::Metrics) {
+        let text = String::from_utf8_lossy(&ans.body);
+        if !json {
+            return Ok(text.into_owned());
+        }
+        let samples = virtpool::cli::promtext::parse(&text)
+            .map_err(|e| Fail::failed("bad_answer", e.to_string()))?;
+        return pretty(&serde_json::json!({ "metrics": samples }));
     }
     if json {
         let v: serde_json::Value = ans.json()?;
-        return serde_json::to_string_pretty(&v)
-            .map(|s| s + "\n")
-            .map_err(|e| Fail(e.to_string(), 1));
+        return pretty(&v);
     }
-    Ok(match &cli.cmd {
+    // Whether a change waited for its cycle (`--wait`).
+    let waited = match cmd {
+        Cmd::Pool(PoolCmd::Add { wait, .. })
+        | Cmd::Pool(PoolCmd::Remove { wait, .. })
+        | Cmd::Pool(PoolCmd::Delete { wait, .. })
+        | Cmd::Pause { wait, .. }
+        | Cmd::Resume { wait, .. } => *wait,
+        Cmd::Pool(PoolCmd::Create(a)) => a.wait,
+        Cmd::Allocate(a) | Cmd::Release(a) => a.wait,
+        _ => false,
+    };
+    Ok(match cmd {
         Cmd::Status => render_status(&ans.json()?),
         Cmd::Pools => {
             let p: PoolsResponse = ans.json()?;
@@ -321,7 +546,7 @@ async fn run(cli: Cli) -> Result<String, Fail> {
         Cmd::Domains => render_domains(&ans.json()?),
         Cmd::Domain { .. } => render_domain(&ans.json()?),
         Cmd::Plan => render_plan(&ans.json()?),
-        Cmd::Allocate(a) | Cmd::Release(a) => {
+        Cmd::Allocate(_) | Cmd::Release(_) => {
             let r: ReservationResponse = ans.json()?;
             let mut s = format!(
                 "{} in pool {}: reservation {}{}\n",
@@ -330,7 +555,7 @@ async fn run(cli: Cli) -> Result<String, Fail> {
                 describe(&r.reservation),
                 if r.changed { "" } else { " (unchanged)" }
             );
-            s.push_str(&render_waited(a.wait && r.changed, r.cycle.as_ref()));
+            s.push_str(&render_waited(waited, r.changed, r.cycle.as_ref()));
             s
         }
         Cmd::Reconcile { .. } => {
@@ -351,7 +576,6 @@ async fn run(cli: Cli) -> Result<String, Fail> {
             }
             s
         }
-        Cmd::Events { .. } => render_events(&ans.json()?),
         Cmd::Pool(_) | Cmd::Pause { .. } | Cmd::Resume { .. } => {
             let r: ChangeResponse = ans.json()?;
             let mut s = format!(
@@ -363,33 +587,379 @@ async fn run(cli: Cli) -> Result<String, Fail> {
                     " (nothing to change)"
                 }
             );
-            let waited = matches!(&cli.cmd, Cmd::Pool(PoolCmd::Create(a)) if a.wait);
-            s.push_str(&render_waited(waited && r.changed, r.cycle.as_ref()));
+            // A pause holds at once: the members are left untouched from
+            // now on, whatever the next cycle plans.
+            if matches!(cmd, Cmd::Pause { .. }) && !waited {
+                return Ok(s);
+            }
+            s.push_str(&render_waited(waited, r.changed, r.cycle.as_ref()));
             s
         }
-        Cmd::Metrics => String::new(),
+        Cmd::Metrics | Cmd::Events(_) | Cmd::Complete(_) => String::new(),
     })
 }
 
+fn pretty<T: serde::Serialize>(v: &T) -> Result<String, Fail> {
+    serde_json::to_string_pretty(v)
+        .map(|s| s + "\n")
+        .map_err(|e| Fail::failed("failed", e.to_string()))
+}
+
+// ------------------------------------------------------------------ events
+
+/// The most events one request returns (the API's cap).
+const PAGE: usize = 1000;
+/// How often `--follow` asks for new events.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+
+async fn events_page(
+    c: &Client,
+    since: Option<u64>,
+    before: Option<u64>,
+) -> Result<Vec<Event>, Fail> {
+    let mut path = format!("/v1/events?limit={PAGE}");
+    if let Some(s) = since {
+        let _ = write!(path, "&since={s}");
+    }
+    if let Some(b) = before {
+        let _ = write!(path, "&before={b}");
+    }
+    let r: EventsResponse = c.get(&path).await?;
+    Ok(r.events)
+}
+
+/// `--pool`: the pool's members now (names and UUIDs, and domains added
+/// but not planned yet). A pool that does not exist (any more) has none:
+/// only past events naming it match.
+async fn pool_scope(c: &Client, name: &str, warn: bool) -> Result<PoolScope, Fail> {
+    let mut scope = PoolScope {
+        name: name.to_string(),
+        members: Default::default(),
+    };
+    match c
+        .get::<PoolView>(&format!("/v1/pools/{}", path_seg(name)?))
+        .await
+    {
+        Ok(p) => {
+            for m in p.members {
+                scope.members.insert(m.name);
+                scope.members.insert(m.uuid);
+            }
+            scope.members.extend(p.pending);
+        }
+        Err(ClientError::Api { status: 404, .. }) => {
+            if warn {
+                err(&format!(
+                    "virtpoolctl: no pool {name:?} now: only events that name it are shown\n"
+                ));
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(scope)
+}
+
+fn print_events(evs: &[Event], json: bool, lines: bool) -> Result<(), Fail> {
+    if json && lines {
+        let mut text = String::new();
+        for ev in evs {
+            let line =
+                serde_json::to_string(ev).map_err(|e| Fail::failed("failed", e.to_string()))?;
+            text.push_str(&line);
+            text.push('\n');
+        }
+        out(&text);
+    } else if json {
+        out(&pretty(&EventsResponse {
+            events: evs.to_vec(),
+        })?);
+    } else if lines {
+        for ev in evs {
+            out(&(event_text::line(ev) + "\n"));
+        }
+    } else {
+        out(&event_text::render(evs));
+    }
+    Ok(())
+}
+
+/// `events`: the newest matching events (paging back through the audit
+/// log as far as `--since` or `--limit` asks), then with `--follow` the
+/// new ones every [`FOLLOW_EVERY`] until interrupted.
+async fn events(c: &Client, a: &EventsArgs, json: bool) -> Result<(), Fail> {
+    let since = a
+        .since
+        .as_deref()
+        .map(|s| event_text::parse_since(s, SystemTime::now()))
+        .transpose()
+        .map_err(Fail::usage)?;
+    let limit = a
+        .limit
+        .unwrap_or(if since.is_some() { usize::MAX } else { 50 });
+    if let Some(d) = &a.domain {
+        path_seg(d)?;
+    }
+    let mut filter = EventFilter {
+        since,
+        pool: None,
+        domain: a.domain.clone(),
+    };
+    if let Some(p) = &a.pool {
+        filter.pool = Some(pool_scope(c, p, true).await?);
+    }
+    // Newest first while paging back.
+    let mut shown: Vec<Event> = Vec::new();
+    let mut newest: Option<u64> = None;
+    let mut before = None;
+    'pages: while shown.len() < limit {
+        let page = events_page(c, None, before).await?;
+        if newest.is_none() {
+            newest = Some(page.last().map_or(0, |e| e.seq));
+        }
+        for ev in page.iter().rev() {
+            if filter.is_older(ev) {
+                break 'pages;
+            }
+            if filter.matches(ev) {
+                shown.push(ev.clone());
+                if shown.len() >= limit {
+                    break 'pages;
+                }
+            }
+        }
+        match page.first() {
+            Some(first) if page.len() >= PAGE => before = Some(first.seq),
+            _ => break,
+        }
+    }
+    shown.reverse();
+    if !a.follow {
+        return print_events(&shown, json, false);
+    }
+    print_events(&shown, json, true)?;
+    follow(c, a, json, filter, newest.unwrap_or(0)).await
+}
+
+/// `events --follow`: polls for events after `last`, prints those that
+/// match, until interrupted (Ctrl-C ends it with exit 0). An agent that
+/// cannot be reached is said once and asked again.
+async fn follow(
+    c: &Client,
+    a: &EventsArgs,
+    json: bool,
+    mut filter: EventFilter,
+    mut last: u64,
+) -> Result<(), Fail> {
+    let mut down = false;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        tokio::select! {
+            _ = &mut interrupted => return Ok(()),
+            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+        }
+        // Nothing may come for long: notice a reader that went away
+        // meanwhile, as a write would.
+        if reader_gone() {
+            std::process::exit(0);
+        }
+        let got = async {
+            if let Some(p) = &a.pool {
+                filter.pool = Some(pool_scope(c, p, false).await?);
+            }
+            // The newest page, then back to `last` if more came.
+            let mut new = events_page(c, Some(last), None).await?;
+            while new.len() >= PAGE {
+                let older = events_page(c, Some(last), new.first().map(|e| e.seq)).await?;
+                if older.is_empty() {
+                    break;
+                }
+                new.splice(0..0, older);
+            }
+            Ok::<_, Fail>(new)
+        }
+        .await;
+        match got {
+            Ok(new) => {
+                if down {
+                    err("virtpoolctl: virtpoold answers again\n");
+                    down = false;
+                }
+                if let Some(e) = new.last() {
+                    last = e.seq;
+                }
+                let shown: Vec<Event> = new.into_iter().filter(|e| filter.matches(e)).collect();
+                print_events(&shown, json, true)?;
+            }
+            Err(f) if f.exit == 1 && !down => {
+                err(&format!("virtpoolctl: {}; trying again\n", f.message));
+                down = true;
+            }
+            Err(f) if f.exit == 1 => {}
+            Err(f) => return Err(f),
+        }
+    }
+}
+
+// -------------------------------------------------------------- completion
+
+/// How long a completion may wait for the agent.
+const COMPLETE_WITHIN: Duration = Duration::from_secs(2);
+
+/// `__complete pools|domains`: the names, one per line. `__complete line
+/// WORDS`: the names that fit the word being completed (the last of
+/// WORDS) when it is a pool or domain argument; exit 1 when it is not
+/// (the script then completes as usual). An agent that cannot be reached
+/// gives no names.
+async fn complete(c: &Client, a: &CompleteArgs) -> Result<(), Fail> {
+    let not_a_name = || Fail {
+        code: "not_a_name".into(),
+        message: String::new(),
+        exit: 1,
+    };
+    let (kind, client) = match a.what.as_str() {
+        "pools" | "domains" => (a.what.clone(), c.clone()),
+        "line" => {
+            let kind = name_slot(&Cli::command(), &a.words).ok_or_else(not_a_name)?;
+            (
+                kind.to_string(),
+                socket_in(&a.words).map_or(c.clone(), Client::new),
+            )
+        }
+        other => {
+            return Err(Fail::usage(format!(
+                "__complete {other:?}: pools, domains or line"
+            )))
+        }
+    };
+    let prefix = if a.what == "line" {
+        a.words.last().map_or("", String::as_str)
+    } else {
+        ""
+    };
+    let names = tokio::time::timeout(COMPLETE_WITHIN, async {
+        if kind == "pools" {
+            let r: PoolsResponse = client.get("/v1/pools?members=false").await?;
+            Ok::<_, ClientError>(r.pools.into_iter().map(|p| p.name).collect::<Vec<_>>())
+        } else {
+            let r: DomainsResponse = client.get("/v1/domains").await?;
+            Ok(r.domains.into_iter().map(|d| d.name).collect())
+        }
+    })
+    .await;
+    let mut text = String::new();
+    if let Ok(Ok(names)) = names {
+        for n in names.iter().filter(|n| n.starts_with(prefix)) {
+            text.push_str(n);
+            text.push('\n');
+        }
+    }
+    out(&text);
+    Ok(())
+}
+
+/// `--socket PATH` (or `--socket=PATH`) among the words of a command line.
+fn socket_in(words: &[String]) -> Option<PathBuf> {
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        if w == "--" {
+            break;
+        }
+        if w == "--socket" {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(p) = w.strip_prefix("--socket=") {
+            return Some(PathBuf::from(p));
+        }
+    }
+    None
+}
+
+/// Whether the last of `words` (a command line after the program name) is
+/// the value of an argument named `pool` or `domain` (a positional one, or
+/// `--pool`/`--domain`): `Some("pools")` or `Some("domains")`.
+fn name_slot(root: &clap::Command, words: &[String]) -> Option<&'static str> {
+    let kind = |id: &str| match id {
+        "pool" => Some("pools"),
+        "domain" => Some("domains"),
+        _ => None,
+    };
+    let (current, before) = words.split_last()?;
+    let mut cmd = root;
+    let mut positional = 0;
+    let mut only_positionals = false;
+    let mut it = before.iter();
+    // An option that takes a value, looked up in the current command and
+    // then the global ones of the root.
+    let option = |cmd: &clap::Command, w: &str| -> Option<clap::Arg> {
+        let find = |c: &clap::Command| {
+            c.get_arguments()
+                .find(|a| {
+                    if let Some(l) = w.strip_prefix("--") {
+                        a.get_long() == Some(l)
+                    } else {
+                        w.len() == 2 && w.chars().nth(1) == a.get_short()
+                    }
+                })
+                .cloned()
+        };
+        find(cmd).or_else(|| find(root))
+    };
+    while let Some(w) = it.next() {
+        if !only_positionals && w == "--" {
+            only_positionals = true;
+            continue;
+        }
+        if !only_positionals && w.starts_with('-') && w.len() > 1 {
+            if w.contains('=') {
+                continue;
+            }
+            if let Some(a) = option(cmd, w) {
+                // Its value is the next word, or the one completed.
+                if a.get_action().takes_values() && it.next().is_none() {
+                    return kind(a.get_id().as_str());
+                }
+            }
+            continue;
+        }
+        if positional == 0 {
+            if let Some(sub) = cmd.find_subcommand(w.as_str()) {
+                cmd = sub;
+                continue;
+            }
+        }
+        positional += 1;
+    }
+    if current.starts_with('-') && !only_positionals {
+        return None;
+    }
+    if cmd.get_subcommands().any(|s| !s.is_hide_set()) {
+        return None;
+    }
+    let arg = cmd.get_positionals().nth(positional)?;
+    kind(arg.get_id().as_str())
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Fail> {
-    serde_json::to_vec(v).map_err(|e| Fail(e.to_string(), 1))
+    serde_json::to_vec(v).map_err(|e| Fail::failed("failed", e.to_string()))
 }
 
 fn pool_spec(a: &CreateArgs) -> Result<PoolSpec, Fail> {
     if let Some(f) = &a.file {
-        let text =
-            std::fs::read_to_string(f).map_err(|e| Fail(format!("{}: {e}", f.display()), 1))?;
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| Fail::failed("bad_file", format!("{}: {e}", f.display())))?;
         let is_toml = f.extension().is_some_and(|e| e == "toml");
         let spec: Result<PoolSpec, String> = if is_toml {
             toml::from_str(&text).map_err(|e| e.to_string())
         } else {
             serde_json::from_str(&text).map_err(|e| e.to_string())
         };
-        return spec.map_err(|e| Fail(format!("{}: {}", f.display(), e.trim()), 1));
+        return spec
+            .map_err(|e| Fail::failed("bad_file", format!("{}: {}", f.display(), e.trim())));
     }
     let amount = |s: &Option<String>, unit: Unit, flag: &str| -> Result<Option<Amount>, Fail> {
         s.as_deref()
-            .map(|v| Amount::parse(v, unit).map_err(|e| Fail(format!("--{flag}: {e}"), 2)))
+            .map(|v| Amount::parse(v, unit).map_err(|e| Fail::usage(format!("--{flag}: {e}"))))
             .transpose()
     };
     let count = |b: Option<Amount>| {
@@ -435,13 +1005,18 @@ fn describe(r: &PerResource<Option<u64>>) -> String {
 }
 
 /// The cycle a change waited for; when it waited and none came (the
-/// agent's wait limit), says so: the change itself is saved.
-fn render_waited(waited: bool, cycle: Option<&CycleResult>) -> String {
+/// agent's wait limit), says so: the change itself is saved. A change that
+/// did not wait says it is saved and applies with the next cycle: views
+/// show the old state until then.
+fn render_waited(waited: bool, changed: bool, cycle: Option<&CycleResult>) -> String {
     match cycle {
         Some(c) => render_cycle(c),
-        None if waited => "no cycle finished within the agent's wait limit (its cycle is still \
-                           running): the change is saved and applies when that cycle ends\n"
-            .into(),
+        None if waited && changed => {
+            "no cycle finished within the agent's wait limit (its cycle is still \
+             running): the change is saved and applies when that cycle ends\n"
+                .into()
+        }
+        None if changed => SAVED.into(),
         None => String::new(),
     }
 }
@@ -546,21 +1121,27 @@ fn render_status(s: &StatusResponse) -> String {
 }
 
 fn render_pool(p: &PoolView) -> String {
+    let leaving = |name: &str| p.leaving.iter().any(|l| l == name);
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "pool {} ({}){} — {} member(s){}",
+        "pool {} ({}){} — {} member(s){}{}",
         p.name,
         match p.source {
             PoolSource::Config => "config",
             PoolSource::Runtime => "runtime",
         },
         if p.paused { " [paused]" } else { "" },
-        p.members.len(),
+        p.member_count,
+        if p.pending.is_empty() {
+            String::new()
+        } else {
+            format!(", {} pending", p.pending.len())
+        },
         if p.unadmitted.is_empty() {
             String::new()
         } else {
-            format!(", UNADMITTED: {}", p.unadmitted.join(", "))
+            format!(", {} UNADMITTED", p.unadmitted.len())
         }
     );
     let mut rows = vec![vec![
@@ -610,7 +1191,15 @@ fn render_pool(p: &PoolView) -> String {
             let mut why = a.reason.to_string();
             if first {
                 if let Some(note) = &m.note {
-                    why = format!("{why}; {note}");
+                    // A note that starts with the reason says it already.
+                    why = if note.starts_with(&why) {
+                        note.clone()
+                    } else {
+                        format!("{why}; {note}")
+                    };
+                }
+                if leaving(&m.name) {
+                    why = format!("{why}; {LEAVING}");
                 }
             }
             rows.push(vec![
@@ -628,13 +1217,16 @@ fn render_pool(p: &PoolView) -> String {
         }
         if first {
             let (n, s) = head(true);
-            let why = m.note.clone().unwrap_or_else(|| {
+            let mut why = m.note.clone().unwrap_or_else(|| {
                 if m.admitted {
                     "-".into()
                 } else {
                     "unadmitted".into()
                 }
             });
+            if leaving(&m.name) {
+                why = format!("{why}; {LEAVING}");
+            }
             rows.push(vec![
                 n,
                 s,
@@ -648,12 +1240,38 @@ fn render_pool(p: &PoolView) -> String {
             ]);
         }
     }
-    if p.members.is_empty() {
+    for d in &p.pending {
+        rows.push(vec![
+            format!("  {d}"),
+            "pending".into(),
+            "-".into(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            "added; joins with the next cycle".into(),
+        ]);
+    }
+    if p.members.is_empty() && p.pending.is_empty() {
         rows.push(vec!["  (no members)".into()]);
     }
     out.push_str(&table(&rows));
+    if !p.unadmitted.is_empty() {
+        let _ = writeln!(
+            out,
+            "  UNADMITTED ({}): floors do not fit the budget; left untouched",
+            p.unadmitted.len()
+        );
+        for name in &p.unadmitted {
+            let _ = writeln!(out, "    {name}");
+        }
+    }
     out
 }
+
+/// What the WHY column adds for a member removed through the API.
+const LEAVING: &str = "removed; leaves with the next cycle";
 
 fn render_domains(d: &DomainsResponse) -> String {
     let mut rows = vec![vec![
@@ -721,12 +1339,12 @@ fn render_domain(d: &DomainView) -> String {
             rows.push(vec![
                 r.key().into(),
                 format!(
-                    "floor {}, target {}, actual {}, cap {} ({})",
-                    r.human(a.floor),
+                    "target {} (reason: {}), actual {}, floor {}, cap {}",
                     r.human(a.target),
+                    a.reason,
                     r.human(a.actual),
+                    r.human(a.floor),
                     a.cap.map_or_else(|| "none".to_string(), |c| r.human(c)),
-                    a.reason
                 ),
             ]);
         }
@@ -749,35 +1367,7 @@ fn render_plan(p: &PlanResponse) -> String {
     );
     let mut rows = Vec::new();
     for a in &p.actions {
-        use virtpool::core::model::Action as A;
-        let what = match &a.action {
-            A::SetVcpus {
-                from, to, reason, ..
-            } => format!("vcpus {from} → {to} ({reason})"),
-            A::SetMemory {
-                from, to, reason, ..
-            } => format!(
-                "memory {} → {} ({reason})",
-                units::human_bytes(*from),
-                units::human_bytes(*to)
-            ),
-            A::SetBlockIoTune { disk, from, to, .. } => format!(
-                "disk {disk}: {}/s {} IOPS → {}/s {} IOPS",
-                units::human_bytes(from.total_bytes_sec),
-                from.total_iops_sec,
-                units::human_bytes(to.total_bytes_sec),
-                to.total_iops_sec
-            ),
-            A::SetCpuShares { from, to, .. } => format!(
-                "cpu_shares {} → {to}",
-                from.map_or("?".into(), |v| v.to_string())
-            ),
-            A::SetBlkioWeight { from, to, .. } => format!(
-                "blkio weight {} → {to}",
-                from.map_or("?".into(), |v| v.to_string())
-            ),
-            A::SetStatsPeriod { secs, .. } => format!("balloon stats period {secs} s"),
-        };
+        let what = virtpool::cli::report::action(&a.action);
         rows.push(vec![
             format!("  {}", a.action.domain()),
             a.pool.clone().unwrap_or_default(),
@@ -790,61 +1380,4 @@ fn render_plan(p: &PlanResponse) -> String {
         out.push_str(&render_pool(pool));
     }
     out
-}
-
-fn render_events(e: &EventsResponse) -> String {
-    if e.events.is_empty() {
-        return "no events\n".into();
-    }
-    let mut rows = Vec::new();
-    for ev in &e.events {
-        let (kind, text) = match &ev.kind {
-            EventKind::Action {
-                domain,
-                resource,
-                before,
-                after,
-                reason,
-                result,
-                error,
-                ..
-            } => (
-                "action",
-                match error {
-                    None => format!("{domain} {resource} {before} -> {after} ({reason}): {result}"),
-                    Some(e) => {
-                        format!("{domain} {resource} {before} -> {after} ({reason}): {result}: {e}")
-                    }
-                },
-            ),
-            EventKind::ConfigReload { file, ok, error } => (
-                "reload",
-                match (ok, error) {
-                    (true, _) => format!("{file}: ok"),
-                    (false, e) => format!("{file}: refused: {}", e.as_deref().unwrap_or("")),
-                },
-            ),
-            EventKind::LibvirtLost { uri, error } => ("libvirt", format!("{uri} lost: {error}")),
-            EventKind::LibvirtRestored { uri } => ("libvirt", format!("{uri} restored")),
-            EventKind::Unadmitted {
-                pool, domain, note, ..
-            } => (
-                "unadmitted",
-                match note {
-                    None => format!("{domain} in pool {pool}"),
-                    Some(n) => format!("{domain} in pool {pool}: {n}"),
-                },
-            ),
-            EventKind::Started { version } => ("started", format!("virtpoold {version}")),
-            EventKind::Stopping => ("stopping", String::new()),
-            EventKind::Change { uid, message } => ("change", format!("uid {uid}: {message}")),
-        };
-        rows.push(vec![
-            ev.seq.to_string(),
-            ev.time.clone(),
-            kind.to_string(),
-            text,
-        ]);
-    }
-    table(&rows)
 }

@@ -4,4 +4,7 @@
 pub mod assets;
 pub mod client;
 pub mod daemon_args;
+pub mod event_text;
+pub mod man_examples;
+pub mod promtext;
 pub mod report;

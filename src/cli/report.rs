@@ -3,6 +3,7 @@
 
 use crate::core::model::{Reason, Resource};
 use crate::core::planner::{Alloc, Plan, PoolPlan};
+pub use crate::core::words::{action, change};
 use std::fmt::Write;
 
 /// Left-aligned columns separated by two spaces.
@@ -37,13 +38,14 @@ pub fn table(rows: &[Vec<String>]) -> String {
 
 fn pair(r: Resource, a: &Option<Alloc>) -> String {
     match a {
-        Some(a) if a.next != a.target && a.next != a.actual => format!(
-            "{} → {} (target {})",
-            r.human(a.actual),
-            r.human(a.next),
-            r.human(a.target)
-        ),
-        Some(a) if a.next != a.actual => format!("{} → {}", r.human(a.actual), r.human(a.next)),
+        Some(a) if a.next != a.target && a.next != a.actual => {
+            let (from, to) = change(r, a.actual, a.next);
+            format!("{from} → {to} (target {})", r.human(a.target))
+        }
+        Some(a) if a.next != a.actual => {
+            let (from, to) = change(r, a.actual, a.next);
+            format!("{from} → {to}")
+        }
         Some(a) => r.human(a.actual),
         None => "-".into(),
     }

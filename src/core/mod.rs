@@ -8,3 +8,4 @@ pub mod membership;
 pub mod model;
 pub mod planner;
 pub mod units;
+pub mod words;

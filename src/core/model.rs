@@ -435,19 +435,24 @@ impl Action {
             } => (from.to_string(), to.to_string(), reason.to_string()),
             Action::SetMemory {
                 from, to, reason, ..
-            } => (
-                crate::core::units::human_bytes(*from),
-                crate::core::units::human_bytes(*to),
-                reason.to_string(),
-            ),
-            Action::SetBlockIoTune { disk, from, to, .. } => (
-                format!(
-                    "{disk} {}B/s {}IOPS",
-                    from.total_bytes_sec, from.total_iops_sec
-                ),
-                format!("{disk} {}B/s {}IOPS", to.total_bytes_sec, to.total_iops_sec),
-                "share".into(),
-            ),
+            } => {
+                let (f, t) = crate::core::words::change(Resource::Memory, *from, *to);
+                (f, t, reason.to_string())
+            }
+            Action::SetBlockIoTune { disk, from, to, .. } => {
+                let side = |t: &IoTune| {
+                    let bytes = match t.total_bytes_sec {
+                        0 => "unlimited".to_string(),
+                        b => Resource::DiskBytesSec.human(b),
+                    };
+                    let iops = match t.total_iops_sec {
+                        0 => "unlimited IOPS".to_string(),
+                        i => format!("{i} IOPS"),
+                    };
+                    format!("{disk} {bytes}, {iops}")
+                };
+                (side(from), side(to), "share".into())
+            }
             Action::SetCpuShares { from, to, .. } | Action::SetBlkioWeight { from, to, .. } => (
                 from.map_or("unknown".into(), |v| v.to_string()),
                 to.to_string(),

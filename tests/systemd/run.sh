@@ -1,17 +1,21 @@
 #!/bin/bash
 # tests/systemd/run.sh - the real unit under a real systemd: a Debian 12
-# container booted by systemd-nspawn, with virtpoold installed where the
-# package puts it (tests/systemd_boot.rs drives it; it can also be used by
-# hand, as root).
+# container booted by systemd-nspawn, with virtpoold installed by its
+# Debian package, or bound in where the package puts it
+# (tests/systemd_boot.rs drives it; it can also be used by hand, as root).
 #
-#   tests/systemd/run.sh up DIR BIN_DIR   boot a container; DIR is empty
-#   tests/systemd/run.sh down DIR         stop it (always safe to call)
+#   tests/systemd/run.sh up DIR BIN_DIR [DEB]  boot a container; DIR is empty
+#   tests/systemd/run.sh down DIR              stop it (always safe to call)
+#
+# With DEB (a virtpool_*.deb), the package is installed in the booted
+# container with dpkg (--force-confold: the test's config, bound at
+# /etc/virtpool, stays); then nothing is bound in from BIN_DIR or systemd/.
 #
 # `up` installs what is missing (apt: debootstrap, systemd-container), makes
 # the root file system once (debootstrap minbase + systemd, dbus, libvirt0,
 # procps; cached in $SYSTEMD_TEST_CACHE, default
 # /var/cache/virtpool-systemd-test) and boots it with --volatile=overlay,
-# so nothing written inside outlives the container. Bound in:
+# so nothing written inside outlives the container. Bound in (without DEB):
 #   BIN_DIR/virtpoold, BIN_DIR/virtpoolctl  -> /usr/bin/ (read-only)
 #   systemd/virtpoold.service               -> /lib/systemd/system/ (read-only)
 #   config/demo-host.xml                    -> /usr/share/virtpool/ (read-only)
@@ -26,7 +30,7 @@ set -u -o pipefail
 CMD=${1:-}
 R=${2:-}
 if [ -z "$CMD" ] || [ -z "$R" ]; then
-  echo "usage: $0 up DIR BIN_DIR | down DIR" >&2
+  echo "usage: $0 up DIR BIN_DIR [DEB] | down DIR" >&2
   exit 2
 fi
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
@@ -55,8 +59,19 @@ fail() {
 }
 
 up() {
-  local bin=${3:-}
-  [ -x "$bin/virtpoold" ] && [ -x "$bin/virtpoolctl" ] || fail "no virtpoold/virtpoolctl in '$bin'"
+  local bin=${3:-} deb=${4:-}
+  local binds=()
+  if [ -n "$deb" ]; then
+    [ -f "$deb" ] || fail "no package '$deb'"
+    binds=(--bind-ro="$(realpath "$deb"):/var/tmp/virtpool.deb")
+  else
+    [ -x "$bin/virtpoold" ] && [ -x "$bin/virtpoolctl" ] || fail "no virtpoold/virtpoolctl in '$bin'"
+    binds=(
+      --bind-ro="$bin/virtpoold:/usr/bin/virtpoold"
+      --bind-ro="$bin/virtpoolctl:/usr/bin/virtpoolctl"
+      --bind-ro="$SRC/systemd/virtpoold.service:/lib/systemd/system/virtpoold.service"
+    )
+  fi
   [ "$(id -u)" = 0 ] || fail "needs root (systemd-nspawn)"
   local need=()
   command -v debootstrap >/dev/null || need+=(debootstrap)
@@ -86,9 +101,7 @@ up() {
   # --keep-unit: no host systemd to ask for a scope.
   SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=0 setsid systemd-nspawn -D "$ROOT" --volatile=overlay \
     -b --register=no --keep-unit -M "$name" --console=passive \
-    --bind-ro="$bin/virtpoold:/usr/bin/virtpoold" \
-    --bind-ro="$bin/virtpoolctl:/usr/bin/virtpoolctl" \
-    --bind-ro="$SRC/systemd/virtpoold.service:/lib/systemd/system/virtpoold.service" \
+    "${binds[@]}" \
     --bind-ro="$SRC/config/demo-host.xml:/usr/share/virtpool/demo-host.xml" \
     --bind="$R/etc:/etc/virtpool" \
     </dev/null >"$R/console.log" 2>&1 &
@@ -111,10 +124,16 @@ up() {
   done
   case "$state" in running | degraded) ;; *) fail "container did not boot (state '$state')" ;; esac
   echo "container booted: systemd $(nsenter -t "$pid" -a systemctl --version | head -1 | cut -d' ' -f2), state $state" >&2
+  if [ -n "$deb" ]; then
+    nsenter -t "$pid" -a env DEBIAN_FRONTEND=noninteractive \
+      dpkg -i --force-confold /var/tmp/virtpool.deb >"$R/dpkg.log" 2>&1 ||
+      { cat "$R/dpkg.log" >&2; fail "dpkg -i $(basename "$deb") failed"; }
+    echo "installed $(basename "$deb")" >&2
+  fi
 }
 
 case "$CMD" in
   up) up "$@" ;;
   down) down ;;
-  *) echo "usage: $0 up DIR BIN_DIR | down DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 up DIR BIN_DIR [DEB] | down DIR" >&2; exit 2 ;;
 esac
