@@ -425,13 +425,54 @@ pub fn router(handle: Handle) -> axum::Router {
     )
 }
 
-/// Serves `GET /metrics` on a TCP listener until `shutdown`.
+/// Serves `GET /metrics` on a TCP listener until `shutdown`, with the
+/// connection limits and timeouts of `opts` (see [`crate::api::conn`]:
+/// [`ServeOptions::metrics`](crate::api::ServeOptions::metrics) in
+/// `virtpoold`).
 pub async fn serve_tcp(
     listener: tokio::net::TcpListener,
     handle: Handle,
     shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(handle))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    opts: crate::api::ServeOptions,
+) {
+    use crate::api::conn;
+    let router = router(handle);
+    let limiter = conn::Limiter::new(opts.limits(), "metrics");
+    let tasks = conn::Tracker::default();
+    let mut backoff = conn::Backoff::default();
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(s) => { backoff.ok(); s }
+                Err(e) => { backoff.failed(&e, "metrics").await; continue; }
+            },
+        };
+        let Ok(ticket) = limiter.admit(address_key(addr.ip()), false) else {
+            continue;
+        };
+        tasks.spawn(conn::serve(
+            stream,
+            router.clone(),
+            None,
+            opts.conn(),
+            ticket,
+            shutdown.clone(),
+        ));
+    }
+    drop(listener);
+    tasks.wait(opts.drain_timeout).await;
+}
+
+/// A peer address as a limiter key (IPv4-mapped IPv6 as IPv4).
+fn address_key(ip: std::net::IpAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        v6 => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            v6.hash(&mut h);
+            h.finish() | (1 << 63)
+        }
+    }
 }

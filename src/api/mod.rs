@@ -1,9 +1,10 @@
 //! The local control API: HTTP/1.1 + JSON on a Unix socket (SPEC §5).
 //!
 //! How a request flows:
-//! 1. [`server`] accepts a connection (at most 256 at once), reads the
-//!    peer's uid/gid with SO_PEERCRED and serves HTTP/1.1 on it with a
-//!    header read timeout.
+//! 1. [`server`] accepts a connection, reads the peer's uid/gid with
+//!    SO_PEERCRED and serves HTTP/1.1 on it within the limits of [`conn`]
+//!    (256 connections, 64 per uid, 32 kept for root; header, write and
+//!    idle timeouts; one request at a time).
 //! 2. [`routes`] buffers the body (≤ 64 KiB, with a timeout), routes it, and
 //!    parses path, query and body into the typed requests of [`types`]
 //!    (unknown fields rejected).
@@ -36,6 +37,7 @@
 //! reconnects.
 
 pub mod auth;
+pub mod conn;
 pub mod controller;
 pub mod error;
 pub mod events;

@@ -206,6 +206,8 @@ async fn daemon(
     overrides: Overrides,
     log: observability::LogControl,
 ) -> anyhow::Result<ExitCode> {
+    // Raises the open-file limit, caps the listeners well below it.
+    let (api_opts, metrics_opts) = virtpool::api::ServeOptions::for_daemon();
     let runtime = runtime_state(&cfg)?;
     let holds = VcpuHolds::load(&cfg.agent.state_dir)?;
     if !holds.holds.is_empty() {
@@ -260,7 +262,12 @@ async fn daemon(
     let (reloads_tx, reloads) = tokio::sync::mpsc::channel(4);
     let api_state =
         virtpool::api::AppState::new(handle.clone(), api_group).with_reloads(reloads_tx);
-    let api_task = tokio::spawn(virtpool::api::serve(api_sock, api_state, shutdown.clone()));
+    let api_task = tokio::spawn(virtpool::api::serve_with(
+        api_sock,
+        api_state,
+        shutdown.clone(),
+        api_opts,
+    ));
     let task = tokio::spawn(monitor.run(shutdown.clone()));
 
     if let Some(addr) = metrics_listen {
@@ -272,6 +279,7 @@ async fn daemon(
             listener,
             handle.clone(),
             shutdown.clone(),
+            metrics_opts,
         ));
     }
 
