@@ -13,8 +13,9 @@
 //! 4. Changes are authorized ([`auth`]: uid 0 or member of `api.group`),
 //!    then run as one transaction under the runtime mutex: apply to a copy,
 //!    validate (admission for reservations), save `state.json` atomically,
-//!    swap in, answer 2xx — and ask the monitor for a cycle at once
-//!    (`?wait=true` returns after it).
+//!    swap in, record it in the audit log, ask the monitor for a cycle and
+//!    answer 2xx (`?wait=true`: after that cycle). All but the answer runs
+//!    in a task of its own: a client that hangs up does not cut it short.
 //! 5. Every failure is an [`error::Error`]; [`error::Error::status`] is the
 //!    one place that maps it to an HTTP status and a JSON error body.
 //!
