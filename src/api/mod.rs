@@ -5,8 +5,9 @@
 //!    SO_PEERCRED and serves HTTP/1.1 on it within the limits of [`conn`]
 //!    (256 connections, 64 per uid, 32 kept for root; header, write and
 //!    idle timeouts; one request at a time).
-//! 2. [`routes`] buffers the body (≤ 64 KiB, with a timeout), routes it, and
-//!    parses path, query and body into the typed requests of [`types`]
+//! 2. [`routes`] checks the caller of a change or of the audit log first
+//!    ([`auth`]), buffers the body (≤ 64 KiB, with a timeout), routes it,
+//!    and parses path, query and body into the typed requests of [`types`]
 //!    (unknown fields rejected).
 //! 3. Reads are answered by [`controller::AppState`] from the monitor's last
 //!    published snapshot ([`views`]); they never wait on libvirt.

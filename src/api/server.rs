@@ -30,17 +30,33 @@ pub enum ApiError {
     NotASocket(PathBuf),
 }
 
-/// A bound, locked API socket, ready to serve.
+/// A bound, locked API socket, ready to serve. The socket file is removed
+/// when it is dropped (also when the agent fails to start after binding).
 pub struct ApiSocket {
     listener: UnixListener,
-    path: PathBuf,
+    file: SocketFile,
     /// Held for the life of the process: a second agent can't take the socket.
     _lock: Flock<File>,
 }
 
 impl ApiSocket {
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.file.0
+    }
+}
+
+/// The bound socket's path: removed on drop (before the lock is released).
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        match std::fs::remove_file(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(socket = %self.0.display(), error = %e, "cannot remove the API socket");
+            }
+        }
     }
 }
 
@@ -215,6 +231,7 @@ pub async fn bind(path: &Path, group: &str) -> Result<ApiSocket, ApiError> {
         Err(e) => return Err(io(path, "inspect the socket path")(e)),
     }
     let listener = UnixListener::bind(path).map_err(io(path, "bind"))?;
+    let file = SocketFile(path.to_owned());
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(io(path, "set mode 0660 on"))?;
     match auth::group_gid(group) {
@@ -230,7 +247,7 @@ pub async fn bind(path: &Path, group: &str) -> Result<ApiSocket, ApiError> {
     tracing::info!(socket = %path.display(), %group, "API socket bound");
     Ok(ApiSocket {
         listener,
-        path: path.to_owned(),
+        file,
         _lock: lock,
     })
 }
@@ -250,7 +267,7 @@ pub async fn serve_with(
 ) {
     let ApiSocket {
         listener,
-        path,
+        file,
         _lock,
     } = sock;
     let router = routes::router(state, opts.body_timeout);
@@ -288,9 +305,8 @@ pub async fn serve_with(
     if !tasks.wait(opts.drain_timeout).await {
         tracing::warn!("API requests still running at shutdown: abandoned");
     }
-    if let Err(e) = std::fs::remove_file(&path) {
-        tracing::debug!(socket = %path.display(), error = %e, "cannot remove the API socket");
-    }
+    let path = file.0.clone();
+    drop(file);
     tracing::info!(socket = %path.display(), "API stopped");
 }
 
