@@ -1020,12 +1020,13 @@ async fn runtime_changes_survive_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_over_the_cap_wait_for_a_free_slot() {
-    use tokio::io::AsyncWriteExt;
+async fn connections_over_the_cap_close_the_quietest_or_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let opts = ServeOptions {
         max_connections: 2,
-        header_timeout: Duration::from_millis(700),
+        header_timeout: Duration::from_secs(5),
+        body_timeout: Duration::from_millis(1500),
         ..Default::default()
     };
     let a = Agent::start(
@@ -1036,24 +1037,60 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
         opts,
     )
     .await;
+    async fn closed(s: &mut tokio::net::UnixStream, within: Duration) -> Option<Vec<u8>> {
+        let mut buf = Vec::new();
+        match tokio::time::timeout(within, s.read_to_end(&mut buf)).await {
+            Ok(_) => Some(buf),
+            Err(_) => None,
+        }
+    }
     // Two clients that never finish their headers hold both slots...
     let mut idle = Vec::new();
     for _ in 0..2 {
         let mut s = tokio::net::UnixStream::connect(&a.socket).await.unwrap();
         s.write_all(b"GET /v1/status HTTP/1.1\r\n").await.unwrap();
         idle.push(s);
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // ...so a third is served only once the header timeout frees one.
+    // ...a third is served at once: the older quiet one is closed for it.
     let t0 = std::time::Instant::now();
     let (code, _) = a.call("GET", "/v1/status", None).await;
     assert_eq!(code, 200);
-    let waited = t0.elapsed();
-    assert!(
-        waited >= Duration::from_millis(400),
-        "served after {waited:?}: cap not enforced"
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(
+        closed(&mut idle[0], Duration::from_secs(2)).await,
+        Some(Vec::new()),
+        "the oldest quiet connection is closed without an answer"
     );
-    assert!(waited < Duration::from_secs(5), "served after {waited:?}");
+    assert_eq!(closed(&mut idle[1], Duration::from_millis(300)).await, None);
+    drop(idle);
+    // Two requests being handled (their bodies are still coming) are never
+    // closed: a third connection is refused at once.
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::UnixStream::connect(&a.socket).await.unwrap();
+        s.write_all(b"POST /v1/pause HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{")
+            .await
+            .unwrap();
+        busy.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = tokio::net::UnixStream::connect(&a.socket).await.unwrap();
+    let _ = third
+        .write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let refused = closed(&mut third, Duration::from_secs(1)).await;
+    assert!(
+        refused.as_ref().is_some_and(|b| b.is_empty()),
+        "{refused:?}"
+    );
+    // The busy ones get their answer (408: the body never came).
+    for s in &mut busy {
+        let text = closed(s, Duration::from_secs(5)).await.unwrap();
+        let text = String::from_utf8_lossy(&text);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    assert_eq!(a.call("GET", "/v1/status", None).await.0, 200);
     a.stop().await;
 }
 

@@ -268,7 +268,7 @@ async fn refusals_exit_1_with_the_agents_message_and_usage_errors_exit_2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn other_uids_may_read_but_only_group_members_may_change() {
+async fn other_uids_may_read_but_only_group_members_may_change_or_read_events() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     // api.group = staff (gid 50).
@@ -290,11 +290,18 @@ async fn other_uids_may_read_but_only_group_members_may_change() {
         &["pools"][..],
         &["domains"][..],
         &["plan"][..],
-        &["events"][..],
     ] {
         let o = ctl_as(&s, nobody, args).await;
         assert_eq!(o.code, 0, "{args:?}: {}", o.stderr);
     }
+    // The audit log says who changed what: members only.
+    let o = ctl_as(&s, nobody, &["events"]).await;
+    assert_eq!(o.code, 1);
+    assert_eq!(
+        o.stderr,
+        "virtpoolctl: uid 65534 may not read the audit log: it needs root or membership of group \"staff\"\n"
+    );
+    assert_eq!(ctl_as(&s, Some((65534, 50)), &["events"]).await.code, 0);
     for args in [
         &["pause"][..],
         &["reconcile"][..],

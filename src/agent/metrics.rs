@@ -1,13 +1,13 @@
 //! Prometheus metrics: [`render`] turns the published [`Report`] and the
 //! reconciler's running [`Counters`] into the text exposition format (0.0.4).
 //! Pure: no registry, no globals; the API's `GET /metrics` and the optional
-//! TCP listener (`agent.metrics_listen`, [`serve_tcp`]) both call it.
+//! TCP listener (`agent.metrics_listen`, `crate::api::metrics_tcp`) both
+//! call it.
 //!
 //! Units: resource amounts carry a `resource` label and are in the
 //! resource's own unit — `vcpus` (count), `memory` (bytes),
 //! `disk_bytes_sec` (bytes/s), `disk_iops_sec` (operations/s).
 
-use crate::agent::reconciler::Handle;
 use crate::agent::report::{Counters, Report};
 use crate::core::model::Resource;
 use std::fmt::Write;
@@ -339,32 +339,4 @@ pub fn render(st: &Report, c: &Counters) -> String {
         b(c.last_reload_ok.unwrap_or(true)),
     );
     o.text
-}
-
-/// `GET /metrics` for a [`Handle`] (mount on any axum router).
-pub fn router(handle: Handle) -> axum::Router {
-    use axum::routing::get;
-    axum::Router::new().route(
-        "/metrics",
-        get(move || {
-            let h = handle.clone();
-            async move {
-                (
-                    [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
-                    render(&h.report(), &h.counters()),
-                )
-            }
-        }),
-    )
-}
-
-/// Serves `GET /metrics` on a TCP listener until `shutdown`.
-pub async fn serve_tcp(
-    listener: tokio::net::TcpListener,
-    handle: Handle,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(handle))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }

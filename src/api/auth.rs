@@ -1,6 +1,8 @@
-//! Who may change things: uid 0, or a member of `api.group` (its primary
-//! group, a supplementary group in the group database, or the peer's own
-//! gid from SO_PEERCRED). Anyone who can open the socket may read.
+//! Who may change things and read the audit log: uid 0, or a member of
+//! `api.group` (its primary group, a supplementary group in the group
+//! database, or the peer's own gid from SO_PEERCRED). Anyone who can open
+//! the socket (mode 0660, group `api.group`: root and the group's members)
+//! may read the rest.
 
 use super::error::Error;
 use nix::unistd::{Gid, Group, Uid, User};
@@ -15,17 +17,38 @@ pub struct Peer {
     pub pid: Option<i32>,
 }
 
+/// What needs root or the API group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privilege {
+    /// Any change (every method but GET and HEAD).
+    Change,
+    /// Reading the audit log (`/v1/events`, `/v1/audit`): it names who
+    /// changed what, and is mode 0640 on disk.
+    Audit,
+}
+
 /// Checks that `peer` may make changes when the API group is `group`.
 pub fn authorize_change(peer: Option<Peer>, group: &str) -> Result<(), Error> {
+    authorize(peer, group, Privilege::Change)
+}
+
+/// Checks that `peer` has `what` when the API group is `group`.
+pub fn authorize(peer: Option<Peer>, group: &str, what: Privilege) -> Result<(), Error> {
     let Some(peer) = peer else {
         return Err(Error::NoPeer);
     };
     if peer.uid == 0 || in_group(peer, group) {
         return Ok(());
     }
-    Err(Error::Forbidden {
-        uid: peer.uid,
-        group: group.to_string(),
+    Err(match what {
+        Privilege::Change => Error::Forbidden {
+            uid: peer.uid,
+            group: group.to_string(),
+        },
+        Privilege::Audit => Error::ForbiddenAudit {
+            uid: peer.uid,
+            group: group.to_string(),
+        },
     })
 }
 
@@ -77,5 +100,8 @@ mod tests {
         assert!(e.to_string().contains("uid 65534"), "{e}");
         assert!(matches!(authorize_change(None, "root"), Err(Error::NoPeer)));
         assert!(authorize_change(peer(65534, 65534), "no-such-group-xyz").is_err());
+        let e = authorize(peer(65534, 65534), "root", Privilege::Audit).unwrap_err();
+        assert!(e.to_string().contains("audit log"), "{e}");
+        assert!(authorize(peer(65534, 0), "root", Privilege::Audit).is_ok());
     }
 }

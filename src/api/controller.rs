@@ -306,13 +306,34 @@ impl AppState {
         peer: Option<Peer>,
         wait: bool,
         f: F,
-        domain_of: impl FnOnce(&T) -> Option<String>,
+        domain_of: impl FnOnce(&T) -> Option<String> + Send + 'static,
     ) -> Result<(Outcome<T>, Option<CycleResult>), Error>
     where
         T: Send + 'static,
         F: FnOnce(&Ctx, &mut RuntimeState) -> Result<Outcome<T>, Error> + Send + 'static,
     {
         auth::authorize_change(peer, &self.inner.group)?;
+        // A task of its own: when the client goes away (its request future
+        // is dropped), a saved change still gets its audit record, log line
+        // and cycle.
+        let me = self.clone();
+        tokio::spawn(async move { me.commit(peer, wait, f, domain_of).await })
+            .await
+            .map_err(|e| Error::Internal(format!("change task failed: {e}")))?
+    }
+
+    /// The transaction, then its record and its cycle.
+    async fn commit<T, F>(
+        self,
+        peer: Option<Peer>,
+        wait: bool,
+        f: F,
+        domain_of: impl FnOnce(&T) -> Option<String>,
+    ) -> Result<(Outcome<T>, Option<CycleResult>), Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Ctx, &mut RuntimeState) -> Result<Outcome<T>, Error> + Send + 'static,
+    {
         let me = self.clone();
         let out = tokio::task::spawn_blocking(move || me.transact(f))
             .await

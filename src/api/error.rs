@@ -23,6 +23,11 @@ pub enum Error {
         "uid {uid} may read but not change: changes need root or membership of group {group:?}"
     )]
     Forbidden { uid: u32, group: String },
+    /// The audit log needs uid 0 or membership of the API group.
+    #[error(
+        "uid {uid} may not read the audit log: it needs root or membership of group {group:?}"
+    )]
+    ForbiddenAudit { uid: u32, group: String },
     /// Peer credentials could not be read: refuse changes.
     #[error("cannot identify the caller: changes refused")]
     NoPeer,
@@ -89,7 +94,9 @@ impl Error {
             Error::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
-            Error::Forbidden { .. } | Error::NoPeer => (StatusCode::FORBIDDEN, "forbidden"),
+            Error::Forbidden { .. } | Error::ForbiddenAudit { .. } | Error::NoPeer => {
+                (StatusCode::FORBIDDEN, "forbidden")
+            }
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")

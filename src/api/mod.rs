@@ -1,19 +1,22 @@
 //! The local control API: HTTP/1.1 + JSON on a Unix socket (SPEC §5).
 //!
 //! How a request flows:
-//! 1. [`server`] accepts a connection (at most 256 at once), reads the
-//!    peer's uid/gid with SO_PEERCRED and serves HTTP/1.1 on it with a
-//!    header read timeout.
-//! 2. [`routes`] buffers the body (≤ 64 KiB, with a timeout), routes it, and
-//!    parses path, query and body into the typed requests of [`types`]
+//! 1. [`server`] accepts a connection, reads the peer's uid/gid with
+//!    SO_PEERCRED and serves HTTP/1.1 on it within the limits of [`conn`]
+//!    (256 connections, 64 per uid, 32 kept for root; header, write and
+//!    idle timeouts; one request at a time).
+//! 2. [`routes`] checks the caller of a change or of the audit log first
+//!    ([`auth`]), buffers the body (≤ 64 KiB, with a timeout), routes it,
+//!    and parses path, query and body into the typed requests of [`types`]
 //!    (unknown fields rejected).
 //! 3. Reads are answered by [`controller::AppState`] from the monitor's last
 //!    published snapshot ([`views`]); they never wait on libvirt.
 //! 4. Changes are authorized ([`auth`]: uid 0 or member of `api.group`),
 //!    then run as one transaction under the runtime mutex: apply to a copy,
 //!    validate (admission for reservations), save `state.json` atomically,
-//!    swap in, answer 2xx — and ask the monitor for a cycle at once
-//!    (`?wait=true` returns after it).
+//!    swap in, record it in the audit log, ask the monitor for a cycle and
+//!    answer 2xx (`?wait=true`: after that cycle). All but the answer runs
+//!    in a task of its own: a client that hangs up does not cut it short.
 //! 5. Every failure is an [`error::Error`]; [`error::Error::status`] is the
 //!    one place that maps it to an HTTP status and a JSON error body.
 //!
@@ -36,9 +39,11 @@
 //! reconnects.
 
 pub mod auth;
+pub mod conn;
 pub mod controller;
 pub mod error;
 pub mod events;
+pub mod metrics_tcp;
 pub mod routes;
 pub mod server;
 pub mod types;

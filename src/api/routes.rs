@@ -5,7 +5,7 @@
 //! To add an endpoint (e.g. `GET /metrics`), add a `.route(...)` in
 //! [`routes`].
 
-use super::auth::Peer;
+use super::auth::{Peer, Privilege};
 use super::controller::{self, AppState};
 use super::error::Error;
 use super::types::*;
@@ -94,7 +94,8 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-/// The complete service: routes, JSON fallbacks, body limit and timeout.
+/// The complete service: who may ask, routes, JSON fallbacks, body limit
+/// and timeout.
 pub fn router(state: AppState, body_timeout: Duration) -> Router {
     routes()
         .fallback(not_found)
@@ -103,7 +104,32 @@ pub fn router(state: AppState, body_timeout: Duration) -> Router {
             body_timeout,
             buffer_body,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         .with_state(state)
+}
+
+/// Whether a request needs root or the API group (see [`super::auth`]):
+/// every method but GET/HEAD (changes), and the audit log.
+fn privileged(method: &Method, path: &str) -> Option<Privilege> {
+    if path == "/v1/events" || path == "/v1/audit" {
+        return Some(Privilege::Audit);
+    }
+    (method != Method::GET && method != Method::HEAD).then_some(Privilege::Change)
+}
+
+/// Checks the caller before anything else (before a body is read or
+/// parsed): an unprivileged peer gets 403 whatever it sent.
+async fn authorize(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(what) = privileged(req.method(), req.uri().path()) {
+        let peer = req.extensions().get::<Peer>().copied();
+        if let Err(e) = super::auth::authorize(peer, s.group(), what) {
+            return e.into_response();
+        }
+    }
+    next.run(req).await
 }
 
 async fn not_found(uri: Uri) -> Error {

@@ -1,20 +1,18 @@
 //! The Unix socket: start-up (lock, stale socket, bind, chmod, chgrp) and
-//! the accept loop (connection cap, header read timeout, graceful stop).
+//! the accept loop (connection limits per uid, timeouts: see [`conn`],
+//! graceful stop).
 
 use super::auth::{self, Peer};
+use super::conn::{self, Limiter, Limits};
 use super::controller::AppState;
 use super::routes;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::File;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 /// Why the socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -32,30 +30,62 @@ pub enum ApiError {
     NotASocket(PathBuf),
 }
 
-/// A bound, locked API socket, ready to serve.
+/// A bound, locked API socket, ready to serve. The socket file is removed
+/// when it is dropped (also when the agent fails to start after binding).
 pub struct ApiSocket {
     listener: UnixListener,
-    path: PathBuf,
+    file: SocketFile,
     /// Held for the life of the process: a second agent can't take the socket.
     _lock: Flock<File>,
 }
 
 impl ApiSocket {
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.file.0
     }
 }
 
-/// Limits of the server; [`ServeOptions::default`] is what `virtpoold` uses.
+/// The bound socket's path: removed on drop (before the lock is released).
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        match std::fs::remove_file(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(socket = %self.0.display(), error = %e, "cannot remove the API socket");
+            }
+        }
+    }
+}
+
+/// Limits of the server (see [`conn`]); [`ServeOptions::default`] is what
+/// `virtpoold` uses on the socket (fitted to its open-file limit with
+/// [`ServeOptions::within_fd_limit`]), [`ServeOptions::metrics`] over TCP.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
-    /// Concurrent connections; more wait in the listen backlog.
+    /// Open connections at most. Over a limit, the quietest connection in
+    /// reach is closed for the new one, or the new one is refused.
     pub max_connections: usize,
+    /// Open connections per peer: per uid on the socket (uid 0 has no
+    /// share: it may use every slot), per address over TCP.
+    pub per_peer_connections: usize,
+    /// Slots only uid 0 can take.
+    pub reserved_for_root: usize,
     /// A client must send a request's headers within this time (also bounds
     /// how long an idle keep-alive connection is kept).
     pub header_timeout: Duration,
     /// And its body within this time.
     pub body_timeout: Duration,
+    /// From the first bytes of a reply the client does not take, it has
+    /// this long to take the whole reply; then the connection is closed.
+    pub write_timeout: Duration,
+    /// A connection is closed after its request in progress once it is
+    /// this old.
+    pub max_lifetime: Duration,
+    /// Bytes of requests read ahead per connection (at least 8 KiB).
+    pub max_buf_size: usize,
     /// On shutdown, in-flight requests get this long to finish.
     pub drain_timeout: Duration,
 }
@@ -64,9 +94,88 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             max_connections: 256,
+            per_peer_connections: 64,
+            reserved_for_root: 32,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            max_lifetime: Duration::from_secs(600),
+            max_buf_size: 16 * 1024,
             drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ServeOptions {
+    /// The TCP metrics listener: 64 connections, no per-address share, no
+    /// reserve (there is no root over TCP).
+    pub fn metrics() -> ServeOptions {
+        ServeOptions {
+            max_connections: 64,
+            per_peer_connections: 64,
+            reserved_for_root: 0,
+            ..ServeOptions::default()
+        }
+    }
+
+    /// Caps the connections at `1/share` of `fd_limit` (open files of the
+    /// process), the per-peer share and the reserve scaled alike, so that
+    /// the listeners together cannot run the agent out of file
+    /// descriptors: `virtpoold` gives the socket a quarter and the TCP
+    /// listener a sixteenth (256 and 64 from a limit of 1,024 up).
+    pub fn within_fd_limit(mut self, fd_limit: u64, share: u64) -> ServeOptions {
+        let cap = usize::try_from(fd_limit / share.max(1)).unwrap_or(usize::MAX);
+        let old = self.max_connections.max(1);
+        if cap < old {
+            let max = cap.max(2);
+            let scale = |n: usize| match n {
+                0 => 0,
+                n => (n.saturating_mul(max) / old).max(1),
+            };
+            self.per_peer_connections = scale(self.per_peer_connections);
+            self.reserved_for_root = scale(self.reserved_for_root).min(max - 1);
+            self.max_connections = max;
+        }
+        self
+    }
+
+    /// What `virtpoold` uses on the socket and over TCP: raises the soft
+    /// open-file limit to the hard one, then gives the socket a quarter of
+    /// it and the TCP listener a sixteenth at most, so that a flood on one
+    /// listener cannot take the files the other, libvirt or the state need.
+    pub fn for_daemon() -> (ServeOptions, ServeOptions) {
+        let fd_limit = match conn::raise_fd_limit() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the open-file limit: assuming 1024");
+                1024
+            }
+        };
+        let api = ServeOptions::default().within_fd_limit(fd_limit, 4);
+        let metrics = ServeOptions::metrics().within_fd_limit(fd_limit, 16);
+        tracing::debug!(
+            fd_limit,
+            api = api.max_connections,
+            metrics = metrics.max_connections,
+            "connection caps"
+        );
+        (api, metrics)
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            per_peer: self.per_peer_connections,
+            reserved_for_root: self.reserved_for_root,
+        }
+    }
+
+    pub(crate) fn conn(&self) -> conn::ConnOptions {
+        conn::ConnOptions {
+            header_timeout: self.header_timeout,
+            write_timeout: self.write_timeout,
+            max_lifetime: self.max_lifetime,
+            max_buf_size: self.max_buf_size,
         }
     }
 }
@@ -122,6 +231,7 @@ pub async fn bind(path: &Path, group: &str) -> Result<ApiSocket, ApiError> {
         Err(e) => return Err(io(path, "inspect the socket path")(e)),
     }
     let listener = UnixListener::bind(path).map_err(io(path, "bind"))?;
+    let file = SocketFile(path.to_owned());
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(io(path, "set mode 0660 on"))?;
     match auth::group_gid(group) {
@@ -137,7 +247,7 @@ pub async fn bind(path: &Path, group: &str) -> Result<ApiSocket, ApiError> {
     tracing::info!(socket = %path.display(), %group, "API socket bound");
     Ok(ApiSocket {
         listener,
-        path: path.to_owned(),
+        file,
         _lock: lock,
     })
 }
@@ -157,33 +267,19 @@ pub async fn serve_with(
 ) {
     let ApiSocket {
         listener,
-        path,
+        file,
         _lock,
     } = sock;
     let router = routes::router(state, opts.body_timeout);
-    let max = opts.max_connections.max(1);
-    let slots = Arc::new(Semaphore::new(max));
-    let mut failures: u32 = 0;
+    let limiter = Limiter::new(opts.limits(), "api");
+    let tasks = conn::Tracker::default();
+    let mut backoff = conn::Backoff::default();
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
-                Ok((s, _)) => { failures = 0; s }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    failures = failures.saturating_add(1);
-                    let pause = Duration::from_millis(10u64 << failures.min(7));
-                    tracing::warn!(error = %e, retry_in = ?pause, "API accept failed");
-                    tokio::time::sleep(pause).await;
-                    continue;
-                }
+                Ok((s, _)) => { backoff.ok(); s }
+                Err(e) => { backoff.failed(&e, "api").await; continue; }
             },
         };
         let peer = stream.peer_cred().ok().map(|c| Peer {
@@ -191,48 +287,68 @@ pub async fn serve_with(
             gid: c.gid(),
             pid: c.pid(),
         });
-        let router = router.clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    if let Some(p) = peer {
-                        req.extensions_mut().insert(p);
-                    }
-                    router.clone().oneshot(req)
-                },
-            );
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(opts.header_timeout)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "API connection ended with an error");
-                    }
-                }
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
+        // Unknown credentials count as one unprivileged peer.
+        let uid = peer.map_or(u32::MAX, |p| p.uid);
+        let Ok(ticket) = limiter.admit(u64::from(uid), uid == 0) else {
+            continue;
+        };
+        tasks.spawn(conn::serve(
+            stream,
+            router.clone(),
+            peer,
+            opts.conn(),
+            ticket,
+            shutdown.clone(),
+        ));
     }
     drop(listener);
-    // Every slot back = every connection finished.
-    let all = u32::try_from(max).unwrap_or(u32::MAX);
-    if tokio::time::timeout(opts.drain_timeout, slots.acquire_many(all))
-        .await
-        .is_err()
-    {
+    if !tasks.wait(opts.drain_timeout).await {
         tracing::warn!("API requests still running at shutdown: abandoned");
     }
-    if let Err(e) = std::fs::remove_file(&path) {
-        tracing::debug!(socket = %path.display(), error = %e, "cannot remove the API socket");
-    }
+    let path = file.0.clone();
+    drop(file);
     tracing::info!(socket = %path.display(), "API stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_caps_fit_the_open_file_limit() {
+        let api = ServeOptions::default();
+        let metrics = ServeOptions::metrics();
+        // From 1,024 files up: the defaults.
+        for limit in [1024, 524_288] {
+            assert_eq!(api.within_fd_limit(limit, 4).limits(), api.limits());
+            assert_eq!(
+                metrics.within_fd_limit(limit, 16).limits(),
+                metrics.limits()
+            );
+        }
+        // Below: scaled down, shares kept.
+        let small = api.within_fd_limit(256, 4).limits();
+        assert_eq!(
+            (
+                small.max_connections,
+                small.per_peer,
+                small.reserved_for_root
+            ),
+            (64, 16, 8)
+        );
+        let small = metrics.within_fd_limit(256, 16).limits();
+        assert_eq!(
+            (
+                small.max_connections,
+                small.per_peer,
+                small.reserved_for_root
+            ),
+            (16, 16, 0)
+        );
+        let tiny = api.within_fd_limit(3, 4).limits();
+        assert_eq!(
+            (tiny.max_connections, tiny.per_peer, tiny.reserved_for_root),
+            (2, 1, 1)
+        );
+    }
 }

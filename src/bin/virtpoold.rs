@@ -8,10 +8,10 @@ use virtpool::adapters::libvirt::Libvirt;
 use virtpool::agent::audit::AuditLog;
 use virtpool::agent::load::Overrides;
 use virtpool::agent::notify::{self, SdNotifier};
+use virtpool::agent::observability;
 use virtpool::agent::reconciler::{Reconciler, ReconcilerOptions};
 use virtpool::agent::service::{self, ServiceParts};
 use virtpool::agent::state::{RuntimeState, VcpuHolds};
-use virtpool::agent::{metrics, observability};
 use virtpool::cli::daemon_args::{self, Parsed};
 use virtpool::cli::report;
 use virtpool::core::config::{Config, Mode};
@@ -209,6 +209,8 @@ async fn daemon(
     overrides: Overrides,
     log: observability::LogControl,
 ) -> anyhow::Result<ExitCode> {
+    // Raises the open-file limit, caps the listeners well below it.
+    let (api_opts, metrics_opts) = virtpool::api::ServeOptions::for_daemon();
     let runtime = runtime_state(&cfg)?;
     let holds = VcpuHolds::load(&cfg.agent.state_dir)?;
     if !holds.holds.is_empty() {
@@ -263,7 +265,12 @@ async fn daemon(
     let (reloads_tx, reloads) = tokio::sync::mpsc::channel(4);
     let api_state =
         virtpool::api::AppState::new(handle.clone(), api_group).with_reloads(reloads_tx);
-    let api_task = tokio::spawn(virtpool::api::serve(api_sock, api_state, shutdown.clone()));
+    let api_task = tokio::spawn(virtpool::api::serve_with(
+        api_sock,
+        api_state,
+        shutdown.clone(),
+        api_opts,
+    ));
     let task = tokio::spawn(monitor.run(shutdown.clone()));
 
     if let Some(addr) = metrics_listen {
@@ -271,10 +278,11 @@ async fn daemon(
             .await
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
         tracing::info!(%addr, "serving /metrics over TCP");
-        tokio::spawn(metrics::serve_tcp(
+        tokio::spawn(virtpool::api::metrics_tcp::serve_tcp(
             listener,
             handle.clone(),
             shutdown.clone(),
+            metrics_opts,
         ));
     }
 

@@ -3,7 +3,7 @@
 //! numbers, `128.0 MiB/s`, not from the audit record's raw text), and the
 //! filters of the command line (`--since`, `--pool`, `--domain`). Pure.
 
-use crate::agent::audit::{Event, EventKind};
+use crate::core::event::{Event, EventKind};
 use std::collections::BTreeSet;
 use std::time::SystemTime;
 

@@ -1,7 +1,7 @@
 //! How amounts and actions read to a person: one wording for the tables,
 //! the logs and the audit log.
 
-use crate::core::model::{Action, Resource};
+use crate::core::model::{Action, IoTune, Resource};
 
 /// Binary units from the largest down, with their power of two.
 const UNITS: [(&str, u32); 6] = [
@@ -107,6 +107,58 @@ pub fn action(a: &Action) -> String {
             from.map_or("?".into(), |v| v.to_string())
         ),
         Action::SetStatsPeriod { secs, .. } => format!("balloon stats period {secs} s"),
+    }
+}
+
+/// What an action changes, in words (for logs and the audit log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub before: String,
+    pub after: String,
+    pub reason: String,
+}
+
+/// What an action changes: the value before and after, and why.
+pub fn action_change(a: &Action) -> Change {
+    let (before, after, reason) = match a {
+        Action::SetVcpus {
+            from, to, reason, ..
+        } => (from.to_string(), to.to_string(), reason.to_string()),
+        Action::SetMemory {
+            from, to, reason, ..
+        } => {
+            let (f, t) = change(Resource::Memory, *from, *to);
+            (f, t, reason.to_string())
+        }
+        Action::SetBlockIoTune { disk, from, to, .. } => {
+            let side = |t: &IoTune| {
+                let bytes = match t.total_bytes_sec {
+                    0 => "unlimited".to_string(),
+                    b => Resource::DiskBytesSec.human(b),
+                };
+                let iops = match t.total_iops_sec {
+                    0 => "unlimited IOPS".to_string(),
+                    i => format!("{i} IOPS"),
+                };
+                format!("{disk} {bytes}, {iops}")
+            };
+            (side(from), side(to), "share".into())
+        }
+        Action::SetCpuShares { from, to, .. } | Action::SetBlkioWeight { from, to, .. } => (
+            from.map_or("unknown".into(), |v| v.to_string()),
+            to.to_string(),
+            "shares".into(),
+        ),
+        Action::SetStatsPeriod { secs, .. } => (
+            "unset".into(),
+            format!("{secs}s"),
+            "guest statistics".into(),
+        ),
+    };
+    Change {
+        before,
+        after,
+        reason,
     }
 }
 

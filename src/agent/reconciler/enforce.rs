@@ -141,7 +141,7 @@ fn log_action(a: &Action, r: &Result<(), HvError>, cycle: u64) {
             "vCPU change timed out: vCPU count held (pending) until libvirt shows {to} vCPUs or the domain restarts; no vCPU is added back after a timed-out removal"
         );
     }
-    let change = a.change();
+    let change = crate::core::words::action_change(a);
     match r {
         Ok(()) => tracing::info!(
             cycle,

@@ -342,7 +342,7 @@ impl Publisher {
 
 /// The audit record of one action's outcome.
 fn action_event(r: &ActionOutcome, cycle: u64, time: &str) -> Event {
-    let change = r.action.change();
+    let change = crate::core::words::action_change(&r.action);
     let kind = EventKind::Action {
         domain: r.action.domain().to_string(),
         uuid: r.action.uuid().to_string(),
