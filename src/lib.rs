@@ -22,6 +22,7 @@ pub mod monitor;
 pub mod observability;
 pub mod planner;
 pub mod report;
+pub mod safe_fs;
 pub mod service;
 pub mod state;
 pub mod units;

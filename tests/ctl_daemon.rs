@@ -16,13 +16,16 @@ fn setup(dir: &Path) -> PathBuf {
     std::fs::copy(root.join("demo-host.xml"), dir.join("demo-host.xml")).unwrap();
     let text = std::fs::read_to_string(root.join("demo.toml"))
         .unwrap()
-        .replace("\"/tmp/virtpool-demo/state\"", "\"{config_dir}/state\"")
         .replace(
-            "\"/tmp/virtpool-demo/virtpool.sock\"",
+            "\"{config_dir}/../target/virtpool-demo/state\"",
+            "\"{config_dir}/state\"",
+        )
+        .replace(
+            "\"{config_dir}/../target/virtpool-demo/virtpool.sock\"",
             "\"{config_dir}/api.sock\"",
         )
         .replace("interval = \"5s\"", "interval = \"1h\"");
-    assert!(text.contains("{config_dir}/api.sock"));
+    assert!(text.contains("{config_dir}/state") && text.contains("{config_dir}/api.sock"));
     let cfg = dir.join("virtpool.toml");
     std::fs::write(&cfg, text).unwrap();
     cfg
