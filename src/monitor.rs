@@ -596,8 +596,11 @@ impl Monitor {
                         None => std::future::pending::<()>().await,
                     }
                 } => {
-                    // Between cycles, so the loop is alive: ping without a cycle.
-                    self.notifier.notify(&[Notice::Watchdog]);
+                    // Between cycles, so the loop is alive: ping without a
+                    // cycle, unless the libvirt thread is gone for good.
+                    if self.hv.is_alive() {
+                        self.notifier.notify(&[Notice::Watchdog]);
+                    }
                     continue;
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
@@ -1287,7 +1290,7 @@ impl Monitor {
             .send_replace(Arc::new(self.counters.clone()));
         self.status_tx.send_replace(st.clone());
         let line = Notice::Status(crate::service::summary(&st));
-        if self.watchdog.is_some() {
+        if self.watchdog.is_some() && self.hv.is_alive() {
             self.notifier.notify(&[line, Notice::Watchdog]);
         } else {
             self.notifier.notify(&[line]);

@@ -111,8 +111,11 @@ impl Notifier for RecordingNotifier {
 }
 
 /// The watchdog interval systemd asked for (`WATCHDOG_USEC`, for this PID).
+/// At most a day: the monitor's timers are computed from it.
 pub fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled().filter(|d| !d.is_zero())
+    sd_notify::watchdog_enabled()
+        .filter(|d| !d.is_zero())
+        .map(|d| d.min(crate::config::MAX_DURATION))
 }
 
 /// Command-line settings that override the file and must survive a reload.
