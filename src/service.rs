@@ -139,8 +139,7 @@ pub fn load_checked(path: &Path, overrides: &Overrides) -> Result<Config, String
     let mut cfg = Config::load(path).map_err(|e| e.to_string())?;
     overrides.apply(&mut cfg);
     let mut host = Host::new().map_err(|e| e.to_string())?;
-    let alloc = cfg.host.allocatable(&host.refresh());
-    cfg.check_budgets(&alloc).map_err(|e| e.to_string())?;
+    cfg.check_host(&host.refresh()).map_err(|e| e.to_string())?;
     Ok(cfg)
 }
 
@@ -174,6 +173,23 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         out.push("agent.audit_keep");
     }
     out
+}
+
+/// Puts the running values of the settings bound at start (see
+/// [`restart_only_changes`]) into a reloaded config: the new values take
+/// effect on restart; until then the agent and its status show the ones
+/// in use (a reload that changed `agent.libvirt_uri` showed the new URI
+/// while the old connection ran).
+pub fn keep_restart_only(old: &Config, new: &mut Config) {
+    let (a, b) = (&old.agent, &mut new.agent);
+    b.libvirt_uri.clone_from(&a.libvirt_uri);
+    b.state_dir.clone_from(&a.state_dir);
+    b.socket.clone_from(&a.socket);
+    b.api_group.clone_from(&a.api_group);
+    b.metrics_listen = a.metrics_listen;
+    b.resync_interval = a.resync_interval;
+    b.audit_max_bytes = a.audit_max_bytes;
+    b.audit_keep = a.audit_keep;
 }
 
 /// One-line summary of a status, for `STATUS=` and logs.
@@ -268,12 +284,12 @@ pub fn ready(notifier: &dyn Notifier, handle: &Handle) {
 /// READY=1. Returns what was swapped in, or why the file was refused.
 pub async fn reload(parts: &ServiceParts) -> Result<ReloadReport, String> {
     parts.notifier.notify(&[Notice::Reloading]);
-    let result = load_checked(&parts.config_path, &parts.overrides);
+    let mut result = load_checked(&parts.config_path, &parts.overrides);
     let mut report = ReloadReport {
         file: parts.config_path.clone(),
         restart_only: Vec::new(),
     };
-    match &result {
+    match &mut result {
         Ok(new) => {
             let old = parts.handle.config();
             let fixed = restart_only_changes(&old, new);
@@ -281,6 +297,13 @@ pub async fn reload(parts: &ServiceParts) -> Result<ReloadReport, String> {
                 tracing::warn!(keys = ?fixed, "these settings change only on restart");
             }
             report.restart_only = fixed.iter().map(|k| k.to_string()).collect();
+            keep_restart_only(&old, new);
+            if new.pools.is_empty() && !old.pools.is_empty() {
+                tracing::warn!(
+                    dropped = ?old.pools.keys().collect::<Vec<_>>(),
+                    "the reloaded config has no pools: their members are unmanaged from now on"
+                );
+            }
             if old.agent.log_level != new.agent.log_level {
                 if let Some(log) = &parts.log {
                     if let Err(e) = log.set_level(new.agent.log_level.as_deref()) {
@@ -424,6 +447,12 @@ mod tests {
                 "agent.audit_keep"
             ]
         );
+        // Swapped in, they keep their running values; the rest is new.
+        let mut kept = b.clone();
+        keep_restart_only(&a, &mut kept);
+        assert_eq!(restart_only_changes(&a, &kept), Vec::<&str>::new());
+        assert_eq!(kept.agent.libvirt_uri, a.agent.libvirt_uri);
+        assert_eq!(kept.agent.interval, b.agent.interval);
     }
 
     #[test]
