@@ -25,4 +25,5 @@ pub mod report;
 pub mod safe_fs;
 pub mod service;
 pub mod state;
+pub mod state_check;
 pub mod units;

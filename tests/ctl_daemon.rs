@@ -146,7 +146,7 @@ fn daemon_serves_the_cli_refuses_a_second_instance_and_keeps_changes_across_rest
         .arg(&cfg)
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(75));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("another virtpoold is already serving") && err.contains("api.sock"),
@@ -199,7 +199,7 @@ fn corrupt_state_stops_start_up_and_reset_state_recovers() {
         .arg(&cfg)
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(78));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("state/state.json") && err.contains("--reset-state"),

@@ -30,6 +30,18 @@ fn the_unit_has_what_the_spec_asks_for() {
         assert_eq!(values(k), vec![v], "{k}");
     }
     assert_eq!(values("WatchdogSec").len(), 1);
+    // What a restart cannot fix is not restarted: the exit statuses of a
+    // bad command line and of a bad config, state file or directory.
+    use virtpool::daemon_args::exit;
+    let prevent: Vec<u8> = values("RestartPreventExitStatus")
+        .iter()
+        .flat_map(|v| v.split_whitespace())
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(prevent, vec![exit::USAGE, exit::CONFIG]);
+    for retried in [exit::FAILURE, exit::TEMPFAIL] {
+        assert!(!prevent.contains(&retried), "{retried}");
+    }
     // Reload: the check first (a bad file fails `systemctl reload`), then
     // the signal.
     assert_eq!(

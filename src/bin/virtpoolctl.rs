@@ -837,6 +837,10 @@ fn render_events(e: &EventsResponse) -> String {
             EventKind::Started { version } => ("started", format!("virtpoold {version}")),
             EventKind::Stopping => ("stopping", String::new()),
             EventKind::Change { uid, message } => ("change", format!("uid {uid}: {message}")),
+            EventKind::StateSetAside { file, problems } => (
+                "set-aside",
+                format!("{} (kept in {file})", problems.join("; ")),
+            ),
         };
         rows.push(vec![
             ev.seq.to_string(),
