@@ -80,7 +80,7 @@ fn bad_config_at_start_is_refused_naming_file_and_key_and_touches_nothing() {
             assert!(log.contains(n), "{what}: {n:?} not in:\n{log}");
         }
         let (code, _, err) = run_virtpoold(&["--check-config", "--config", path.to_str().unwrap()]);
-        assert_eq!(code, Some(2), "{what}: --check-config: {err}");
+        assert_eq!(code, Some(78), "{what}: --check-config: {err}");
         assert!(
             !dir.path().join("virtpool.sock").exists(),
             "{what}: socket left"

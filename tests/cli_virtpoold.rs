@@ -45,7 +45,7 @@ fn check_config_accepts_the_shipped_configs() {
 }
 
 #[test]
-fn check_config_on_a_broken_config_exits_2_and_names_file_and_key() {
+fn check_config_on_a_broken_config_exits_78_and_names_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("bad.toml");
     std::fs::write(
@@ -59,7 +59,7 @@ fn check_config_on_a_broken_config_exits_2_and_names_file_and_key() {
         .arg(&f)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml"), "{err}");
     assert!(
@@ -74,7 +74,7 @@ fn check_config_on_a_broken_config_exits_2_and_names_file_and_key() {
         .arg(&f)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("speed"), "{err}");
 
@@ -83,7 +83,7 @@ fn check_config_on_a_broken_config_exits_2_and_names_file_and_key() {
         .args(["--check-config", "--config", "/nonexistent/virtpool.toml"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/virtpool.toml"));
 }
 
@@ -102,7 +102,7 @@ fn budgets_over_the_host_are_rejected_with_the_numbers() {
         .arg(&f)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("vcpus add up to 10 (a 6 + b 4) but the host has only 8 allocatable"),
@@ -143,7 +143,7 @@ fn once_on_the_demo_prints_every_pool_within_budget() {
 }
 
 #[test]
-fn once_without_libvirt_exits_1_with_a_clear_message() {
+fn once_without_libvirt_exits_69_with_a_clear_message() {
     let out = Command::cargo_bin("virtpoold")
         .unwrap()
         .args([
@@ -155,10 +155,103 @@ fn once_without_libvirt_exits_1_with_a_clear_message() {
         ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(69));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("cannot reach libvirt at test+unix:///default?socket=/nonexistent/sock"),
         "{err}"
     );
+}
+
+/// `--check-config` on `text` (written to a fresh file): exit code and
+/// standard error.
+fn check(text: &[u8]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("virtpool.toml");
+    std::fs::write(&f, text).unwrap();
+    let out = Command::cargo_bin("virtpoold")
+        .unwrap()
+        .args(["--check-config", "--config"])
+        .arg(&f)
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Settings that would break the running agent (a panic in the libvirt
+/// thread, a socket or state that cannot be used, a reservation that
+/// leaves nothing) are refused up front, each naming its key.
+#[test]
+fn check_config_refuses_settings_that_cannot_work_naming_the_key() {
+    for (text, needles) in [
+        (
+            &b"[agent]\nresync_interval = \"18446744073709551615s\"\n"[..],
+            &[
+                "virtpool.toml",
+                "agent.resync_interval (",
+                "out of range: 0s to 1day",
+            ][..],
+        ),
+        (
+            b"[agent]\ninterval = \"30days\"\n",
+            &["agent.interval (30days) is out of range"],
+        ),
+        (b"[api]\nsocket = \"\"\n", &["api.socket is empty"]),
+        (
+            b"[agent]\nstate_dir = \"\"\n",
+            &["agent.state_dir is empty"],
+        ),
+        (
+            b"[agent]\nstate_dir = \"var/state\"\n",
+            &["agent.state_dir (var/state) is not an absolute path"],
+        ),
+        (
+            b"[host]\ncpus = 4\nreserved_cpus = 1000\n",
+            &["host.reserved_cpus (1000) is more than the host's 4 CPUs (host.cpus)"],
+        ),
+        (
+            b"[agent]\nmode = \"enf\xc3orce\"\n",
+            &["not valid UTF-8 at line 2, column 12 (byte 19)"],
+        ),
+        (b"", &["virtpool.toml", "the file has no settings"]),
+        (b"# all commented out\n", &["the file has no settings"]),
+    ] {
+        let (code, err) = check(text);
+        assert_eq!(code, Some(78), "{}: {err}", String::from_utf8_lossy(text));
+        for n in needles {
+            assert!(err.contains(n), "{n:?} not in: {err}");
+        }
+    }
+}
+
+/// A FIFO given as the config is refused at once, not waited on.
+#[test]
+fn check_config_refuses_a_fifo_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("virtpool.toml");
+    nix::unistd::mkfifo(&f, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let out = Command::cargo_bin("virtpoold")
+        .unwrap()
+        .args(["--check-config", "--config"])
+        .arg(&f)
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a regular file"), "{err}");
+}
+
+#[test]
+fn a_bad_command_line_exits_2() {
+    let out = Command::cargo_bin("virtpoold")
+        .unwrap()
+        .arg("--bogus")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -16,13 +16,16 @@ fn setup(dir: &Path) -> PathBuf {
     std::fs::copy(root.join("demo-host.xml"), dir.join("demo-host.xml")).unwrap();
     let text = std::fs::read_to_string(root.join("demo.toml"))
         .unwrap()
-        .replace("\"/tmp/virtpool-demo/state\"", "\"{config_dir}/state\"")
         .replace(
-            "\"/tmp/virtpool-demo/virtpool.sock\"",
+            "\"{config_dir}/../target/virtpool-demo/state\"",
+            "\"{config_dir}/state\"",
+        )
+        .replace(
+            "\"{config_dir}/../target/virtpool-demo/virtpool.sock\"",
             "\"{config_dir}/api.sock\"",
         )
         .replace("interval = \"5s\"", "interval = \"1h\"");
-    assert!(text.contains("{config_dir}/api.sock"));
+    assert!(text.contains("{config_dir}/state") && text.contains("{config_dir}/api.sock"));
     let cfg = dir.join("virtpool.toml");
     std::fs::write(&cfg, text).unwrap();
     cfg
@@ -143,7 +146,7 @@ fn daemon_serves_the_cli_refuses_a_second_instance_and_keeps_changes_across_rest
         .arg(&cfg)
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(75));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("another virtpoold is already serving") && err.contains("api.sock"),
@@ -196,7 +199,7 @@ fn corrupt_state_stops_start_up_and_reset_state_recovers() {
         .arg(&cfg)
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(78));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("state/state.json") && err.contains("--reset-state"),

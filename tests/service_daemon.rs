@@ -429,7 +429,7 @@ fn an_inherited_journal_stream_that_is_not_our_stderr_logs_to_stderr() {
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "libvirt unreachable");
+    assert_eq!(out.status.code(), Some(69), "libvirt unreachable");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("WARN") && err.contains("cannot observe libvirt"),

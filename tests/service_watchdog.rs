@@ -28,6 +28,8 @@ struct Fake {
     hung: Arc<AtomicBool>,
     /// `observe` fails as if the connection were lost.
     down: Arc<AtomicBool>,
+    /// `observe` panics (the worker stops for good).
+    panic: Arc<AtomicBool>,
 }
 
 impl Hypervisor for Fake {
@@ -40,6 +42,9 @@ impl Hypervisor for Fake {
     fn observe(&mut self) -> Result<Vec<DomainObs>, HvError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(HvError::ConnectionLost("test: daemon gone".into()));
+        }
+        if self.panic.load(Ordering::SeqCst) {
+            panic!("test: a libvirt job panics (expected)");
         }
         if self.hang.load(Ordering::SeqCst) {
             self.hung.store(true, Ordering::SeqCst);
@@ -136,6 +141,51 @@ async fn a_hung_hypervisor_stops_the_watchdog_pings() {
         after.len()
     );
     assert!(!task.is_finished());
+    shutdown.cancel();
+}
+
+/// A job that panicked stopped the libvirt thread for good: the loop still
+/// runs (and reports libvirt down), but pings no more, so systemd restarts
+/// the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_libvirt_thread_stops_the_watchdog_pings() {
+    let panic = Arc::new(AtomicBool::new(false));
+    let hv = HvWorker::spawn(Box::new(Fake {
+        panic: panic.clone(),
+        ..Fake::default()
+    }))
+    .unwrap();
+    let rec = RecordingNotifier::new();
+    let watchdog = Duration::from_millis(200);
+    let (monitor, handle) = Reconciler::with_options(
+        hv,
+        Host::new().unwrap(),
+        config(""),
+        RuntimeState::new(),
+        ReconcilerOptions {
+            notifier: rec.clone(),
+            watchdog: Some(watchdog),
+            ..ReconcilerOptions::default()
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(monitor.run(shutdown.clone()));
+    poll("3 pings", Duration::from_secs(10), || {
+        rec.pings().len() >= 3
+    })
+    .await;
+
+    panic.store(true, Ordering::SeqCst);
+    let st = handle.reconcile(true).await.unwrap();
+    assert!(!st.libvirt.connected, "{:?}", st.libvirt);
+    let stopped_at = Instant::now();
+    // Ticks at watchdog/2 and cycles on request: none of them pings.
+    tokio::time::sleep(watchdog * 2).await;
+    handle.reconcile(true).await.unwrap();
+    tokio::time::sleep(watchdog * 2).await;
+    let after = rec.pings().into_iter().filter(|t| *t > stopped_at).count();
+    assert_eq!(after, 0, "pings after the libvirt thread stopped");
+    assert!(!task.is_finished(), "the loop itself goes on");
     shutdown.cancel();
 }
 

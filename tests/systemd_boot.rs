@@ -17,7 +17,8 @@
 //! - stop: exit 0, state saved, the runtime directory gone;
 //! - a killed agent is restarted (`Restart=on-failure`);
 //! - an invalid config at start fails the start without a restart loop
-//!   (`RestartPreventExitStatus=2`);
+//!   (exit 78, `RestartPreventExitStatus=`), and so does a corrupt state
+//!   file;
 //! - the watchdog (shortened to 4 s by a drop-in): the agent's pings keep
 //!   it alive, and a stopped agent is killed and restarted.
 //! - removing the package stops the agent.
@@ -392,10 +393,40 @@ fn the_unit_runs_under_systemd() {
     std::thread::sleep(Duration::from_secs(7)); // past RestartSec=5s
     let s = c.show(&["ActiveState", "NRestarts", "ExecMainStatus"]);
     assert_eq!(s["ActiveState"], "failed", "{s:?}\n{}", c.journal());
-    assert_eq!(s["ExecMainStatus"], "2", "{s:?}");
-    assert_eq!(s["NRestarts"], before, "restarted after exit 2: {s:?}");
+    assert_eq!(s["ExecMainStatus"], "78", "{s:?}");
+    assert_eq!(s["NRestarts"], before, "restarted after exit 78: {s:?}");
     assert!(c.journal().contains("interval"), "{}", c.journal());
     std::fs::write(c.config(), &good).unwrap();
+
+    // A corrupt state file at start: the same (exit 78, no restart).
+    c.ok(&["systemctl", "reset-failed", "virtpoold"]);
+    c.ok(&[
+        "sh",
+        "-c",
+        "cd /var/lib/virtpool && { [ ! -e state.json ] || mv state.json state.json.good; } \
+         && printf '{\"version\": 1, \"pau' > state.json",
+    ]);
+    let o = c.run(&["systemctl", "start", "virtpoold"]);
+    assert!(!o.status.success(), "start with a corrupt state succeeded");
+    let before = c.show(&["NRestarts"])["NRestarts"].clone();
+    std::thread::sleep(Duration::from_secs(7));
+    let s = c.show(&["ActiveState", "NRestarts", "ExecMainStatus"]);
+    assert_eq!(
+        (s["ActiveState"].as_str(), s["ExecMainStatus"].as_str()),
+        ("failed", "78"),
+        "{s:?}\n{}",
+        c.journal()
+    );
+    assert_eq!(
+        s["NRestarts"], before,
+        "restarted after a corrupt state: {s:?}"
+    );
+    assert!(c.journal().contains("state.json"), "{}", c.journal());
+    c.ok(&[
+        "sh",
+        "-c",
+        "cd /var/lib/virtpool && rm state.json && { [ ! -e state.json.good ] || mv state.json.good state.json; }",
+    ]);
 
     // The watchdog, shortened to 4 s by a drop-in: the agent's pings keep
     // it running across several intervals; once it is stopped (SIGSTOP,

@@ -15,10 +15,14 @@
 //! `since`): a read costs the tail it returns, not the whole history.
 //! Sequence numbers only grow, so a rotation racing a read is harmless
 //! (an event seen twice is dropped by its number).
+//!
+//! The files are opened through [`crate::agent::safe_fs`]: created 0600, a
+//! symbolic link (or a FIFO, another user's file) in their place is
+//! refused, never written or read through.
 
 pub use crate::core::event::{time_now, Event, EventKind};
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -58,6 +62,8 @@ pub enum AuditError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Dir(#[from] crate::agent::safe_fs::DirError),
 }
 
 struct FileSink {
@@ -141,18 +147,20 @@ impl Write for ByteCount {
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
+    Ok(crate::agent::safe_fs::open_append(path)?)
+}
+
+/// The file at `path` for reading (see [`crate::agent::safe_fs::open_read`]).
+fn open_read(path: &Path) -> std::io::Result<Option<File>> {
+    Ok(crate::agent::safe_fs::open_read(path)?)
 }
 
 /// Whether the file's last byte is a newline.
 fn ends_with_newline(path: &Path) -> std::io::Result<bool> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = File::open(path)?;
+    let Some(mut f) = open_read(path)? else {
+        return Ok(false);
+    };
     f.seek(SeekFrom::End(-1))?;
     let mut b = [0u8; 1];
     f.read_exact(&mut b)?;
@@ -172,10 +180,8 @@ fn rotated_path(path: &Path, n: usize) -> PathBuf {
 /// Returns `Ok(false)` if `f` stopped the scan; a missing file is empty.
 fn scan_back(path: &Path, mut f: impl FnMut(&[u8]) -> bool) -> std::io::Result<bool> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
-        Err(e) => return Err(e),
+    let Some(mut file) = open_read(path)? else {
+        return Ok(true);
     };
     let mut pos = file.metadata()?.len();
     // The start of a line whose beginning is in a chunk not read yet.
@@ -356,7 +362,7 @@ impl AuditLog {
             file: path.clone(),
             source,
         };
-        std::fs::create_dir_all(state_dir).map_err(oerr)?;
+        crate::agent::safe_fs::ensure_dir(state_dir, crate::agent::state::STATE_DIR_MODE)?;
         // The last event, wherever it is (the live file is empty right
         // after a rotation).
         let seq = read_tail(&path, keep, None, None, 1)
@@ -639,15 +645,43 @@ mod tests {
     #[test]
     fn events_whose_write_fails_stay_in_memory_and_the_error_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        // Every write to /dev/full fails (ENOSPC).
-        std::os::unix::fs::symlink("/dev/full", dir.path().join(AUDIT_FILE)).unwrap();
         let log = AuditLog::open(dir.path()).unwrap();
+        // Every write to /dev/full fails (ENOSPC). (A link to it in place
+        // of the file is refused: see the next test.)
+        log.lock().sink.as_mut().unwrap().file = std::fs::OpenOptions::new()
+            .append(true)
+            .open("/dev/full")
+            .unwrap();
         let err = log.append(&[reload(1)]).unwrap_err();
         assert!(err.to_string().contains(AUDIT_FILE), "{err}");
         assert!(log.append_with(2, |i| reload(i + 2)).is_err());
         let kept = log.recent(10).unwrap();
         assert_eq!(seqs(&kept), vec![1, 2, 3]);
         assert_eq!(file_of(&kept[2]), "f3");
+    }
+
+    /// A link planted in place of the log (or a rotated file) is neither
+    /// written nor read through: the target stays as it was.
+    #[test]
+    fn a_symbolic_link_in_place_of_the_log_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("precious");
+        std::fs::write(&target, b"root's file\n").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join(AUDIT_FILE)).unwrap();
+        let err = AuditLog::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(AUDIT_FILE) && err.contains("symbolic link"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), b"root's file\n");
+        // A rotated file: reads stop there with an error, nothing written.
+        std::fs::remove_file(dir.path().join(AUDIT_FILE)).unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        log.append(&[reload(1)]).unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("audit.jsonl.1")).unwrap();
+        assert!(log.since(None, 10).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"root's file\n");
     }
 
     #[test]
@@ -757,7 +791,10 @@ mod tests {
             .all(|(i, e)| file_of(e) == format!("f{}", i + 1)));
         drop(log);
         // A line too long to be a record, a garbage line, a torn last write.
-        let mut f = OpenOptions::new().append(true).open(&main).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&main)
+            .unwrap();
         f.write_all(&vec![b'x'; MAX_LINE + 3 * CHUNK]).unwrap();
         f.write_all(b"\nnot json\n{\"seq\":99,\"time\":\"2026")
             .unwrap();

@@ -48,8 +48,7 @@ pub fn load_checked(path: &Path, overrides: &Overrides) -> Result<Config, LoadEr
     let mut cfg = Config::load(path)?;
     overrides.apply(&mut cfg);
     let mut host = Host::new().map_err(|e| LoadError::Host(Arc::new(e)))?;
-    let alloc = cfg.host.allocatable(&host.refresh());
-    cfg.check_budgets(&alloc)?;
+    cfg.check_host(&host.refresh())?;
     Ok(cfg)
 }
 
@@ -85,6 +84,23 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     out
 }
 
+/// Puts the running values of the settings bound at start (see
+/// [`restart_only_changes`]) into a reloaded config: the new values take
+/// effect on restart; until then the agent and its status show the ones
+/// in use (a reload that changed `agent.libvirt_uri` showed the new URI
+/// while the old connection ran).
+pub fn keep_restart_only(old: &Config, new: &mut Config) {
+    let (a, b) = (&old.agent, &mut new.agent);
+    b.libvirt_uri.clone_from(&a.libvirt_uri);
+    b.state_dir.clone_from(&a.state_dir);
+    b.socket.clone_from(&a.socket);
+    b.api_group.clone_from(&a.api_group);
+    b.metrics_listen = a.metrics_listen;
+    b.resync_interval = a.resync_interval;
+    b.audit_max_bytes = a.audit_max_bytes;
+    b.audit_keep = a.audit_keep;
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -109,6 +125,12 @@ mod tests {
                 "agent.audit_keep"
             ]
         );
+        // Swapped in, they keep their running values; the rest is new.
+        let mut kept = b.clone();
+        keep_restart_only(&a, &mut kept);
+        assert_eq!(restart_only_changes(&a, &kept), Vec::<&str>::new());
+        assert_eq!(kept.agent.libvirt_uri, a.agent.libvirt_uri);
+        assert_eq!(kept.agent.interval, b.agent.interval);
     }
 
     #[test]

@@ -9,5 +9,7 @@ pub mod notify;
 pub mod observability;
 pub mod reconciler;
 pub mod report;
+pub mod safe_fs;
 pub mod service;
 pub mod state;
+pub mod state_check;

@@ -98,8 +98,11 @@ impl Notifier for RecordingNotifier {
 }
 
 /// The watchdog interval systemd asked for (`WATCHDOG_USEC`, for this PID).
+/// At most a day: the reconciler's timers are computed from it.
 pub fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled().filter(|d| !d.is_zero())
+    sd_notify::watchdog_enabled()
+        .filter(|d| !d.is_zero())
+        .map(|d| d.min(crate::core::config::MAX_DURATION))
 }
 
 #[cfg(test)]

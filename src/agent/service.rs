@@ -10,7 +10,9 @@
 //!   ([`load_checked`]) and hands the result to the reconciler; SIGTERM/SIGINT
 //!   let the current cycle finish, persist state and return.
 
-use crate::agent::load::{load_checked, restart_only_changes, LoadError, Overrides};
+use crate::agent::load::{
+    keep_restart_only, load_checked, restart_only_changes, LoadError, Overrides,
+};
 use crate::agent::notify::{Notice, Notifier};
 use crate::agent::reconciler::Handle;
 use std::path::PathBuf;
@@ -68,12 +70,12 @@ pub fn ready(notifier: &dyn Notifier, handle: &Handle) {
 /// READY=1. Returns what was swapped in, or why the file was refused.
 pub async fn reload(parts: &ServiceParts) -> Result<ReloadReport, LoadError> {
     parts.notifier.notify(&[Notice::Reloading]);
-    let result = load_checked(&parts.config_path, &parts.overrides);
+    let mut result = load_checked(&parts.config_path, &parts.overrides);
     let mut report = ReloadReport {
         file: parts.config_path.clone(),
         restart_only: Vec::new(),
     };
-    match &result {
+    match &mut result {
         Ok(new) => {
             let old = parts.handle.config();
             let fixed = restart_only_changes(&old, new);
@@ -81,6 +83,13 @@ pub async fn reload(parts: &ServiceParts) -> Result<ReloadReport, LoadError> {
                 tracing::warn!(keys = ?fixed, "these settings change only on restart");
             }
             report.restart_only = fixed.iter().map(|k| k.to_string()).collect();
+            keep_restart_only(&old, new);
+            if new.pools.is_empty() && !old.pools.is_empty() {
+                tracing::warn!(
+                    dropped = ?old.pools.keys().collect::<Vec<_>>(),
+                    "the reloaded config has no pools: their members are unmanaged from now on"
+                );
+            }
             if old.agent.log_level != new.agent.log_level {
                 if let Some(log) = &parts.log {
                     if let Err(e) = log.set_level(new.agent.log_level.as_deref()) {

@@ -1,6 +1,10 @@
 //! Runtime changes made through the API — runtime pools, members added or
 //! removed, reservations, pause — and their atomic persistence in
-//! `state_dir/state.json` (write temp, fsync, rename, fsync dir).
+//! `state_dir/state.json` (write temp, fsync, rename, fsync dir; through
+//! [`crate::agent::safe_fs`]: no symbolic link followed, files 0600, a directory
+//! others may write to refused). Loading reads at most
+//! [`MAX_STATE_BYTES`] from a regular file; what the entries must satisfy
+//! is in [`crate::agent::state_check`].
 //!
 //! The effective configuration is the config file ⊕ this state
 //! ([`RuntimeState::effective`]).
@@ -14,7 +18,6 @@ use crate::core::model::PerResource;
 use crate::core::planner::{PendingVcpus, Reservations};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Version of the state file format this build writes and reads.
@@ -25,6 +28,9 @@ pub const STATE_FILE: &str = "state.json";
 pub const HOLDS_FILE: &str = "vcpu-holds.json";
 /// Version of the holds file format.
 pub const HOLDS_VERSION: u32 = 1;
+/// Largest state or holds file read (64 MiB: some hundred thousand
+/// entries).
+pub const MAX_STATE_BYTES: u64 = 64 << 20;
 
 /// Why the state could not be loaded or saved.
 #[derive(Debug, thiserror::Error)]
@@ -37,12 +43,29 @@ pub enum StateError {
     },
     #[error("{file}: corrupt state: {message} (fix the file, or start with --reset-state to move it aside)")]
     Corrupt { file: PathBuf, message: String },
+    #[error("{file}: refusing to read state: {problem} (remove it, or start with --reset-state to move it aside)")]
+    Unsafe { file: PathBuf, problem: String },
     #[error("{file}: cannot write state: {source}")]
     Write {
         file: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Dir(#[from] crate::agent::safe_fs::DirError),
+}
+
+impl StateError {
+    /// Whether a restart cannot fix it: the file or its directory must be
+    /// fixed first (a corrupt or unsafe file, an unsafe directory).
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            StateError::Corrupt { .. }
+                | StateError::Unsafe { .. }
+                | StateError::Dir(crate::agent::safe_fs::DirError::Unsafe { .. })
+        )
+    }
 }
 
 /// Everything changed at run time.
@@ -100,11 +123,16 @@ impl RuntimeState {
         for (pool, domains) in &self.added {
             match cfg.pools.get_mut(pool) {
                 Some(p) => {
-                    for d in domains {
-                        if !p.domains.contains(d) {
-                            p.domains.push(d.clone());
-                        }
-                    }
+                    // A set, not `Vec::contains`: linear in the entries
+                    // (a list of 300,000 took minutes).
+                    let listed: std::collections::HashSet<&str> =
+                        p.domains.iter().map(String::as_str).collect();
+                    let new: Vec<String> = domains
+                        .iter()
+                        .filter(|d| !listed.contains(d.as_str()))
+                        .cloned()
+                        .collect();
+                    p.domains.extend(new);
                 }
                 None => problems.push(format!("domains were added to unknown pool {pool:?}")),
             }
@@ -252,12 +280,17 @@ fn read_json<T: serde::de::DeserializeOwned>(
     version: impl Fn(&T) -> u32,
 ) -> Result<Option<T>, StateError> {
     let file = state_dir.join(name);
-    let text = match std::fs::read_to_string(&file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(StateError::Read { file, source }),
+    let text = match crate::agent::safe_fs::read_regular(&file, MAX_STATE_BYTES) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Ok(None),
+        Err(crate::agent::safe_fs::FileError::Unsafe(problem)) => {
+            return Err(StateError::Unsafe { file, problem })
+        }
+        Err(crate::agent::safe_fs::FileError::Io(source)) => {
+            return Err(StateError::Read { file, source })
+        }
     };
-    let v: T = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+    let v: T = serde_json::from_slice(&text).map_err(|e| StateError::Corrupt {
         file: file.clone(),
         message: e.to_string(),
     })?;
@@ -273,41 +306,49 @@ fn read_json<T: serde::de::DeserializeOwned>(
     Ok(Some(v))
 }
 
-/// Writes `value` as JSON to `state_dir/name`: temp file, fsync, rename,
-/// fsync directory.
+/// Writes `value` as JSON to `state_dir/name` (see
+/// [`crate::agent::safe_fs::write_atomic`]), creating `state_dir` (0700) if needed
+/// and refusing one that others may write to.
 fn write_json<T: Serialize>(state_dir: &Path, name: &str, value: &T) -> Result<(), StateError> {
     let file = state_dir.join(name);
     let werr = |source| StateError::Write {
         file: file.clone(),
         source,
     };
-    let json = serde_json::to_vec_pretty(value).map_err(|e| werr(std::io::Error::other(e)))?;
-    std::fs::create_dir_all(state_dir).map_err(werr)?;
-    let tmp = state_dir.join(format!(".{name}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
-        f.write_all(&json).map_err(werr)?;
-        f.write_all(b"\n").map_err(werr)?;
-        f.sync_all().map_err(werr)?;
-    }
-    std::fs::rename(&tmp, &file).map_err(werr)?;
-    std::fs::File::open(state_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(werr)?;
-    Ok(())
+    let mut json = serde_json::to_vec_pretty(value).map_err(|e| werr(std::io::Error::other(e)))?;
+    json.push(b'\n');
+    crate::agent::safe_fs::ensure_dir(state_dir, STATE_DIR_MODE)?;
+    crate::agent::safe_fs::write_atomic(state_dir, name, &json).map_err(werr)
+}
+
+/// Mode of `state_dir` when the agent creates it.
+pub const STATE_DIR_MODE: u32 = 0o700;
+
+/// Writes `state` to `state_dir/state.json.set-aside-<unix time>`: the
+/// entries start-up set aside (see [`crate::agent::state_check`]), for the
+/// operator. Returns the path.
+pub fn write_set_aside(state_dir: &Path, state: &RuntimeState) -> Result<PathBuf, StateError> {
+    let name = format!("{STATE_FILE}.set-aside-{}", unix_now());
+    write_json(state_dir, &name, state)?;
+    Ok(state_dir.join(name))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Renames `state_dir/name` to `name.corrupt-<unix time>`; the new path,
 /// if there was a file.
 fn move_aside(state_dir: &Path, name: &str) -> Result<Option<PathBuf>, StateError> {
     let file = state_dir.join(name);
-    if !file.exists() {
+    // Whatever is there (a link, a FIFO) is moved, never followed.
+    if std::fs::symlink_metadata(&file).is_err() {
         return Ok(None);
     }
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let ts = unix_now();
     let aside = state_dir.join(format!("{name}.corrupt-{ts}"));
     std::fs::rename(&file, &aside).map_err(|source| StateError::Write {
         file: file.clone(),

@@ -28,7 +28,20 @@ pub enum ApiError {
     },
     #[error("{0}: exists and is not a socket: refusing to remove it")]
     NotASocket(PathBuf),
+    /// The socket directory is not the agent's alone.
+    #[error(transparent)]
+    Dir(#[from] crate::agent::safe_fs::DirError),
+    #[error("{path}: refusing to use it as the lock file: {problem}")]
+    UnsafeLock { path: PathBuf, problem: String },
 }
+
+/// Mode of the socket directory when the agent creates it: 0755, not
+/// 0700, because a client must be able to search the directory to reach
+/// the socket at all; who may connect is the socket's own mode (0660,
+/// group `api.group`) and who may change anything is checked per request
+/// (SO_PEERCRED). Nobody but the agent's user may write to it (checked
+/// either way), so nobody else can plant a link or replace the socket.
+pub const SOCKET_DIR_MODE: u32 = 0o755;
 
 /// A bound, locked API socket, ready to serve. The socket file is removed
 /// when it is dropped (also when the agent fails to start after binding).
@@ -188,25 +201,33 @@ fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// Takes the socket: lock file `PATH.lock` (held while the process lives),
-/// removes a stale socket, binds, sets mode 0660 and group `group`.
+/// Takes the socket: checks (or creates, [`SOCKET_DIR_MODE`]) its
+/// directory, which must be the agent's user's alone (see
+/// [`crate::agent::safe_fs::check_dir`]), opens the lock file `PATH.lock` (0600,
+/// never through a symbolic link) and holds its lock while the process
+/// lives, removes a stale socket, binds, sets mode 0660 and group `group`.
 ///
 /// A missing group (or no right to change it) leaves the socket's group as
 /// it is, with a warning: the socket is then only reachable by its owner's
 /// group, never wider.
 pub async fn bind(path: &Path, group: &str) -> Result<ApiSocket, ApiError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io(dir, "create the socket directory"))?;
+        crate::agent::safe_fs::ensure_dir(dir, SOCKET_DIR_MODE)?;
     }
     let mut lock_name = path.as_os_str().to_owned();
     lock_name.push(".lock");
     let lock_path = PathBuf::from(lock_name);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io(&lock_path, "open the lock file"))?;
+    let file = crate::agent::safe_fs::open_rw(&lock_path).map_err(|e| match e {
+        crate::agent::safe_fs::FileError::Unsafe(problem) => ApiError::UnsafeLock {
+            path: lock_path.clone(),
+            problem,
+        },
+        crate::agent::safe_fs::FileError::Io(source) => ApiError::Io {
+            path: lock_path.clone(),
+            what: "open the lock file",
+            source,
+        },
+    })?;
     let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
         if e == nix::errno::Errno::EWOULDBLOCK {
             ApiError::AlreadyRunning {

@@ -19,12 +19,12 @@ pub use crate::core::config::PoolSpec;
 pub const PREFIX: &str = "/v1";
 /// Largest accepted request body, bytes.
 pub const MAX_BODY: usize = 64 * 1024;
-/// Largest accepted vCPU amount in a request.
-pub const MAX_VCPUS: u64 = 1 << 16;
+/// Largest accepted vCPU amount in a request (the config's bound).
+pub const MAX_VCPUS: u64 = crate::core::config::MAX_VCPUS;
 /// Largest accepted byte amount (memory, disk bandwidth) in a request: 1 EiB.
-pub const MAX_BYTES: u64 = 1 << 60;
+pub const MAX_BYTES: u64 = crate::core::config::MAX_BYTES;
 /// Largest accepted IOPS amount in a request.
-pub const MAX_IOPS: u64 = 1 << 40;
+pub const MAX_IOPS: u64 = crate::core::config::MAX_IOPS;
 
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,11 +104,7 @@ impl Reservation {
 
 /// Largest amount a request may carry for a resource.
 pub fn max_amount(r: Resource) -> u64 {
-    match r {
-        Resource::Vcpus => MAX_VCPUS,
-        Resource::Memory | Resource::DiskBytesSec => MAX_BYTES,
-        Resource::DiskIopsSec => MAX_IOPS,
-    }
+    crate::core::config::max_amount(r)
 }
 
 // ----------------------------------------------------------------- responses

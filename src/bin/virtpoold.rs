@@ -5,16 +5,17 @@ use std::process::ExitCode;
 use virtpool::adapters::host::Host;
 use virtpool::adapters::libvirt::worker::HvWorker;
 use virtpool::adapters::libvirt::Libvirt;
-use virtpool::agent::audit::AuditLog;
+use virtpool::agent::audit::{AuditLog, Event, EventKind};
 use virtpool::agent::load::Overrides;
 use virtpool::agent::notify::{self, SdNotifier};
 use virtpool::agent::observability;
 use virtpool::agent::reconciler::{Reconciler, ReconcilerOptions};
 use virtpool::agent::service::{self, ServiceParts};
-use virtpool::agent::state::{RuntimeState, VcpuHolds};
-use virtpool::cli::daemon_args::{self, Parsed};
+use virtpool::agent::state::{RuntimeState, StateError, VcpuHolds};
+use virtpool::agent::{safe_fs, state_check};
+use virtpool::cli::daemon_args::{self, exit, Parsed};
 use virtpool::cli::report;
-use virtpool::core::config::{Config, Mode};
+use virtpool::core::config::{Allocatable, Config, Mode};
 
 fn main() -> ExitCode {
     let parsed = daemon_args::parse(
@@ -33,14 +34,14 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("{}", e.report());
-            return ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
     };
     let mut cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("virtpoold: invalid config: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::CONFIG);
         }
     };
     if let Some(uri) = &args.uri {
@@ -50,14 +51,16 @@ fn main() -> ExitCode {
         Ok(h) => h,
         Err(e) => {
             eprintln!("virtpoold: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(exit::FAILURE);
         }
     };
-    let alloc = cfg.host.allocatable(&host.refresh());
-    if let Err(e) = cfg.check_budgets(&alloc) {
-        eprintln!("virtpoold: invalid config: {e}");
-        return ExitCode::from(2);
-    }
+    let alloc = match cfg.check_host(&host.refresh()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("virtpoold: invalid config: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
     if args.check_config {
         println!(
             "{}: ok ({} pools; allocatable {} vCPUs, {})",
@@ -77,7 +80,7 @@ fn main() -> ExitCode {
             Ok(None) => {}
             Err(e) => {
                 eprintln!("virtpoold: {e}");
-                return ExitCode::from(1);
+                return ExitCode::from(state_exit(&e));
             }
         }
         // Held vCPU changes are kept unless their file cannot be read.
@@ -90,7 +93,7 @@ fn main() -> ExitCode {
                 Ok(None) => {}
                 Err(e) => {
                     eprintln!("virtpoold: {e}");
-                    return ExitCode::from(1);
+                    return ExitCode::from(state_exit(&e));
                 }
             }
         }
@@ -118,24 +121,61 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("virtpoold: cannot start the runtime: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(exit::FAILURE);
         }
     };
     let result = if args.once {
-        rt.block_on(once(cfg, host, args.observe))
+        rt.block_on(once(cfg, host, alloc, args.observe))
     } else {
         let overrides = Overrides {
             libvirt_uri: args.uri.clone(),
         };
-        rt.block_on(daemon(cfg, host, args.observe, overrides, log))
+        rt.block_on(daemon(cfg, host, alloc, args.observe, overrides, log))
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("virtpoold: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The exit status of a state error: [`exit::CONFIG`] when the operator
+/// must fix the file or its directory first.
+fn state_exit(e: &StateError) -> u8 {
+    if e.needs_operator() {
+        exit::CONFIG
+    } else {
+        exit::FAILURE
+    }
+}
+
+/// The exit status of a start-up failure (see [`daemon_args::exit`]).
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use virtpool::agent::safe_fs::DirError;
+    use virtpool::api::ApiError;
+    for cause in e.chain() {
+        if let Some(s) = cause.downcast_ref::<StateError>() {
+            return state_exit(s);
+        }
+        if let Some(d) = cause.downcast_ref::<DirError>() {
+            return match d {
+                DirError::Unsafe { .. } => exit::CONFIG,
+                DirError::Io { .. } => exit::FAILURE,
+            };
+        }
+        if let Some(a) = cause.downcast_ref::<ApiError>() {
+            return match a {
+                ApiError::AlreadyRunning { .. } => exit::TEMPFAIL,
+                ApiError::NotASocket(_)
+                | ApiError::UnsafeLock { .. }
+                | ApiError::Dir(DirError::Unsafe { .. }) => exit::CONFIG,
+                _ => exit::FAILURE,
+            };
+        }
+    }
+    exit::FAILURE
 }
 
 /// Silences libvirt's default error printing (errors are returned and logged).
@@ -143,25 +183,31 @@ fn virt_quiet() {
     virtpool::adapters::libvirt::quiet_errors();
 }
 
-fn runtime_state(cfg: &Config) -> anyhow::Result<RuntimeState> {
-    Ok(RuntimeState::load(&cfg.agent.state_dir)?)
-}
-
-async fn once(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCode> {
-    let hv = HvWorker::spawn(Box::new(Libvirt::new(&cfg.agent.libvirt_uri)))
-        .context("cannot start the libvirt thread")?;
-    let uri = cfg.agent.libvirt_uri.clone();
-    // --once does not need saved runtime state to exist; use it when it does.
-    let runtime = if cfg
-        .agent
-        .state_dir
-        .join(virtpool::agent::state::STATE_FILE)
-        .exists()
-    {
-        runtime_state(&cfg)?
+async fn once(
+    cfg: Config,
+    host: Host,
+    alloc: Allocatable,
+    observe: bool,
+) -> anyhow::Result<ExitCode> {
+    // --once does not need saved runtime state to exist; uses it when it
+    // does (from a directory it checks), writes none.
+    let dir = &cfg.agent.state_dir;
+    let runtime = if std::fs::symlink_metadata(dir).is_ok() {
+        safe_fs::check_dir(dir)?;
+        let (runtime, aside) = state_check::load(dir, &cfg, &alloc)?;
+        for p in &aside.problems {
+            eprintln!(
+                "virtpoold: {}: left out of this run: {p}",
+                dir.join(virtpool::agent::state::STATE_FILE).display()
+            );
+        }
+        runtime
     } else {
         RuntimeState::new()
     };
+    let hv = HvWorker::spawn(Box::new(Libvirt::new(&cfg.agent.libvirt_uri)))
+        .context("cannot start the libvirt thread")?;
+    let uri = cfg.agent.libvirt_uri.clone();
     let (mut monitor, _handle) = Reconciler::new(hv, host, cfg, runtime, observe);
     let st = monitor.cycle_once().await;
     if !st.libvirt.connected && st.plan.is_none() {
@@ -169,7 +215,7 @@ async fn once(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCode
             "virtpoold: cannot reach libvirt at {uri}: {}",
             st.libvirt.error.as_deref().unwrap_or("unknown error")
         );
-        return Ok(ExitCode::from(1));
+        return Ok(ExitCode::from(exit::UNAVAILABLE));
     }
     if let Some(plan) = &st.plan {
         print!("{}", report::plan(plan));
@@ -205,14 +251,31 @@ async fn once(cfg: Config, host: Host, observe: bool) -> anyhow::Result<ExitCode
 async fn daemon(
     cfg: Config,
     host: Host,
+    alloc: Allocatable,
     observe: bool,
     overrides: Overrides,
     log: observability::LogControl,
 ) -> anyhow::Result<ExitCode> {
     // Raises the open-file limit, caps the listeners well below it.
     let (api_opts, metrics_opts) = virtpool::api::ServeOptions::for_daemon();
-    let runtime = runtime_state(&cfg)?;
-    let holds = VcpuHolds::load(&cfg.agent.state_dir)?;
+    let state_dir = cfg.agent.state_dir.clone();
+    // Before anything is read or written there: the agent's alone.
+    safe_fs::ensure_dir(&state_dir, virtpool::agent::state::STATE_DIR_MODE)?;
+    let (runtime, aside) = state_check::load(&state_dir, &cfg, &alloc)?;
+    let set_aside = if aside.is_empty() {
+        None
+    } else {
+        let file = virtpool::agent::state::write_set_aside(&state_dir, &aside.entries)?;
+        runtime.save(&state_dir)?;
+        for p in &aside.problems {
+            tracing::warn!(kept_in = %file.display(), problem = %p, "runtime state entry set aside: it does not fit the config or this host");
+        }
+        Some(EventKind::StateSetAside {
+            file: file.display().to_string(),
+            problems: aside.problems,
+        })
+    };
+    let holds: VcpuHolds = state_check::load_holds(&state_dir)?;
     if !holds.holds.is_empty() {
         tracing::info!(
             domains = holds.holds.len(),
@@ -230,6 +293,11 @@ async fn daemon(
             AuditLog::memory()
         }
     };
+    if let Some(kind) = set_aside {
+        if let Err(e) = audit.append(&[Event::now(kind)]) {
+            tracing::warn!(error = %e, "cannot write the audit log");
+        }
+    }
     let (events_tx, events_rx) = virtpool::adapters::libvirt::events::channel();
     let hv = HvWorker::spawn(Box::new(
         Libvirt::new(&cfg.agent.libvirt_uri)

@@ -56,7 +56,7 @@ pub const OPTIONS: [Opt; 6] = [
     },
     flag(
         "check-config",
-        "Validate the config (against this host's capacity) and exit: 0 valid, 2 invalid",
+        "Validate the config (against this host's capacity) and exit: 0 valid, 78 invalid",
     ),
     flag("once", "Run exactly one cycle, print the pools and exit"),
     flag(
@@ -101,8 +101,33 @@ Environment:
   RUST_LOG         log filter (wins over agent.log_level)
   NOTIFY_SOCKET, WATCHDOG_USEC  set by systemd (Type=notify, WatchdogSec=)
 
-Exit status: 0 ok, 1 failure, 2 invalid config or command line.
+Exit status:
+  0   ok: stopped by SIGTERM or SIGINT, or the config checked is valid
+  1   any other failure (a restart may help)
+  2   invalid command line
+  69  libvirt cannot be reached, in a single-cycle run
+  75  another virtpoold holds the socket's lock (try again once it stops)
+  78  invalid config, or a state file or directory the agent refuses
+      (corrupt, a special file or a link, writable by others, another
+      user's): fix it first, a restart does not help
+
 See /usr/share/doc/virtpool/operations.md.";
+
+/// Exit statuses (the `sysexits.h` values where one fits): see
+/// [`AFTER_HELP`] and `RestartPreventExitStatus=` in the unit.
+pub mod exit {
+    /// Any failure not listed below: a restart may help.
+    pub const FAILURE: u8 = 1;
+    /// Invalid command line.
+    pub const USAGE: u8 = 2;
+    /// `--once`: libvirt cannot be reached (`EX_UNAVAILABLE`).
+    pub const UNAVAILABLE: u8 = 69;
+    /// Another agent holds the socket's lock (`EX_TEMPFAIL`).
+    pub const TEMPFAIL: u8 = 75;
+    /// Invalid config, state, or state/socket directory (`EX_CONFIG`): a
+    /// restart cannot fix it.
+    pub const CONFIG: u8 = 78;
+}
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +150,7 @@ pub enum Parsed {
     Version,
 }
 
-/// A command line `virtpoold` refuses (exit status 2).
+/// A command line `virtpoold` refuses (exit status [`exit::USAGE`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ArgError {
     #[error("unexpected argument '{0}'")]
@@ -492,5 +517,17 @@ mod tests {
         assert!(h.contains("[env: VIRTPOOL_CONFIG]"));
         assert!(h.contains("-h, --help") && h.contains("-V, --version"));
         assert!(h.trim_end().ends_with("operations.md."));
+        for code in [
+            exit::FAILURE,
+            exit::USAGE,
+            exit::UNAVAILABLE,
+            exit::TEMPFAIL,
+            exit::CONFIG,
+        ] {
+            assert!(
+                h.lines().any(|l| l.starts_with(&format!("  {code} "))),
+                "exit status {code} not in --help"
+            );
+        }
     }
 }

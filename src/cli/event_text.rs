@@ -140,6 +140,10 @@ pub fn describe(ev: &Event) -> (&'static str, String) {
         EventKind::Started { version } => ("started", format!("virtpoold {version}")),
         EventKind::Stopping => ("stopping", String::new()),
         EventKind::Change { uid, message } => ("change", format!("uid {uid}: {message}")),
+        EventKind::StateSetAside { file, problems } => (
+            "set-aside",
+            format!("{} (kept in {file})", problems.join("; ")),
+        ),
     }
 }
 

@@ -293,8 +293,40 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
 /// Smallest `agent.audit_max_size` (a rotation per few hundred records
 /// below that would lose history for nothing).
 pub const MIN_AUDIT_BYTES: u64 = 64 << 10;
+/// Largest `agent.audit_max_size`.
+pub const MAX_AUDIT_BYTES: u64 = 1 << 30;
 /// Most rotated audit files (`agent.audit_keep`).
 pub const MAX_AUDIT_KEEP: u64 = 100;
+
+/// Largest vCPU amount anywhere (budgets, `min`, `max`, reservations,
+/// `host.cpus`): 65,536.
+pub const MAX_VCPUS: u64 = 1 << 16;
+/// Largest byte amount (memory, disk bandwidth): 1 EiB.
+pub const MAX_BYTES: u64 = 1 << 60;
+/// Largest IOPS amount.
+pub const MAX_IOPS: u64 = 1 << 40;
+
+/// Largest amount of a resource, in its unit, in the config file, in an
+/// API request and in the state file.
+pub fn max_amount(r: Resource) -> u64 {
+    match r {
+        Resource::Vcpus => MAX_VCPUS,
+        Resource::Memory | Resource::DiskBytesSec => MAX_BYTES,
+        Resource::DiskIopsSec => MAX_IOPS,
+    }
+}
+
+/// Shortest `agent.interval`.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest duration of any setting (`agent.interval`,
+/// `agent.resync_interval`, `memory.stats_period`, `vcpus.cooldown`,
+/// `vcpus.unplug_backoff`): one day. Timers and deadlines are computed
+/// from them; nothing longer is useful.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// Largest config file read.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// Longest Unix socket path (`sun_path` holds 108 bytes with the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
 
 // ---------------------------------------------------------------- validated
 
@@ -479,16 +511,47 @@ impl HostConfig {
 impl Config {
     /// Reads and validates a config file (not checked against a host yet:
     /// see [`Config::check_budgets`]).
+    /// Reads at most [`MAX_CONFIG_BYTES`] from a regular file (a FIFO or a
+    /// device is refused, not waited on); text that is not UTF-8 is refused
+    /// with the line and column of the first bad byte.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = read_config_file(path).map_err(|source| ConfigError::Read {
             file: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, path)
+        Config::parse_bytes(&bytes, path)
     }
 
-    /// Parses and validates config text; `path` is used in messages.
+    /// [`Config::parse`] of raw bytes: invalid UTF-8 is refused with its
+    /// position.
+    pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Config::parse(text, path),
+            Err(e) => Err(ConfigError::Parse {
+                file: path.to_owned(),
+                message: utf8_position(bytes, e.valid_up_to()),
+            }),
+        }
+    }
+
+    /// Parses and validates config text; `path` is used in messages. A
+    /// text with no setting at all (empty, or only blank lines and
+    /// comments) is refused: it is what a truncated write or a wrong
+    /// file leaves, and taken as valid it would drop every pool.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        if text
+            .lines()
+            .map(str::trim)
+            .all(|l| l.is_empty() || l.starts_with('#'))
+        {
+            return Err(ConfigError::Parse {
+                file: path.to_owned(),
+                message: "the file has no settings (empty, or only comments): refusing it \
+                          (a truncated or wrong file would drop every pool); an agent with \
+                          no pools needs at least one setting, e.g. [agent] mode = \"observe\""
+                    .into(),
+            });
+        }
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             file: path.to_owned(),
             message: e.to_string().trim_end().replace('\n', " "),
@@ -520,6 +583,48 @@ impl Config {
         let problems = budget_problems(&self.pools, alloc);
         if problems.is_empty() {
             Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                file: self.source.clone(),
+                problems,
+            })
+        }
+    }
+
+    /// Checks the config against this host: the reservations leave
+    /// something of the host (each named by its key), and Σ pool budgets
+    /// fit allocatable. Returns allocatable.
+    pub fn check_host(
+        &self,
+        cap: &crate::core::model::HostCapacity,
+    ) -> Result<Allocatable, ConfigError> {
+        let mut problems = Vec::new();
+        let h = &self.host;
+        let (cpus, cpus_from) = match h.cpus {
+            Some(c) => (c, "host.cpus"),
+            None => (cap.cpus, "measured"),
+        };
+        if h.reserved_cpus > cpus {
+            problems.push(format!(
+                "host.reserved_cpus ({}) is more than the host's {cpus} CPUs ({cpus_from})",
+                h.reserved_cpus
+            ));
+        }
+        let (mem, mem_from) = match h.memory {
+            Some(m) => (m, "host.memory"),
+            None => (cap.memory_total, "measured"),
+        };
+        if h.reserved_memory > mem {
+            problems.push(format!(
+                "host.reserved_memory ({}) is more than the host's memory, {} ({mem_from})",
+                units::human_bytes(h.reserved_memory),
+                units::human_bytes(mem)
+            ));
+        }
+        let alloc = h.allocatable(cap);
+        problems.extend(budget_problems(&self.pools, &alloc));
+        if problems.is_empty() {
+            Ok(alloc)
         } else {
             Err(ConfigError::Invalid {
                 file: self.source.clone(),
@@ -602,15 +707,104 @@ fn expand(s: &str, path: &Path) -> String {
     s.replace("{config_dir}", &abs.to_string_lossy())
 }
 
+/// Reads a config file: a regular file (followed if a link: the config
+/// is the operator's), opened without blocking, at most
+/// [`MAX_CONFIG_BYTES`].
+fn read_config_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_CONFIG_BYTES + 1), &mut out)?;
+    if out.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than the {MAX_CONFIG_BYTES} bytes allowed"),
+        ));
+    }
+    Ok(out)
+}
+
+/// "not valid UTF-8 at line L, column C (byte N)" for the first bad byte.
+fn utf8_position(bytes: &[u8], bad: usize) -> String {
+    let before = &bytes[..bad.min(bytes.len())];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    // The bytes before it on its line are valid UTF-8: count characters.
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
+    format!("not valid UTF-8 at line {line}, column {column} (byte {bad})")
+}
+
+/// A duration outside `[min, max]`: the key, the value and the range.
+fn check_duration(
+    key: &str,
+    d: Duration,
+    min: Duration,
+    max: Duration,
+    problems: &mut Vec<String>,
+) {
+    if d < min || d > max {
+        problems.push(format!(
+            "{key} ({}) is out of range: {} to {}",
+            humantime::format_duration(d),
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+}
+
+/// An amount above the largest of its kind: the key, the value, the bound.
+fn check_at_most(key: &str, v: u64, max: u64, bytes: bool, problems: &mut Vec<String>) {
+    if v > max {
+        let show = |x: u64| {
+            if bytes {
+                units::human_bytes(x)
+            } else {
+                x.to_string()
+            }
+        };
+        problems.push(format!(
+            "{key} ({}) is out of range: at most {}",
+            show(v),
+            show(max)
+        ));
+    }
+}
+
+/// A path setting (`agent.state_dir`, `api.socket`) must be absolute: the
+/// agent's working directory is not a place to keep anything.
+fn check_path(key: &str, p: &Path, problems: &mut Vec<String>) {
+    if p.as_os_str().is_empty() {
+        problems.push(format!("{key} is empty: give an absolute path"));
+    } else if !p.is_absolute() {
+        problems.push(format!("{key} ({}) is not an absolute path", p.display()));
+    }
+}
+
 fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
     let a = raw.agent;
     let interval = a.interval.map_or(Duration::from_secs(10), |s| s.0);
-    if interval < Duration::from_millis(100) {
-        problems.push(format!(
-            "agent.interval ({}) is too short: at least 100ms",
-            humantime::format_duration(interval)
-        ));
-    }
+    check_duration(
+        "agent.interval",
+        interval,
+        MIN_INTERVAL,
+        MAX_DURATION,
+        problems,
+    );
     let audit_max_bytes = a.audit_max_size.map_or(DEFAULT_AUDIT_MAX_BYTES, |b| b.0);
     if audit_max_bytes < MIN_AUDIT_BYTES {
         problems.push(format!(
@@ -619,6 +813,13 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
             units::human_bytes(MIN_AUDIT_BYTES)
         ));
     }
+    check_at_most(
+        "agent.audit_max_size",
+        audit_max_bytes,
+        MAX_AUDIT_BYTES,
+        true,
+        problems,
+    );
     let audit_keep = a.audit_keep.unwrap_or(DEFAULT_AUDIT_KEEP as u64);
     if audit_keep > MAX_AUDIT_KEEP {
         problems.push(format!(
@@ -659,6 +860,34 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
         .into(),
         api_group: raw.api.group.unwrap_or_else(|| "libvirt".into()),
     };
+    check_duration(
+        "agent.resync_interval",
+        agent.resync_interval,
+        Duration::ZERO,
+        MAX_DURATION,
+        problems,
+    );
+    check_path("agent.state_dir", &agent.state_dir, problems);
+    check_path("api.socket", &agent.socket, problems);
+    let sock_len = agent.socket.as_os_str().len();
+    if sock_len > MAX_SOCKET_PATH {
+        problems.push(format!(
+            "api.socket ({}) is {sock_len} bytes long: a Unix socket path has at most {MAX_SOCKET_PATH}",
+            agent.socket.display()
+        ));
+    }
+    if agent.socket.file_name().is_none() && agent.socket.is_absolute() {
+        problems.push(format!(
+            "api.socket ({}) names a directory, not a socket file",
+            agent.socket.display()
+        ));
+    }
+    if agent.libvirt_uri.trim().is_empty() {
+        problems.push("agent.libvirt_uri is empty (the default is qemu:///system)".into());
+    }
+    if agent.api_group.is_empty() {
+        problems.push("api.group is empty (the default is libvirt)".into());
+    }
 
     let h = raw.host;
     let host = HostConfig {
@@ -673,6 +902,31 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
     };
     if host.cpus == Some(0) {
         problems.push("host.cpus must be at least 1".into());
+    }
+    if host.memory == Some(0) {
+        problems.push("host.memory must be more than 0".into());
+    }
+    for (key, v, max, bytes) in [
+        ("host.cpus", host.cpus, MAX_VCPUS, false),
+        ("host.memory", host.memory, MAX_BYTES, true),
+        (
+            "host.reserved_cpus",
+            Some(host.reserved_cpus),
+            MAX_VCPUS,
+            false,
+        ),
+        (
+            "host.reserved_memory",
+            Some(host.reserved_memory),
+            MAX_BYTES,
+            true,
+        ),
+        ("host.disk_bytes_sec", host.disk_bytes_sec, MAX_BYTES, true),
+        ("host.disk_iops_sec", host.disk_iops_sec, MAX_IOPS, false),
+    ] {
+        if let Some(v) = v {
+            check_at_most(key, v, max, bytes, problems);
+        }
     }
     for (key, v, hi) in [
         ("host.cpu_allocation_ratio", host.cpu_allocation_ratio, 64.0),
@@ -751,8 +1005,28 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
             tuning.disk_burst_factor
         ));
     }
-    if tuning.stats_period.as_secs() > i32::MAX as u64 {
-        problems.push("memory.stats_period is too long".into());
+    for (key, d) in [
+        ("memory.stats_period", tuning.stats_period),
+        ("vcpus.cooldown", tuning.vcpu_cooldown),
+        ("vcpus.unplug_backoff", tuning.vcpu_unplug_backoff),
+    ] {
+        check_duration(key, d, Duration::ZERO, MAX_DURATION, problems);
+    }
+    check_at_most(
+        "memory.min_change",
+        tuning.memory_min_change,
+        MAX_BYTES,
+        true,
+        problems,
+    );
+    for (key, a) in [
+        ("memory.max_shrink", tuning.memory_max_shrink),
+        ("memory.guest_free_min", tuning.guest_free_min),
+        ("memory.pressure_threshold", tuning.pressure_threshold),
+    ] {
+        if let Amount::Absolute(v) = a {
+            check_at_most(key, v, MAX_BYTES, true, problems);
+        }
     }
 
     let mut pools = BTreeMap::new();
@@ -838,10 +1112,17 @@ fn build_pool(name: &str, spec: &PoolSpec, problems: &mut Vec<String>) -> Pool {
             problems.push(format!("{at}: {r}.budget is missing"));
             continue;
         };
-        if let Amount::Fraction(f) = budget {
-            if f > 1.0 {
+        match budget {
+            Amount::Fraction(f) if f > 1.0 => {
                 problems.push(format!("{at}: {r}.budget ({budget}) is more than 100%"));
             }
+            Amount::Absolute(b) if b > max_amount(r) => {
+                problems.push(format!(
+                    "{at}: {r}.budget ({b}) is out of range: at most {}",
+                    max_amount(r)
+                ));
+            }
+            _ => {}
         }
         check_limits(&at, "", r, limits, Some(budget), problems);
         resources.get_mut(r).replace(PoolResource {
@@ -970,6 +1251,14 @@ fn check_limits(
             ));
         }
     }
+    for (what, v) in [("min", l.min), ("max", l.max)] {
+        if let Some(v) = v.filter(|v| *v > max_amount(r)) {
+            problems.push(format!(
+                "{at}: {prefix}{r}.{what} ({v}) is out of range: at most {}",
+                max_amount(r)
+            ));
+        }
+    }
     if r == Resource::Vcpus && l.max == Some(0) {
         problems.push(format!("{at}: {prefix}vcpus.max must be at least 1"));
     }
@@ -993,7 +1282,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = parse("").unwrap();
+        let c = parse("[agent]\n").unwrap();
         assert_eq!(c.agent.interval, Duration::from_secs(10));
         assert_eq!(c.agent.resync_interval, Duration::from_secs(300));
         let c = parse("[agent]\nresync_interval = \"0s\"\n").unwrap();
@@ -1166,6 +1455,165 @@ memory = { min = "4GiB", shares = 3000 }
             "{e}"
         );
         assert!(parse("[agent]\nlog_level = \"warn,virtpool=debug\"\n").is_ok());
+    }
+
+    #[test]
+    fn durations_and_sizes_out_of_range_name_key_value_and_range() {
+        let e = parse("[agent]\nresync_interval = \"18446744073709551615s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("agent.resync_interval (") && e.contains("is out of range: 0s to 1day"),
+            "{e}"
+        );
+        for (text, key) in [
+            ("[agent]\ninterval = \"2days\"\n", "agent.interval (2days)"),
+            ("[agent]\ninterval = \"10ms\"\n", "agent.interval (10ms)"),
+            (
+                "[memory]\nstats_period = 4294967296\n",
+                "memory.stats_period",
+            ),
+            ("[vcpus]\ncooldown = \"400days\"\n", "vcpus.cooldown"),
+            (
+                "[vcpus]\nunplug_backoff = \"2days\"\n",
+                "vcpus.unplug_backoff",
+            ),
+            (
+                "[agent]\naudit_max_size = \"2GiB\"\n",
+                "agent.audit_max_size (2.0 GiB)",
+            ),
+            (
+                "[host]\ncpus = 100000\n",
+                "host.cpus (100000) is out of range: at most 65536",
+            ),
+            ("[host]\nmemory = \"2EiB\"\n", "host.memory"),
+            (
+                "[host]\nreserved_memory = \"4EiB\"\n",
+                "host.reserved_memory",
+            ),
+            (
+                "[host]\ndisk_iops_sec = 18446744073709551615\n",
+                "host.disk_iops_sec",
+            ),
+            ("[memory]\nmin_change = \"2EiB\"\n", "memory.min_change"),
+            (
+                "[memory]\nguest_free_min = \"2EiB\"\n",
+                "memory.guest_free_min",
+            ),
+            (
+                "[pools.a]\nvcpus = { budget = 18446744073709551615 }\n",
+                "pool \"a\": vcpus.budget (18446744073709551615) is out of range: at most 65536",
+            ),
+            (
+                "[pools.a]\nmemory = { budget = \"1GiB\", max = \"8EiB\" }\n",
+                "pool \"a\": memory.max (9223372036854775808) is out of range",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+            assert!(e.starts_with("/etc/virtpool/virtpool.toml: "), "{e}");
+        }
+        // The ends of the ranges are accepted.
+        let c = parse(
+            "[agent]\ninterval = \"1day\"\nresync_interval = \"24h\"\n[vcpus]\ncooldown = \"0s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.agent.resync_interval, MAX_DURATION);
+    }
+
+    #[test]
+    fn paths_that_cannot_work_are_refused() {
+        for (text, want) in [
+            ("[api]\nsocket = \"\"\n", "api.socket is empty"),
+            ("[agent]\nstate_dir = \"\"\n", "agent.state_dir is empty"),
+            (
+                "[agent]\nstate_dir = \"state\"\n",
+                "agent.state_dir (state) is not an absolute path",
+            ),
+            (
+                "[api]\nsocket = \"run/v.sock\"\n",
+                "api.socket (run/v.sock) is not an absolute path",
+            ),
+            (
+                "[agent]\nlibvirt_uri = \"\"\n",
+                "agent.libvirt_uri is empty",
+            ),
+            ("[api]\ngroup = \"\"\n", "api.group is empty"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        let long = format!("[api]\nsocket = \"/{}\"\n", "s".repeat(120));
+        let e = parse(&long).unwrap_err().to_string();
+        assert!(e.contains("is 121 bytes long"), "{e}");
+        // {config_dir} makes a relative-looking path absolute.
+        let c = parse("[agent]\nstate_dir = \"{config_dir}/state\"\n").unwrap();
+        assert!(c.agent.state_dir.is_absolute());
+    }
+
+    #[test]
+    fn a_file_with_no_settings_is_refused() {
+        for text in ["", "\n  \n", "# only a comment\n\n   # another\n"] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains("the file has no settings"), "{text:?}: {e}");
+        }
+        assert!(parse("[agent]\n").is_ok());
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_with_its_position() {
+        let e = Config::parse_bytes(
+            b"[agent]\nmode = \"obs\xe9rve\"\n",
+            Path::new("/etc/virtpool/virtpool.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "/etc/virtpool/virtpool.toml: not valid UTF-8 at line 2, column 12 (byte 19)"
+        );
+        let e = Config::parse_bytes(b"\xff", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1, column 1 (byte 0)"), "{e}");
+    }
+
+    #[test]
+    fn load_refuses_special_files_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("virtpool.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = Config::load(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn reservations_beyond_the_host_name_their_key() {
+        let cap = HostCapacity {
+            cpus: 16,
+            memory_total: 64 << 30,
+            memory_available: 60 << 30,
+        };
+        let c = parse("[host]\nreserved_cpus = 1000\n").unwrap();
+        let e = c.check_host(&cap).unwrap_err().to_string();
+        assert!(
+            e.contains("host.reserved_cpus (1000) is more than the host's 16 CPUs (measured)"),
+            "{e}"
+        );
+        let c = parse("[host]\nmemory = \"8GiB\"\nreserved_memory = \"9GiB\"\n").unwrap();
+        let e = c.check_host(&cap).unwrap_err().to_string();
+        assert!(
+            e.contains("host.reserved_memory (9.0 GiB) is more than the host's memory, 8.0 GiB (host.memory)"),
+            "{e}"
+        );
+        let c = parse("[host]\nreserved_cpus = 16\n").unwrap();
+        assert_eq!(
+            c.check_host(&cap).unwrap().vcpus,
+            0,
+            "all reserved is allowed"
+        );
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub enum EventKind {
     Stopping,
     /// A runtime change made through the API, by `uid`.
     Change { uid: u32, message: String },
+    /// Start-up took runtime state entries that no longer fit the config
+    /// or the host out of the state; they are kept in `file`.
+    StateSetAside { file: String, problems: Vec<String> },
 }
 
 impl Event {

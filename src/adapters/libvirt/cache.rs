@@ -33,6 +33,9 @@ use crate::core::model::{Action, DiskObs};
 
 /// Default resync interval (`agent.resync_interval`).
 pub const DEFAULT_RESYNC: Duration = crate::core::config::DEFAULT_RESYNC;
+/// How long an entry is kept when its resync interval would overflow the
+/// clock (the config allows at most a day).
+const MAX_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// UUIDs whose cached facts are stale, marked by event callbacks (on
 /// libvirt's event thread) and taken by the next observation; and whether
@@ -214,7 +217,10 @@ impl ReadCache {
         if !self.enabled() {
             return;
         }
-        let expires = now + spread(uuid, self.resync);
+        // The config bounds the interval; a longer one must not panic.
+        let expires = now
+            .checked_add(spread(uuid, self.resync))
+            .unwrap_or(now + MAX_KEEP);
         let entry = Entry {
             name: name.clone(),
             id,
@@ -426,6 +432,14 @@ mod tests {
             .filter(|u| c.get(u, None, false, t0 + r * 3 / 4).is_some())
             .count();
         assert!(live > 40 && live < 160, "{live} of 200 still valid");
+    }
+
+    #[test]
+    fn a_resync_interval_past_the_clock_does_not_panic() {
+        let t0 = Instant::now();
+        let mut c = ReadCache::new(Duration::from_secs(u64::MAX));
+        put(&mut c, "a", None, false, slow(1), t0);
+        assert!(c.get("a", None, false, t0).is_some());
     }
 
     #[test]

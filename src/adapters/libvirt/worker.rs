@@ -113,6 +113,23 @@ impl HvWorker {
         let _ = tokio::task::spawn_blocking(move || drop(self)).await;
     }
 
+    /// Whether jobs can still run: false once a job panicked (or the
+    /// thread ended), after which every job fails with "hypervisor thread
+    /// stopped". Cheap: no job is sent. The monitor stops pinging the
+    /// watchdog when it is false, so systemd restarts the agent.
+    pub fn is_alive(&self) -> bool {
+        match &self.inner {
+            Inner::Thread(shared) => match shared.closed.lock() {
+                // The thread drops the sender when it ends.
+                Ok(closed) => closed
+                    .as_ref()
+                    .is_some_and(|c| matches!(c.try_recv(), Err(mpsc::TryRecvError::Empty))),
+                Err(_) => false,
+            },
+            Inner::EventLoop(shared) => !shared.hv.is_poisoned(),
+        }
+    }
+
     /// The libvirt calls made so far, when the hypervisor counts them.
     pub fn calls(&self) -> Option<CallCounts> {
         self.calls.as_ref().map(|c| c.snapshot())
@@ -493,6 +510,24 @@ mod tests {
         );
         assert!(!closed.load(Ordering::SeqCst));
         release.send(()).unwrap();
+    }
+
+    /// A job that panics stops the worker: it says so without a job.
+    #[tokio::test]
+    async fn a_worker_whose_job_panicked_is_not_alive() {
+        let (w, _closed) = slow_close_worker().await;
+        assert!(w.is_alive());
+        let r = w
+            .run(|_| -> () { panic!("a job that panics (expected in this test)") })
+            .await;
+        assert!(r.is_err());
+        // The thread ends after unwinding (the close takes 300 ms).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while w.is_alive() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!w.is_alive(), "the worker still reports alive");
+        assert!(w.observe().await.is_err());
     }
 
     #[test]

@@ -381,8 +381,9 @@ impl Reconciler {
             clock: Some(self.clock),
         };
         let calls = self.hv.calls().unwrap_or_default();
+        let alive = self.hv.is_alive();
         self.publisher
-            .publish(report, t0, timings, scope, calls)
+            .publish(report, t0, timings, scope, calls, alive)
             .await
     }
 }

@@ -215,7 +215,8 @@ impl Publisher {
 
     /// Publishes a report and the counters, writes the cycle's events,
     /// reports to the service manager (STATUS=, and WATCHDOG=1: a cycle
-    /// finished, so the loop is alive).
+    /// finished, so the loop is alive — unless the libvirt thread is gone
+    /// for good, `hv_alive` false).
     pub(super) async fn publish(
         &mut self,
         mut report: Report,
@@ -223,6 +224,7 @@ impl Publisher {
         timings: Timings,
         scope: Option<Vec<String>>,
         calls_now: CallCounts,
+        hv_alive: bool,
     ) -> Arc<Report> {
         let failed = report.results.iter().filter(|r| !r.ok).count();
         let elapsed = t0.elapsed();
@@ -272,7 +274,7 @@ impl Publisher {
             .send_replace(Arc::new(self.counters.clone()));
         self.reports.send_replace(report.clone());
         let line = Notice::Status(report.summary());
-        if self.watchdog.is_some() {
+        if self.watchdog.is_some() && hv_alive {
             self.notifier.notify(&[line, Notice::Watchdog]);
         } else {
             self.notifier.notify(&[line]);

@@ -130,8 +130,11 @@ impl Reconciler {
                         None => std::future::pending::<()>().await,
                     }
                 } => {
-                    // Between cycles, so the loop is alive: ping without a cycle.
-                    self.publisher.notifier.notify(&[Notice::Watchdog]);
+                    // Between cycles, so the loop is alive: ping without a
+                    // cycle, unless the libvirt thread is gone for good.
+                    if self.hv.is_alive() {
+                        self.publisher.notifier.notify(&[Notice::Watchdog]);
+                    }
                     continue;
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
