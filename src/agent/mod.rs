@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod load;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod observability;

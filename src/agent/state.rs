@@ -273,7 +273,7 @@ impl VcpuHolds {
 /// Reads `state_dir/name` as JSON: `None` when there is no such file. A
 /// file that does not parse, or whose version (`version`) is not `want`,
 /// is corrupt.
-fn read_json<T: serde::de::DeserializeOwned>(
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
     state_dir: &Path,
     name: &str,
     want: u32,
@@ -309,7 +309,11 @@ fn read_json<T: serde::de::DeserializeOwned>(
 /// Writes `value` as JSON to `state_dir/name` (see
 /// [`crate::agent::safe_fs::write_atomic`]), creating `state_dir` (0700) if needed
 /// and refusing one that others may write to.
-fn write_json<T: Serialize>(state_dir: &Path, name: &str, value: &T) -> Result<(), StateError> {
+pub(crate) fn write_json<T: Serialize>(
+    state_dir: &Path,
+    name: &str,
+    value: &T,
+) -> Result<(), StateError> {
     let file = state_dir.join(name);
     let werr = |source| StateError::Write {
         file: file.clone(),
@@ -342,7 +346,7 @@ fn unix_now() -> u64 {
 
 /// Renames `state_dir/name` to `name.corrupt-<unix time>`; the new path,
 /// if there was a file.
-fn move_aside(state_dir: &Path, name: &str) -> Result<Option<PathBuf>, StateError> {
+pub(crate) fn move_aside(state_dir: &Path, name: &str) -> Result<Option<PathBuf>, StateError> {
     let file = state_dir.join(name);
     // Whatever is there (a link, a FIFO) is moved, never followed.
     if std::fs::symlink_metadata(&file).is_err() {

@@ -1,40 +1,31 @@
 //! virtpoold: the virtpool host agent.
 
 use anyhow::Context;
+use clap::Parser;
 use std::process::ExitCode;
 use virtpool::adapters::host::Host;
 use virtpool::adapters::libvirt::worker::HvWorker;
 use virtpool::adapters::libvirt::Libvirt;
 use virtpool::agent::audit::{AuditLog, Event, EventKind};
 use virtpool::agent::load::Overrides;
+use virtpool::agent::memory::SavedHistory;
 use virtpool::agent::notify::{self, SdNotifier};
 use virtpool::agent::observability;
 use virtpool::agent::reconciler::{Reconciler, ReconcilerOptions};
 use virtpool::agent::service::{self, ServiceParts};
 use virtpool::agent::state::{RuntimeState, StateError, VcpuHolds};
 use virtpool::agent::{safe_fs, state_check};
-use virtpool::cli::daemon_args::{self, exit, Parsed};
+use virtpool::cli::daemon_args::{exit, DaemonArgs};
 use virtpool::cli::report;
 use virtpool::core::config::{Allocatable, Config, Mode};
 
 fn main() -> ExitCode {
-    let parsed = daemon_args::parse(
-        std::env::args_os().skip(1),
-        std::env::var_os("VIRTPOOL_CONFIG"),
-    );
-    let args = match parsed {
-        Ok(Parsed::Run(args)) => args,
-        Ok(Parsed::Help) => {
-            print!("{}", daemon_args::help());
-            return ExitCode::SUCCESS;
-        }
-        Ok(Parsed::Version) => {
-            println!("{}", daemon_args::version());
-            return ExitCode::SUCCESS;
-        }
+    let args = match DaemonArgs::try_parse() {
+        Ok(a) => a,
         Err(e) => {
-            eprintln!("{}", e.report());
-            return ExitCode::from(exit::USAGE);
+            // Help and version print and exit 0; usage errors exit 2.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
         }
     };
     let mut cfg = match Config::load(&args.config) {
@@ -83,6 +74,20 @@ fn main() -> ExitCode {
                 return ExitCode::from(state_exit(&e));
             }
         }
+        // The planner's saved history is kept unless it cannot be read.
+        if SavedHistory::load(&cfg.agent.state_dir).is_err() {
+            match SavedHistory::reset(&cfg.agent.state_dir) {
+                Ok(Some(aside)) => eprintln!(
+                    "virtpoold: unreadable saved history moved aside to {}",
+                    aside.display()
+                ),
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("virtpoold: {e}");
+                    return ExitCode::from(state_exit(&e));
+                }
+            }
+        }
         // Held vCPU changes are kept unless their file cannot be read.
         if VcpuHolds::load(&cfg.agent.state_dir).is_err() {
             match VcpuHolds::reset(&cfg.agent.state_dir) {
@@ -99,7 +104,7 @@ fn main() -> ExitCode {
         }
     }
     // One cycle prints its own report: log only what went wrong.
-    let level = if args.once {
+    let level = if args.once || args.release_all {
         Some("warn")
     } else {
         cfg.agent.log_level.as_deref()
@@ -124,7 +129,9 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    let result = if args.once {
+    let result = if args.release_all {
+        rt.block_on(release_all(cfg, host))
+    } else if args.once {
         rt.block_on(once(cfg, host, alloc, args.observe))
     } else {
         let overrides = Overrides {
@@ -181,6 +188,77 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 /// Silences libvirt's default error printing (errors are returned and logged).
 fn virt_quiet() {
     virtpool::adapters::libvirt::quiet_errors();
+}
+
+/// `--release-all`: gives back to every domain what the agent changed on
+/// it, as if every domain had left its pool, then exits: 0 when all is
+/// given back, 1 when some domains wait (paused, or their change failed).
+/// Uses the agent's saved history and writes it back; the service must be
+/// stopped first (the socket's lock says whether it runs).
+async fn release_all(mut cfg: Config, host: Host) -> anyhow::Result<ExitCode> {
+    let dir = cfg.agent.state_dir.clone();
+    safe_fs::check_dir(&dir)?;
+    let _lock = virtpool::api::bind(&cfg.agent.socket, &cfg.agent.api_group).await?;
+    let saved = SavedHistory::load(&dir)?;
+    let holds = state_check::load_holds(&dir)?;
+    if saved.originals.is_empty() {
+        println!("nothing to give back: the agent changed no domain that it still remembers");
+        return Ok(ExitCode::SUCCESS);
+    }
+    // No pool: every domain has left management.
+    cfg.pools.clear();
+    cfg.agent.mode = Mode::Enforce;
+    let hv = HvWorker::spawn(Box::new(Libvirt::new(&cfg.agent.libvirt_uri)))
+        .context("cannot start the libvirt thread")?;
+    let uri = cfg.agent.libvirt_uri.clone();
+    let (mut agent, _handle) = Reconciler::with_options(
+        hv,
+        host,
+        cfg,
+        RuntimeState::new(),
+        ReconcilerOptions {
+            holds_dir: Some(dir),
+            holds,
+            saved,
+            ..ReconcilerOptions::default()
+        },
+    );
+    // One cycle gives back, the next one sees it done (at most three).
+    let mut report = agent.cycle_once().await;
+    for _ in 0..2 {
+        let giving = report.plan.as_ref().is_some_and(|p| !p.releases.is_empty());
+        if !giving {
+            break;
+        }
+        report = agent.cycle_once().await;
+    }
+    if !report.libvirt.connected {
+        eprintln!(
+            "virtpoold: cannot reach libvirt at {uri}: {}",
+            report.libvirt.error.as_deref().unwrap_or("unknown error")
+        );
+        return Ok(ExitCode::from(exit::UNAVAILABLE));
+    }
+    let mut left = Vec::new();
+    for u in report.plan.iter().flat_map(|p| &p.unmanaged) {
+        match u.release {
+            Some(virtpool::core::planner::Release::Done(how)) => {
+                println!(
+                    "{}: {}",
+                    u.name,
+                    serde_json::json!(how).as_str().unwrap_or("")
+                )
+            }
+            Some(r) => left.push(format!("{} ({})", u.name, serde_json::json!(r))),
+            None => {}
+        }
+    }
+    if left.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("virtpoold: not given back yet: {}", left.join(", "));
+        Ok(ExitCode::from(exit::FAILURE))
+    }
 }
 
 async fn once(
@@ -276,6 +354,7 @@ async fn daemon(
         })
     };
     let holds: VcpuHolds = state_check::load_holds(&state_dir)?;
+    let saved = SavedHistory::load(&state_dir)?;
     if !holds.holds.is_empty() {
         tracing::info!(
             domains = holds.holds.len(),
@@ -326,6 +405,7 @@ async fn daemon(
             audit,
             holds_dir: Some(config_state_dir.clone()),
             holds,
+            saved,
         },
     );
     let monitor = monitor.with_events(events_rx);

@@ -1,9 +1,8 @@
 //! Man pages and shell completions of both binaries, for packaging:
 //! `virtpoolctl --generate-assets DIR` writes them (see
 //! `scripts/build-deb.sh`). `virtpoolctl`'s come from its clap
-//! definition; `virtpoold`'s from [`daemon_command`], a clap definition
-//! built from the daemon's own option table ([`crate::cli::daemon_args`]),
-//! which parses its command line without clap.
+//! definition; `virtpoold`'s from [`daemon_command`], its own clap
+//! definition ([`crate::cli::daemon_args`]).
 //!
 //! Into `DIR`: `NAME.SECTION` (plus `NAME-SUB.SECTION` for each subcommand,
 //! recursively, which the main page's SUBCOMMANDS list refers to), each
@@ -21,45 +20,9 @@ use std::path::{Path, PathBuf};
 /// argument; exit 1 when it is not).
 pub const COMPLETE: &str = "__complete";
 
-/// `virtpoold`'s command line as a clap definition, for its man page and
-/// completions: the same options, help, environment and defaults as
-/// [`crate::cli::daemon_args::OPTIONS`].
+/// `virtpoold`'s command line (see [`crate::cli::daemon_args`]).
 pub fn daemon_command() -> clap::Command {
-    use crate::cli::daemon_args::{ABOUT, AFTER_HELP, OPTIONS};
-    // `-h` and `--help` print the same text in virtpoold: clap's own flag
-    // would say otherwise.
-    let mut cmd = clap::Command::new("virtpoold")
-        .version(env!("CARGO_PKG_VERSION"))
-        .about(ABOUT)
-        .after_long_help(AFTER_HELP)
-        .disable_help_flag(true);
-    for o in OPTIONS {
-        let mut arg = clap::Arg::new(o.long).long(o.long).help(o.help);
-        if let Some(c) = o.short {
-            arg = arg.short(c);
-        }
-        arg = match o.value {
-            Some(v) => arg.value_name(v).action(clap::ArgAction::Set),
-            None => arg.action(clap::ArgAction::SetTrue),
-        };
-        if let Some(e) = o.env {
-            arg = arg.env(e);
-        }
-        if let Some(d) = o.default {
-            arg = arg.default_value(d);
-        }
-        if o.long == "config" {
-            arg = arg.value_hint(clap::ValueHint::FilePath);
-        }
-        cmd = cmd.arg(arg);
-    }
-    cmd.arg(
-        clap::Arg::new("help")
-            .short('h')
-            .long("help")
-            .help("Print help")
-            .action(clap::ArgAction::Help),
-    )
+    crate::cli::daemon_args::command()
 }
 
 /// A file that could not be written.

@@ -33,7 +33,9 @@ impl EventFilter {
         if let Some(d) = &self.domain {
             let hit = match &ev.kind {
                 EventKind::Action { domain, uuid, .. }
-                | EventKind::Unadmitted { domain, uuid, .. } => {
+                | EventKind::Unadmitted { domain, uuid, .. }
+                | EventKind::Admitted { domain, uuid, .. }
+                | EventKind::Released { domain, uuid, .. } => {
                     domain == d || uuid.eq_ignore_ascii_case(d)
                 }
                 EventKind::Change { message, .. } => message.contains(&format!("{d:?}")),
@@ -48,7 +50,9 @@ impl EventFilter {
                 EventKind::Action { domain, uuid, .. } => {
                     p.members.contains(domain) || p.members.contains(uuid)
                 }
-                EventKind::Unadmitted { pool, .. } => *pool == p.name,
+                EventKind::Unadmitted { pool, .. } | EventKind::Admitted { pool, .. } => {
+                    *pool == p.name
+                }
                 EventKind::Change { message, .. } => {
                     message.contains(&format!("pool {:?}", p.name))
                 }
@@ -137,6 +141,10 @@ pub fn describe(ev: &Event) -> (&'static str, String) {
                 Some(n) => format!("{domain} in pool {pool}: {n}"),
             },
         ),
+        EventKind::Admitted { pool, domain, .. } => {
+            ("admitted", format!("{domain} in pool {pool}, again"))
+        }
+        EventKind::Released { domain, how, .. } => ("released", format!("{domain}: {how}")),
         EventKind::Started { version } => ("started", format!("virtpoold {version}")),
         EventKind::Stopping => ("stopping", String::new()),
         EventKind::Change { uid, message } => ("change", format!("uid {uid}: {message}")),

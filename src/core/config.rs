@@ -120,6 +120,7 @@ struct RawAgent {
     resync_interval: Option<Secs>,
     audit_max_size: Option<Bytes>,
     audit_keep: Option<u64>,
+    on_release: Option<OnRelease>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -348,6 +349,21 @@ pub struct AgentConfig {
     pub audit_keep: usize,
     pub socket: PathBuf,
     pub api_group: String,
+    /// What happens to what the agent changed on a domain that leaves
+    /// management (removed from its pool, pool deleted, config changed).
+    pub on_release: OnRelease,
+}
+
+/// `agent.on_release`: give back what the agent changed on a domain that
+/// leaves management, or leave it as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRelease {
+    /// Set back what the domain had before the agent first changed it.
+    #[default]
+    Restore,
+    /// Leave the values the agent set.
+    Keep,
 }
 
 /// Host capacity settings (`[host]`).
@@ -834,6 +850,7 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
         }
     }
     let agent = AgentConfig {
+        on_release: a.on_release.unwrap_or_default(),
         mode: a.mode.unwrap_or_default(),
         interval,
         libvirt_uri: expand(a.libvirt_uri.as_deref().unwrap_or("qemu:///system"), path),

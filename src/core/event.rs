@@ -69,6 +69,21 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         note: Option<String>,
     },
+    /// A member reported unadmitted earlier is admitted again.
+    Admitted {
+        pool: String,
+        domain: String,
+        uuid: String,
+    },
+    /// A domain left management and what the agent had changed on it was
+    /// given back (`restored`) or left as it is (`kept`, by
+    /// `agent.on_release`).
+    Released {
+        domain: String,
+        uuid: String,
+        /// `restored` or `kept`.
+        how: String,
+    },
     /// The agent started.
     Started { version: String },
     /// The agent is stopping.

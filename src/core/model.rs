@@ -305,6 +305,15 @@ pub enum Reason {
     Unadmitted,
     /// The pool (or the agent) is paused: left untouched.
     Paused,
+    /// The domain is paused: its changes wait until it runs (a paused
+    /// guest answers no balloon or vCPU request).
+    DomainPaused,
+    /// The domain has no balloon device: its memory is reported, not
+    /// managed.
+    NoBalloon,
+    /// Set back to what it had before the agent changed it (the domain
+    /// left management).
+    Released,
 }
 
 impl fmt::Display for Reason {

@@ -35,6 +35,7 @@ use crate::adapters::host::Host;
 use crate::adapters::libvirt::events::EventReceiver;
 use crate::adapters::libvirt::worker::HvWorker;
 use crate::agent::audit::{AuditLog, Event, EventKind};
+use crate::agent::memory::SavedHistory;
 use crate::agent::notify::{NoNotifier, Notifier};
 use crate::agent::report::{Counters, LibvirtStatus, PlanBasis, Report};
 use crate::agent::state::{RuntimeState, VcpuHolds};
@@ -61,12 +62,15 @@ pub struct ReconcilerOptions {
     pub watchdog: Option<Duration>,
     /// Where events are written.
     pub audit: AuditLog,
-    /// Where held vCPU changes are saved (`state_dir`); `None`: kept in
-    /// memory only.
+    /// Where held vCPU changes and the planner's saved history go
+    /// (`state_dir`); `None`: kept in memory only.
     pub holds_dir: Option<PathBuf>,
     /// The held vCPU changes saved by an earlier run (see [`VcpuHolds`]):
     /// they hold from the first cycle on.
     pub holds: VcpuHolds,
+    /// The planner's history saved by an earlier run (admission order,
+    /// what domains had before the agent changed them).
+    pub saved: SavedHistory,
 }
 
 impl Default for ReconcilerOptions {
@@ -78,6 +82,7 @@ impl Default for ReconcilerOptions {
             audit: AuditLog::memory(),
             holds_dir: None,
             holds: VcpuHolds::default(),
+            saved: SavedHistory::default(),
         }
     }
 }
@@ -189,9 +194,13 @@ impl Reconciler {
             config,
             runtime,
             observe_only,
-            history: Arc::new(History {
-                vcpu_pending: opts.holds.to_pending(0),
-                ..History::default()
+            history: Arc::new({
+                let mut h = History {
+                    vcpu_pending: opts.holds.to_pending(0),
+                    ..History::default()
+                };
+                opts.saved.restore_into(&mut h);
+                h
             }),
             clock: Instant::now(),
             cycle: 0,
@@ -206,6 +215,7 @@ impl Reconciler {
                 opts.audit,
                 opts.holds_dir,
                 opts.holds,
+                opts.saved,
             ),
             cmd_rx,
             events: None,
@@ -344,7 +354,7 @@ impl Reconciler {
                 now,
             },
         );
-        self.publisher.save_holds(&self.history).await;
+        self.publisher.save(&self.history).await;
 
         // 6: publish.
         let report = self

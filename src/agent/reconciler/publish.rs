@@ -7,9 +7,10 @@ use super::inputs::{Inputs, Timings};
 use crate::adapters::libvirt::calls::CallCounts;
 use crate::adapters::libvirt::HvError;
 use crate::agent::audit::{self, AuditLog, Event, EventKind};
+use crate::agent::memory::SavedHistory;
 use crate::agent::notify::{Notice, Notifier};
 use crate::agent::report::{ActionOutcome, Counters, CycleInfo, LibvirtStatus, Report};
-use crate::agent::state::{self, StateError, VcpuHolds};
+use crate::agent::state::VcpuHolds;
 use crate::core::config::Config;
 use crate::core::model::DomainObs;
 use crate::core::planner::{History, Plan};
@@ -37,6 +38,8 @@ pub(super) struct Publisher {
     /// Where held vCPU changes are saved, and what the file holds now.
     holds_dir: Option<PathBuf>,
     saved_holds: VcpuHolds,
+    /// The planner's history as the file holds it now.
+    saved_history: SavedHistory,
     /// Why the last reload was refused, until a good one.
     pub(super) reload_error: Option<String>,
     /// Whether libvirt answered in the last published cycle (`None`
@@ -86,6 +89,7 @@ impl Publisher {
         audit: AuditLog,
         holds_dir: Option<PathBuf>,
         saved_holds: VcpuHolds,
+        saved_history: SavedHistory,
     ) -> Publisher {
         Publisher {
             reports,
@@ -100,6 +104,7 @@ impl Publisher {
             calls_at_publish: CallCounts::default(),
             holds_dir,
             saved_holds,
+            saved_history,
             reload_error: None,
             was_connected: None,
         }
@@ -184,8 +189,27 @@ impl Publisher {
         }
     }
 
-    /// Reports members that became unadmitted (once each, until admitted).
+    /// Reports members that became unadmitted (once each, until admitted)
+    /// and those admitted again.
     fn note_unadmitted(&mut self, plan: &Plan, cycle: u64) {
+        if !self.unadmitted.is_empty() {
+            for p in &plan.pools {
+                for m in p.members.iter().filter(|m| m.admitted) {
+                    let key = (p.name.clone(), m.uuid.to_string());
+                    if self.unadmitted.contains(&key) {
+                        tracing::info!(pool = %p.name, domain = %m.name, "member admitted again");
+                        self.pending.push(Event::in_cycle(
+                            EventKind::Admitted {
+                                pool: p.name.clone(),
+                                domain: m.name.to_string(),
+                                uuid: m.uuid.to_string(),
+                            },
+                            cycle,
+                        ));
+                    }
+                }
+            }
+        }
         let mut now = HashSet::new();
         for p in &plan.pools {
             // Shut-off members are never admitted (they hold nothing): not news.
@@ -310,34 +334,51 @@ impl Publisher {
         }
     }
 
-    /// Saves the held vCPU changes when they changed (a timeout was
-    /// recorded, or a held domain restarted or went away), on a blocking
-    /// thread (the write is fsynced). A failed write is logged and tried
-    /// again after the next cycle.
-    pub(super) async fn save_holds(&mut self, history: &History) {
+    /// Saves what the planner remembers across restarts when it changed:
+    /// the held vCPU changes (a timeout was recorded, or a held domain
+    /// restarted or went away) and the saved history (admissions, what
+    /// domains had before the agent changed them). On a blocking thread
+    /// (the writes are fsynced); a failed write is logged and tried again
+    /// after the next cycle.
+    pub(super) async fn save(&mut self, history: &History) {
         let Some(dir) = self.holds_dir.clone() else {
             return;
         };
-        let now = VcpuHolds::from_pending(&history.vcpu_pending);
-        if now.holds == self.saved_holds.holds {
+        let holds = VcpuHolds::from_pending(&history.vcpu_pending);
+        let holds = (holds.holds != self.saved_holds.holds).then_some(holds);
+        let saved = (!self.saved_history.matches(history)).then(|| SavedHistory::of(history));
+        if holds.is_none() && saved.is_none() {
             return;
         }
-        let saved = tokio::task::spawn_blocking(move || now.save(&dir).map(|()| now))
-            .await
-            .unwrap_or_else(|e| {
-                Err(StateError::Write {
-                    file: state::HOLDS_FILE.into(),
-                    source: std::io::Error::other(e),
-                })
-            });
-        match saved {
-            Ok(now) => {
-                tracing::debug!(held = now.holds.len(), "vCPU holds saved");
-                self.saved_holds = now;
-            }
+        let written = tokio::task::spawn_blocking(move || {
+            let h = holds.map(|h| h.save(&dir).map(|()| h));
+            let s = saved.map(|s| s.save(&dir).map(|()| s));
+            (h, s)
+        })
+        .await;
+        let (h, s) = match written {
+            Ok(r) => r,
             Err(e) => {
+                tracing::error!(error = %e, "the planner's memory was not saved");
+                return;
+            }
+        };
+        match h {
+            Some(Ok(h)) => {
+                tracing::debug!(held = h.holds.len(), "vCPU holds saved");
+                self.saved_holds = h;
+            }
+            Some(Err(e)) => {
                 tracing::error!(error = %e, "vCPU holds not saved: a restarted agent would forget them");
             }
+            None => {}
+        }
+        match s {
+            Some(Ok(s)) => self.saved_history = s,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "admissions and original values not saved: a restarted agent would forget them");
+            }
+            None => {}
         }
     }
 }

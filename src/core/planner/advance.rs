@@ -1,8 +1,8 @@
 //! How the planner's [`History`] moves on after a cycle: one pure function
 //! of what the cycle planned, what it enforced and how that ended.
 
-use super::history::{History, Outcome};
-use super::plan::Plan;
+use super::history::{Admission, History, Outcome};
+use super::plan::{Plan, Release};
 use crate::core::model::{Action, DomainObs};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -64,6 +64,10 @@ pub fn advance(prev: &Arc<History>, c: &CycleFacts<'_>) -> Arc<History> {
             }
         }
     }
+    advance_admission(&mut h, c.plan);
+    if c.enforced {
+        advance_release(&mut h, c);
+    }
     let alive: HashSet<&str> = c.domains.iter().map(|d| &*d.uuid).collect();
     if !h.all_alive(|u| alive.contains(u)) {
         Arc::make_mut(&mut h).retain(|u| alive.contains(u));
@@ -72,6 +76,83 @@ pub fn advance(prev: &Arc<History>, c: &CycleFacts<'_>) -> Arc<History> {
         Arc::make_mut(&mut h).observe(c.domains);
     }
     h
+}
+
+/// What domains had before the agent first changed them (from the
+/// actions that ran on managed domains), and the releases that finished.
+fn advance_release(h: &mut Arc<History>, c: &CycleFacts<'_>) {
+    let unmanaged: HashMap<&str, Option<Release>> = c
+        .plan
+        .unmanaged
+        .iter()
+        .map(|u| (&*u.uuid, u.release))
+        .collect();
+    let in_scope = |u: &str| c.scope.is_none_or(|s| s.contains(u));
+    for (action, _) in c.outcomes {
+        let uuid = action.uuid();
+        if unmanaged.contains_key(uuid) || !action.is_allocation() {
+            continue;
+        }
+        let mut noted = h.originals.get(uuid).cloned().unwrap_or_default();
+        noted.note(action);
+        if h.originals.get(uuid) != Some(&noted) {
+            Arc::make_mut(h).originals.insert(uuid.to_string(), noted);
+        }
+    }
+    for (uuid, release) in &unmanaged {
+        if let (Some(Release::Done(how)), true) = (release, h.originals.contains_key(*uuid)) {
+            if in_scope(uuid) {
+                let hist = Arc::make_mut(h);
+                hist.originals.remove(*uuid);
+                hist.released.insert(uuid.to_string(), *how);
+            }
+        }
+    }
+    if !h.released.is_empty() {
+        for m in c.plan.pools.iter().flat_map(|p| &p.members) {
+            if h.released.contains_key(&*m.uuid) {
+                Arc::make_mut(h).released.remove(&*m.uuid);
+            }
+        }
+    }
+}
+
+/// Admission is sticky: the members admitted by this plan keep their place
+/// (a new one gets the next), the others lose theirs.
+fn advance_admission(h: &mut Arc<History>, plan: &Plan) {
+    let mut admitted: HashMap<&str, &str> = HashMap::new();
+    for p in &plan.pools {
+        for m in p.members.iter().filter(|m| m.admitted) {
+            admitted.insert(&*m.uuid, p.name.as_str());
+        }
+    }
+    let same = h.admitted.len() == admitted.len()
+        && h.admitted
+            .iter()
+            .all(|(u, a)| admitted.get(u.as_str()) == Some(&a.pool.as_str()));
+    if same {
+        return;
+    }
+    let hist = Arc::make_mut(h);
+    hist.admitted
+        .retain(|u, a| admitted.get(u.as_str()) == Some(&a.pool.as_str()));
+    let mut next = hist.admitted.values().map(|a| a.seq + 1).max().unwrap_or(0);
+    // New admissions in plan order (pools by name, members by UUID):
+    // deterministic.
+    for p in &plan.pools {
+        for m in p.members.iter().filter(|m| m.admitted) {
+            if !hist.admitted.contains_key(&*m.uuid) {
+                hist.admitted.insert(
+                    m.uuid.to_string(),
+                    Admission {
+                        pool: p.name.clone(),
+                        seq: next,
+                    },
+                );
+                next += 1;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

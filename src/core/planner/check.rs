@@ -21,7 +21,7 @@
 //! for every admitted member, Σ next ≤ max(budget, Σ current), and every
 //! action, in order, passes the guard.
 
-use super::plan::{Alloc, MemberPlan, Plan};
+use super::plan::{Alloc, MemberPlan, Plan, Release};
 use super::weights::{BLKIO_WEIGHT_RANGE, CPU_WEIGHT_RANGE};
 use super::work::MIB;
 use crate::core::model::{Action, PerResource, Resource};
@@ -99,6 +99,9 @@ pub struct Guard<'p> {
     /// UUID → pool index, every member of an unpaused pool that manages
     /// memory (whose stats period may be set).
     stats: HashMap<&'p str, usize>,
+    /// Domains that left management and are being given back what the
+    /// agent changed.
+    releasing: std::collections::HashSet<&'p str>,
     /// Per pool: Σ current values of admitted members.
     committed: Vec<PerResource<u64>>,
 }
@@ -128,10 +131,17 @@ impl<'p> Guard<'p> {
             }
             committed.push(c);
         }
+        let releasing = plan
+            .unmanaged
+            .iter()
+            .filter(|u| u.release == Some(Release::Giving))
+            .map(|u| &*u.uuid)
+            .collect();
         Guard {
             plan,
             index,
             stats,
+            releasing,
             committed,
         }
     }
@@ -155,6 +165,9 @@ impl<'p> Guard<'p> {
 
     /// Refuses an action that would break an invariant.
     pub fn check(&self, action: &Action) -> Result<(), Violation> {
+        if self.releasing.contains(action.uuid()) {
+            return check_release(action);
+        }
         if let Action::SetStatsPeriod { uuid, domain, .. } = action {
             return match self.stats.contains_key(&**uuid) {
                 true => Ok(()),
@@ -374,5 +387,21 @@ pub fn check_plan(plan: &Plan) -> Result<(), Vec<Violation>> {
         Ok(())
     } else {
         Err(out)
+    }
+}
+/// An action that gives back what the agent changed on a domain that
+/// left management: only the values libvirt itself takes.
+fn check_release(action: &Action) -> Result<(), Violation> {
+    let domain = || action.domain().to_owned();
+    match action {
+        Action::SetVcpus { to: 0, .. } => Err(Violation::ZeroVcpus { domain: domain() }),
+        Action::SetMemory { to, .. } if to % MIB != 0 => Err(Violation::NotMib {
+            domain: domain(),
+            to: *to,
+        }),
+        Action::SetCpuShares { to, .. } => range(domain, "cpu_shares", *to, CPU_WEIGHT_RANGE),
+        Action::SetBlkioWeight { to, .. } => range(domain, "blkio_weight", *to, BLKIO_WEIGHT_RANGE),
+        Action::SetStatsPeriod { .. } => Err(Violation::NotManaged { domain: domain() }),
+        _ => Ok(()),
     }
 }

@@ -5,7 +5,7 @@
 //! [`plan`](super::plan).
 
 use crate::core::keys::head_word;
-use crate::core::model::{Action, DomainObs};
+use crate::core::model::{Action, DomainObs, IoTune};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -79,6 +79,106 @@ pub struct History {
     /// tried again in that run).
     #[serde(default)]
     pub stats_period: BTreeMap<String, Option<u32>>,
+    /// Per domain UUID: the pool it is admitted to, and when (admission is
+    /// sticky, see [`super::admission`]; the agent persists this).
+    #[serde(default)]
+    pub admitted: BTreeMap<String, Admission>,
+    /// Per domain UUID: what it had before the agent first changed it,
+    /// given back when it leaves management (the agent persists this).
+    #[serde(default)]
+    pub originals: BTreeMap<String, Originals>,
+    /// Domains given back (or left as they are, by `agent.on_release`)
+    /// since they left management: the views say `released` until they
+    /// join a pool again.
+    #[serde(default)]
+    pub released: BTreeMap<String, Released>,
+}
+
+/// What a domain had before the agent first changed each of these
+/// (`None`: never changed, or not known).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Originals {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u64>,
+    /// Bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// Per disk target.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub iotune: BTreeMap<String, IoTune>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blkio_weight: Option<u64>,
+    /// A change also went to the persistent config (`persist = true`):
+    /// giving back writes it there too, and it is kept across a stop.
+    #[serde(default)]
+    pub persisted: bool,
+}
+
+impl Originals {
+    /// Notes the value an action found, if none is noted for it yet.
+    pub fn note(&mut self, action: &Action) {
+        match action {
+            Action::SetVcpus { from, persist, .. } => {
+                self.vcpus.get_or_insert(*from);
+                self.persisted |= persist;
+            }
+            Action::SetMemory { from, persist, .. } => {
+                self.memory.get_or_insert(*from);
+                self.persisted |= persist;
+            }
+            Action::SetBlockIoTune {
+                disk,
+                from,
+                persist,
+                ..
+            } => {
+                self.iotune.entry(disk.to_string()).or_insert(*from);
+                self.persisted |= persist;
+            }
+            Action::SetCpuShares { from, persist, .. } => {
+                if self.cpu_shares.is_none() {
+                    self.cpu_shares = *from;
+                }
+                self.persisted |= persist;
+            }
+            Action::SetBlkioWeight { from, persist, .. } => {
+                if self.blkio_weight.is_none() {
+                    self.blkio_weight = *from;
+                }
+                self.persisted |= persist;
+            }
+            Action::SetStatsPeriod { .. } => {}
+        }
+    }
+
+    /// Whether nothing is noted.
+    pub fn is_empty(&self) -> bool {
+        self.vcpus.is_none()
+            && self.memory.is_none()
+            && self.iotune.is_empty()
+            && self.cpu_shares.is_none()
+            && self.blkio_weight.is_none()
+    }
+}
+
+/// How a domain was released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Released {
+    /// What the agent changed was given back.
+    Restored,
+    /// Left as the agent had set it (`agent.on_release = "keep"`).
+    Kept,
+}
+
+/// A member's admission to a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admission {
+    pub pool: String,
+    /// Increasing with every admission: the order of admissions.
+    pub seq: u64,
 }
 
 impl History {
@@ -163,6 +263,9 @@ impl History {
             && self.vcpu_pending.keys().all(|u| alive(u))
             && self.reclaim.keys().all(|u| alive(u))
             && self.stats_period.keys().all(|u| alive(u))
+            && self.admitted.keys().all(|u| alive(u))
+            && self.originals.keys().all(|u| alive(u))
+            && self.released.keys().all(|u| alive(u))
     }
 
     /// Forgets domains that no longer exist.
@@ -171,6 +274,9 @@ impl History {
         self.vcpu_pending.retain(|u, _| alive(u));
         self.reclaim.retain(|u, _| alive(u));
         self.stats_period.retain(|u, _| alive(u));
+        self.admitted.retain(|u, _| alive(u));
+        self.originals.retain(|u, _| alive(u));
+        self.released.retain(|u, _| alive(u));
     }
 
     /// The timed-out vCPU change that forbids moving domain `d` to `want`
@@ -223,12 +329,18 @@ pub(crate) fn cooling_at(changed_at: Option<u64>, now: u64, cooldown: u64) -> bo
 
 /// One domain's entries in a [`History`].
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Entry {
+pub(crate) struct Entry<'h> {
     pub changed_at: Option<u64>,
     pub pending: Option<PendingVcpus>,
     pub reclaim: u64,
     /// The run in which the stats period was set, if it was.
     pub stats_period: Option<Option<u32>>,
+    /// Its admission, if it is admitted to a pool.
+    pub admitted: Option<&'h Admission>,
+    /// What it had before the agent changed it, if it did.
+    pub originals: Option<&'h Originals>,
+    /// How it was released, if it was.
+    pub released: Option<&'h Released>,
 }
 
 /// Looks up the history of domains visited in ascending UUID order: a
@@ -239,11 +351,14 @@ pub(crate) struct Cursor<'h> {
     pending: Seek<'h, PendingVcpus>,
     reclaim: Seek<'h, u64>,
     stats_period: Seek<'h, Option<u32>>,
+    admitted: Seek<'h, Admission>,
+    originals: Seek<'h, Originals>,
+    released: Seek<'h, Released>,
 }
 
 struct Seek<'h, V>(std::iter::Peekable<std::collections::btree_map::Iter<'h, String, V>>);
 
-impl<'h, V: Copy> Seek<'h, V> {
+impl<'h, V> Seek<'h, V> {
     fn new(m: &'h BTreeMap<String, V>) -> Self {
         Seek(m.iter().peekable())
     }
@@ -251,14 +366,14 @@ impl<'h, V: Copy> Seek<'h, V> {
     /// The entry of `uuid` (`key`: its [`head_word`]); later calls must
     /// not pass a smaller UUID. The keys decide most comparisons without
     /// reading the strings.
-    fn get(&mut self, uuid: &str, key: u64) -> Option<V> {
-        while let Some((k, v)) = self.0.peek() {
+    fn get(&mut self, uuid: &str, key: u64) -> Option<&'h V> {
+        while let Some(&(k, v)) = self.0.peek() {
             let kk = head_word(k);
             if kk < key || (kk == key && k.as_str() < uuid) {
                 self.0.next();
                 continue;
             }
-            return (kk == key && k.as_str() == uuid).then_some(**v);
+            return (kk == key && k.as_str() == uuid).then_some(v);
         }
         None
     }
@@ -271,17 +386,23 @@ impl<'h> Cursor<'h> {
             pending: Seek::new(&h.vcpu_pending),
             reclaim: Seek::new(&h.reclaim),
             stats_period: Seek::new(&h.stats_period),
+            admitted: Seek::new(&h.admitted),
+            originals: Seek::new(&h.originals),
+            released: Seek::new(&h.released),
         }
     }
 
     /// The entries of `uuid` (`key`: its [`head_word`]); UUIDs must come
     /// in ascending order.
-    pub fn get(&mut self, uuid: &str, key: u64) -> Entry {
+    pub fn get(&mut self, uuid: &str, key: u64) -> Entry<'h> {
         Entry {
-            changed_at: self.changed_at.get(uuid, key),
-            pending: self.pending.get(uuid, key),
-            reclaim: self.reclaim.get(uuid, key).unwrap_or(0),
-            stats_period: self.stats_period.get(uuid, key),
+            changed_at: self.changed_at.get(uuid, key).copied(),
+            pending: self.pending.get(uuid, key).copied(),
+            reclaim: self.reclaim.get(uuid, key).copied().unwrap_or(0),
+            stats_period: self.stats_period.get(uuid, key).copied(),
+            admitted: self.admitted.get(uuid, key),
+            originals: self.originals.get(uuid, key),
+            released: self.released.get(uuid, key),
         }
     }
 }

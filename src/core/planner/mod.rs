@@ -27,6 +27,7 @@ mod emit;
 pub mod history;
 mod plan;
 mod pressure;
+mod release;
 mod stability;
 pub mod testing;
 pub mod weights;
@@ -34,8 +35,10 @@ mod work;
 
 pub use advance::{advance, CycleFacts};
 pub use check::{check_action, check_plan, Guard, Violation};
-pub use history::{History, Outcome, PendingVcpus};
-pub use plan::{Alloc, MemberPlan, Plan, PlanInput, PoolPlan, Reservations, Unmanaged, UNCAPPED};
+pub use history::{Admission, History, Originals, Outcome, PendingVcpus, Released};
+pub use plan::{
+    Alloc, MemberPlan, Plan, PlanInput, PoolPlan, Release, Reservations, Unmanaged, UNCAPPED,
+};
 pub use weights::{blkio_weight, cpu_weight};
 
 use crate::core::config::{Limits, DEFAULT_SHARES};
@@ -138,6 +141,7 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
         .map(|m| Vec::with_capacity(m.len()))
         .collect();
     let mut unmanaged = Vec::with_capacity(unmanaged_count);
+    let mut releases = Vec::new();
     let mut hist = history::Cursor::new(input.history);
     for (key, i) in keyed {
         let d = &domains[i];
@@ -146,13 +150,28 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
                 by_pool[c][j].hist = hist.get(&d.uuid, key);
                 orders[c].push(j as u32);
             }
-            Place::Unmanaged => unmanaged.push(Unmanaged {
-                name: d.name.clone(),
-                uuid: d.uuid.clone(),
-                state: d.state,
-                vcpus: d.vcpus,
-                memory: d.memory,
-            }),
+            Place::Unmanaged => {
+                let h = hist.get(&d.uuid, key);
+                let release = match (h.originals, h.released) {
+                    (Some(o), _) => Some(release::release(
+                        d,
+                        o,
+                        cfg.agent.on_release,
+                        !input.paused,
+                        &mut releases,
+                    )),
+                    (None, Some(r)) => Some(Release::Done(*r)),
+                    (None, None) => None,
+                };
+                unmanaged.push(Unmanaged {
+                    name: d.name.clone(),
+                    uuid: d.uuid.clone(),
+                    state: d.state,
+                    vcpus: d.vcpus,
+                    memory: d.memory,
+                    release,
+                });
+            }
             Place::Elsewhere => {}
         }
     }
@@ -206,6 +225,7 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
         unmanaged,
         setup,
         actions,
+        releases,
         reclaim,
     }
 }

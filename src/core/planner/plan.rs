@@ -2,7 +2,7 @@
 //! [`Plan`] out (per pool and member: floor, cap, target, next, actual and
 //! reason per resource; the actions; the unmanaged domains).
 
-use super::history::History;
+use super::history::{History, Released};
 use crate::core::config::{Allocatable, Config};
 use crate::core::membership::Via;
 use crate::core::model::{
@@ -120,6 +120,23 @@ pub struct Unmanaged {
     pub state: DomainState,
     pub vcpus: u64,
     pub memory: u64,
+    /// Where giving back what the agent changed on it stands, when it was
+    /// managed before (`None`: never changed by the agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Release>,
+}
+
+/// Where a domain that left management stands (see
+/// [`crate::core::planner::release`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Release {
+    /// What the agent changed is being given back (actions in the plan).
+    Giving,
+    /// Waits until it runs (paused, or its persistent config was changed).
+    Waiting,
+    /// Done: given back, or left as it is.
+    Done(Released),
 }
 
 /// The planner's answer.
@@ -140,6 +157,10 @@ pub struct Plan {
     /// resources back (vCPU and balloon shrinks) first, then disk limits
     /// and weights, then growth.
     pub actions: Vec<Action>,
+    /// What the agent changed on domains that left management, given
+    /// back (run after the changes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub releases: Vec<Action>,
     /// Per domain UUID: bytes by which pressure lowers its memory target
     /// (carried to the next cycle by [`History::record_plan`]).
     #[serde(default)]
@@ -150,19 +171,22 @@ impl Plan {
     /// Every action in the order the enforcer runs them: the setup, then
     /// the changes. Index `i` of this order is [`Plan::step`]`(i)`.
     pub fn steps(&self) -> impl Iterator<Item = &Action> {
-        self.setup.iter().chain(&self.actions)
+        self.setup.iter().chain(&self.actions).chain(&self.releases)
     }
 
     /// The number of [`Plan::steps`].
     pub fn step_count(&self) -> usize {
-        self.setup.len() + self.actions.len()
+        self.setup.len() + self.actions.len() + self.releases.len()
     }
 
     /// The `i`-th of [`Plan::steps`].
     pub fn step(&self, i: usize) -> &Action {
-        match i.checked_sub(self.setup.len()) {
-            None => &self.setup[i],
-            Some(k) => &self.actions[k],
+        if i < self.setup.len() {
+            &self.setup[i]
+        } else if i < self.setup.len() + self.actions.len() {
+            &self.actions[i - self.setup.len()]
+        } else {
+            &self.releases[i - self.setup.len() - self.actions.len()]
         }
     }
 

@@ -178,6 +178,7 @@ pub fn empty_plan() -> Plan {
         unmanaged: Vec::new(),
         setup: Vec::new(),
         actions: Vec::new(),
+        releases: Vec::new(),
         reclaim: BTreeMap::new(),
     }
 }

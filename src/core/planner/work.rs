@@ -134,7 +134,7 @@ pub(super) struct Member<'a> {
     pub(super) key: u64,
     pub(super) o: Facts,
     pub(super) via: Via,
-    pub(super) hist: history::Entry,
+    pub(super) hist: history::Entry<'a>,
     /// Its member override and runtime reservation, if any.
     pub(super) over: Option<&'a PerResource<Limits>>,
     pub(super) res: Option<&'a PerResource<Option<u64>>>,
@@ -259,6 +259,11 @@ pub(super) fn prepare_pool<'a>(
         }
         candidates.push(admission::Candidate {
             uuid: mem.uuid,
+            sticky: mem
+                .hist
+                .admitted
+                .filter(|a| a.pool == pool.name)
+                .map(|a| a.seq),
             explicit,
             active_secs: o.active_secs,
             floors,
@@ -272,7 +277,7 @@ pub(super) fn prepare_pool<'a>(
     drop(candidates);
     let mut refused = false;
     for (&m, verdict) in active.iter().zip(&verdicts) {
-        if let Err(refusal) = verdict {
+        if let admission::Verdict::Refused(refusal) = verdict {
             admitted[m] = false;
             members[order[m] as usize].note = Note::Unadmitted(*refusal);
             refused = true;

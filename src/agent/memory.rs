@@ -1,0 +1,176 @@
+//! What the planner remembers that must outlive the agent's process
+//! (`state_dir/history.json`): the order members were admitted in
+//! (admission is sticky, and a restart must not reshuffle it), what each
+//! domain had before the agent first changed it (given back when it leaves
+//! management, also after a restart) and which domains were released.
+//! Saved after a cycle that changed it, atomically, like `state.json`.
+
+use crate::agent::state::{move_aside, read_json, write_json, StateError};
+use crate::core::config::{MAX_BYTES, MAX_VCPUS};
+use crate::core::planner::{Admission, History, Originals, Released};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// File name inside `state_dir`.
+pub const HISTORY_FILE: &str = "history.json";
+const VERSION: u32 = 1;
+/// Domains the file may name (each map): more is not a file the agent
+/// wrote.
+const MAX_DOMAINS: usize = 1 << 20;
+
+/// The saved part of the planner's history.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedHistory {
+    pub version: u32,
+    #[serde(default)]
+    pub admitted: BTreeMap<String, Admission>,
+    #[serde(default)]
+    pub originals: BTreeMap<String, Originals>,
+    #[serde(default)]
+    pub released: BTreeMap<String, Released>,
+}
+
+impl SavedHistory {
+    /// The part of `h` that is saved.
+    pub fn of(h: &History) -> SavedHistory {
+        SavedHistory {
+            version: VERSION,
+            admitted: h.admitted.clone(),
+            originals: h.originals.clone(),
+            released: h.released.clone(),
+        }
+    }
+
+    /// Whether `h` holds what was saved (nothing to write).
+    pub fn matches(&self, h: &History) -> bool {
+        self.admitted == h.admitted && self.originals == h.originals && self.released == h.released
+    }
+
+    /// Puts the saved part into a history.
+    pub fn restore_into(&self, h: &mut History) {
+        h.admitted.clone_from(&self.admitted);
+        h.originals.clone_from(&self.originals);
+        h.released.clone_from(&self.released);
+    }
+
+    /// Loads `state_dir/history.json` (a missing file: nothing saved),
+    /// refusing values no agent wrote.
+    pub fn load(state_dir: &Path) -> Result<SavedHistory, StateError> {
+        let saved = read_json(state_dir, HISTORY_FILE, VERSION, |h: &SavedHistory| {
+            h.version
+        })?
+        .unwrap_or(SavedHistory {
+            version: VERSION,
+            ..SavedHistory::default()
+        });
+        let bad = saved.problems();
+        if bad.is_empty() {
+            Ok(saved)
+        } else {
+            Err(StateError::Corrupt {
+                file: state_dir.join(HISTORY_FILE),
+                message: bad.join("; "),
+            })
+        }
+    }
+
+    /// Writes atomically.
+    pub fn save(&self, state_dir: &Path) -> Result<(), StateError> {
+        write_json(state_dir, HISTORY_FILE, self)
+    }
+
+    /// Moves the file aside (`history.json.corrupt-<unix time>`).
+    pub fn reset(state_dir: &Path) -> Result<Option<PathBuf>, StateError> {
+        move_aside(state_dir, HISTORY_FILE)
+    }
+
+    /// What in it no agent could have written.
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (what, n) in [
+            ("admitted", self.admitted.len()),
+            ("originals", self.originals.len()),
+            ("released", self.released.len()),
+        ] {
+            if n > MAX_DOMAINS {
+                out.push(format!("{what}: {n} domains (at most {MAX_DOMAINS})"));
+            }
+        }
+        let uuid_ok = |u: &str| !u.is_empty() && u.len() <= 64;
+        for u in self
+            .admitted
+            .keys()
+            .chain(self.originals.keys())
+            .chain(self.released.keys())
+        {
+            if !uuid_ok(u) {
+                out.push(format!("{u:?} is not a domain UUID"));
+            }
+        }
+        for (u, a) in &self.admitted {
+            if crate::core::config::valid_name(&a.pool).is_err() {
+                out.push(format!(
+                    "admitted {u}: pool {:?} is not a pool name",
+                    a.pool
+                ));
+            }
+        }
+        for (u, o) in &self.originals {
+            if o.vcpus.is_some_and(|v| v == 0 || v > MAX_VCPUS) {
+                out.push(format!("originals {u}: vcpus out of range"));
+            }
+            if o.memory.is_some_and(|m| m == 0 || m > MAX_BYTES) {
+                out.push(format!("originals {u}: memory out of range"));
+            }
+            if o.iotune.len() > 256 || o.iotune.keys().any(|d| d.is_empty() || d.len() > 256) {
+                out.push(format!("originals {u}: disks out of range"));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn round_trip_and_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(SavedHistory::load(dir.path()).unwrap().admitted.len(), 0);
+        let mut h = History::default();
+        h.admitted.insert(
+            "u1".into(),
+            Admission {
+                pool: "web".into(),
+                seq: 3,
+            },
+        );
+        h.originals.insert(
+            "u1".into(),
+            Originals {
+                vcpus: Some(4),
+                ..Originals::default()
+            },
+        );
+        let saved = SavedHistory::of(&h);
+        assert!(saved.matches(&h));
+        saved.save(dir.path()).unwrap();
+        let back = SavedHistory::load(dir.path()).unwrap();
+        let mut h2 = History::default();
+        back.restore_into(&mut h2);
+        assert_eq!(h2.admitted, h.admitted);
+        assert_eq!(h2.originals, h.originals);
+        // Values no agent writes are refused, naming them.
+        std::fs::write(
+            dir.path().join(HISTORY_FILE),
+            r#"{"version":1,"originals":{"u1":{"vcpus":0}}}"#,
+        )
+        .unwrap();
+        let e = SavedHistory::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("vcpus out of range"), "{e}");
+    }
+}
