@@ -127,6 +127,7 @@ mod tests {
             balloon: None,
             disks: std::sync::Arc::from([]),
             metadata_pool: meta.map(Into::into),
+            balloon_device: true,
             cpu_shares: None,
             blkio_weight: None,
             active_secs: None,

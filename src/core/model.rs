@@ -185,6 +185,10 @@ impl DiskObs {
     }
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// Everything the agent knows about one domain at one instant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DomainObs {
@@ -212,6 +216,10 @@ pub struct DomainObs {
     pub disks: Arc<[DiskObs]>,
     /// Pool named in the domain's `<virtpool:pool>` metadata element.
     pub metadata_pool: Option<String>,
+    /// It has a memory balloon device (`<memballoon model='none'/>` has
+    /// none: its memory is reported, not managed).
+    #[serde(default = "yes")]
+    pub balloon_device: bool,
     /// CPU weight (`cpu_shares` scheduler parameter), if read.
     pub cpu_shares: Option<u64>,
     /// blkio weight, if read.

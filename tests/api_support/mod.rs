@@ -146,6 +146,7 @@ pub fn dom(name: &str, vcpus: u64, vcpus_max: u64, mem_gib: u64) -> DomainObs {
         }]
         .into(),
         metadata_pool: None,
+        balloon_device: true,
         cpu_shares: None,
         blkio_weight: None,
         active_secs: None,

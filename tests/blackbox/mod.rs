@@ -267,6 +267,7 @@ impl Live {
             balloon: None,
             disks: std::sync::Arc::from([]),
             metadata_pool: self.metadata_pool.clone(),
+            balloon_device: true,
             cpu_shares: None,
             blkio_weight: None,
             active_secs: None,

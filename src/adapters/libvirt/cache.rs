@@ -81,6 +81,8 @@ impl StaleMarks {
 pub struct Slow {
     pub vcpus_max: u64,
     pub metadata_pool: Option<String>,
+    /// The domain has a balloon device (see [`super::xml::has_balloon`]).
+    pub balloon_device: bool,
     pub disks: Arc<[DiskObs]>,
     pub cpu_shares: Option<u64>,
     pub blkio_weight: Option<u64>,
@@ -335,6 +337,7 @@ mod tests {
         Slow {
             vcpus_max: max,
             metadata_pool: None,
+            balloon_device: true,
             disks: Arc::from([]),
             cpu_shares: None,
             blkio_weight: Some(500),

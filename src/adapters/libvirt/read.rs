@@ -250,6 +250,7 @@ pub(super) fn read_domain(
             balloon,
             disks: slow.disks,
             metadata_pool: slow.metadata_pool,
+            balloon_device: slow.balloon_device,
             cpu_shares: slow.cpu_shares,
             blkio_weight: slow.blkio_weight,
             active_secs: None,
@@ -286,6 +287,7 @@ fn read_slow(
     let domain_xml = dom.xml_desc(0).map_err(|e| Failure::new(e, ctx("xml")))?;
     // The metadata element is in the XML just read: no second round trip.
     let metadata_pool = xml::metadata_pool(&domain_xml);
+    let balloon_device = xml::has_balloon(&domain_xml);
 
     let mut disks = Vec::new();
     for d in xml::disks(&domain_xml) {
@@ -306,6 +308,7 @@ fn read_slow(
     Ok(Slow {
         vcpus_max,
         metadata_pool,
+        balloon_device,
         disks: disks.into(),
         cpu_shares,
         blkio_weight,

@@ -47,6 +47,20 @@ pub fn disks(domain_xml: &str) -> Vec<DiskXml> {
     out
 }
 
+/// Whether the domain has a memory balloon device: false only for an
+/// explicit `<memballoon model='none'/>` (without the element, libvirt's
+/// QEMU driver adds a virtio balloon; the test driver has no devices to
+/// speak of and takes balloon targets).
+pub fn has_balloon(domain_xml: &str) -> bool {
+    let Some(devices) = section(domain_xml, "devices") else {
+        return true;
+    };
+    match next_element(devices, "memballoon") {
+        Some((tag, _, _)) => attr(tag, "model").as_deref() != Some("none"),
+        None => true,
+    }
+}
+
 /// The pool name from the text of a metadata element as returned by
 /// `virDomainGetMetadata(ELEMENT)`, e.g.
 /// `<virtpool:pool xmlns:virtpool="...">gold</virtpool:pool>`.
@@ -202,6 +216,20 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn balloon_device_unless_model_none() {
+        let with = |dev: &str| format!("<domain><devices>{dev}</devices></domain>");
+        assert!(has_balloon(&with(
+            "<memballoon model='virtio'><stats period='5'/></memballoon>"
+        )));
+        assert!(has_balloon(&with("<disk device='disk'/>")));
+        assert!(!has_balloon(&with("<memballoon model='none'/>")));
+        assert!(!has_balloon(&with(
+            "<memballoon model=\"none\"></memballoon>"
+        )));
+        assert!(has_balloon("<domain/>"));
+    }
 
     const DOMAIN: &str = r#"<domain type='kvm' id='3'>
   <name>web-1</name>

@@ -53,7 +53,8 @@ pub(super) fn finish(
                 });
             }
         }
-        if emit && admitted {
+        // A paused domain waits: no change at all until it runs.
+        if emit && admitted && mem.o.state != DomainState::Paused {
             emit_neutral(
                 d,
                 &mem.o,
@@ -96,7 +97,9 @@ fn stats_period(w: &Work<'_>, input: &PlanInput<'_>) -> Option<u32> {
 /// Whether a member (admitted or not: its floor needs the guest's
 /// statistics too) is running and has no stats period set in this run.
 fn needs_stats_period(mem: &Member<'_>) -> bool {
-    mem.o.state == DomainState::Running && mem.hist.stats_period != Some(mem.o.id)
+    mem.o.state == DomainState::Running
+        && mem.o.balloon_device
+        && mem.hist.stats_period != Some(mem.o.id)
 }
 
 /// Adds to `counts` (per phase, as [`finish`] sorts them) the actions a
@@ -107,7 +110,7 @@ pub(super) fn count_actions(w: &Work<'_>, counts: &mut [usize; 3]) {
     let slot = |k: usize, m: usize| w.allocs[k].get(m).copied().flatten();
     for m in 0..w.order.len() {
         let mem = w.member(m);
-        if !w.admitted[m] {
+        if !w.admitted[m] || mem.o.state == DomainState::Paused {
             continue;
         }
         for k in 0..2 {

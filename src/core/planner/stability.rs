@@ -21,7 +21,7 @@ use super::history::{self, PendingVcpus};
 use super::plan::{Alloc, PlanInput};
 use super::pressure;
 use super::work::{Note, Work};
-use crate::core::model::{Reason, Resource};
+use crate::core::model::{DomainState, Reason, Resource};
 use crate::core::units;
 
 /// A member that wants to grow: index and its allocation.
@@ -61,6 +61,23 @@ pub(super) fn settle(work: &mut Work<'_>, input: &PlanInput<'_>) {
             };
             if paused {
                 hold(a, Reason::Paused);
+                continue;
+            }
+            let facts = &members[order[m] as usize].o;
+            // A paused guest answers no balloon or vCPU request: its
+            // changes wait until it runs; what it holds counts as it is.
+            let domain_paused = facts.state == DomainState::Paused;
+            let no_balloon = r == Resource::Memory && !facts.balloon_device;
+            if domain_paused || no_balloon {
+                hold(a, Reason::Paused);
+                a.reason = if domain_paused {
+                    Reason::DomainPaused
+                } else {
+                    Reason::NoBalloon
+                };
+                if !matches!(r, Resource::DiskBytesSec | Resource::DiskIopsSec) {
+                    base = base.saturating_add(a.actual);
+                }
                 continue;
             }
             let grow = match r {
@@ -149,6 +166,15 @@ pub(super) fn settle(work: &mut Work<'_>, input: &PlanInput<'_>) {
                 }
                 a.next = next.max(g.actual);
                 a.reason = Reason::RateLimited;
+            }
+            // Memory grows by at least the dead band (a guest below what it
+            // uses excepted): no 15 MiB steps, no 845 → 846 MiB.
+            if r == Resource::Memory
+                && a.next > a.actual
+                && a.next - a.actual < tuning.memory_min_change
+                && a.used.is_none_or(|u| a.actual >= u)
+            {
+                hold(a, Reason::DeadBand);
             }
         }
     }

@@ -32,6 +32,7 @@ pub fn domain(name: &str, pool: Option<&str>) -> DomainObs {
         balloon: None,
         disks: std::sync::Arc::from([]),
         metadata_pool: pool.map(str::to_owned),
+        balloon_device: true,
         cpu_shares: None,
         blkio_weight: None,
         active_secs: Some(0),

@@ -51,6 +51,8 @@ pub(super) struct Facts {
     pub(super) memory_max: u64,
     /// What the guest uses, when it says.
     pub(super) used: Option<u64>,
+    /// It has a balloon device (else its memory is not managed).
+    pub(super) balloon_device: bool,
     /// Free fraction of the guest (pressure order).
     pub(super) idle: (u64, u64),
     pub(super) cpu_shares: Option<u64>,
@@ -82,6 +84,7 @@ impl Facts {
             memory: d.memory,
             memory_max: d.memory_max,
             used: d.balloon.and_then(|s| s.used()),
+            balloon_device: d.balloon_device,
             idle: idle(d.balloon),
             cpu_shares: d.cpu_shares,
             blkio_weight: d.blkio_weight,
@@ -376,8 +379,23 @@ pub(super) fn bound(
         Resource::Memory => {
             cap = cap.max(1);
             floor = floor.max(1);
+            if !o.balloon_device {
+                // No balloon: what it has is what it gets, counted in the
+                // budget, never changed.
+                let have = ceil(o.memory).max(1);
+                return Some(Bound {
+                    floor: have,
+                    cap: have,
+                    shares: l.shares.unwrap_or(DEFAULT_SHARES).max(1),
+                    cap_reason: Reason::NoBalloon,
+                });
+            }
             if let Some(used) = o.used {
-                let margin = input.config.tuning.guest_free_min.resolve(o.memory_max);
+                // The margin is a share of what the guest uses (or an
+                // absolute amount): a sane function of its need, whatever
+                // its maximum (a 1 TiB maximum is no reason for a 100 GiB
+                // floor).
+                let margin = input.config.tuning.guest_free_min.resolve(used);
                 floor = floor.max(ceil(used.saturating_add(margin)));
                 if pool.memory_policy == MemoryPolicy::Demand {
                     let keep = 1.0 - input.config.tuning.target_free;
