@@ -28,6 +28,7 @@ pub mod history;
 mod plan;
 mod pressure;
 mod stability;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod weights;
 mod work;
