@@ -10,3 +10,4 @@ mod api_concurrency;
 mod api_endpoints;
 mod ctl_cli;
 mod service_watchdog;
+mod vanished;

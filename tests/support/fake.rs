@@ -125,18 +125,22 @@ impl Fake {
         go_on
     }
 
+    /// What an observation answers: `r` less vanished domains, or the
+    /// injected error; the hooks run after it has been read.
     fn observed(&self, r: Result<Vec<DomainObs>, HvError>) -> Result<Vec<DomainObs>, HvError> {
+        let r = match self.st.fail_observe.lock().unwrap().clone() {
+            Some(e) => Err(e),
+            None => r.map(|mut all| {
+                let gone = self.st.vanished.lock().unwrap();
+                all.retain(|d| !gone.iter().any(|u| **u == *d.uuid));
+                all
+            }),
+        };
         let hooks: Vec<Hook> = self.st.after_observe.lock().unwrap().drain(..).collect();
         for h in hooks {
             h();
         }
-        if let Some(e) = self.st.fail_observe.lock().unwrap().clone() {
-            return Err(e);
-        }
-        let mut all = r?;
-        let gone = self.st.vanished.lock().unwrap();
-        all.retain(|d| !gone.iter().any(|u| **u == *d.uuid));
-        Ok(all)
+        r
     }
 
     fn observe_all(&mut self) -> Result<Vec<DomainObs>, HvError> {
