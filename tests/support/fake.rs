@@ -101,8 +101,8 @@ impl Fake {
         }
     }
 
-    /// Holds an observation while it stalls (gives way when `stop` is set:
-    /// `Ok(false)`) or hangs (gives way to nothing).
+    /// Holds an observation while it stalls (it gives way, `false`, once
+    /// `stop` is set) or hangs (it gives way to nothing).
     fn hold(&self, stop: Option<&AtomicBool>) -> bool {
         let mut held = false;
         let go_on = loop {
