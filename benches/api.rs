@@ -7,10 +7,9 @@
 //! ~750 action records to the audit log.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../tests/api_support/mod.rs"]
-mod api_support;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-use api_support::*;
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::{header, Request, StatusCode};
@@ -18,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::inproc::*;
 use virtpool::api::ServeOptions;
 
 const CLIENTS: usize = 16;
@@ -124,7 +124,7 @@ async fn run(a: &Agent, path: &'static str, revalidate: bool, secs: u64) {
 async fn churn(a: &Agent, stop: Arc<AtomicBool>) -> (u64, usize, f64) {
     let (mut cycles, mut actions, mut ms) = (0u64, 0usize, 0.0);
     while !stop.load(Ordering::Relaxed) {
-        for d in a.hv.domains.lock().unwrap().iter_mut() {
+        for d in a.hv.domains().iter_mut() {
             d.memory = 4 * (1 << 30);
         }
         let st = a.handle.reconcile(true).await.unwrap();
@@ -166,7 +166,7 @@ memory = { budget = "12GiB" }
             dir.path(),
             "root",
             pools,
-            FakeHv::new(domains),
+            Fake::new(domains),
             ServeOptions::default(),
         )
         .await;

@@ -41,10 +41,10 @@
 //!   cycles.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/common/libvirtd.rs"]
+#[path = "../tests/support/libvirtd.rs"]
 mod libvirtd;
 
-use libvirtd::Daemon;
+use libvirtd::{Libvirtd, LIBVIRTD};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -946,8 +946,8 @@ fn main() {
         baseline_child(&uri);
         return;
     }
-    if !Path::new(Daemon::BIN).exists() {
-        eprintln!("skipped: {} not installed", Daemon::BIN);
+    if !Path::new(LIBVIRTD).exists() {
+        eprintln!("skipped: {LIBVIRTD} not installed");
         return;
     }
     virtpool::adapters::libvirt::quiet_errors();
@@ -1003,12 +1003,11 @@ fn main() {
             .prefix("vp-scale-")
             .tempdir_in("/tmp")
             .unwrap();
-        let daemon = Daemon::start(
-            tempfile::Builder::new()
-                .prefix("vp-scale-lv-")
-                .tempdir_in("/tmp")
-                .unwrap(),
-        );
+        let lv_dir = tempfile::Builder::new()
+            .prefix("vp-scale-lv-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let daemon = Libvirtd::start(lv_dir.path()).expect("libvirtd is installed");
         let uri = daemon.uri();
         let c2 = Connect::open(Some(&uri)).unwrap();
         let t0 = Instant::now();

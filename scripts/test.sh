@@ -39,7 +39,9 @@ for bin in $crashed; do
   if ! command -v gdb >/dev/null; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends gdb >/dev/null || true
+    # shellcheck source=scripts/apt.sh
+    . scripts/apt.sh
+    apt_get install -y -qq --no-install-recommends gdb >/dev/null || true
   fi
   command -v gdb >/dev/null || { echo "gdb is not available: no backtrace"; continue; }
   for _ in 1 2 3; do

@@ -14,7 +14,7 @@ use virt::connect::Connect;
 use virtpool::adapters::libvirt::events;
 use virtpool::core::model::DomainState;
 
-#[path = "common/status.rs"]
+#[path = "support/status.rs"]
 mod status;
 use status::{run_observer, state_of, wait_status};
 

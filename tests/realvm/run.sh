@@ -36,6 +36,8 @@ if [ -z "$CMD" ] || [ -z "$R" ]; then
   echo "usage: $0 up|down DIR" >&2
   exit 2
 fi
+# shellcheck source=scripts/apt.sh
+. "$(cd "$(dirname "$0")/../.." && pwd)/scripts/apt.sh"
 DOM=vp-pc
 URI="qemu:///system?socket=$R/sock/libvirt-sock"
 vsh() { timeout 30 virsh -c "$URI" "$@"; }
@@ -109,19 +111,17 @@ for p in $PKGS; do
 done
 if [ -n "$missing" ]; then
   echo "    installing:$missing"
-  ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -q >"$R/apt.log" 2>&1
+  ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt_update -q >"$R/apt.log" 2>&1
   # shellcheck disable=SC2086
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-    -o DPkg::Lock::Timeout=600 $missing >>"$R/apt.log" 2>&1 || { tail -20 "$R/apt.log"; die "apt-get install$missing"; }
+  APT_WAIT=600 apt_get install -y -q --no-install-recommends $missing >>"$R/apt.log" 2>&1 || { tail -20 "$R/apt.log"; die "apt-get install$missing"; }
 fi
 # A qemu-utils of another release (a backport) that was already there is
 # removed by apt when it installs this release's QEMU: put this release's
 # back, its qemu-img makes the guest's disk below.
 if ! command -v qemu-img >/dev/null; then
   echo "    installing: qemu-utils (qemu-img is missing)"
-  ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -q >>"$R/apt.log" 2>&1
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-    -o DPkg::Lock::Timeout=600 qemu-utils >>"$R/apt.log" 2>&1 || { tail -20 "$R/apt.log"; die "apt-get install qemu-utils"; }
+  ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt_update -q >>"$R/apt.log" 2>&1
+  APT_WAIT=600 apt_get install -y -q --no-install-recommends qemu-utils >>"$R/apt.log" 2>&1 || { tail -20 "$R/apt.log"; die "apt-get install qemu-utils"; }
 fi
 dpkg-query -W -f='    ${Package} ${Version}\n' qemu-system-x86 libvirt-daemon
 T_PACKAGES=$(since "$T")
@@ -179,7 +179,7 @@ KERNEL=$(ls "$CACHE"/kern/boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)
 if [ -z "$KERNEL" ]; then
   kpkg() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}'; }
   KPKG=$(kpkg)
-  [ -n "$KPKG" ] || { apt-get update -q >>"$R/apt.log" 2>&1; KPKG=$(kpkg); }
+  [ -n "$KPKG" ] || { apt_update -q >>"$R/apt.log" 2>&1; KPKG=$(kpkg); }
   [ -n "$KPKG" ] || die "no linux-image-cloud-amd64 in apt"
   (cd "$CACHE" && rm -f ./*.deb && apt-get download "$KPKG" >>"$R/apt.log" 2>&1) || die "apt-get download $KPKG"
   dpkg-deb -x "$CACHE/${KPKG}"_*.deb "$CACHE/kern" || die "unpack $KPKG"

@@ -34,6 +34,8 @@ if [ -z "$CMD" ] || [ -z "$R" ]; then
   exit 2
 fi
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=scripts/apt.sh
+. "$SRC/scripts/apt.sh"
 CACHE=${SYSTEMD_TEST_CACHE:-/var/cache/virtpool-systemd-test}
 ROOT=$CACHE/bookworm
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
@@ -78,8 +80,8 @@ up() {
   command -v systemd-nspawn >/dev/null || need+=(systemd-container)
   if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
-      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; } ||
+    apt_get install -y -qq "${need[@]}" >/dev/null ||
+      { apt_update -qq >/dev/null && apt_get install -y -qq "${need[@]}" >/dev/null; } ||
       fail "apt-get install ${need[*]} failed"
   fi
   if [ ! -f "$ROOT/.complete" ]; then

@@ -29,6 +29,7 @@ mod plan;
 mod pressure;
 mod release;
 mod stability;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod weights;
 mod work;

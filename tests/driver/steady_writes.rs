@@ -1,0 +1,79 @@
+//! A converged agent issues no hypervisor writes: once a cycle has nothing
+//! to change, further cycles only read. Writes are counted at the adapter
+//! boundary (every `Hypervisor` call that changes a domain), around the
+//! real libvirt adapter on the test driver.
+#![allow(clippy::unwrap_used)]
+
+use crate::support::fake::Fake;
+use crate::support::node::*;
+use virtpool::adapters::host::Host;
+use virtpool::adapters::libvirt::worker::HvWorker;
+use virtpool::adapters::libvirt::Libvirt;
+use virtpool::agent::reconciler::Reconciler;
+use virtpool::agent::state::RuntimeState;
+
+#[tokio::test]
+async fn a_converged_cycle_makes_no_writes() {
+    // The demo pools manage vCPUs, memory, disk bytes and IOPS.
+    let demo = include_str!("../../config/demo.toml");
+    let pools = &demo[demo.find("[host]").unwrap()..];
+    let cfg = config("cycle-host.xml", pools);
+    virtpool::adapters::libvirt::quiet_errors();
+    let fake = Fake::wrap(Libvirt::new(&cfg.agent.libvirt_uri));
+    let calls = fake.ctl();
+    let hv = HvWorker::spawn(Box::new(fake)).unwrap();
+    let (mut m, _h) = Reconciler::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false);
+
+    let st = m.cycle_once().await;
+    assert!(st.libvirt.connected);
+    let first = calls.writes();
+    assert!(
+        first > 0,
+        "the demo host starts off target: the first cycle writes"
+    );
+    assert!(st.results.iter().all(|r| r.ok), "{:?}", st.results);
+    // The status counts libvirt calls: at least one per write (the test
+    // driver takes live and config in separate calls) and the reads.
+    let c = st.last_cycle.as_ref().unwrap();
+    assert!(c.libvirt_writes >= first as u64, "{c:?} vs {first} writes");
+    assert!(c.libvirt_reads > st.domains.len() as u64, "{c:?}");
+    // Where the cycle's time went: each phase took some, together no more
+    // than the whole.
+    assert!(
+        c.observe_ms > 0.0 && c.plan_ms > 0.0 && c.enforce_ms > 0.0,
+        "{c:?}"
+    );
+    assert!(
+        c.observe_ms + c.plan_ms + c.enforce_ms <= c.duration_ms,
+        "{c:?}"
+    );
+
+    // Converge (balloon shrinks are rate-limited: it may take a few cycles).
+    let mut converged = false;
+    for _ in 0..50 {
+        if m.cycle_once().await.results.is_empty() {
+            converged = true;
+            break;
+        }
+    }
+    assert!(converged, "no fixed point within 50 cycles");
+
+    let before = calls.writes();
+    let observed = calls.full_observes();
+    for _ in 0..3 {
+        let st = m.cycle_once().await;
+        assert!(st.libvirt.connected);
+        assert!(st.results.is_empty(), "{:?}", st.results);
+        let c = st.last_cycle.as_ref().unwrap();
+        assert_eq!(c.libvirt_writes, 0, "{c:?}");
+        // No events here, so nothing is cached: list, then per domain at
+        // least info, max vCPUs and the XML.
+        assert!(c.libvirt_reads > 3 * st.domains.len() as u64, "{c:?}");
+    }
+    assert_eq!(
+        calls.writes(),
+        before,
+        "steady-state cycles wrote to the hypervisor"
+    );
+    assert_eq!(calls.full_observes(), observed + 3);
+}

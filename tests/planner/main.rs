@@ -1,0 +1,7 @@
+//! The planner, pure: worked examples with exact numbers, and properties
+//! over generated hosts (proptest). Nothing outside this process.
+#![allow(clippy::unwrap_used)]
+
+mod examples;
+mod promises;
+mod props;

@@ -1,0 +1,19 @@
+//! Black-box harness: the real `virtpoold` binary on a temp socket, driving
+//! a private `libvirtd` ([`Libvirtd`]) that hosts the test driver, and a
+//! second libvirt connection ([`Host2`]) that checks what the host really
+//! has. The `default` test node is shared by every client of that daemon
+//! while at least one connection stays open, so the checker keeps one open
+//! for the whole test.
+
+mod checker;
+mod fleet;
+mod virtpoold;
+
+pub use super::libvirtd::{poll, test_dir, Libvirtd};
+pub use checker::{Host2, Live};
+pub use fleet::*;
+pub use virtpoold::*;
+
+pub const POOL_NS: &str = "https://virtpool.dev/xmlns/pool/1";
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;

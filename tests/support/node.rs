@@ -1,0 +1,63 @@
+//! Nodes of the in-process libvirt test driver: fixture node files under
+//! tests/fixtures (a file-based `test:///` URI has private state per
+//! connection), configs on them, and one cycle on a fresh connection.
+
+use std::path::{Path, PathBuf};
+use virtpool::adapters::host::Host;
+use virtpool::adapters::libvirt::worker::HvWorker;
+use virtpool::adapters::libvirt::Libvirt;
+use virtpool::agent::reconciler::Reconciler;
+use virtpool::agent::report::Report;
+use virtpool::agent::state::RuntimeState;
+use virtpool::core::config::Config;
+use virtpool::core::model::DomainObs;
+
+/// Absolute path of a fixture under tests/fixtures.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A test-driver URI for a fixture node file.
+pub fn uri(name: &str) -> String {
+    format!("test://{}", fixture(name).display())
+}
+
+/// A config from TOML text with `libvirt_uri` pointing at `node`.
+pub fn config(node: &str, body: &str) -> Config {
+    let text = format!(
+        "[agent]\nlibvirt_uri = \"{}\"\nstate_dir = \"/nonexistent\"\n{body}",
+        uri(node)
+    );
+    Config::parse(&text, Path::new("test.toml")).unwrap()
+}
+
+/// One cycle on a fresh connection; returns the status and a handle to the
+/// same connection (file-backed test nodes are private per connection).
+pub async fn one_cycle(cfg: Config, observe: bool) -> (std::sync::Arc<Report>, HvWorker) {
+    virtpool::adapters::libvirt::quiet_errors();
+    let hv = HvWorker::spawn(Box::new(Libvirt::new(&cfg.agent.libvirt_uri))).unwrap();
+    let (mut m, _h) = Reconciler::new(
+        hv.clone(),
+        Host::new().unwrap(),
+        cfg,
+        RuntimeState::new(),
+        observe,
+    );
+    let st = m.cycle_once().await;
+    (st, hv)
+}
+
+/// Looks a domain up by name.
+pub fn dom<'a>(doms: &'a [DomainObs], name: &str) -> &'a DomainObs {
+    doms.iter()
+        .find(|d| *d.name == *name)
+        .unwrap_or_else(|| panic!("no domain {name}"))
+}
+
+/// Every domain as a fresh connection to a fixture node sees it.
+pub async fn fresh_observe(node: &str) -> Vec<DomainObs> {
+    let hv = HvWorker::spawn(Box::new(Libvirt::new(&uri(node)))).unwrap();
+    hv.observe().await.unwrap()
+}
