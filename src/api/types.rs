@@ -10,6 +10,7 @@ use crate::agent::report::{CycleInfo, LibvirtStatus};
 use crate::core::config::Mode;
 use crate::core::membership::Via;
 use crate::core::model::{Action, DomainState, HostCapacity, PerResource, Reason, Resource};
+use crate::core::planner::Release;
 use crate::core::units::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -265,6 +266,11 @@ pub struct DomainView {
     /// The member's allocation (managed, active domains only).
     #[serde(with = "sparse")]
     pub resources: PerResource<Option<ResourceView>>,
+    /// An unmanaged domain the agent changed while it was managed: where
+    /// giving that back stands (`giving`, `waiting`, or `{"done":
+    /// "restored"|"kept"}`). Absent when the agent never changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Release>,
 }
 
 /// `GET /v1/plan`: what the next cycle would do, with reasons.

@@ -203,6 +203,12 @@ pub fn domain_view(d: &DomainObs, plan: Option<&Plan>, rt: &RuntimeState) -> Dom
             .map(|(p, _)| reservation_of(rt, p, &d.name, &d.uuid))
             .unwrap_or_default(),
         resources: member.map(|(_, m)| resources(m)).unwrap_or_default(),
+        release: plan.and_then(|p| {
+            p.unmanaged
+                .iter()
+                .find(|u| u.uuid == d.uuid)
+                .and_then(|u| u.release)
+        }),
     }
 }
 

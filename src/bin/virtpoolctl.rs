@@ -1287,7 +1287,10 @@ fn render_domains(d: &DomainsResponse) -> String {
         rows.push(vec![
             x.name.clone(),
             x.state.to_string(),
-            x.pool.clone().unwrap_or_else(|| "(unmanaged)".into()),
+            x.pool.clone().unwrap_or_else(|| match x.release {
+                Some(_) => "(released)".into(),
+                None => "(unmanaged)".into(),
+            }),
             format!("{}/{}", x.vcpus, x.vcpus_max),
             format!(
                 "{} / {}",
@@ -1311,7 +1314,10 @@ fn render_domain(d: &DomainView) -> String {
             match (&d.pool, d.admitted) {
                 (Some(p), Some(false)) => format!("{p} (UNADMITTED)"),
                 (Some(p), _) => p.clone(),
-                (None, _) => "(unmanaged: never touched)".into(),
+                (None, _) => format!(
+                    "(unmanaged: {})",
+                    virtpool::core::planner::Release::words(d.release)
+                ),
             },
         ],
         vec!["vcpus".into(), format!("{} (max {})", d.vcpus, d.vcpus_max)],

@@ -155,7 +155,7 @@ pub fn plan(plan: &Plan) -> String {
     if plan.unmanaged.is_empty() {
         out.push_str("unmanaged: none\n");
     } else {
-        let _ = writeln!(out, "unmanaged ({}, never touched):", plan.unmanaged.len());
+        let _ = writeln!(out, "unmanaged ({}):", plan.unmanaged.len());
         let mut rows = Vec::new();
         for u in &plan.unmanaged {
             rows.push(vec![
@@ -163,6 +163,7 @@ pub fn plan(plan: &Plan) -> String {
                 u.state.to_string(),
                 format!("{} vCPUs", u.vcpus),
                 crate::core::units::human_bytes(u.memory),
+                crate::core::planner::Release::words(u.release).to_string(),
             ]);
         }
         out.push_str(&table(&rows));

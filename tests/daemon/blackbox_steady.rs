@@ -52,7 +52,7 @@ fn fifty_domains_in_four_pools_reach_the_plan_in_one_cycle() {
             assert_eq!(a, b, "{} was touched", b.name);
         }
     }
-    // The paused member stays paused and holds its share.
+    // The paused member stays paused and is not changed.
     let ci10 = h.get("ci-10");
     assert_eq!(ci10.state, virtpool::core::model::DomainState::Paused);
 

@@ -343,6 +343,7 @@ impl Reconciler {
 
         // 5: remember. The report shows what the domains have now.
         let (domains, plan) = publish::settle(domains, plan, &ran);
+        let before = Arc::clone(&self.history);
         self.history = planner::advance(
             &self.history,
             &CycleFacts {
@@ -354,6 +355,9 @@ impl Reconciler {
                 now,
             },
         );
+        self.publisher
+            .note_released(&before, &self.history, &plan, number);
+        drop(before);
         self.publisher.save(&self.history).await;
 
         // 6: publish.

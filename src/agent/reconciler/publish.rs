@@ -13,7 +13,7 @@ use crate::agent::report::{ActionOutcome, Counters, CycleInfo, LibvirtStatus, Re
 use crate::agent::state::VcpuHolds;
 use crate::core::config::Config;
 use crate::core::model::DomainObs;
-use crate::core::planner::{History, Plan};
+use crate::core::planner::{History, Plan, Released};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -186,6 +186,41 @@ impl Publisher {
             results: Vec::new(),
             config_error: inputs.config_error.clone(),
             basis: Default::default(),
+        }
+    }
+
+    /// Reports the domains released by this cycle (in `after`'s released
+    /// domains, not in `before`'s: what the agent changed given back, or
+    /// kept).
+    pub(super) fn note_released(
+        &mut self,
+        before: &History,
+        after: &History,
+        plan: &Plan,
+        cycle: u64,
+    ) {
+        for (uuid, how) in &after.released {
+            if before.released.contains_key(uuid) {
+                continue;
+            }
+            let name = plan
+                .unmanaged
+                .iter()
+                .find(|u| *u.uuid == **uuid)
+                .map_or_else(|| uuid.clone(), |u| u.name.to_string());
+            let how = match how {
+                Released::Restored => "restored",
+                Released::Kept => "kept",
+            };
+            tracing::info!(domain = %name, how, "domain released");
+            self.pending.push(Event::in_cycle(
+                EventKind::Released {
+                    domain: name,
+                    uuid: uuid.clone(),
+                    how: how.into(),
+                },
+                cycle,
+            ));
         }
     }
 

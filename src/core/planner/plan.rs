@@ -126,8 +126,7 @@ pub struct Unmanaged {
     pub release: Option<Release>,
 }
 
-/// Where a domain that left management stands (see
-/// [`crate::core::planner::release`]).
+/// Where a domain that left management stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Release {
@@ -137,6 +136,21 @@ pub enum Release {
     Waiting,
     /// Done: given back, or left as it is.
     Done(Released),
+}
+
+impl Release {
+    /// How an unmanaged domain reads in the views: `never touched` when
+    /// the agent never changed it (`None`), else `released`, `giving back`
+    /// or `release waits until it runs`.
+    pub fn words(r: Option<Release>) -> &'static str {
+        match r {
+            None => "never touched",
+            Some(Release::Giving) => "giving back what the agent changed",
+            Some(Release::Waiting) => "release waits until it runs",
+            Some(Release::Done(Released::Restored)) => "released: given back",
+            Some(Release::Done(Released::Kept)) => "released: values kept",
+        }
+    }
 }
 
 /// The planner's answer.
