@@ -440,15 +440,11 @@ async fn json_mode_prints_errors_and_metrics_as_json() {
     let text = ok(&s, &["metrics"]).await;
     let budget_line = text
         .lines()
-        .find(|l| {
-            l.starts_with("virtpool_pool_budget{")
-                && l.contains("pool=\"web\"")
-                && l.contains("resource=\"vcpus\"")
-        })
+        .find(|l| l.starts_with("virtpool_pool_budget_vcpus{") && l.contains("pool=\"web\""))
         .unwrap();
     let budget = find(
-        "virtpool_pool_budget",
-        serde_json::json!({"pool": "web", "resource": "vcpus"}),
+        "virtpool_pool_budget_vcpus",
+        serde_json::json!({"pool": "web"}),
     );
     assert_eq!(budget["value"], 12, "{budget_line}");
     let count = text

@@ -242,8 +242,8 @@ const EXAMPLES: &[(&str, &[Example])] = &[
         &[
             ("The Prometheus metrics, as served:", "virtpoolctl metrics"),
             (
-                "Each pool's free amounts, from the metrics as JSON:",
-                "virtpoolctl --json metrics | jq -c '.metrics[] | select(.name == \"virtpool_pool_free\")'",
+                "Each pool's free memory, from the metrics as JSON:",
+                "virtpoolctl --json metrics | jq -c '.metrics[] | select(.name == \"virtpool_pool_free_memory_bytes\")'",
             ),
         ],
     ),
