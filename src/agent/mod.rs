@@ -9,5 +9,6 @@ pub mod notify;
 pub mod observability;
 pub mod reconciler;
 pub mod report;
+pub mod samples;
 pub mod service;
 pub mod state;

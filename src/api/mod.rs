@@ -43,11 +43,13 @@ pub mod conn;
 pub mod controller;
 pub mod error;
 pub mod events;
+pub mod history;
 pub mod metrics_tcp;
 pub mod routes;
 pub mod server;
 pub mod types;
 pub mod views;
+pub mod whatif;
 
 pub use controller::{AppState, WAIT_LIMIT};
 pub use error::Error;

@@ -174,7 +174,9 @@ impl Reconciler {
         let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
         let (counters_tx, counters) = watch::channel(Arc::new(Counters::default()));
         let preempt = Arc::new(AtomicBool::new(false));
+        let samples = crate::agent::samples::Samples::new(config.agent.interval);
         let handle = Handle {
+            samples: samples.clone(),
             preempt: preempt.clone(),
             config: config_rx,
             reports,
@@ -206,6 +208,7 @@ impl Reconciler {
                 opts.audit,
                 opts.holds_dir,
                 opts.holds,
+                samples,
             ),
             cmd_rx,
             events: None,

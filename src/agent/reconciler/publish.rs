@@ -9,6 +9,7 @@ use crate::adapters::libvirt::HvError;
 use crate::agent::audit::{self, AuditLog, Event, EventKind};
 use crate::agent::notify::{Notice, Notifier};
 use crate::agent::report::{ActionOutcome, Counters, CycleInfo, LibvirtStatus, Report};
+use crate::agent::samples::Samples;
 use crate::agent::state::{self, StateError, VcpuHolds};
 use crate::core::config::Config;
 use crate::core::model::DomainObs;
@@ -42,6 +43,8 @@ pub(super) struct Publisher {
     /// Whether libvirt answered in the last published cycle (`None`
     /// before the first).
     pub(super) was_connected: Option<bool>,
+    /// The pools' history (shared with the handles).
+    samples: Samples,
 }
 
 /// The domains and plan after the actions libvirt accepted: what the
@@ -86,6 +89,7 @@ impl Publisher {
         audit: AuditLog,
         holds_dir: Option<PathBuf>,
         saved_holds: VcpuHolds,
+        samples: Samples,
     ) -> Publisher {
         Publisher {
             reports,
@@ -102,6 +106,7 @@ impl Publisher {
             saved_holds,
             reload_error: None,
             was_connected: None,
+            samples,
         }
     }
 
@@ -265,6 +270,7 @@ impl Publisher {
             *self.counters.actions.entry(key).or_insert(0) += 1;
         }
         let report = Arc::new(report);
+        self.samples.record(&report);
         self.write_events(&report).await;
         // Counters first: whoever sees cycle N in the report finds the
         // counters of cycle N (or later) too.
