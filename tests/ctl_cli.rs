@@ -290,6 +290,10 @@ async fn other_uids_may_read_but_only_group_members_may_change_or_read_events() 
         &["pools"][..],
         &["domains"][..],
         &["plan"][..],
+        // A what-if (POST /v1/plan) changes nothing: a read.
+        &["plan", "--what-if", "allocate web web-1 --vcpus 2"][..],
+        &["pool", "history", "web"][..],
+        &["top", "--once"][..],
     ] {
         let o = ctl_as(&s, nobody, args).await;
         assert_eq!(o.code, 0, "{args:?}: {}", o.stderr);

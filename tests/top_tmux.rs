@@ -142,7 +142,7 @@ fn top_refreshes_sorts_filters_and_pauses_in_a_real_terminal() {
             && s.contains("last cycle ")
             && s.contains("memory pressure")
             && s.contains("│  web  ")
-            && s.contains("[████████] 16/16")
+            && s.contains("[██████] 16/16")
             && s.contains("┌ batch: the last ")
             && s.contains("members of every pool — 11 shown of 11, sorted by name")
             && s.contains("web-3")

@@ -260,7 +260,7 @@ fn budget_cell(p: &PoolView, r: Resource) -> String {
         return "-".into();
     };
     let a = *p.allocated.get(r);
-    format!("{} {}", bar(a, b, 8), of(r, a, b))
+    format!("{} {}", bar(a, b, 6), of(r, a, b))
 }
 
 /// Column widths that fit the widest cell of each column (the last one
