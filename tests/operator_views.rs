@@ -284,6 +284,15 @@ async fn what_if_refuses_as_the_real_change_would() {
     assert_eq!(status, 409, "{msg}");
     let o = d.ctl(&["plan", "--with-domain", "x:lots:1GiB"]);
     assert_eq!(o.status.code(), Some(2));
+    let o = d.ctl(&[
+        "plan",
+        "--with-domain",
+        "x:1:1GiB",
+        "--with-domain",
+        "x:2:1GiB",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("\"x\" is named twice"));
     let o = d.ctl(&["plan", "--what-if", "grow web web-1"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--what-if \"grow web web-1\""));

@@ -306,8 +306,14 @@ pub fn what_if(s: &AppState, req: &WhatIf) -> Result<WhatIfResponse, Error> {
             Arc::new(cfg)
         }
     };
-    for d in &req.domains {
+    for (i, d) in req.domains.iter().enumerate() {
         check_domain(d, &st.domains)?;
+        if req.domains[..i].iter().any(|o| o.name == d.name) {
+            return Err(Error::BadRequest(format!(
+                "domain {:?} is named twice",
+                d.name
+            )));
+        }
     }
     let status = with_domains(&st, req.domains.iter().map(extra_domain).collect());
     let ctx = Ctx {
