@@ -4,6 +4,7 @@
 
 use crate::adapters::host::{Host, HostError};
 use crate::core::config::{Config, ConfigError};
+use crate::core::model::HostCapacity;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -45,10 +46,32 @@ impl From<ConfigError> for LoadError {
 /// against this host: what start-up and SIGHUP both do. The error is one
 /// line naming the file, the key and the problem.
 pub fn load_checked(path: &Path, overrides: &Overrides) -> Result<Config, LoadError> {
-    let mut cfg = Config::load(path)?;
-    overrides.apply(&mut cfg);
+    let cfg = Config::load(path)?;
     let mut host = Host::new().map_err(|e| LoadError::Host(Arc::new(e)))?;
-    cfg.check_host(&host.refresh())?;
+    checked(cfg, overrides, &host.refresh())
+}
+
+/// Checks a candidate config's text as a reload checks the file (see
+/// [`load_checked`]), against the host as last observed (`host`): the
+/// same checks, the same errors. `path` names it in messages and is what
+/// `{config_dir}` stands for.
+pub fn check_candidate(
+    text: &str,
+    path: &Path,
+    overrides: &Overrides,
+    host: &HostCapacity,
+) -> Result<Config, LoadError> {
+    checked(Config::parse(text, path)?, overrides, host)
+}
+
+/// The overrides applied, then the budgets checked against `host`.
+fn checked(
+    mut cfg: Config,
+    overrides: &Overrides,
+    host: &HostCapacity,
+) -> Result<Config, LoadError> {
+    overrides.apply(&mut cfg);
+    cfg.check_host(host)?;
     Ok(cfg)
 }
 

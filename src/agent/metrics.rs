@@ -4,9 +4,11 @@
 //! TCP listener (`agent.metrics_listen`, `crate::api::metrics_tcp`) both
 //! call it.
 //!
-//! Units: resource amounts carry a `resource` label and are in the
-//! resource's own unit — `vcpus` (count), `memory` (bytes),
-//! `disk_bytes_sec` (bytes/s), `disk_iops_sec` (operations/s).
+//! Units: one family per quantity and unit, the unit in its name
+//! (Prometheus' conventions): `…_vcpus` (a count of vCPUs),
+//! `…_memory_bytes`, `…_disk_bytes_per_second`, `…_disk_iops` (I/O
+//! operations per second), `…_cpu_cores`. `promtool check metrics` finds
+//! nothing to say about the exposition (`tests/metrics_render.rs`).
 
 use crate::agent::report::{Counters, Report};
 use crate::core::model::Resource;
@@ -14,6 +16,30 @@ use std::fmt::Write;
 
 /// Content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The unit part of a resource's family names.
+pub fn unit_suffix(r: Resource) -> &'static str {
+    match r {
+        Resource::Vcpus => "vcpus",
+        Resource::Memory => "memory_bytes",
+        Resource::DiskBytesSec => "disk_bytes_per_second",
+        Resource::DiskIopsSec => "disk_iops",
+    }
+}
+
+/// `{prefix}_{unit}`: the family of a resource's amounts.
+pub fn family(prefix: &str, r: Resource) -> String {
+    format!("{prefix}_{}", unit_suffix(r))
+}
+
+fn unit_words(r: Resource) -> &'static str {
+    match r {
+        Resource::Vcpus => "vCPUs",
+        Resource::Memory => "memory, bytes",
+        Resource::DiskBytesSec => "disk bandwidth, bytes per second",
+        Resource::DiskIopsSec => "disk I/O operations per second",
+    }
+}
 
 /// Escapes a label value (backslash, double quote, newline).
 fn esc(v: &str) -> String {
@@ -48,6 +74,12 @@ impl Out {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.text, "# HELP {name} {help}");
         let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    /// A family of one sample.
+    fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], v: f64) {
+        self.family(name, "gauge", help);
+        self.sample(name, labels, v);
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
@@ -123,44 +155,65 @@ pub fn render(st: &Report, c: &Counters) -> String {
         b(st.mode == crate::core::config::Mode::Enforce && !st.paused),
     );
 
+    if let Some(h) = &st.host {
+        o.gauge(
+            "virtpool_host_cpu_cores",
+            "Logical CPUs of the host (as the kernel counts them).",
+            &[],
+            h.cpus as f64,
+        );
+        o.gauge(
+            "virtpool_host_memory_bytes",
+            "Physical memory of the host.",
+            &[],
+            h.memory_total as f64,
+        );
+        o.gauge(
+            "virtpool_host_memory_available_bytes",
+            "Memory the kernel reports available.",
+            &[],
+            h.memory_available as f64,
+        );
+    }
     if let Some(plan) = &st.plan {
-        o.family(
-            "virtpool_host_allocatable",
-            "gauge",
-            "What the pools may share, per resource (vcpus count, memory bytes, disk_bytes_sec bytes/s, disk_iops_sec IO/s).",
+        o.gauge(
+            "virtpool_host_memory_pressure",
+            "1 while the host's available memory is below the pressure threshold (memory targets are lowered), else 0.",
+            &[],
+            b(plan.pressure),
         );
         for r in Resource::ALL {
-            o.sample(
-                "virtpool_host_allocatable",
-                &[("resource", r.key())],
+            let name = family("virtpool_host_allocatable", r);
+            o.gauge(
+                &name,
+                &format!("What the pools may share ({}).", unit_words(r)),
+                &[],
                 *plan.allocatable.get(r) as f64,
             );
         }
     }
 
-    for (name, help) in [
+    for (what, help) in [
+        ("budget", "Pool budget"),
         (
-            "virtpool_pool_budget",
-            "Pool budget per resource (resource units, see virtpool_host_allocatable).",
+            "allocated",
+            "Sum of the targets of the pool's admitted active members",
         ),
-        (
-            "virtpool_pool_allocated",
-            "Sum of the targets of the pool's admitted active members.",
-        ),
-        ("virtpool_pool_free", "Budget minus allocated."),
+        ("free", "Pool budget minus allocated"),
     ] {
-        o.family(name, "gauge", help);
-        for p in pools {
-            for r in Resource::ALL {
+        for r in Resource::ALL {
+            let name = family(&format!("virtpool_pool_{what}"), r);
+            o.family(&name, "gauge", &format!("{help} ({}).", unit_words(r)));
+            for p in pools {
                 let Some(budget) = *p.budget.get(r) else {
                     continue;
                 };
-                let v = match name {
-                    "virtpool_pool_budget" => budget,
-                    "virtpool_pool_allocated" => *p.allocated.get(r),
+                let v = match what {
+                    "budget" => budget,
+                    "allocated" => *p.allocated.get(r),
                     _ => p.free(r).unwrap_or(0),
                 };
-                o.sample(name, &[("pool", &p.name), ("resource", r.key())], v as f64);
+                o.sample(&name, &[("pool", &p.name)], v as f64);
             }
         }
     }
@@ -168,78 +221,61 @@ pub fn render(st: &Report, c: &Counters) -> String {
     o.family(
         "virtpool_pool_members",
         "gauge",
-        "Pool members by admission (shut-off members are never admitted: they hold nothing).",
+        "Pool members by admission: admitted, unadmitted (active, floors do not fit the budget: left untouched), inactive (shut off: hold nothing).",
     );
     for p in pools {
-        let admitted = p.members.iter().filter(|m| m.admitted).count();
-        let un = p.members.len() - admitted;
-        o.sample(
-            "virtpool_pool_members",
-            &[("pool", &p.name), ("admitted", "true")],
-            admitted as f64,
-        );
-        o.sample(
-            "virtpool_pool_members",
-            &[("pool", &p.name), ("admitted", "false")],
-            un as f64,
-        );
-    }
-    o.family(
-        "virtpool_unadmitted_members",
-        "gauge",
-        "Active members whose floors do not fit their pool's budget (left untouched).",
-    );
-    for p in pools {
-        let un = p
-            .members
-            .iter()
-            .filter(|m| !m.admitted && m.state.is_active())
-            .count();
-        o.sample(
-            "virtpool_unadmitted_members",
-            &[("pool", &p.name)],
-            un as f64,
-        );
+        let (mut admitted, mut unadmitted, mut inactive) = (0usize, 0usize, 0usize);
+        for m in &p.members {
+            match (m.state.is_active(), m.admitted) {
+                (false, _) => inactive += 1,
+                (true, true) => admitted += 1,
+                (true, false) => unadmitted += 1,
+            }
+        }
+        for (admission, n) in [
+            ("admitted", admitted),
+            ("unadmitted", unadmitted),
+            ("inactive", inactive),
+        ] {
+            o.sample(
+                "virtpool_pool_members",
+                &[("pool", &p.name), ("admission", admission)],
+                n as f64,
+            );
+        }
     }
 
-    for (name, help) in [
-        (
-            "virtpool_domain_target",
-            "Planned allocation of a pool member per resource (resource units).",
-        ),
-        (
-            "virtpool_domain_actual",
-            "What libvirt reports the member has, per resource.",
-        ),
-        (
-            "virtpool_domain_guest_used",
-            "What the guest reports using, where it reports it (memory: bytes).",
-        ),
+    for (what, help) in [
+        ("target", "Planned allocation of a pool member"),
+        ("actual", "What libvirt reports the member has"),
     ] {
-        o.family(name, "gauge", help);
-        for p in pools {
-            for m in &p.members {
-                for r in Resource::ALL {
+        for r in Resource::ALL {
+            let name = family(&format!("virtpool_domain_{what}"), r);
+            o.family(&name, "gauge", &format!("{help} ({}).", unit_words(r)));
+            for p in pools {
+                for m in &p.members {
                     let Some(a) = m.alloc.get(r) else {
                         continue;
                     };
-                    let v = match name {
-                        "virtpool_domain_target" => Some(a.target),
-                        "virtpool_domain_actual" => Some(a.actual),
-                        _ => a.used,
-                    };
-                    if let Some(v) = v {
-                        o.sample(
-                            name,
-                            &[
-                                ("pool", &p.name),
-                                ("domain", &m.name),
-                                ("resource", r.key()),
-                            ],
-                            v as f64,
-                        );
-                    }
+                    let v = if what == "target" { a.target } else { a.actual };
+                    o.sample(&name, &[("pool", &p.name), ("domain", &m.name)], v as f64);
                 }
+            }
+        }
+    }
+    o.family(
+        "virtpool_domain_guest_used_memory_bytes",
+        "gauge",
+        "Memory the guest reports using, where it reports it (bytes).",
+    );
+    for p in pools {
+        for m in &p.members {
+            if let Some(u) = m.alloc.memory.as_ref().and_then(|a| a.used) {
+                o.sample(
+                    "virtpool_domain_guest_used_memory_bytes",
+                    &[("pool", &p.name), ("domain", &m.name)],
+                    u as f64,
+                );
             }
         }
     }

@@ -11,6 +11,7 @@ pub mod observability;
 pub mod reconciler;
 pub mod report;
 pub mod safe_fs;
+pub mod samples;
 pub mod service;
 pub mod state;
 pub mod state_check;

@@ -44,6 +44,9 @@ struct Inner {
     reloads: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::agent::service::ReloadRequest>>,
     /// See [`WAIT_LIMIT`].
     wait_limit: std::time::Duration,
+    /// The command line's overrides, applied to a candidate config as a
+    /// reload applies them (`POST /v1/plan`).
+    overrides: std::sync::OnceLock<crate::agent::load::Overrides>,
 }
 
 /// Serialized answers valid for one published status, one runtime
@@ -112,6 +115,7 @@ impl AppState {
                 cache: Mutex::new(ReadCache::default()),
                 reloads: std::sync::OnceLock::new(),
                 wait_limit: WAIT_LIMIT,
+                overrides: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -125,6 +129,18 @@ impl AppState {
         // Set once, right after `new`: a second call keeps the first.
         let _ = self.inner.reloads.set(tx);
         self
+    }
+
+    /// Applies the command line's overrides to candidate configs (set
+    /// once, right after `new`).
+    pub fn with_overrides(self, o: crate::agent::load::Overrides) -> AppState {
+        let _ = self.inner.overrides.set(o);
+        self
+    }
+
+    /// The command line's overrides (none unless set).
+    pub fn overrides(&self) -> crate::agent::load::Overrides {
+        self.inner.overrides.get().cloned().unwrap_or_default()
     }
 
     /// Waits for the monitor at most `limit` instead of [`WAIT_LIMIT`]

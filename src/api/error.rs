@@ -58,6 +58,10 @@ pub enum Error {
     /// A reload read a config file that is invalid: the running config stays.
     #[error("reload refused, the running config stays: {0}")]
     ConfigRefused(String),
+    /// A what-if's candidate config is one a reload would refuse (the
+    /// message is the reload's).
+    #[error("a reload would refuse this config: {0}")]
+    CandidateRefused(String),
     /// The reload was handed over, but the monitor did not take it within
     /// the wait (its cycle is still running): it takes effect when that
     /// cycle ends.
@@ -108,7 +112,9 @@ impl Error {
             Error::LibvirtDown(_) => (StatusCode::SERVICE_UNAVAILABLE, "libvirt_unavailable"),
             Error::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Error::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
-            Error::ConfigRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "config_refused"),
+            Error::ConfigRefused(_) | Error::CandidateRefused(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "config_refused")
+            }
             Error::NoReload => (StatusCode::SERVICE_UNAVAILABLE, "reload_unavailable"),
             Error::ReloadPending(_) => (StatusCode::SERVICE_UNAVAILABLE, "reload_pending"),
             Error::CyclePending(_) => (StatusCode::SERVICE_UNAVAILABLE, "cycle_pending"),

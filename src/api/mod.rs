@@ -10,7 +10,10 @@
 //!    and parses path, query and body into the typed requests of [`types`]
 //!    (unknown fields rejected).
 //! 3. Reads are answered by [`controller::AppState`] from the monitor's last
-//!    published snapshot ([`views`]); they never wait on libvirt.
+//!    published snapshot ([`views`]); they never wait on libvirt. A
+//!    what-if (`POST /v1/plan`, [`whatif`]) is a read too: it plans a
+//!    candidate on that snapshot and changes nothing; a pool's history
+//!    ([`history`]) comes from the monitor's rings.
 //! 4. Changes are authorized ([`auth`]: uid 0 or member of `api.group`),
 //!    then run as one transaction under the runtime mutex: apply to a copy,
 //!    validate (admission for reservations), save `state.json` atomically,
@@ -43,11 +46,13 @@ pub mod conn;
 pub mod controller;
 pub mod error;
 pub mod events;
+pub mod history;
 pub mod metrics_tcp;
 pub mod routes;
 pub mod server;
 pub mod types;
 pub mod views;
+pub mod whatif;
 
 pub use controller::{AppState, WAIT_LIMIT};
 pub use error::Error;

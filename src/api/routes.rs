@@ -82,9 +82,10 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/pools/{pool}/release", post(release))
         .route("/v1/pools/{pool}/pause", post(pause_pool))
         .route("/v1/pools/{pool}/resume", post(resume_pool))
+        .route("/v1/pools/{pool}/history", get(pool_history))
         .route("/v1/domains", get(domains))
         .route("/v1/domains/{domain}", get(domain))
-        .route("/v1/plan", get(plan))
+        .route("/v1/plan", get(plan).post(what_if))
         .route("/v1/reconcile", post(reconcile))
         .route("/v1/reload", post(reload))
         .route("/v1/pause", post(pause))
@@ -112,10 +113,14 @@ pub fn router(state: AppState, body_timeout: Duration) -> Router {
 }
 
 /// Whether a request needs root or the API group (see [`super::auth`]):
-/// every method but GET/HEAD (changes), and the audit log.
+/// every method but GET/HEAD (changes), and the audit log. A what-if
+/// (`POST /v1/plan`) changes nothing: anyone who may read may ask.
 fn privileged(method: &Method, path: &str) -> Option<Privilege> {
     if path == "/v1/events" || path == "/v1/audit" {
         return Some(Privilege::Audit);
+    }
+    if path == "/v1/plan" {
+        return None;
     }
     (method != Method::GET && method != Method::HEAD).then_some(Privilege::Change)
 }
@@ -243,6 +248,25 @@ async fn domain(State(s): State<AppState>, Path(key): Path<String>) -> R<DomainV
 
 async fn plan(State(s): State<AppState>) -> R<PlanResponse> {
     Ok(axum::Json(s.plan()?))
+}
+
+/// `POST /v1/plan`: a what-if (see [`super::whatif`]), planned on a
+/// blocking thread (a whole plan, and a candidate config to check).
+async fn what_if(
+    State(s): State<AppState>,
+    Json(req): Json<super::whatif::WhatIf>,
+) -> R<super::whatif::WhatIfResponse> {
+    let answer = tokio::task::spawn_blocking(move || super::whatif::what_if(&s, &req))
+        .await
+        .map_err(|e| Error::Internal(format!("what-if task failed: {e}")))??;
+    Ok(axum::Json(answer))
+}
+
+async fn pool_history(
+    State(s): State<AppState>,
+    Path(pool): Path<String>,
+) -> R<super::history::PoolHistory> {
+    Ok(axum::Json(super::history::pool_history(&s, &pool)?))
 }
 
 /// `/v1/events` and its alias `/v1/audit`: the audit log's tail.

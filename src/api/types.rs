@@ -121,6 +121,10 @@ pub struct StatusResponse {
     pub host: Option<HostCapacity>,
     /// Allocatable capacity from the last plan.
     pub allocatable: Option<PerResource<u64>>,
+    /// The host's available memory was below the pressure threshold in
+    /// the last plan (memory targets lowered). Absent when it was not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory_pressure: bool,
     pub pools: usize,
     pub domains: DomainCounts,
     /// The last config / runtime state error, if any.

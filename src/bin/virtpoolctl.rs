@@ -52,8 +52,10 @@ enum Cmd {
     Domains,
     /// One domain (by name or UUID).
     Domain { domain: String },
-    /// What the next cycle would do, with reasons (dry run).
-    Plan,
+    /// What the next cycle would do, with reasons (dry run); with
+    /// --config, --what-if or --with-domain, what a change would do, as a
+    /// difference from today's targets (nothing is applied).
+    Plan(virtpool::cli::whatif_text::PlanArgs),
     /// Set a member's reservation (guaranteed minimum), if it fits the pool.
     Allocate(ReserveArgs),
     /// Lower a member's reservation by the given amounts; with none, clear it.
@@ -87,6 +89,11 @@ enum Cmd {
     Events(EventsArgs),
     /// Prometheus metrics, as served (--json: one object per sample).
     Metrics,
+    /// A full-screen view that refreshes itself: pools with budget bars,
+    /// the chosen pool's last hour, members with target / actual / used
+    /// and the reason; keys sort, choose a pool, pause and resume it (q
+    /// quits). Without a terminal, or with --once, one screen as text.
+    Top(virtpool::cli::top::TopArgs),
     /// Names for shell completion (used by the completion scripts).
     #[command(name = "__complete", hide = true)]
     Complete(CompleteArgs),
@@ -96,6 +103,9 @@ enum Cmd {
 enum PoolCmd {
     /// Show one pool.
     Show { pool: String },
+    /// A pool's last hour: budget, allocated, actual and used per
+    /// resource, one point per cycle, as sparklines.
+    History { pool: String },
     /// Add a domain to a pool.
     Add {
         pool: String,
@@ -355,6 +365,7 @@ fn main() -> ExitCode {
         match &cmd {
             Cmd::Events(a) => events(&c, a, json).await,
             Cmd::Complete(a) => complete(&c, a).await,
+            Cmd::Top(a) => top(&c, a, json).await,
             _ => run(&c, &cmd, json).await.map(|text| out(&text)),
         }
     });
@@ -411,6 +422,11 @@ async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
         Cmd::Pool(PoolCmd::Show { pool }) => {
             (Method::GET, format!("/v1/pools/{}", path_seg(pool)?), None)
         }
+        Cmd::Pool(PoolCmd::History { pool }) => (
+            Method::GET,
+            format!("/v1/pools/{}/history", path_seg(pool)?),
+            None,
+        ),
         Cmd::Pool(PoolCmd::Add { pool, domain, wait }) => (
             Method::POST,
             format!("/v1/pools/{}/members{}", path_seg(pool)?, wait_q(*wait)),
@@ -444,7 +460,17 @@ async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
             format!("/v1/domains/{}", path_seg(domain)?),
             None,
         ),
-        Cmd::Plan => (Method::GET, "/v1/plan".into(), None),
+        Cmd::Plan(a) if a.is_what_if() => {
+            let req = virtpool::cli::whatif_text::request(a).map_err(|e| {
+                if e.is_read() {
+                    Fail::failed("bad_file", e.to_string())
+                } else {
+                    Fail::usage(e.to_string())
+                }
+            })?;
+            (Method::POST, "/v1/plan".into(), Some(to_json(&req)?))
+        }
+        Cmd::Plan(_) => (Method::GET, "/v1/plan".into(), None),
         Cmd::Allocate(a) | Cmd::Release(a) => {
             let verb = if matches!(cmd, Cmd::Allocate(_)) {
                 "allocate"
@@ -498,7 +524,7 @@ async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
             None,
         ),
         Cmd::Metrics => (Method::GET, "/metrics".into(), None),
-        Cmd::Events(_) | Cmd::Complete(_) => {
+        Cmd::Events(_) | Cmd::Complete(_) | Cmd::Top(_) => {
             return Err(Fail::failed("failed", "not a one-request command"))
         }
     };
@@ -543,9 +569,11 @@ async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
             }
         }
         Cmd::Pool(PoolCmd::Show { .. }) => render_pool(&ans.json()?),
+        Cmd::Pool(PoolCmd::History { .. }) => virtpool::cli::history_text::render(&ans.json()?),
         Cmd::Domains => render_domains(&ans.json()?),
         Cmd::Domain { .. } => render_domain(&ans.json()?),
-        Cmd::Plan => render_plan(&ans.json()?),
+        Cmd::Plan(a) if a.is_what_if() => virtpool::cli::whatif_text::render(&ans.json()?),
+        Cmd::Plan(_) => render_plan(&ans.json()?),
         Cmd::Allocate(_) | Cmd::Release(_) => {
             let r: ReservationResponse = ans.json()?;
             let mut s = format!(
@@ -595,7 +623,7 @@ async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
             s.push_str(&render_waited(waited, r.changed, r.cycle.as_ref()));
             s
         }
-        Cmd::Metrics | Cmd::Events(_) | Cmd::Complete(_) => String::new(),
+        Cmd::Metrics | Cmd::Events(_) | Cmd::Complete(_) | Cmd::Top(_) => String::new(),
     })
 }
 
@@ -798,6 +826,24 @@ async fn follow(
             Err(f) if f.exit == 1 => {}
             Err(f) => return Err(f),
         }
+    }
+}
+
+// --------------------------------------------------------------------- top
+
+async fn top(c: &Client, a: &virtpool::cli::top::TopArgs, json: bool) -> Result<(), Fail> {
+    if json {
+        return Err(Fail::usage(
+            "top draws a screen: for JSON, use status, pools or pool history",
+        ));
+    }
+    match virtpool::cli::top::command(c, a).await {
+        Ok(text) => {
+            out(&text.unwrap_or_default());
+            Ok(())
+        }
+        Err(virtpool::cli::top::TopError::Client(e)) => Err(e.into()),
+        Err(e) => Err(Fail::failed("failed", e.to_string())),
     }
 }
 

@@ -411,8 +411,9 @@ async fn daemon(
     let monitor = monitor.with_events(events_rx);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let (reloads_tx, reloads) = tokio::sync::mpsc::channel(4);
-    let api_state =
-        virtpool::api::AppState::new(handle.clone(), api_group).with_reloads(reloads_tx);
+    let api_state = virtpool::api::AppState::new(handle.clone(), api_group)
+        .with_reloads(reloads_tx)
+        .with_overrides(overrides.clone());
     let api_task = tokio::spawn(virtpool::api::serve_with(
         api_sock,
         api_state,

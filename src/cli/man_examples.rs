@@ -120,6 +120,36 @@ const EXAMPLES: &[(&str, &[Example])] = &[
         ],
     ),
     (
+        "virtpoolctl pool history",
+        &[
+            (
+                "Pool web's last hour: budget, allocated, actual and used per resource:",
+                "virtpoolctl pool history web",
+            ),
+            (
+                "Its memory allocation over the hour, in bytes:",
+                "virtpoolctl --json pool history web | jq -c '.resources.memory.allocated'",
+            ),
+        ],
+    ),
+    (
+        "virtpoolctl top",
+        &[
+            (
+                "Watch the pools and members, refreshed every 2 s (q quits, f chooses a pool, p pauses it):",
+                "virtpoolctl top",
+            ),
+            (
+                "Pool db only, refreshed every second:",
+                "virtpoolctl top --pool db --delay 1",
+            ),
+            (
+                "One screen as text, 120 columns wide:",
+                "virtpoolctl top --once --width 120",
+            ),
+        ],
+    ),
+    (
         "virtpoolctl pool delete",
         &[(
             "Delete the runtime pool batch; its members become unmanaged:",
@@ -159,6 +189,18 @@ const EXAMPLES: &[(&str, &[Example])] = &[
             (
                 "How many changes it would make:",
                 "virtpoolctl --json plan | jq '.actions | length'",
+            ),
+            (
+                "What an edited config would change, checked as a reload would check it (nothing is applied):",
+                "virtpoolctl plan --config /etc/virtpool/virtpool.toml.new",
+            ),
+            (
+                "What a reservation would move, before making it:",
+                "virtpoolctl plan --what-if 'allocate web web-1 --memory 8GiB'",
+            ),
+            (
+                "What a new 4-vCPU, 8 GiB domain named web-9 would take from its pool:",
+                "virtpoolctl plan --with-domain web-9:4:8GiB",
             ),
         ],
     ),
@@ -242,8 +284,8 @@ const EXAMPLES: &[(&str, &[Example])] = &[
         &[
             ("The Prometheus metrics, as served:", "virtpoolctl metrics"),
             (
-                "Each pool's free amounts, from the metrics as JSON:",
-                "virtpoolctl --json metrics | jq -c '.metrics[] | select(.name == \"virtpool_pool_free\")'",
+                "Each pool's free memory, from the metrics as JSON:",
+                "virtpoolctl --json metrics | jq -c '.metrics[] | select(.name == \"virtpool_pool_free_memory_bytes\")'",
             ),
         ],
     ),

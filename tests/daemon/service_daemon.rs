@@ -228,7 +228,7 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
     let (code, body) = api_get(&sock, "/metrics");
     assert!(code.contains(" 200 "), "{code}");
     assert!(
-        body.contains("virtpool_pool_budget{pool=\"db\",resource=\"disk_iops_sec\"} 20000\n"),
+        body.contains("virtpool_pool_budget_disk_iops{pool=\"db\"} 20000\n"),
         "{body}"
     );
 
@@ -236,7 +236,7 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
     let (status_line, body) = http_get(d.port, "/metrics");
     assert!(status_line.contains(" 200 "), "{status_line}");
     assert!(
-        body.contains("virtpool_pool_budget{pool=\"web\",resource=\"vcpus\"} 16\n"),
+        body.contains("virtpool_pool_budget_vcpus{pool=\"web\"} 16\n"),
         "{body}"
     );
     // At least the first cycle (a libvirt event may already have run another).
@@ -326,7 +326,7 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
         body.contains("virtpool_config_reloads_total{result=\"refused\"} 1\n")
             && body.contains("virtpool_config_reloads_total{result=\"ok\"} 1\n")
             && body.contains("virtpool_config_last_reload_successful 1\n")
-            && body.contains("virtpool_pool_budget{pool=\"spare\",resource=\"vcpus\"} 4\n"),
+            && body.contains("virtpool_pool_budget_vcpus{pool=\"spare\"} 4\n"),
         "{body}"
     );
 

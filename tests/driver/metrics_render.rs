@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::support::node::*;
+use crate::support::promtool;
 use std::collections::{BTreeMap, HashMap};
 use virtpool::adapters::host::Host;
 use virtpool::adapters::libvirt::worker::HvWorker;
@@ -214,52 +215,96 @@ async fn metrics_parse_and_carry_the_demo_hosts_values() {
     let (samples, types) = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
 
     for (family, ty) in [
-        ("virtpool_pool_budget", "gauge"),
-        ("virtpool_pool_allocated", "gauge"),
-        ("virtpool_pool_free", "gauge"),
-        ("virtpool_domain_target", "gauge"),
-        ("virtpool_domain_actual", "gauge"),
-        ("virtpool_domain_guest_used", "gauge"),
+        ("virtpool_pool_budget_vcpus", "gauge"),
+        ("virtpool_pool_budget_memory_bytes", "gauge"),
+        ("virtpool_pool_budget_disk_bytes_per_second", "gauge"),
+        ("virtpool_pool_budget_disk_iops", "gauge"),
+        ("virtpool_pool_allocated_memory_bytes", "gauge"),
+        ("virtpool_pool_free_vcpus", "gauge"),
+        ("virtpool_domain_target_vcpus", "gauge"),
+        ("virtpool_domain_actual_memory_bytes", "gauge"),
+        ("virtpool_domain_guest_used_memory_bytes", "gauge"),
+        ("virtpool_host_allocatable_disk_iops", "gauge"),
+        ("virtpool_host_cpu_cores", "gauge"),
+        ("virtpool_host_memory_bytes", "gauge"),
+        ("virtpool_host_memory_available_bytes", "gauge"),
+        ("virtpool_host_memory_pressure", "gauge"),
+        ("virtpool_pool_members", "gauge"),
         ("virtpool_cycle_duration_seconds", "histogram"),
         ("virtpool_actions_total", "counter"),
         ("virtpool_libvirt_up", "gauge"),
-        ("virtpool_unadmitted_members", "gauge"),
         ("virtpool_config_reloads_total", "counter"),
         ("virtpool_config_last_reload_successful", "gauge"),
     ] {
         assert_eq!(types.get(family).map(String::as_str), Some(ty), "{family}");
     }
+    // One unit per family: no `resource` label left to mix them.
+    assert!(
+        samples
+            .iter()
+            .all(|s| !s.labels.contains_key("resource") || s.name == "virtpool_actions_total"),
+        "{text}"
+    );
 
-    // Budgets from config/demo.toml.
-    let budget = |pool, r| {
-        get(
-            &samples,
-            "virtpool_pool_budget",
-            &[("pool", pool), ("resource", r)],
-        )
-    };
-    assert_eq!(budget("web", "vcpus"), Some(16.0));
-    assert_eq!(budget("web", "memory"), Some((20u64 << 30) as f64));
-    assert_eq!(budget("db", "vcpus"), Some(12.0));
-    assert_eq!(budget("db", "disk_iops_sec"), Some(20000.0));
-    assert_eq!(budget("batch", "memory"), Some((8u64 << 30) as f64));
+    // Budgets from config/demo.toml, each in its family's unit.
+    let pool = |name: &str, p: &str| get(&samples, name, &[("pool", p)]);
+    assert_eq!(pool("virtpool_pool_budget_vcpus", "web"), Some(16.0));
     assert_eq!(
-        budget("batch", "disk_iops_sec"),
+        pool("virtpool_pool_budget_memory_bytes", "web"),
+        Some((20u64 << 30) as f64)
+    );
+    assert_eq!(pool("virtpool_pool_budget_vcpus", "db"), Some(12.0));
+    assert_eq!(pool("virtpool_pool_budget_disk_iops", "db"), Some(20000.0));
+    // 50 % of the host's declared 2 GiB/s.
+    assert_eq!(
+        pool("virtpool_pool_budget_disk_bytes_per_second", "db"),
+        Some((1u64 << 30) as f64)
+    );
+    assert_eq!(
+        pool("virtpool_pool_budget_memory_bytes", "batch"),
+        Some((8u64 << 30) as f64)
+    );
+    assert_eq!(
+        pool("virtpool_pool_budget_disk_iops", "batch"),
         None,
         "batch has no iops budget"
     );
     // The demo pools are fully shared out: allocated = budget, free = 0.
-    for pool in ["web", "db", "batch"] {
-        for r in ["vcpus", "memory"] {
-            let l = [("pool", pool), ("resource", r)];
+    for p in ["web", "db", "batch"] {
+        for unit in ["vcpus", "memory_bytes"] {
             assert_eq!(
-                get(&samples, "virtpool_pool_allocated", &l),
-                budget(pool, r),
-                "{pool} {r}"
+                pool(&format!("virtpool_pool_allocated_{unit}"), p),
+                pool(&format!("virtpool_pool_budget_{unit}"), p),
+                "{p} {unit}"
             );
-            assert_eq!(get(&samples, "virtpool_pool_free", &l), Some(0.0));
+            assert_eq!(pool(&format!("virtpool_pool_free_{unit}"), p), Some(0.0));
         }
     }
+    // The host: what the pools may share, as planned (the config declares
+    // 16 CPUs, 64 GiB, 2 GiB/s, 40000 IOPS), and no memory pressure.
+    let alloc = st.plan.as_ref().unwrap().allocatable;
+    for (name, v) in [
+        ("virtpool_host_allocatable_vcpus", alloc.vcpus),
+        ("virtpool_host_allocatable_memory_bytes", alloc.memory),
+        (
+            "virtpool_host_allocatable_disk_bytes_per_second",
+            alloc.disk_bytes_sec,
+        ),
+        ("virtpool_host_allocatable_disk_iops", alloc.disk_iops_sec),
+    ] {
+        assert_eq!(get(&samples, name, &[]), Some(v as f64), "{name}");
+    }
+    assert_eq!(alloc.disk_bytes_sec, 2 << 30);
+    assert_eq!(alloc.disk_iops_sec, 40000);
+    assert_eq!(
+        get(&samples, "virtpool_host_memory_pressure", &[]),
+        Some(0.0)
+    );
+    let host = st.host.unwrap();
+    assert_eq!(
+        get(&samples, "virtpool_host_cpu_cores", &[]),
+        Some(host.cpus as f64)
+    );
 
     // Per domain: target and actual as the last plan has them.
     let plan = st.plan.as_ref().unwrap();
@@ -267,18 +312,19 @@ async fn metrics_parse_and_carry_the_demo_hosts_values() {
     for p in &plan.pools {
         for mem in p.members.iter().filter(|m| m.admitted) {
             let a = mem.alloc.vcpus.unwrap();
-            let l = [
-                ("pool", p.name.as_str()),
-                ("domain", &*mem.name),
-                ("resource", "vcpus"),
-            ];
+            let l = [("pool", p.name.as_str()), ("domain", &*mem.name)];
             assert_eq!(
-                get(&samples, "virtpool_domain_target", &l),
+                get(&samples, "virtpool_domain_target_vcpus", &l),
                 Some(a.target as f64)
             );
             assert_eq!(
-                get(&samples, "virtpool_domain_actual", &l),
+                get(&samples, "virtpool_domain_actual_vcpus", &l),
                 Some(a.actual as f64)
+            );
+            let m = mem.alloc.memory.unwrap();
+            assert_eq!(
+                get(&samples, "virtpool_domain_target_memory_bytes", &l),
+                Some(m.target as f64)
             );
             checked += 1;
         }
@@ -287,20 +333,31 @@ async fn metrics_parse_and_carry_the_demo_hosts_values() {
     assert_eq!(
         get(
             &samples,
-            "virtpool_domain_target",
-            &[("domain", "web-3"), ("resource", "vcpus")]
+            "virtpool_domain_target_vcpus",
+            &[("domain", "web-3")]
         ),
         Some(2.0),
         "web-3 is capped at its hardware max"
     );
+    // Admission counts: db-old is shut off (inactive, not "unadmitted").
+    let members = |p: &str, a: &str| {
+        get(
+            &samples,
+            "virtpool_pool_members",
+            &[("pool", p), ("admission", a)],
+        )
+    };
+    assert_eq!(members("db", "admitted"), Some(2.0));
+    assert_eq!(members("db", "unadmitted"), Some(0.0));
+    assert_eq!(members("db", "inactive"), Some(1.0));
+    assert_eq!(members("web", "admitted"), Some(4.0));
     // The test driver reports canned balloon stats: guest used where present.
     let used: Vec<&Sample> = samples
         .iter()
-        .filter(|s| s.name == "virtpool_domain_guest_used")
+        .filter(|s| s.name == "virtpool_domain_guest_used_memory_bytes")
         .collect();
     assert!(!used.is_empty(), "{text}");
     for u in &used {
-        assert_eq!(u.labels["resource"], "memory");
         assert!(u.value > 0.0);
     }
 
@@ -349,11 +406,6 @@ async fn metrics_parse_and_carry_the_demo_hosts_values() {
     );
 
     assert_eq!(get(&samples, "virtpool_libvirt_up", &[]), Some(1.0));
-    // db-old is shut off: not admitted, but not "unadmitted" either.
-    assert_eq!(
-        get(&samples, "virtpool_unadmitted_members", &[("pool", "db")]),
-        Some(0.0)
-    );
     assert_eq!(get(&samples, "virtpool_unmanaged_domains", &[]), Some(1.0));
     assert_eq!(get(&samples, "virtpool_cycles_total", &[]), Some(2.0));
     assert_eq!(
@@ -388,5 +440,96 @@ async fn metrics_parse_and_carry_the_demo_hosts_values() {
     assert_eq!(
         get(&samples, "virtpool_config_last_reload_successful", &[]),
         Some(1.0)
+    );
+}
+
+/// The exposition after two cycles on the demo host.
+async fn demo_text() -> String {
+    let pools = &DEMO[DEMO.find("[host]").unwrap()..];
+    let cfg = config("cycle-host.xml", pools);
+    virtpool::adapters::libvirt::quiet_errors();
+    let hv = HvWorker::spawn(Box::new(Libvirt::new(&cfg.agent.libvirt_uri))).unwrap();
+    let (mut m, handle) =
+        Reconciler::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false);
+    m.cycle_once().await;
+    let st = m.cycle_once().await;
+    virtpool::agent::metrics::render(&st, &handle.counters())
+}
+
+/// Prometheus' own linter has nothing to say: units in names, counters
+/// ending in `_total`, no abbreviated units, HELP everywhere.
+#[tokio::test]
+async fn promtool_check_metrics_is_clean() {
+    let text = demo_text().await;
+    let Some(promtool) = promtool::promtool() else {
+        return;
+    };
+    let (ok, said) = promtool::check_metrics(&promtool, &text);
+    assert!(ok && said.trim().is_empty(), "promtool: {said}\n{text}");
+    // The linter is awake: a unitless mixed family and a counter without
+    // `_total` are reported.
+    let (ok, said) = promtool::check_metrics(
+        &promtool,
+        "# HELP virtpool_x_sec A thing.\n# TYPE virtpool_x_sec counter\nvirtpool_x_sec 1\n",
+    );
+    assert!(!ok && said.contains("virtpool_x_sec"), "{said}");
+}
+
+/// Every query of the shipped Grafana dashboard names metrics the agent
+/// exports (on the demo host, where every family has samples).
+#[tokio::test]
+async fn the_grafana_dashboard_queries_exported_metrics() {
+    let (samples, types) = parse(&demo_text().await).unwrap();
+    let exported: std::collections::HashSet<&str> =
+        samples.iter().map(|s| s.name.as_str()).collect();
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/grafana/virtpool.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        // Panel queries, and template variables' queries.
+                        ("expr" | "definition", serde_json::Value::String(q)) => {
+                            out.push(q.clone())
+                        }
+                        _ => walk(x, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    walk(&dash, &mut exprs);
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let mut named = 0;
+    for q in &exprs {
+        let mut rest = q.as_str();
+        while let Some(i) = rest.find("virtpool_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            assert!(
+                exported.contains(name) || types.contains_key(name),
+                "{}: query {q:?} names {name:?}, which the agent does not export",
+                path.display()
+            );
+            named += 1;
+            rest = &tail[end..];
+        }
+    }
+    assert!(
+        named >= exprs.len(),
+        "every query names a virtpool metric: {exprs:?}"
+    );
+    // The check is awake: a made-up name is not exported.
+    assert!(
+        !exported.contains("virtpool_pool_budget") && !types.contains_key("virtpool_pool_budget")
     );
 }

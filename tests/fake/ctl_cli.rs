@@ -288,6 +288,10 @@ async fn other_uids_may_read_but_only_group_members_may_change_or_read_events() 
         &["pools"][..],
         &["domains"][..],
         &["plan"][..],
+        // A what-if (POST /v1/plan) changes nothing: a read.
+        &["plan", "--what-if", "allocate web web-1 --vcpus 2"][..],
+        &["pool", "history", "web"][..],
+        &["top", "--once"][..],
     ] {
         let o = ctl_as(&s, nobody, args).await;
         assert_eq!(o.code, 0, "{args:?}: {}", o.stderr);
@@ -438,15 +442,11 @@ async fn json_mode_prints_errors_and_metrics_as_json() {
     let text = ok(&s, &["metrics"]).await;
     let budget_line = text
         .lines()
-        .find(|l| {
-            l.starts_with("virtpool_pool_budget{")
-                && l.contains("pool=\"web\"")
-                && l.contains("resource=\"vcpus\"")
-        })
+        .find(|l| l.starts_with("virtpool_pool_budget_vcpus{") && l.contains("pool=\"web\""))
         .unwrap();
     let budget = find(
-        "virtpool_pool_budget",
-        serde_json::json!({"pool": "web", "resource": "vcpus"}),
+        "virtpool_pool_budget_vcpus",
+        serde_json::json!({"pool": "web"}),
     );
     assert_eq!(budget["value"], 12, "{budget_line}");
     let count = text

@@ -6,8 +6,10 @@
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 pub mod blackbox;
+pub mod daemon;
 pub mod fake;
 pub mod inproc;
 pub mod libvirtd;
 pub mod node;
+pub mod promtool;
 pub mod status;

@@ -6,6 +6,7 @@ use super::scope::Scope;
 use crate::agent::audit::AuditLog;
 use crate::agent::load::LoadError;
 use crate::agent::report::{Counters, Report};
+use crate::agent::samples::Samples;
 use crate::agent::state::RuntimeState;
 use crate::core::config::Config;
 use std::future::Future;
@@ -38,6 +39,10 @@ pub trait Control: Send + Sync + 'static {
     /// Asks for a cycle that looks at `scope`; with `wait`, resolves to
     /// the report of the cycle that ran it (`None`: the loop stopped).
     fn request_cycle(&self, scope: Scope, wait: bool) -> BoxFuture<'_, Option<Arc<Report>>>;
+    /// The pools' recent history, when kept.
+    fn samples(&self) -> Option<&Samples> {
+        None
+    }
 }
 
 /// Requests to the reconciler loop.
@@ -63,6 +68,8 @@ pub struct Handle {
     /// Set when a scoped cycle is asked for: a full observation running
     /// gives up so that it goes first.
     pub(super) preempt: Arc<AtomicBool>,
+    /// The pools' history, fed by the publishing step.
+    pub(super) samples: Samples,
 }
 
 impl Handle {
@@ -175,5 +182,9 @@ impl Control for Handle {
 
     fn request_cycle(&self, scope: Scope, wait: bool) -> BoxFuture<'_, Option<Arc<Report>>> {
         Box::pin(self.reconcile_scope(scope, wait))
+    }
+
+    fn samples(&self) -> Option<&Samples> {
+        Some(&self.samples)
     }
 }

@@ -179,7 +179,9 @@ impl Reconciler {
         let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
         let (counters_tx, counters) = watch::channel(Arc::new(Counters::default()));
         let preempt = Arc::new(AtomicBool::new(false));
+        let samples = crate::agent::samples::Samples::new(config.agent.interval);
         let handle = Handle {
+            samples: samples.clone(),
             preempt: preempt.clone(),
             config: config_rx,
             reports,
@@ -216,6 +218,7 @@ impl Reconciler {
                 opts.holds_dir,
                 opts.holds,
                 opts.saved,
+                samples,
             ),
             cmd_rx,
             events: None,

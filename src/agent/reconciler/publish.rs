@@ -10,6 +10,7 @@ use crate::agent::audit::{self, AuditLog, Event, EventKind};
 use crate::agent::memory::SavedHistory;
 use crate::agent::notify::{Notice, Notifier};
 use crate::agent::report::{ActionOutcome, Counters, CycleInfo, LibvirtStatus, Report};
+use crate::agent::samples::Samples;
 use crate::agent::state::VcpuHolds;
 use crate::core::config::Config;
 use crate::core::model::DomainObs;
@@ -45,6 +46,8 @@ pub(super) struct Publisher {
     /// Whether libvirt answered in the last published cycle (`None`
     /// before the first).
     pub(super) was_connected: Option<bool>,
+    /// The pools' history (shared with the handles).
+    samples: Samples,
 }
 
 /// The domains and plan after the actions libvirt accepted: what the
@@ -90,6 +93,7 @@ impl Publisher {
         holds_dir: Option<PathBuf>,
         saved_holds: VcpuHolds,
         saved_history: SavedHistory,
+        samples: Samples,
     ) -> Publisher {
         Publisher {
             reports,
@@ -107,6 +111,7 @@ impl Publisher {
             saved_history,
             reload_error: None,
             was_connected: None,
+            samples,
         }
     }
 
@@ -326,6 +331,7 @@ impl Publisher {
             *self.counters.actions.entry(key).or_insert(0) += 1;
         }
         let report = Arc::new(report);
+        self.samples.record(&report);
         self.write_events(&report).await;
         // Counters first: whoever sees cycle N in the report finds the
         // counters of cycle N (or later) too.
