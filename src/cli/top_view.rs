@@ -263,8 +263,8 @@ fn budget_cell(p: &PoolView, r: Resource) -> String {
     format!("{} {}", bar(a, b, 6), of(r, a, b))
 }
 
-/// Column widths that fit the widest cell of each column (the last one
-/// takes the rest).
+/// Column widths that fit the widest cell of each column; the last one
+/// takes what is left (cut when too long, never the others).
 fn widths(rows: &[Vec<String>]) -> Vec<Constraint> {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     (0..cols)
@@ -276,7 +276,7 @@ fn widths(rows: &[Vec<String>]) -> Vec<Constraint> {
                 .max()
                 .unwrap_or(0) as u16;
             if c + 1 == cols {
-                Constraint::Min(w)
+                Constraint::Fill(1)
             } else {
                 Constraint::Length(w)
             }

@@ -134,7 +134,8 @@ fn once_on_the_demo_prints_every_pool_within_budget() {
         "shut off",
         "web-4",
         "paused",
-        "unmanaged (1, never touched)",
+        "unmanaged (1):",
+        "never touched",
         "dev-sandbox",
         "0 failed",
     ] {

@@ -20,6 +20,7 @@ mod blackbox_steady;
 mod cli_virtpoold;
 mod ctl_daemon;
 mod operator_views;
+mod promises_live;
 mod scoped_cycle;
 mod service_daemon;
 mod top_tmux;

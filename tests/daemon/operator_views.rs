@@ -64,12 +64,12 @@ async fn what_if_plans_on_the_live_observation_and_applies_nothing() {
     assert!(r.diff.is_empty(), "{r:?}");
     assert_eq!(r.actions_before, r.actions_after);
 
-    // A candidate config: the web pool's memory budget halved, below the
+    // A candidate config: the web pool's memory budget cut below the
     // floors of its members.
     let text = std::fs::read_to_string(&cfg).unwrap();
     let small = text.replace(
         "memory = { budget = \"20GiB\", min = \"1GiB\" }",
-        "memory = { budget = \"10GiB\", min = \"1GiB\" }",
+        "memory = { budget = \"3GiB\", min = \"1GiB\" }",
     );
     assert_ne!(small, text);
     let cand = dir.path().join("candidate.toml");
@@ -93,9 +93,9 @@ async fn what_if_plans_on_the_live_observation_and_applies_nothing() {
         .unwrap();
     assert_eq!(
         (mem.budget_before, mem.budget_after),
-        (Some(20 * GIB), Some(10 * GIB))
+        (Some(20 * GIB), Some(3 * GIB))
     );
-    assert!(!mem.fits_after && mem.floors_after > 10 * GIB, "{mem:?}");
+    assert!(!mem.fits_after && mem.floors_after > 3 * GIB, "{mem:?}");
     assert_eq!(r.diff.budgets_short, 1);
     assert!(r.diff.unadmitted >= 1, "{r:?}");
     assert!(web.members.iter().any(|m| m.becomes_unadmitted()));

@@ -99,6 +99,21 @@ fn advance_release(h: &mut Arc<History>, c: &CycleFacts<'_>) {
             Arc::make_mut(h).originals.insert(uuid.to_string(), noted);
         }
     }
+    // Originals noted for an earlier domain with a UUID now another's.
+    let stale: Vec<&str> = c
+        .plan
+        .unmanaged
+        .iter()
+        .filter(|u| {
+            h.originals
+                .get(&*u.uuid)
+                .is_some_and(|o| !o.belong_to(&u.name))
+        })
+        .map(|u| &*u.uuid)
+        .collect();
+    for uuid in stale {
+        Arc::make_mut(h).originals.remove(uuid);
+    }
     for (uuid, release) in &unmanaged {
         if let (Some(Release::Done(how)), true) = (release, h.originals.contains_key(*uuid)) {
             if in_scope(uuid) {

@@ -98,6 +98,10 @@ pub struct History {
 /// (`None`: never changed, or not known).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Originals {
+    /// The domain's name when they were noted: another domain defined
+    /// later with the same UUID is not given them.
+    #[serde(default)]
+    pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vcpus: Option<u64>,
     /// Bytes.
@@ -117,8 +121,22 @@ pub struct Originals {
 }
 
 impl Originals {
-    /// Notes the value an action found, if none is noted for it yet.
+    /// Whether these were noted for the domain named `name` (not for an
+    /// earlier domain with the same UUID).
+    pub fn belong_to(&self, name: &str) -> bool {
+        self.name.is_empty() || self.name == name
+    }
+
+    /// Notes the value an action found, if none is noted for it yet
+    /// (starting afresh when the action is on a domain of another name:
+    /// the UUID was given to a new domain).
     pub fn note(&mut self, action: &Action) {
+        if !self.belong_to(action.domain()) {
+            *self = Originals::default();
+        }
+        if self.name.is_empty() {
+            self.name = action.domain().to_string();
+        }
         match action {
             Action::SetVcpus { from, persist, .. } => {
                 self.vcpus.get_or_insert(*from);

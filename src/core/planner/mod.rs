@@ -153,7 +153,9 @@ pub fn plan_with(input: &PlanInput<'_>, membership: &Membership) -> Plan {
             }
             Place::Unmanaged => {
                 let h = hist.get(&d.uuid, key);
-                let release = match (h.originals, h.released) {
+                // Noted for an earlier domain with this UUID: not its own.
+                let originals = h.originals.filter(|o| o.belong_to(&d.name));
+                let release = match (originals, h.released) {
                     (Some(o), _) => Some(release::release(
                         d,
                         o,
