@@ -27,6 +27,8 @@ pub struct SavedHistory {
     #[serde(default)]
     pub admitted: BTreeMap<String, Admission>,
     #[serde(default)]
+    pub refused: BTreeMap<String, String>,
+    #[serde(default)]
     pub originals: BTreeMap<String, Originals>,
     #[serde(default)]
     pub released: BTreeMap<String, Released>,
@@ -38,6 +40,7 @@ impl SavedHistory {
         SavedHistory {
             version: VERSION,
             admitted: h.admitted.clone(),
+            refused: h.refused.clone(),
             originals: h.originals.clone(),
             released: h.released.clone(),
         }
@@ -45,12 +48,16 @@ impl SavedHistory {
 
     /// Whether `h` holds what was saved (nothing to write).
     pub fn matches(&self, h: &History) -> bool {
-        self.admitted == h.admitted && self.originals == h.originals && self.released == h.released
+        self.admitted == h.admitted
+            && self.refused == h.refused
+            && self.originals == h.originals
+            && self.released == h.released
     }
 
     /// Puts the saved part into a history.
     pub fn restore_into(&self, h: &mut History) {
         h.admitted.clone_from(&self.admitted);
+        h.refused.clone_from(&self.refused);
         h.originals.clone_from(&self.originals);
         h.released.clone_from(&self.released);
     }
@@ -91,6 +98,7 @@ impl SavedHistory {
         let mut out = Vec::new();
         for (what, n) in [
             ("admitted", self.admitted.len()),
+            ("refused", self.refused.len()),
             ("originals", self.originals.len()),
             ("released", self.released.len()),
         ] {
@@ -102,6 +110,7 @@ impl SavedHistory {
         for u in self
             .admitted
             .keys()
+            .chain(self.refused.keys())
             .chain(self.originals.keys())
             .chain(self.released.keys())
         {

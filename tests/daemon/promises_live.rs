@@ -467,7 +467,10 @@ impl World {
                         d["release"]
                     ));
                 }
-                if d["release"] != serde_json::json!({"done": "restored"}) {
+                // Said so: given back, or never changed by the agent.
+                if !d["release"].is_null()
+                    && d["release"] != serde_json::json!({"done": "restored"})
+                {
                     return Err(format!("{name}: left management, release {}", d["release"]));
                 }
             }

@@ -334,3 +334,53 @@ fn the_floor_follows_what_the_guest_uses() {
         "floor {floor}"
     );
 }
+
+/// Item 1: a member refused admission while the others grew into its
+/// share does not come back over the budget: it waits until they have
+/// given the room back (it holds 3 vCPUs, they shrink first).
+#[test]
+fn a_member_admitted_again_never_takes_the_pool_over_its_budget() {
+    let pool = t::with_budget(t::pool("web"), Resource::Vcpus, 8, min(1));
+    let pool = t::with_budget(pool, Resource::Memory, 6 * GIB, no_limits());
+    let mut cfg = t::config(64, 256 * GIB, vec![pool]);
+    // a and b cannot give vCPUs back for 30 s after they grew.
+    cfg.tuning.vcpu_cooldown = std::time::Duration::from_secs(30);
+    cfg.tuning.guest_free_min = Amount::Absolute(0);
+    let mut c = vm("c", "web", 3, 2 * GIB, 1);
+    // c's guest uses 4.5 GiB: its floor does not fit next to the others'.
+    c.balloon = Some(t::balloon(5 * GIB, 4608 * MIB));
+    c.memory = 5 * GIB;
+    let mut a = vm("a", "web", 2, 2 * GIB, 3);
+    a.balloon = Some(t::balloon(2 * GIB, GIB));
+    let mut b = vm("b", "web", 2, 2 * GIB, 2);
+    b.balloon = Some(t::balloon(2 * GIB, GIB));
+    let mut s = Sim::new(cfg, vec![a, b, c]);
+    let p = s.cycle();
+    assert!(!admitted(&p, "c"), "c's floor does not fit");
+    assert_eq!(
+        (s.dom("a").vcpus, s.dom("b").vcpus),
+        (4, 4),
+        "a and b grew into c's share"
+    );
+    // c's guest frees memory: its floor fits again.
+    s.dom("c").balloon = Some(t::balloon(5 * GIB, GIB));
+    for _ in 0..10 {
+        let p = s.cycle();
+        let held: u64 = p.pools[0]
+            .members
+            .iter()
+            .filter(|m| m.admitted)
+            .map(|m| {
+                s.obs
+                    .domains
+                    .iter()
+                    .find(|d| d.uuid == m.uuid)
+                    .unwrap()
+                    .vcpus
+            })
+            .sum();
+        assert!(held <= 8, "admitted members hold {held} vCPUs of 8");
+    }
+    let p = s.plan();
+    assert!(admitted(&p, "c"), "admitted once the room is there");
+}

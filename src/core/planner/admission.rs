@@ -16,6 +16,16 @@
 //! A member joins with what it holds; when that takes the pool over its
 //! budget, the pool converges like one that started over it (the others
 //! and the newcomer shrink at the shrink rate; nobody grows meanwhile).
+//!
+//! A member that was refused admission in an earlier cycle still holds
+//! what it had, and the admitted members may have grown into its share
+//! since. So that taking it back never puts the pool over its budget, it
+//! **waits** when its floors fit but what it holds does not fit the room
+//! the admitted members leave: it stays untouched, what it holds is kept
+//! out of what they share (they shrink at the shrink rate to make room),
+//! and it is admitted once the room is there. One that could not fit even
+//! with every admitted member at its floor does not wait (it never
+//! could): it is admitted and shrunk like any member over its target.
 
 use crate::core::model::Resource;
 use std::cmp::Reverse;
@@ -31,6 +41,11 @@ pub(super) struct Candidate<'a> {
     /// Floors per resource, in the resource's granularity units; `None`
     /// where the member takes no part (unmanaged resource, no tunable disk).
     pub floors: [Option<u64>; 4],
+    /// It was refused admission to this pool in an earlier cycle.
+    pub refused_before: bool,
+    /// What it holds now, in units, where holding counts against the
+    /// budget before the agent changes it (vCPUs, memory).
+    pub holds: [Option<u64>; 4],
 }
 
 /// Why a member was not admitted.
@@ -43,10 +58,22 @@ pub struct Refusal {
     pub reserved: u64,
 }
 
+/// Why a member refused before, whose floors now fit, waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    pub resource: Resource,
+    /// What the member holds (units).
+    pub holds: u64,
+    /// What the members admitted before it hold (units).
+    pub held: u64,
+}
+
 /// The outcome for one candidate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Verdict {
     Admitted,
+    /// Floors fit, what it holds does not yet (see the module doc).
+    Waiting(Wait),
     Refused(Refusal),
 }
 
@@ -72,14 +99,18 @@ pub(super) fn admit(candidates: &[Candidate<'_>], budgets: [Option<u64>; 4]) -> 
         )
     });
     let mut floors = [0u64; 4];
+    let mut held = [0u64; 4];
     let mut out = vec![Verdict::Admitted; candidates.len()];
     for i in order {
         let c = &candidates[i];
-        let verdict = judge(c, budgets, &floors);
-        if verdict == Verdict::Admitted {
+        let verdict = judge(c, budgets, &floors, &held);
+        // A waiting member keeps its place: later ones do not take the
+        // floors or the room it waits for.
+        if !matches!(verdict, Verdict::Refused(_)) {
             for k in 0..4 {
                 if budgets[k].is_some() {
                     floors[k] = floors[k].saturating_add(c.floors[k].unwrap_or(0));
+                    held[k] = held[k].saturating_add(c.holds[k].unwrap_or(0));
                 }
             }
         }
@@ -88,8 +119,14 @@ pub(super) fn admit(candidates: &[Candidate<'_>], budgets: [Option<u64>; 4]) -> 
     out
 }
 
-/// One candidate against the floors admitted so far.
-fn judge(c: &Candidate<'_>, budgets: [Option<u64>; 4], floors: &[u64; 4]) -> Verdict {
+/// One candidate against the floors admitted so far and what the members
+/// admitted so far hold.
+fn judge(
+    c: &Candidate<'_>,
+    budgets: [Option<u64>; 4],
+    floors: &[u64; 4],
+    held: &[u64; 4],
+) -> Verdict {
     for (k, r) in Resource::ALL.iter().enumerate() {
         let (Some(b), Some(f)) = (budgets[k], c.floors[k]) else {
             continue;
@@ -99,6 +136,24 @@ fn judge(c: &Candidate<'_>, budgets: [Option<u64>; 4], floors: &[u64; 4]) -> Ver
                 resource: *r,
                 floor: f,
                 reserved: floors[k],
+            });
+        }
+    }
+    if !c.refused_before {
+        return Verdict::Admitted;
+    }
+    for (k, r) in Resource::ALL.iter().enumerate() {
+        let (Some(b), Some(h)) = (budgets[k], c.holds[k]) else {
+            continue;
+        };
+        let fits_now = held[k].saturating_add(h) <= b;
+        // Room can be made only down to the admitted members' floors.
+        let could_fit = floors[k].saturating_add(h) <= b;
+        if !fits_now && could_fit {
+            return Verdict::Waiting(Wait {
+                resource: *r,
+                holds: h,
+                held: held[k],
             });
         }
     }
@@ -116,6 +171,8 @@ mod tests {
             explicit,
             active_secs: secs,
             floors: [Some(vcpus), Some(mem), None, None],
+            refused_before: false,
+            holds: [None; 4],
         }
     }
 
@@ -182,6 +239,50 @@ mod tests {
             admitted(&admit(&[a, b], [Some(4), None, None, None])),
             [false, true]
         );
+    }
+
+    #[test]
+    fn one_refused_before_waits_until_the_room_it_holds_is_free() {
+        let mut a = cand("a", false, 9, 1, 1);
+        a.sticky = Some(1);
+        a.holds = [Some(8), None, None, None];
+        let mut n = cand("n", false, 1, 1, 1);
+        n.holds = [Some(4), None, None, None];
+        n.refused_before = true;
+        let budgets = [Some(10), None, None, None];
+        let r = admit(&[a, n], budgets);
+        assert_eq!(
+            r[1],
+            Verdict::Waiting(Wait {
+                resource: Resource::Vcpus,
+                holds: 4,
+                held: 8
+            })
+        );
+        // Never refused before (a domain that just started): admitted.
+        let mut a = cand("a", false, 9, 1, 1);
+        a.sticky = Some(1);
+        a.holds = [Some(8), None, None, None];
+        let mut fresh = cand("n", false, 1, 1, 1);
+        fresh.holds = [Some(4), None, None, None];
+        assert_eq!(admitted(&admit(&[a, fresh], budgets)), [true, true]);
+        // Once "a" is down to 6, it fits.
+        let mut a = cand("a", false, 9, 1, 1);
+        a.sticky = Some(1);
+        a.holds = [Some(6), None, None, None];
+        let mut n = cand("n", false, 1, 1, 1);
+        n.holds = [Some(4), None, None, None];
+        n.refused_before = true;
+        assert_eq!(admitted(&admit(&[a, n], budgets)), [true, true]);
+        // One that could never fit (the others' floors leave 9) is
+        // admitted at once, to be shrunk.
+        let mut a = cand("a", false, 9, 1, 1);
+        a.sticky = Some(1);
+        a.holds = [Some(8), None, None, None];
+        let mut big = cand("big", false, 1, 1, 1);
+        big.holds = [Some(12), None, None, None];
+        big.refused_before = true;
+        assert_eq!(admitted(&admit(&[a, big], budgets)), [true, true]);
     }
 
     #[test]

@@ -133,8 +133,29 @@ fn advance_release(h: &mut Arc<History>, c: &CycleFacts<'_>) {
 }
 
 /// Admission is sticky: the members admitted by this plan keep their place
-/// (a new one gets the next), the others lose theirs.
+/// (a new one gets the next), the others lose theirs; active members not
+/// admitted are noted as refused (they wait for room to come back).
 fn advance_admission(h: &mut Arc<History>, plan: &Plan) {
+    let refused: HashMap<&str, &str> = plan
+        .pools
+        .iter()
+        .flat_map(|p| {
+            p.members
+                .iter()
+                .filter(|m| !m.admitted && m.state.is_active())
+                .map(move |m| (&*m.uuid, p.name.as_str()))
+        })
+        .collect();
+    let same = h.refused.len() == refused.len()
+        && h.refused
+            .iter()
+            .all(|(u, p)| refused.get(u.as_str()) == Some(&p.as_str()));
+    if !same {
+        Arc::make_mut(h).refused = refused
+            .iter()
+            .map(|(u, p)| (u.to_string(), p.to_string()))
+            .collect();
+    }
     let mut admitted: HashMap<&str, &str> = HashMap::new();
     for p in &plan.pools {
         for m in p.members.iter().filter(|m| m.admitted) {

@@ -147,6 +147,16 @@ fn note(n: Note, budget: &PerResource<Option<u64>>) -> Option<String> {
                 r.human(refusal.reserved.saturating_mul(g)),
             ))
         }
+        Note::Waiting(w) => {
+            let r = w.resource;
+            let g = granularity(r);
+            Some(format!(
+                "waiting to be admitted again: it holds {} of {r}, and the members admitted before it hold {} of the pool budget ({}); they give room back at the shrink rate, then it is admitted; left untouched until then",
+                r.human(w.holds.saturating_mul(g)),
+                r.human(w.held.saturating_mul(g)),
+                r.human(budget.get(r).unwrap_or(0)),
+            ))
+        }
         Note::Frozen(pv) => Some(stability::frozen_note(&pv)),
     }
 }

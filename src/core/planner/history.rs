@@ -83,6 +83,11 @@ pub struct History {
     /// sticky, see [`super::admission`]; the agent persists this).
     #[serde(default)]
     pub admitted: BTreeMap<String, Admission>,
+    /// Per domain UUID: the pool that refused to admit it (it is active and
+    /// its floors did not fit); it waits for room before it is admitted
+    /// again (see [`super::admission`]; the agent persists this).
+    #[serde(default)]
+    pub refused: BTreeMap<String, String>,
     /// Per domain UUID: what it had before the agent first changed it,
     /// given back when it leaves management (the agent persists this).
     #[serde(default)]
@@ -282,6 +287,7 @@ impl History {
             && self.reclaim.keys().all(|u| alive(u))
             && self.stats_period.keys().all(|u| alive(u))
             && self.admitted.keys().all(|u| alive(u))
+            && self.refused.keys().all(|u| alive(u))
             && self.originals.keys().all(|u| alive(u))
             && self.released.keys().all(|u| alive(u))
     }
@@ -293,6 +299,7 @@ impl History {
         self.reclaim.retain(|u, _| alive(u));
         self.stats_period.retain(|u, _| alive(u));
         self.admitted.retain(|u, _| alive(u));
+        self.refused.retain(|u, _| alive(u));
         self.originals.retain(|u, _| alive(u));
         self.released.retain(|u, _| alive(u));
     }
@@ -355,6 +362,8 @@ pub(crate) struct Entry<'h> {
     pub stats_period: Option<Option<u32>>,
     /// Its admission, if it is admitted to a pool.
     pub admitted: Option<&'h Admission>,
+    /// The pool that refused it, if one did.
+    pub refused: Option<&'h String>,
     /// What it had before the agent changed it, if it did.
     pub originals: Option<&'h Originals>,
     /// How it was released, if it was.
@@ -370,6 +379,7 @@ pub(crate) struct Cursor<'h> {
     reclaim: Seek<'h, u64>,
     stats_period: Seek<'h, Option<u32>>,
     admitted: Seek<'h, Admission>,
+    refused: Seek<'h, String>,
     originals: Seek<'h, Originals>,
     released: Seek<'h, Released>,
 }
@@ -405,6 +415,7 @@ impl<'h> Cursor<'h> {
             reclaim: Seek::new(&h.reclaim),
             stats_period: Seek::new(&h.stats_period),
             admitted: Seek::new(&h.admitted),
+            refused: Seek::new(&h.refused),
             originals: Seek::new(&h.originals),
             released: Seek::new(&h.released),
         }
@@ -419,6 +430,7 @@ impl<'h> Cursor<'h> {
             reclaim: self.reclaim.get(uuid, key).copied().unwrap_or(0),
             stats_period: self.stats_period.get(uuid, key).copied(),
             admitted: self.admitted.get(uuid, key),
+            refused: self.refused.get(uuid, key),
             originals: self.originals.get(uuid, key),
             released: self.released.get(uuid, key),
         }

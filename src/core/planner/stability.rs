@@ -44,6 +44,7 @@ pub(super) fn settle(work: &mut Work<'_>, input: &PlanInput<'_>) {
         order,
         admitted,
         allocs,
+        reserved,
         ..
     } = work;
     // One pass over each managed resource's column.
@@ -54,7 +55,9 @@ pub(super) fn settle(work: &mut Work<'_>, input: &PlanInput<'_>) {
         };
         let col = &mut allocs[k];
         growers.clear();
-        let mut base = 0u64;
+        // Members waiting to be admitted again hold room nobody may grow
+        // into.
+        let mut base = reserved[k] << super::work::shift(r);
         for (m, slot) in col.iter_mut().enumerate() {
             let Some(a) = slot.as_mut().filter(|_| admitted[m]) else {
                 continue;

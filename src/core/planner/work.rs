@@ -126,6 +126,7 @@ pub(super) enum Note {
     None,
     NotRunning,
     Unadmitted(admission::Refusal),
+    Waiting(admission::Wait),
     Frozen(PendingVcpus),
 }
 
@@ -159,6 +160,9 @@ pub(super) struct Work<'a> {
     /// In UUID order.
     pub(super) admitted: Vec<bool>,
     pub(super) allocs: [Vec<Option<Alloc>>; 4],
+    /// Per resource, in units: what members waiting for admission hold
+    /// (kept out of what the admitted members share and grow into).
+    pub(super) reserved: [u64; 4],
 }
 
 impl<'a> Work<'a> {
@@ -260,7 +264,17 @@ pub(super) fn prepare_pool<'a>(
                 target_reason: bd.cap_reason,
             });
         }
+        // What it holds counts against the budget before any change:
+        // vCPUs and memory (disk rates are limits, set at once).
+        let mut holds = [None; 4];
+        for &(k, r, _) in &managed {
+            if floors[k].is_some() && matches!(r, Resource::Vcpus | Resource::Memory) {
+                holds[k] = Some(o.actual(k).div_ceil(granularity(r)));
+            }
+        }
         candidates.push(admission::Candidate {
+            refused_before: mem.hist.refused.is_some_and(|p| *p == pool.name),
+            holds,
             uuid: mem.uuid,
             sticky: mem
                 .hist
@@ -277,15 +291,24 @@ pub(super) fn prepare_pool<'a>(
     let budget_units: [Option<u64>; 4] =
         Resource::ALL.map(|r| budget.get(r).map(|b| b / granularity(r)));
     let verdicts = admission::admit(&candidates, budget_units);
-    drop(candidates);
+    let mut reserved = [0u64; 4];
     let mut refused = false;
-    for (&m, verdict) in active.iter().zip(&verdicts) {
-        if let admission::Verdict::Refused(refusal) = verdict {
-            admitted[m] = false;
-            members[order[m] as usize].note = Note::Unadmitted(*refusal);
-            refused = true;
-        }
+    for ((&m, verdict), c) in active.iter().zip(&verdicts).zip(&candidates) {
+        let note = match verdict {
+            admission::Verdict::Admitted => continue,
+            admission::Verdict::Refused(refusal) => Note::Unadmitted(*refusal),
+            admission::Verdict::Waiting(wait) => {
+                for (r, h) in reserved.iter_mut().zip(c.holds) {
+                    *r = r.saturating_add(h.unwrap_or(0));
+                }
+                Note::Waiting(*wait)
+            }
+        };
+        admitted[m] = false;
+        members[order[m] as usize].note = note;
+        refused = true;
     }
+    drop(candidates);
     if refused {
         active.retain(|&m| {
             if admitted[m] {
@@ -314,7 +337,8 @@ pub(super) fn prepare_pool<'a>(
                 shares: a.shares,
             })
         }));
-        let targets = alloc::water_fill(b >> s, &claims);
+        // Room kept for members waiting to be admitted again.
+        let targets = alloc::water_fill((b >> s).saturating_sub(reserved[k]), &claims);
         let mut targets = targets.into_iter();
         for &m in &active {
             let Some(a) = col[m].as_mut() else { continue };
@@ -341,6 +365,7 @@ pub(super) fn prepare_pool<'a>(
         order,
         admitted,
         allocs,
+        reserved,
     }
 }
 
