@@ -720,7 +720,7 @@ async fn events(c: &Client, a: &EventsArgs, json: bool) -> Result<(), Fail> {
         .as_deref()
         .map(|s| event_text::parse_since(s, SystemTime::now()))
         .transpose()
-        .map_err(Fail::usage)?;
+        .map_err(|e| Fail::usage(e.to_string()))?;
     let limit = a
         .limit
         .unwrap_or(if since.is_some() { usize::MAX } else { 50 });

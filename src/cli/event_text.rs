@@ -79,23 +79,29 @@ fn is_before(ev: &Event, t: SystemTime) -> bool {
 /// `--since`: a time ago (`10m`, `2h`, `1d`, `90s`, also `10m ago`), or a
 /// point in time in UTC (`2024-05-01 10:00:00`, `2024-05-01T10:00:00Z`,
 /// or a date `2024-05-01`).
-pub fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime, String> {
+pub fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime, SinceError> {
     let t = s.trim();
     let ago = t.strip_suffix("ago").map_or(t, str::trim_end);
     if let Ok(d) = humantime::parse_duration(ago) {
         return now
             .checked_sub(d)
-            .ok_or_else(|| format!("--since {s:?}: too long ago"));
+            .ok_or_else(|| SinceError::TooLongAgo(s.to_string()));
     }
     let date_only = format!("{t} 00:00:00");
     humantime::parse_rfc3339_weak(t)
         .or_else(|_| humantime::parse_rfc3339_weak(&date_only))
-        .map_err(|_| {
-            format!(
-                "--since {s:?}: not a time ago like \"10m\" or \"2h\", nor a UTC time like \
-                 \"2024-05-01 10:00:00\""
-            )
-        })
+        .map_err(|_| SinceError::NotATime(s.to_string()))
+}
+
+/// A `--since` that is neither a time ago nor a UTC time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinceError {
+    #[error("--since {0:?}: too long ago")]
+    TooLongAgo(String),
+    #[error(
+        "--since {0:?}: not a time ago like \"10m\" or \"2h\", nor a UTC time like \"2024-05-01 10:00:00\""
+    )]
+    NotATime(String),
 }
 
 /// The kind of an event as one word, and what happened in words.
@@ -360,7 +366,7 @@ mod tests {
         assert_eq!(t("2025-03-01 09:30:00"), "2025-03-01T09:30:00Z");
         assert_eq!(t("2025-03-01T09:30:00Z"), "2025-03-01T09:30:00Z");
         assert_eq!(t("2025-03-01"), "2025-03-01T00:00:00Z");
-        let e = parse_since("yesterday-ish", now).unwrap_err();
+        let e = parse_since("yesterday-ish", now).unwrap_err().to_string();
         assert!(
             e.starts_with("--since \"yesterday-ish\": not a time ago"),
             "{e}"

@@ -35,12 +35,21 @@ pub struct TopArgs {
     pub width: Option<u16>,
 }
 
-fn parse_delay(s: &str) -> Result<Duration, String> {
+/// A refresh delay `top` refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DelayError {
+    #[error("{0:?} is not a number of seconds")]
+    NotANumber(String),
+    #[error("{0} s: between 0.1 and 3600 seconds")]
+    OutOfRange(String),
+}
+
+fn parse_delay(s: &str) -> Result<Duration, DelayError> {
     let secs: f64 = s
         .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+        .map_err(|_| DelayError::NotANumber(s.to_string()))?;
     if !(0.1..=3600.0).contains(&secs) {
-        return Err("between 0.1 and 3600 seconds".into());
+        return Err(DelayError::OutOfRange(s.to_string()));
     }
     Ok(Duration::from_secs_f64(secs))
 }
