@@ -46,6 +46,7 @@ pub mod events;
 pub mod metrics_tcp;
 pub mod routes;
 pub mod server;
+pub mod transactions;
 pub mod types;
 pub mod views;
 

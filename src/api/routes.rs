@@ -8,6 +8,7 @@
 use super::auth::{Peer, Privilege};
 use super::controller::{self, AppState};
 use super::error::Error;
+use super::transactions;
 use super::types::*;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
@@ -284,7 +285,7 @@ async fn put_pool(
 ) -> Result<Response, Error> {
     let (out, cycle) = s
         .change(peer, q.wait, move |ctx, rt| {
-            controller::put_pool(ctx, rt, &name, spec)
+            transactions::put_pool(ctx, rt, &name, spec)
         })
         .await?;
     let code = if out.value {
@@ -308,7 +309,7 @@ async fn delete_pool(
 ) -> R<ChangeResponse> {
     let (out, cycle) = s
         .change(peer, q.wait, move |ctx, rt| {
-            controller::delete_pool(ctx, rt, &name)
+            transactions::delete_pool(ctx, rt, &name)
         })
         .await?;
     Ok(change_response(out, cycle))
@@ -323,7 +324,7 @@ async fn add_member(
 ) -> R<ChangeResponse> {
     let (out, cycle) = s
         .change(peer, q.wait, move |ctx, rt| {
-            controller::add_member(ctx, rt, &pool, &body.domain)
+            transactions::add_member(ctx, rt, &pool, &body.domain)
         })
         .await?;
     Ok(change_response(out, cycle))
@@ -337,7 +338,7 @@ async fn remove_member(
 ) -> R<ChangeResponse> {
     let (out, cycle) = s
         .change(peer, q.wait, move |ctx, rt| {
-            controller::remove_member(ctx, rt, &pool, &domain)
+            transactions::remove_member(ctx, rt, &pool, &domain)
         })
         .await?;
     Ok(change_response(out, cycle))
@@ -354,7 +355,7 @@ async fn allocate(
         .change_scoped(
             peer,
             q.wait,
-            move |ctx, rt| controller::allocate(ctx, rt, &pool, &req),
+            move |ctx, rt| transactions::allocate(ctx, rt, &pool, &req),
             |v: &ReservationResponse| Some(v.domain.clone()),
         )
         .await?;
@@ -374,7 +375,7 @@ async fn release(
         .change_scoped(
             peer,
             q.wait,
-            move |ctx, rt| controller::release(ctx, rt, &pool, &req),
+            move |ctx, rt| transactions::release(ctx, rt, &pool, &req),
             |v: &ReservationResponse| Some(v.domain.clone()),
         )
         .await?;
@@ -392,7 +393,7 @@ async fn set_paused(
 ) -> R<ChangeResponse> {
     let (out, cycle) = s
         .change(peer, wait, move |ctx, rt| {
-            controller::set_paused(ctx, rt, pool.as_deref(), paused)
+            transactions::set_paused(ctx, rt, pool.as_deref(), paused)
         })
         .await?;
     Ok(change_response(out, cycle))
