@@ -208,7 +208,7 @@ struct CompleteArgs {
     words: Vec<String>,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+fn parse_size(s: &str) -> Result<u64, units::UnitError> {
     units::parse_bytes(s)
 }
 
