@@ -472,7 +472,7 @@ pub fn current_plan(st: &Report, rt: &RuntimeState, cfg: &Config) -> Result<Plan
     if st.cycle == 0 {
         return Err(Error::NotReady);
     }
-    let effective = rt.effective(cfg).unwrap_or_else(|_| cfg.clone());
+    let effective = rt.effective(cfg).config;
     Ok(plan_with(st, &effective, rt, host))
 }
 
@@ -497,17 +497,26 @@ pub(super) fn plan_with(
 
 /// The effective config of a candidate state, or 409 with every problem.
 pub(super) fn effective(rt: &RuntimeState, cfg: &Config) -> Result<Config, Error> {
-    rt.effective(cfg).map_err(|p| Error::Conflict(p.join("; ")))
+    rt.effective(cfg)
+        .strict()
+        .map_err(|p| Error::Conflict(p.to_string()))
 }
 
-/// Validates a name from the URL or a body.
+/// Validates a pool name from the URL or a body.
 pub fn parse_name(what: &str, s: &str) -> Result<(), Error> {
     config::valid_name(s).map_err(|e| Error::BadRequest(format!("{what}: {e}")))
 }
 
+/// Validates a domain name (or UUID) from the URL or a body: any name
+/// libvirt takes but for control characters (see
+/// [`config::valid_domain_name`]).
+pub fn parse_domain(s: &str) -> Result<(), Error> {
+    config::valid_domain_name(s).map_err(|e| Error::BadRequest(e.to_string()))
+}
+
 /// Validates the amounts of an allocate/release request.
 pub fn check_amounts(req: &Reservation) -> Result<(), Error> {
-    parse_name("domain", &req.domain)?;
+    parse_domain(&req.domain)?;
     let a = req.amounts();
     for r in Resource::ALL {
         if let Some(v) = a.get(r) {

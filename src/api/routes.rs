@@ -238,7 +238,7 @@ async fn domains(State(s): State<AppState>, h: HeaderMap) -> Result<Response, Er
 }
 
 async fn domain(State(s): State<AppState>, Path(key): Path<String>) -> R<DomainView> {
-    controller::parse_name("domain", &key)?;
+    controller::parse_domain(&key)?;
     Ok(axum::Json(s.domain(&key)?))
 }
 

@@ -4,7 +4,7 @@
 //! runs it under the runtime mutex, saves and swaps.
 
 use super::controller::{
-    check_amounts, effective, no_domain, no_pool, parse_name, plan_with, Ctx, Outcome,
+    check_amounts, effective, no_domain, no_pool, parse_domain, parse_name, plan_with, Ctx, Outcome,
 };
 use super::error::Error;
 use super::types::*;
@@ -28,7 +28,7 @@ pub fn put_pool(
             ctx.config.source.display()
         )));
     }
-    Config::validate_pool(name, &spec).map_err(|p| Error::BadRequest(p.join("; ")))?;
+    Config::validate_pool(name, &spec).map_err(|p| Error::BadRequest(p.to_string()))?;
     let created = !rt.pools.contains_key(name);
     if rt.pools.get(name) == Some(&spec) {
         return Ok(Outcome {
@@ -43,7 +43,9 @@ pub fn put_pool(
     let alloc = eff.host.allocatable(&host);
     let problems = config::budget_problems(&eff.pools, &alloc);
     if !problems.is_empty() {
-        return Err(Error::DoesNotFit(problems.join("; ")));
+        return Err(Error::DoesNotFit(
+            config::BudgetProblems(problems).to_string(),
+        ));
     }
     Ok(Outcome {
         value: created,
@@ -95,7 +97,7 @@ pub fn add_member(
     domain: &str,
 ) -> Result<Outcome<()>, Error> {
     parse_name("pool", pool)?;
-    parse_name("domain", domain)?;
+    parse_domain(domain)?;
     let eff = effective(rt, &ctx.config)?;
     pool_exists(&eff, pool)?;
     let d = views::find_domain(&ctx.status.domains, domain).ok_or_else(|| no_domain(domain))?;
@@ -153,7 +155,7 @@ pub fn remove_member(
     domain: &str,
 ) -> Result<Outcome<()>, Error> {
     parse_name("pool", pool)?;
-    parse_name("domain", domain)?;
+    parse_domain(domain)?;
     let eff = effective(rt, &ctx.config)?;
     pool_exists(&eff, pool)?;
     let found = views::find_domain(&ctx.status.domains, domain);

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 use virtpool::api::types::*;
-use virtpool::cli::client::{Client, ClientError, DEFAULT_SOCKET};
+use virtpool::cli::client::{path_segment, Client, ClientError, DEFAULT_SOCKET};
 use virtpool::cli::event_text::{self, EventFilter, PoolScope};
 use virtpool::cli::report::table;
 use virtpool::core::config::{BytesPolicy, CountPolicy};
@@ -387,9 +387,17 @@ fn generate_assets(dir: &Path) -> ExitCode {
     }
 }
 
-fn path_seg(s: &str) -> Result<&str, Fail> {
-    virtpool::core::config::valid_name(s).map_err(Fail::usage)?;
-    Ok(s)
+/// A pool name as a path segment (checked first: a usage error).
+fn path_seg(s: &str) -> Result<String, Fail> {
+    virtpool::core::config::valid_name(s).map_err(|e| Fail::usage(e.to_string()))?;
+    Ok(path_segment(s))
+}
+
+/// A domain name (or UUID) as a path segment, percent-encoded: any name
+/// libvirt takes but for control characters.
+fn domain_seg(s: &str) -> Result<String, Fail> {
+    virtpool::core::config::valid_domain_name(s).map_err(|e| Fail::usage(e.to_string()))?;
+    Ok(path_segment(s))
 }
 
 fn wait_q(wait: bool) -> &'static str {
@@ -423,7 +431,7 @@ async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
             format!(
                 "/v1/pools/{}/members/{}{}",
                 path_seg(pool)?,
-                path_seg(domain)?,
+                domain_seg(domain)?,
                 wait_q(*wait)
             ),
             None,
@@ -441,7 +449,7 @@ async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
         Cmd::Domains => (Method::GET, "/v1/domains".into(), None),
         Cmd::Domain { domain } => (
             Method::GET,
-            format!("/v1/domains/{}", path_seg(domain)?),
+            format!("/v1/domains/{}", domain_seg(domain)?),
             None,
         ),
         Cmd::Plan => (Method::GET, "/v1/plan".into(), None),
@@ -697,7 +705,7 @@ async fn events(c: &Client, a: &EventsArgs, json: bool) -> Result<(), Fail> {
         .limit
         .unwrap_or(if since.is_some() { usize::MAX } else { 50 });
     if let Some(d) = &a.domain {
-        path_seg(d)?;
+        domain_seg(d)?;
     }
     let mut filter = EventFilter {
         since,

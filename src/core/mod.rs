@@ -7,6 +7,7 @@ pub mod glob;
 pub mod keys;
 pub mod membership;
 pub mod model;
+pub mod names;
 pub mod planner;
 pub mod units;
 pub mod words;
