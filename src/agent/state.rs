@@ -197,11 +197,14 @@ impl RuntimeState {
         let mut cfg = base.clone();
         let mut problems = Vec::new();
         // Domain listed explicitly → the pool that lists it, the config
-        // file's first. A map, not `Vec::contains`: linear in the entries
+        // file's first; a domain removed from a pool at run time is not
+        // listed there. A map, not `Vec::contains`: linear in the entries
         // (a list of 300,000 took minutes).
+        let removed_from =
+            |pool: &str, d: &str| self.removed.get(pool).is_some_and(|s| s.contains(d));
         let mut listed: HashMap<String, String> = HashMap::new();
         for p in cfg.pools.values() {
-            for d in &p.domains {
+            for d in p.domains.iter().filter(|d| !removed_from(&p.name, d)) {
                 listed.entry(d.clone()).or_insert_with(|| p.name.clone());
             }
         }
@@ -221,6 +224,7 @@ impl RuntimeState {
                 Ok(mut p) => {
                     p.runtime = true;
                     p.domains.retain(|d| match listed.get(d) {
+                        _ if removed_from(name, d) => false,
                         Some(first) if first != name => {
                             problems.push(conflict(d, first, name));
                             false

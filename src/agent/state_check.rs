@@ -142,11 +142,15 @@ pub fn set_aside_unfit(st: &mut RuntimeState, cfg: &Config, alloc: &Allocatable)
     };
     // Pools that stay: the config file's, then the runtime ones that fit.
     let mut kept: BTreeMap<String, Pool> = cfg.pools.clone();
-    // Domain listed by name or UUID → the pool that lists it.
+    // Domain listed by name or UUID → the pool that lists it (not where
+    // it was removed at run time: a domain moved out of a config pool).
     let mut listed: HashMap<String, String> = HashMap::new();
     for p in cfg.pools.values() {
+        let removed = st.removed.get(&p.name);
         for d in &p.domains {
-            listed.entry(d.clone()).or_insert_with(|| p.name.clone());
+            if !removed.is_some_and(|r| r.contains(d)) {
+                listed.entry(d.clone()).or_insert_with(|| p.name.clone());
+            }
         }
     }
     for (name, spec) in std::mem::take(&mut st.pools) {
@@ -439,5 +443,20 @@ mod tests {
         let mut again = st.clone();
         assert!(set_aside_unfit(&mut again, &cfg(), &alloc()).is_empty());
         assert_eq!(again, st);
+        // A domain moved out of a config pool's list stays moved.
+        let mut moved = RuntimeState::new();
+        moved
+            .removed
+            .entry("web".into())
+            .or_default()
+            .insert("a".into());
+        moved.pools.insert(
+            "small".into(),
+            spec(r#"{"domains": ["a"], "vcpus": {"budget": 4}}"#),
+        );
+        let before = moved.clone();
+        assert!(set_aside_unfit(&mut moved, &cfg(), &alloc()).is_empty());
+        assert_eq!(moved, before);
+        assert!(moved.effective(&cfg()).problems.is_empty());
     }
 }

@@ -44,6 +44,7 @@ pub mod controller;
 pub mod error;
 pub mod events;
 pub mod metrics_tcp;
+pub mod moves;
 pub mod routes;
 pub mod server;
 pub mod transactions;

@@ -281,11 +281,11 @@ async fn put_pool(
     Caller(peer): Caller,
     Path(name): Path<String>,
     Query(q): Query<WaitQuery>,
-    Json(spec): Json<PoolSpec>,
+    Json(body): Json<PutPool>,
 ) -> Result<Response, Error> {
     let (out, cycle) = s
         .change(peer, q.wait, move |ctx, rt| {
-            transactions::put_pool(ctx, rt, &name, spec)
+            transactions::put_pool(ctx, rt, &name, body)
         })
         .await?;
     let code = if out.value {
@@ -324,7 +324,7 @@ async fn add_member(
 ) -> R<ChangeResponse> {
     let (out, cycle) = s
         .change(peer, q.wait, move |ctx, rt| {
-            transactions::add_member(ctx, rt, &pool, &body.domain)
+            transactions::add_member(ctx, rt, &pool, &body)
         })
         .await?;
     Ok(change_response(out, cycle))

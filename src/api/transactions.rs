@@ -7,20 +7,23 @@ use super::controller::{
     check_amounts, effective, no_domain, no_pool, parse_domain, parse_name, plan_with, Ctx, Outcome,
 };
 use super::error::Error;
+use super::moves;
 use super::types::*;
 use super::views;
 use crate::agent::state::RuntimeState;
-use crate::core::config::{self, Config, PoolSpec};
+use crate::core::config::{self, Config};
 use crate::core::membership::Membership;
 use crate::core::model::{PerResource, Resource};
 
-/// `PUT /v1/pools/{pool}`.
+/// `PUT /v1/pools/{pool}`. A domain it lists that is in another pool is
+/// moved with `"move": true`, refused without (see [`moves`]).
 pub fn put_pool(
     ctx: &Ctx,
     rt: &mut RuntimeState,
     name: &str,
-    spec: PoolSpec,
+    body: PutPool,
 ) -> Result<Outcome<bool>, Error> {
+    let PutPool { spec, move_ } = body;
     parse_name("pool", name)?;
     if ctx.config.pools.contains_key(name) {
         return Err(Error::Conflict(format!(
@@ -37,6 +40,18 @@ pub fn put_pool(
             message: format!("pool {name:?} unchanged"),
         });
     }
+    let before = effective(rt, &ctx.config)?;
+    let mut moved = Vec::new();
+    for d in &spec.domains {
+        let Some(at) = moves::place_of(ctx, &before, d).filter(|at| at.pool != name) else {
+            continue;
+        };
+        if !move_ {
+            return Err(moves::refused(&at));
+        }
+        moves::take_out(rt, &before, &at);
+        moved.push(format!("{:?} from {}", at.name, at.describe()));
+    }
     rt.pools.insert(name.to_string(), spec);
     let eff = effective(rt, &ctx.config)?;
     let host = ctx.status.host.ok_or(Error::NotReady)?;
@@ -51,8 +66,13 @@ pub fn put_pool(
         value: created,
         changed: true,
         message: format!(
-            "pool {name:?} {}",
-            if created { "created" } else { "updated" }
+            "pool {name:?} {}{}",
+            if created { "created" } else { "updated" },
+            if moved.is_empty() {
+                String::new()
+            } else {
+                format!("; moved into it: {}", moved.join(", "))
+            }
         ),
     })
 }
@@ -89,33 +109,34 @@ fn pool_exists(eff: &Config, pool: &str) -> Result<(), Error> {
     }
 }
 
-/// `POST /v1/pools/{pool}/members`.
+/// `POST /v1/pools/{pool}/members`. A domain in another pool is moved
+/// with `move`, refused without (see [`moves`]).
 pub fn add_member(
     ctx: &Ctx,
     rt: &mut RuntimeState,
     pool: &str,
-    domain: &str,
+    body: &AddMember,
 ) -> Result<Outcome<()>, Error> {
+    let domain = body.domain.as_str();
     parse_name("pool", pool)?;
     parse_domain(domain)?;
     let eff = effective(rt, &ctx.config)?;
     pool_exists(&eff, pool)?;
     let d = views::find_domain(&ctx.status.domains, domain).ok_or_else(|| no_domain(domain))?;
-    match Membership::new(&eff.pools).pool_of(d) {
-        Some((p, _)) if p == pool => {
+    let mut moved = None;
+    if let Some(at) = moves::place_of(ctx, &eff, domain) {
+        if at.pool == pool {
             return Ok(Outcome {
                 value: (),
                 changed: false,
                 message: format!("domain {:?} is already in pool {pool:?}", d.name),
-            })
+            });
         }
-        Some((other, _)) => {
-            return Err(Error::Conflict(format!(
-                "domain {:?} is in pool {other:?}: a domain belongs to at most one pool (remove it there first)",
-                d.name
-            )))
+        if !body.move_ {
+            return Err(moves::refused(&at));
         }
-        None => {}
+        moves::take_out(rt, &eff, &at);
+        moved = Some(at);
     }
     if let Some(set) = rt.removed.get_mut(pool) {
         set.remove(&*d.name);
@@ -137,7 +158,14 @@ pub fn add_member(
         Some((p, _)) if p == pool => Ok(Outcome {
             value: (),
             changed: true,
-            message: format!("domain {:?} added to pool {pool:?}", d.name),
+            message: match moved {
+                Some(at) => format!(
+                    "domain {:?} moved from {} to pool {pool:?}",
+                    d.name,
+                    at.describe()
+                ),
+                None => format!("domain {:?} added to pool {pool:?}", d.name),
+            },
         }),
         other => Err(Error::Conflict(format!(
             "domain {:?} would be in {} instead of pool {pool:?}",
@@ -170,9 +198,16 @@ pub fn remove_member(
     let member =
         found.is_some_and(|d| Membership::new(&eff.pools).pool_of(d).map(|(p, _)| p) == Some(pool));
     if !member && !listed {
-        return Err(Error::NotFound(format!(
-            "domain {domain:?} is not a member of pool {pool:?}"
-        )));
+        return Err(Error::NotFound(
+            match moves::place_of(ctx, &eff, domain).filter(|_| found.is_some()) {
+                Some(at) => format!(
+                    "domain {:?} is not a member of pool {pool:?}: it is in {}",
+                    at.name,
+                    at.describe()
+                ),
+                None => format!("domain {domain:?} is not a member of pool {pool:?}"),
+            },
+        ));
     }
     if let Some(set) = rt.added.get_mut(pool) {
         set.remove(&name);
@@ -221,8 +256,9 @@ fn member_of(ctx: &Ctx, eff: &Config, pool: &str, domain: &str) -> Result<Member
             uuid: d.uuid.to_string(),
         }),
         Some((p, _)) => Err(Error::Conflict(format!(
-            "domain {:?} is in pool {p:?}, not in pool {pool:?}",
-            d.name
+            "domain {:?} is in {}, not in pool {pool:?}",
+            d.name,
+            moves::place_of(ctx, eff, domain).map_or(format!("pool {p:?}"), |at| at.describe())
         ))),
         None => Err(Error::Conflict(format!(
             "domain {:?} is not in pool {pool:?} (it is unmanaged)",

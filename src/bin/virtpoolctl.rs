@@ -96,10 +96,14 @@ enum Cmd {
 enum PoolCmd {
     /// Show one pool.
     Show { pool: String },
-    /// Add a domain to a pool.
+    /// Add a domain to a pool (--move takes it from the pool it is in).
     Add {
         pool: String,
         domain: String,
+        /// Take the domain from the pool it is in (refused without: a
+        /// domain belongs to at most one pool).
+        #[arg(long = "move")]
+        move_: bool,
         /// Wait for the cycle the change triggers.
         #[arg(long)]
         wait: bool,
@@ -150,6 +154,10 @@ struct CreateArgs {
     /// Also write changes to the persistent domain config.
     #[arg(long)]
     persist: bool,
+    /// Take the listed domains from the pools they are in (refused
+    /// without: a domain belongs to at most one pool).
+    #[arg(long = "move")]
+    move_: bool,
     /// Wait for the cycle the change triggers.
     #[arg(long)]
     wait: bool,
@@ -419,11 +427,17 @@ async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
         Cmd::Pool(PoolCmd::Show { pool }) => {
             (Method::GET, format!("/v1/pools/{}", path_seg(pool)?), None)
         }
-        Cmd::Pool(PoolCmd::Add { pool, domain, wait }) => (
+        Cmd::Pool(PoolCmd::Add {
+            pool,
+            domain,
+            move_,
+            wait,
+        }) => (
             Method::POST,
             format!("/v1/pools/{}/members{}", path_seg(pool)?, wait_q(*wait)),
             Some(to_json(&AddMember {
                 domain: domain.clone(),
+                move_: *move_,
             })?),
         ),
         Cmd::Pool(PoolCmd::Remove { pool, domain, wait }) => (
@@ -439,7 +453,10 @@ async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
         Cmd::Pool(PoolCmd::Create(a)) => (
             Method::PUT,
             format!("/v1/pools/{}{}", path_seg(&a.pool)?, wait_q(a.wait)),
-            Some(to_json(&pool_spec(a)?)?),
+            Some(to_json(&PutPool {
+                spec: pool_spec(a)?,
+                move_: a.move_,
+            })?),
         ),
         Cmd::Pool(PoolCmd::Delete { pool, wait }) => (
             Method::DELETE,
