@@ -3,7 +3,7 @@
 //! host), and what a reload cannot change.
 
 use crate::adapters::host::{Host, HostError};
-use crate::core::config::{Config, ConfigError};
+use crate::core::config::{Allocatable, Config, ConfigError};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -33,6 +33,9 @@ pub enum LoadError {
     /// The host's capacity could not be read to check the budgets.
     #[error("{0}")]
     Host(Arc<HostError>),
+    /// The file's pools and the runtime pools do not fit the host together.
+    #[error("{0}")]
+    Runtime(Arc<crate::agent::reload_runtime::RuntimeDoesNotFit>),
 }
 
 impl From<ConfigError> for LoadError {
@@ -45,11 +48,19 @@ impl From<ConfigError> for LoadError {
 /// against this host: what start-up and SIGHUP both do. The error is one
 /// line naming the file, the key and the problem.
 pub fn load_checked(path: &Path, overrides: &Overrides) -> Result<Config, LoadError> {
+    load_for_host(path, overrides).map(|(cfg, _)| cfg)
+}
+
+/// [`load_checked`], with what this host can give under the new file.
+pub fn load_for_host(
+    path: &Path,
+    overrides: &Overrides,
+) -> Result<(Config, Allocatable), LoadError> {
     let mut cfg = Config::load(path)?;
     overrides.apply(&mut cfg);
     let mut host = Host::new().map_err(|e| LoadError::Host(Arc::new(e)))?;
-    cfg.check_host(&host.refresh())?;
-    Ok(cfg)
+    let alloc = cfg.check_host(&host.refresh())?;
+    Ok((cfg, alloc))
 }
 
 /// Settings a reload cannot change in a running agent (they are bound at

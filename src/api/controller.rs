@@ -161,6 +161,8 @@ impl AppState {
             Ok(r) => Ok(ReloadResponse {
                 file: r.file.display().to_string(),
                 restart_only: r.restart_only,
+                set_aside_file: r.set_aside.as_ref().map(|a| a.file.display().to_string()),
+                set_aside: r.set_aside.map(|a| a.problems).unwrap_or_default(),
             }),
             Err(e) => Err(Error::ConfigRefused(e.to_string())),
         }

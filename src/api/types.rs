@@ -383,6 +383,13 @@ pub struct ReloadResponse {
     /// running values until then).
     #[serde(default)]
     pub restart_only: Vec<String>,
+    /// Runtime state entries that no longer fit the file (of a pool it no
+    /// longer has, a runtime pool whose name it now uses, ...): taken out
+    /// of the state and kept in `set_aside_file`. The rest stays.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set_aside: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_aside_file: Option<String>,
 }
 
 /// `GET /v1/events`: records of the audit log.

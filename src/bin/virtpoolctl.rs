@@ -599,6 +599,15 @@ async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
                     r.restart_only.join(", ")
                 ));
             }
+            if !r.set_aside.is_empty() {
+                s.push_str(&format!(
+                    "runtime changes set aside (they do not fit the new file; kept in {}):\n",
+                    r.set_aside_file.as_deref().unwrap_or("the state directory")
+                ));
+                for p in &r.set_aside {
+                    s.push_str(&format!("  {p}\n"));
+                }
+            }
             s
         }
         Cmd::Pool(_) | Cmd::Pause { .. } | Cmd::Resume { .. } => {
