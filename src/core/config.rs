@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod live;
 mod problems;
 pub use crate::core::names::NameError;
 pub use problems::{
