@@ -74,6 +74,88 @@ fn b(v: bool) -> f64 {
     }
 }
 
+/// The host's capacity as the last cycle used it (see
+/// [`crate::core::capacity::Capacity`]).
+fn host_capacity(o: &mut Out, c: &crate::core::capacity::Capacity) {
+    o.family(
+        "virtpool_host_cpus",
+        "gauge",
+        "Host CPUs: measured on the machine, declared in [host] (when set), used (the declared ones when set).",
+    );
+    o.family(
+        "virtpool_host_memory_bytes",
+        "gauge",
+        "Host memory: measured, declared in [host] (when set), used.",
+    );
+    for (name, src) in [
+        ("virtpool_host_cpus", &c.host.cpus),
+        ("virtpool_host_memory_bytes", &c.host.memory),
+    ] {
+        o.sample(name, &[("source", "measured")], src.measured as f64);
+        if let Some(d) = src.declared {
+            o.sample(name, &[("source", "declared")], d as f64);
+        }
+        o.sample(name, &[("source", "used")], src.used as f64);
+    }
+    o.family(
+        "virtpool_host_reserved",
+        "gauge",
+        "Reserved for the host itself (host.reserved_cpus, host.reserved_memory in bytes).",
+    );
+    o.sample(
+        "virtpool_host_reserved",
+        &[("resource", "vcpus")],
+        c.reserved.cpus as f64,
+    );
+    o.sample(
+        "virtpool_host_reserved",
+        &[("resource", "memory")],
+        c.reserved.memory as f64,
+    );
+    o.family(
+        "virtpool_host_allocation_ratio",
+        "gauge",
+        "host.cpu_allocation_ratio and host.memory_allocation_ratio.",
+    );
+    o.sample(
+        "virtpool_host_allocation_ratio",
+        &[("resource", "vcpus")],
+        c.ratio.cpus,
+    );
+    o.sample(
+        "virtpool_host_allocation_ratio",
+        &[("resource", "memory")],
+        c.ratio.memory,
+    );
+    let p = &c.memory_pressure;
+    o.family(
+        "virtpool_host_memory_available_bytes",
+        "gauge",
+        "Host memory available, as measured.",
+    );
+    o.sample(
+        "virtpool_host_memory_available_bytes",
+        &[],
+        p.available as f64,
+    );
+    o.family(
+        "virtpool_host_memory_pressure_threshold_bytes",
+        "gauge",
+        "Below this much available memory the host is under memory pressure (memory.pressure_threshold).",
+    );
+    o.sample(
+        "virtpool_host_memory_pressure_threshold_bytes",
+        &[],
+        p.threshold as f64,
+    );
+    o.family(
+        "virtpool_host_memory_pressure",
+        "gauge",
+        "1 while the host is under memory pressure (members' memory targets lowered), else 0.",
+    );
+    o.sample("virtpool_host_memory_pressure", &[], b(p.under));
+}
+
 /// The whole exposition.
 pub fn render(st: &Report, c: &Counters) -> String {
     let mut o = Out {
@@ -136,6 +218,10 @@ pub fn render(st: &Report, c: &Counters) -> String {
                 *plan.allocatable.get(r) as f64,
             );
         }
+    }
+
+    if let Some(cap) = &st.capacity {
+        host_capacity(&mut o, cap);
     }
 
     for (name, help) in [

@@ -160,9 +160,14 @@ pub struct StatusResponse {
     /// Cycles run since start (0 before the first).
     pub cycle: u64,
     pub last_cycle: Option<CycleInfo>,
+    /// The host as measured (see `capacity` for what the agent uses).
     pub host: Option<HostCapacity>,
     /// Allocatable capacity from the last plan.
     pub allocatable: Option<PerResource<u64>>,
+    /// The capacity the last cycle used: declared (`[host]`) beside
+    /// measured, reserved, ratios, allocatable, host memory pressure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<crate::core::capacity::Capacity>,
     pub pools: usize,
     pub domains: DomainCounts,
     /// The last config / runtime state error, if any.

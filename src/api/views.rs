@@ -157,6 +157,7 @@ pub fn status(st: &Report, rt: &RuntimeState, cfg: &Config) -> StatusResponse {
         last_cycle: st.last_cycle.clone(),
         host: st.host,
         allocatable: st.plan.as_ref().map(|p| p.allocatable),
+        capacity: st.capacity,
         pools: st.plan.as_ref().map_or(cfg.pools.len(), |p| p.pools.len()),
         domains: counts,
         config_error: st.config_error.clone(),

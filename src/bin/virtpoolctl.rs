@@ -1112,7 +1112,9 @@ fn render_status(s: &StatusResponse) -> String {
             },
         ],
     ];
-    if let Some(h) = &s.host {
+    if let Some(c) = &s.capacity {
+        rows.extend(virtpool::cli::report::capacity_rows(c));
+    } else if let Some(h) = &s.host {
         rows.push(vec![
             "host".into(),
             format!(
@@ -1123,7 +1125,7 @@ fn render_status(s: &StatusResponse) -> String {
             ),
         ]);
     }
-    if let Some(a) = &s.allocatable {
+    if let (None, Some(a)) = (&s.capacity, &s.allocatable) {
         rows.push(vec![
             "allocatable".into(),
             format!("{} vCPUs, {}", a.vcpus, units::human_bytes(a.memory)),

@@ -1,6 +1,7 @@
 //! The pure core: what the agent decides, with no I/O (the config module
 //! reads its file and nothing else).
 
+pub mod capacity;
 pub mod config;
 pub mod event;
 pub mod glob;

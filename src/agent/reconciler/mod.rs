@@ -166,6 +166,7 @@ impl Reconciler {
                 error: None,
             },
             host: None,
+            capacity: None,
             last_cycle: None,
             plan: None,
             domains: Vec::new(),

@@ -11,6 +11,7 @@ use crate::agent::memory::SavedHistory;
 use crate::agent::notify::{Notice, Notifier};
 use crate::agent::report::{ActionOutcome, Counters, CycleInfo, LibvirtStatus, Report};
 use crate::agent::state::VcpuHolds;
+use crate::core::capacity::Capacity;
 use crate::core::config::Config;
 use crate::core::model::DomainObs;
 use crate::core::planner::{History, Plan};
@@ -157,6 +158,7 @@ impl Publisher {
             paused: inputs.runtime.paused,
             libvirt,
             host: Some(inputs.host),
+            capacity: Some(Capacity::of(&config.host, &config.tuning, &inputs.host)),
             last_cycle: None,
             results: ran.outcomes(&plan),
             plan: Some(plan),
@@ -180,6 +182,7 @@ impl Publisher {
                 error: Some(e.to_string()),
             },
             host: Some(inputs.host),
+            capacity: Some(Capacity::of(&config.host, &config.tuning, &inputs.host)),
             last_cycle: None,
             plan: prev.plan.clone(),
             domains: prev.domains.clone(),
