@@ -12,6 +12,7 @@ use crate::agent::notify::{Notice, Notifier};
 use crate::agent::report::{ActionOutcome, Counters, CycleInfo, LibvirtStatus, Report};
 use crate::agent::samples::Samples;
 use crate::agent::state::VcpuHolds;
+use crate::core::capacity::Capacity;
 use crate::core::config::Config;
 use crate::core::model::DomainObs;
 use crate::core::planner::{History, Plan, Released};
@@ -162,6 +163,7 @@ impl Publisher {
             paused: inputs.runtime.paused,
             libvirt,
             host: Some(inputs.host),
+            capacity: Some(Capacity::of(&config.host, &config.tuning, &inputs.host)),
             last_cycle: None,
             results: ran.outcomes(&plan),
             plan: Some(plan),
@@ -185,6 +187,7 @@ impl Publisher {
                 error: Some(e.to_string()),
             },
             host: Some(inputs.host),
+            capacity: Some(Capacity::of(&config.host, &config.tuning, &inputs.host)),
             last_cycle: None,
             plan: prev.plan.clone(),
             domains: prev.domains.clone(),
