@@ -453,10 +453,12 @@ pub(crate) fn write_json<T: Serialize>(
         file: file.clone(),
         source,
     };
-    let mut json = serde_json::to_vec_pretty(value).map_err(|e| werr(std::io::Error::other(e)))?;
-    json.push(b'\n');
     crate::agent::safe_fs::ensure_dir(state_dir, STATE_DIR_MODE)?;
-    crate::agent::safe_fs::write_atomic(state_dir, name, &json).map_err(werr)
+    crate::agent::safe_fs::write_atomic_with(state_dir, name, |w| {
+        serde_json::to_writer_pretty(&mut *w, value).map_err(std::io::Error::other)?;
+        std::io::Write::write_all(w, b"\n")
+    })
+    .map_err(werr)
 }
 
 /// Mode of `state_dir` when the agent creates it.

@@ -64,7 +64,7 @@ async fn names_with_spaces_and_accents_work_everywhere_a_domain_is_named() {
         dir.path(),
         "root",
         STANDARD_POOLS,
-        FakeHv::new(domains),
+        Fake::new(domains),
         ServeOptions::default(),
     )
     .await;
@@ -261,20 +261,19 @@ async fn entries_of_a_pool_that_no_longer_exists_leave_a_paused_pool_paused() {
         r#"{"version": 1, "added": {"batch": ["dev"]}, "paused_pools": ["batch", "web"]}"#,
     )
     .unwrap();
-    let hv = FakeHv::new(standard_domains());
+    let hv = Fake::new(standard_domains());
+    let ctl = hv.ctl();
     let a = Agent::start(
         dir.path(),
         "root",
         STANDARD_POOLS,
-        hv.clone(),
+        hv,
         ServeOptions::default(),
     )
     .await;
     a.handle.reconcile(true).await.unwrap();
     let vcpus = |name: &str| {
-        hv.domains
-            .lock()
-            .unwrap()
+        ctl.domains()
             .iter()
             .find(|d| &*d.name == name)
             .unwrap()

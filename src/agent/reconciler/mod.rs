@@ -191,20 +191,21 @@ impl Reconciler {
             audit: opts.audit.clone(),
             cmd,
         };
+        let history = Arc::new({
+            let mut h = History {
+                vcpu_pending: opts.holds.to_pending(0),
+                ..History::default()
+            };
+            opts.saved.restore_into(&mut h);
+            h
+        });
         let r = Reconciler {
             hv,
             host,
             config,
             runtime,
             observe_only,
-            history: Arc::new({
-                let mut h = History {
-                    vcpu_pending: opts.holds.to_pending(0),
-                    ..History::default()
-                };
-                opts.saved.restore_into(&mut h);
-                h
-            }),
+            history: Arc::clone(&history),
             clock: Instant::now(),
             cycle: 0,
             observer: observe::Observer::default(),
@@ -218,7 +219,7 @@ impl Reconciler {
                 opts.audit,
                 opts.holds_dir,
                 opts.holds,
-                opts.saved,
+                history,
                 samples,
             ),
             cmd_rx,

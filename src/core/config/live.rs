@@ -159,6 +159,7 @@ mod tests {
             memory: memory_max,
             memory_max,
             balloon: None,
+            balloon_device: true,
             disks: std::sync::Arc::from([]),
             metadata_pool: None,
             cpu_shares: None,
