@@ -89,6 +89,7 @@ pub struct Cached {
 }
 
 /// What a change did, for the response and the event log.
+#[derive(Debug)]
 pub struct Outcome<T> {
     pub value: T,
     pub changed: bool,

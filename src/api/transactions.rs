@@ -14,6 +14,7 @@ use crate::agent::state::RuntimeState;
 use crate::core::config::{self, Config};
 use crate::core::membership::Membership;
 use crate::core::model::{PerResource, Resource};
+use crate::core::planner::reserve;
 
 /// `PUT /v1/pools/{pool}`. A domain it lists that is in another pool is
 /// moved with `"move": true`, refused without (see [`moves`]).
@@ -334,41 +335,21 @@ pub fn allocate(
                 "pool {pool:?} does not manage {r}"
             )));
         };
-        let lim = pconf.member_limits(&m.name, &m.uuid, r);
-        let hw = match r {
-            Resource::Vcpus => d.vcpus_max.max(1),
-            Resource::Memory => d.memory_max,
-            Resource::DiskBytesSec | Resource::DiskIopsSec => crate::core::planner::UNCAPPED,
+        let bounds = reserve::Bounds {
+            max: pconf.member_limits(&m.name, &m.uuid, r).max,
+            hardware: match r {
+                Resource::Vcpus => d.vcpus_max.max(1),
+                Resource::Memory => d.memory_max,
+                Resource::DiskBytesSec | Resource::DiskIopsSec => crate::core::planner::UNCAPPED,
+            },
+            budget: b,
         };
-        if let Some(max) = lim.max.filter(|mx| v > *mx) {
-            return Err(Error::DoesNotFit(format!(
-                "{r} reservation {} for {:?} is above its max {}",
-                r.human(v),
-                m.name,
-                r.human(max)
-            )));
-        }
-        if v > hw {
-            return Err(Error::DoesNotFit(format!(
-                "{r} reservation {} for {:?} is above what the domain can have ({})",
-                r.human(v),
-                m.name,
-                r.human(hw)
-            )));
-        }
-        if v > b {
-            return Err(Error::DoesNotFit(format!(
-                "{r} reservation {} for {:?} is above the budget of pool {pool:?} ({})",
-                r.human(v),
-                m.name,
-                r.human(b)
-            )));
-        }
+        reserve::within_bounds(r, &m.name, pool, v, &bounds)?;
         *new.get_mut(r) = if v == 0 { None } else { Some(v) };
     }
     put_reservation(rt, pool, &m, new);
-    // Admission: Σ floors of the other admitted members + this one's floor
-    // under the new reservation must fit the budget, for each raised resource.
+    // Admission: this member's floor under the new reservation beside the
+    // floors of the other admitted members, for each raised resource.
     let after = plan_with(st, &effective(rt, &ctx.config)?, rt, host);
     let pb = before.pools.iter().find(|p| p.name == pool);
     let pa = after.pools.iter().find(|p| p.name == pool);
@@ -376,32 +357,8 @@ pub fn allocate(
         let (Some(v), Some(b)) = (*want.get(r), *budget.get(r)) else {
             continue;
         };
-        if v <= old.get(r).unwrap_or(0) {
-            continue;
-        }
-        let others: u64 = pb
-            .map(|p| {
-                p.members
-                    .iter()
-                    .filter(|x| *x.uuid != *m.uuid && x.admitted)
-                    .filter_map(|x| x.alloc.get(r).map(|a| a.floor))
-                    .sum()
-            })
-            .unwrap_or(0);
-        let mine = pa
-            .and_then(|p| p.members.iter().find(|x| *x.uuid == *m.uuid))
-            .and_then(|x| x.alloc.get(r).map(|a| a.floor))
-            .unwrap_or(0)
-            .max(v);
-        if others.saturating_add(mine) > b {
-            return Err(Error::DoesNotFit(format!(
-                "{r} reservation {} for {:?} does not fit pool {pool:?}: the other admitted members hold {} of its {} budget, {} is free for reservations",
-                r.human(v),
-                m.name,
-                r.human(others),
-                r.human(b),
-                r.human(b.saturating_sub(others))
-            )));
+        if v > old.get(r).unwrap_or(0) {
+            reserve::fits(r, &m.name, &m.uuid, v, b, pb, pa)?;
         }
     }
     let changed = new != old;
@@ -535,3 +492,6 @@ pub fn set_paused(
         message: format!("pool {pool:?} {verb}"),
     })
 }
+
+#[cfg(test)]
+mod tests;
