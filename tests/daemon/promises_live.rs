@@ -122,9 +122,11 @@ enum Op {
     Resume(&'static str),
 }
 
-const MEMBERS: [(&str, &str); 6] = [
+const MEMBERS: [(&str, &str); 8] = [
     ("web", "web-1"),
     ("web", "web-3"),
+    ("web", "web with spaces"),
+    ("web", "web-ünïcödé"),
     ("web", "web-noballoon"),
     ("db", "db-old"),
     ("batch", "batch-01"),
