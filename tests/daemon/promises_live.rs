@@ -3,7 +3,8 @@
 //! operator and the host do: API changes (runtime pools created and
 //! deleted, members added and removed, reservations, pauses), config
 //! reloads that move budgets, the agent SIGKILLed and restarted, libvirtd
-//! restarted, domains started, stopped, paused and resumed from another
+//! restarted, members moved between pools, domains started, stopped,
+//! paused, resumed, defined, undefined and renamed from another
 //! connection. After every step a second libvirt connection checks:
 //!
 //! - per pool, vCPUs and memory: Σ of what the admitted active members
@@ -120,6 +121,13 @@ enum Op {
     Destroy(&'static str),
     Suspend(&'static str),
     Resume(&'static str),
+    /// `"move": true` into another pool.
+    Move(&'static str, &'static str),
+    /// A new domain defined and started (it joins web by its name).
+    DefineNew(&'static str),
+    Undefine(&'static str),
+    /// Renamed while shut off (from, to).
+    Rename(&'static str, &'static str),
 }
 
 const MEMBERS: [(&str, &str); 8] = [
@@ -141,6 +149,32 @@ const LIFECYCLE: [&str; 6] = [
     "web-paused",
 ];
 
+/// (domain, pool it is moved to).
+const MOVES: [(&str, &str); 4] = [
+    ("web-3", "batch"),
+    ("web with spaces", "batch"),
+    ("batch-07", "web"),
+    ("db-old", "web"),
+];
+/// Renames of shut-off domains, and back.
+const RENAMES: [(&str, &str); 4] = [
+    ("web-off", "web-renamed"),
+    ("web-renamed", "web-off"),
+    ("batch-03", "batch-renamed"),
+    ("batch-renamed", "batch-03"),
+];
+
+/// A small domain defined during a sequence (2 of 4 vCPUs, 1 of 2 GiB).
+fn new_domain_xml(name: &str) -> String {
+    format!(
+        "<domain type='test'><name>{name}</name><memory unit='MiB'>2048</memory>\
+         <currentMemory unit='MiB'>1024</currentMemory>\
+         <vcpu placement='static' current='2'>4</vcpu><os><type>hvm</type></os>\
+         <devices><disk type='file' device='disk'><source file='/guest/{name}.img'/>\
+         <target dev='vda' bus='virtio'/></disk><memballoon model='virtio'/></devices></domain>"
+    )
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let member = prop::sample::select(MEMBERS.to_vec());
     let dom = prop::sample::select(LIFECYCLE.to_vec());
@@ -161,7 +195,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => dom.clone().prop_map(Op::Start),
         1 => dom.clone().prop_map(Op::Destroy),
         1 => dom.clone().prop_map(Op::Suspend),
-        1 => dom.prop_map(Op::Resume),
+        1 => dom.clone().prop_map(Op::Resume),
+        1 => prop::sample::select(MOVES.to_vec()).prop_map(|(d, p)| Op::Move(d, p)),
+        1 => prop::sample::select(vec!["web-new-1", "web-new-2"]).prop_map(Op::DefineNew),
+        1 => prop::sample::select(vec!["web-new-1", "web-new-2", "web-off", "batch-03"])
+            .prop_map(Op::Undefine),
+        1 => prop::sample::select(RENAMES.to_vec()).prop_map(|(a, b)| Op::Rename(a, b)),
     ]
 }
 
@@ -336,6 +375,29 @@ impl World {
             Op::Destroy(n) => lifecycle(self, n, &|d| d.destroy().is_ok()),
             Op::Suspend(n) => lifecycle(self, n, &|d| d.suspend().is_ok()),
             Op::Resume(n) => lifecycle(self, n, &|d| d.resume().is_ok()),
+            Op::Move(d, p) => {
+                let body = format!(r#"{{"domain": "{d}", "move": true}}"#);
+                self.call("POST", &format!("/v1/pools/{p}/members"), Some(&body));
+            }
+            Op::DefineNew(n) => {
+                if self.h.conn().lookup_domain_by_name(n).is_err() {
+                    self.h.define(&new_domain_xml(n));
+                    self.h.start(n);
+                    self.touched.insert(n.to_string());
+                }
+            }
+            Op::Undefine(n) => lifecycle(self, n, &|d| d.undefine().is_ok()),
+            Op::Rename(a, b) => {
+                let renamed = self
+                    .h
+                    .conn()
+                    .lookup_domain_by_name(a)
+                    .is_ok_and(|d| !d.is_active().unwrap_or(true) && d.rename(b, 0).is_ok());
+                if renamed {
+                    self.touched.insert(a.to_string());
+                    self.touched.insert(b.to_string());
+                }
+            }
         }
         self.settle();
         // A second cycle: what the first one freed is grown into now.
@@ -395,7 +457,13 @@ impl World {
         let libvirtd_restarted = matches!(op, Op::RestartLibvirtd);
         let lifecycle_this_step = matches!(
             op,
-            Op::Start(_) | Op::Destroy(_) | Op::Suspend(_) | Op::Resume(_)
+            Op::Start(_)
+                | Op::Destroy(_)
+                | Op::Suspend(_)
+                | Op::Resume(_)
+                | Op::DefineNew(_)
+                | Op::Undefine(_)
+                | Op::Rename(..)
         );
         // Budgets.
         for (pool, (bv, bm, _, admitted)) in &now.pools {
