@@ -311,6 +311,7 @@ mod tests {
             memory: 8 << 30,
             disk_bytes_sec: 0,
             disk_iops_sec: 0,
+            cpu: 3000,
         }
     }
 
@@ -328,6 +329,7 @@ mod tests {
                 memory: Some(1 << 61),
                 disk_bytes_sec: None,
                 disk_iops_sec: None,
+                cpu: None,
             },
         );
         st.added

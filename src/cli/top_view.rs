@@ -292,6 +292,7 @@ fn pools_table(m: &Model) -> Table<'static> {
         "MEMORY",
         "DISK BANDWIDTH",
         "DISK IOPS",
+        "CPU TIME",
     ]
     .map(String::from)
     .to_vec();
@@ -313,6 +314,7 @@ fn pools_table(m: &Model) -> Table<'static> {
             budget_cell(p, Resource::Memory),
             budget_cell(p, Resource::DiskBytesSec),
             budget_cell(p, Resource::DiskIopsSec),
+            budget_cell(p, Resource::Cpu),
         ]);
     }
     let w = widths(&cells);
@@ -327,7 +329,7 @@ fn history_lines(m: &Model, width: usize) -> Vec<Line<'static>> {
         return vec![Line::from("  (no history read yet)")];
     };
     let mut lines = Vec::new();
-    for r in [Resource::Vcpus, Resource::Memory] {
+    for r in [Resource::Vcpus, Resource::Memory, Resource::Cpu] {
         let Some(s) = h.resources.get(&r) else {
             continue;
         };
@@ -443,7 +445,7 @@ fn history_height(m: &Model) -> u16 {
         .history
         .as_ref()
         .map_or(1, |h| {
-            [Resource::Vcpus, Resource::Memory]
+            [Resource::Vcpus, Resource::Memory, Resource::Cpu]
                 .iter()
                 .filter(|r| h.resources.contains_key(r))
                 .count()

@@ -2,6 +2,7 @@
 //! reads its file and nothing else).
 
 pub mod config;
+pub mod cpu;
 pub mod event;
 pub mod glob;
 pub mod keys;
