@@ -128,3 +128,39 @@ async fn cpu_time_in_a_pool_costs_no_read_and_no_write_on_the_test_driver() {
         "{reasons:?}"
     );
 }
+
+#[tokio::test]
+async fn cpu_use_is_read_from_the_test_drivers_cpu_time() {
+    // The test driver's `info` reports wall-clock time as CPU time: every
+    // running domain uses one core, as far as it says.
+    let demo = include_str!("../../config/demo.toml");
+    let pools = format!(
+        "{}cpu = {{ budget = 2 }}\n",
+        &demo[demo.find("[host]").unwrap()..]
+    );
+    let cfg = config("cycle-host.xml", &pools);
+    virtpool::adapters::libvirt::quiet_errors();
+    let hv = HvWorker::spawn(Box::new(Libvirt::new(&cfg.agent.libvirt_uri))).unwrap();
+    let (mut m, _h) = Reconciler::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false);
+    let st = m.cycle_once().await;
+    assert!(st.domains.iter().all(|d| d.cpu_used.is_none()));
+    let running: Vec<_> = st
+        .domains
+        .iter()
+        .filter(|d| d.state == virtpool::core::model::DomainState::Running)
+        .map(|d| d.name.clone())
+        .collect();
+    assert!(!running.is_empty());
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let st = m.cycle_once().await;
+    for d in st.domains.iter().filter(|d| running.contains(&d.name)) {
+        let used = d
+            .cpu_used
+            .unwrap_or_else(|| panic!("{}: no use measured", d.name));
+        assert!(
+            (900..=1100).contains(&used),
+            "{}: {used} millicores",
+            d.name
+        );
+    }
+}

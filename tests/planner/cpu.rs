@@ -276,6 +276,14 @@ fn cpu_dead_band() {
     let a = alloc(&plan, "a");
     assert_eq!((a.target, a.next, a.reason), (CORE, 960, Reason::DeadBand));
     assert!(plan.actions.is_empty());
+    // Above it, too.
+    let p = cpu_pool("p", CORE, Limits::default());
+    let mut g = guest("a", "p", 2);
+    g.cpu_quota = Some(global(104_000));
+    let plan = Sim::new(t::config(16, 64 * GIB, vec![p]), vec![g]).plan();
+    let a = alloc(&plan, "a");
+    assert_eq!((a.target, a.next, a.reason), (CORE, 1040, Reason::DeadBand));
+    assert!(plan.actions.is_empty());
 }
 
 #[test]
@@ -368,6 +376,17 @@ fn cpu_demand_cooldown_and_shrink_rate() {
     );
     let p = s.cycle();
     assert_eq!(alloc(&p, "a").next, 1125);
+    // A guest without a limit gets its first one at once, demand pool or
+    // not.
+    let mut p = cpu_pool("p", 4 * CORE, Limits::default());
+    p.cpu_policy = MemoryPolicy::Demand;
+    let mut g = guest("a", "p", 4);
+    g.cpu_used = Some(500);
+    let plan = Sim::new(t::config(16, 64 * GIB, vec![p]), vec![g]).plan();
+    assert_eq!(
+        (alloc(&plan, "a").actual, alloc(&plan, "a").next),
+        (4 * CORE, 625)
+    );
     // A share pool takes a lower limit at once.
     let p = cpu_pool("p", CORE / 2, Limits::default());
     let mut g = guest("a", "p", 4);
