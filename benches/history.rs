@@ -87,6 +87,7 @@ fn report(pools: usize) -> Report {
             error: None,
         },
         host: Some(host),
+        capacity: None,
         last_cycle: None,
         plan: Some(p),
         domains,

@@ -11,7 +11,7 @@
 //! `plan_with` (and the drop of its plan) per size, in `plan_once`, for an
 //! instruction count that does not depend on machine load:
 //! `valgrind --tool=callgrind --toggle-collect='planner::plan_once*' BENCH_BINARY`
-//! (see docs/performance.md). `PLANNER_BENCH_REPEAT=N` plans N times per
+//! (see docs/performance-history.md, "Planner"). `PLANNER_BENCH_REPEAT=N` plans N times per
 //! size in that mode (for `perf stat`: the difference between two repeat
 //! counts is the planning alone); `PLANNER_BENCH_CYCLES=10` plans the steady
 //! state (the host after 10 applied cycles) instead of the first cycle.

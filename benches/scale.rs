@@ -3,7 +3,7 @@
 //! a raw-libvirt baseline in the same run.
 //!
 //! `scripts/bench-scale.sh` runs it (`cargo bench --bench scale`); see
-//! docs/performance.md, "Full cycle". Environment:
+//! docs/performance.md, "Reproduce". Environment:
 //! - `SCALE_SIZES` (default `100,1000,5000`): domain counts.
 //! - `SCALE_REPS` (default 5; at most 3 for the allocate latency): timed
 //!   repetitions per size; medians are printed, and each round's figures.

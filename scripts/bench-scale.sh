@@ -1,7 +1,7 @@
 #!/bin/sh
 # Full-cycle benchmark at 100 / 1,000 / 5,000 domains (docs/performance.md,
-# "Full cycle"). Needs libvirtd (scripts/setup.sh installs it); runs a private
-# one as `nobody` in /tmp. About 10 minutes. Not part of the test suite.
+# "Reproduce"). Needs libvirtd (scripts/setup.sh installs it); runs a private
+# one as `nobody` in /tmp. About 20 minutes. Not part of the test suite.
 #
 #   scripts/bench-scale.sh                      # all sizes
 #   SCALE_SIZES=1000 SCALE_REPS=3 scripts/bench-scale.sh

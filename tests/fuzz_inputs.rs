@@ -198,7 +198,7 @@ fn config_case(bytes: &[u8]) {
     let Ok(_alloc) = cfg.check_host(&cap()) else {
         return;
     };
-    let eff = RuntimeState::new().effective(&cfg).unwrap();
+    let eff = RuntimeState::new().effective(&cfg).strict().unwrap();
     // A few domains, some matching the corpus's pools and globs.
     let domains: Vec<_> = ["web-1", "db-primary", "x", "a-1", "p01-1", "d02", "rt-1"]
         .iter()
@@ -223,7 +223,7 @@ fn state_case(dir: &Path, base: &Config, bytes: &[u8]) -> Result<(), TestCaseErr
     if let Ok((st, _aside)) = state_check::load(dir, base, &alloc) {
         // What it keeps is usable as it is: the effective config
         // validates and its budgets fit.
-        let eff = st.effective(base);
+        let eff = st.effective(base).strict();
         prop_assert!(eff.is_ok(), "kept state does not validate: {:?}", eff.err());
         let eff = eff.unwrap();
         let problems = config::budget_problems(&eff.pools, &alloc);

@@ -3,7 +3,7 @@
 //! host), and what a reload cannot change.
 
 use crate::adapters::host::{Host, HostError};
-use crate::core::config::{Config, ConfigError};
+use crate::core::config::{Allocatable, Config, ConfigError};
 use crate::core::model::HostCapacity;
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +34,9 @@ pub enum LoadError {
     /// The host's capacity could not be read to check the budgets.
     #[error("{0}")]
     Host(Arc<HostError>),
+    /// The file's pools and the runtime pools do not fit the host together.
+    #[error("{0}")]
+    Runtime(Arc<crate::agent::reload_runtime::RuntimeDoesNotFit>),
 }
 
 impl From<ConfigError> for LoadError {
@@ -46,6 +49,14 @@ impl From<ConfigError> for LoadError {
 /// against this host: what start-up and SIGHUP both do. The error is one
 /// line naming the file, the key and the problem.
 pub fn load_checked(path: &Path, overrides: &Overrides) -> Result<Config, LoadError> {
+    load_for_host(path, overrides).map(|(cfg, _)| cfg)
+}
+
+/// [`load_checked`], with what this host can give under the new file.
+pub fn load_for_host(
+    path: &Path,
+    overrides: &Overrides,
+) -> Result<(Config, Allocatable), LoadError> {
     let cfg = Config::load(path)?;
     let mut host = Host::new().map_err(|e| LoadError::Host(Arc::new(e)))?;
     checked(cfg, overrides, &host.refresh())
@@ -61,7 +72,7 @@ pub fn check_candidate(
     overrides: &Overrides,
     host: &HostCapacity,
 ) -> Result<Config, LoadError> {
-    checked(Config::parse(text, path)?, overrides, host)
+    checked(Config::parse(text, path)?, overrides, host).map(|(cfg, _)| cfg)
 }
 
 /// The overrides applied, then the budgets checked against `host`.
@@ -69,10 +80,10 @@ fn checked(
     mut cfg: Config,
     overrides: &Overrides,
     host: &HostCapacity,
-) -> Result<Config, LoadError> {
+) -> Result<(Config, Allocatable), LoadError> {
     overrides.apply(&mut cfg);
-    cfg.check_host(host)?;
-    Ok(cfg)
+    let alloc = cfg.check_host(host)?;
+    Ok((cfg, alloc))
 }
 
 /// Settings a reload cannot change in a running agent (they are bound at

@@ -11,6 +11,7 @@ use crate::core::planner::{Admission, History, Originals, Released};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// File name inside `state_dir`.
 pub const HISTORY_FILE: &str = "history.json";
@@ -35,23 +36,35 @@ pub struct SavedHistory {
 }
 
 impl SavedHistory {
-    /// The part of `h` that is saved.
-    pub fn of(h: &History) -> SavedHistory {
-        SavedHistory {
-            version: VERSION,
-            admitted: h.admitted.clone(),
-            refused: h.refused.clone(),
-            originals: h.originals.clone(),
-            released: h.released.clone(),
-        }
+    /// Whether `a` and `b` hold the same saved part (nothing to write):
+    /// at once when they are one history, as after a cycle that changed
+    /// nothing in it.
+    pub fn same_part(a: &Arc<History>, b: &Arc<History>) -> bool {
+        Arc::ptr_eq(a, b)
+            || (a.admitted == b.admitted
+                && a.refused == b.refused
+                && a.originals == b.originals
+                && a.released == b.released)
     }
 
-    /// Whether `h` holds what was saved (nothing to write).
-    pub fn matches(&self, h: &History) -> bool {
-        self.admitted == h.admitted
-            && self.refused == h.refused
-            && self.originals == h.originals
-            && self.released == h.released
+    /// Writes the saved part of `h` atomically, without copying it.
+    pub fn save_part(h: &History, state_dir: &Path) -> Result<(), StateError> {
+        #[derive(Serialize)]
+        struct Part<'a> {
+            version: u32,
+            admitted: &'a BTreeMap<String, Admission>,
+            refused: &'a BTreeMap<String, String>,
+            originals: &'a BTreeMap<String, Originals>,
+            released: &'a BTreeMap<String, Released>,
+        }
+        let part = Part {
+            version: VERSION,
+            admitted: &h.admitted,
+            refused: &h.refused,
+            originals: &h.originals,
+            released: &h.released,
+        };
+        write_json(state_dir, HISTORY_FILE, &part)
     }
 
     /// Puts the saved part into a history.
@@ -81,11 +94,6 @@ impl SavedHistory {
                 message: bad.join("; "),
             })
         }
-    }
-
-    /// Writes atomically.
-    pub fn save(&self, state_dir: &Path) -> Result<(), StateError> {
-        write_json(state_dir, HISTORY_FILE, self)
     }
 
     /// Moves the file aside (`history.json.corrupt-<unix time>`).
@@ -133,7 +141,7 @@ impl SavedHistory {
             if o.memory.is_some_and(|m| m == 0 || m > MAX_BYTES) {
                 out.push(format!("originals {u}: memory out of range"));
             }
-            if o.iotune.len() > 256 || o.iotune.keys().any(|d| d.is_empty() || d.len() > 256) {
+            if o.iotune.len() > 256 || o.iotune.disks().any(|d| d.is_empty() || d.len() > 256) {
                 out.push(format!("originals {u}: disks out of range"));
             }
         }
@@ -165,14 +173,36 @@ mod tests {
                 ..Originals::default()
             },
         );
-        let saved = SavedHistory::of(&h);
-        assert!(saved.matches(&h));
-        saved.save(dir.path()).unwrap();
+        let o = h.originals.get_mut("u1").unwrap();
+        for disk in ["vdb", "vda"] {
+            o.iotune.note(
+                disk,
+                crate::core::model::IoTune {
+                    total_bytes_sec: 7,
+                    ..Default::default()
+                },
+            );
+        }
+        let h = Arc::new(h);
+        assert!(SavedHistory::same_part(&h, &Arc::new((*h).clone())));
+        let mut other = (*h).clone();
+        other.admitted.clear();
+        assert!(!SavedHistory::same_part(&h, &Arc::new(other)));
+        SavedHistory::save_part(&h, dir.path()).unwrap();
         let back = SavedHistory::load(dir.path()).unwrap();
         let mut h2 = History::default();
         back.restore_into(&mut h2);
         assert_eq!(h2.admitted, h.admitted);
         assert_eq!(h2.originals, h.originals);
+        // A disk's limits are an object by target, in order.
+        let text = std::fs::read_to_string(dir.path().join(HISTORY_FILE)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["originals"]["u1"]["iotune"]["vda"]["total_bytes_sec"], 7,
+            "{text}"
+        );
+        let disks: Vec<&str> = h2.originals["u1"].iotune.disks().collect();
+        assert_eq!(disks, ["vda", "vdb"]);
         // Values no agent writes are refused, naming them.
         std::fs::write(
             dir.path().join(HISTORY_FILE),

@@ -116,6 +116,59 @@ fn b(v: bool) -> f64 {
     }
 }
 
+/// What the host's capacity was made of in the last cycle (see
+/// [`crate::core::capacity::Capacity`]), beside the measured figures
+/// `render` writes: the declared ones, the reservations, the ratios, the
+/// memory pressure threshold.
+fn host_capacity(o: &mut Out, c: &crate::core::capacity::Capacity) {
+    if let Some(d) = c.host.cpus.declared {
+        o.gauge(
+            "virtpool_host_declared_cpu_cores",
+            "CPUs declared in [host] (host.cpus): used instead of the measured ones.",
+            &[],
+            d as f64,
+        );
+    }
+    if let Some(d) = c.host.memory.declared {
+        o.gauge(
+            "virtpool_host_declared_memory_bytes",
+            "Memory declared in [host] (host.memory): used instead of the measured memory.",
+            &[],
+            d as f64,
+        );
+    }
+    o.gauge(
+        "virtpool_host_reserved_cpu_cores",
+        "CPUs reserved for the host itself (host.reserved_cpus).",
+        &[],
+        c.reserved.cpus as f64,
+    );
+    o.gauge(
+        "virtpool_host_reserved_memory_bytes",
+        "Memory reserved for the host itself (host.reserved_memory).",
+        &[],
+        c.reserved.memory as f64,
+    );
+    o.gauge(
+        "virtpool_host_cpu_allocation_ratio",
+        "host.cpu_allocation_ratio: allocatable vCPUs per unreserved CPU.",
+        &[],
+        c.ratio.cpus,
+    );
+    o.gauge(
+        "virtpool_host_memory_allocation_ratio",
+        "host.memory_allocation_ratio: allocatable memory per unreserved byte.",
+        &[],
+        c.ratio.memory,
+    );
+    o.gauge(
+        "virtpool_host_memory_pressure_threshold_bytes",
+        "Below this much available memory the host is under memory pressure (memory.pressure_threshold).",
+        &[],
+        c.memory_pressure.threshold as f64,
+    );
+}
+
 /// The whole exposition.
 pub fn render(st: &Report, c: &Counters) -> String {
     let mut o = Out {
@@ -201,6 +254,10 @@ pub fn render(st: &Report, c: &Counters) -> String {
                 value(r, *plan.allocatable.get(r)),
             );
         }
+    }
+
+    if let Some(cap) = &st.capacity {
+        host_capacity(&mut o, cap);
     }
 
     for (what, help) in [

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod notify;
 pub mod observability;
 pub mod reconciler;
+pub mod reload_runtime;
 pub mod report;
 pub mod safe_fs;
 pub mod samples;

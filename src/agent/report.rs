@@ -133,6 +133,10 @@ pub struct Report {
     pub paused: bool,
     pub libvirt: LibvirtStatus,
     pub host: Option<HostCapacity>,
+    /// The capacity the cycle used: declared beside measured, reserved,
+    /// ratios, allocatable, memory pressure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<crate::core::capacity::Capacity>,
     pub last_cycle: Option<CycleInfo>,
     /// The last plan (with the actual values after its actions).
     pub plan: Option<Plan>,
@@ -293,6 +297,7 @@ mod tests {
                 error: Some("no socket\nat all".into()),
             },
             host: None,
+            capacity: None,
             last_cycle: None,
             plan: None,
             domains: Vec::new(),

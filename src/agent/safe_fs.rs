@@ -306,6 +306,16 @@ pub fn read_bounded(f: File, max: u64) -> Result<Vec<u8>, FileError> {
 /// `name`, then the directory fsynced. `dir` must have been checked
 /// ([`ensure_dir`]).
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(dir, name, |w| w.write_all(bytes))
+}
+
+/// [`write_atomic`] with the content written by `write` (through a
+/// buffer: a large file is never held whole in memory).
+pub fn write_atomic_with(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     // A leftover of a crash, or anything planted there: removed (a link
     // itself, not what it points to), never written through.
@@ -315,7 +325,7 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()>
         Err(e) => return Err(e),
     }
     {
-        let mut f = opened(
+        let f = opened(
             OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -324,7 +334,9 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()>
                 .open(&tmp),
         )?;
         f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
-        f.write_all(bytes)?;
+        let mut w = std::io::BufWriter::with_capacity(16 * 1024, f);
+        write(&mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, dir.join(name))?;

@@ -299,6 +299,7 @@ mod tests {
                 error: None,
             },
             host: None,
+            capacity: None,
             last_cycle: Some(CycleInfo {
                 finished_at: time,
                 duration_ms: 1.0,

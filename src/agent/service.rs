@@ -7,11 +7,13 @@
 //!   and on its own watchdog tick, so a hung libvirt call stops the pings
 //!   and systemd restarts the agent.
 //! - [`run`] waits for signals: SIGHUP re-reads and validates the config
-//!   ([`load_checked`]) and hands the result to the reconciler; SIGTERM/SIGINT
+//!   ([`crate::agent::load::load_checked`], then against the runtime state:
+//!   [`crate::agent::reload_runtime`]) and hands the result to the
+//!   reconciler; SIGTERM/SIGINT
 //!   let the current cycle finish, persist state and return.
 
 use crate::agent::load::{
-    keep_restart_only, load_checked, restart_only_changes, LoadError, Overrides,
+    keep_restart_only, load_for_host, restart_only_changes, LoadError, Overrides,
 };
 use crate::agent::notify::{Notice, Notifier};
 use crate::agent::reconciler::Handle;
@@ -31,6 +33,9 @@ pub struct ReloadReport {
     pub file: PathBuf,
     /// Changed settings that apply only on restart (kept as they were).
     pub restart_only: Vec<String>,
+    /// Runtime state entries that do not fit the new file, set aside
+    /// (see [`crate::agent::reload_runtime`]).
+    pub set_aside: Option<crate::agent::reload_runtime::SetAsideOnReload>,
 }
 
 /// A reload asked for through the API (`POST /v1/reload`): the reply is
@@ -70,20 +75,31 @@ pub fn ready(notifier: &dyn Notifier, handle: &Handle) {
 /// READY=1. Returns what was swapped in, or why the file was refused.
 pub async fn reload(parts: &ServiceParts) -> Result<ReloadReport, LoadError> {
     parts.notifier.notify(&[Notice::Reloading]);
-    let mut result = load_checked(&parts.config_path, &parts.overrides);
+    let old = parts.handle.config();
     let mut report = ReloadReport {
         file: parts.config_path.clone(),
         restart_only: Vec::new(),
+        set_aside: None,
     };
-    match &mut result {
-        Ok(new) => {
-            let old = parts.handle.config();
-            let fixed = restart_only_changes(&old, new);
+    // The settings bound at start keep their running values (the state
+    // directory among them, where entries are set aside).
+    let result = match load_for_host(&parts.config_path, &parts.overrides) {
+        Ok((mut new, alloc)) => {
+            let fixed = restart_only_changes(&old, &new);
             if !fixed.is_empty() {
                 tracing::warn!(keys = ?fixed, "these settings change only on restart");
             }
             report.restart_only = fixed.iter().map(|k| k.to_string()).collect();
-            keep_restart_only(&old, new);
+            keep_restart_only(&old, &mut new);
+            runtime_fits(parts, new, alloc).map(|(new, aside)| {
+                report.set_aside = aside;
+                new
+            })
+        }
+        Err(e) => Err(e),
+    };
+    match &result {
+        Ok(new) => {
             if new.pools.is_empty() && !old.pools.is_empty() {
                 tracing::warn!(
                     dropped = ?old.pools.keys().collect::<Vec<_>>(),
@@ -110,6 +126,48 @@ pub async fn reload(parts: &ServiceParts) -> Result<ReloadReport, LoadError> {
         Notice::Status(parts.handle.report().summary()),
     ]);
     outcome
+}
+
+/// The reloaded config against the runtime state (see
+/// [`crate::agent::reload_runtime`]): refused when the runtime pools no
+/// longer fit beside the file's; entries that do not fit the new file set
+/// aside, logged and recorded in the audit log.
+fn runtime_fits(
+    parts: &ServiceParts,
+    new: crate::core::config::Config,
+    alloc: crate::core::config::Allocatable,
+) -> Result<
+    (
+        crate::core::config::Config,
+        Option<crate::agent::reload_runtime::SetAsideOnReload>,
+    ),
+    LoadError,
+> {
+    use crate::agent::reload_runtime::{apply, ReloadStateError};
+    // Inline, as the orderly stop saves: a reload is rare, and the file
+    // is written only when something is set aside.
+    match apply(parts.handle.runtime(), &new, &alloc) {
+        Ok(None) => Ok((new, None)),
+        Ok(Some(aside)) => {
+            for p in &aside.problems {
+                tracing::warn!(kept_in = %aside.file.display(), problem = %p, "runtime state entry set aside: it does not fit the reloaded config");
+            }
+            let ev =
+                crate::agent::audit::Event::now(crate::agent::audit::EventKind::StateSetAside {
+                    file: aside.file.display().to_string(),
+                    problems: aside.problems.clone(),
+                });
+            if let Err(e) = parts.handle.audit().append(&[ev]) {
+                tracing::warn!(error = %e, "cannot write the audit log");
+            }
+            Ok((new, Some(aside)))
+        }
+        Err(ReloadStateError::DoesNotFit(e)) => Err(LoadError::Runtime(Arc::new(e))),
+        Err(e @ ReloadStateError::State(_)) => {
+            tracing::error!(error = %e, "runtime state entries that do not fit the reloaded config stay in state.json, left out of every cycle");
+            Ok((new, None))
+        }
+    }
 }
 
 /// Signal loop until SIGTERM/SIGINT, then the orderly stop: STOPPING=1,

@@ -17,7 +17,7 @@ use crate::core::config::{self, Config, PoolSpec};
 use crate::core::model::PerResource;
 use crate::core::planner::{PendingVcpus, Reservations};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Version of the state file format this build writes and reads.
@@ -68,6 +68,92 @@ impl StateError {
     }
 }
 
+/// A runtime entry that does not fit the config it is applied to: left
+/// out of the effective config (see [`RuntimeState::effective`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StateProblem {
+    #[error("runtime pool {pool:?} has the name of a pool in the config file")]
+    NameTaken { pool: String },
+    #[error("runtime {0}")]
+    InvalidPool(config::PoolError),
+    #[error("{0}")]
+    Conflict(config::MembershipConflict),
+    #[error(
+        "{} domain(s) added to pool {pool:?}, which does not exist ({})",
+        .domains.len(),
+        list(.domains)
+    )]
+    AddedToMissingPool { pool: String, domains: Vec<String> },
+    #[error(
+        "{} domain(s) removed from pool {pool:?}, which does not exist ({})",
+        .domains.len(),
+        list(.domains)
+    )]
+    RemovedFromMissingPool { pool: String, domains: Vec<String> },
+    #[error(
+        "reservations of {} domain(s) in pool {pool:?}, which does not exist ({})",
+        .domains.len(),
+        list(.domains)
+    )]
+    ReservationsInMissingPool { pool: String, domains: Vec<String> },
+    #[error("pause of pool {pool:?}, which does not exist")]
+    PauseOfMissingPool { pool: String },
+}
+
+impl StateProblem {
+    /// The pool the entry names.
+    pub fn pool(&self) -> &str {
+        match self {
+            StateProblem::NameTaken { pool }
+            | StateProblem::AddedToMissingPool { pool, .. }
+            | StateProblem::RemovedFromMissingPool { pool, .. }
+            | StateProblem::ReservationsInMissingPool { pool, .. }
+            | StateProblem::PauseOfMissingPool { pool } => pool,
+            StateProblem::InvalidPool(e) => &e.pool,
+            StateProblem::Conflict(c) => &c.second,
+        }
+    }
+}
+
+/// The first names of a list, for a message.
+fn list(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    s
+}
+
+/// Several [`StateProblem`]s as one error.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct StateProblems(pub Vec<StateProblem>);
+
+/// The config file ⊕ the runtime entries that fit it, and those that do
+/// not (see [`RuntimeState::effective`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effective {
+    pub config: Config,
+    pub problems: Vec<StateProblem>,
+}
+
+impl Effective {
+    /// The config when every entry fits, else every problem.
+    pub fn strict(self) -> Result<Config, StateProblems> {
+        if self.problems.is_empty() {
+            Ok(self.config)
+        } else {
+            Err(StateProblems(self.problems))
+        }
+    }
+}
+
 /// Everything changed at run time.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,58 +187,106 @@ impl RuntimeState {
         }
     }
 
-    /// The config file ⊕ runtime changes. Errors list every problem.
-    pub fn effective(&self, base: &Config) -> Result<Config, Vec<String>> {
+    /// The config file ⊕ runtime changes: what fits is applied, what does
+    /// not is left out and returned as problems (a runtime pool whose name
+    /// the config file now uses or whose spec is invalid; a domain a pool
+    /// lists that another pool listed first; members added or removed,
+    /// reservations and pauses of a pool that does not exist). A pause of
+    /// a pool that exists always applies.
+    pub fn effective(&self, base: &Config) -> Effective {
         let mut cfg = base.clone();
         let mut problems = Vec::new();
+        // Domain listed explicitly → the pool that lists it, the config
+        // file's first; a domain removed from a pool at run time is not
+        // listed there. A map, not `Vec::contains`: linear in the entries
+        // (a list of 300,000 took minutes).
+        let removed_from =
+            |pool: &str, d: &str| self.removed.get(pool).is_some_and(|s| s.contains(d));
+        let mut listed: HashMap<String, String> = HashMap::new();
+        for p in cfg.pools.values() {
+            for d in p.domains.iter().filter(|d| !removed_from(&p.name, d)) {
+                listed.entry(d.clone()).or_insert_with(|| p.name.clone());
+            }
+        }
+        let conflict = |d: &str, first: &str, second: &str| {
+            StateProblem::Conflict(config::MembershipConflict {
+                domain: d.to_owned(),
+                first: first.to_owned(),
+                second: second.to_owned(),
+            })
+        };
         for (name, spec) in &self.pools {
             if cfg.pools.contains_key(name) {
-                problems.push(format!(
-                    "runtime pool {name:?} has the name of a pool in the config file"
-                ));
+                problems.push(StateProblem::NameTaken { pool: name.clone() });
                 continue;
             }
             match Config::validate_pool(name, spec) {
                 Ok(mut p) => {
                     p.runtime = true;
+                    p.domains.retain(|d| match listed.get(d) {
+                        _ if removed_from(name, d) => false,
+                        Some(first) if first != name => {
+                            problems.push(conflict(d, first, name));
+                            false
+                        }
+                        _ => true,
+                    });
+                    for d in &p.domains {
+                        listed.insert(d.clone(), name.clone());
+                    }
                     cfg.pools.insert(name.clone(), p);
                 }
-                Err(e) => problems.extend(e),
+                Err(e) => problems.extend(e.0.into_iter().map(StateProblem::InvalidPool)),
             }
         }
         for (pool, domains) in &self.added {
-            match cfg.pools.get_mut(pool) {
-                Some(p) => {
-                    // A set, not `Vec::contains`: linear in the entries
-                    // (a list of 300,000 took minutes).
-                    let listed: std::collections::HashSet<&str> =
-                        p.domains.iter().map(String::as_str).collect();
-                    let new: Vec<String> = domains
-                        .iter()
-                        .filter(|d| !listed.contains(d.as_str()))
-                        .cloned()
-                        .collect();
-                    p.domains.extend(new);
+            let Some(p) = cfg.pools.get_mut(pool) else {
+                problems.push(StateProblem::AddedToMissingPool {
+                    pool: pool.clone(),
+                    domains: domains.iter().cloned().collect(),
+                });
+                continue;
+            };
+            for d in domains {
+                match listed.get(d) {
+                    Some(first) if first == pool => {}
+                    Some(first) => problems.push(conflict(d, first, pool)),
+                    None => {
+                        p.domains.push(d.clone());
+                        listed.insert(d.clone(), pool.clone());
+                    }
                 }
-                None => problems.push(format!("domains were added to unknown pool {pool:?}")),
             }
         }
         for (pool, domains) in &self.removed {
-            if let Some(p) = cfg.pools.get_mut(pool) {
-                p.domains.retain(|d| !domains.contains(d));
-                p.exclude.extend(domains.iter().cloned());
+            match cfg.pools.get_mut(pool) {
+                Some(p) => {
+                    p.domains.retain(|d| !domains.contains(d));
+                    p.exclude.extend(domains.iter().cloned());
+                }
+                None => problems.push(StateProblem::RemovedFromMissingPool {
+                    pool: pool.clone(),
+                    domains: domains.iter().cloned().collect(),
+                }),
+            }
+        }
+        for (pool, members) in &self.reservations {
+            if !cfg.pools.contains_key(pool) {
+                problems.push(StateProblem::ReservationsInMissingPool {
+                    pool: pool.clone(),
+                    domains: members.keys().cloned().collect(),
+                });
             }
         }
         for name in &self.paused_pools {
-            if let Some(p) = cfg.pools.get_mut(name) {
-                p.paused = true;
+            match cfg.pools.get_mut(name) {
+                Some(p) => p.paused = true,
+                None => problems.push(StateProblem::PauseOfMissingPool { pool: name.clone() }),
             }
         }
-        problems.extend(config::membership_conflicts(&cfg.pools));
-        if problems.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(problems)
+        Effective {
+            config: cfg,
+            problems,
         }
     }
 
@@ -319,10 +453,12 @@ pub(crate) fn write_json<T: Serialize>(
         file: file.clone(),
         source,
     };
-    let mut json = serde_json::to_vec_pretty(value).map_err(|e| werr(std::io::Error::other(e)))?;
-    json.push(b'\n');
     crate::agent::safe_fs::ensure_dir(state_dir, STATE_DIR_MODE)?;
-    crate::agent::safe_fs::write_atomic(state_dir, name, &json).map_err(werr)
+    crate::agent::safe_fs::write_atomic_with(state_dir, name, |w| {
+        serde_json::to_writer_pretty(&mut *w, value).map_err(std::io::Error::other)?;
+        std::io::Write::write_all(w, b"\n")
+    })
+    .map_err(werr)
 }
 
 /// Mode of `state_dir` when the agent creates it.
@@ -390,5 +526,87 @@ mod tests {
         let aside = RuntimeState::reset(dir.path()).unwrap().unwrap();
         assert!(aside.exists());
         assert_eq!(RuntimeState::load(dir.path()).unwrap(), RuntimeState::new());
+    }
+
+    /// A config pool renamed leaves entries naming the old name: they are
+    /// left out and returned as problems; the rest applies, a paused pool
+    /// stays paused.
+    #[test]
+    fn effective_applies_what_fits_and_returns_the_rest() {
+        let cfg = Config::parse(
+            "[pools.web]\nmatch = \"web-*\"\nvcpus = { budget = 8 }\n[pools.db]\ndomains = [\"db-1\"]\nvcpus = { budget = 4 }\n",
+            Path::new("/etc/virtpool/virtpool.toml"),
+        )
+        .unwrap();
+        let spec = |j: &str| -> PoolSpec { serde_json::from_str(j).unwrap() };
+        let mut st = RuntimeState::new();
+        st.paused_pools.insert("web".into());
+        st.paused_pools.insert("jobs".into());
+        st.added
+            .entry("jobs".into())
+            .or_default()
+            .insert("batch-1".into());
+        st.added
+            .entry("web".into())
+            .or_default()
+            .extend(["extra".to_string(), "db-1".to_string()]);
+        st.removed
+            .entry("gone".into())
+            .or_default()
+            .insert("x".into());
+        st.reservations
+            .entry("gone".into())
+            .or_default()
+            .insert("y".into(), PerResource::default());
+        st.pools
+            .insert("db".into(), spec(r#"{"vcpus": {"budget": 1}}"#));
+        st.pools.insert(
+            "spare".into(),
+            spec(r#"{"domains": ["db-1", "s-1"], "vcpus": {"budget": 1}}"#),
+        );
+        let eff = st.effective(&cfg);
+        let c = &eff.config;
+        assert!(c.pools["web"].paused, "the paused pool stays paused");
+        assert_eq!(c.pools["web"].domains, vec!["extra"]);
+        assert_eq!(c.pools["spare"].domains, vec!["s-1"]);
+        assert!(c.pools["spare"].runtime && !c.pools["db"].runtime);
+        let conflict = |first: &str, second: &str| {
+            StateProblem::Conflict(config::MembershipConflict {
+                domain: "db-1".into(),
+                first: first.into(),
+                second: second.into(),
+            })
+        };
+        assert_eq!(
+            eff.problems,
+            vec![
+                StateProblem::NameTaken { pool: "db".into() },
+                conflict("db", "spare"),
+                StateProblem::AddedToMissingPool {
+                    pool: "jobs".into(),
+                    domains: vec!["batch-1".into()]
+                },
+                conflict("db", "web"),
+                StateProblem::RemovedFromMissingPool {
+                    pool: "gone".into(),
+                    domains: vec!["x".into()]
+                },
+                StateProblem::ReservationsInMissingPool {
+                    pool: "gone".into(),
+                    domains: vec!["y".into()]
+                },
+                StateProblem::PauseOfMissingPool {
+                    pool: "jobs".into()
+                },
+            ]
+        );
+        let text = eff.clone().strict().unwrap_err().to_string();
+        assert!(
+            text.contains(r#"1 domain(s) added to pool "jobs", which does not exist ("batch-1")"#)
+                && text.contains(r#"domain "db-1" is listed in pool "db" and pool "web""#),
+            "{text}"
+        );
+        assert_eq!(eff.problems[2].pool(), "jobs");
+        assert!(RuntimeState::new().effective(&cfg).strict().is_ok());
     }
 }

@@ -1,5 +1,6 @@
 //! What a state file read at start-up must satisfy, by the API's own rules
-//! (names as [`config::valid_name`] takes them, amounts up to
+//! (names as [`config::valid_name`] and [`config::valid_domain_name`]
+//! take them, amounts up to
 //! [`config::max_amount`], runtime pools through
 //! [`Config::validate_pool`] and [`config::budget_problems`]), and what
 //! happens when it does not:
@@ -48,31 +49,36 @@ fn list(problems: &[String]) -> String {
 /// Values in `st` that no API request could have written (empty: none).
 pub fn corrupt_entries(st: &RuntimeState) -> Vec<String> {
     let mut out = Vec::new();
-    let mut name = |what: &str, s: &str| {
-        if let Err(e) = config::valid_name(s) {
+    let mut name = |what: &str, s: &str, domain: bool| {
+        let ok = if domain {
+            config::valid_domain_name(s)
+        } else {
+            config::valid_name(s)
+        };
+        if let Err(e) = ok {
             out.push(format!("{what}: {e}"));
         }
     };
     for pool in st.added.keys() {
-        name("added", pool);
+        name("added", pool, false);
     }
     for pool in st.removed.keys() {
-        name("removed", pool);
+        name("removed", pool, false);
     }
     for pool in st.reservations.keys() {
-        name("reservations", pool);
+        name("reservations", pool, false);
     }
     for pool in &st.paused_pools {
-        name("paused_pools", pool);
+        name("paused_pools", pool, false);
     }
     for (pool, domains) in st.added.iter().chain(&st.removed) {
         for d in domains {
-            name(&format!("domains of pool {pool:?}"), d);
+            name(&format!("domains of pool {pool:?}"), d, true);
         }
     }
     for (pool, members) in &st.reservations {
         for d in members.keys() {
-            name(&format!("reservations of pool {pool:?}"), d);
+            name(&format!("reservations of pool {pool:?}"), d, true);
         }
     }
     for (pool, members) in &st.reservations {
@@ -89,7 +95,7 @@ pub fn corrupt_entries(st: &RuntimeState) -> Vec<String> {
     }
     for (pool, spec) in &st.pools {
         if let Err(problems) = Config::validate_pool(pool, spec) {
-            out.extend(problems.into_iter().map(|p| format!("runtime {p}")));
+            out.extend(problems.0.into_iter().map(|p| format!("runtime {p}")));
         }
     }
     out
@@ -136,11 +142,15 @@ pub fn set_aside_unfit(st: &mut RuntimeState, cfg: &Config, alloc: &Allocatable)
     };
     // Pools that stay: the config file's, then the runtime ones that fit.
     let mut kept: BTreeMap<String, Pool> = cfg.pools.clone();
-    // Domain listed by name or UUID → the pool that lists it.
+    // Domain listed by name or UUID → the pool that lists it (not where
+    // it was removed at run time: a domain moved out of a config pool).
     let mut listed: HashMap<String, String> = HashMap::new();
     for p in cfg.pools.values() {
+        let removed = st.removed.get(&p.name);
         for d in &p.domains {
-            listed.entry(d.clone()).or_insert_with(|| p.name.clone());
+            if !removed.is_some_and(|r| r.contains(d)) {
+                listed.entry(d.clone()).or_insert_with(|| p.name.clone());
+            }
         }
     }
     for (name, spec) in std::mem::take(&mut st.pools) {
@@ -150,7 +160,7 @@ pub fn set_aside_unfit(st: &mut RuntimeState, cfg: &Config, alloc: &Allocatable)
             ))
         } else {
             match Config::validate_pool(&name, &spec) {
-                Err(p) => Some(format!("runtime {}", p.join("; "))),
+                Err(p) => Some(format!("runtime {p}")),
                 Ok(mut pool) => {
                     pool.runtime = true;
                     let clash = pool.domains.iter().find_map(|d| {
@@ -166,7 +176,7 @@ pub fn set_aside_unfit(st: &mut RuntimeState, cfg: &Config, alloc: &Allocatable)
                     } else if !fit.is_empty() {
                         Some(format!(
                             "runtime pool {name:?} does not fit this host: {}",
-                            fit.join("; ")
+                            config::BudgetProblems(fit)
                         ))
                     } else {
                         for d in &pool.domains {
@@ -335,7 +345,7 @@ mod tests {
         st.added
             .entry("web".into())
             .or_default()
-            .insert("../x".into());
+            .insert("a/x".into());
         st.pools
             .insert("big".into(), spec(r#"{"vcpus": {"budget": 100000}}"#));
         let bad = corrupt_entries(&st).join("\n");
@@ -347,7 +357,7 @@ mod tests {
             bad.contains("memory 2305843009213693952 is out of range"),
             "{bad}"
         );
-        assert!(bad.contains("\"../x\""), "{bad}");
+        assert!(bad.contains("\"a/x\" contains '/'"), "{bad}");
         assert!(
             bad.contains("vcpus.budget (100000) is out of range"),
             "{bad}"
@@ -428,12 +438,27 @@ mod tests {
         assert_eq!(st.added["web"].len(), 2);
         assert!(!st.added.contains_key("gone") && !st.added.contains_key("small"));
         assert!(st.paused_pools.contains("web") && !st.paused_pools.contains("gone"));
-        assert!(st.effective(&cfg()).is_ok());
+        assert!(st.effective(&cfg()).problems.is_empty());
         assert!(aside.entries.pools.contains_key("zbig"));
         assert!(aside.entries.added["gone"].contains("d"));
         // Nothing to set aside: nothing moves.
         let mut again = st.clone();
         assert!(set_aside_unfit(&mut again, &cfg(), &alloc()).is_empty());
         assert_eq!(again, st);
+        // A domain moved out of a config pool's list stays moved.
+        let mut moved = RuntimeState::new();
+        moved
+            .removed
+            .entry("web".into())
+            .or_default()
+            .insert("a".into());
+        moved.pools.insert(
+            "small".into(),
+            spec(r#"{"domains": ["a"], "vcpus": {"budget": 4}}"#),
+        );
+        let before = moved.clone();
+        assert!(set_aside_unfit(&mut moved, &cfg(), &alloc()).is_empty());
+        assert_eq!(moved, before);
+        assert!(moved.effective(&cfg()).problems.is_empty());
     }
 }

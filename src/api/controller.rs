@@ -13,9 +13,8 @@ use super::views;
 use crate::agent::reconciler::{Control, Scope};
 use crate::agent::report::Report;
 use crate::agent::state::RuntimeState;
-use crate::core::config::{self, Config, Mode, PoolSpec};
-use crate::core::membership::Membership;
-use crate::core::model::{PerResource, Resource};
+use crate::core::config::{self, Config, Mode};
+use crate::core::model::Resource;
 use crate::core::planner::{self, Plan, PlanInput};
 use axum::body::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,6 +89,7 @@ pub struct Cached {
 }
 
 /// What a change did, for the response and the event log.
+#[derive(Debug)]
 pub struct Outcome<T> {
     pub value: T,
     pub changed: bool,
@@ -178,6 +178,8 @@ impl AppState {
             Ok(r) => Ok(ReloadResponse {
                 file: r.file.display().to_string(),
                 restart_only: r.restart_only,
+                set_aside_file: r.set_aside.as_ref().map(|a| a.file.display().to_string()),
+                set_aside: r.set_aside.map(|a| a.problems).unwrap_or_default(),
             }),
             Err(e) => Err(Error::ConfigRefused(e.to_string())),
         }
@@ -475,11 +477,11 @@ pub struct Ctx {
     pub config: Arc<Config>,
 }
 
-fn no_pool(name: &str) -> Error {
+pub(super) fn no_pool(name: &str) -> Error {
     Error::NotFound(format!("no pool {name:?}"))
 }
 
-fn no_domain(key: &str) -> Error {
+pub(super) fn no_domain(key: &str) -> Error {
     Error::NotFound(format!("no domain {key:?} (by name or UUID)"))
 }
 
@@ -489,11 +491,11 @@ pub fn current_plan(st: &Report, rt: &RuntimeState, cfg: &Config) -> Result<Plan
     if st.cycle == 0 {
         return Err(Error::NotReady);
     }
-    let effective = rt.effective(cfg).unwrap_or_else(|_| cfg.clone());
+    let effective = rt.effective(cfg).config;
     Ok(plan_with(st, &effective, rt, host))
 }
 
-fn plan_with(
+pub(super) fn plan_with(
     st: &Report,
     effective: &Config,
     rt: &RuntimeState,
@@ -513,18 +515,27 @@ fn plan_with(
 }
 
 /// The effective config of a candidate state, or 409 with every problem.
-fn effective(rt: &RuntimeState, cfg: &Config) -> Result<Config, Error> {
-    rt.effective(cfg).map_err(|p| Error::Conflict(p.join("; ")))
+pub(super) fn effective(rt: &RuntimeState, cfg: &Config) -> Result<Config, Error> {
+    rt.effective(cfg)
+        .strict()
+        .map_err(|p| Error::Conflict(p.to_string()))
 }
 
-/// Validates a name from the URL or a body.
+/// Validates a pool name from the URL or a body.
 pub fn parse_name(what: &str, s: &str) -> Result<(), Error> {
     config::valid_name(s).map_err(|e| Error::BadRequest(format!("{what}: {e}")))
 }
 
+/// Validates a domain name (or UUID) from the URL or a body: any name
+/// libvirt takes but for control characters (see
+/// [`config::valid_domain_name`]).
+pub fn parse_domain(s: &str) -> Result<(), Error> {
+    config::valid_domain_name(s).map_err(|e| Error::BadRequest(e.to_string()))
+}
+
 /// Validates the amounts of an allocate/release request.
 pub fn check_amounts(req: &Reservation) -> Result<(), Error> {
-    parse_name("domain", &req.domain)?;
+    parse_domain(&req.domain)?;
     let a = req.amounts();
     for r in Resource::ALL {
         if let Some(v) = a.get(r) {
@@ -537,502 +548,4 @@ pub fn check_amounts(req: &Reservation) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-// ------------------------------------------------------------ transactions
-//
-// Each takes the context and a mutable copy of the runtime state, and
-// returns what it did; the caller saves and swaps.
-
-/// `PUT /v1/pools/{pool}`.
-pub fn put_pool(
-    ctx: &Ctx,
-    rt: &mut RuntimeState,
-    name: &str,
-    spec: PoolSpec,
-) -> Result<Outcome<bool>, Error> {
-    parse_name("pool", name)?;
-    if ctx.config.pools.contains_key(name) {
-        return Err(Error::Conflict(format!(
-            "pool {name:?} is defined in the config file {}: change it there",
-            ctx.config.source.display()
-        )));
-    }
-    Config::validate_pool(name, &spec).map_err(|p| Error::BadRequest(p.join("; ")))?;
-    let created = !rt.pools.contains_key(name);
-    if rt.pools.get(name) == Some(&spec) {
-        return Ok(Outcome {
-            value: false,
-            changed: false,
-            message: format!("pool {name:?} unchanged"),
-        });
-    }
-    rt.pools.insert(name.to_string(), spec);
-    let eff = effective(rt, &ctx.config)?;
-    let host = ctx.status.host.ok_or(Error::NotReady)?;
-    let alloc = eff.host.allocatable(&host);
-    let problems = config::budget_problems(&eff.pools, &alloc);
-    if !problems.is_empty() {
-        return Err(Error::DoesNotFit(problems.join("; ")));
-    }
-    Ok(Outcome {
-        value: created,
-        changed: true,
-        message: format!(
-            "pool {name:?} {}",
-            if created { "created" } else { "updated" }
-        ),
-    })
-}
-
-/// `DELETE /v1/pools/{pool}`.
-pub fn delete_pool(ctx: &Ctx, rt: &mut RuntimeState, name: &str) -> Result<Outcome<()>, Error> {
-    parse_name("pool", name)?;
-    if ctx.config.pools.contains_key(name) {
-        return Err(Error::Conflict(format!(
-            "pool {name:?} is defined in the config file {}: only runtime pools can be deleted",
-            ctx.config.source.display()
-        )));
-    }
-    if rt.pools.remove(name).is_none() {
-        return Err(no_pool(name));
-    }
-    rt.added.remove(name);
-    rt.removed.remove(name);
-    rt.reservations.remove(name);
-    rt.paused_pools.remove(name);
-    Ok(Outcome {
-        value: (),
-        changed: true,
-        message: format!("pool {name:?} deleted"),
-    })
-}
-
-/// The effective pool config, or 404.
-fn pool_exists(eff: &Config, pool: &str) -> Result<(), Error> {
-    if eff.pools.contains_key(pool) {
-        Ok(())
-    } else {
-        Err(no_pool(pool))
-    }
-}
-
-/// `POST /v1/pools/{pool}/members`.
-pub fn add_member(
-    ctx: &Ctx,
-    rt: &mut RuntimeState,
-    pool: &str,
-    domain: &str,
-) -> Result<Outcome<()>, Error> {
-    parse_name("pool", pool)?;
-    parse_name("domain", domain)?;
-    let eff = effective(rt, &ctx.config)?;
-    pool_exists(&eff, pool)?;
-    let d = views::find_domain(&ctx.status.domains, domain).ok_or_else(|| no_domain(domain))?;
-    match Membership::new(&eff.pools).pool_of(d) {
-        Some((p, _)) if p == pool => {
-            return Ok(Outcome {
-                value: (),
-                changed: false,
-                message: format!("domain {:?} is already in pool {pool:?}", d.name),
-            })
-        }
-        Some((other, _)) => {
-            return Err(Error::Conflict(format!(
-                "domain {:?} is in pool {other:?}: a domain belongs to at most one pool (remove it there first)",
-                d.name
-            )))
-        }
-        None => {}
-    }
-    if let Some(set) = rt.removed.get_mut(pool) {
-        set.remove(&*d.name);
-        set.remove(&*d.uuid);
-        set.remove(domain);
-        if set.is_empty() {
-            rt.removed.remove(pool);
-        }
-    }
-    let eff = effective(rt, &ctx.config)?;
-    if Membership::new(&eff.pools).pool_of(d).map(|(p, _)| p) != Some(pool) {
-        rt.added
-            .entry(pool.to_string())
-            .or_default()
-            .insert(d.name.to_string());
-    }
-    let eff = effective(rt, &ctx.config)?;
-    match Membership::new(&eff.pools).pool_of(d) {
-        Some((p, _)) if p == pool => Ok(Outcome {
-            value: (),
-            changed: true,
-            message: format!("domain {:?} added to pool {pool:?}", d.name),
-        }),
-        other => Err(Error::Conflict(format!(
-            "domain {:?} would be in {} instead of pool {pool:?}",
-            d.name,
-            other.map_or("no pool".to_string(), |(p, _)| format!("pool {p:?}"))
-        ))),
-    }
-}
-
-/// `DELETE /v1/pools/{pool}/members/{domain}`.
-pub fn remove_member(
-    ctx: &Ctx,
-    rt: &mut RuntimeState,
-    pool: &str,
-    domain: &str,
-) -> Result<Outcome<()>, Error> {
-    parse_name("pool", pool)?;
-    parse_name("domain", domain)?;
-    let eff = effective(rt, &ctx.config)?;
-    pool_exists(&eff, pool)?;
-    let found = views::find_domain(&ctx.status.domains, domain);
-    let (name, uuid) = match found {
-        Some(d) => (d.name.to_string(), d.uuid.to_string()),
-        None => (domain.to_string(), domain.to_string()),
-    };
-    let listed = rt
-        .added
-        .get(pool)
-        .is_some_and(|s| s.contains(&name) || s.contains(&uuid) || s.contains(domain));
-    let member =
-        found.is_some_and(|d| Membership::new(&eff.pools).pool_of(d).map(|(p, _)| p) == Some(pool));
-    if !member && !listed {
-        return Err(Error::NotFound(format!(
-            "domain {domain:?} is not a member of pool {pool:?}"
-        )));
-    }
-    if let Some(set) = rt.added.get_mut(pool) {
-        set.remove(&name);
-        set.remove(&uuid);
-        set.remove(domain);
-        if set.is_empty() {
-            rt.added.remove(pool);
-        }
-    }
-    if let Some(res) = rt.reservations.get_mut(pool) {
-        res.remove(&name);
-        res.remove(&uuid);
-        if res.is_empty() {
-            rt.reservations.remove(pool);
-        }
-    }
-    let eff = effective(rt, &ctx.config)?;
-    let still =
-        found.is_some_and(|d| Membership::new(&eff.pools).pool_of(d).map(|(p, _)| p) == Some(pool));
-    if still {
-        rt.removed
-            .entry(pool.to_string())
-            .or_default()
-            .insert(name.clone());
-    }
-    effective(rt, &ctx.config)?;
-    Ok(Outcome {
-        value: (),
-        changed: true,
-        message: format!("domain {name:?} removed from pool {pool:?}"),
-    })
-}
-
-/// A resolved member of a pool.
-struct MemberRef {
-    name: String,
-    uuid: String,
-}
-
-fn member_of(ctx: &Ctx, eff: &Config, pool: &str, domain: &str) -> Result<MemberRef, Error> {
-    pool_exists(eff, pool)?;
-    let d = views::find_domain(&ctx.status.domains, domain).ok_or_else(|| no_domain(domain))?;
-    match Membership::new(&eff.pools).pool_of(d) {
-        Some((p, _)) if p == pool => Ok(MemberRef {
-            name: d.name.to_string(),
-            uuid: d.uuid.to_string(),
-        }),
-        Some((p, _)) => Err(Error::Conflict(format!(
-            "domain {:?} is in pool {p:?}, not in pool {pool:?}",
-            d.name
-        ))),
-        None => Err(Error::Conflict(format!(
-            "domain {:?} is not in pool {pool:?} (it is unmanaged)",
-            d.name
-        ))),
-    }
-}
-
-/// The stored reservation of a member, moved under its name.
-fn take_reservation(rt: &mut RuntimeState, pool: &str, m: &MemberRef) -> PerResource<Option<u64>> {
-    let Some(res) = rt.reservations.get_mut(pool) else {
-        return PerResource::default();
-    };
-    let by_uuid = res.remove(&m.uuid);
-    res.remove(&m.name).or(by_uuid).unwrap_or_default()
-}
-
-fn put_reservation(rt: &mut RuntimeState, pool: &str, m: &MemberRef, r: PerResource<Option<u64>>) {
-    if Resource::ALL.iter().all(|x| r.get(*x).is_none()) {
-        if rt.reservations.get(pool).is_some_and(|v| v.is_empty()) {
-            rt.reservations.remove(pool);
-        }
-        return;
-    }
-    rt.reservations
-        .entry(pool.to_string())
-        .or_default()
-        .insert(m.name.clone(), r);
-}
-
-/// `POST /v1/pools/{pool}/allocate`: sets reservations, admission-checked.
-/// Needs libvirt: admission is checked against the members' current floors
-/// (guest-used memory), which a disconnected agent does not know.
-pub fn allocate(
-    ctx: &Ctx,
-    rt: &mut RuntimeState,
-    pool: &str,
-    req: &Reservation,
-) -> Result<Outcome<ReservationResponse>, Error> {
-    parse_name("pool", pool)?;
-    check_amounts(req)?;
-    if req.is_empty() {
-        return Err(Error::BadRequest(
-            "name at least one of vcpus, memory, disk_bytes_sec, disk_iops_sec".into(),
-        ));
-    }
-    let st = &ctx.status;
-    let host = st.host.ok_or(Error::NotReady)?;
-    if st.cycle == 0 {
-        return Err(Error::NotReady);
-    }
-    if !st.libvirt.connected {
-        return Err(Error::LibvirtDown(
-            st.libvirt
-                .error
-                .clone()
-                .unwrap_or_else(|| "no connection".into()),
-        ));
-    }
-    let eff = effective(rt, &ctx.config)?;
-    let m = member_of(ctx, &eff, pool, &req.domain)?;
-    let pconf = eff.pools.get(pool).ok_or_else(|| no_pool(pool))?;
-    let d = views::find_domain(&st.domains, &m.uuid).ok_or_else(|| no_domain(&req.domain))?;
-    let want = req.amounts();
-    let before = plan_with(st, &eff, rt, host);
-    let old = take_reservation(rt, pool, &m);
-    let mut new = old;
-    let budget = Config::pool_budget(pconf, &before.allocatable);
-    for r in Resource::ALL {
-        let Some(v) = *want.get(r) else { continue };
-        let Some(b) = *budget.get(r) else {
-            return Err(Error::BadRequest(format!(
-                "pool {pool:?} does not manage {r}"
-            )));
-        };
-        let lim = pconf.member_limits(&m.name, &m.uuid, r);
-        let hw = match r {
-            Resource::Vcpus => d.vcpus_max.max(1),
-            Resource::Memory => d.memory_max,
-            Resource::DiskBytesSec | Resource::DiskIopsSec => crate::core::planner::UNCAPPED,
-            // Its online vCPUs' worth (its maximum while it is shut off).
-            Resource::Cpu => {
-                let vcpus = if d.state.is_active() {
-                    d.vcpus
-                } else {
-                    d.vcpus_max
-                };
-                vcpus.max(1).saturating_mul(crate::core::cpu::MILLI)
-            }
-        };
-        if let Some(max) = lim.max.filter(|mx| v > *mx) {
-            return Err(Error::DoesNotFit(format!(
-                "{r} reservation {} for {:?} is above its max {}",
-                r.human(v),
-                m.name,
-                r.human(max)
-            )));
-        }
-        if v > hw {
-            return Err(Error::DoesNotFit(format!(
-                "{r} reservation {} for {:?} is above what the domain can have ({})",
-                r.human(v),
-                m.name,
-                r.human(hw)
-            )));
-        }
-        if v > b {
-            return Err(Error::DoesNotFit(format!(
-                "{r} reservation {} for {:?} is above the budget of pool {pool:?} ({})",
-                r.human(v),
-                m.name,
-                r.human(b)
-            )));
-        }
-        *new.get_mut(r) = if v == 0 { None } else { Some(v) };
-    }
-    put_reservation(rt, pool, &m, new);
-    // Admission: Σ floors of the other admitted members + this one's floor
-    // under the new reservation must fit the budget, for each raised resource.
-    let after = plan_with(st, &effective(rt, &ctx.config)?, rt, host);
-    let pb = before.pools.iter().find(|p| p.name == pool);
-    let pa = after.pools.iter().find(|p| p.name == pool);
-    for r in Resource::ALL {
-        let (Some(v), Some(b)) = (*want.get(r), *budget.get(r)) else {
-            continue;
-        };
-        if v <= old.get(r).unwrap_or(0) {
-            continue;
-        }
-        let others: u64 = pb
-            .map(|p| {
-                p.members
-                    .iter()
-                    .filter(|x| *x.uuid != *m.uuid && x.admitted)
-                    .filter_map(|x| x.alloc.get(r).map(|a| a.floor))
-                    .sum()
-            })
-            .unwrap_or(0);
-        let mine = pa
-            .and_then(|p| p.members.iter().find(|x| *x.uuid == *m.uuid))
-            .and_then(|x| x.alloc.get(r).map(|a| a.floor))
-            .unwrap_or(0)
-            .max(v);
-        if others.saturating_add(mine) > b {
-            return Err(Error::DoesNotFit(format!(
-                "{r} reservation {} for {:?} does not fit pool {pool:?}: the other admitted members hold {} of its {} budget, {} is free for reservations",
-                r.human(v),
-                m.name,
-                r.human(others),
-                r.human(b),
-                r.human(b.saturating_sub(others))
-            )));
-        }
-    }
-    let changed = new != old;
-    Ok(Outcome {
-        changed,
-        message: format!(
-            "reservation of {:?} in pool {pool:?} set to {}",
-            m.name,
-            describe(&new)
-        ),
-        value: ReservationResponse {
-            pool: pool.to_string(),
-            domain: m.name.clone(),
-            reservation: new,
-            changed,
-            cycle: None,
-        },
-    })
-}
-
-/// `POST /v1/pools/{pool}/release`: lowers or clears reservations. Works
-/// while libvirt is down (it only ever lowers what is guaranteed).
-pub fn release(
-    ctx: &Ctx,
-    rt: &mut RuntimeState,
-    pool: &str,
-    req: &Reservation,
-) -> Result<Outcome<ReservationResponse>, Error> {
-    parse_name("pool", pool)?;
-    check_amounts(req)?;
-    let eff = effective(rt, &ctx.config)?;
-    pool_exists(&eff, pool)?;
-    // A domain no longer observed can still have its reservation released.
-    let m = match member_of(ctx, &eff, pool, &req.domain) {
-        Ok(m) => m,
-        Err(e) => {
-            let held = rt
-                .reservations
-                .get(pool)
-                .is_some_and(|v| v.contains_key(&req.domain));
-            if !held {
-                return Err(e);
-            }
-            MemberRef {
-                name: req.domain.clone(),
-                uuid: req.domain.clone(),
-            }
-        }
-    };
-    let old = take_reservation(rt, pool, &m);
-    let mut new = old;
-    if req.is_empty() {
-        new = PerResource::default();
-    } else {
-        let want = req.amounts();
-        for r in Resource::ALL {
-            if let Some(v) = *want.get(r) {
-                let left = new.get(r).unwrap_or(0).saturating_sub(v);
-                *new.get_mut(r) = (left > 0).then_some(left);
-            }
-        }
-    }
-    put_reservation(rt, pool, &m, new);
-    let changed = new != old;
-    Ok(Outcome {
-        changed,
-        message: format!(
-            "reservation of {:?} in pool {pool:?} lowered to {}",
-            m.name,
-            describe(&new)
-        ),
-        value: ReservationResponse {
-            pool: pool.to_string(),
-            domain: m.name.clone(),
-            reservation: new,
-            changed,
-            cycle: None,
-        },
-    })
-}
-
-fn describe(r: &PerResource<Option<u64>>) -> String {
-    let parts: Vec<String> = Resource::ALL
-        .iter()
-        .filter_map(|x| r.get(*x).map(|v| format!("{x} {}", x.human(v))))
-        .collect();
-    if parts.is_empty() {
-        "none".into()
-    } else {
-        parts.join(", ")
-    }
-}
-
-/// `POST /v1/pause|resume` (`pool` = None) and `/v1/pools/{pool}/pause|resume`.
-pub fn set_paused(
-    ctx: &Ctx,
-    rt: &mut RuntimeState,
-    pool: Option<&str>,
-    paused: bool,
-) -> Result<Outcome<()>, Error> {
-    let verb = if paused { "paused" } else { "resumed" };
-    let Some(pool) = pool else {
-        let changed = rt.paused != paused;
-        rt.paused = paused;
-        return Ok(Outcome {
-            value: (),
-            changed,
-            message: format!("agent {verb}"),
-        });
-    };
-    parse_name("pool", pool)?;
-    let eff = effective(rt, &ctx.config)?;
-    pool_exists(&eff, pool)?;
-    if !paused {
-        let file_paused = ctx.config.pools.get(pool).is_some_and(|p| p.paused)
-            || rt.pools.get(pool).is_some_and(|s| s.paused);
-        if file_paused {
-            return Err(Error::Conflict(format!(
-                "pool {pool:?} is paused by its definition (paused = true): change the definition to resume it"
-            )));
-        }
-    }
-    let changed = if paused {
-        rt.paused_pools.insert(pool.to_string())
-    } else {
-        rt.paused_pools.remove(pool)
-    };
-    Ok(Outcome {
-        value: (),
-        changed,
-        message: format!("pool {pool:?} {verb}"),
-    })
 }

@@ -144,6 +144,12 @@ impl IntoResponse for Error {
     }
 }
 
+impl From<crate::core::planner::reserve::ReserveRefusal> for Error {
+    fn from(e: crate::core::planner::reserve::ReserveRefusal) -> Error {
+        Error::DoesNotFit(e.to_string())
+    }
+}
+
 impl From<axum::extract::rejection::JsonRejection> for Error {
     fn from(r: axum::extract::rejection::JsonRejection) -> Error {
         use axum::extract::rejection::JsonRejection as J;

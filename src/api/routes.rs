@@ -8,6 +8,7 @@
 use super::auth::{Peer, Privilege};
 use super::controller::{self, AppState};
 use super::error::Error;
+use super::transactions;
 use super::types::*;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
@@ -242,7 +243,7 @@ async fn domains(State(s): State<AppState>, h: HeaderMap) -> Result<Response, Er
 }
 
 async fn domain(State(s): State<AppState>, Path(key): Path<String>) -> R<DomainView> {
-    controller::parse_name("domain", &key)?;
+    controller::parse_domain(&key)?;
     Ok(axum::Json(s.domain(&key)?))
 }
 
@@ -304,11 +305,11 @@ async fn put_pool(
     Caller(peer): Caller,
     Path(name): Path<String>,
     Query(q): Query<WaitQuery>,
-    Json(spec): Json<PoolSpec>,
+    Json(body): Json<PutPool>,
 ) -> Result<Response, Error> {
     let (out, cycle) = s
         .change(peer, q.wait, move |ctx, rt| {
-            controller::put_pool(ctx, rt, &name, spec)
+            transactions::put_pool(ctx, rt, &name, body)
         })
         .await?;
     let code = if out.value {
@@ -332,7 +333,7 @@ async fn delete_pool(
 ) -> R<ChangeResponse> {
     let (out, cycle) = s
         .change(peer, q.wait, move |ctx, rt| {
-            controller::delete_pool(ctx, rt, &name)
+            transactions::delete_pool(ctx, rt, &name)
         })
         .await?;
     Ok(change_response(out, cycle))
@@ -347,7 +348,7 @@ async fn add_member(
 ) -> R<ChangeResponse> {
     let (out, cycle) = s
         .change(peer, q.wait, move |ctx, rt| {
-            controller::add_member(ctx, rt, &pool, &body.domain)
+            transactions::add_member(ctx, rt, &pool, &body)
         })
         .await?;
     Ok(change_response(out, cycle))
@@ -361,7 +362,7 @@ async fn remove_member(
 ) -> R<ChangeResponse> {
     let (out, cycle) = s
         .change(peer, q.wait, move |ctx, rt| {
-            controller::remove_member(ctx, rt, &pool, &domain)
+            transactions::remove_member(ctx, rt, &pool, &domain)
         })
         .await?;
     Ok(change_response(out, cycle))
@@ -378,7 +379,7 @@ async fn allocate(
         .change_scoped(
             peer,
             q.wait,
-            move |ctx, rt| controller::allocate(ctx, rt, &pool, &req),
+            move |ctx, rt| transactions::allocate(ctx, rt, &pool, &req),
             |v: &ReservationResponse| Some(v.domain.clone()),
         )
         .await?;
@@ -398,7 +399,7 @@ async fn release(
         .change_scoped(
             peer,
             q.wait,
-            move |ctx, rt| controller::release(ctx, rt, &pool, &req),
+            move |ctx, rt| transactions::release(ctx, rt, &pool, &req),
             |v: &ReservationResponse| Some(v.domain.clone()),
         )
         .await?;
@@ -416,7 +417,7 @@ async fn set_paused(
 ) -> R<ChangeResponse> {
     let (out, cycle) = s
         .change(peer, wait, move |ctx, rt| {
-            controller::set_paused(ctx, rt, pool.as_deref(), paused)
+            transactions::set_paused(ctx, rt, pool.as_deref(), paused)
         })
         .await?;
     Ok(change_response(out, cycle))

@@ -63,6 +63,49 @@ pub struct WaitQuery {
 pub struct AddMember {
     /// Domain name or UUID.
     pub domain: String,
+    /// Take the domain from the pool it is in (refused without).
+    #[serde(default, rename = "move", skip_serializing_if = "std::ops::Not::not")]
+    pub move_: bool,
+}
+
+/// `PUT /v1/pools/{pool}`: the pool, in the shape of a `[pools.NAME]`
+/// table ([`PoolSpec`]), and `"move": true` to take the domains it lists
+/// from the pools they are in (refused without).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PutPool {
+    pub spec: PoolSpec,
+    pub move_: bool,
+}
+
+impl Serialize for PutPool {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        let mut v = serde_json::to_value(&self.spec).map_err(S::Error::custom)?;
+        if let (true, Some(m)) = (self.move_, v.as_object_mut()) {
+            m.insert("move".into(), serde_json::Value::Bool(true));
+        }
+        v.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for PutPool {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let move_ = match map.remove("move") {
+            None => false,
+            Some(serde_json::Value::Bool(b)) => b,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "move: expected true or false, found {other}"
+                )))
+            }
+        };
+        // The spec's own errors keep their path (`vcpus.budget: ...`).
+        let spec = serde_path_to_error::deserialize(serde_json::Value::Object(map))
+            .map_err(D::Error::custom)?;
+        Ok(PutPool { spec, move_ })
+    }
 }
 
 /// `POST /v1/pools/{pool}/allocate`: sets the member's reservation (its
@@ -126,6 +169,7 @@ pub struct StatusResponse {
     /// Cycles run since start (0 before the first).
     pub cycle: u64,
     pub last_cycle: Option<CycleInfo>,
+    /// The host as measured (see `capacity` for what the agent uses).
     pub host: Option<HostCapacity>,
     /// Allocatable capacity from the last plan.
     pub allocatable: Option<PerResource<u64>>,
@@ -133,6 +177,10 @@ pub struct StatusResponse {
     /// the last plan (memory targets lowered). Absent when it was not.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub memory_pressure: bool,
+    /// The capacity the last cycle used: declared (`[host]`) beside
+    /// measured, reserved, ratios, allocatable, host memory pressure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<crate::core::capacity::Capacity>,
     pub pools: usize,
     pub domains: DomainCounts,
     /// The last config / runtime state error, if any.
@@ -365,6 +413,13 @@ pub struct ReloadResponse {
     /// running values until then).
     #[serde(default)]
     pub restart_only: Vec<String>,
+    /// Runtime state entries that no longer fit the file (of a pool it no
+    /// longer has, a runtime pool whose name it now uses, ...): taken out
+    /// of the state and kept in `set_aside_file`. The rest stays.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set_aside: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_aside_file: Option<String>,
 }
 
 /// `GET /v1/events`: records of the audit log.

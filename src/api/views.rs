@@ -158,6 +158,7 @@ pub fn status(st: &Report, rt: &RuntimeState, cfg: &Config) -> StatusResponse {
         host: st.host,
         allocatable: st.plan.as_ref().map(|p| p.allocatable),
         memory_pressure: st.plan.as_ref().is_some_and(|p| p.pressure),
+        capacity: st.capacity,
         pools: st.plan.as_ref().map_or(cfg.pools.len(), |p| p.pools.len()),
         domains: counts,
         config_error: st.config_error.clone(),

@@ -14,7 +14,8 @@
 
 use super::controller::{self, AppState, Ctx};
 use super::error::Error;
-use super::types::{Reservation, MAX_VCPUS};
+use super::transactions;
+use super::types::{AddMember, Reservation, MAX_VCPUS};
 use crate::agent::load;
 use crate::agent::report::Report;
 use crate::agent::state::RuntimeState;
@@ -96,6 +97,10 @@ pub struct WhatIfChange {
     pub disk_iops_sec: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<crate::core::cpu::Cores>,
+    /// With `add`: take the domain from the pool it is in, as
+    /// `"move": true` does for `POST /v1/pools/{pool}/members`.
+    #[serde(default, rename = "move", skip_serializing_if = "std::ops::Not::not")]
+    pub move_: bool,
 }
 
 impl WhatIfChange {
@@ -228,6 +233,7 @@ fn with_domains(st: &Arc<Report>, extra: Vec<DomainObs>) -> Arc<Report> {
         results: Vec::new(),
         config_error: None,
         basis: st.basis.clone(),
+        capacity: st.capacity,
     })
 }
 
@@ -246,7 +252,11 @@ fn apply_changes(
             units::human_bytes(d.memory.0)
         );
         if let Some(p) = &d.pool {
-            controller::add_member(ctx, rt, p, &d.name)?;
+            let body = AddMember {
+                domain: d.name.clone(),
+                move_: false,
+            };
+            transactions::add_member(ctx, rt, p, &body)?;
             w.push_str(&format!(" in pool {p}"));
         }
         words.push(w);
@@ -254,34 +264,41 @@ fn apply_changes(
     for c in &req.changes {
         let (pool, res) = (&c.pool, c.reservation());
         match c.op {
-            ChangeOp::Allocate => controller::allocate(ctx, rt, pool, &res).map(drop)?,
-            ChangeOp::Release => controller::release(ctx, rt, pool, &res).map(drop)?,
-            ChangeOp::Add => controller::add_member(ctx, rt, pool, &c.domain).map(drop)?,
-            ChangeOp::Remove => controller::remove_member(ctx, rt, pool, &c.domain).map(drop)?,
+            ChangeOp::Allocate => transactions::allocate(ctx, rt, pool, &res).map(drop)?,
+            ChangeOp::Release => transactions::release(ctx, rt, pool, &res).map(drop)?,
+            ChangeOp::Add => {
+                let body = AddMember {
+                    domain: c.domain.clone(),
+                    move_: c.move_,
+                };
+                transactions::add_member(ctx, rt, pool, &body).map(drop)?
+            }
+            ChangeOp::Remove => transactions::remove_member(ctx, rt, pool, &c.domain).map(drop)?,
         }
         words.push(c.words());
     }
     Ok(())
 }
 
-/// What runs the candidate's effective config would not take.
+/// What runs the candidate's effective config would not take: runtime
+/// entries set aside (they no longer fit it), budgets that no longer fit
+/// allocatable with the runtime pools.
 fn problems(rt: &RuntimeState, cfg: &Config, st: &Report) -> Vec<String> {
-    let eff = match rt.effective(cfg) {
-        Ok(e) => e,
-        Err(p) => {
-            return vec![format!(
-                "the runtime state does not fit this config ({}): the agent would run the config file alone",
-                p.join("; ")
-            )]
-        }
-    };
-    let Some(host) = st.host else {
-        return Vec::new();
-    };
-    config::budget_problems(&eff.pools, &eff.host.allocatable(&host))
-        .into_iter()
-        .map(|p| format!("with the runtime pools: {p}"))
-        .collect()
+    let eff = rt.effective(cfg);
+    let mut out: Vec<String> = eff
+        .problems
+        .iter()
+        .map(|p| format!("runtime entry set aside: {p}"))
+        .collect();
+    if let Some(host) = st.host {
+        let alloc = eff.config.host.allocatable(&host);
+        out.extend(
+            config::budget_problems(&eff.config.pools, &alloc)
+                .into_iter()
+                .map(|p| format!("with the runtime pools: {p}")),
+        );
+    }
+    out
 }
 
 /// `POST /v1/plan`.

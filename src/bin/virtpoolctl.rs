@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 use virtpool::api::types::*;
-use virtpool::cli::client::{Client, ClientError, DEFAULT_SOCKET};
+use virtpool::cli::client::{path_segment, Client, ClientError, DEFAULT_SOCKET};
 use virtpool::cli::event_text::{self, EventFilter, PoolScope};
 use virtpool::cli::report::table;
 use virtpool::core::config::{BytesPolicy, CountPolicy};
@@ -106,10 +106,14 @@ enum PoolCmd {
     /// A pool's last hour: budget, allocated, actual and used per
     /// resource, one point per cycle, as sparklines.
     History { pool: String },
-    /// Add a domain to a pool.
+    /// Add a domain to a pool (--move takes it from the pool it is in).
     Add {
         pool: String,
         domain: String,
+        /// Take the domain from the pool it is in (refused without: a
+        /// domain belongs to at most one pool).
+        #[arg(long = "move")]
+        move_: bool,
         /// Wait for the cycle the change triggers.
         #[arg(long)]
         wait: bool,
@@ -164,6 +168,10 @@ struct CreateArgs {
     /// Also write changes to the persistent domain config.
     #[arg(long)]
     persist: bool,
+    /// Take the listed domains from the pools they are in (refused
+    /// without: a domain belongs to at most one pool).
+    #[arg(long = "move")]
+    move_: bool,
     /// Wait for the cycle the change triggers.
     #[arg(long)]
     wait: bool,
@@ -225,7 +233,7 @@ struct CompleteArgs {
     words: Vec<String>,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+fn parse_size(s: &str) -> Result<u64, units::UnitError> {
     units::parse_bytes(s)
 }
 
@@ -405,9 +413,17 @@ fn generate_assets(dir: &Path) -> ExitCode {
     }
 }
 
-fn path_seg(s: &str) -> Result<&str, Fail> {
-    virtpool::core::config::valid_name(s).map_err(Fail::usage)?;
-    Ok(s)
+/// A pool name as a path segment (checked first: a usage error).
+fn path_seg(s: &str) -> Result<String, Fail> {
+    virtpool::core::config::valid_name(s).map_err(|e| Fail::usage(e.to_string()))?;
+    Ok(path_segment(s))
+}
+
+/// A domain name (or UUID) as a path segment, percent-encoded: any name
+/// libvirt takes but for control characters.
+fn domain_seg(s: &str) -> Result<String, Fail> {
+    virtpool::core::config::valid_domain_name(s).map_err(|e| Fail::usage(e.to_string()))?;
+    Ok(path_segment(s))
 }
 
 fn wait_q(wait: bool) -> &'static str {
@@ -434,11 +450,17 @@ async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
             format!("/v1/pools/{}/history", path_seg(pool)?),
             None,
         ),
-        Cmd::Pool(PoolCmd::Add { pool, domain, wait }) => (
+        Cmd::Pool(PoolCmd::Add {
+            pool,
+            domain,
+            move_,
+            wait,
+        }) => (
             Method::POST,
             format!("/v1/pools/{}/members{}", path_seg(pool)?, wait_q(*wait)),
             Some(to_json(&AddMember {
                 domain: domain.clone(),
+                move_: *move_,
             })?),
         ),
         Cmd::Pool(PoolCmd::Remove { pool, domain, wait }) => (
@@ -446,7 +468,7 @@ async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
             format!(
                 "/v1/pools/{}/members/{}{}",
                 path_seg(pool)?,
-                path_seg(domain)?,
+                domain_seg(domain)?,
                 wait_q(*wait)
             ),
             None,
@@ -454,7 +476,10 @@ async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
         Cmd::Pool(PoolCmd::Create(a)) => (
             Method::PUT,
             format!("/v1/pools/{}{}", path_seg(&a.pool)?, wait_q(a.wait)),
-            Some(to_json(&pool_spec(a)?)?),
+            Some(to_json(&PutPool {
+                spec: pool_spec(a)?,
+                move_: a.move_,
+            })?),
         ),
         Cmd::Pool(PoolCmd::Delete { pool, wait }) => (
             Method::DELETE,
@@ -464,7 +489,7 @@ async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
         Cmd::Domains => (Method::GET, "/v1/domains".into(), None),
         Cmd::Domain { domain } => (
             Method::GET,
-            format!("/v1/domains/{}", path_seg(domain)?),
+            format!("/v1/domains/{}", domain_seg(domain)?),
             None,
         ),
         Cmd::Plan(a) if a.is_what_if() => {
@@ -610,6 +635,15 @@ async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
                     r.restart_only.join(", ")
                 ));
             }
+            if !r.set_aside.is_empty() {
+                s.push_str(&format!(
+                    "runtime changes set aside (they do not fit the new file; kept in {}):\n",
+                    r.set_aside_file.as_deref().unwrap_or("the state directory")
+                ));
+                for p in &r.set_aside {
+                    s.push_str(&format!("  {p}\n"));
+                }
+            }
             s
         }
         Cmd::Pool(_) | Cmd::Pause { .. } | Cmd::Resume { .. } => {
@@ -733,7 +767,7 @@ async fn events(c: &Client, a: &EventsArgs, json: bool) -> Result<(), Fail> {
         .limit
         .unwrap_or(if since.is_some() { usize::MAX } else { 50 });
     if let Some(d) = &a.domain {
-        path_seg(d)?;
+        domain_seg(d)?;
     }
     let mut filter = EventFilter {
         since,
@@ -1143,7 +1177,9 @@ fn render_status(s: &StatusResponse) -> String {
             },
         ],
     ];
-    if let Some(h) = &s.host {
+    if let Some(c) = &s.capacity {
+        rows.extend(virtpool::cli::report::capacity_rows(c));
+    } else if let Some(h) = &s.host {
         rows.push(vec![
             "host".into(),
             format!(
@@ -1154,7 +1190,7 @@ fn render_status(s: &StatusResponse) -> String {
             ),
         ]);
     }
-    if let Some(a) = &s.allocatable {
+    if let (None, Some(a)) = (&s.capacity, &s.allocatable) {
         rows.push(vec![
             "allocatable".into(),
             format!(

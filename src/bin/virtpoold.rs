@@ -53,14 +53,7 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        println!(
-            "{}: ok ({} pools; allocatable {} vCPUs, {})",
-            args.config.display(),
-            cfg.pools.len(),
-            alloc.vcpus,
-            virtpool::core::units::human_bytes(alloc.memory)
-        );
-        return ExitCode::SUCCESS;
+        return check_config(&args.config, &cfg, &alloc);
     }
     if args.reset_state {
         match RuntimeState::reset(&cfg.agent.state_dir) {
@@ -146,6 +139,78 @@ fn main() -> ExitCode {
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// How long `--check-config` waits for libvirt before it says it could
+/// only check offline.
+const CHECK_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `--check-config`: the file was read and checked against this host's
+/// capacity; now `agent.libvirt_uri` against the files it names, and, when
+/// libvirt answers within [`CHECK_WITHIN`], the pools against its domains
+/// (see `virtpool::core::config::live`). Says when it could only check
+/// offline.
+fn check_config(path: &std::path::Path, cfg: &Config, alloc: &Allocatable) -> ExitCode {
+    use virtpool::core::config::live;
+    let uri = cfg.agent.libvirt_uri.clone();
+    let mut errors = live::uri_problems(&uri, |p| std::fs::symlink_metadata(p).is_ok());
+    let mut warnings = Vec::new();
+    let online = if errors.is_empty() {
+        virt_quiet();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("check-libvirt".into())
+            .spawn(move || {
+                use virtpool::adapters::libvirt::Hypervisor;
+                let mut hv = Libvirt::new(&uri);
+                let _ = tx.send(hv.connect().and_then(|()| hv.observe()));
+            });
+        match spawned.map(|_| rx.recv_timeout(CHECK_WITHIN)) {
+            Ok(Ok(Ok(domains))) => {
+                let found = live::against_domains(cfg, &domains);
+                warnings = found.warnings;
+                errors = found.errors;
+                Ok(domains.len())
+            }
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Err(_)) => Err(format!("no answer within {}s", CHECK_WITHIN.as_secs())),
+            Err(e) => Err(format!("cannot start a thread: {e}")),
+        }
+    } else {
+        Err("not contacted".into())
+    };
+    for w in &warnings {
+        eprintln!("virtpoold: warning: {}: {w}", path.display());
+    }
+    if !errors.is_empty() {
+        let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        eprintln!(
+            "virtpoold: invalid config: {}: {}",
+            path.display(),
+            all.join("; ")
+        );
+        return ExitCode::from(exit::CONFIG);
+    }
+    let checked = match online {
+        Ok(n) => format!(
+            "checked against libvirt at {}: {n} domains, {} warning(s)",
+            cfg.agent.libvirt_uri,
+            warnings.len()
+        ),
+        Err(e) => format!(
+            "checked offline only: libvirt at {} did not answer ({e}); \
+             domain names and floors were not checked against the host",
+            cfg.agent.libvirt_uri
+        ),
+    };
+    println!(
+        "{}: ok ({} pools; allocatable {} vCPUs, {}); {checked}",
+        path.display(),
+        cfg.pools.len(),
+        alloc.vcpus,
+        virtpool::core::units::human_bytes(alloc.memory)
+    );
+    ExitCode::SUCCESS
 }
 
 /// The exit status of a state error: [`exit::CONFIG`] when the operator

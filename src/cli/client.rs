@@ -41,6 +41,26 @@ pub enum ClientError {
     Decode(String),
 }
 
+/// A name as one segment of a request path: every byte but ASCII letters,
+/// digits, `-`, `_`, `.` and `~` percent-encoded (`web with spaces` →
+/// `web%20with%20spaces`, `ü` → `%C3%BC`), and the dots of `.` and `..`
+/// too (so no one reads them as "this" or "the parent" path). The server
+/// decodes it back.
+pub fn path_segment(name: &str) -> String {
+    let dots = name == "." || name == "..";
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        let keep =
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') || (b == b'.' && !dots);
+        if keep {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// A client for one socket path. Each call opens a connection.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -192,5 +212,21 @@ impl Connection {
             .map_err(|e| perr(&e))?
             .to_bytes();
         Ok(Answer { status, body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_segment;
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(path_segment("web-1.prod_x~"), "web-1.prod_x~");
+        assert_eq!(path_segment("web with spaces"), "web%20with%20spaces");
+        assert_eq!(path_segment("web-ünï"), "web-%C3%BCn%C3%AF");
+        assert_eq!(path_segment("a%2Fb?c#d"), "a%252Fb%3Fc%23d");
+        assert_eq!(path_segment(".."), "%2E%2E");
+        assert_eq!(path_segment("."), "%2E");
+        assert_eq!(path_segment("..x"), "..x");
     }
 }

@@ -97,6 +97,14 @@ const EXAMPLES: &[(&str, &[Example])] = &[
                 "The same, returning once the cycle that applies it has run:",
                 "sudo virtpoolctl pool add web web-4 --wait",
             ),
+            (
+                "Move db-2 from the pool it is in to pool db (refused without --move):",
+                "sudo virtpoolctl pool add db db-2 --move",
+            ),
+            (
+                "A domain named with spaces or starting with '-': quote it, after --:",
+                "sudo virtpoolctl pool add --wait -- web 'web with spaces'",
+            ),
         ],
     ),
     (
@@ -293,7 +301,7 @@ const EXAMPLES: &[(&str, &[Example])] = &[
         "virtpoold",
         &[
             (
-                "Check the config file against this host before (re)starting:",
+                "Check the config file against this host and its libvirt domains before (re)starting:",
                 "sudo virtpoold --check-config",
             ),
             (

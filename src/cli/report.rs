@@ -198,6 +198,63 @@ pub fn plan(plan: &Plan) -> String {
     out
 }
 
+/// The rows of `virtpoolctl status` about the host: capacity declared
+/// beside measured, reserved, ratios, allocatable, memory pressure.
+pub fn capacity_rows(c: &crate::core::capacity::Capacity) -> Vec<Vec<String>> {
+    use crate::core::units::human_bytes;
+    let cpus = |n: u64| format!("{n} CPU{}", if n == 1 { "" } else { "s" });
+    let host_cpus = match c.host.cpus.declared {
+        Some(d) => format!("{} declared ({} measured)", cpus(d), c.host.cpus.measured),
+        None => format!("{} measured", cpus(c.host.cpus.measured)),
+    };
+    let host_memory = match c.host.memory.declared {
+        Some(d) => format!(
+            "{} declared ({} measured)",
+            human_bytes(d),
+            human_bytes(c.host.memory.measured)
+        ),
+        None => format!("{} measured", human_bytes(c.host.memory.measured)),
+    };
+    let a = &c.allocatable;
+    let mut alloc = format!("{} vCPUs, {}", a.vcpus, human_bytes(a.memory));
+    if a.disk_bytes_sec > 0 {
+        let _ = write!(alloc, ", {}/s", human_bytes(a.disk_bytes_sec));
+    }
+    if a.disk_iops_sec > 0 {
+        let _ = write!(alloc, ", {} IOPS", a.disk_iops_sec);
+    }
+    let p = &c.memory_pressure;
+    vec![
+        vec!["host".into(), format!("{host_cpus}, {host_memory}")],
+        vec![
+            "reserved".into(),
+            format!(
+                "{}, {}",
+                cpus(c.reserved.cpus),
+                human_bytes(c.reserved.memory)
+            ),
+        ],
+        vec![
+            "ratio".into(),
+            format!("CPU {:.1}, memory {:.1}", c.ratio.cpus, c.ratio.memory),
+        ],
+        vec!["allocatable".into(), alloc],
+        vec![
+            "memory".into(),
+            format!(
+                "{} available, pressure below {}: {}",
+                human_bytes(p.available),
+                human_bytes(p.threshold),
+                if p.under {
+                    "UNDER PRESSURE (members' memory is lowered)"
+                } else {
+                    "no pressure"
+                }
+            ),
+        ],
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

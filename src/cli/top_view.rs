@@ -285,17 +285,21 @@ fn widths(rows: &[Vec<String>]) -> Vec<Constraint> {
 }
 
 fn pools_table(m: &Model) -> Table<'static> {
-    let head: Vec<String> = [
+    // CPU time where a pool manages it.
+    let cpu = m.pools.iter().any(|p| p.budget.cpu.is_some());
+    let mut head: Vec<String> = [
         "POOL",
         "MEMBERS",
         "VCPUS",
         "MEMORY",
         "DISK BANDWIDTH",
         "DISK IOPS",
-        "CPU TIME",
     ]
     .map(String::from)
     .to_vec();
+    if cpu {
+        head.push("CPU TIME".into());
+    }
     let mut cells = vec![head.clone()];
     for p in &m.pools {
         let chosen = m.filter.as_deref() == Some(p.name.as_str());
@@ -307,15 +311,18 @@ fn pools_table(m: &Model) -> Table<'static> {
         if !p.unadmitted.is_empty() {
             members.push_str(&format!(", {} UNADMITTED", p.unadmitted.len()));
         }
-        cells.push(vec![
+        let mut row = vec![
             name,
             members,
             budget_cell(p, Resource::Vcpus),
             budget_cell(p, Resource::Memory),
             budget_cell(p, Resource::DiskBytesSec),
             budget_cell(p, Resource::DiskIopsSec),
-            budget_cell(p, Resource::Cpu),
-        ]);
+        ];
+        if cpu {
+            row.push(budget_cell(p, Resource::Cpu));
+        }
+        cells.push(row);
     }
     let w = widths(&cells);
     let rows: Vec<Row> = cells.into_iter().skip(1).map(Row::new).collect();

@@ -72,8 +72,17 @@ enum ChangeCmd {
 
 #[derive(Subcommand, Debug)]
 enum PoolChange {
-    Add { pool: String, domain: String },
-    Remove { pool: String, domain: String },
+    Add {
+        pool: String,
+        domain: String,
+        /// Take the domain from the pool it is in.
+        #[arg(long = "move")]
+        move_: bool,
+    },
+    Remove {
+        pool: String,
+        domain: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -112,6 +121,7 @@ fn change(arg: &str) -> Result<WhatIfChange, WhatIfArgError> {
         disk_bytes_sec: a.disk_bytes_sec.map(Bytes),
         disk_iops_sec: a.disk_iops_sec,
         cpu: a.cpu.map(crate::core::cpu::Cores),
+        move_: false,
     };
     let bare = |op, pool, domain| WhatIfChange {
         op,
@@ -122,6 +132,7 @@ fn change(arg: &str) -> Result<WhatIfChange, WhatIfArgError> {
         disk_bytes_sec: None,
         disk_iops_sec: None,
         cpu: None,
+        move_: false,
     };
     Ok(match cmd {
         ChangeCmd::Allocate(a) => {
@@ -138,7 +149,14 @@ fn change(arg: &str) -> Result<WhatIfChange, WhatIfArgError> {
             amounts(ChangeOp::Allocate, a)
         }
         ChangeCmd::Release(a) => amounts(ChangeOp::Release, a),
-        ChangeCmd::Pool(PoolChange::Add { pool, domain }) => bare(ChangeOp::Add, pool, domain),
+        ChangeCmd::Pool(PoolChange::Add {
+            pool,
+            domain,
+            move_,
+        }) => WhatIfChange {
+            move_,
+            ..bare(ChangeOp::Add, pool, domain)
+        },
         ChangeCmd::Pool(PoolChange::Remove { pool, domain }) => {
             bare(ChangeOp::Remove, pool, domain)
         }

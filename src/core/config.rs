@@ -7,12 +7,20 @@
 
 use crate::core::cpu::{self, Cores, CpuTuning, RawCpuTuning};
 use crate::core::model::{PerResource, Resource};
+use crate::core::names;
 use crate::core::units::{self, Amount, Bytes, Secs};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub mod live;
+mod problems;
+pub use crate::core::names::NameError;
+pub use problems::{
+    BudgetProblem, BudgetProblems, MembershipConflict, PoolError, PoolErrors, PoolProblem,
+};
 
 /// Default place of the config file.
 pub const DEFAULT_PATH: &str = "/etc/virtpool/virtpool.toml";
@@ -345,15 +353,6 @@ pub fn max_amount(r: Resource) -> u64 {
     }
 }
 
-/// An amount of a resource in messages: as written for CPU time (cores),
-/// the plain number otherwise.
-fn shown(r: Resource, v: u64) -> String {
-    match r {
-        Resource::Cpu => cpu::cores_text(v),
-        _ => v.to_string(),
-    }
-}
-
 /// Shortest `agent.interval`.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest duration of any setting (`agent.interval`,
@@ -649,7 +648,7 @@ impl Config {
         } else {
             Err(ConfigError::Invalid {
                 file: self.source.clone(),
-                problems,
+                problems: problems.iter().map(ToString::to_string).collect(),
             })
         }
     }
@@ -685,7 +684,11 @@ impl Config {
             ));
         }
         let alloc = h.allocatable(cap);
-        problems.extend(budget_problems(&self.pools, &alloc));
+        problems.extend(
+            budget_problems(&self.pools, &alloc)
+                .iter()
+                .map(ToString::to_string),
+        );
         if problems.is_empty() {
             Ok(alloc)
         } else {
@@ -697,13 +700,13 @@ impl Config {
     }
 
     /// Validates one pool spec (from the API) under this config's rules.
-    pub fn validate_pool(name: &str, spec: &PoolSpec) -> Result<Pool, Vec<String>> {
+    pub fn validate_pool(name: &str, spec: &PoolSpec) -> Result<Pool, PoolErrors> {
         let mut problems = Vec::new();
         let pool = build_pool(name, spec, &mut problems);
         if problems.is_empty() {
             Ok(pool)
         } else {
-            Err(problems)
+            Err(PoolErrors(problems))
         }
     }
 
@@ -715,7 +718,7 @@ impl Config {
 }
 
 /// Problems with Σ budgets against allocatable (empty when they fit).
-pub fn budget_problems(pools: &BTreeMap<String, Pool>, alloc: &Allocatable) -> Vec<String> {
+pub fn budget_problems(pools: &BTreeMap<String, Pool>, alloc: &Allocatable) -> Vec<BudgetProblem> {
     let mut problems = Vec::new();
     for r in Resource::ALL {
         let mut sum: u64 = 0;
@@ -726,14 +729,14 @@ pub fn budget_problems(pools: &BTreeMap<String, Pool>, alloc: &Allocatable) -> V
                     && *alloc.get(r) == 0
                     && matches!(r, Resource::DiskBytesSec | Resource::DiskIopsSec)
                 {
-                    problems.push(format!(
-                        "pool {:?}: {}.budget is a percentage but [host] {} is not declared",
-                        p.name, r, r
-                    ));
+                    problems.push(BudgetProblem::PercentOfUndeclared {
+                        pool: p.name.clone(),
+                        resource: r,
+                    });
                 }
                 let b = res.budget.resolve(*alloc.get(r));
                 sum = sum.saturating_add(b);
-                parts.push(format!("{} {}", p.name, r.human(b)));
+                parts.push((p.name.clone(), b));
             }
         }
         let a = *alloc.get(r);
@@ -742,12 +745,12 @@ pub fn budget_problems(pools: &BTreeMap<String, Pool>, alloc: &Allocatable) -> V
             _ => a > 0,
         };
         if declared && sum > a {
-            problems.push(format!(
-                "pool budgets for {r} add up to {} ({}) but the host has only {} allocatable",
-                r.human(sum),
-                parts.join(" + "),
-                r.human(a)
-            ));
+            problems.push(BudgetProblem::AboveAllocatable {
+                resource: r,
+                sum,
+                parts,
+                allocatable: a,
+            });
         }
     }
     problems
@@ -1094,11 +1097,13 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
     }
 
     let mut pools = BTreeMap::new();
+    let mut pool_problems = Vec::new();
     for (name, spec) in &raw.pools {
-        let pool = build_pool(name, spec, problems);
+        let pool = build_pool(name, spec, &mut pool_problems);
         pools.insert(name.clone(), pool);
     }
-    problems.extend(membership_conflicts(&pools));
+    problems.extend(pool_problems.iter().map(ToString::to_string));
+    problems.extend(membership_conflicts(&pools).iter().map(ToString::to_string));
 
     Config {
         source: path.to_owned(),
@@ -1110,17 +1115,18 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
 }
 
 /// A domain explicitly listed in two pools is a config error.
-pub fn membership_conflicts(pools: &BTreeMap<String, Pool>) -> Vec<String> {
+pub fn membership_conflicts(pools: &BTreeMap<String, Pool>) -> Vec<MembershipConflict> {
     let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
     let mut problems = Vec::new();
     for p in pools.values() {
         for d in &p.domains {
             if let Some(other) = seen.insert(d.as_str(), p.name.as_str()) {
                 if other != p.name {
-                    problems.push(format!(
-                        "domain {d:?} is listed in pool {other:?} and pool {:?}: a domain belongs to at most one pool",
-                        p.name
-                    ));
+                    problems.push(MembershipConflict {
+                        domain: d.clone(),
+                        first: other.to_owned(),
+                        second: p.name.clone(),
+                    });
                 }
             }
         }
@@ -1128,36 +1134,39 @@ pub fn membership_conflicts(pools: &BTreeMap<String, Pool>) -> Vec<String> {
     problems
 }
 
-/// Pool and domain names: what an operator can type and a URL can carry.
-pub fn valid_name(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > 64 {
-        return Err(format!("name {s:?} must be 1 to 64 characters"));
-    }
-    if !s
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        || s.starts_with('.')
-    {
-        return Err(format!(
-            "name {s:?} may contain only letters, digits, '-', '_' and '.', and must not start with '.'"
-        ));
-    }
-    Ok(())
+/// A pool name: what an operator can type and a URL can carry as it is
+/// (see [`names::pool_name`]).
+pub fn valid_name(s: &str) -> Result<(), NameError> {
+    names::pool_name(s)
 }
 
-fn build_pool(name: &str, spec: &PoolSpec, problems: &mut Vec<String>) -> Pool {
-    let at = format!("pool {name:?}");
+/// A domain name (or UUID): any name libvirt takes but for control
+/// characters (see [`names::domain_name`]).
+pub fn valid_domain_name(s: &str) -> Result<(), NameError> {
+    names::domain_name(s)
+}
+
+fn build_pool(name: &str, spec: &PoolSpec, out: &mut Vec<PoolError>) -> Pool {
+    let mut problems = Vec::new();
     if let Err(e) = valid_name(name) {
-        problems.push(format!("{at}: {e}"));
+        problems.push(PoolProblem::Name(e));
     }
     for g in &spec.match_ {
-        if let Err(e) = crate::core::glob::Glob::new(g) {
-            problems.push(format!("{at}: match pattern {g:?} is invalid: {e}"));
+        if let Err(error) = crate::core::glob::Glob::new(g) {
+            problems.push(PoolProblem::Glob {
+                pattern: g.clone(),
+                error,
+            });
         }
     }
     for d in &spec.domains {
-        if d.is_empty() {
-            problems.push(format!("{at}: domains contains an empty name"));
+        if let Err(e) = valid_domain_name(d) {
+            problems.push(PoolProblem::DomainName(e));
+        }
+    }
+    for m in spec.members.keys() {
+        if let Err(e) = valid_domain_name(m) {
+            problems.push(PoolProblem::MemberName(e));
         }
     }
     let mut policy = MemoryPolicy::Share;
@@ -1168,7 +1177,7 @@ fn build_pool(name: &str, spec: &PoolSpec, problems: &mut Vec<String>) -> Pool {
             continue;
         };
         if pol.is_some() && !matches!(r, Resource::Memory | Resource::Cpu) {
-            problems.push(format!("{at}: {r}.policy is only valid for memory and cpu"));
+            problems.push(PoolProblem::PolicyNotMemory { resource: r });
         }
         match (r, pol) {
             (Resource::Cpu, Some(p)) => cpu_policy = p,
@@ -1176,30 +1185,26 @@ fn build_pool(name: &str, spec: &PoolSpec, problems: &mut Vec<String>) -> Pool {
             _ => {}
         }
         let Some(budget) = budget else {
-            problems.push(format!("{at}: {r}.budget is missing"));
+            problems.push(PoolProblem::MissingBudget { resource: r });
             continue;
         };
         match budget {
             Amount::Fraction(f) if f > 1.0 => {
-                let hint = if r == Resource::Cpu {
-                    " (a percentage is a share of the host's allocatable CPU time; write 6.5 for 6.5 cores)"
-                } else {
-                    ""
-                };
-                problems.push(format!(
-                    "{at}: {r}.budget ({budget}) is more than 100%{hint}"
-                ));
+                problems.push(PoolProblem::BudgetAboveAll {
+                    resource: r,
+                    budget,
+                });
             }
             Amount::Absolute(b) if b > max_amount(r) => {
-                problems.push(format!(
-                    "{at}: {r}.budget ({}) is out of range: at most {}",
-                    shown(r, b),
-                    shown(r, max_amount(r))
-                ));
+                problems.push(PoolProblem::BudgetOutOfRange {
+                    resource: r,
+                    budget: b,
+                    max: max_amount(r),
+                });
             }
             _ => {}
         }
-        check_limits(&at, "", r, limits, Some(budget), problems);
+        check_limits(None, r, limits, Some(budget), &mut problems);
         resources.get_mut(r).replace(PoolResource {
             budget,
             defaults: limits,
@@ -1212,34 +1217,41 @@ fn build_pool(name: &str, spec: &PoolSpec, problems: &mut Vec<String>) -> Pool {
             let Some((budget, limits, pol)) = policy_of(member_resource(ms, r)) else {
                 continue;
             };
+            let member = || m.clone();
             if budget.is_some() {
-                problems.push(format!(
-                    "{at}: members.{m:?}.{r}.budget is not allowed (budgets are per pool)"
-                ));
+                problems.push(PoolProblem::MemberBudget {
+                    member: member(),
+                    resource: r,
+                });
             }
             if pol.is_some() {
-                problems.push(format!(
-                    "{at}: members.{m:?}.{r}.policy is not allowed (the policy is per pool)"
-                ));
+                problems.push(PoolProblem::MemberPolicy {
+                    member: member(),
+                    resource: r,
+                });
             }
             if resources.get(r).is_none() {
-                problems.push(format!(
-                    "{at}: members.{m:?} sets {r} but the pool has no {r} budget"
-                ));
+                problems.push(PoolProblem::MemberWithoutBudget {
+                    member: member(),
+                    resource: r,
+                });
             }
             let pool_defaults = resources.get(r).map(|p| p.defaults).unwrap_or_default();
             check_limits(
-                &at,
-                &format!("members.{m:?}."),
+                Some(m),
                 r,
                 pool_defaults.overlay(limits),
                 resources.get(r).map(|p| p.budget),
-                problems,
+                &mut problems,
             );
             *lim.get_mut(r) = limits;
         }
         members.insert(m.clone(), lim);
     }
+    out.extend(problems.into_iter().map(|problem| PoolError {
+        pool: name.to_owned(),
+        problem,
+    }));
     Pool {
         name: name.to_owned(),
         domains: spec.domains.clone(),
@@ -1313,55 +1325,60 @@ fn policy_of(p: Option<AnyPolicy<'_>>) -> Option<(Option<Amount>, Limits, Option
     })
 }
 
+/// The limits of the pool (`member` = `None`) or of one member.
 fn check_limits(
-    at: &str,
-    prefix: &str,
+    member: Option<&String>,
     r: Resource,
     l: Limits,
     budget: Option<Amount>,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<PoolProblem>,
 ) {
+    let member = || member.cloned();
     if let (Some(min), Some(max)) = (l.min, l.max) {
         if min > max {
-            problems.push(format!(
-                "{at}: {prefix}{r}.min ({}) exceeds {prefix}{r}.max ({})",
-                r.human(min),
-                r.human(max)
-            ));
+            problems.push(PoolProblem::MinAboveMax {
+                member: member(),
+                resource: r,
+                min,
+                max,
+            });
         }
     }
     if let (Some(min), Some(Amount::Absolute(b))) = (l.min, budget) {
         if min > b {
-            problems.push(format!(
-                "{at}: {prefix}{r}.min ({}) exceeds the pool's {r}.budget ({})",
-                r.human(min),
-                r.human(b)
-            ));
+            problems.push(PoolProblem::MinAboveBudget {
+                member: member(),
+                resource: r,
+                min,
+                budget: b,
+            });
         }
     }
-    for (what, v) in [("min", l.min), ("max", l.max)] {
-        if let Some(v) = v.filter(|v| *v > max_amount(r)) {
-            problems.push(format!(
-                "{at}: {prefix}{r}.{what} ({}) is out of range: at most {}",
-                shown(r, v),
-                shown(r, max_amount(r))
-            ));
+    for (key, v) in [("min", l.min), ("max", l.max)] {
+        if let Some(value) = v.filter(|v| *v > max_amount(r)) {
+            problems.push(PoolProblem::LimitOutOfRange {
+                member: member(),
+                resource: r,
+                key,
+                value,
+                max: max_amount(r),
+            });
         }
     }
     if r == Resource::Vcpus && l.max == Some(0) {
-        problems.push(format!("{at}: {prefix}vcpus.max must be at least 1"));
+        problems.push(PoolProblem::NoVcpus { member: member() });
     }
     if r == Resource::Cpu && l.max.is_some_and(|m| m < cpu::MIN_LIMIT) {
-        problems.push(format!(
-            "{at}: {prefix}cpu.max must be at least {} (1 ms of every 100 ms)",
-            cpu::cores_text(cpu::MIN_LIMIT)
-        ));
+        problems.push(PoolProblem::CpuMaxBelowQuota { member: member() });
     }
-    if let Some(s) = l.shares {
-        if s == 0 || s > MAX_SHARES {
-            problems.push(format!(
-                "{at}: {prefix}{r}.shares ({s}) must be between 1 and {MAX_SHARES}"
-            ));
+    if let Some(shares) = l.shares {
+        if shares == 0 || shares > MAX_SHARES {
+            problems.push(PoolProblem::Shares {
+                member: member(),
+                resource: r,
+                shares,
+                max: MAX_SHARES,
+            });
         }
     }
 }
@@ -1718,5 +1735,61 @@ memory = { min = "4GiB", shares = 3000 }
         assert!(valid_name("").is_err());
         assert!(valid_name("a b").is_err());
         assert!(valid_name(&"x".repeat(65)).is_err());
+        // Domain names are what libvirt takes.
+        let c = parse(
+            "[pools.web]\ndomains = [\"web with spaces\", \"web-ünïcödé\"]\nvcpus = { budget = 4 }\n[pools.web.members.\"web with spaces\"]\nvcpus = { min = 1 }\n",
+        )
+        .unwrap();
+        assert_eq!(c.pools["web"].domains[0], "web with spaces");
+        let e = parse("[pools.web]\ndomains = [\"a/b\", \"\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(r#"pool "web": domains: domain name "a/b" contains '/'"#)
+                && e.contains(r#"pool "web": domains: domain name is empty"#),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pool_problems_are_typed_and_name_the_values() {
+        let spec: PoolSpec = serde_json::from_str(
+            r#"{"vcpus": {"budget": 4, "min": 6, "max": 2, "shares": 0},
+                "memory": {"min": 1},
+                "members": {"db": {"vcpus": {"budget": 1, "min": 9}}}}"#,
+        )
+        .unwrap();
+        let e = Config::validate_pool("web", &spec).unwrap_err();
+        let has = |p: &PoolProblem| e.0.iter().any(|x| x.pool == "web" && x.problem == *p);
+        assert!(has(&PoolProblem::MinAboveMax {
+            member: None,
+            resource: Resource::Vcpus,
+            min: 6,
+            max: 2
+        }));
+        assert!(has(&PoolProblem::MinAboveBudget {
+            member: Some("db".into()),
+            resource: Resource::Vcpus,
+            min: 9,
+            budget: 4
+        }));
+        assert!(has(&PoolProblem::MissingBudget {
+            resource: Resource::Memory
+        }));
+        assert!(has(&PoolProblem::MemberBudget {
+            member: "db".into(),
+            resource: Resource::Vcpus
+        }));
+        let text = e.to_string();
+        assert!(
+            text.contains(
+                r#"pool "web": members."db".vcpus.min (9) exceeds the pool's vcpus.budget (4)"#
+            ) && text.contains(r#"pool "web": vcpus.shares (0) must be between 1 and 1000000"#),
+            "{text}"
+        );
+        let c = parse("[pools.a]\ndomains = [\"x\"]\n[pools.b]\ndomains = [\"x\"]\n").unwrap_err();
+        assert!(c
+            .to_string()
+            .contains("domain \"x\" is listed in pool \"a\" and pool \"b\""));
     }
 }

@@ -15,32 +15,121 @@ pub fn human_bytes(b: u64) -> String {
     bytesize::ByteSize::b(b).display().iec().to_string()
 }
 
-/// Parses a size: a bare integer is bytes; otherwise a number with a unit
-/// (`KiB`, `MiB`, `GiB`, `TiB`, and the decimal `KB`, `MB`, ...).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
+/// Why a value with a unit was refused. Each variant carries the text as
+/// written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("empty size")]
+    EmptySize,
+    #[error("size {text:?} is negative")]
+    NegativeSize { text: String },
+    #[error("{text:?} is not a size like \"16GiB\" or \"512MiB\": no number before the unit")]
+    NoNumber { text: String },
+    #[error(
+        "{text:?} is not a size like \"16GiB\" or \"512MiB\": unknown unit {unit:?} \
+         (B, KB/MB/GB/TB/PB/EB = powers of 1000, K/M/G/T/P/E or KiB/MiB/GiB/TiB/PiB/EiB = powers of 1024)"
+    )]
+    UnknownUnit { text: String, unit: String },
+    #[error("{text:?} is not a size: a fraction needs a unit (\"1.5GiB\"), bytes are whole")]
+    FractionOfBytes { text: String },
+    #[error("size {text:?} is too large: at most 16 EiB")]
+    SizeTooLarge { text: String },
+    #[error("{text:?} is not a duration like \"10s\" or \"1m\": {reason}")]
+    NotADuration { text: String, reason: String },
+    #[error("{text:?} is not a percentage like \"25%\"")]
+    NotAPercentage { text: String },
+    #[error("percentage {text:?} must be ≥ 0%")]
+    NegativePercentage { text: String },
+    #[error("{text:?} is not a whole number ≥ 0 or a percentage")]
+    NotACount { text: String },
+}
+
+/// The factor of a size unit, as libvirt reads them (case does not
+/// matter): none or `b`/`byte`/`bytes` = 1; `KB`, `MB`, `GB`, `TB`, `PB`,
+/// `EB` = powers of 1000; `K`, `M`, `G`, `T`, `P`, `E` and `KiB`, `MiB`,
+/// `GiB`, `TiB`, `PiB`, `EiB` = powers of 1024.
+fn unit_factor(unit: &str) -> Option<u128> {
+    let u = unit.to_ascii_lowercase();
+    if u.is_empty() || u == "b" || u == "byte" || u == "bytes" {
+        return Some(1);
+    }
+    let mut chars = u.chars();
+    let power = match chars.next()? {
+        'k' => 1,
+        'm' => 2,
+        'g' => 3,
+        't' => 4,
+        'p' => 5,
+        'e' => 6,
+        _ => return None,
+    };
+    let base: u128 = match chars.as_str() {
+        "" | "ib" => 1024,
+        "b" => 1000,
+        _ => return None,
+    };
+    Some(base.pow(power))
+}
+
+/// Parses a size: a bare integer is bytes; otherwise a number (a fraction
+/// is allowed with a unit: `"1.5GiB"`, rounded down to whole bytes) and a
+/// unit as libvirt reads them: `KB`, `MB`, `GB`, `TB` are powers of 1000,
+/// `KiB`, `MiB`, `GiB`, `TiB` and `K`, `M`, `G`, `T` powers of 1024.
+/// So `"20GB"` is 20,000,000,000 bytes (18.6 GiB) and `"20G"` is 20 GiB.
+pub fn parse_bytes(s: &str) -> Result<u64, UnitError> {
     let t = s.trim();
     if t.is_empty() {
-        return Err("empty size".into());
+        return Err(UnitError::EmptySize);
     }
     if t.starts_with('-') {
-        return Err(format!("size {s:?} is negative"));
+        return Err(UnitError::NegativeSize { text: s.into() });
     }
-    if let Ok(n) = t.parse::<u64>() {
-        return Ok(n);
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = (&t[..split], t[split..].trim_start());
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() || fraction.contains('.') {
+        return Err(UnitError::NoNumber { text: s.into() });
     }
-    t.parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|e| format!("{s:?} is not a size like \"16GiB\" or \"512MiB\": {e}"))
+    let factor = unit_factor(unit).ok_or_else(|| UnitError::UnknownUnit {
+        text: s.into(),
+        unit: unit.into(),
+    })?;
+    if !fraction.is_empty() && factor == 1 {
+        return Err(UnitError::FractionOfBytes { text: s.into() });
+    }
+    let too_large = || UnitError::SizeTooLarge { text: s.into() };
+    // Exact arithmetic: the whole part, then the fraction's digits (at
+    // most 18 count; the rest cannot add a whole byte to anything but
+    // exabytes, and rounds down anyway).
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| too_large())?
+    };
+    let digits = &fraction[..fraction.len().min(18)];
+    let mut bytes = whole.checked_mul(factor).ok_or_else(too_large)?;
+    if !digits.is_empty() {
+        let num: u128 = digits.parse().map_err(|_| too_large())?;
+        let den = 10u128.pow(digits.len() as u32);
+        bytes = bytes
+            .checked_add(num * factor / den)
+            .ok_or_else(too_large)?;
+    }
+    u64::try_from(bytes).map_err(|_| too_large())
 }
 
 /// Parses a duration like `"10s"`, `"500ms"`, `"1m 30s"`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration like \"10s\" or \"1m\": {e}"))
+pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
+    humantime::parse_duration(s.trim()).map_err(|e| UnitError::NotADuration {
+        text: s.into(),
+        reason: e.to_string(),
+    })
 }
 
-/// Parses a percentage `"25%"` into a fraction in 0..=max_pct/100.
-fn parse_percent(s: &str) -> Result<Option<f64>, String> {
+/// Parses a percentage `"25%"` into a fraction (`None`: no `%`).
+fn parse_percent(s: &str) -> Result<Option<f64>, UnitError> {
     let t = s.trim();
     let Some(num) = t.strip_suffix('%') else {
         return Ok(None);
@@ -48,9 +137,9 @@ fn parse_percent(s: &str) -> Result<Option<f64>, String> {
     let v: f64 = num
         .trim()
         .parse()
-        .map_err(|_| format!("{s:?} is not a percentage like \"25%\""))?;
+        .map_err(|_| UnitError::NotAPercentage { text: s.into() })?;
     if !v.is_finite() || v < 0.0 {
-        return Err(format!("percentage {s:?} must be ≥ 0%"));
+        return Err(UnitError::NegativePercentage { text: s.into() });
     }
     Ok(Some(v / 100.0))
 }
@@ -75,7 +164,7 @@ pub enum Amount {
 impl Amount {
     /// Parses text in the given unit; percent always allowed here (callers
     /// reject it where it makes no sense).
-    pub fn parse(s: &str, unit: Unit) -> Result<Amount, String> {
+    pub fn parse(s: &str, unit: Unit) -> Result<Amount, UnitError> {
         if let Some(f) = parse_percent(s)? {
             return Ok(Amount::Fraction(f));
         }
@@ -85,7 +174,7 @@ impl Amount {
                 let t = s.trim();
                 t.parse::<u64>()
                     .map(Amount::Absolute)
-                    .map_err(|_| format!("{s:?} is not a whole number ≥ 0 or a percentage"))
+                    .map_err(|_| UnitError::NotACount { text: s.into() })
             }
         }
     }
@@ -248,9 +337,61 @@ mod tests {
         assert_eq!(parse_bytes("16GiB").unwrap(), 16 << 30);
         assert_eq!(parse_bytes("512 MiB").unwrap(), 512 << 20);
         assert_eq!(parse_bytes("1073741824").unwrap(), 1 << 30);
-        assert!(parse_bytes("-1GiB").unwrap_err().contains("negative"));
+        assert!(parse_bytes("-1GiB")
+            .unwrap_err()
+            .to_string()
+            .contains("negative"));
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("").is_err());
+    }
+
+    #[test]
+    fn sizes_follow_libvirts_units() {
+        // KB/MB/GB/TB are powers of 1000; KiB/MiB/GiB/TiB and K/M/G/T
+        // are powers of 1024 (libvirt's convention).
+        for (text, want) in [
+            ("20GB", 20_000_000_000),
+            ("20G", 20 << 30),
+            ("20GiB", 20 << 30),
+            ("1K", 1024),
+            ("1k", 1024),
+            ("1KB", 1000),
+            ("1KiB", 1024),
+            ("3M", 3 << 20),
+            ("3MB", 3_000_000),
+            ("2T", 2 << 40),
+            ("2TB", 2_000_000_000_000),
+            ("1.5GiB", 3 << 29),
+            ("1.5 GB", 1_500_000_000),
+            ("512 b", 512),
+            ("512B", 512),
+            ("4096", 4096),
+        ] {
+            assert_eq!(parse_bytes(text).unwrap(), want, "{text}");
+        }
+        // A fraction rounds down to whole bytes.
+        assert_eq!(parse_bytes("1.0000000001KiB").unwrap(), 1024);
+        for (bad, want) in [
+            ("20 gigs", r#"unknown unit "gigs""#),
+            ("1.5", "a fraction needs a unit"),
+            ("GiB", "no number"),
+            ("1.2.3GiB", "no number"),
+            ("1e3GiB", r#"unknown unit "e3GiB""#),
+            ("0x10", r#"unknown unit "x10""#),
+            ("20Gb/s", r#"unknown unit "Gb/s""#),
+            ("17EiB", "too large"),
+            ("99999999999999999999999999999999999999999", "too large"),
+        ] {
+            let e = parse_bytes(bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        assert_eq!(
+            parse_bytes("16EiB").unwrap_err(),
+            UnitError::SizeTooLarge {
+                text: "16EiB".into()
+            }
+        );
+        assert_eq!(parse_bytes("15EiB").unwrap(), 15 << 60);
     }
 
     #[test]

@@ -46,6 +46,7 @@ fn change(op: ChangeOp, pool: &str, domain: &str) -> WhatIfChange {
         disk_bytes_sec: None,
         disk_iops_sec: None,
         cpu: None,
+        move_: false,
     }
 }
 

@@ -557,6 +557,7 @@ async fn reload_answers_with_the_outcome_or_a_503_when_not_taken_in_time() {
         let _ = ok.send(Ok(ReloadReport {
             file: "/etc/virtpool/virtpool.toml".into(),
             restart_only: vec!["api.socket".into()],
+            set_aside: None,
         }));
         let refused = rx.recv().await.unwrap();
         let _ = refused.send(Err(LoadError::from(ConfigError::Parse {

@@ -217,7 +217,7 @@ async fn refusals_exit_1_with_the_agents_message_and_usage_errors_exit_2() {
         (&["pool", "show", "nope"][..], "virtpoolctl: no pool \"nope\"\n"),
         (&["domain", "ghost"][..], "virtpoolctl: no domain \"ghost\" (by name or UUID)\n"),
         (&["allocate", "web", "web-1", "--vcpus", "9"][..], "virtpoolctl: vcpus reservation 9 for \"web-1\" is above its max 8\n"),
-        (&["pool", "add", "web", "db-1"][..], "virtpoolctl: domain \"db-1\" is in pool \"db\": a domain belongs to at most one pool (remove it there first)\n"),
+        (&["pool", "add", "web", "db-1"][..], "virtpoolctl: domain \"db-1\" is in pool \"db\" (explicit list): a domain belongs to at most one pool; to move it, add --move (API: \"move\": true)\n"),
         (&["pool", "delete", "web"][..], ""),
         (&["pool", "create", "big", "--vcpus", "1000"][..], ""),
         (&["resume", "nope"][..], "virtpoolctl: no pool \"nope\"\n"),

@@ -299,7 +299,7 @@ pub fn redact(v: &mut Value) {
             for (k, x) in m.iter_mut() {
                 match k.as_str() {
                     "host" | "last_cycle" | "time" | "finished_at" | "duration_ms"
-                    | "observe_ms" | "plan_ms" | "enforce_ms" | "version" => {
+                    | "observe_ms" | "plan_ms" | "enforce_ms" | "version" | "memory_pressure" => {
                         if !x.is_null() {
                             *x = Value::String(format!("[{k}]"));
                         }

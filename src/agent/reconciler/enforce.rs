@@ -42,15 +42,20 @@ impl Ran {
     /// The allocation changes that ran, as the report shows them (stats
     /// periods are not allocation changes).
     pub(super) fn outcomes(&self, plan: &Plan) -> Vec<ActionOutcome> {
-        self.results
-            .iter()
-            .filter(|(i, _)| plan.step(*i).is_allocation())
-            .map(|(i, r)| ActionOutcome {
-                action: plan.step(*i).clone(),
-                ok: r.is_ok(),
-                error: r.as_ref().err().map(ActionError::from),
-            })
-            .collect()
+        // Sized once: a list grown by doubling leaves its smaller copies
+        // behind in the heap.
+        let mut out = Vec::with_capacity(self.results.len());
+        out.extend(
+            self.results
+                .iter()
+                .filter(|(i, _)| plan.step(*i).is_allocation())
+                .map(|(i, r)| ActionOutcome {
+                    action: plan.step(*i).clone(),
+                    ok: r.is_ok(),
+                    error: r.as_ref().err().map(ActionError::from),
+                }),
+        );
+        out
     }
 
     /// The connection loss that stopped the actions, if one did.

@@ -166,6 +166,7 @@ impl Reconciler {
                 error: None,
             },
             host: None,
+            capacity: None,
             last_cycle: None,
             plan: None,
             domains: Vec::new(),
@@ -190,20 +191,21 @@ impl Reconciler {
             audit: opts.audit.clone(),
             cmd,
         };
+        let history = Arc::new({
+            let mut h = History {
+                vcpu_pending: opts.holds.to_pending(0),
+                ..History::default()
+            };
+            opts.saved.restore_into(&mut h);
+            h
+        });
         let r = Reconciler {
             hv,
             host,
             config,
             runtime,
             observe_only,
-            history: Arc::new({
-                let mut h = History {
-                    vcpu_pending: opts.holds.to_pending(0),
-                    ..History::default()
-                };
-                opts.saved.restore_into(&mut h);
-                h
-            }),
+            history: Arc::clone(&history),
             clock: Instant::now(),
             cycle: 0,
             observer: observe::Observer::default(),
@@ -217,7 +219,7 @@ impl Reconciler {
                 opts.audit,
                 opts.holds_dir,
                 opts.holds,
-                opts.saved,
+                history,
                 samples,
             ),
             cmd_rx,
@@ -266,18 +268,21 @@ impl Reconciler {
             .reload_error
             .as_ref()
             .map(|e| format!("reload refused (running the previous config): {e}"));
-        let effective = match runtime.effective(&self.config) {
-            Ok(c) => c,
-            Err(problems) => {
-                let msg = problems.join("; ");
-                tracing::error!(error = %msg, "runtime state does not fit the config; using the config file alone");
-                config_error = Some(match config_error.take() {
-                    Some(prev) => format!("{prev}; {msg}"),
-                    None => msg,
-                });
-                self.config.clone()
-            }
-        };
+        // What fits applies (a paused pool stays paused); the rest is left
+        // out and reported.
+        let effective = runtime.effective(&self.config);
+        if !effective.problems.is_empty() {
+            let msg = format!(
+                "runtime state entries left out (they do not fit the config): {}",
+                crate::agent::state::StateProblems(effective.problems)
+            );
+            tracing::error!(error = %msg, "runtime state does not fit the config; the rest of it applies");
+            config_error = Some(match config_error.take() {
+                Some(prev) => format!("{prev}; {msg}"),
+                None => msg,
+            });
+        }
+        let effective = effective.config;
         let mode = self.mode();
         Inputs {
             host,

@@ -12,6 +12,7 @@ use crate::agent::notify::{Notice, Notifier};
 use crate::agent::report::{ActionOutcome, Counters, CycleInfo, LibvirtStatus, Report};
 use crate::agent::samples::Samples;
 use crate::agent::state::VcpuHolds;
+use crate::core::capacity::Capacity;
 use crate::core::config::Config;
 use crate::core::model::DomainObs;
 use crate::core::planner::{History, Plan, Released};
@@ -39,8 +40,9 @@ pub(super) struct Publisher {
     /// Where held vCPU changes are saved, and what the file holds now.
     holds_dir: Option<PathBuf>,
     saved_holds: VcpuHolds,
-    /// The planner's history as the file holds it now.
-    saved_history: SavedHistory,
+    /// The planner's history whose saved part the file holds now (shared
+    /// with the reconciler's while a cycle changes nothing in it).
+    saved_history: Arc<History>,
     /// Why the last reload was refused, until a good one.
     pub(super) reload_error: Option<String>,
     /// Whether libvirt answered in the last published cycle (`None`
@@ -92,7 +94,7 @@ impl Publisher {
         audit: AuditLog,
         holds_dir: Option<PathBuf>,
         saved_holds: VcpuHolds,
-        saved_history: SavedHistory,
+        saved_history: Arc<History>,
         samples: Samples,
     ) -> Publisher {
         Publisher {
@@ -162,6 +164,7 @@ impl Publisher {
             paused: inputs.runtime.paused,
             libvirt,
             host: Some(inputs.host),
+            capacity: Some(Capacity::of(&config.host, &config.tuning, &inputs.host)),
             last_cycle: None,
             results: ran.outcomes(&plan),
             plan: Some(plan),
@@ -185,6 +188,7 @@ impl Publisher {
                 error: Some(e.to_string()),
             },
             host: Some(inputs.host),
+            capacity: Some(Capacity::of(&config.host, &config.tuning, &inputs.host)),
             last_cycle: None,
             plan: prev.plan.clone(),
             domains: prev.domains.clone(),
@@ -381,19 +385,20 @@ impl Publisher {
     /// domains had before the agent changed them). On a blocking thread
     /// (the writes are fsynced); a failed write is logged and tried again
     /// after the next cycle.
-    pub(super) async fn save(&mut self, history: &History) {
+    pub(super) async fn save(&mut self, history: &Arc<History>) {
         let Some(dir) = self.holds_dir.clone() else {
             return;
         };
         let holds = VcpuHolds::from_pending(&history.vcpu_pending);
         let holds = (holds.holds != self.saved_holds.holds).then_some(holds);
-        let saved = (!self.saved_history.matches(history)).then(|| SavedHistory::of(history));
+        let saved =
+            (!SavedHistory::same_part(&self.saved_history, history)).then(|| Arc::clone(history));
         if holds.is_none() && saved.is_none() {
             return;
         }
         let written = tokio::task::spawn_blocking(move || {
             let h = holds.map(|h| h.save(&dir).map(|()| h));
-            let s = saved.map(|s| s.save(&dir).map(|()| s));
+            let s = saved.map(|s| SavedHistory::save_part(&s, &dir).map(|()| s));
             (h, s)
         })
         .await;

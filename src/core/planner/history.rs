@@ -118,8 +118,8 @@ pub struct Originals {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<u64>,
     /// Per disk target.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub iotune: BTreeMap<String, IoTune>,
+    #[serde(default, skip_serializing_if = "DiskLimits::is_empty")]
+    pub iotune: DiskLimits,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_shares: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,7 +165,7 @@ impl Originals {
                 persist,
                 ..
             } => {
-                self.iotune.entry(disk.to_string()).or_insert(*from);
+                self.iotune.note(disk, *from);
                 self.persisted |= persist;
             }
             Action::SetCpuShares { from, persist, .. } => {
@@ -198,6 +198,58 @@ impl Originals {
             && self.cpu_shares.is_none()
             && self.blkio_weight.is_none()
             && self.cpu_quota.is_none()
+    }
+}
+
+/// A domain's disks' I/O limits by target, as they were before the agent
+/// first changed them: a short list sorted by target (a domain has a few
+/// disks; a map node would hold room for eleven), a JSON object in
+/// `history.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskLimits(Vec<(String, IoTune)>);
+
+impl DiskLimits {
+    /// The limits noted for `disk`.
+    pub fn get(&self, disk: &str) -> Option<&IoTune> {
+        self.find(disk).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Notes `limits` for `disk` unless some are noted already.
+    pub fn note(&mut self, disk: &str, limits: IoTune) {
+        if let Err(i) = self.find(disk) {
+            self.0.reserve_exact(1);
+            self.0.insert(i, (disk.to_string(), limits));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The disk targets noted, in order.
+    pub fn disks(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(d, _)| d.as_str())
+    }
+
+    fn find(&self, disk: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(d, _)| d.as_str().cmp(disk))
+    }
+}
+
+impl Serialize for DiskLimits {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(d, t)| (d, t)))
+    }
+}
+
+impl<'de> Deserialize<'de> for DiskLimits {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = BTreeMap::<String, IoTune>::deserialize(d)?;
+        Ok(DiskLimits(m.into_iter().collect()))
     }
 }
 

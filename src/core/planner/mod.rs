@@ -28,6 +28,7 @@ pub mod history;
 mod plan;
 mod pressure;
 mod release;
+pub mod reserve;
 mod stability;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -74,7 +74,7 @@ pub(super) fn release(
         }
     }
     for disk in d.disks.iter().filter(|x| x.is_tunable()) {
-        let Some(to) = o.iotune.get(&*disk.target) else {
+        let Some(to) = o.iotune.get(&disk.target) else {
             continue;
         };
         let now = disk.iotune.unwrap_or_default();
