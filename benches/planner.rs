@@ -365,6 +365,7 @@ fn floor_pass(f: &Fixture) -> usize {
                     memory: Some(one(d.memory, used)),
                     disk_bytes_sec: Some(one(bytes, None)),
                     disk_iops_sec: Some(one(iops, None)),
+                    cpu: None,
                 },
             }
         })

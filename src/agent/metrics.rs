@@ -24,6 +24,15 @@ pub fn unit_suffix(r: Resource) -> &'static str {
         Resource::Memory => "memory_bytes",
         Resource::DiskBytesSec => "disk_bytes_per_second",
         Resource::DiskIopsSec => "disk_iops",
+        Resource::Cpu => "cpu_cores",
+    }
+}
+
+/// An amount in its family's unit (CPU time: cores, from millicores).
+fn value(r: Resource, v: u64) -> f64 {
+    match r {
+        Resource::Cpu => v as f64 / crate::core::cpu::MILLI as f64,
+        _ => v as f64,
     }
 }
 
@@ -38,6 +47,7 @@ fn unit_words(r: Resource) -> &'static str {
         Resource::Memory => "memory, bytes",
         Resource::DiskBytesSec => "disk bandwidth, bytes per second",
         Resource::DiskIopsSec => "disk I/O operations per second",
+        Resource::Cpu => "CPU time, cores",
     }
 }
 
@@ -241,7 +251,7 @@ pub fn render(st: &Report, c: &Counters) -> String {
                 &name,
                 &format!("What the pools may share ({}).", unit_words(r)),
                 &[],
-                *plan.allocatable.get(r) as f64,
+                value(r, *plan.allocatable.get(r)),
             );
         }
     }
@@ -270,7 +280,7 @@ pub fn render(st: &Report, c: &Counters) -> String {
                     "allocated" => *p.allocated.get(r),
                     _ => p.free(r).unwrap_or(0),
                 };
-                o.sample(&name, &[("pool", &p.name)], v as f64);
+                o.sample(&name, &[("pool", &p.name)], value(r, v));
             }
         }
     }
@@ -315,7 +325,8 @@ pub fn render(st: &Report, c: &Counters) -> String {
                         continue;
                     };
                     let v = if what == "target" { a.target } else { a.actual };
-                    o.sample(&name, &[("pool", &p.name), ("domain", &m.name)], v as f64);
+                    let labels = [("pool", p.name.as_str()), ("domain", &m.name)];
+                    o.sample(&name, &labels, value(r, v));
                 }
             }
         }
@@ -332,6 +343,23 @@ pub fn render(st: &Report, c: &Counters) -> String {
                     "virtpool_domain_guest_used_memory_bytes",
                     &[("pool", &p.name), ("domain", &m.name)],
                     u as f64,
+                );
+            }
+        }
+    }
+
+    o.family(
+        "virtpool_domain_used_cpu_cores",
+        "gauge",
+        "CPU time the domain used per second between the last two observations (cores), for members of pools that manage CPU time.",
+    );
+    for p in pools {
+        for m in &p.members {
+            if let Some(u) = m.alloc.cpu.as_ref().and_then(|a| a.used) {
+                o.sample(
+                    "virtpool_domain_used_cpu_cores",
+                    &[("pool", &p.name), ("domain", &m.name)],
+                    value(Resource::Cpu, u),
                 );
             }
         }

@@ -3,6 +3,7 @@
 //! metrics, systemd).
 
 pub mod audit;
+pub mod cpu_use;
 pub mod load;
 pub mod memory;
 pub mod metrics;

@@ -129,6 +129,7 @@ mod tests {
             memory: 64 << 30,
             disk_bytes_sec: 0,
             disk_iops_sec: 0,
+            cpu: 0,
         }
     }
 

@@ -5,10 +5,11 @@
 //!
 //! A fixed cost: each pool has a ring of [`Samples::capacity`] points of
 //! [`POINT_BYTES`] bytes, allocated whole when the pool is first seen and
-//! freed when it is gone (360 points, 25 KiB per pool at the default 10 s
+//! freed when it is gone (360 points, 31 KiB per pool at the default 10 s
 //! interval). Values are kept as 32-bit numbers in a unit per resource —
-//! vCPUs, MiB of memory, KiB/s of disk bandwidth, IOPS — and given back
-//! in the API's units (counts, bytes, bytes per second).
+//! vCPUs, MiB of memory, KiB/s of disk bandwidth, IOPS, millicores of CPU
+//! time — and given back in the API's units (counts, bytes, bytes per
+//! second, millicores).
 //!
 //! Fed by the reconciler's publishing step with every report it publishes
 //! (a cycle that could not observe adds nothing: the gap shows); cycles
@@ -27,7 +28,7 @@ pub const WINDOW: Duration = Duration::from_secs(3600);
 /// The shortest step between points: a faster interval is coalesced to it
 /// (at most 720 points a pool).
 pub const MIN_STEP: Duration = Duration::from_secs(5);
-/// Bytes of one point (time, cycle, 4 × 4 values of 32 bits).
+/// Bytes of one point (time, cycle, 4 values of 32 bits per resource).
 pub const POINT_BYTES: usize = std::mem::size_of::<Point>();
 
 /// A value not known (a resource the pool does not manage, or no guest
@@ -46,6 +47,8 @@ fn unit(r: Resource) -> u64 {
         Resource::Vcpus | Resource::DiskIopsSec => 1,
         Resource::Memory => 1 << 20,
         Resource::DiskBytesSec => 1 << 10,
+        // Millicores, as the API gives them.
+        Resource::Cpu => 1,
     }
 }
 
@@ -55,6 +58,7 @@ fn index(r: Resource) -> usize {
         Resource::Memory => 1,
         Resource::DiskBytesSec => 2,
         Resource::DiskIopsSec => 3,
+        Resource::Cpu => 4,
     }
 }
 
@@ -78,7 +82,7 @@ struct Point {
     /// The cycle's number (low 32 bits).
     cycle: u32,
     /// `[resource][BUDGET | ALLOCATED | ACTUAL | USED]`.
-    v: [[u32; 4]; 4],
+    v: [[u32; 4]; Resource::COUNT],
 }
 
 /// One sample of one pool, in the API's units.
@@ -182,7 +186,7 @@ impl Samples {
         g.pools
             .retain(|name, _| plan.pools.iter().any(|p| p.name == *name));
         for p in &plan.pools {
-            let mut v = [[NONE; 4]; 4];
+            let mut v = [[NONE; 4]; Resource::COUNT];
             for r in Resource::ALL {
                 let Some(budget) = *p.budget.get(r) else {
                     continue;
@@ -354,7 +358,7 @@ mod tests {
         assert_eq!(last.allocated.memory, Some(4086 << 20));
         // The fixed cost: the whole ring, whatever the number of points.
         assert_eq!(s.allocated_bytes(), 360 * POINT_BYTES);
-        assert_eq!(POINT_BYTES, 72);
+        assert_eq!(POINT_BYTES, 88);
     }
 
     #[test]

@@ -321,6 +321,7 @@ mod tests {
             memory: 8 << 30,
             disk_bytes_sec: 0,
             disk_iops_sec: 0,
+            cpu: 3000,
         }
     }
 
@@ -338,6 +339,7 @@ mod tests {
                 memory: Some(1 << 61),
                 disk_bytes_sec: None,
                 disk_iops_sec: None,
+                cpu: None,
             },
         );
         st.added

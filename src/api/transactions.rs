@@ -341,6 +341,15 @@ pub fn allocate(
                 Resource::Vcpus => d.vcpus_max.max(1),
                 Resource::Memory => d.memory_max,
                 Resource::DiskBytesSec | Resource::DiskIopsSec => crate::core::planner::UNCAPPED,
+                // Its online vCPUs' worth (its maximum while it is shut off).
+                Resource::Cpu => {
+                    let vcpus = if d.state.is_active() {
+                        d.vcpus
+                    } else {
+                        d.vcpus_max
+                    };
+                    vcpus.max(1).saturating_mul(crate::core::cpu::MILLI)
+                }
             },
             budget: b,
         };

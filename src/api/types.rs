@@ -3,11 +3,14 @@
 //! drift. Every request body rejects unknown fields.
 //!
 //! Units: vCPUs and IOPS are counts, memory and disk bandwidth are bytes
-//! (bytes per second). Request bodies accept sizes as integers (bytes) or
-//! strings with a unit (`"4GiB"`); responses always carry integers.
+//! (bytes per second), CPU time is millicores (1000 = one core). Request
+//! bodies accept sizes as integers (bytes) or strings with a unit
+//! (`"4GiB"`), CPU time as cores (`0.5`, `"650%"`); responses always carry
+//! integers.
 
 use crate::agent::report::{CycleInfo, LibvirtStatus};
 use crate::core::config::Mode;
+use crate::core::cpu::Cores;
 use crate::core::membership::Via;
 use crate::core::model::{Action, DomainState, HostCapacity, PerResource, Reason, Resource};
 use crate::core::planner::Release;
@@ -125,6 +128,10 @@ pub struct Reservation {
     pub disk_bytes_sec: Option<Bytes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_iops_sec: Option<u64>,
+    /// CPU time: cores (`0.5`, `"0.5"`) or a percentage of one core
+    /// (`"50%"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cores>,
 }
 
 impl Reservation {
@@ -135,6 +142,7 @@ impl Reservation {
             memory: self.memory.map(|b| b.0),
             disk_bytes_sec: self.disk_bytes_sec.map(|b| b.0),
             disk_iops_sec: self.disk_iops_sec,
+            cpu: self.cpu.map(|c| c.0),
         }
     }
 
@@ -283,7 +291,8 @@ pub struct ResourceView {
     pub next: u64,
     /// What libvirt reports.
     pub actual: u64,
-    /// What the guest uses (memory, when the guest reports it).
+    /// What the guest uses: memory, when the guest reports it; CPU time,
+    /// once two observations measured it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used: Option<u64>,
     pub reason: Reason,
@@ -311,6 +320,12 @@ pub struct DomainView {
     pub memory_max: u64,
     /// Guest used memory, when the guest reports it.
     pub memory_used: Option<u64>,
+    /// CPU time it used per second of late (millicores), once measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_used: Option<u64>,
+    /// Its CPU-time limit (millicores), when a scheduler quota limits it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_limit: Option<u64>,
     /// Tunable disks (target names).
     pub disks: Vec<String>,
     #[serde(with = "sparse")]
@@ -443,6 +458,8 @@ mod sparse {
         disk_bytes_sec: Option<&'a T>,
         #[serde(skip_serializing_if = "Option::is_none")]
         disk_iops_sec: Option<&'a T>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cpu: Option<&'a T>,
     }
 
     #[derive(Deserialize)]
@@ -456,6 +473,8 @@ mod sparse {
         disk_bytes_sec: Option<T>,
         #[serde(default = "Option::default")]
         disk_iops_sec: Option<T>,
+        #[serde(default = "Option::default")]
+        cpu: Option<T>,
     }
 
     pub fn serialize<S: Serializer, T: Serialize>(
@@ -467,6 +486,7 @@ mod sparse {
             memory: v.memory.as_ref(),
             disk_bytes_sec: v.disk_bytes_sec.as_ref(),
             disk_iops_sec: v.disk_iops_sec.as_ref(),
+            cpu: v.cpu.as_ref(),
         }
         .serialize(s)
     }
@@ -480,6 +500,7 @@ mod sparse {
             memory: o.memory,
             disk_bytes_sec: o.disk_bytes_sec,
             disk_iops_sec: o.disk_iops_sec,
+            cpu: o.cpu,
         })
     }
 }

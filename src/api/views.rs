@@ -195,6 +195,11 @@ pub fn domain_view(d: &DomainObs, plan: Option<&Plan>, rt: &RuntimeState) -> Dom
         memory: d.memory,
         memory_max: d.memory_max,
         memory_used: d.balloon.and_then(|b| b.used()),
+        cpu_used: d.cpu_used,
+        cpu_limit: d
+            .cpu_quota
+            .filter(|q| q.is_limited())
+            .map(|_| d.cpu_limit()),
         disks: d
             .disks
             .iter()

@@ -95,6 +95,8 @@ pub struct WhatIfChange {
     pub disk_bytes_sec: Option<Bytes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_iops_sec: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<crate::core::cpu::Cores>,
     /// With `add`: take the domain from the pool it is in, as
     /// `"move": true` does for `POST /v1/pools/{pool}/members`.
     #[serde(default, rename = "move", skip_serializing_if = "std::ops::Not::not")]
@@ -109,6 +111,7 @@ impl WhatIfChange {
             memory: self.memory,
             disk_bytes_sec: self.disk_bytes_sec,
             disk_iops_sec: self.disk_iops_sec,
+            cpu: self.cpu,
         }
     }
 
@@ -202,6 +205,9 @@ fn extra_domain(d: &ExtraDomain) -> DomainObs {
         balloon_device: true,
         cpu_shares: None,
         blkio_weight: None,
+        cpu_quota: None,
+        cpu_time: None,
+        cpu_used: None,
         // Just started: admitted after every domain already there.
         active_secs: Some(0),
     }

@@ -141,7 +141,7 @@ enum PoolCmd {
 struct CreateArgs {
     pool: String,
     /// Pool spec file, JSON or TOML (the shape of a `[pools.NAME]` table).
-    #[arg(long, conflicts_with_all = ["domain", "match_", "vcpus", "memory", "disk_bytes_sec", "disk_iops_sec"])]
+    #[arg(long, conflicts_with_all = ["domain", "match_", "vcpus", "memory", "disk_bytes_sec", "disk_iops_sec", "cpu"])]
     file: Option<PathBuf>,
     /// A member domain (repeatable).
     #[arg(long)]
@@ -161,6 +161,10 @@ struct CreateArgs {
     /// Disk IOPS budget: a number or a share.
     #[arg(long)]
     disk_iops_sec: Option<String>,
+    /// CPU-time budget: cores like "6.5" or a share of allocatable CPU
+    /// time like "25%".
+    #[arg(long)]
+    cpu: Option<String>,
     /// Also write changes to the persistent domain config.
     #[arg(long)]
     persist: bool,
@@ -189,6 +193,9 @@ struct ReserveArgs {
     /// Disk operations per second.
     #[arg(long)]
     disk_iops_sec: Option<u64>,
+    /// CPU time: cores like "0.5", or a percentage of one core like "50%".
+    #[arg(long, value_parser = virtpool::core::cpu::parse_cores)]
+    cpu: Option<u64>,
     /// Wait for the cycle the change triggers.
     #[arg(long)]
     wait: bool,
@@ -508,10 +515,11 @@ async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
                 memory: a.memory.map(Bytes),
                 disk_bytes_sec: a.disk_bytes_sec.map(Bytes),
                 disk_iops_sec: a.disk_iops_sec,
+                cpu: a.cpu.map(virtpool::core::cpu::Cores),
             };
             if verb == "allocate" && req.is_empty() {
                 return Err(Fail::usage(
-                    "allocate needs at least one of --vcpus, --memory, --disk-bytes-sec, --disk-iops-sec",
+                    "allocate needs at least one of --vcpus, --memory, --disk-bytes-sec, --disk-iops-sec, --cpu",
                 ));
             }
             (
@@ -1062,6 +1070,17 @@ fn pool_spec(a: &CreateArgs) -> Result<PoolSpec, Fail> {
         memory: bytes(amount(&a.memory, Unit::Bytes, "memory")?),
         disk_bytes_sec: bytes(amount(&a.disk_bytes_sec, Unit::Bytes, "disk-bytes-sec")?),
         disk_iops_sec: count(amount(&a.disk_iops_sec, Unit::Count, "disk-iops-sec")?),
+        cpu: a
+            .cpu
+            .as_deref()
+            .map(|v| {
+                virtpool::core::cpu::parse_budget(v).map_err(|e| Fail::usage(format!("--cpu: {e}")))
+            })
+            .transpose()?
+            .map(|budget| virtpool::core::config::CpuPolicy {
+                budget: Some(budget),
+                ..Default::default()
+            }),
         ..Default::default()
     })
 }
@@ -1174,7 +1193,12 @@ fn render_status(s: &StatusResponse) -> String {
     if let (None, Some(a)) = (&s.capacity, &s.allocatable) {
         rows.push(vec![
             "allocatable".into(),
-            format!("{} vCPUs, {}", a.vcpus, units::human_bytes(a.memory)),
+            format!(
+                "{} vCPUs, {}, {} of CPU time",
+                a.vcpus,
+                units::human_bytes(a.memory),
+                Resource::Cpu.human(a.cpu)
+            ),
         ]);
     }
     rows.push(vec!["pools".into(), s.pools.to_string()]);
@@ -1422,6 +1446,20 @@ fn render_domain(d: &DomainView) -> String {
         ],
         vec!["reservation".into(), describe(&d.reservation)],
     ];
+    if d.cpu_used.is_some() || d.cpu_limit.is_some() {
+        rows.insert(
+            5,
+            vec![
+                "cpu".into(),
+                format!(
+                    "used {}, limit {}",
+                    opt(Resource::Cpu, d.cpu_used),
+                    d.cpu_limit
+                        .map_or_else(|| "none".to_string(), |l| Resource::Cpu.human(l))
+                ),
+            ],
+        );
+    }
     for r in Resource::ALL {
         if let Some(a) = d.resources.get(r) {
             rows.push(vec![

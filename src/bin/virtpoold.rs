@@ -203,8 +203,18 @@ fn check_config(path: &std::path::Path, cfg: &Config, alloc: &Allocatable) -> Ex
             cfg.agent.libvirt_uri
         ),
     };
+    // CPU time where a pool budgets it (it is not overcommitted: say how
+    // much there is).
+    let cpu = if cfg.pools.values().any(|p| p.resources.cpu.is_some()) {
+        format!(
+            ", {} of CPU time",
+            virtpool::core::model::Resource::Cpu.human(alloc.cpu)
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "{}: ok ({} pools; allocatable {} vCPUs, {}); {checked}",
+        "{}: ok ({} pools; allocatable {} vCPUs, {}{cpu}); {checked}",
         path.display(),
         cfg.pools.len(),
         alloc.vcpus,

@@ -108,23 +108,42 @@ pub fn pool(p: &PoolPlan) -> String {
         }
     }
     out.push_str(&table(&rows));
-    let mut rows = vec![vec![
+    // A CPU column where the pool manages CPU time: the limit, and what
+    // the domain used.
+    let cpu = p.budget.cpu.is_some();
+    let mut head = vec![
         "  DOMAIN".to_string(),
         "STATE".into(),
         "VCPUS".into(),
         "MEMORY".into(),
-        "WHY".into(),
-    ]];
+    ];
+    if cpu {
+        head.push("CPU".into());
+    }
+    head.push("WHY".into());
+    let mut rows = vec![head];
     let mut members: Vec<_> = p.members.iter().collect();
     members.sort_by(|a, b| a.name.cmp(&b.name));
     for m in members {
-        rows.push(vec![
+        let mut row = vec![
             format!("  {}", m.name),
             m.state.to_string(),
             pair(Resource::Vcpus, &m.alloc.vcpus),
             pair(Resource::Memory, &m.alloc.memory),
-            reasons(m),
-        ]);
+        ];
+        if cpu {
+            let used = m.alloc.cpu.and_then(|a| a.used);
+            row.push(match used {
+                Some(u) => format!(
+                    "{} (used {})",
+                    pair(Resource::Cpu, &m.alloc.cpu),
+                    crate::core::cpu::cores_text(u)
+                ),
+                None => pair(Resource::Cpu, &m.alloc.cpu),
+            });
+        }
+        row.push(reasons(m));
+        rows.push(row);
     }
     if p.members.is_empty() {
         rows.push(vec!["  (no members)".into()]);
@@ -136,9 +155,17 @@ pub fn pool(p: &PoolPlan) -> String {
 /// Every pool, then the unmanaged domains.
 pub fn plan(plan: &Plan) -> String {
     let mut out = String::new();
+    let cpu = if plan.pools.iter().any(|p| p.budget.cpu.is_some()) {
+        format!(
+            ", {} of CPU time",
+            Resource::Cpu.human(plan.allocatable.cpu)
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "host allocatable: {} vCPUs, {} memory{}",
+        "host allocatable: {} vCPUs, {} memory{cpu}{}",
         plan.allocatable.vcpus,
         crate::core::units::human_bytes(plan.allocatable.memory),
         if plan.pressure {

@@ -285,7 +285,9 @@ fn widths(rows: &[Vec<String>]) -> Vec<Constraint> {
 }
 
 fn pools_table(m: &Model) -> Table<'static> {
-    let head: Vec<String> = [
+    // CPU time where a pool manages it.
+    let cpu = m.pools.iter().any(|p| p.budget.cpu.is_some());
+    let mut head: Vec<String> = [
         "POOL",
         "MEMBERS",
         "VCPUS",
@@ -295,6 +297,9 @@ fn pools_table(m: &Model) -> Table<'static> {
     ]
     .map(String::from)
     .to_vec();
+    if cpu {
+        head.push("CPU TIME".into());
+    }
     let mut cells = vec![head.clone()];
     for p in &m.pools {
         let chosen = m.filter.as_deref() == Some(p.name.as_str());
@@ -306,14 +311,18 @@ fn pools_table(m: &Model) -> Table<'static> {
         if !p.unadmitted.is_empty() {
             members.push_str(&format!(", {} UNADMITTED", p.unadmitted.len()));
         }
-        cells.push(vec![
+        let mut row = vec![
             name,
             members,
             budget_cell(p, Resource::Vcpus),
             budget_cell(p, Resource::Memory),
             budget_cell(p, Resource::DiskBytesSec),
             budget_cell(p, Resource::DiskIopsSec),
-        ]);
+        ];
+        if cpu {
+            row.push(budget_cell(p, Resource::Cpu));
+        }
+        cells.push(row);
     }
     let w = widths(&cells);
     let rows: Vec<Row> = cells.into_iter().skip(1).map(Row::new).collect();
@@ -327,7 +336,7 @@ fn history_lines(m: &Model, width: usize) -> Vec<Line<'static>> {
         return vec![Line::from("  (no history read yet)")];
     };
     let mut lines = Vec::new();
-    for r in [Resource::Vcpus, Resource::Memory] {
+    for r in [Resource::Vcpus, Resource::Memory, Resource::Cpu] {
         let Some(s) = h.resources.get(&r) else {
             continue;
         };
@@ -443,7 +452,7 @@ fn history_height(m: &Model) -> u16 {
         .history
         .as_ref()
         .map_or(1, |h| {
-            [Resource::Vcpus, Resource::Memory]
+            [Resource::Vcpus, Resource::Memory, Resource::Cpu]
                 .iter()
                 .filter(|r| h.resources.contains_key(r))
                 .count()

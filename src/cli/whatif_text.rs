@@ -97,6 +97,9 @@ struct ChangeArgs {
     disk_bytes_sec: Option<u64>,
     #[arg(long)]
     disk_iops_sec: Option<u64>,
+    /// CPU time in cores (`0.5`, `650%` of one core).
+    #[arg(long, value_parser = crate::core::cpu::parse_cores)]
+    cpu: Option<u64>,
 }
 
 fn change(arg: &str) -> Result<WhatIfChange, WhatIfArgError> {
@@ -117,6 +120,7 @@ fn change(arg: &str) -> Result<WhatIfChange, WhatIfArgError> {
         memory: a.memory.map(Bytes),
         disk_bytes_sec: a.disk_bytes_sec.map(Bytes),
         disk_iops_sec: a.disk_iops_sec,
+        cpu: a.cpu.map(crate::core::cpu::Cores),
         move_: false,
     };
     let bare = |op, pool, domain| WhatIfChange {
@@ -127,6 +131,7 @@ fn change(arg: &str) -> Result<WhatIfChange, WhatIfArgError> {
         memory: None,
         disk_bytes_sec: None,
         disk_iops_sec: None,
+        cpu: None,
         move_: false,
     };
     Ok(match cmd {
@@ -135,9 +140,10 @@ fn change(arg: &str) -> Result<WhatIfChange, WhatIfArgError> {
                 && a.memory.is_none()
                 && a.disk_bytes_sec.is_none()
                 && a.disk_iops_sec.is_none()
+                && a.cpu.is_none()
             {
                 return Err(fail(
-                    "allocate needs at least one of --vcpus, --memory, --disk-bytes-sec, --disk-iops-sec".into(),
+                    "allocate needs at least one of --vcpus, --memory, --disk-bytes-sec, --disk-iops-sec, --cpu".into(),
                 ));
             }
             amounts(ChangeOp::Allocate, a)

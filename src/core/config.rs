@@ -5,6 +5,7 @@
 //! Pools are written as TOML tables; the API accepts the same shape as JSON
 //! ([`PoolSpec`]), so a runtime pool and a configured pool validate alike.
 
+use crate::core::cpu::{self, Cores, CpuTuning, RawCpuTuning};
 use crate::core::model::{PerResource, Resource};
 use crate::core::names;
 use crate::core::units::{self, Amount, Bytes, Secs};
@@ -112,6 +113,8 @@ struct RawConfig {
     vcpus: RawVcpuTuning,
     #[serde(default)]
     disk: RawDiskTuning,
+    #[serde(default)]
+    cpu: RawCpuTuning,
     #[serde(default)]
     pools: BTreeMap<String, PoolSpec>,
 }
@@ -224,6 +227,8 @@ pub struct PoolSpec {
     pub disk_bytes_sec: Option<BytesPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_iops_sec: Option<CountPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuPolicy>,
     /// Per-domain overrides of min / max / shares, keyed by name or UUID.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub members: BTreeMap<String, MemberSpec>,
@@ -241,6 +246,28 @@ pub struct MemberSpec {
     pub disk_bytes_sec: Option<BytesPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_iops_sec: Option<CountPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuPolicy>,
+}
+
+/// Budget and member defaults of CPU time, in cores (`0.5`, `"6.5"`;
+/// `min` and `max` also as a percentage of one core, `"650%"`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuPolicy {
+    /// Pool budget: cores, or a share of allocatable CPU time (`"25%"`).
+    /// Pool level only.
+    #[serde(default, with = "cpu::budget", skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Amount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<Cores>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Cores>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<u64>,
+    /// `share` (default) or `demand`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<MemoryPolicy>,
 }
 
 /// Budget and member defaults of a counted resource (vCPUs, IOPS).
@@ -322,6 +349,7 @@ pub fn max_amount(r: Resource) -> u64 {
         Resource::Vcpus => MAX_VCPUS,
         Resource::Memory | Resource::DiskBytesSec => MAX_BYTES,
         Resource::DiskIopsSec => MAX_IOPS,
+        Resource::Cpu => cpu::MAX_MILLI,
     }
 }
 
@@ -410,6 +438,8 @@ pub struct Tuning {
     pub vcpu_unplug_backoff: Duration,
     /// `*_max` sent with each disk rate = rate × burst_factor.
     pub disk_burst_factor: f64,
+    /// `[cpu]`.
+    pub cpu: CpuTuning,
 }
 
 impl Default for Tuning {
@@ -424,6 +454,7 @@ impl Default for Tuning {
             vcpu_cooldown: Duration::from_secs(60),
             vcpu_unplug_backoff: Duration::from_secs(300),
             disk_burst_factor: 1.0,
+            cpu: CpuTuning::default(),
         }
     }
 }
@@ -463,6 +494,8 @@ pub struct Pool {
     pub persist: bool,
     pub paused: bool,
     pub memory_policy: MemoryPolicy,
+    /// The same for CPU time (`cpu.policy`).
+    pub cpu_policy: MemoryPolicy,
     /// `None` for a resource the pool does not manage.
     pub resources: PerResource<Option<PoolResource>>,
     /// Per-domain overrides, keyed by name or UUID.
@@ -528,6 +561,11 @@ impl HostConfig {
             )),
             disk_bytes_sec: self.disk_bytes_sec.unwrap_or(0),
             disk_iops_sec: self.disk_iops_sec.unwrap_or(0),
+            // Real cores, not overcommitted: CPU time is a rate of the
+            // host's cores (see docs/allocation.md, "CPU time").
+            cpu: cpus
+                .saturating_sub(self.reserved_cpus)
+                .saturating_mul(cpu::MILLI),
         }
     }
 }
@@ -689,8 +727,7 @@ pub fn budget_problems(pools: &BTreeMap<String, Pool>, alloc: &Allocatable) -> V
             if let Some(res) = p.resources.get(r) {
                 if res.budget.is_fraction()
                     && *alloc.get(r) == 0
-                    && r != Resource::Vcpus
-                    && r != Resource::Memory
+                    && matches!(r, Resource::DiskBytesSec | Resource::DiskIopsSec)
                 {
                     problems.push(BudgetProblem::PercentOfUndeclared {
                         pool: p.name.clone(),
@@ -704,7 +741,7 @@ pub fn budget_problems(pools: &BTreeMap<String, Pool>, alloc: &Allocatable) -> V
         }
         let a = *alloc.get(r);
         let declared = match r {
-            Resource::Vcpus | Resource::Memory => true,
+            Resource::Vcpus | Resource::Memory | Resource::Cpu => true,
             _ => a > 0,
         };
         if declared && sum > a {
@@ -1024,6 +1061,7 @@ fn build(raw: RawConfig, path: &Path, problems: &mut Vec<String>) -> Config {
             .unplug_backoff
             .map_or(d.vcpu_unplug_backoff, |s| s.0),
         disk_burst_factor: raw.disk.burst_factor.unwrap_or(d.disk_burst_factor),
+        cpu: raw.cpu.build(MAX_DURATION, problems),
     };
     if !(tuning.disk_burst_factor.is_finite()
         && tuning.disk_burst_factor >= 1.0
@@ -1132,16 +1170,19 @@ fn build_pool(name: &str, spec: &PoolSpec, out: &mut Vec<PoolError>) -> Pool {
         }
     }
     let mut policy = MemoryPolicy::Share;
+    let mut cpu_policy = MemoryPolicy::Share;
     let mut resources: PerResource<Option<PoolResource>> = PerResource::default();
     for r in Resource::ALL {
         let Some((budget, limits, pol)) = policy_of(spec_resource(spec, r)) else {
             continue;
         };
-        if pol.is_some() && r != Resource::Memory {
+        if pol.is_some() && !matches!(r, Resource::Memory | Resource::Cpu) {
             problems.push(PoolProblem::PolicyNotMemory { resource: r });
         }
-        if let Some(p) = pol {
-            policy = p;
+        match (r, pol) {
+            (Resource::Cpu, Some(p)) => cpu_policy = p,
+            (_, Some(p)) => policy = p,
+            _ => {}
         }
         let Some(budget) = budget else {
             problems.push(PoolProblem::MissingBudget { resource: r });
@@ -1218,6 +1259,7 @@ fn build_pool(name: &str, spec: &PoolSpec, out: &mut Vec<PoolError>) -> Pool {
         persist: spec.persist,
         paused: spec.paused,
         memory_policy: policy,
+        cpu_policy,
         resources,
         members,
         runtime: false,
@@ -1228,6 +1270,7 @@ fn build_pool(name: &str, spec: &PoolSpec, out: &mut Vec<PoolError>) -> Pool {
 enum AnyPolicy<'a> {
     Count(&'a CountPolicy),
     Bytes(&'a BytesPolicy),
+    Cpu(&'a CpuPolicy),
 }
 
 fn spec_resource(spec: &PoolSpec, r: Resource) -> Option<AnyPolicy<'_>> {
@@ -1236,6 +1279,7 @@ fn spec_resource(spec: &PoolSpec, r: Resource) -> Option<AnyPolicy<'_>> {
         Resource::Memory => spec.memory.as_ref().map(AnyPolicy::Bytes),
         Resource::DiskBytesSec => spec.disk_bytes_sec.as_ref().map(AnyPolicy::Bytes),
         Resource::DiskIopsSec => spec.disk_iops_sec.as_ref().map(AnyPolicy::Count),
+        Resource::Cpu => spec.cpu.as_ref().map(AnyPolicy::Cpu),
     }
 }
 
@@ -1245,6 +1289,7 @@ fn member_resource(spec: &MemberSpec, r: Resource) -> Option<AnyPolicy<'_>> {
         Resource::Memory => spec.memory.as_ref().map(AnyPolicy::Bytes),
         Resource::DiskBytesSec => spec.disk_bytes_sec.as_ref().map(AnyPolicy::Bytes),
         Resource::DiskIopsSec => spec.disk_iops_sec.as_ref().map(AnyPolicy::Count),
+        Resource::Cpu => spec.cpu.as_ref().map(AnyPolicy::Cpu),
     }
 }
 
@@ -1267,6 +1312,15 @@ fn policy_of(p: Option<AnyPolicy<'_>>) -> Option<(Option<Amount>, Limits, Option
                 shares: b.shares,
             },
             b.policy,
+        ),
+        AnyPolicy::Cpu(c) => (
+            c.budget,
+            Limits {
+                min: c.min.map(|x| x.0),
+                max: c.max.map(|x| x.0),
+                shares: c.shares,
+            },
+            c.policy,
         ),
     })
 }
@@ -1313,6 +1367,9 @@ fn check_limits(
     }
     if r == Resource::Vcpus && l.max == Some(0) {
         problems.push(PoolProblem::NoVcpus { member: member() });
+    }
+    if r == Resource::Cpu && l.max.is_some_and(|m| m < cpu::MIN_LIMIT) {
+        problems.push(PoolProblem::CpuMaxBelowQuota { member: member() });
     }
     if let Some(shares) = l.shares {
         if shares == 0 || shares > MAX_SHARES {

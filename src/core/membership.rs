@@ -130,6 +130,9 @@ mod tests {
             balloon_device: true,
             cpu_shares: None,
             blkio_weight: None,
+            cpu_quota: None,
+            cpu_time: None,
+            cpu_used: None,
             active_secs: None,
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod capacity;
 pub mod config;
+pub mod cpu;
 pub mod event;
 pub mod glob;
 pub mod keys;

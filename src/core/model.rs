@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;
 
+pub use crate::core::cpu::{CpuQuota, QuotaScope};
+
 /// One of the resources a pool can budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -18,15 +20,20 @@ pub enum Resource {
     Memory,
     DiskBytesSec,
     DiskIopsSec,
+    /// CPU time, in millicores (1000 = one core busy all the time).
+    Cpu,
 }
 
 impl Resource {
-    pub const ALL: [Resource; 4] = [
+    pub const ALL: [Resource; 5] = [
         Resource::Vcpus,
         Resource::Memory,
         Resource::DiskBytesSec,
         Resource::DiskIopsSec,
+        Resource::Cpu,
     ];
+    /// How many resources there are.
+    pub const COUNT: usize = Resource::ALL.len();
 
     /// The key used in config files, the API and metrics.
     pub fn key(self) -> &'static str {
@@ -35,16 +42,19 @@ impl Resource {
             Resource::Memory => "memory",
             Resource::DiskBytesSec => "disk_bytes_sec",
             Resource::DiskIopsSec => "disk_iops_sec",
+            Resource::Cpu => "cpu",
         }
     }
 
-    /// Formats an amount of this resource for humans ("4", "8.0 GiB", "100.0 MiB/s").
+    /// Formats an amount of this resource for humans ("4", "8.0 GiB",
+    /// "100.0 MiB/s", "0.5 cores").
     pub fn human(self, amount: u64) -> String {
         match self {
             Resource::Vcpus => amount.to_string(),
             Resource::Memory => crate::core::units::human_bytes(amount),
             Resource::DiskBytesSec => format!("{}/s", crate::core::units::human_bytes(amount)),
             Resource::DiskIopsSec => format!("{amount} IOPS"),
+            Resource::Cpu => crate::core::cpu::human_cores(amount),
         }
     }
 }
@@ -57,11 +67,15 @@ impl fmt::Display for Resource {
 
 /// A value per resource.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de> + Default"))]
 pub struct PerResource<T> {
     pub vcpus: T,
     pub memory: T,
     pub disk_bytes_sec: T,
     pub disk_iops_sec: T,
+    /// Absent in what was written before CPU time was a resource.
+    #[serde(default)]
+    pub cpu: T,
 }
 
 impl<T> PerResource<T> {
@@ -71,6 +85,7 @@ impl<T> PerResource<T> {
             Resource::Memory => &self.memory,
             Resource::DiskBytesSec => &self.disk_bytes_sec,
             Resource::DiskIopsSec => &self.disk_iops_sec,
+            Resource::Cpu => &self.cpu,
         }
     }
 
@@ -80,6 +95,7 @@ impl<T> PerResource<T> {
             Resource::Memory => &mut self.memory,
             Resource::DiskBytesSec => &mut self.disk_bytes_sec,
             Resource::DiskIopsSec => &mut self.disk_iops_sec,
+            Resource::Cpu => &mut self.cpu,
         }
     }
 
@@ -89,6 +105,7 @@ impl<T> PerResource<T> {
             memory: f(Resource::Memory),
             disk_bytes_sec: f(Resource::DiskBytesSec),
             disk_iops_sec: f(Resource::DiskIopsSec),
+            cpu: f(Resource::Cpu),
         }
     }
 }
@@ -224,6 +241,19 @@ pub struct DomainObs {
     pub cpu_shares: Option<u64>,
     /// blkio weight, if read.
     pub blkio_weight: Option<u64>,
+    /// CPU-time limit (scheduler quota and period), if the hypervisor has
+    /// one (`None`: it offers neither `global_quota` nor `vcpu_quota`).
+    #[serde(default)]
+    pub cpu_quota: Option<CpuQuota>,
+    /// CPU time the domain has used since it started, nanoseconds
+    /// (libvirt's `cpu.time`), when read.
+    #[serde(default)]
+    pub cpu_time: Option<u64>,
+    /// CPU time it used per second of late (millicores), from the change
+    /// of `cpu_time` since an earlier observation; `None` until two
+    /// observations of the same run exist (filled by the agent).
+    #[serde(default)]
+    pub cpu_used: Option<u64>,
     /// Seconds since the agent first saw this domain active (admission order:
     /// oldest first). `None` when not active.
     pub active_secs: Option<u64>,
@@ -235,6 +265,7 @@ impl DomainObs {
     pub fn actual(&self, r: Resource) -> u64 {
         match r {
             Resource::Vcpus => self.vcpus,
+            Resource::Cpu => self.cpu_limit(),
             Resource::Memory => self.memory,
             Resource::DiskBytesSec | Resource::DiskIopsSec => {
                 let mut sum = 0u64;
@@ -258,6 +289,15 @@ impl DomainObs {
 }
 
 impl DomainObs {
+    /// Its CPU-time limit in millicores: all its online vCPUs when nothing
+    /// limits it (or the hypervisor has no quota).
+    pub fn cpu_limit(&self) -> u64 {
+        match self.cpu_quota {
+            Some(q) => q.millicores(self.vcpus),
+            None => self.vcpus.saturating_mul(crate::core::cpu::MILLI),
+        }
+    }
+
     /// Updates this observation with the effect of an action libvirt
     /// accepted, so what the agent publishes after a cycle is what the
     /// domain has now (not what it had before the cycle).
@@ -272,6 +312,7 @@ impl DomainObs {
             }
             Action::SetCpuShares { to, .. } => self.cpu_shares = Some(*to),
             Action::SetBlkioWeight { to, .. } => self.blkio_weight = Some(*to),
+            Action::SetCpuQuota { quota, .. } => self.cpu_quota = Some(*quota),
             Action::SetStatsPeriod { .. } => {}
         }
     }
@@ -322,6 +363,10 @@ pub enum Reason {
     /// Set back to what it had before the agent changed it (the domain
     /// left management).
     Released,
+    /// The hypervisor offers no CPU quota for the domain (neither
+    /// `global_quota` nor `vcpu_quota`): its CPU time is planned and
+    /// reported, not set.
+    NoQuota,
 }
 
 impl fmt::Display for Reason {
@@ -381,6 +426,22 @@ pub enum Action {
         to: u64,
         persist: bool,
     },
+    /// A CPU-time limit: the scheduler quota and period of the whole
+    /// domain (or of each vCPU where libvirt has no global quota).
+    SetCpuQuota {
+        uuid: Arc<str>,
+        domain: Arc<str>,
+        /// Millicores it had.
+        from: u64,
+        /// Millicores it gets (every online vCPU's worth: no limit).
+        to: u64,
+        /// What libvirt had (given back when the domain is released).
+        was: Option<CpuQuota>,
+        /// What is written.
+        quota: CpuQuota,
+        reason: Reason,
+        persist: bool,
+    },
     /// How often the guest's balloon driver reports memory statistics
     /// (seconds): set once per run of a domain whose memory is managed,
     /// so that guest statistics exist. Not an allocation change: not in
@@ -400,6 +461,7 @@ impl Action {
             | Action::SetBlockIoTune { uuid, .. }
             | Action::SetCpuShares { uuid, .. }
             | Action::SetBlkioWeight { uuid, .. }
+            | Action::SetCpuQuota { uuid, .. }
             | Action::SetStatsPeriod { uuid, .. } => uuid,
         }
     }
@@ -411,6 +473,7 @@ impl Action {
             | Action::SetBlockIoTune { domain, .. }
             | Action::SetCpuShares { domain, .. }
             | Action::SetBlkioWeight { domain, .. }
+            | Action::SetCpuQuota { domain, .. }
             | Action::SetStatsPeriod { domain, .. } => domain,
         }
     }
@@ -423,6 +486,7 @@ impl Action {
             Action::SetBlockIoTune { .. } => "block_iotune",
             Action::SetCpuShares { .. } => "cpu_shares",
             Action::SetBlkioWeight { .. } => "blkio_weight",
+            Action::SetCpuQuota { .. } => "cpu",
             Action::SetStatsPeriod { .. } => "stats_period",
         }
     }

@@ -106,8 +106,40 @@ pub fn action(a: &Action) -> String {
             "blkio weight {} → {to}",
             from.map_or("?".into(), |v| v.to_string())
         ),
+        Action::SetCpuQuota {
+            from,
+            to,
+            was,
+            quota,
+            reason,
+            ..
+        } => {
+            let (f, t) = cpu_change(*from, *to, *was, *quota);
+            format!("cpu {f} → {t} ({reason})")
+        }
         Action::SetStatsPeriod { secs, .. } => format!("balloon stats period {secs} s"),
     }
+}
+
+/// A CPU-time limit change in words: the limits in cores, `no limit`
+/// where nothing limits the domain.
+fn cpu_change(
+    from: u64,
+    to: u64,
+    was: Option<crate::core::model::CpuQuota>,
+    quota: crate::core::model::CpuQuota,
+) -> (String, String) {
+    let side = |m: u64, limited: bool| {
+        if limited {
+            Resource::Cpu.human(m)
+        } else {
+            "no limit".to_string()
+        }
+    };
+    (
+        side(from, was.is_some_and(|q| q.is_limited())),
+        side(to, quota.is_limited()),
+    )
 }
 
 /// What an action changes, in words (for logs and the audit log).
@@ -149,6 +181,17 @@ pub fn action_change(a: &Action) -> Change {
             to.to_string(),
             "shares".into(),
         ),
+        Action::SetCpuQuota {
+            from,
+            to,
+            was,
+            quota,
+            reason,
+            ..
+        } => {
+            let (f, t) = cpu_change(*from, *to, *was, *quota);
+            (f, t, reason.to_string())
+        }
         Action::SetStatsPeriod { secs, .. } => (
             "unset".into(),
             format!("{secs}s"),

@@ -45,6 +45,7 @@ fn change(op: ChangeOp, pool: &str, domain: &str) -> WhatIfChange {
         memory: None,
         disk_bytes_sec: None,
         disk_iops_sec: None,
+        cpu: None,
         move_: false,
     }
 }

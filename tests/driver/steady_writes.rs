@@ -77,3 +77,90 @@ async fn a_converged_cycle_makes_no_writes() {
     );
     assert_eq!(calls.full_observes(), observed + 3);
 }
+
+/// The libvirt reads and writes of one steady cycle of the demo pools,
+/// with `extra` appended to the last pool (`[pools.batch]`).
+async fn steady_cycle_calls(extra: &str) -> (u64, u64, Vec<virtpool::core::model::Reason>) {
+    let demo = include_str!("../../config/demo.toml");
+    let pools = format!("{}{extra}", &demo[demo.find("[host]").unwrap()..]);
+    let cfg = config("cycle-host.xml", &pools);
+    virtpool::adapters::libvirt::quiet_errors();
+    let hv = HvWorker::spawn(Box::new(Libvirt::new(&cfg.agent.libvirt_uri))).unwrap();
+    let (mut m, _h) = Reconciler::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false);
+    for _ in 0..50 {
+        if m.cycle_once().await.results.is_empty() {
+            break;
+        }
+    }
+    let st = m.cycle_once().await;
+    assert!(st.results.is_empty(), "{:?}", st.results);
+    let c = st.last_cycle.as_ref().unwrap();
+    let reasons = st
+        .plan
+        .as_ref()
+        .unwrap()
+        .pools
+        .iter()
+        .flat_map(|p| &p.members)
+        .filter_map(|m| m.alloc.cpu.map(|a| a.reason))
+        .collect();
+    (c.libvirt_reads, c.libvirt_writes, reasons)
+}
+
+#[tokio::test]
+async fn cpu_time_in_a_pool_costs_no_read_and_no_write_on_the_test_driver() {
+    // The test driver's scheduler has no quota: the batch pool's CPU time
+    // is planned (no_quota), never written, and read with what a cycle
+    // reads anyway (CPU time comes with `info`, or with bulk stats on
+    // QEMU).
+    let (reads, writes, none) = steady_cycle_calls("").await;
+    assert!(none.is_empty());
+    let (cpu_reads, cpu_writes, reasons) =
+        steady_cycle_calls("cpu = { budget = 2, policy = \"demand\" }\n").await;
+    assert_eq!((writes, cpu_writes), (0, 0));
+    assert_eq!(cpu_reads, reads, "a CPU budget adds libvirt reads");
+    assert!(!reasons.is_empty());
+    assert!(
+        reasons.iter().all(|r| matches!(
+            r,
+            virtpool::core::model::Reason::NoQuota | virtpool::core::model::Reason::Share
+        )),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn cpu_use_is_read_from_the_test_drivers_cpu_time() {
+    // The test driver's `info` reports wall-clock time as CPU time: every
+    // running domain uses one core, as far as it says.
+    let demo = include_str!("../../config/demo.toml");
+    let pools = format!(
+        "{}cpu = {{ budget = 2 }}\n",
+        &demo[demo.find("[host]").unwrap()..]
+    );
+    let cfg = config("cycle-host.xml", &pools);
+    virtpool::adapters::libvirt::quiet_errors();
+    let hv = HvWorker::spawn(Box::new(Libvirt::new(&cfg.agent.libvirt_uri))).unwrap();
+    let (mut m, _h) = Reconciler::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false);
+    let st = m.cycle_once().await;
+    assert!(st.domains.iter().all(|d| d.cpu_used.is_none()));
+    let running: Vec<_> = st
+        .domains
+        .iter()
+        .filter(|d| d.state == virtpool::core::model::DomainState::Running)
+        .map(|d| d.name.clone())
+        .collect();
+    assert!(!running.is_empty());
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let st = m.cycle_once().await;
+    for d in st.domains.iter().filter(|d| running.contains(&d.name)) {
+        let used = d
+            .cpu_used
+            .unwrap_or_else(|| panic!("{}: no use measured", d.name));
+        assert!(
+            (900..=1100).contains(&used),
+            "{}: {used} millicores",
+            d.name
+        );
+    }
+}

@@ -402,7 +402,7 @@ async fn json_mode_prints_errors_and_metrics_as_json() {
         (&s, &["--json", "allocate", "web", "web-1", "--vcpus", "9"][..], 1, "does_not_fit", "vcpus reservation 9 for \"web-1\" is above its max 8"),
         (&s, &["--json", "bogus"][..], 2, "usage", "unrecognized subcommand 'bogus'"),
         (&s, &["--json"][..], 2, "usage", "a subcommand is required (see --help)"),
-        (&s, &["--json", "allocate", "web", "web-1"][..], 2, "usage", "allocate needs at least one of --vcpus, --memory, --disk-bytes-sec, --disk-iops-sec"),
+        (&s, &["--json", "allocate", "web", "web-1"][..], 2, "usage", "allocate needs at least one of --vcpus, --memory, --disk-bytes-sec, --disk-iops-sec, --cpu"),
         (&s, &["--json", "events", "--since", "soon"][..], 2, "usage", "--since \"soon\": not a time ago like \"10m\" or \"2h\", nor a UTC time like \"2024-05-01 10:00:00\""),
         (&missing, &["--json", "status"][..], 1, "unreachable", ""),
     ] {

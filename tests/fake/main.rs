@@ -9,6 +9,7 @@ mod support;
 mod api_concurrency;
 mod api_endpoints;
 mod api_promises;
+mod cpu_time;
 mod ctl_cli;
 mod service_watchdog;
 mod vanished;

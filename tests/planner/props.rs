@@ -5,7 +5,9 @@
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use virtpool::core::config::{Config, Limits, MemoryPolicy};
-use virtpool::core::model::{Action, DomainObs, DomainState, IoTune, Observation, Resource};
+use virtpool::core::model::{
+    Action, CpuQuota, DomainObs, DomainState, IoTune, Observation, QuotaScope, Resource,
+};
 use virtpool::core::planner::testing::{self as t, GIB, MIB};
 use virtpool::core::planner::{check_plan, plan, History, Outcome, Plan, PlanInput, Reservations};
 use virtpool::core::units::Amount;
@@ -91,6 +93,15 @@ fn scenario(seed: u64, n: usize, pools: usize, g: Gen) -> Scenario {
             let il = lim(&mut rng, 10, 10);
             p = t::with_budget(p, Resource::DiskIopsSec, rng.range(1, 100_000), il);
         }
+        if rng.chance(60) {
+            // CPU time in millicores: mins of 0.1 to 1 core, maxes of 1
+            // to 8 cores.
+            let cl = lim(&mut rng, 100, 10);
+            p = t::with_budget(p, Resource::Cpu, rng.range(10, host_cpus * 1000), cl);
+            if g.variety && rng.chance(40) {
+                p.cpu_policy = MemoryPolicy::Demand;
+            }
+        }
         ps.push(p);
         reservations.insert(name, BTreeMap::new());
     }
@@ -143,13 +154,41 @@ fn scenario(seed: u64, n: usize, pools: usize, g: Gen) -> Scenario {
         if rng.chance(30) {
             d.cpu_shares = Some(rng.range(2, 10_000));
         }
+        // A CPU quota (the whole domain's or each vCPU's), unset or set;
+        // or a hypervisor without one. What it used of late.
+        if d.state.is_active() && rng.chance(85) {
+            let scope = if rng.chance(80) {
+                QuotaScope::Global
+            } else {
+                QuotaScope::Vcpu
+            };
+            let quota = if rng.chance(40) {
+                -1
+            } else {
+                rng.range(1000, d.vcpus * 100_000) as i64
+            };
+            let period = if rng.chance(80) {
+                100_000
+            } else {
+                rng.range(1000, 1_000_000)
+            };
+            d.cpu_quota = Some(CpuQuota {
+                scope,
+                period,
+                quota,
+            });
+        }
+        if d.state.is_active() && rng.chance(60) {
+            d.cpu_used = Some(rng.range(0, d.cpu_limit()));
+        }
         if let (Some(p), true) = (pool_name, rng.chance(10)) {
             let pi = pool;
-            let r = Resource::ALL[rng.range(0, 3) as usize];
+            let r = Resource::ALL[rng.range(0, 4) as usize];
             if ps[pi].resources.get(r).is_some() {
                 if rng.chance(50) {
                     let min = match r {
                         Resource::Memory => rng.range(1, 8) * 256 * MIB,
+                        Resource::Cpu => rng.range(1, 20) * 100,
                         _ => rng.range(1, 4),
                     };
                     let e = reservations.get_mut(&p).unwrap();
@@ -171,6 +210,11 @@ fn scenario(seed: u64, n: usize, pools: usize, g: Gen) -> Scenario {
         config.tuning.memory_max_shrink = Amount::Absolute(rng.range(128, 2048) * MIB);
     }
     config.tuning.disk_burst_factor = 1.0 + rng.range(0, 20) as f64 / 10.0;
+    config.tuning.cpu.min_change = rng.range(0, 200);
+    if rng.chance(30) {
+        config.tuning.cpu.max_shrink = Amount::Absolute(rng.range(100, 2000));
+    }
+    config.tuning.cpu.cooldown = std::time::Duration::from_secs(rng.range(0, 60));
     let mut host = t::host(host_cpus, host_mem);
     if g.pressure && rng.chance(40) {
         host.memory_available = host_mem / 100 * rng.range(0, 15);
@@ -180,6 +224,11 @@ fn scenario(seed: u64, n: usize, pools: usize, g: Gen) -> Scenario {
         if rng.chance(10) {
             history
                 .vcpu_changed_at
+                .insert(d.uuid.to_string(), rng.range(900, 1000));
+        }
+        if rng.chance(10) {
+            history
+                .cpu_raised_at
                 .insert(d.uuid.to_string(), rng.range(900, 1000));
         }
         if g.pressure && rng.chance(10) {
@@ -271,6 +320,10 @@ fn invariants(s: &Scenario, p: &Plan) -> Result<(), String> {
                 if r == Resource::Vcpus && a.next == 0 {
                     return Err(format!("{}: 0 vCPUs", m.name));
                 }
+                if r == Resource::Cpu {
+                    cpu_rules(s, &pool.name, domain_of(s, &m.uuid), a)
+                        .map_err(|e| format!("{}: {e}", m.name))?;
+                }
             }
             // 1. Σ targets ≤ budget; Σ next ≤ budget unless it started over.
             if st > budget {
@@ -289,6 +342,43 @@ fn invariants(s: &Scenario, p: &Plan) -> Result<(), String> {
             if !disk && sa <= budget && sn > budget {
                 return Err(format!("{} {r}: Σ next {sn} > budget {budget}", pool.name));
             }
+        }
+    }
+    Ok(())
+}
+
+/// The CPU-time rules of one admitted member: its cap never exceeds its
+/// online vCPUs; no limit set where the hypervisor has no quota; no
+/// change inside the dead band; in a demand pool, a set limit comes down
+/// by at most the shrink step, and not during the cooldown after it was
+/// raised.
+fn cpu_rules(
+    s: &Scenario,
+    pool: &str,
+    d: &DomainObs,
+    a: &virtpool::core::planner::Alloc,
+) -> Result<(), String> {
+    let tuning = &s.config.tuning.cpu;
+    if a.cap > d.vcpus.max(1) * 1000 {
+        return Err(format!("cpu cap {} above {} online vCPUs", a.cap, d.vcpus));
+    }
+    if d.cpu_quota.is_none() && a.next != a.actual {
+        return Err(format!("cpu {a:?} changed without a quota"));
+    }
+    let in_bounds = a.floor <= a.actual && a.actual <= a.cap;
+    if a.next != a.actual && in_bounds && a.target.abs_diff(a.actual) < tuning.min_change {
+        return Err(format!("cpu change inside the dead band {a:?}"));
+    }
+    let demand = s.config.pools[pool].cpu_policy == MemoryPolicy::Demand;
+    let limited = d.cpu_quota.is_some_and(|q| q.is_limited());
+    if demand && limited && a.next < a.actual {
+        let step = tuning.max_shrink.resolve(a.actual).max(1);
+        if a.actual - a.next > step {
+            return Err(format!("cpu shrink {} > step {step}", a.actual - a.next));
+        }
+        let raised = s.history.cpu_raised_at.get(&*d.uuid).copied();
+        if raised.is_some_and(|t| s.now < t + tuning.cooldown.as_secs()) {
+            return Err(format!("cpu lowered during its cooldown {a:?}"));
         }
     }
     Ok(())

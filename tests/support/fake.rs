@@ -198,6 +198,7 @@ impl Fake {
             }
             Action::SetCpuShares { to, .. } => d.cpu_shares = Some(*to),
             Action::SetBlkioWeight { to, .. } => d.blkio_weight = Some(*to),
+            Action::SetCpuQuota { quota, .. } => d.cpu_quota = Some(*quota),
             Action::SetStatsPeriod { .. } => {}
         }
         Ok(())

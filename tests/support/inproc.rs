@@ -52,6 +52,9 @@ pub fn dom(name: &str, vcpus: u64, vcpus_max: u64, mem_gib: u64) -> DomainObs {
         balloon_device: true,
         cpu_shares: None,
         blkio_weight: None,
+        cpu_quota: None,
+        cpu_time: None,
+        cpu_used: None,
         active_secs: None,
     }
 }

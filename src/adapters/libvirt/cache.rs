@@ -2,11 +2,12 @@
 //! what can change without notice.
 //!
 //! Every observation reads each domain's state, vCPUs, balloon and guest
-//! memory statistics (bulk stats where the driver fills them). The rest —
-//! what comes from the domain XML (disks, maximum vCPUs, virtpool metadata)
-//! and the tunables the agent itself sets (disk I/O limits, blkio weight,
-//! `cpu_shares`) — changes only when someone redefines, hot-plugs, retunes
-//! or restarts the domain. It is read once and reused until one of these
+//! memory statistics and CPU time (bulk stats where the driver fills
+//! them). The rest — what comes from the domain XML (disks, maximum vCPUs,
+//! virtpool metadata) and the tunables the agent itself sets (disk I/O
+//! limits, blkio weight, the scheduler's `cpu_shares` and CPU quota) —
+//! changes only when someone redefines, hot-plugs, retunes or restarts
+//! the domain. It is read once and reused until one of these
 //! says it may have changed:
 //! - a libvirt event about the domain: any lifecycle event (defined,
 //!   started, stopped, ...), device added or removed, metadata changed,
@@ -29,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::core::model::{Action, DiskObs};
+use crate::core::model::{Action, CpuQuota, DiskObs};
 
 /// Default resync interval (`agent.resync_interval`).
 pub const DEFAULT_RESYNC: Duration = crate::core::config::DEFAULT_RESYNC;
@@ -86,6 +87,8 @@ pub struct Slow {
     pub disks: Arc<[DiskObs]>,
     pub cpu_shares: Option<u64>,
     pub blkio_weight: Option<u64>,
+    /// The CPU-time limit (read with `cpu_shares`).
+    pub cpu_quota: Option<CpuQuota>,
 }
 
 /// The parts of a cached [`Slow`] that must be read again before it is
@@ -94,7 +97,8 @@ pub struct Slow {
 pub struct Refresh {
     /// The I/O limits of the domain's disks.
     pub iotune: bool,
-    pub cpu_shares: bool,
+    /// The scheduler parameters (`cpu_shares`, the CPU quota).
+    pub scheduler: bool,
     pub blkio_weight: bool,
 }
 
@@ -109,7 +113,7 @@ impl Refresh {
         let mut r = Refresh::default();
         match action {
             Action::SetBlockIoTune { .. } => r.iotune = true,
-            Action::SetCpuShares { .. } => r.cpu_shares = true,
+            Action::SetCpuShares { .. } | Action::SetCpuQuota { .. } => r.scheduler = true,
             Action::SetBlkioWeight { .. } => r.blkio_weight = true,
             Action::SetVcpus { .. } | Action::SetMemory { .. } | Action::SetStatsPeriod { .. } => {}
         }
@@ -118,7 +122,7 @@ impl Refresh {
 
     fn add(&mut self, o: Refresh) {
         self.iotune |= o.iotune;
-        self.cpu_shares |= o.cpu_shares;
+        self.scheduler |= o.scheduler;
         self.blkio_weight |= o.blkio_weight;
     }
 }
@@ -341,6 +345,7 @@ mod tests {
             disks: Arc::from([]),
             cpu_shares: None,
             blkio_weight: Some(500),
+            cpu_quota: None,
         }
     }
 

@@ -29,7 +29,8 @@ pub enum Call {
     Xml,
     /// `virDomainGetBlockIoTune`.
     GetIoTune,
-    /// `virDomainGetSchedulerParametersFlags`.
+    /// `virDomainGetSchedulerParametersFlags` (`cpu_shares` and the CPU
+    /// quota together).
     GetCpuShares,
     /// `virDomainGetBlkioParameters`.
     GetBlkioWeight,
@@ -45,11 +46,13 @@ pub enum Call {
     SetBlkioWeight,
     /// `virDomainSetMemoryStatsPeriod`.
     SetStatsPeriod,
+    /// `virDomainSetSchedulerParametersFlags` (a CPU quota and period).
+    SetCpuQuota,
 }
 
 impl Call {
     /// Every kind, in label order.
-    pub const ALL: [Call; 16] = [
+    pub const ALL: [Call; 17] = [
         Call::List,
         Call::BulkStats,
         Call::Lookup,
@@ -66,6 +69,7 @@ impl Call {
         Call::SetCpuShares,
         Call::SetBlkioWeight,
         Call::SetStatsPeriod,
+        Call::SetCpuQuota,
     ];
 
     /// The metrics label.
@@ -87,6 +91,7 @@ impl Call {
             Call::SetCpuShares => "set_cpu_shares",
             Call::SetBlkioWeight => "set_blkio_weight",
             Call::SetStatsPeriod => "set_stats_period",
+            Call::SetCpuQuota => "set_cpu_quota",
         }
     }
 

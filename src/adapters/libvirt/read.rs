@@ -1,6 +1,6 @@
-//! Reading one domain: state, vCPUs, memory and guest statistics every
-//! time (from bulk stats where the driver fills them), and the slow facts
-//! — XML, maximum vCPUs, I/O limits, weights — unless the read cache holds
+//! Reading one domain: state, vCPUs, memory, guest statistics and CPU time
+//! every time (from bulk stats where the driver fills them), and the slow
+//! facts — XML, maximum vCPUs, I/O limits, weights, CPU quota — unless the read cache holds
 //! them (then only the parts the agent's own writes made stale).
 
 use std::sync::Arc;
@@ -20,7 +20,8 @@ pub(super) const KIB: u64 = 1024;
 /// What the connected driver turned out not to offer; reset on reconnect.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct ReadCaps {
-    /// `cpu_shares` cannot be read: skip the two round trips per domain.
+    /// The scheduler parameters (`cpu_shares`, CPU quota) cannot be read:
+    /// skip the two round trips per domain.
     pub(super) no_cpu_shares: bool,
     /// Bulk stats filled no group beyond `state.*` (the test driver): the
     /// per-domain reads give everything, so the bulk call is skipped.
@@ -66,13 +67,16 @@ pub fn balloon_from_stats(stats: &[(u32, u64)], fallback_actual_kib: u64) -> Opt
 /// Bulk stats groups asked for in one call per observation. Where a driver
 /// leaves a group empty (the test driver fills only `state.*`), the values
 /// are read per domain instead.
-pub(super) const BULK_GROUPS: u32 =
-    sys::VIR_DOMAIN_STATS_STATE | sys::VIR_DOMAIN_STATS_VCPU | sys::VIR_DOMAIN_STATS_BALLOON;
+pub(super) const BULK_GROUPS: u32 = sys::VIR_DOMAIN_STATS_STATE
+    | sys::VIR_DOMAIN_STATS_VCPU
+    | sys::VIR_DOMAIN_STATS_BALLOON
+    | sys::VIR_DOMAIN_STATS_CPU_TOTAL;
 
 /// The bulk stats parameters the observation reads (the others are not
 /// copied out of libvirt).
-pub(super) const BULK_FIELDS: [&str; 8] = [
+pub(super) const BULK_FIELDS: [&str; 9] = [
     "state.state",
+    "cpu.time",
     "vcpu.current",
     "vcpu.maximum",
     "balloon.current",
@@ -183,9 +187,13 @@ pub(super) fn read_domain(
         }
     };
 
-    // (state, live vCPUs, max vCPUs if known, memory KiB, max memory KiB)
-    let (state, nr_vcpus, bulk_max, mem_kib, max_kib) = match bulk.and_then(bulk_info) {
-        Some((state, vcpus, max, cur, maxmem)) => (state, vcpus, Some(max), cur, maxmem),
+    // (state, live vCPUs, max vCPUs if known, memory KiB, max memory KiB,
+    // CPU time in ns): `info` only where bulk stats lack the first five.
+    let bulk_cpu_time = bulk.and_then(|r| r.number("cpu.time"));
+    let (state, nr_vcpus, bulk_max, mem_kib, max_kib, cpu_time) = match bulk.and_then(bulk_info) {
+        Some((state, vcpus, max, cur, maxmem)) => {
+            (state, vcpus, Some(max), cur, maxmem, bulk_cpu_time)
+        }
         None => {
             calls.add(Call::Info);
             let info = dom.info().map_err(|e| Failure::new(e, ctx("info")))?;
@@ -199,6 +207,7 @@ pub(super) fn read_domain(
                 from_bulk.map(|v| v.1),
                 info.memory,
                 info.max_mem,
+                bulk_cpu_time.or(Some(info.cpu_time)),
             )
         }
     };
@@ -253,6 +262,9 @@ pub(super) fn read_domain(
             balloon_device: slow.balloon_device,
             cpu_shares: slow.cpu_shares,
             blkio_weight: slow.blkio_weight,
+            cpu_quota: slow.cpu_quota.filter(|_| active),
+            cpu_time: cpu_time.filter(|_| active),
+            cpu_used: None,
             active_secs: None,
         },
         slow: from,
@@ -303,15 +315,16 @@ fn read_slow(
         disks.push(obs);
     }
 
-    let cpu_shares = read_cpu_shares(dom, caps, calls, soft)?;
+    let sched = read_scheduler(dom, name, caps, calls)?;
     let blkio_weight = read_blkio_weight(dom, calls, soft)?;
     Ok(Slow {
         vcpus_max,
         metadata_pool,
         balloon_device,
         disks: disks.into(),
-        cpu_shares,
+        cpu_shares: sched.cpu_shares,
         blkio_weight,
+        cpu_quota: sched.quota,
     })
 }
 
@@ -334,8 +347,10 @@ fn refresh_slow(
         }
         slow.disks = disks.into();
     }
-    if refresh.cpu_shares {
-        slow.cpu_shares = read_cpu_shares(dom, caps, calls, soft)?;
+    if refresh.scheduler {
+        let sched = read_scheduler(dom, name, caps, calls)?;
+        slow.cpu_shares = sched.cpu_shares;
+        slow.cpu_quota = sched.quota;
     }
     if refresh.blkio_weight {
         slow.blkio_weight = read_blkio_weight(dom, calls, soft)?;
@@ -358,24 +373,33 @@ fn read_iotune(dom: &Domain, name: &str, disk: &str, calls: &CallCounter) -> Res
     }
 }
 
-/// The CPU weight: current value (live when active, config when shut
-/// off). A driver without `cpu_shares` (the test driver rejects the call)
-/// is not asked again on this connection.
-fn read_cpu_shares(
+/// The CPU weight and CPU quota: current values (live when active, config
+/// when shut off). A driver whose scheduler cannot be read (the test
+/// driver rejects the call) is not asked again on this connection.
+fn read_scheduler(
     dom: &Domain,
+    name: &str,
     caps: &mut ReadCaps,
     calls: &CallCounter,
-    soft: &SoftRead,
-) -> Res<Option<u64>> {
+) -> Res<ffi::Scheduler> {
     if caps.no_cpu_shares {
-        return Ok(None);
+        return Ok(ffi::Scheduler::default());
     }
     calls.add(Call::GetCpuShares);
-    let r = ffi::get_cpu_shares(dom, sys::VIR_DOMAIN_AFFECT_CURRENT);
-    if matches!(&r, Err(e) if is_unsupported(e)) {
-        caps.no_cpu_shares = true;
+    match ffi::get_scheduler(dom, sys::VIR_DOMAIN_AFFECT_CURRENT) {
+        Ok(s) => Ok(s),
+        Err(e) if is_fatal_for_read(&e) => Err(Failure::new(
+            e,
+            format!("domain {name}: scheduler parameters"),
+        )),
+        Err(e) => {
+            if is_unsupported(&e) {
+                caps.no_cpu_shares = true;
+            }
+            tracing::debug!(domain = %name, error = %e, "scheduler parameters not read");
+            Ok(ffi::Scheduler::default())
+        }
     }
-    soft(r, "cpu_shares")
 }
 
 /// The blkio weight (current value).

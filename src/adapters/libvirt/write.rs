@@ -18,6 +18,11 @@ pub const BLKIO_WEIGHT_RANGE: std::ops::RangeInclusive<u64> = 100..=1000;
 /// out at 10000; libvirt passes larger values through and the kernel
 /// rejects them).
 pub const CPU_SHARES_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
+/// CFS periods libvirt accepts, µs.
+pub const CPU_PERIOD_RANGE: std::ops::RangeInclusive<u64> = 1000..=1_000_000;
+/// CFS quotas libvirt accepts, µs (and -1: no limit).
+pub const CPU_QUOTA_RANGE: std::ops::RangeInclusive<i64> =
+    crate::core::cpu::MIN_QUOTA_US as i64..=crate::core::cpu::MAX_QUOTA_US;
 
 // Memory and vCPU setters take their own flag enums; `with_persist` passes
 // the generic AFFECT_* values, which libvirt defines to be the same bits.
@@ -86,6 +91,20 @@ pub(super) fn validate(action: &Action) -> Result<(), HvError> {
         Action::SetStatsPeriod { secs, .. } if i32::try_from(*secs).is_err() => {
             Err(HvError::InvalidArg(ctx(format!("stats period {secs} s"))))
         }
+        Action::SetCpuQuota { quota, .. }
+            if !CPU_PERIOD_RANGE.contains(&quota.period)
+                || !(quota.quota == -1 || CPU_QUOTA_RANGE.contains(&quota.quota)) =>
+        {
+            Err(HvError::InvalidArg(ctx(format!(
+                "CPU quota {} µs per {} µs (period {}..={} µs, quota -1 or {}..={} µs)",
+                quota.quota,
+                quota.period,
+                CPU_PERIOD_RANGE.start(),
+                CPU_PERIOD_RANGE.end(),
+                CPU_QUOTA_RANGE.start(),
+                CPU_QUOTA_RANGE.end()
+            ))))
+        }
         _ => Ok(()),
     }
 }
@@ -136,6 +155,14 @@ pub(super) fn write(d: &Domain, action: &Action, calls: &CallCounter) -> Res<()>
             })
             .map_err(fail(format!("set blkio weight to {weight}")))
         }
+        Action::SetCpuQuota { quota, persist, .. } => with_persist(*persist, |flags| {
+            calls.add(Call::SetCpuQuota);
+            ffi::set_cpu_quota(d, quota, flags)
+        })
+        .map_err(fail(format!(
+            "set CPU quota to {} µs per {} µs ({:?})",
+            quota.quota, quota.period, quota.scope
+        ))),
         Action::SetStatsPeriod { secs, .. } => {
             let period = i32::try_from(*secs).unwrap_or(i32::MAX);
             calls.add(Call::SetStatsPeriod);

@@ -7,6 +7,7 @@ use super::inputs::Timings;
 use super::scope::{pool_neighbours_with_actions, scoped_limit, Last, Scope};
 use crate::adapters::libvirt::worker::HvWorker;
 use crate::adapters::libvirt::HvError;
+use crate::agent::cpu_use::CpuUse;
 use crate::agent::report::Report;
 use crate::core::config::Config;
 use crate::core::model::DomainObs;
@@ -26,6 +27,8 @@ pub(super) struct Observer {
     /// The effective config of the last full cycle that observed libvirt
     /// (a scoped cycle needs the same).
     last_full: Option<Config>,
+    /// Each domain's last CPU-time reading (its use between readings).
+    cpu: CpuUse,
 }
 
 /// Why a cycle has no observation.
@@ -119,7 +122,7 @@ impl Observer {
     ) -> Result<Observed, Failed> {
         if let Some(uuids) = scope.as_deref() {
             if let Some(merged) = scoped(ask.hv, ask.last, uuids, timings).await {
-                return Ok(self.answered(merged));
+                return Ok(self.answered(merged, Some(uuids)));
             }
             *scope = None;
         }
@@ -138,7 +141,7 @@ impl Observer {
         match observed {
             Ok(d) => {
                 self.last_full = Some(ask.effective.clone());
-                Ok(self.answered(d))
+                Ok(self.answered(d, None))
             }
             Err(e) => {
                 self.last_full = None;
@@ -149,19 +152,26 @@ impl Observer {
         }
     }
 
-    /// libvirt answered.
-    fn answered(&mut self, domains: Vec<DomainObs>) -> Observed {
+    /// libvirt answered: with every domain read now (`fresh` `None`), or
+    /// only these.
+    fn answered(&mut self, domains: Vec<DomainObs>, fresh: Option<&[String]>) -> Observed {
         let restored = self.failures > 0;
         self.failures = 0;
         Observed {
-            domains: self.track_active(domains),
+            domains: self.track_active(domains, fresh),
             restored,
         }
     }
 
-    /// Fills `active_secs` from when each domain was first seen active.
-    fn track_active(&mut self, mut domains: Vec<DomainObs>) -> Vec<DomainObs> {
+    /// Fills `active_secs` from when each domain was first seen active,
+    /// and `cpu_used` from the change of its CPU time.
+    fn track_active(
+        &mut self,
+        mut domains: Vec<DomainObs>,
+        fresh: Option<&[String]>,
+    ) -> Vec<DomainObs> {
         let now = Instant::now();
+        self.cpu.fill(&mut domains, fresh, now);
         let active: HashSet<&str> = domains
             .iter()
             .filter(|d| d.state.is_active())

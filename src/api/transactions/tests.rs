@@ -61,6 +61,7 @@ fn reserve(domain: &str, vcpus: Option<u64>, memory: Option<u64>) -> Reservation
         memory: memory.map(Bytes),
         disk_bytes_sec: None,
         disk_iops_sec: None,
+        cpu: None,
     }
 }
 

@@ -8,7 +8,8 @@
 //!   later, or it is a typo.
 //! - **Errors**: a floor no member can ever have — a member's `vcpus.min`
 //!   above the vCPUs its domain can have, a `memory.min` above its
-//!   maximum memory — and a `libvirt_uri` whose socket (`?socket=`) or
+//!   maximum memory, a `cpu.min` above its maximum vCPUs' worth of CPU
+//!   time — and a `libvirt_uri` whose socket (`?socket=`) or
 //!   test-driver file does not exist.
 
 use crate::core::config::Config;
@@ -90,6 +91,10 @@ pub fn against_domains(cfg: &Config, domains: &[DomainObs]) -> LiveCheck {
         for (r, max) in [
             (Resource::Vcpus, d.vcpus_max),
             (Resource::Memory, d.memory_max),
+            (
+                Resource::Cpu,
+                d.vcpus_max.saturating_mul(crate::core::cpu::MILLI),
+            ),
         ] {
             if p.resources.get(r).is_none() || max == 0 {
                 continue;
@@ -164,6 +169,9 @@ mod tests {
             metadata_pool: None,
             cpu_shares: None,
             blkio_weight: None,
+            cpu_quota: None,
+            cpu_time: None,
+            cpu_used: None,
             active_secs: None,
         }
     }
@@ -183,6 +191,9 @@ vcpus = { min = 1 }
 [pools.db]
 domains = ["db-1", "db-gone", "uuid-db-2"]
 vcpus = { budget = 4 }
+cpu = { budget = 4 }
+[pools.db.members.db-1]
+cpu = { min = 1.5 }
 "#,
             Path::new("t.toml"),
         )
@@ -225,8 +236,18 @@ vcpus = { budget = 4 }
                     min: 6 << 30,
                     max: 4 << 30
                 },
+                LiveError::FloorAboveMaximum {
+                    pool: "db".into(),
+                    domain: "db-1".into(),
+                    resource: Resource::Cpu,
+                    min: 1500,
+                    max: 1000
+                },
             ]
         );
+        assert!(c.errors[2]
+            .to_string()
+            .contains("cpu.min 1.5 cores but can have at most 1 core"));
         assert_eq!(
             c.errors[0].to_string(),
             r#"pool "web": domain "web-1" gets vcpus.min 2 but can have at most 1 (its maximum): it could never be managed"#

@@ -20,6 +20,25 @@ fn human(r: &Resource, v: &u64) -> String {
     r.human(*v)
 }
 
+/// An amount as written in the file: cores for CPU time, the plain number
+/// otherwise.
+fn shown(r: &Resource, v: &u64) -> String {
+    match r {
+        Resource::Cpu => crate::core::cpu::cores_text(*v),
+        _ => v.to_string(),
+    }
+}
+
+/// What a CPU budget in percent means, after a percentage above 100%.
+fn budget_hint(r: &Resource) -> &'static str {
+    match r {
+        Resource::Cpu => {
+            " (a percentage is a share of the host's allocatable CPU time; write 6.5 for 6.5 cores)"
+        }
+        _ => "",
+    }
+}
+
 /// One problem of one pool (see [`PoolError`] for the pool's name).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PoolProblem {
@@ -31,13 +50,16 @@ pub enum PoolProblem {
     DomainName(NameError),
     #[error("members: {0}")]
     MemberName(NameError),
-    #[error("{resource}.policy is only valid for memory")]
+    #[error("{resource}.policy is only valid for memory and cpu")]
     PolicyNotMemory { resource: Resource },
     #[error("{resource}.budget is missing")]
     MissingBudget { resource: Resource },
-    #[error("{resource}.budget ({budget}) is more than 100%")]
+    #[error("{resource}.budget ({budget}) is more than 100%{}", budget_hint(.resource))]
     BudgetAboveAll { resource: Resource, budget: Amount },
-    #[error("{resource}.budget ({budget}) is out of range: at most {max}")]
+    #[error(
+        "{resource}.budget ({}) is out of range: at most {}",
+        shown(.resource, .budget), shown(.resource, .max)
+    )]
     BudgetOutOfRange {
         resource: Resource,
         budget: u64,
@@ -63,7 +85,10 @@ pub enum PoolProblem {
         min: u64,
         budget: u64,
     },
-    #[error("{}{resource}.{key} ({value}) is out of range: at most {max}", at(.member))]
+    #[error(
+        "{}{resource}.{key} ({}) is out of range: at most {}",
+        at(.member), shown(.resource, .value), shown(.resource, .max)
+    )]
     LimitOutOfRange {
         member: Option<String>,
         resource: Resource,
@@ -74,6 +99,8 @@ pub enum PoolProblem {
     },
     #[error("{}vcpus.max must be at least 1", at(.member))]
     NoVcpus { member: Option<String> },
+    #[error("{}cpu.max must be at least 0.01 (1 ms of every 100 ms)", at(.member))]
+    CpuMaxBelowQuota { member: Option<String> },
     #[error("{}{resource}.shares ({shares}) must be between 1 and {max}", at(.member))]
     Shares {
         member: Option<String>,

@@ -40,12 +40,12 @@ pub(super) struct Candidate<'a> {
     pub active_secs: u64,
     /// Floors per resource, in the resource's granularity units; `None`
     /// where the member takes no part (unmanaged resource, no tunable disk).
-    pub floors: [Option<u64>; 4],
+    pub floors: [Option<u64>; Resource::COUNT],
     /// It was refused admission to this pool in an earlier cycle.
     pub refused_before: bool,
     /// What it holds now, in units, where holding counts against the
     /// budget before the agent changes it (vCPUs, memory).
-    pub holds: [Option<u64>; 4],
+    pub holds: [Option<u64>; Resource::COUNT],
 }
 
 /// Why a member was not admitted.
@@ -86,7 +86,10 @@ pub fn floor_fits(floor: u64, reserved: u64, budget: u64) -> bool {
 
 /// Decides admission; `budgets` are per resource in units (`None` =
 /// unmanaged). Returns one verdict per candidate.
-pub(super) fn admit(candidates: &[Candidate<'_>], budgets: [Option<u64>; 4]) -> Vec<Verdict> {
+pub(super) fn admit(
+    candidates: &[Candidate<'_>],
+    budgets: [Option<u64>; Resource::COUNT],
+) -> Vec<Verdict> {
     let mut order: Vec<usize> = (0..candidates.len()).collect();
     order.sort_by_key(|&i| {
         let c = &candidates[i];
@@ -98,8 +101,8 @@ pub(super) fn admit(candidates: &[Candidate<'_>], budgets: [Option<u64>; 4]) -> 
             c.uuid,
         )
     });
-    let mut floors = [0u64; 4];
-    let mut held = [0u64; 4];
+    let mut floors = [0u64; Resource::COUNT];
+    let mut held = [0u64; Resource::COUNT];
     let mut out = vec![Verdict::Admitted; candidates.len()];
     for i in order {
         let c = &candidates[i];
@@ -107,7 +110,7 @@ pub(super) fn admit(candidates: &[Candidate<'_>], budgets: [Option<u64>; 4]) -> 
         // A waiting member keeps its place: later ones do not take the
         // floors or the room it waits for.
         if !matches!(verdict, Verdict::Refused(_)) {
-            for k in 0..4 {
+            for k in 0..Resource::COUNT {
                 if budgets[k].is_some() {
                     floors[k] = floors[k].saturating_add(c.floors[k].unwrap_or(0));
                     held[k] = held[k].saturating_add(c.holds[k].unwrap_or(0));
@@ -123,9 +126,9 @@ pub(super) fn admit(candidates: &[Candidate<'_>], budgets: [Option<u64>; 4]) -> 
 /// admitted so far hold.
 fn judge(
     c: &Candidate<'_>,
-    budgets: [Option<u64>; 4],
-    floors: &[u64; 4],
-    held: &[u64; 4],
+    budgets: [Option<u64>; Resource::COUNT],
+    floors: &[u64; Resource::COUNT],
+    held: &[u64; Resource::COUNT],
 ) -> Verdict {
     for (k, r) in Resource::ALL.iter().enumerate() {
         let (Some(b), Some(f)) = (budgets[k], c.floors[k]) else {
@@ -170,9 +173,9 @@ mod tests {
             sticky: None,
             explicit,
             active_secs: secs,
-            floors: [Some(vcpus), Some(mem), None, None],
+            floors: [Some(vcpus), Some(mem), None, None, None],
             refused_before: false,
-            holds: [None; 4],
+            holds: [None; Resource::COUNT],
         }
     }
 
@@ -187,14 +190,14 @@ mod tests {
             cand("b", true, 1, 2, 1),
             cand("c", false, 99, 2, 1),
         ];
-        let r = admit(&c, [Some(4), Some(10), None, None]);
+        let r = admit(&c, [Some(4), Some(10), None, None, None]);
         assert_eq!(admitted(&r), [false, true, true]);
     }
 
     #[test]
     fn refused_for_one_resource_refused_for_all() {
         let c = [cand("a", false, 5, 1, 8), cand("b", false, 4, 1, 8)];
-        let r = admit(&c, [Some(4), Some(10), None, None]);
+        let r = admit(&c, [Some(4), Some(10), None, None, None]);
         assert_eq!(r[0], Verdict::Admitted);
         assert_eq!(
             r[1],
@@ -213,7 +216,7 @@ mod tests {
             cand("b", false, 2, 3, 1),
             cand("c", false, 1, 1, 1),
         ];
-        let r = admit(&c, [Some(4), None, None, None]);
+        let r = admit(&c, [Some(4), None, None, None, None]);
         assert_eq!(admitted(&r), [true, false, true]);
     }
 
@@ -228,7 +231,7 @@ mod tests {
             cand("old", false, 999, 3, 1),
             cand("reserved", true, 5, 3, 1),
         ];
-        let r = admit(&c, [Some(4), None, None, None]);
+        let r = admit(&c, [Some(4), None, None, None, None]);
         assert_eq!(admitted(&r), [true, false, false]);
         // Among sticky members, the earlier admission goes first.
         let mut a = cand("a", false, 1, 3, 1);
@@ -236,7 +239,7 @@ mod tests {
         let mut b = cand("b", false, 1, 3, 1);
         b.sticky = Some(1);
         assert_eq!(
-            admitted(&admit(&[a, b], [Some(4), None, None, None])),
+            admitted(&admit(&[a, b], [Some(4), None, None, None, None])),
             [false, true]
         );
     }
@@ -245,11 +248,11 @@ mod tests {
     fn one_refused_before_waits_until_the_room_it_holds_is_free() {
         let mut a = cand("a", false, 9, 1, 1);
         a.sticky = Some(1);
-        a.holds = [Some(8), None, None, None];
+        a.holds = [Some(8), None, None, None, None];
         let mut n = cand("n", false, 1, 1, 1);
-        n.holds = [Some(4), None, None, None];
+        n.holds = [Some(4), None, None, None, None];
         n.refused_before = true;
-        let budgets = [Some(10), None, None, None];
+        let budgets = [Some(10), None, None, None, None];
         let r = admit(&[a, n], budgets);
         assert_eq!(
             r[1],
@@ -262,25 +265,25 @@ mod tests {
         // Never refused before (a domain that just started): admitted.
         let mut a = cand("a", false, 9, 1, 1);
         a.sticky = Some(1);
-        a.holds = [Some(8), None, None, None];
+        a.holds = [Some(8), None, None, None, None];
         let mut fresh = cand("n", false, 1, 1, 1);
-        fresh.holds = [Some(4), None, None, None];
+        fresh.holds = [Some(4), None, None, None, None];
         assert_eq!(admitted(&admit(&[a, fresh], budgets)), [true, true]);
         // Once "a" is down to 6, it fits.
         let mut a = cand("a", false, 9, 1, 1);
         a.sticky = Some(1);
-        a.holds = [Some(6), None, None, None];
+        a.holds = [Some(6), None, None, None, None];
         let mut n = cand("n", false, 1, 1, 1);
-        n.holds = [Some(4), None, None, None];
+        n.holds = [Some(4), None, None, None, None];
         n.refused_before = true;
         assert_eq!(admitted(&admit(&[a, n], budgets)), [true, true]);
         // One that could never fit (the others' floors leave 9) is
         // admitted at once, to be shrunk.
         let mut a = cand("a", false, 9, 1, 1);
         a.sticky = Some(1);
-        a.holds = [Some(8), None, None, None];
+        a.holds = [Some(8), None, None, None, None];
         let mut big = cand("big", false, 1, 1, 1);
-        big.holds = [Some(12), None, None, None];
+        big.holds = [Some(12), None, None, None, None];
         big.refused_before = true;
         assert_eq!(admitted(&admit(&[a, big], budgets)), [true, true]);
     }

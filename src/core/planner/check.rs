@@ -15,6 +15,9 @@
 //! - disk limits: a managed rate is never 0 (libvirt reads 0 as
 //!   unlimited), never above the member's allocation, and its `*_max` is
 //!   ≥ the rate;
+//! - CPU time: like vCPUs and memory (floor, cap, budget), and the
+//!   quota written is one libvirt takes (period 1000..=1000000 µs, quota
+//!   1000..=17592186044415 µs, or -1 for no limit);
 //! - weights: `cpu_shares` in 2..=10000, blkio weight in 100..=1000.
 //!
 //! Per plan ([`check_plan`]): Σ targets ≤ budget and floor ≤ target ≤ cap
@@ -24,7 +27,8 @@
 use super::plan::{Alloc, MemberPlan, Plan, Release};
 use super::weights::{BLKIO_WEIGHT_RANGE, CPU_WEIGHT_RANGE};
 use super::work::MIB;
-use crate::core::model::{Action, PerResource, Resource};
+use crate::core::cpu::{MAX_QUOTA_US, MIN_QUOTA_US};
+use crate::core::model::{Action, CpuQuota, PerResource, Resource};
 use std::collections::HashMap;
 
 /// An action or plan that breaks an invariant.
@@ -77,6 +81,12 @@ pub enum Violation {
         rate: u64,
         max: u64,
         alloc: u64,
+    },
+    #[error("{domain}: CPU quota {quota} µs per {period} µs is not one libvirt takes")]
+    BadCpuQuota {
+        domain: String,
+        period: u64,
+        quota: i64,
     },
     #[error("{domain}: {what} {to} is outside {lo}..={hi}")]
     WeightOutOfRange {
@@ -246,6 +256,13 @@ impl<'p> Guard<'p> {
             Action::SetBlkioWeight { to, .. } => {
                 range(domain, "blkio_weight", *to, BLKIO_WEIGHT_RANGE)
             }
+            Action::SetCpuQuota {
+                from, to, quota, ..
+            } => {
+                let a = Self::alloc(m, Resource::Cpu)?;
+                quota_ok(domain, quota)?;
+                self.bounds(pi, m, Resource::Cpu, a, *from, *to)
+            }
             Action::SetStatsPeriod { .. } => Ok(()),
         }
     }
@@ -299,12 +316,29 @@ impl<'p> Guard<'p> {
         let (r, from, to) = match action {
             Action::SetVcpus { from, to, .. } => (Resource::Vcpus, *from, *to),
             Action::SetMemory { from, to, .. } => (Resource::Memory, *from, *to),
+            Action::SetCpuQuota { from, to, .. } => (Resource::Cpu, *from, *to),
             _ => return,
         };
         if let Some(&(pi, _)) = self.index.get(action.uuid()) {
             let c = self.committed[pi].get_mut(r);
             *c = c.saturating_sub(from).saturating_add(to);
         }
+    }
+}
+
+/// A quota libvirt takes: a period of 1 ms to 1 s and a quota of at
+/// least 1 ms (at most libvirt's largest), or -1 for no limit.
+fn quota_ok(domain: impl FnOnce() -> String, q: &CpuQuota) -> Result<(), Violation> {
+    let period_ok = (1000..=1_000_000).contains(&q.period);
+    let quota_ok = q.quota == -1 || (MIN_QUOTA_US as i64..=MAX_QUOTA_US).contains(&q.quota);
+    if period_ok && quota_ok {
+        Ok(())
+    } else {
+        Err(Violation::BadCpuQuota {
+            domain: domain(),
+            period: q.period,
+            quota: q.quota,
+        })
     }
 }
 
@@ -401,6 +435,7 @@ fn check_release(action: &Action) -> Result<(), Violation> {
         }),
         Action::SetCpuShares { to, .. } => range(domain, "cpu_shares", *to, CPU_WEIGHT_RANGE),
         Action::SetBlkioWeight { to, .. } => range(domain, "blkio_weight", *to, BLKIO_WEIGHT_RANGE),
+        Action::SetCpuQuota { quota, .. } => quota_ok(domain, quota),
         Action::SetStatsPeriod { .. } => Err(Violation::NotManaged { domain: domain() }),
         _ => Ok(()),
     }

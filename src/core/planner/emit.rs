@@ -6,7 +6,7 @@ use super::plan::{Alloc, MemberPlan, PlanInput, PoolPlan};
 use super::weights::{blkio_weight, cpu_weight};
 use super::work::{granularity, Facts, Member, Note, Work};
 use super::{disk, stability};
-use crate::core::model::{Action, DomainObs, DomainState, PerResource, Resource};
+use crate::core::model::{Action, CpuQuota, DomainObs, DomainState, PerResource, Resource};
 
 /// Builds a pool's plan from its settled allocations and, when `emit`,
 /// its members' balloon statistics periods (into `setup`), disk limits and
@@ -36,6 +36,7 @@ pub(super) fn finish(
             memory: slot(1, m),
             disk_bytes_sec: slot(2, m),
             disk_iops_sec: slot(3, m),
+            cpu: slot(4, m),
         };
         if admitted {
             for r in Resource::ALL {
@@ -113,7 +114,7 @@ pub(super) fn count_actions(w: &Work<'_>, counts: &mut [usize; 3]) {
         if !w.admitted[m] || mem.o.state == DomainState::Paused {
             continue;
         }
-        for k in 0..2 {
+        for k in [0, 1, 4] {
             if let Some(a) = slot(k, m).filter(|a| a.next != a.actual) {
                 counts[if a.next < a.actual { 0 } else { 2 }] += 1;
             }
@@ -122,7 +123,7 @@ pub(super) fn count_actions(w: &Work<'_>, counts: &mut [usize; 3]) {
         if o.tunable > 0 && (slot(2, m).is_some() || slot(3, m).is_some()) {
             counts[1] += o.tunable;
         }
-        if let Some(a) = slot(0, m) {
+        if let Some(a) = slot(4, m).or(slot(0, m)) {
             counts[1] += usize::from(o.cpu_shares.is_some_and(|c| c != cpu_weight(a.shares)));
         }
         if manages_disk && o.tunable > 0 {
@@ -161,8 +162,8 @@ fn note(n: Note, budget: &PerResource<Option<u64>>) -> Option<String> {
     }
 }
 
-/// The vCPU and balloon decreases of a pool's admitted members, in member
-/// order, vCPUs before memory.
+/// The vCPU, balloon and CPU-time decreases of a pool's admitted members,
+/// in member order, vCPUs first.
 pub(super) fn shrinks(w: &Work<'_>, out: &mut Vec<Action>) {
     let persist = w.pool.persist;
     for m in 0..w.order.len() {
@@ -173,14 +174,15 @@ pub(super) fn shrinks(w: &Work<'_>, out: &mut Vec<Action>) {
         let alloc = PerResource {
             vcpus: w.allocs[0].get(m).copied().flatten(),
             memory: w.allocs[1].get(m).copied().flatten(),
+            cpu: w.allocs[4].get(m).copied().flatten(),
             ..PerResource::default()
         };
         emit_vcpus_memory(mem.d, &alloc, persist, true, out);
     }
 }
 
-/// A member's vCPU and balloon changes in one direction (decreases when
-/// `shrink`), vCPUs first.
+/// A member's vCPU, balloon and CPU-time changes in one direction
+/// (decreases when `shrink`), vCPUs first.
 fn emit_vcpus_memory(
     d: &DomainObs,
     alloc: &PerResource<Option<Alloc>>,
@@ -205,6 +207,19 @@ fn emit_vcpus_memory(
             domain: d.name.clone(),
             from: a.actual,
             to: a.next,
+            reason: a.reason,
+            persist,
+        });
+    }
+    // Only where the hypervisor takes a quota (else the member is held).
+    if let (Some(a), Some(was)) = (alloc.cpu.filter(wanted), d.cpu_quota) {
+        out.push(Action::SetCpuQuota {
+            uuid: d.uuid.clone(),
+            domain: d.name.clone(),
+            from: a.actual,
+            to: a.next,
+            was: Some(was),
+            quota: CpuQuota::for_limit(a.next, d.vcpus, was.scope),
             reason: a.reason,
             persist,
         });
@@ -247,7 +262,9 @@ fn emit_neutral(
             }
         }
     }
-    if let Some(a) = alloc.vcpus {
+    // The CPU-time shares where the pool manages CPU time, else the
+    // vCPU shares.
+    if let Some(a) = alloc.cpu.or(alloc.vcpus) {
         let to = cpu_weight(a.shares);
         // Only where the hypervisor exposes the parameter (the libvirt
         // test driver's scheduler has none): never retry a setting

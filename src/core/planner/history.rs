@@ -5,7 +5,7 @@
 //! [`plan`](super::plan).
 
 use crate::core::keys::head_word;
-use crate::core::model::{Action, DomainObs, IoTune};
+use crate::core::model::{Action, CpuQuota, DomainObs, IoTune};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -97,6 +97,11 @@ pub struct History {
     /// join a pool again.
     #[serde(default)]
     pub released: BTreeMap<String, Released>,
+    /// Per domain UUID: when (seconds, caller's clock) its CPU-time limit
+    /// was last raised (a demand pool lowers it again only after
+    /// `cpu.cooldown`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cpu_raised_at: BTreeMap<String, u64>,
 }
 
 /// What a domain had before the agent first changed each of these
@@ -119,6 +124,9 @@ pub struct Originals {
     pub cpu_shares: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blkio_weight: Option<u64>,
+    /// The scheduler quota and period it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_quota: Option<CpuQuota>,
     /// A change also went to the persistent config (`persist = true`):
     /// giving back writes it there too, and it is kept across a stop.
     #[serde(default)]
@@ -172,6 +180,12 @@ impl Originals {
                 }
                 self.persisted |= persist;
             }
+            Action::SetCpuQuota { was, persist, .. } => {
+                if self.cpu_quota.is_none() {
+                    self.cpu_quota = *was;
+                }
+                self.persisted |= persist;
+            }
             Action::SetStatsPeriod { .. } => {}
         }
     }
@@ -183,6 +197,7 @@ impl Originals {
             && self.iotune.is_empty()
             && self.cpu_shares.is_none()
             && self.blkio_weight.is_none()
+            && self.cpu_quota.is_none()
     }
 }
 
@@ -277,6 +292,12 @@ impl History {
             }
             return;
         }
+        if let Action::SetCpuQuota { uuid, from, to, .. } = action {
+            if to > from && outcome == Outcome::Ok {
+                self.cpu_raised_at.insert(uuid.to_string(), now);
+            }
+            return;
+        }
         let Action::SetVcpus { uuid, from, to, .. } = action else {
             return;
         };
@@ -342,6 +363,7 @@ impl History {
             && self.refused.keys().all(|u| alive(u))
             && self.originals.keys().all(|u| alive(u))
             && self.released.keys().all(|u| alive(u))
+            && self.cpu_raised_at.keys().all(|u| alive(u))
     }
 
     /// Forgets domains that no longer exist.
@@ -354,6 +376,7 @@ impl History {
         self.refused.retain(|u, _| alive(u));
         self.originals.retain(|u, _| alive(u));
         self.released.retain(|u, _| alive(u));
+        self.cpu_raised_at.retain(|u, _| alive(u));
     }
 
     /// The timed-out vCPU change that forbids moving domain `d` to `want`
@@ -420,6 +443,8 @@ pub(crate) struct Entry<'h> {
     pub originals: Option<&'h Originals>,
     /// How it was released, if it was.
     pub released: Option<&'h Released>,
+    /// When its CPU-time limit was last raised.
+    pub cpu_raised_at: Option<u64>,
 }
 
 /// Looks up the history of domains visited in ascending UUID order: a
@@ -434,6 +459,7 @@ pub(crate) struct Cursor<'h> {
     refused: Seek<'h, String>,
     originals: Seek<'h, Originals>,
     released: Seek<'h, Released>,
+    cpu_raised_at: Seek<'h, u64>,
 }
 
 struct Seek<'h, V>(std::iter::Peekable<std::collections::btree_map::Iter<'h, String, V>>);
@@ -470,6 +496,7 @@ impl<'h> Cursor<'h> {
             refused: Seek::new(&h.refused),
             originals: Seek::new(&h.originals),
             released: Seek::new(&h.released),
+            cpu_raised_at: Seek::new(&h.cpu_raised_at),
         }
     }
 
@@ -485,6 +512,7 @@ impl<'h> Cursor<'h> {
             refused: self.refused.get(uuid, key),
             originals: self.originals.get(uuid, key),
             released: self.released.get(uuid, key),
+            cpu_raised_at: self.cpu_raised_at.get(uuid, key).copied(),
         }
     }
 }

@@ -10,7 +10,7 @@ use super::history::{Originals, Released};
 use super::plan::Release;
 use super::weights::{BLKIO_WEIGHT_RANGE, CPU_WEIGHT_RANGE};
 use crate::core::config::OnRelease;
-use crate::core::model::{Action, DomainObs, DomainState, IoTune, Reason};
+use crate::core::model::{Action, CpuQuota, DomainObs, DomainState, IoTune, Reason};
 
 const MIB: u64 = 1 << 20;
 
@@ -123,11 +123,43 @@ pub(super) fn release(
             });
         }
     }
+    // The CPU-time limit: the quota and period it had (no limit as -1,
+    // which is how libvirt lifts one).
+    if let (Some(to), Some(now)) = (o.cpu_quota, d.cpu_quota) {
+        let to = if to.is_limited() {
+            to
+        } else {
+            CpuQuota::unlimited(to.scope)
+        };
+        if !same_quota(&now, &to) {
+            differs = true;
+            push(Action::SetCpuQuota {
+                uuid: uuid.clone(),
+                domain: domain.clone(),
+                from: d.cpu_limit(),
+                to: to.millicores(d.vcpus),
+                was: Some(now),
+                quota: to,
+                reason: Reason::Released,
+                persist,
+            });
+        }
+    }
     debug_assert!(!emit || differs == (out.len() > before));
     if differs {
         Release::Giving
     } else {
         Release::Done(Released::Restored)
+    }
+}
+
+/// Whether two CPU quotas limit the same: both none, or the same quota
+/// and period.
+fn same_quota(a: &CpuQuota, b: &CpuQuota) -> bool {
+    match (a.is_limited(), b.is_limited()) {
+        (false, false) => true,
+        (true, true) => a.quota == b.quota && a.period == b.period,
+        _ => false,
     }
 }
 

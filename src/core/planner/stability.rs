@@ -9,6 +9,12 @@
 //!   rest of its run, see `History::vcpus_frozen`) or during
 //!   `vcpus.cooldown` after the last change; otherwise immediate.
 //! - Disk rates: immediate.
+//! - CPU time: no change inside the dead band (`cpu.min_change`, while
+//!   the limit is within [floor, cap]); in a `demand` pool a limit comes
+//!   down by at most `cpu.max_shrink` per cycle and not before
+//!   `cpu.cooldown` after it was last raised (a domain without a limit
+//!   gets its first one at once); elsewhere at once. Not set where the
+//!   hypervisor has no quota (reason `no_quota`).
 //! - Budget: growth only gets room that is actually free this cycle.
 //!   With `base` = Σ next of the members that do not grow + Σ current of
 //!   those that do, the growers share `budget − base` (nothing if `base`
@@ -21,6 +27,7 @@ use super::history::{self, PendingVcpus};
 use super::plan::{Alloc, PlanInput};
 use super::pressure;
 use super::work::{Note, Work};
+use crate::core::config::MemoryPolicy;
 use crate::core::model::{DomainState, Reason, Resource};
 use crate::core::units;
 
@@ -38,6 +45,7 @@ pub(super) fn settle(work: &mut Work<'_>, input: &PlanInput<'_>) {
     let paused = input.paused || work.pool.paused;
     let tuning = &input.config.tuning;
     let cooldown = tuning.vcpu_cooldown.as_secs();
+    let cpu_demand = work.pool.cpu_policy == MemoryPolicy::Demand;
     let Work {
         budget,
         members,
@@ -136,6 +144,38 @@ pub(super) fn settle(work: &mut Work<'_>, input: &PlanInput<'_>) {
                     a.next = a.target;
                     false
                 }
+                Resource::Cpu => {
+                    let mem = &members[order[m] as usize];
+                    let in_bounds = a.floor <= a.actual && a.actual <= a.cap;
+                    if mem.o.quota_scope.is_none() {
+                        hold(a, Reason::NoQuota);
+                        false
+                    } else if a.target == a.actual {
+                        a.next = a.actual;
+                        false
+                    } else if in_bounds && a.target.abs_diff(a.actual) < tuning.cpu.min_change {
+                        hold(a, Reason::DeadBand);
+                        false
+                    } else if a.target < a.actual {
+                        if cpu_demand && mem.o.cpu_limited {
+                            let cd = tuning.cpu.cooldown.as_secs();
+                            if history::cooling_at(mem.hist.cpu_raised_at, input.now, cd) {
+                                hold(a, Reason::Cooldown);
+                            } else {
+                                let step = tuning.cpu.max_shrink.resolve(a.actual).max(1);
+                                a.next = a.target.max(a.actual.saturating_sub(step));
+                                if a.next > a.target {
+                                    a.reason = Reason::RateLimited;
+                                }
+                            }
+                        } else {
+                            a.next = a.target;
+                        }
+                        false
+                    } else {
+                        true
+                    }
+                }
             };
             if grow {
                 base = base.saturating_add(a.actual);
@@ -176,6 +216,15 @@ pub(super) fn settle(work: &mut Work<'_>, input: &PlanInput<'_>) {
                 && a.next > a.actual
                 && a.next - a.actual < tuning.memory_min_change
                 && a.used.is_none_or(|u| a.actual >= u)
+            {
+                hold(a, Reason::DeadBand);
+            }
+            // A CPU limit too: no growth by less than the dead band
+            // unless it is below its floor.
+            if r == Resource::Cpu
+                && a.next > a.actual
+                && a.next - a.actual < tuning.cpu.min_change
+                && a.actual >= a.floor
             {
                 hold(a, Reason::DeadBand);
             }

@@ -18,7 +18,8 @@ pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
 
 /// A running domain with 1 vCPU (max 64), 1 GiB (max 64 GiB), no disks,
-/// no balloon stats, in pool `pool` through its metadata element.
+/// no balloon stats, no CPU quota (a hypervisor without one) and no CPU
+/// use measured, in pool `pool` through its metadata element.
 pub fn domain(name: &str, pool: Option<&str>) -> DomainObs {
     DomainObs {
         name: name.into(),
@@ -35,8 +36,17 @@ pub fn domain(name: &str, pool: Option<&str>) -> DomainObs {
         balloon_device: true,
         cpu_shares: None,
         blkio_weight: None,
+        cpu_quota: None,
+        cpu_time: None,
+        cpu_used: None,
         active_secs: Some(0),
     }
+}
+
+/// No CPU limit, on a hypervisor that takes a quota for the whole domain
+/// (QEMU): the quota libvirt reports before anyone set one.
+pub fn no_cpu_limit() -> crate::core::model::CpuQuota {
+    crate::core::model::CpuQuota::unlimited(crate::core::model::QuotaScope::Global)
 }
 
 /// Balloon stats of a guest with `memory` bytes that uses `used` bytes.
@@ -68,6 +78,7 @@ pub fn pool(name: &str) -> Pool {
         persist: false,
         paused: false,
         memory_policy: MemoryPolicy::Share,
+        cpu_policy: MemoryPolicy::Share,
         resources: PerResource::default(),
         members: BTreeMap::new(),
         runtime: false,
@@ -127,7 +138,8 @@ pub fn host(cpus: u64, memory: u64) -> HostCapacity {
 /// `outcome` says otherwise (a timed-out or failed action changes
 /// nothing), then moves `history` on as the agent does
 /// ([`advance`](super::advance::advance)). Guest memory stats follow the
-/// balloon (the guest keeps using what it used).
+/// balloon (the guest keeps using what it used); a guest's CPU use is cut
+/// to a lower limit.
 pub fn apply(
     snapshot: &mut Observation,
     plan: &Plan,
@@ -154,6 +166,11 @@ pub fn apply(
         if let (Action::SetMemory { to, .. }, Some(b)) = (a, d.balloon.as_mut()) {
             let used = b.used().unwrap_or(0);
             *b = balloon(*to, used);
+        }
+        // A guest uses no more CPU time than its limit lets it.
+        if let Action::SetCpuQuota { .. } = a {
+            let limit = d.cpu_limit();
+            d.cpu_used = d.cpu_used.map(|u| u.min(limit));
         }
     }
     let next = advance(

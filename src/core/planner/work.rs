@@ -7,9 +7,10 @@ use super::history::{self, PendingVcpus};
 use super::plan::{Alloc, PlanInput, UNCAPPED};
 use super::{admission, disk};
 use crate::core::config::{Allocatable, Config, Limits, MemoryPolicy, Pool, DEFAULT_SHARES};
+use crate::core::cpu::{CpuQuota, MILLI};
 use crate::core::membership::Via;
 use crate::core::model::{
-    BalloonStats, DiskObs, DomainObs, DomainState, PerResource, Reason, Resource,
+    BalloonStats, DiskObs, DomainObs, DomainState, PerResource, QuotaScope, Reason, Resource,
 };
 
 pub(super) const MIB: u64 = 1 << 20;
@@ -29,6 +30,7 @@ pub(super) fn idx(r: Resource) -> usize {
         Resource::Memory => 1,
         Resource::DiskBytesSec => 2,
         Resource::DiskIopsSec => 3,
+        Resource::Cpu => 4,
     }
 }
 
@@ -65,6 +67,14 @@ pub(super) struct Facts {
     /// Observed disk rates (see [`disk::observed`]).
     pub(super) disk_bytes: u64,
     pub(super) disk_iops: u64,
+    /// CPU-time limit (millicores; all online vCPUs when unlimited).
+    pub(super) cpu: u64,
+    /// A limit is set (not every vCPU's worth).
+    pub(super) cpu_limited: bool,
+    /// Where the hypervisor takes a CPU quota, if it does.
+    pub(super) quota_scope: Option<QuotaScope>,
+    /// CPU time used of late (millicores), when measured.
+    pub(super) cpu_used: Option<u64>,
 }
 
 impl Facts {
@@ -93,12 +103,22 @@ impl Facts {
             tunable_mask,
             disk_bytes,
             disk_iops,
+            cpu: d.cpu_limit(),
+            cpu_limited: d.cpu_quota.is_some_and(|q| q.is_limited()),
+            quota_scope: d.cpu_quota.map(|q| q.scope),
+            cpu_used: d.cpu_used,
         }
     }
 
     /// The observed amount of the resource of index `k`.
     pub(super) fn actual(&self, k: usize) -> u64 {
-        [self.vcpus, self.memory, self.disk_bytes, self.disk_iops][k]
+        [
+            self.vcpus,
+            self.memory,
+            self.disk_bytes,
+            self.disk_iops,
+            self.cpu,
+        ][k]
     }
 
     /// The tunable disks of `d` (the domain this was observed from).
@@ -159,10 +179,10 @@ pub(super) struct Work<'a> {
     pub(super) order: Vec<u32>,
     /// In UUID order.
     pub(super) admitted: Vec<bool>,
-    pub(super) allocs: [Vec<Option<Alloc>>; 4],
+    pub(super) allocs: [Vec<Option<Alloc>>; Resource::COUNT],
     /// Per resource, in units: what members waiting for admission hold
     /// (kept out of what the admitted members share and grow into).
-    pub(super) reserved: [u64; 4],
+    pub(super) reserved: [u64; Resource::COUNT],
 }
 
 impl<'a> Work<'a> {
@@ -196,7 +216,7 @@ pub(super) fn prepare_pool<'a>(
         .into_iter()
         .filter_map(|r| budget.get(r).map(|b| (idx(r), r, b)))
         .collect();
-    let mut allocs: [Vec<Option<Alloc>>; 4] = Default::default();
+    let mut allocs: [Vec<Option<Alloc>>; Resource::COUNT] = Default::default();
     for &(k, _, _) in &managed {
         allocs[k] = vec![None; n];
     }
@@ -240,7 +260,7 @@ pub(super) fn prepare_pool<'a>(
         }
         admitted[m] = true;
         let mut explicit = false;
-        let mut floors: [Option<u64>; 4] = [None; 4];
+        let mut floors: [Option<u64>; Resource::COUNT] = [None; Resource::COUNT];
         for &(k, r, _) in &managed {
             explicit |= res.is_some_and(|x| x.get(r).is_some())
                 || over.is_some_and(|o| o.get(r).min.is_some());
@@ -259,14 +279,18 @@ pub(super) fn prepare_pool<'a>(
                 target: actual,
                 next: actual,
                 actual,
-                used: if r == Resource::Memory { o.used } else { None },
+                used: match r {
+                    Resource::Memory => o.used,
+                    Resource::Cpu => o.cpu_used,
+                    _ => None,
+                },
                 reason: Reason::Unadmitted,
                 target_reason: bd.cap_reason,
             });
         }
         // What it holds counts against the budget before any change:
         // vCPUs and memory (disk rates are limits, set at once).
-        let mut holds = [None; 4];
+        let mut holds = [None; Resource::COUNT];
         for &(k, r, _) in &managed {
             if floors[k].is_some() && matches!(r, Resource::Vcpus | Resource::Memory) {
                 holds[k] = Some(o.actual(k).div_ceil(granularity(r)));
@@ -288,10 +312,10 @@ pub(super) fn prepare_pool<'a>(
         active.push(m);
     }
 
-    let budget_units: [Option<u64>; 4] =
+    let budget_units: [Option<u64>; Resource::COUNT] =
         Resource::ALL.map(|r| budget.get(r).map(|b| b / granularity(r)));
     let verdicts = admission::admit(&candidates, budget_units);
-    let mut reserved = [0u64; 4];
+    let mut reserved = [0u64; Resource::COUNT];
     let mut refused = false;
     for ((&m, verdict), c) in active.iter().zip(&verdicts).zip(&candidates) {
         let note = match verdict {
@@ -375,6 +399,8 @@ pub(super) fn hardware_max(o: &Facts, r: Resource) -> u64 {
         Resource::Vcpus => o.vcpus_max.max(1),
         Resource::Memory => (o.memory_max / MIB).max(1),
         Resource::DiskBytesSec | Resource::DiskIopsSec => UNCAPPED,
+        // Never more CPU time than its online vCPUs can use.
+        Resource::Cpu => o.vcpus.max(1).saturating_mul(MILLI),
     }
 }
 
@@ -447,6 +473,21 @@ pub(super) fn bound(
             floor = floor.max(t);
             cap = cap.max(t);
         }
+        Resource::Cpu => {
+            // The smallest quota the kernel takes (per vCPU where the
+            // quota is per vCPU).
+            let scope = o.quota_scope.unwrap_or(QuotaScope::Global);
+            let least = CpuQuota::min_limit(scope, o.vcpus).min(hw);
+            floor = floor.max(least);
+            cap = cap.max(least);
+            if let (MemoryPolicy::Demand, Some(used)) = (pool.cpu_policy, o.cpu_used) {
+                let demand = cpu_demand(used, o.cpu, input.config.tuning.cpu.target_idle);
+                if demand < cap {
+                    cap = demand;
+                    cap_reason = Reason::Demand;
+                }
+            }
+        }
     }
     // The hardware maximum is absolute; a floor (reservation, guest need)
     // overrides a lower configured max or demand cap.
@@ -458,6 +499,29 @@ pub(super) fn bound(
         shares,
         cap_reason,
     })
+}
+
+/// A guest using at least this fraction of its limit is taken as held
+/// back by it (its use shows the limit, not its need).
+pub(super) const SATURATED: f64 = 0.9;
+
+/// The CPU-time limit a guest that used `used` millicores under a limit of
+/// `limit` asks for: `used / (1 − target_idle)`, and at least twice its
+/// limit when it used 90% of it or more (a limited guest cannot show a
+/// need above its limit: its limit doubles each cycle until it no longer
+/// saturates it).
+pub(super) fn cpu_demand(used: u64, limit: u64, target_idle: f64) -> u64 {
+    let keep = (1.0 - target_idle).max(f64::MIN_POSITIVE);
+    let want = (used as f64 / keep).ceil();
+    let mut want = if want.is_finite() && want < u64::MAX as f64 {
+        want as u64
+    } else {
+        u64::MAX
+    };
+    if used as f64 >= SATURATED * limit as f64 {
+        want = want.max(limit.saturating_mul(2));
+    }
+    want
 }
 
 /// Free fraction of a guest as a rational (free, total); unknown = (0, 1).

@@ -82,6 +82,26 @@ impl TypedParams {
         Ok(())
     }
 
+    /// Appends a signed long long parameter.
+    pub fn add_llong(&mut self, name: &str, value: i64) -> Result<(), Error> {
+        let name = CString::new(name)?;
+        // SAFETY: as in `add_ullong`: the triple is owned by `self` and only
+        // ever updated by libvirt; `name` outlives the call.
+        let ret = unsafe {
+            sys::virTypedParamsAddLLong(
+                &mut self.ptr,
+                &mut self.len,
+                &mut self.cap,
+                name.as_ptr(),
+                value,
+            )
+        };
+        if ret < 0 {
+            return Err(Error::last_error());
+        }
+        Ok(())
+    }
+
     /// Appends an unsigned int parameter.
     pub fn add_uint(&mut self, name: &str, value: u32) -> Result<(), Error> {
         let name = CString::new(name)?;
@@ -179,6 +199,23 @@ impl ParamArray {
         // libvirt (or zeroed); `name` is NUL-terminated; `value` is valid.
         let ret = unsafe {
             sys::virTypedParamsGetULLong(
+                self.params.as_mut_ptr(),
+                self.filled,
+                name.as_ptr(),
+                &mut value,
+            )
+        };
+        (ret == 1).then_some(value)
+    }
+
+    pub(super) fn llong(&mut self, name: &CStr) -> Option<i64> {
+        let mut value: i64 = 0;
+        if self.filled <= 0 {
+            return None;
+        }
+        // SAFETY: as in `ullong`.
+        let ret = unsafe {
+            sys::virTypedParamsGetLLong(
                 self.params.as_mut_ptr(),
                 self.filled,
                 name.as_ptr(),

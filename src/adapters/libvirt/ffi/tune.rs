@@ -1,4 +1,5 @@
-//! Per-domain tunables: block I/O limits, blkio weight, `cpu_shares`.
+//! Per-domain tunables: block I/O limits, blkio weight, the scheduler's
+//! `cpu_shares` and CPU quota.
 
 use std::ffi::{CStr, CString};
 
@@ -7,7 +8,7 @@ use virt::error::Error;
 use virt::sys;
 
 use super::params::{fetch_once, ParamArray, TypedParams};
-use crate::core::model::IoTune;
+use crate::core::model::{CpuQuota, IoTune, QuotaScope};
 
 /// Buffer for `virDomainGetBlockIoTune` (`REMOTE_DOMAIN_BLOCK_IO_TUNE_PARAMETERS_MAX`;
 /// QEMU reports about 20).
@@ -110,14 +111,24 @@ pub fn set_blkio_weight(dom: &Domain, weight: u32, flags: u32) -> Result<(), Err
     Ok(())
 }
 
-/// Reads the `cpu_shares` scheduler parameter (None when the driver's
-/// scheduler has no such parameter, e.g. the test driver).
-pub fn get_cpu_shares(dom: &Domain, flags: u32) -> Result<Option<u64>, Error> {
+/// What the scheduler parameters of a domain say (each `None` where the
+/// driver's scheduler has no such parameter, e.g. the test driver).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scheduler {
+    pub cpu_shares: Option<u64>,
+    /// The CPU-time limit: `global_period`/`global_quota` where libvirt has
+    /// them (QEMU since libvirt 1.3.2), else `vcpu_period`/`vcpu_quota`.
+    pub quota: Option<CpuQuota>,
+}
+
+/// Reads the scheduler parameters: `cpu_shares` and the CPU quota, in one
+/// call (two round trips: the count, then the values).
+pub fn get_scheduler(dom: &Domain, flags: u32) -> Result<Scheduler, Error> {
     let (_, count) = dom.scheduler_type()?;
     let size = usize::try_from(count).unwrap_or(0);
     let mut arr = ParamArray::zeroed(size);
     if size == 0 {
-        return Ok(None);
+        return Ok(Scheduler::default());
     }
     let mut filled = arr.capacity();
     // SAFETY: `dom` is borrowed so its pointer is valid; the array has
@@ -134,7 +145,40 @@ pub fn get_cpu_shares(dom: &Domain, flags: u32) -> Result<Option<u64>, Error> {
         return Err(Error::last_error());
     }
     arr.filled = filled.clamp(0, arr.capacity());
-    Ok(arr.ullong(sys::VIR_DOMAIN_SCHEDULER_CPU_SHARES))
+    let cpu_shares = arr.ullong(sys::VIR_DOMAIN_SCHEDULER_CPU_SHARES);
+    let mut quota = None;
+    for scope in [QuotaScope::Global, QuotaScope::Vcpu] {
+        let (p, q) = scope.params();
+        let (Ok(p), Ok(q)) = (CString::new(p), CString::new(q)) else {
+            continue;
+        };
+        if let (Some(period), Some(q)) = (arr.ullong(&p), arr.llong(&q)) {
+            quota = Some(CpuQuota {
+                scope,
+                period,
+                quota: q,
+            });
+            break;
+        }
+    }
+    Ok(Scheduler { cpu_shares, quota })
+}
+
+/// Sets a CPU quota: its scope's period and quota in one call.
+pub fn set_cpu_quota(dom: &Domain, q: &CpuQuota, flags: u32) -> Result<(), Error> {
+    let (period, quota) = q.scope.params();
+    let mut params = TypedParams::new();
+    params.add_ullong(period, q.period)?;
+    params.add_llong(quota, q.quota)?;
+    // SAFETY: `dom` is borrowed so its pointer is valid; `params` owns `len`
+    // libvirt-built parameters that the call only reads.
+    let ret = unsafe {
+        sys::virDomainSetSchedulerParametersFlags(dom.as_ptr(), params.ptr, params.len, flags)
+    };
+    if ret < 0 {
+        return Err(Error::last_error());
+    }
+    Ok(())
 }
 
 /// Sets the `cpu_shares` scheduler parameter.
