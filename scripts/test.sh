@@ -15,7 +15,7 @@ scripts/verify-unit.sh
 # systemd container; both need root. As another user they are skipped,
 # loudly (they fail if VIRTPOOL_REALVM / VIRTPOOL_SYSTEMD are left unset).
 if [ "$(id -u)" -ne 0 ] && [ -z "${VIRTPOOL_REALVM:-}" ]; then
-  echo "== NOTE: not root: the real-VM test (tests/realvm.rs) is SKIPPED (VIRTPOOL_REALVM=skip)"
+  echo "== NOTE: not root: the real-VM tests (tests/realvm.rs, tests/realguests.rs) are SKIPPED (VIRTPOOL_REALVM=skip)"
   export VIRTPOOL_REALVM=skip
 fi
 if [ "$(id -u)" -ne 0 ] && [ -z "${VIRTPOOL_SYSTEMD:-}" ]; then

@@ -164,13 +164,17 @@ pub struct BalloonStats {
 }
 
 impl BalloonStats {
-    /// Memory the guest actually uses, when the guest reports enough to say.
-    /// Prefers `available - usable` (counts reclaimable caches as free),
-    /// falls back to `available - unused`.
+    /// Memory the guest cannot give back, in the balloon's terms, when the
+    /// guest reports enough to say: the balloon's size less what the guest
+    /// could still use (`actual - usable`: reclaimable caches count as
+    /// free), falling back to `actual - unused`. Counted against the
+    /// balloon rather than the guest's MemTotal: the part of the balloon
+    /// the guest never sees (its kernel's reserved memory, about 42 MiB of
+    /// a 512 MiB guest) is taken too, so a balloon set to used + margin
+    /// leaves the guest that margin free.
     pub fn used(&self) -> Option<u64> {
-        let total = self.available?;
         let free = self.usable.or(self.unused)?;
-        Some(total.saturating_sub(free))
+        Some(self.actual.saturating_sub(free))
     }
 }
 

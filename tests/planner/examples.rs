@@ -360,6 +360,43 @@ fn dead_band_suppresses_small_changes() {
 }
 
 #[test]
+fn dead_band_holds_a_balloon_just_off_its_floor_and_cap() {
+    // Demand policy, a guest at its floor (= its cap): its statistics
+    // move by a MiB or two between cycles, and so do floor and cap. A
+    // balloon 3 MiB under the floor or 3 MiB over the cap is left alone
+    // (a real guest's balloon otherwise moved every cycle).
+    let mut p = t::with_budget(t::pool("p"), Resource::Memory, 4 * GIB, no_limits());
+    p.memory_policy = MemoryPolicy::Demand;
+    let mut cfg = t::config(16, 32 * GIB, vec![p]);
+    cfg.tuning.guest_free_min = Amount::Absolute(512 * MIB);
+    for off in [-3i64, 3] {
+        let floor = GIB + 512 * MIB;
+        let actual = floor
+            .checked_add_signed(off * MIB as i64)
+            .expect("positive");
+        let mut g = vm("g", "p", 1, actual);
+        g.memory_max = 2 * GIB;
+        // Used 1 GiB: floor 1.5 GiB, demand cap 1.25 GiB → target = floor.
+        let mut stats = t::balloon(actual, GIB);
+        stats.usable = Some(actual - GIB);
+        g.balloon = Some(stats);
+        let plan = run(&cfg, vec![g]);
+        let a = alloc(&plan, "g", Resource::Memory);
+        assert_eq!(a.target, floor, "offset {off} MiB");
+        assert_eq!(
+            (a.next, a.reason),
+            (actual, Reason::DeadBand),
+            "offset {off} MiB"
+        );
+        assert!(
+            plan.actions.is_empty(),
+            "offset {off} MiB: {:?}",
+            plan.actions
+        );
+    }
+}
+
+#[test]
 fn vcpu_cooldown() {
     // A vCPU change 30 s ago: the next waits for the 60 s cooldown.
     let p = t::with_budget(t::pool("p"), Resource::Vcpus, 4, no_limits());

@@ -4,41 +4,58 @@
 #
 #   tests/realvm/run.sh up DIR     set everything up in the empty folder DIR
 #   tests/realvm/run.sh down DIR   tear it down (always safe to call)
+#   tests/realvm/run.sh restart-libvirtd DIR   stop libvirtd and start it again
 #
 # `up` installs what is missing (apt), builds the guest (Debian cloud kernel
 # unpacked from its package, cached; busybox initramfs), probes KVM and falls
 # back to TCG, starts libvirtd by hand in a private mount namespace (own
 # /etc/libvirt, /var/{lib,log,cache}/libvirt, /run/libvirt, passwd/group;
 # nothing of the host's libvirt is touched or mounted outside it), defines
-# and starts the guest `vp-pc` and waits until it reports. It writes
-# DIR/env (URI=, DTYPE=, DOMAIN=, SERIAL=, LIBVIRTD_PID=, KERNEL=, T_*=
-# phase seconds). On any failure it tears down what it started and exits
-# non-zero. `down` destroys the guest, stops libvirtd and any QEMU it left
-# (by pid), and removes DIR.
+# and starts the guests (default one, `vp-pc`; GUESTS below), booted in
+# parallel, and waits until every one reports. It writes DIR/env (URI=,
+# DTYPE=, DOMAIN= and SERIAL= of the first guest, GUESTS=, LIBVIRTD_PID=,
+# KERNEL=, T_*= phase seconds). On any failure it tears down what it
+# started and exits non-zero. `down` destroys the guests, stops libvirtd
+# and any QEMU it left (by pid), and removes DIR.
 #
-# The guest prints on its serial console (file DIR/vp-pc.serial):
+# Each guest NAME prints on its serial console (ttyS0, file DIR/NAME.serial):
 #   VP-READY online=.. present=.. MemTotal=.. MemFree=..
-#   STATUS up=.. online=0-1 present=0-1 MemTotal=<kB> MemFree=<kB> dd4M=<s>
-# every ~2 s (dd4M: time of a 4 MiB O_DIRECT read of its disk), and onlines
-# hot-added CPUs itself (no udev).
+# (kernel command line `no_timer_check`: the boot-time timer check fails
+# on a TCG vCPU starved by a busy host, "IO-APIC + timer doesn't work")
+#   STATUS up=.. online=0-1 present=0-1 MemTotal=<kB> MemFree=<kB>
+#          MemAvailable=<kB> oom=<oom kills> fill=<MiB> cpu=<n> disk=<n> dd4M=<s>
+# every GUEST_PERIOD s (dd4M: time of a 4 MiB O_DIRECT read of its disk, or
+# `-` with GUEST_DD=0), and onlines hot-added CPUs itself (no udev).
+# Its second serial port (ttyS1) is a control channel, the Unix socket
+# DIR/NAME.ctl: a line `SEQ CMD ARG` runs CMD and prints `ACK SEQ CMD ARG
+# rc=..` on the console. Commands: `mem N` (hold N MiB in a tmpfs, in 8 MiB
+# files), `cpu N` (N busy loops), `disk N` (N loops of O_DIRECT reads of
+# vda), `stop` (cpu 0, disk 0).
 #
 # Env: ACCEL=auto|kvm|tcg  (auto: boot the kernel under KVM for up to
 #                           KVM_PROBE_S=6 s, TCG if it does not come up)
 #      REALVM_CACHE=DIR    (kernel + libvirt capabilities cache;
 #                           default /var/cache/virtpool-realvm)
 #      REALVM_MACHINE=pc|q35 (q35: vCPU 1 declared hotpluggable in <vcpus>)
+#      GUESTS="NAME:MEM_MIB:MAX_VCPUS:VCPUS ..." (default "vp-pc:512:2:1")
+#      GUEST_PERIOD=2      (seconds between STATUS lines)
+#      GUEST_DD=1          (0: no disk read in STATUS)
 #      DEBUG_LIBVIRT=1     (QEMU monitor traffic in DIR/libvirtd.log)
+#
+# apt and dpkg calls wait for their locks (another apt may be running).
 set -u -o pipefail
 
 CMD=${1:-}
 R=${2:-}
 if [ -z "$CMD" ] || [ -z "$R" ]; then
-  echo "usage: $0 up|down DIR" >&2
+  echo "usage: $0 up|down|restart-libvirtd DIR" >&2
   exit 2
 fi
 # shellcheck source=scripts/apt.sh
 . "$(cd "$(dirname "$0")/../.." && pwd)/scripts/apt.sh"
-DOM=vp-pc
+GUESTS=${GUESTS:-vp-pc:512:2:1}
+NAMES=$(for g in $GUESTS; do printf '%s ' "${g%%:*}"; done)
+DOM=${NAMES%% *}
 URI="qemu:///system?socket=$R/sock/libvirt-sock"
 vsh() { timeout 30 virsh -c "$URI" "$@"; }
 now() { date +%s.%N; }
@@ -58,22 +75,42 @@ stop_pid() { # pid: TERM, up to 5 s, then KILL
   kill -9 "$p" 2>/dev/null
 }
 
+CACHE=${REALVM_CACHE:-/var/cache/virtpool-realvm}
+
 down() {
   [ -d "$R" ] || return 0
-  local lp qp
+  local lp qp d names
   stop_pid "$(cat "$R/agent.pid" 2>/dev/null)"
   lp=$(cat "$R/libvirtd.pid" 2>/dev/null)
-  # QEMU's pid, as libvirt wrote it (its /run/libvirt is $R/state/run).
-  qp=$(cat "$R/state/run/qemu/$DOM.pid" 2>/dev/null)
+  names=$(cat "$R/guests" 2>/dev/null)
   if alive "$lp"; then
-    vsh destroy "$DOM" >/dev/null 2>&1
-    vsh undefine "$DOM" >/dev/null 2>&1
+    for d in $names; do
+      vsh destroy "$d" >/dev/null 2>&1
+      vsh undefine "$d" >/dev/null 2>&1
+    done
   fi
   stop_pid "$lp"
-  stop_pid "$qp"
+  # QEMU's pids, as libvirt wrote them (its /run/libvirt is $R/state/run).
+  for qp in "$R"/state/run/qemu/*.pid; do
+    [ -f "$qp" ] && stop_pid "$(cat "$qp" 2>/dev/null)"
+  done
   stop_pid "$(cat "$R/kvmprobe.pid" 2>/dev/null)"
   # libvirtd's mounts live in its own namespace: gone with its processes.
   rm -rf "$R"
+}
+
+# libvirtd in its own mount namespace (the binds exist only there).
+start_libvirtd() {
+  setsid unshare -m --propagation private sh -c "
+    mount --bind '$R/etc/libvirt' /etc/libvirt &&
+    mount --bind '$R/etc/passwd' /etc/passwd &&
+    mount --bind '$R/etc/group' /etc/group &&
+    mount --bind '$R/state/lib' /var/lib/libvirt &&
+    mount --bind '$R/state/log' /var/log/libvirt &&
+    mount --bind '$CACHE/libvirt-cache' /var/cache/libvirt &&
+    mount --bind '$R/state/run' /run/libvirt &&
+    exec /usr/sbin/libvirtd -f /etc/libvirt/libvirtd.conf -p '$R/libvirtd.pid'" \
+    >>"$R/libvirtd.out" 2>&1 </dev/null &
 }
 
 case "$CMD" in
@@ -81,9 +118,17 @@ down)
   down
   exit 0
   ;;
+restart-libvirtd)
+  # Stop libvirtd (the guests' QEMU keeps running) and start it again.
+  stop_pid "$(cat "$R/libvirtd.pid" 2>/dev/null)"
+  rm -f "$R/libvirtd.pid"
+  start_libvirtd
+  wait_for 90 vsh version >/dev/null 2>&1 || { tail -5 "$R/libvirtd.log"; exit 1; }
+  exit 0
+  ;;
 up) ;;
 *)
-  echo "usage: $0 up|down DIR" >&2
+  echo "usage: $0 up|down|restart-libvirtd DIR" >&2
   exit 2
   ;;
 esac
@@ -94,7 +139,6 @@ trap 'rc=$?; [ $rc = 0 ] || { echo "up failed (exit $rc): tearing down" >&2; dow
 trap 'exit 130' INT TERM
 ACCEL=${ACCEL:-auto}
 KVM_PROBE_S=${KVM_PROBE_S:-6}
-CACHE=${REALVM_CACHE:-/var/cache/virtpool-realvm}
 MACHINE=${REALVM_MACHINE:-pc}
 MODS="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_balloon virtio_blk"
 T_ALL=$(now)
@@ -107,7 +151,7 @@ T=$(now)
 PKGS="qemu-system-x86 qemu-utils busybox-static libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients"
 missing=
 for p in $PKGS; do
-  dpkg-query -W -f='${Report}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
   echo "    installing:$missing"
@@ -160,16 +204,7 @@ getent passwd libvirt-qemu >/dev/null \
 for d in /etc/libvirt /var/lib/libvirt /var/log/libvirt /var/cache/libvirt /run/libvirt; do mkdir -p "$d"; done
 # /var/cache/libvirt is the shared cache: QEMU capabilities (probed in ~8 s)
 # are re-used by the next run.
-setsid unshare -m --propagation private sh -c "
-  mount --bind '$R/etc/libvirt' /etc/libvirt &&
-  mount --bind '$R/etc/passwd' /etc/passwd &&
-  mount --bind '$R/etc/group' /etc/group &&
-  mount --bind '$R/state/lib' /var/lib/libvirt &&
-  mount --bind '$R/state/log' /var/log/libvirt &&
-  mount --bind '$CACHE/libvirt-cache' /var/cache/libvirt &&
-  mount --bind '$R/state/run' /run/libvirt &&
-  exec /usr/sbin/libvirtd -f /etc/libvirt/libvirtd.conf -p '$R/libvirtd.pid'" \
-  >>"$R/libvirtd.out" 2>&1 </dev/null &
+start_libvirtd
 
 # ------------------------------------------------------------------ guest
 say "guest kernel + busybox initramfs"
@@ -199,8 +234,51 @@ export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 for m in $MODS; do insmod /lib/modules/$m.ko* 2>/dev/null || echo "VP-WARN insmod $m failed"; done
 i=0; while [ ! -b /dev/vda ] && [ $i -lt 25 ]; do sleep 0.2; i=$((i+1)); done
+P=2; DD=1
+for a in $(cat /proc/cmdline); do
+  case $a in vp.period=*) P=${a#*=} ;; vp.dd=*) DD=${a#*=} ;; esac
+done
+mkdir -p /m /run
+mount -t tmpfs -o size=95% tmpfs /m
 cpus() { echo "online=$(cat /sys/devices/system/cpu/online) present=$(cat /sys/devices/system/cpu/present)"; }
-mem() { awk '/^MemTotal:/{t=$2} /^MemFree:/{f=$2} END{printf "MemTotal=%s MemFree=%s", t, f}' /proc/meminfo; }
+mem() { awk '/^MemTotal:/{t=$2} /^MemFree:/{f=$2} /^MemAvailable:/{a=$2} END{printf "MemTotal=%s MemFree=%s MemAvailable=%s", t, f, a}' /proc/meminfo; }
+oom() { awk '/^oom_kill /{print $2}' /proc/vmstat; }
+fill() { echo $(( $(ls /m | wc -l) * 8 )); }
+count() { if [ -f /run/$1.pids ]; then wc -l < /run/$1.pids; else echo 0; fi; }
+# Workloads, started and stopped over the control channel (ttyS1).
+burn() { echo 0 > /proc/self/oom_score_adj; while :; do :; done; }
+reader() { echo 0 > /proc/self/oom_score_adj; while :; do dd if=/dev/vda of=/dev/null bs=1M count=32 iflag=direct 2>/dev/null; done; }
+setn() { # KIND N FUNCTION: exactly N loops of FUNCTION
+  [ -f /run/$1.pids ] && kill $(cat /run/$1.pids) 2>/dev/null
+  rm -f /run/$1.pids
+  n=0; while [ $n -lt $2 ]; do $3 & echo $! >> /run/$1.pids; n=$((n+1)); done
+}
+setmem() { # N: hold N MiB in the tmpfs /m, in 8 MiB files
+  want=$(( $1 / 8 )); have=$(ls /m | wc -l)
+  while [ $have -lt $want ]; do
+    (echo 0 > /proc/self/oom_score_adj; exec dd if=/dev/zero of=/m/$have bs=1M count=8 2>/dev/null) || return 1
+    have=$((have+1))
+  done
+  while [ $have -gt $want ]; do have=$((have-1)); rm -f /m/$have; done
+}
+ctl() {
+  while :; do
+    stty -F /dev/ttyS1 raw -echo clocal 2>/dev/null
+    while read -r seq c a; do
+      case $c in
+        mem) setmem "$a"; rc=$? ;;
+        cpu) setn cpu "$a" burn; rc=$? ;;
+        disk) setn disk "$a" reader; rc=$? ;;
+        stop) setn cpu 0 burn; setn disk 0 reader; rc=0 ;;
+        *) rc=127 ;;
+      esac
+      echo "ACK $seq $c $a rc=$rc fill=$(fill)"
+    done < /dev/ttyS1
+    sleep 1
+  done
+}
+ctl &
+echo -1000 > /proc/$!/oom_score_adj
 echo "VP-READY $(cpus) $(mem)"
 while :; do
   # no udev here: online hot-added CPUs ourselves
@@ -209,17 +287,20 @@ while :; do
       echo 1 > $c/online 2>/dev/null && echo "VP-ONLINED ${c##*/}"
     fi
   done
-  t0=$(cut -d' ' -f1 /proc/uptime)
-  dd if=/dev/vda of=/dev/null bs=1M count=4 iflag=direct 2>/dev/null
-  t1=$(cut -d' ' -f1 /proc/uptime)
-  echo "STATUS up=$t1 $(cpus) $(mem) dd4M=$(awk -v a=$t0 -v b=$t1 'BEGIN{printf "%.2f", b-a}')"
-  sleep 2
+  d=-
+  if [ "$DD" = 1 ]; then
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    dd if=/dev/vda of=/dev/null bs=1M count=4 iflag=direct 2>/dev/null
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    d=$(awk -v a=$t0 -v b=$t1 'BEGIN{printf "%.2f", b-a}')
+  fi
+  echo "STATUS up=$(cut -d' ' -f1 /proc/uptime) $(cpus) $(mem) oom=$(oom) fill=$(fill) cpu=$(count cpu) disk=$(count disk) dd4M=$d"
+  sleep $P
 done
 EOF
 } >"$I/init"
 chmod +x "$I/init"
 (cd "$I" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1) >"$R/initrd.img"
-qemu-img create -q -f qcow2 "$R/$DOM.qcow2" 64M || die "qemu-img create"
 echo "    kernel $K, initramfs $(stat -c %s "$R/initrd.img") bytes"
 T_GUEST_BUILD=$(since "$T")
 
@@ -248,28 +329,37 @@ echo "    libvirtd pid $LIBVIRTD_PID answering $(since "$T_LV")s after its start
 T_LIBVIRTD=$(since "$T_LV")
 
 # ------------------------------------------------------------------ domain
-say "define + start $DOM (machine $MACHINE)"
+say "define + start $NAMES(machine $MACHINE)"
 T=$(now)
-if [ "$MACHINE" = q35 ]; then
-  VCPUS="<vcpu placement='static' current='1'>2</vcpu>
-  <vcpus>
-    <vcpu id='0' enabled='yes' hotpluggable='no' order='1'/>
-    <vcpu id='1' enabled='no' hotpluggable='yes'/>
-  </vcpus>"
-else
-  VCPUS="<vcpu placement='static' current='1'>2</vcpu>"
-fi
-cat >"$R/$DOM.xml" <<EOF
+echo "$NAMES" >"$R/guests"
+for g in $GUESTS; do
+  IFS=: read -r N MEM VMAX VCUR <<<"$g"
+  if [ "$MACHINE" = q35 ]; then
+    VCPUS="<vcpu placement='static' current='$VCUR'>$VMAX</vcpu>
+  <vcpus>"
+    for id in $(seq 0 $((VMAX - 1))); do
+      if [ "$id" -lt "$VCUR" ]; then
+        VCPUS="$VCPUS<vcpu id='$id' enabled='yes' hotpluggable='$([ "$id" = 0 ] && echo no || echo yes)' order='$((id + 1))'/>"
+      else
+        VCPUS="$VCPUS<vcpu id='$id' enabled='no' hotpluggable='yes'/>"
+      fi
+    done
+    VCPUS="$VCPUS</vcpus>"
+  else
+    VCPUS="<vcpu placement='static' current='$VCUR'>$VMAX</vcpu>"
+  fi
+  qemu-img create -q -f qcow2 "$R/$N.qcow2" 64M || die "qemu-img create"
+  cat >"$R/$N.xml" <<EOF
 <domain type='$DTYPE'>
-  <name>$DOM</name>
-  <memory unit='MiB'>512</memory>
-  <currentMemory unit='MiB'>512</currentMemory>
+  <name>$N</name>
+  <memory unit='MiB'>$MEM</memory>
+  <currentMemory unit='MiB'>$MEM</currentMemory>
   $VCPUS
   <os>
     <type arch='x86_64' machine='$MACHINE'>hvm</type>
     <kernel>$KERNEL</kernel>
     <initrd>$R/initrd.img</initrd>
-    <cmdline>console=ttyS0 panic=-1 quiet</cmdline>
+    <cmdline>console=ttyS0 panic=-1 quiet no_timer_check vp.period=${GUEST_PERIOD:-2} vp.dd=${GUEST_DD:-1}</cmdline>
   </os>
   <features><acpi/><apic/></features>
   <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
@@ -278,19 +368,26 @@ cat >"$R/$DOM.xml" <<EOF
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     <disk type='file' device='disk'>
       <driver name='qemu' type='qcow2' cache='none' io='native'/>
-      <source file='$R/$DOM.qcow2'/>
+      <source file='$R/$N.qcow2'/>
       <target dev='vda' bus='virtio'/>
     </disk>
-    <serial type='file'><source path='$R/$DOM.serial'/><target port='0'/></serial>
+    <serial type='file'><source path='$R/$N.serial' append='on'/><target port='0'/></serial>
+    <serial type='unix'><source mode='bind' path='$R/$N.ctl'/><target port='1'/></serial>
     <memballoon model='virtio'><stats period='2'/></memballoon>
   </devices>
 </domain>
 EOF
-vsh define "$R/$DOM.xml" >/dev/null || die "virsh define"
-vsh start "$DOM" >/dev/null || { tail -5 "$R/state/log/qemu/$DOM.log" 2>/dev/null; die "virsh start"; }
-wait_for 120 grep -qa '^STATUS' "$R/$DOM.serial" || { tail -5 "$R/$DOM.serial"; die "no STATUS from the guest"; }
-echo "    $(grep -a VP-READY "$R/$DOM.serial")"
-echo "    $(grep -a '^STATUS' "$R/$DOM.serial" | tail -1)"
+  vsh define "$R/$N.xml" >/dev/null || die "virsh define $N"
+  vsh start "$N" >/dev/null || { tail -5 "$R/state/log/qemu/$N.log" 2>/dev/null; die "virsh start $N"; }
+done
+# The guests boot in parallel; wait for every one.
+# A guest that died (a kernel panic under a starved TCG vCPU, say) is
+# reported at once instead of waited for.
+booted() { grep -qa '^STATUS' "$R/$1.serial" || { [ "$(vsh domstate "$1" 2>/dev/null)" != running ] && return 0; false; }; }
+for N in $NAMES; do
+  wait_for 300 booted "$N" && grep -qa '^STATUS' "$R/$N.serial" || { tail -5 "$R/$N.serial"; die "no STATUS from $N"; }
+  echo "    $N: $(grep -a '^STATUS' "$R/$N.serial" | tail -1)"
+done
 T_BOOT=$(since "$T")
 
 cat >"$R/env" <<EOF
@@ -299,6 +396,7 @@ DTYPE=$DTYPE
 MACHINE=$MACHINE
 DOMAIN=$DOM
 SERIAL=$R/$DOM.serial
+GUESTS=$NAMES
 LIBVIRTD_PID=$LIBVIRTD_PID
 KERNEL=$K
 T_PACKAGES=$T_PACKAGES

@@ -74,7 +74,7 @@ pub(super) const BULK_GROUPS: u32 = sys::VIR_DOMAIN_STATS_STATE
 
 /// The bulk stats parameters the observation reads (the others are not
 /// copied out of libvirt).
-pub(super) const BULK_FIELDS: [&str; 9] = [
+pub(super) const BULK_FIELDS: [&str; 10] = [
     "state.state",
     "cpu.time",
     "vcpu.current",
@@ -84,6 +84,7 @@ pub(super) const BULK_FIELDS: [&str; 9] = [
     "balloon.unused",
     "balloon.available",
     "balloon.usable",
+    "balloon.rss",
 ];
 
 /// Live (current, maximum) vCPUs from a bulk record, when the `vcpu` group
@@ -93,10 +94,24 @@ pub fn bulk_vcpus(rec: &ffi::StatsRecord) -> Option<(u64, u64)> {
 }
 
 /// Balloon stats from a bulk record: `None` when the `balloon` group is
-/// missing (read per domain then), `Some(None)` when it is there but the
-/// guest reports neither `unused` nor `available`.
+/// missing or was read without asking QEMU (read per domain then),
+/// `Some(None)` when QEMU was asked and the guest reports neither `unused`
+/// nor `available`.
+///
+/// With `NOWAIT`, libvirt answers for a domain busy with another job
+/// (a balloon change, another client's query) from its own records:
+/// `balloon.current` and `balloon.maximum` only. That is not a guest
+/// without statistics — taking it for one made a `demand` guest jump to
+/// its full share — so it is read again per domain. When QEMU was asked,
+/// libvirt always adds the process's `rss`.
 pub fn bulk_balloon(rec: &ffi::StatsRecord) -> Option<Option<BalloonStats>> {
     let current = rec.number("balloon.current")?;
+    let asked = ["balloon.rss", "balloon.unused", "balloon.available"]
+        .iter()
+        .any(|k| rec.number(k).is_some());
+    if !asked {
+        return None;
+    }
     let mut pairs = vec![(sys::VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON, current)];
     for (key, tag) in [
         ("balloon.unused", sys::VIR_DOMAIN_MEMORY_STAT_UNUSED),
@@ -439,6 +454,28 @@ mod tests {
         assert_eq!(fallback.available, None);
     }
 
+    /// Figures a 512 MiB QEMU guest reported with its balloon at 175 MiB:
+    /// it sees only 133 MiB of it (MemTotal), 9.4 MiB of which it could
+    /// still use. What it cannot give back is 165.6 MiB of balloon, not
+    /// the 123.6 MiB its MemTotal minus MemAvailable says: a balloon of
+    /// used + margin must leave it the margin (tests/realguests.rs).
+    #[test]
+    fn used_counts_the_balloon_the_guest_never_sees() {
+        let b = balloon_from_stats(
+            &[
+                (sys::VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON, 179_200),
+                (sys::VIR_DOMAIN_MEMORY_STAT_UNUSED, 9_596),
+                (sys::VIR_DOMAIN_MEMORY_STAT_AVAILABLE, 136_188),
+                (sys::VIR_DOMAIN_MEMORY_STAT_USABLE, 9_628),
+            ],
+            1,
+        )
+        .expect("stats reported");
+        assert_eq!(b.used(), Some((179_200 - 9_628) * 1024));
+        let no_usable = BalloonStats { usable: None, ..b };
+        assert_eq!(no_usable.used(), Some((179_200 - 9_596) * 1024));
+    }
+
     fn record(pairs: &[(&str, u64)]) -> ffi::StatsRecord {
         ffi::StatsRecord {
             uuid: "u".into(),
@@ -473,8 +510,18 @@ mod tests {
         assert_eq!(b.available, Some(2000 * KIB));
         assert_eq!(b.usable, Some(1500 * KIB));
 
-        // Balloon group present but the guest reports nothing: known empty.
-        let silent = record(&[("balloon.current", 2048), ("balloon.maximum", 4096)]);
+        // QEMU asked (libvirt adds its rss), the guest reports nothing:
+        // known empty.
+        let silent = record(&[
+            ("balloon.current", 2048),
+            ("balloon.maximum", 4096),
+            ("balloon.rss", 300_000),
+        ]);
         assert_eq!(bulk_balloon(&silent), Some(None));
+
+        // A domain busy with another job (NOWAIT): libvirt's own records
+        // only. Not a guest without statistics: read per domain.
+        let busy = record(&[("balloon.current", 2048), ("balloon.maximum", 4096)]);
+        assert_eq!(bulk_balloon(&busy), None);
     }
 }

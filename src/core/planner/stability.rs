@@ -2,8 +2,7 @@
 //! (`Alloc::next`).
 //!
 //! - Memory: no change while the target is within `memory.min_change` of
-//!   the current balloon and the balloon is within [floor, cap] (dead
-//!   band); a shrink moves at most one step (`memory.max_shrink` of the
+//!   the current balloon (dead band); a shrink moves at most one step (`memory.max_shrink` of the
 //!   current memory, at least 1 MiB) per cycle; growth is immediate.
 //! - vCPUs: no change while a timed-out change holds the domain (for the
 //!   rest of its run, see `History::vcpus_frozen`) or during
@@ -119,11 +118,14 @@ pub(super) fn settle(work: &mut Work<'_>, input: &PlanInput<'_>) {
                     }
                 }
                 Resource::Memory => {
-                    let in_bounds = a.floor <= a.actual && a.actual <= a.cap;
+                    // No exception for a balloon just outside [floor, cap]:
+                    // with guest statistics both move with the guest's
+                    // noise, and a balloon at its floor would chase them
+                    // by a MiB or two every cycle.
                     if a.target == a.actual {
                         a.next = a.actual;
                         false
-                    } else if in_bounds && a.target.abs_diff(a.actual) < tuning.memory_min_change {
+                    } else if a.target.abs_diff(a.actual) < tuning.memory_min_change {
                         hold(a, Reason::DeadBand);
                         false
                     } else if a.target < a.actual {

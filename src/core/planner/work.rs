@@ -526,7 +526,7 @@ pub(super) fn cpu_demand(used: u64, limit: u64, target_idle: f64) -> u64 {
 
 /// Free fraction of a guest as a rational (free, total); unknown = (0, 1).
 fn idle(b: Option<BalloonStats>) -> (u64, u64) {
-    match b.and_then(|s| Some((s.available?, s.used()?))) {
+    match b.and_then(|s| Some((s.actual, s.used()?))) {
         Some((total, used)) if total > 0 => (total.saturating_sub(used), total),
         _ => (0, 1),
     }
