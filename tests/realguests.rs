@@ -34,6 +34,8 @@
 mod harness;
 #[path = "realguests/contention.rs"]
 mod contention;
+#[path = "realguests/cputime.rs"]
+mod cputime;
 #[path = "realguests/more.rs"]
 mod more;
 #[path = "realguests/probe.rs"]
@@ -100,10 +102,14 @@ fn real_guests_under_real_load() {
     ph.end("3 budgets under contention");
     s.cpu_shares();
     ph.end("4 CPU and disk weights");
+    s.cpu_time();
+    ph.end("4b CPU time: limits, shares, demand");
     s.restarts();
     ph.end("5 agent and libvirtd restarts");
     s.steady_cost();
     ph.end("6 steady cost");
+    s.cpu_release();
+    ph.end("4b CPU time given back on release");
     s.finish();
     let t = Instant::now();
     drop(s);

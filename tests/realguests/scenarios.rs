@@ -16,6 +16,8 @@ pub const INTERVAL: u64 = 2;
 pub const STEP: u64 = 32;
 /// What the demand guest adds per step in scenario 1, MiB.
 pub const FILL_STEP: u64 = 24;
+/// `memory.guest_free_min`, MiB.
+pub const GUEST_FREE_MIN: u64 = 2 * FILL_STEP;
 /// `memory.min_change`, MiB.
 pub const MIN_CHANGE: u64 = 8;
 /// The threshold outside scenario 2: far below what the host has.
@@ -37,6 +39,7 @@ disk_bytes_sec = "4GiB"
 disk_iops_sec = 100000
 
 [memory]
+guest_free_min = "48MiB"
 max_shrink = "32MiB"
 min_change = "8MiB"
 stats_period = "1s"
@@ -119,9 +122,11 @@ impl Suite {
         GUESTS.iter().find(|g| g.0 == dom).map_or(0, |g| g.1)
     }
 
-    /// `memory.guest_free_min` (10 % of the guest's memory), MiB.
-    pub fn margin_mib(dom: &str) -> f64 {
-        Self::mem_mib(dom) as f64 * 0.10
+    /// `memory.guest_free_min`, MiB: set to twice the largest step a
+    /// guest takes at once in these scenarios (`FILL_STEP`), the way an
+    /// operator sizes it to a guest's largest burst.
+    pub fn margin_mib(_dom: &str) -> f64 {
+        GUEST_FREE_MIN as f64
     }
 
     pub fn config(&self, threshold_mib: u64) {
