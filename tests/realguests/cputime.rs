@@ -59,9 +59,18 @@ impl Suite {
         [(c1[0] - c0[0]) / wall, (c1[1] - c0[1]) / wall]
     }
 
-    fn check(&mut self, what: String, ok: bool) {
-        say!("[4b] {what}{}", if ok { "" } else { "  <-- FAILED" });
-        if !ok {
+    /// A figure against its bounds: over `high` always fails (the limit
+    /// is the kernel's to enforce, whatever else runs); under `low` fails
+    /// only where the host had the room (`room`: what a guest got with no
+    /// limit, measured in the same run, was enough), and is said otherwise.
+    fn check(&mut self, what: String, high_ok: bool, low_ok: bool, room: bool) {
+        let verdict = match (high_ok, low_ok, room) {
+            (true, true, _) => "",
+            (true, false, false) => "  (low: this host had no room to give more — not counted)",
+            _ => "  <-- FAILED",
+        };
+        say!("[4b] {what}{verdict}");
+        if verdict.contains("FAILED") {
             self.failures.push(format!("scenario 4b: {what}"));
         }
     }
@@ -94,7 +103,9 @@ impl Suite {
         let half = self.cores_used(secs)[0];
         self.check(
             format!("limit 0.5 core (global_quota 50000 / 100000): {C1} used {half:.3} core over {secs} s (want 0.5 ± 10 %)"),
-            (0.45..=0.55).contains(&half),
+            half <= 0.55,
+            half >= 0.45,
+            free >= 0.6,
         );
 
         // Raised to 1 core: it uses more.
@@ -105,7 +116,9 @@ impl Suite {
         let one = self.cores_used(secs)[0];
         self.check(
             format!("limit raised to 1 core: {C1} used {one:.3} core (want 1 ± 10 %)"),
-            (0.9..=1.1).contains(&one),
+            one <= 1.1,
+            one >= 0.9,
+            free >= 1.2,
         );
 
         // Shares 1:3 under a budget of 1 core, both burning.
@@ -124,7 +137,9 @@ impl Suite {
                 "budget 1 core, shares 1:3 (quotas {} / {}): {C1} {:.3}, {C2} {:.3} core (want 0.25 / 0.75 ± 0.1)",
                 q.0, q.1, split[0], split[1]
             ),
-            (split[0] - 0.25).abs() <= 0.1 && (split[1] - 0.75).abs() <= 0.1,
+            split[0] <= 0.35 && split[1] <= 0.85,
+            split[0] >= 0.15 && split[1] >= 0.65,
+            free >= 1.2,
         );
 
         // Demand: vp-c2 idle, vp-c1 busy; equal shares would give 0.5 each.
@@ -143,7 +158,9 @@ impl Suite {
                 "demand, budget 1 core: {C2} idle, its limit {} → {C1} limit {} after {took:.0} s; used {C1} {:.3}, {C2} {:.3} core (want {C1} > 0.7)",
                 q.1, q.0, lent[0], lent[1]
             ),
+            lent[0] + lent[1] <= 1.1,
             lent[0] > 0.7,
+            free >= 1.0,
         );
 
         // Back to a budget of all their vCPUs: no limit on either.
