@@ -174,10 +174,12 @@ pub(super) fn build_pool(name: &str, spec: &PoolSpec, out: &mut Vec<PoolError>) 
     let mut policy = MemoryPolicy::Share;
     let mut cpu_policy = MemoryPolicy::Share;
     let mut resources: PerResource<Option<PoolResource>> = PerResource::default();
-    for r in Resource::ALL {
-        let Some((budget, limits, pol)) = policy_of(spec_resource(spec, r)) else {
-            continue;
-        };
+    for (r, w) in written(spec) {
+        let Written {
+            budget,
+            limits,
+            policy: pol,
+        } = w;
         if pol.is_some() && !matches!(r, Resource::Memory | Resource::Cpu) {
             problems.push(PoolProblem::PolicyNotMemory { resource: r });
         }
@@ -215,10 +217,12 @@ pub(super) fn build_pool(name: &str, spec: &PoolSpec, out: &mut Vec<PoolError>) 
     let mut members = BTreeMap::new();
     for (m, ms) in &spec.members {
         let mut lim: PerResource<Limits> = PerResource::default();
-        for r in Resource::ALL {
-            let Some((budget, limits, pol)) = policy_of(member_resource(ms, r)) else {
-                continue;
-            };
+        for (r, w) in written(ms) {
+            let Written {
+                budget,
+                limits,
+                policy: pol,
+            } = w;
             let member = || m.clone();
             if budget.is_some() {
                 problems.push(PoolProblem::MemberBudget {
@@ -269,62 +273,112 @@ pub(super) fn build_pool(name: &str, spec: &PoolSpec, out: &mut Vec<PoolError>) 
     }
 }
 
-enum AnyPolicy<'a> {
-    Count(&'a CountPolicy),
-    Bytes(&'a BytesPolicy),
-    Cpu(&'a CpuPolicy),
+/// One resource as written for a pool or a member, in the resource's unit.
+#[derive(Clone, Copy)]
+struct Written {
+    budget: Option<Amount>,
+    limits: Limits,
+    /// `share` or `demand` (memory and CPU time only).
+    policy: Option<MemoryPolicy>,
 }
 
-fn spec_resource(spec: &PoolSpec, r: Resource) -> Option<AnyPolicy<'_>> {
-    match r {
-        Resource::Vcpus => spec.vcpus.as_ref().map(AnyPolicy::Count),
-        Resource::Memory => spec.memory.as_ref().map(AnyPolicy::Bytes),
-        Resource::DiskBytesSec => spec.disk_bytes_sec.as_ref().map(AnyPolicy::Bytes),
-        Resource::DiskIopsSec => spec.disk_iops_sec.as_ref().map(AnyPolicy::Count),
-        Resource::Cpu => spec.cpu.as_ref().map(AnyPolicy::Cpu),
+impl Written {
+    fn new(
+        budget: Option<Amount>,
+        min: Option<u64>,
+        max: Option<u64>,
+        shares: Option<u64>,
+        policy: Option<MemoryPolicy>,
+    ) -> Written {
+        let limits = Limits { min, max, shares };
+        Written {
+            budget,
+            limits,
+            policy,
+        }
     }
 }
 
-fn member_resource(spec: &MemberSpec, r: Resource) -> Option<AnyPolicy<'_>> {
-    match r {
-        Resource::Vcpus => spec.vcpus.as_ref().map(AnyPolicy::Count),
-        Resource::Memory => spec.memory.as_ref().map(AnyPolicy::Bytes),
-        Resource::DiskBytesSec => spec.disk_bytes_sec.as_ref().map(AnyPolicy::Bytes),
-        Resource::DiskIopsSec => spec.disk_iops_sec.as_ref().map(AnyPolicy::Count),
-        Resource::Cpu => spec.cpu.as_ref().map(AnyPolicy::Cpu),
+/// The three shapes of a resource's key (counted, sized, CPU time).
+trait AsWritten {
+    fn written(&self) -> Written;
+}
+
+impl AsWritten for CountPolicy {
+    fn written(&self) -> Written {
+        Written::new(self.budget, self.min, self.max, self.shares, None)
     }
 }
 
-fn policy_of(p: Option<AnyPolicy<'_>>) -> Option<(Option<Amount>, Limits, Option<MemoryPolicy>)> {
-    Some(match p? {
-        AnyPolicy::Count(c) => (
-            c.budget,
-            Limits {
-                min: c.min,
-                max: c.max,
-                shares: c.shares,
-            },
-            None,
-        ),
-        AnyPolicy::Bytes(b) => (
-            b.budget,
-            Limits {
-                min: b.min.map(|x| x.0),
-                max: b.max.map(|x| x.0),
-                shares: b.shares,
-            },
-            b.policy,
-        ),
-        AnyPolicy::Cpu(c) => (
-            c.budget,
-            Limits {
-                min: c.min.map(|x| x.0),
-                max: c.max.map(|x| x.0),
-                shares: c.shares,
-            },
-            c.policy,
-        ),
-    })
+impl AsWritten for BytesPolicy {
+    fn written(&self) -> Written {
+        let (min, max) = (self.min.map(|x| x.0), self.max.map(|x| x.0));
+        Written::new(self.budget, min, max, self.shares, self.policy)
+    }
+}
+
+impl AsWritten for CpuPolicy {
+    fn written(&self) -> Written {
+        let (min, max) = (self.min.map(|x| x.0), self.max.map(|x| x.0));
+        Written::new(self.budget, min, max, self.shares, self.policy)
+    }
+}
+
+/// The five resource keys, as `vcpus`, `memory`, `disk_bytes_sec`,
+/// `disk_iops_sec`, `cpu`.
+type Keys<'a> = (
+    &'a Option<CountPolicy>,
+    &'a Option<BytesPolicy>,
+    &'a Option<BytesPolicy>,
+    &'a Option<CountPolicy>,
+    &'a Option<CpuPolicy>,
+);
+
+/// What has the five resource keys: a pool and a member.
+trait ResourceKeys {
+    fn keys(&self) -> Keys<'_>;
+}
+
+impl ResourceKeys for PoolSpec {
+    fn keys(&self) -> Keys<'_> {
+        (
+            &self.vcpus,
+            &self.memory,
+            &self.disk_bytes_sec,
+            &self.disk_iops_sec,
+            &self.cpu,
+        )
+    }
+}
+
+impl ResourceKeys for MemberSpec {
+    fn keys(&self) -> Keys<'_> {
+        (
+            &self.vcpus,
+            &self.memory,
+            &self.disk_bytes_sec,
+            &self.disk_iops_sec,
+            &self.cpu,
+        )
+    }
+}
+
+/// The resources `spec` writes, in [`Resource::ALL`] order.
+fn written(spec: &impl ResourceKeys) -> impl Iterator<Item = (Resource, Written)> {
+    fn one<P: AsWritten>(p: &Option<P>) -> Option<Written> {
+        p.as_ref().map(P::written)
+    }
+    let (vcpus, memory, disk_bytes_sec, disk_iops_sec, cpu) = spec.keys();
+    let keys = PerResource {
+        vcpus: one(vcpus),
+        memory: one(memory),
+        disk_bytes_sec: one(disk_bytes_sec),
+        disk_iops_sec: one(disk_iops_sec),
+        cpu: one(cpu),
+    };
+    Resource::ALL
+        .into_iter()
+        .filter_map(move |r| keys.get(r).map(|w| (r, w)))
 }
 
 /// The limits of the pool (`member` = `None`) or of one member.
