@@ -73,6 +73,12 @@ fn expand(s: &str, path: &Path) -> String {
     s.replace("{config_dir}", &abs.to_string_lossy())
 }
 
+/// A path setting, `default` when not set, with `{config_dir}` expanded.
+fn expand_path(p: Option<PathBuf>, default: &str, path: &Path) -> PathBuf {
+    let p = p.map_or(default.into(), |p| p.to_string_lossy().into_owned());
+    expand(&p, path).into()
+}
+
 /// `[agent]` and `[api]`, checked; `path` is the config file's.
 pub(super) fn build(
     a: RawAgent,
@@ -121,26 +127,13 @@ pub(super) fn build(
         mode: a.mode.unwrap_or_default(),
         interval,
         libvirt_uri: expand(a.libvirt_uri.as_deref().unwrap_or("qemu:///system"), path),
-        state_dir: expand(
-            &a.state_dir.map_or("/var/lib/virtpool".into(), |p| {
-                p.to_string_lossy().into_owned()
-            }),
-            path,
-        )
-        .into(),
+        state_dir: expand_path(a.state_dir, "/var/lib/virtpool", path),
         log_level: a.log_level,
         metrics_listen: a.metrics_listen,
         resync_interval: a.resync_interval.map_or(DEFAULT_RESYNC, |s| s.0),
         audit_max_bytes,
         audit_keep: usize::try_from(audit_keep.min(MAX_AUDIT_KEEP)).unwrap_or(0),
-        socket: expand(
-            &api.socket
-                .map_or("/run/virtpool/virtpool.sock".into(), |p| {
-                    p.to_string_lossy().into_owned()
-                }),
-            path,
-        )
-        .into(),
+        socket: expand_path(api.socket, "/run/virtpool/virtpool.sock", path),
         api_group: api.group.unwrap_or_else(|| "libvirt".into()),
     };
     check_duration(

@@ -30,20 +30,18 @@ impl HostConfig {
     /// its key (empty when they fit).
     pub(super) fn reservation_problems(&self, cap: &HostCapacity) -> Vec<String> {
         let mut problems = Vec::new();
-        let (cpus, cpus_from) = match self.cpus {
-            Some(c) => (c, "host.cpus"),
-            None => (cap.cpus, "measured"),
-        };
+        let (cpus, cpus_from) = self
+            .cpus
+            .map_or((cap.cpus, "measured"), |c| (c, "host.cpus"));
         if self.reserved_cpus > cpus {
             problems.push(format!(
                 "host.reserved_cpus ({}) is more than the host's {cpus} CPUs ({cpus_from})",
                 self.reserved_cpus
             ));
         }
-        let (mem, mem_from) = match self.memory {
-            Some(m) => (m, "host.memory"),
-            None => (cap.memory_total, "measured"),
-        };
+        let (mem, mem_from) = self
+            .memory
+            .map_or((cap.memory_total, "measured"), |m| (m, "host.memory"));
         if self.reserved_memory > mem {
             problems.push(format!(
                 "host.reserved_memory ({}) is more than the host's memory, {} ({mem_from})",

@@ -91,14 +91,7 @@ impl Config {
         })?;
         let mut problems = Vec::new();
         let cfg = build(raw, path, &mut problems);
-        if problems.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigError::Invalid {
-                file: path.to_owned(),
-                problems,
-            })
-        }
+        valid(cfg, path, problems)
     }
 
     /// The budget of each pool resolved against `alloc`.
@@ -114,14 +107,11 @@ impl Config {
     /// disk resources need the host to declare its disk capacity.
     pub fn check_budgets(&self, alloc: &Allocatable) -> Result<(), ConfigError> {
         let problems = budget_problems(&self.pools, alloc);
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid {
-                file: self.source.clone(),
-                problems: problems.iter().map(ToString::to_string).collect(),
-            })
-        }
+        valid(
+            (),
+            &self.source,
+            problems.iter().map(ToString::to_string).collect(),
+        )
     }
 
     /// Checks the config against this host: the reservations leave
@@ -135,14 +125,7 @@ impl Config {
                 .iter()
                 .map(ToString::to_string),
         );
-        if problems.is_empty() {
-            Ok(alloc)
-        } else {
-            Err(ConfigError::Invalid {
-                file: self.source.clone(),
-                problems,
-            })
-        }
+        valid(alloc, &self.source, problems)
     }
 
     /// Validates one pool spec (from the API) under this config's rules.
@@ -160,6 +143,18 @@ impl Config {
     pub fn empty(path: &Path) -> Config {
         let mut p = Vec::new();
         build(RawConfig::default(), path, &mut p)
+    }
+}
+
+/// `value` when there are no `problems`, else the problems of `file`.
+fn valid<T>(value: T, file: &Path, problems: Vec<String>) -> Result<T, ConfigError> {
+    if problems.is_empty() {
+        Ok(value)
+    } else {
+        Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            problems,
+        })
     }
 }
 

@@ -49,6 +49,15 @@ impl Default for Tuning {
     }
 }
 
+/// A share of the whole (`"10%"`) must be below all of it; a size may be anything.
+fn below_all(key: &str, a: Amount, problems: &mut Vec<String>) {
+    if let Amount::Fraction(f) = a {
+        if f >= 1.0 {
+            problems.push(format!("{key} ({a}) must be below 100%"));
+        }
+    }
+}
+
 /// `[memory]`, `[vcpus]`, `[disk]` and `[cpu]`, checked.
 pub(super) fn build(
     m: RawMemoryTuning,
@@ -82,21 +91,9 @@ pub(super) fn build(
         }
     }
     let guest_free_min = m.guest_free_min.unwrap_or(d.guest_free_min);
-    if let Amount::Fraction(f) = guest_free_min {
-        if f >= 1.0 {
-            problems.push(format!(
-                "memory.guest_free_min ({guest_free_min}) must be below 100%"
-            ));
-        }
-    }
+    below_all("memory.guest_free_min", guest_free_min, problems);
     let pressure_threshold = m.pressure_threshold.unwrap_or(d.pressure_threshold);
-    if let Amount::Fraction(f) = pressure_threshold {
-        if f >= 1.0 {
-            problems.push(format!(
-                "memory.pressure_threshold ({pressure_threshold}) must be below 100%"
-            ));
-        }
-    }
+    below_all("memory.pressure_threshold", pressure_threshold, problems);
     let tuning = Tuning {
         memory_min_change: m.min_change.map_or(d.memory_min_change, |b| b.0),
         memory_max_shrink: max_shrink,
