@@ -6,10 +6,10 @@
 //! ([`PoolSpec`]), so a runtime pool and a configured pool validate alike.
 //!
 //! The parts, each using only those before it: `bounds` (defaults, bounds
-//! and the checks that name them), `raw` (the file as serde reads it),
-//! `agent`, `host` and `tuning` (the sections), `problems` and `pool`
-//! (pools), `load` (the whole [`Config`]); `live` checks a config against
-//! the host's domains.
+//! and the checks that name them), `spec` (a pool as written, and the
+//! settings' words), `agent`, `host` and `tuning` (each section as written
+//! and checked), `problems` and `pool` (pools), `load` (the whole file and
+//! [`Config`]); `live` checks a config against the host's domains.
 
 mod agent;
 mod bounds;
@@ -18,7 +18,7 @@ pub mod live;
 mod load;
 mod pool;
 mod problems;
-mod raw;
+mod spec;
 mod tuning;
 
 pub use crate::core::names::NameError;
@@ -37,7 +37,7 @@ pub use pool::{
 pub use problems::{
     BudgetProblem, BudgetProblems, MembershipConflict, PoolError, PoolErrors, PoolProblem,
 };
-pub use raw::{
+pub use spec::{
     BytesPolicy, CountPolicy, CpuPolicy, MemberSpec, MemoryPolicy, Mode, OnRelease, PoolSpec,
 };
 pub use tuning::Tuning;

@@ -5,9 +5,9 @@ use super::bounds::{
     DEFAULT_RESYNC, MAX_AUDIT_BYTES, MAX_AUDIT_KEEP, MAX_DURATION, MAX_SOCKET_PATH,
     MIN_AUDIT_BYTES, MIN_INTERVAL,
 };
-use super::raw::{Mode, OnRelease, RawAgent, RawApi};
-use crate::core::units;
-use serde::Serialize;
+use super::spec::{Mode, OnRelease};
+use crate::core::units::{self, Bytes, Secs};
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,6 +32,30 @@ pub fn parse_log_filter(s: &str) -> Result<tracing_subscriber::filter::Targets, 
     }
     s.parse()
         .map_err(|e: tracing_subscriber::filter::ParseError| LogFilterError::Invalid(e.to_string()))
+}
+
+/// `[agent]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAgent {
+    mode: Option<Mode>,
+    interval: Option<Secs>,
+    libvirt_uri: Option<String>,
+    state_dir: Option<PathBuf>,
+    log_level: Option<String>,
+    metrics_listen: Option<SocketAddr>,
+    resync_interval: Option<Secs>,
+    audit_max_size: Option<Bytes>,
+    audit_keep: Option<u64>,
+    on_release: Option<OnRelease>,
+}
+
+/// `[api]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApi {
+    socket: Option<PathBuf>,
+    group: Option<String>,
 }
 
 /// Agent-wide settings (`[agent]`, `[api]`).

@@ -1,11 +1,24 @@
 //! `[host]`: declared capacity, reservations and ratios, and what is allocatable.
 
 use super::bounds::{check_at_most, MAX_BYTES, MAX_IOPS, MAX_VCPUS};
-use super::raw::RawHost;
 use crate::core::cpu;
 use crate::core::model::{HostCapacity, PerResource};
-use crate::core::units;
-use serde::Serialize;
+use crate::core::units::{self, Bytes};
+use serde::{Deserialize, Serialize};
+
+/// `[host]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHost {
+    cpus: Option<u64>,
+    memory: Option<Bytes>,
+    reserved_cpus: Option<u64>,
+    reserved_memory: Option<Bytes>,
+    cpu_allocation_ratio: Option<f64>,
+    memory_allocation_ratio: Option<f64>,
+    disk_bytes_sec: Option<Bytes>,
+    disk_iops_sec: Option<u64>,
+}
 
 /// Host capacity settings (`[host]`).
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -1,16 +1,39 @@
 //! A validated [`Config`]: read, parsed, built from its sections and checked against a host.
 
-use super::agent::{self, AgentConfig};
+use super::agent::{self, AgentConfig, RawAgent, RawApi};
 use super::bounds::MAX_CONFIG_BYTES;
-use super::host::{self, Allocatable, HostConfig};
+use super::host::{self, Allocatable, HostConfig, RawHost};
 use super::pool::{budget_problems, build_pool, membership_conflicts, Pool};
 use super::problems::PoolErrors;
-use super::raw::{PoolSpec, RawConfig};
-use super::tuning::{self, Tuning};
+use super::spec::PoolSpec;
+use super::tuning::{self, RawDiskTuning, RawMemoryTuning, RawVcpuTuning, Tuning};
+use crate::core::cpu::RawCpuTuning;
 use crate::core::model::{HostCapacity, PerResource};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// The whole file as written: its sections, each refusing unknown keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    agent: RawAgent,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    host: RawHost,
+    #[serde(default)]
+    memory: RawMemoryTuning,
+    #[serde(default)]
+    vcpus: RawVcpuTuning,
+    #[serde(default)]
+    disk: RawDiskTuning,
+    #[serde(default)]
+    cpu: RawCpuTuning,
+    #[serde(default)]
+    pools: BTreeMap<String, PoolSpec>,
+}
 
 /// Why a config was rejected.
 #[derive(Debug, thiserror::Error)]

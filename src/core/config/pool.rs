@@ -2,7 +2,7 @@
 
 use super::bounds::{max_amount, MAX_SHARES};
 use super::problems::{BudgetProblem, MembershipConflict, PoolError, PoolProblem};
-use super::raw::{BytesPolicy, CountPolicy, CpuPolicy, MemberSpec, MemoryPolicy, PoolSpec};
+use super::spec::{BytesPolicy, CountPolicy, CpuPolicy, MemberSpec, MemoryPolicy, PoolSpec};
 use crate::core::cpu;
 use crate::core::model::{PerResource, Resource};
 use crate::core::names::{self, NameError};

@@ -1,11 +1,42 @@
 //! `[memory]`, `[vcpus]`, `[disk]` and `[cpu]`: the planner's stability and safety knobs.
 
 use super::bounds::{check_at_most, check_duration, MAX_BYTES, MAX_DURATION};
-use super::raw::{RawDiskTuning, RawMemoryTuning, RawVcpuTuning};
+use super::spec::opt_bytes_amount;
 use crate::core::cpu::{CpuTuning, RawCpuTuning};
-use crate::core::units::Amount;
-use serde::Serialize;
+use crate::core::units::{Amount, Bytes, Secs};
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+/// `[memory]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMemoryTuning {
+    min_change: Option<Bytes>,
+    #[serde(default, deserialize_with = "opt_bytes_amount")]
+    max_shrink: Option<Amount>,
+    #[serde(default, deserialize_with = "opt_bytes_amount")]
+    guest_free_min: Option<Amount>,
+    #[serde(default, deserialize_with = "opt_bytes_amount")]
+    target_free: Option<Amount>,
+    #[serde(default, deserialize_with = "opt_bytes_amount")]
+    pressure_threshold: Option<Amount>,
+    stats_period: Option<Secs>,
+}
+
+/// `[vcpus]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVcpuTuning {
+    cooldown: Option<Secs>,
+    unplug_backoff: Option<Secs>,
+}
+
+/// `[disk]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDiskTuning {
+    burst_factor: Option<f64>,
+}
 
 /// Stability and safety knobs of the planner (`[memory]`, `[vcpus]`, `[disk]`).
 #[derive(Debug, Clone, PartialEq, Serialize)]

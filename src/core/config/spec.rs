@@ -1,11 +1,9 @@
-//! The config file as written: the sections serde reads, unknown keys refused.
+//! A pool as written ([`PoolSpec`]), the settings' words, and the serde helpers of amounts.
 
-use crate::core::cpu::{self, Cores, RawCpuTuning};
-use crate::core::units::{self, Amount, Bytes, Secs};
+use crate::core::cpu::{self, Cores};
+use crate::core::units::{self, Amount, Bytes};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 
 /// `enforce` changes domains; `observe` plans and reports only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -39,91 +37,9 @@ pub enum OnRelease {
     Keep,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawConfig {
-    #[serde(default)]
-    pub(super) agent: RawAgent,
-    #[serde(default)]
-    pub(super) api: RawApi,
-    #[serde(default)]
-    pub(super) host: RawHost,
-    #[serde(default)]
-    pub(super) memory: RawMemoryTuning,
-    #[serde(default)]
-    pub(super) vcpus: RawVcpuTuning,
-    #[serde(default)]
-    pub(super) disk: RawDiskTuning,
-    #[serde(default)]
-    pub(super) cpu: RawCpuTuning,
-    #[serde(default)]
-    pub(super) pools: BTreeMap<String, PoolSpec>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawAgent {
-    pub(super) mode: Option<Mode>,
-    pub(super) interval: Option<Secs>,
-    pub(super) libvirt_uri: Option<String>,
-    pub(super) state_dir: Option<PathBuf>,
-    pub(super) log_level: Option<String>,
-    pub(super) metrics_listen: Option<SocketAddr>,
-    pub(super) resync_interval: Option<Secs>,
-    pub(super) audit_max_size: Option<Bytes>,
-    pub(super) audit_keep: Option<u64>,
-    pub(super) on_release: Option<OnRelease>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawApi {
-    pub(super) socket: Option<PathBuf>,
-    pub(super) group: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawHost {
-    pub(super) cpus: Option<u64>,
-    pub(super) memory: Option<Bytes>,
-    pub(super) reserved_cpus: Option<u64>,
-    pub(super) reserved_memory: Option<Bytes>,
-    pub(super) cpu_allocation_ratio: Option<f64>,
-    pub(super) memory_allocation_ratio: Option<f64>,
-    pub(super) disk_bytes_sec: Option<Bytes>,
-    pub(super) disk_iops_sec: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawMemoryTuning {
-    pub(super) min_change: Option<Bytes>,
-    #[serde(default, deserialize_with = "opt_bytes_amount")]
-    pub(super) max_shrink: Option<Amount>,
-    #[serde(default, deserialize_with = "opt_bytes_amount")]
-    pub(super) guest_free_min: Option<Amount>,
-    #[serde(default, deserialize_with = "opt_bytes_amount")]
-    pub(super) target_free: Option<Amount>,
-    #[serde(default, deserialize_with = "opt_bytes_amount")]
-    pub(super) pressure_threshold: Option<Amount>,
-    pub(super) stats_period: Option<Secs>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawVcpuTuning {
-    pub(super) cooldown: Option<Secs>,
-    pub(super) unplug_backoff: Option<Secs>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawDiskTuning {
-    pub(super) burst_factor: Option<f64>,
-}
-
-fn opt_bytes_amount<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Amount>, D::Error> {
+pub(super) fn opt_bytes_amount<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Amount>, D::Error> {
     units::bytes_amount::deserialize(d).map(Some)
 }
 
