@@ -111,29 +111,17 @@ impl Membership {
 mod tests {
     use super::*;
     use crate::core::config::Config;
-    use crate::core::model::DomainState;
+    use crate::core::planner::testing::domain;
     use std::path::Path;
 
     fn dom(name: &str, meta: Option<&str>) -> DomainObs {
         DomainObs {
-            name: name.into(),
             uuid: format!("uuid-{name}").into(),
             id: None,
-            state: DomainState::Running,
-            vcpus: 1,
             vcpus_max: 1,
-            memory: 1 << 30,
             memory_max: 1 << 30,
-            balloon: None,
-            disks: std::sync::Arc::from([]),
-            metadata_pool: meta.map(Into::into),
-            balloon_device: true,
-            cpu_shares: None,
-            blkio_weight: None,
-            cpu_quota: None,
-            cpu_time: None,
-            cpu_used: None,
             active_secs: None,
+            ..domain(name, meta)
         }
     }
 

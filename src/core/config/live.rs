@@ -151,28 +151,16 @@ pub fn uri_problems(uri: &str, exists: impl Fn(&Path) -> bool) -> Vec<LiveError>
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::core::model::DomainState;
+    use crate::core::planner::testing::domain;
 
     fn dom(name: &str, vcpus_max: u64, memory_max: u64) -> DomainObs {
         DomainObs {
-            name: name.into(),
             uuid: format!("UUID-{name}").into(),
-            id: Some(1),
-            state: DomainState::Running,
-            vcpus: 1,
             vcpus_max,
             memory: memory_max,
             memory_max,
-            balloon: None,
-            balloon_device: true,
-            disks: std::sync::Arc::from([]),
-            metadata_pool: None,
-            cpu_shares: None,
-            blkio_weight: None,
-            cpu_quota: None,
-            cpu_time: None,
-            cpu_used: None,
             active_secs: None,
+            ..domain(name, None)
         }
     }
 
