@@ -6,7 +6,7 @@
 //! A closed output pipe (`virtpoolctl pools | head -1`) ends it quietly
 //! with exit 0.
 
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::FromArgMatches;
 use hyper::Method;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -14,228 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 use virtpool::api::types::*;
-use virtpool::cli::client::{path_segment, Client, ClientError, DEFAULT_SOCKET};
+use virtpool::cli::client::{path_segment, Client, ClientError};
+use virtpool::cli::ctl_args::{self, Cli, Cmd, CompleteArgs, CreateArgs, EventsArgs, PoolCmd};
 use virtpool::cli::event_text::{self, EventFilter, PoolScope};
 use virtpool::cli::report::table;
 use virtpool::core::config::{BytesPolicy, CountPolicy};
 use virtpool::core::model::{PerResource, Resource};
 use virtpool::core::units::{self, Amount, Bytes, Unit};
-
-/// Control a running virtpoold: pools, members, reservations, pause.
-#[derive(Parser, Debug)]
-#[command(name = "virtpoolctl", version, long_about = None)]
-struct Cli {
-    /// The agent's API socket.
-    #[arg(long, global = true, env = "VIRTPOOL_SOCKET", default_value = DEFAULT_SOCKET)]
-    socket: PathBuf,
-    /// Print the API's JSON instead of tables (errors too, on stdout).
-    #[arg(long, global = true)]
-    json: bool,
-    /// Write the man pages and shell completions of virtpoolctl and
-    /// virtpoold into DIR (for packaging), and list the files written.
-    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath, exclusive = true)]
-    generate_assets: Option<PathBuf>,
-    #[command(subcommand)]
-    cmd: Option<Cmd>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Agent, libvirt connection, mode, last cycle, host.
-    Status,
-    /// Every pool: budget, allocated, free, members.
-    Pools,
-    /// One pool, or change pools.
-    #[command(subcommand)]
-    Pool(PoolCmd),
-    /// Every domain and its pool.
-    Domains,
-    /// One domain (by name or UUID).
-    Domain { domain: String },
-    /// What the next cycle would do, with reasons (dry run); with
-    /// --config, --what-if or --with-domain, what a change would do, as a
-    /// difference from today's targets (nothing is applied).
-    Plan(virtpool::cli::whatif_text::PlanArgs),
-    /// Set a member's reservation (guaranteed minimum), if it fits the pool.
-    Allocate(ReserveArgs),
-    /// Lower a member's reservation by the given amounts; with none, clear it.
-    Release(ReserveArgs),
-    /// Run a cycle now.
-    Reconcile {
-        /// Wait for the cycle to finish.
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Re-read the agent's config file (as SIGHUP does) and wait for the
-    /// outcome: exit 1 with the reason if the file is refused (the running
-    /// config stays).
-    Reload,
-    /// Stop changing domains (the agent, or one pool); keep planning.
-    Pause {
-        pool: Option<String>,
-        /// Wait for the cycle the change triggers.
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Resume changing domains (the agent, or one pool).
-    Resume {
-        pool: Option<String>,
-        /// Wait for the cycle the change triggers.
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Decisions and errors from the audit log, newest last; with
-    /// --follow, new ones as they come.
-    Events(EventsArgs),
-    /// Prometheus metrics, as served (--json: one object per sample).
-    Metrics,
-    /// A full-screen view that refreshes itself: pools with budget bars,
-    /// the chosen pool's last hour, members with target / actual / used
-    /// and the reason; keys sort, choose a pool, pause and resume it (q
-    /// quits). Without a terminal, or with --once, one screen as text.
-    Top(virtpool::cli::top::TopArgs),
-    /// Names for shell completion (used by the completion scripts).
-    #[command(name = "__complete", hide = true)]
-    Complete(CompleteArgs),
-}
-
-#[derive(Subcommand, Debug)]
-enum PoolCmd {
-    /// Show one pool.
-    Show { pool: String },
-    /// A pool's last hour: budget, allocated, actual and used per
-    /// resource, one point per cycle, as sparklines.
-    History { pool: String },
-    /// Add a domain to a pool (--move takes it from the pool it is in).
-    Add {
-        pool: String,
-        domain: String,
-        /// Take the domain from the pool it is in (refused without: a
-        /// domain belongs to at most one pool).
-        #[arg(long = "move")]
-        move_: bool,
-        /// Wait for the cycle the change triggers.
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Remove a domain from a pool.
-    Remove {
-        pool: String,
-        domain: String,
-        /// Wait for the cycle the change triggers.
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Create or update a runtime pool from a file (JSON or TOML) or flags.
-    Create(CreateArgs),
-    /// Delete a runtime pool.
-    Delete {
-        pool: String,
-        /// Wait for the cycle the change triggers.
-        #[arg(long)]
-        wait: bool,
-    },
-}
-
-#[derive(Args, Debug)]
-struct CreateArgs {
-    pool: String,
-    /// Pool spec file, JSON or TOML (the shape of a `[pools.NAME]` table).
-    #[arg(long, conflicts_with_all = ["domain", "match_", "vcpus", "memory", "disk_bytes_sec", "disk_iops_sec", "cpu"])]
-    file: Option<PathBuf>,
-    /// A member domain (repeatable).
-    #[arg(long)]
-    domain: Vec<String>,
-    /// A glob on domain names (repeatable).
-    #[arg(long = "match", id = "match_", value_name = "GLOB")]
-    match_: Vec<String>,
-    /// vCPU budget: a number or a share like "25%".
-    #[arg(long)]
-    vcpus: Option<String>,
-    /// Memory budget: a size like "16GiB" or a share like "25%".
-    #[arg(long)]
-    memory: Option<String>,
-    /// Disk bandwidth budget: a size per second like "200MiB" or a share.
-    #[arg(long)]
-    disk_bytes_sec: Option<String>,
-    /// Disk IOPS budget: a number or a share.
-    #[arg(long)]
-    disk_iops_sec: Option<String>,
-    /// CPU-time budget: cores like "6.5" or a share of allocatable CPU
-    /// time like "25%".
-    #[arg(long)]
-    cpu: Option<String>,
-    /// Also write changes to the persistent domain config.
-    #[arg(long)]
-    persist: bool,
-    /// Take the listed domains from the pools they are in (refused
-    /// without: a domain belongs to at most one pool).
-    #[arg(long = "move")]
-    move_: bool,
-    /// Wait for the cycle the change triggers.
-    #[arg(long)]
-    wait: bool,
-}
-
-#[derive(Args, Debug)]
-struct ReserveArgs {
-    pool: String,
-    domain: String,
-    /// vCPUs.
-    #[arg(long)]
-    vcpus: Option<u64>,
-    /// Memory, a size like "4GiB" or bytes.
-    #[arg(long, value_parser = parse_size)]
-    memory: Option<u64>,
-    /// Disk bandwidth, a size per second like "100MiB".
-    #[arg(long, value_parser = parse_size)]
-    disk_bytes_sec: Option<u64>,
-    /// Disk operations per second.
-    #[arg(long)]
-    disk_iops_sec: Option<u64>,
-    /// CPU time: cores like "0.5", or a percentage of one core like "50%".
-    #[arg(long, value_parser = virtpool::core::cpu::parse_cores)]
-    cpu: Option<u64>,
-    /// Wait for the cycle the change triggers.
-    #[arg(long)]
-    wait: bool,
-}
-
-#[derive(Args, Debug)]
-struct EventsArgs {
-    /// At most this many, the newest [default: 50; with --since, all since
-    /// then].
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Only events since then: a time ago ("10m", "2h", "1d") or a UTC
-    /// time ("2025-05-01 10:00:00").
-    #[arg(long, value_name = "WHEN")]
-    since: Option<String>,
-    /// Then keep printing new events as they come, until interrupted
-    /// (--json: one JSON object per line).
-    #[arg(long, short = 'f')]
-    follow: bool,
-    /// Only events about this pool: its members' actions (members as of
-    /// now), its unadmitted members, changes to it.
-    #[arg(long, value_name = "POOL")]
-    pool: Option<String>,
-    /// Only events about this domain (name or UUID).
-    #[arg(long, value_name = "DOMAIN")]
-    domain: Option<String>,
-}
-
-#[derive(Args, Debug)]
-struct CompleteArgs {
-    /// `pools`, `domains`, or `line` (then WORDS: the command line after
-    /// the program name, the last being the word completed).
-    what: String,
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    words: Vec<String>,
-}
-
-fn parse_size(s: &str) -> Result<u64, units::UnitError> {
-    units::parse_bytes(s)
-}
 
 /// A failure: the machine code (as the API's errors have), the message
 /// and the exit code.
@@ -347,7 +132,7 @@ fn usage_fail(e: &clap::Error) -> Fail {
 
 fn main() -> ExitCode {
     let json = json_requested();
-    let cli = match Cli::command()
+    let cli = match ctl_args::command()
         .try_get_matches()
         .and_then(|m| Cli::from_arg_matches(&m))
     {
@@ -359,7 +144,7 @@ fn main() -> ExitCode {
         return generate_assets(dir);
     }
     let Some(cmd) = cli.cmd else {
-        let e = Cli::command().error(
+        let e = ctl_args::command().error(
             clap::error::ErrorKind::MissingSubcommand,
             "a subcommand is required (see --help)",
         );
@@ -392,14 +177,15 @@ fn main() -> ExitCode {
 
 /// `--generate-assets DIR`: both binaries' man pages and completions.
 fn generate_assets(dir: &Path) -> ExitCode {
-    let written = virtpool::cli::assets::generate(Cli::command(), "1", dir).and_then(|mut a| {
-        a.extend(virtpool::cli::assets::generate(
-            virtpool::cli::assets::daemon_command(),
-            "8",
-            dir,
-        )?);
-        Ok(a)
-    });
+    let written =
+        virtpool::cli::assets::generate(ctl_args::command(), "1", dir).and_then(|mut a| {
+            a.extend(virtpool::cli::assets::generate(
+                virtpool::cli::assets::daemon_command(),
+                "8",
+                dir,
+            )?);
+            Ok(a)
+        });
     match written {
         Ok(files) => {
             let mut text = format!("wrote {} files into {}:\n", files.len(), dir.display());
@@ -576,17 +362,7 @@ async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
         let v: serde_json::Value = ans.json()?;
         return pretty(&v);
     }
-    // Whether a change waited for its cycle (`--wait`).
-    let waited = match cmd {
-        Cmd::Pool(PoolCmd::Add { wait, .. })
-        | Cmd::Pool(PoolCmd::Remove { wait, .. })
-        | Cmd::Pool(PoolCmd::Delete { wait, .. })
-        | Cmd::Pause { wait, .. }
-        | Cmd::Resume { wait, .. } => *wait,
-        Cmd::Pool(PoolCmd::Create(a)) => a.wait,
-        Cmd::Allocate(a) | Cmd::Release(a) => a.wait,
-        _ => false,
-    };
+    let waited = cmd.waits();
     Ok(match cmd {
         Cmd::Status => render_status(&ans.json()?),
         Cmd::Pools => {
@@ -908,7 +684,7 @@ async fn complete(c: &Client, a: &CompleteArgs) -> Result<(), Fail> {
     let (kind, client) = match a.what.as_str() {
         "pools" | "domains" => (a.what.clone(), c.clone()),
         "line" => {
-            let kind = name_slot(&Cli::command(), &a.words).ok_or_else(not_a_name)?;
+            let kind = name_slot(&ctl_args::command(), &a.words).ok_or_else(not_a_name)?;
             (
                 kind.to_string(),
                 socket_in(&a.words).map_or(c.clone(), Client::new),

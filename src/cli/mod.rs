@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod client;
+pub mod ctl_args;
 pub mod daemon_args;
 pub mod event_text;
 pub mod history_text;
