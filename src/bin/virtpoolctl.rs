@@ -9,110 +9,18 @@
 use clap::FromArgMatches;
 use hyper::Method;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 use virtpool::api::types::*;
+use virtpool::cli::change_text;
 use virtpool::cli::client::{path_segment, Client, ClientError};
 use virtpool::cli::ctl_args::{self, Cli, Cmd, CompleteArgs, CreateArgs, EventsArgs, PoolCmd};
+use virtpool::cli::ctl_output::{err, out, pretty, reader_gone, report, to_json, usage_fail, Fail};
 use virtpool::cli::event_text::{self, EventFilter, PoolScope};
-use virtpool::cli::report::table;
+use virtpool::cli::views_text;
 use virtpool::core::config::{BytesPolicy, CountPolicy};
-use virtpool::core::model::{PerResource, Resource};
-use virtpool::core::units::{self, Amount, Bytes, Unit};
-
-/// A failure: the machine code (as the API's errors have), the message
-/// and the exit code.
-struct Fail {
-    code: String,
-    message: String,
-    exit: u8,
-}
-
-impl Fail {
-    fn usage(message: impl Into<String>) -> Fail {
-        Fail {
-            code: "usage".into(),
-            message: message.into(),
-            exit: 2,
-        }
-    }
-
-    fn failed(code: &str, message: impl Into<String>) -> Fail {
-        Fail {
-            code: code.into(),
-            message: message.into(),
-            exit: 1,
-        }
-    }
-}
-
-impl From<ClientError> for Fail {
-    fn from(e: ClientError) -> Fail {
-        let code = match &e {
-            ClientError::Api { code, .. } => code.clone(),
-            ClientError::Unreachable { .. } => "unreachable".into(),
-            ClientError::Protocol { .. } => "protocol".into(),
-            ClientError::Decode(_) => "bad_answer".into(),
-        };
-        Fail::failed(&code, e.to_string())
-    }
-}
-
-// ------------------------------------------------------------- printing
-
-/// Writes `text` to stdout. A closed pipe (the reader is gone, as after
-/// `| head -1`) ends the program quietly with exit 0: there is no one left
-/// to tell.
-fn out(text: &str) {
-    let mut o = std::io::stdout().lock();
-    if let Err(e) = o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        err(&format!("virtpoolctl: cannot write the output: {e}\n"));
-        std::process::exit(1);
-    }
-}
-
-/// Whether stdout is a pipe whose reader has closed it (a write would
-/// fail with a broken pipe).
-fn reader_gone() -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-    let stdout = std::io::stdout();
-    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLOUT)];
-    poll(&mut fds, PollTimeout::ZERO).is_ok()
-        && fds[0]
-            .revents()
-            .is_some_and(|r| r.contains(PollFlags::POLLERR))
-}
-
-/// Writes `text` to stderr; a failure to is ignored (nowhere to report it).
-fn err(text: &str) {
-    let _ = std::io::stderr().lock().write_all(text.as_bytes());
-}
-
-/// Prints a failure (JSON on stdout under `--json`, else text on stderr)
-/// and gives its exit code.
-fn report(json: bool, f: Fail) -> ExitCode {
-    if json {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: f.code,
-                message: f.message,
-            },
-        };
-        match serde_json::to_string_pretty(&body) {
-            Ok(s) => out(&(s + "\n")),
-            Err(e) => err(&format!("virtpoolctl: {e}\n")),
-        }
-    } else {
-        err(&format!("virtpoolctl: {}\n", f.message));
-    }
-    ExitCode::from(f.exit)
-}
+use virtpool::core::units::{Amount, Bytes, Unit};
 
 /// Whether `--json` is on the command line (before a `--`), for errors
 /// found while parsing it.
@@ -121,13 +29,6 @@ fn json_requested() -> bool {
         .skip(1)
         .take_while(|a| a != "--")
         .any(|a| a == "--json")
-}
-
-/// A clap error as a failure: its first line, without clap's `error: `.
-fn usage_fail(e: &clap::Error) -> Fail {
-    let text = e.render().to_string();
-    let first = text.lines().next().unwrap_or("invalid command line");
-    Fail::usage(first.strip_prefix("error: ").unwrap_or(first).trim())
 }
 
 fn main() -> ExitCode {
@@ -219,9 +120,6 @@ fn wait_q(wait: bool) -> &'static str {
         ""
     }
 }
-
-/// What a change without `--wait` prints after its message.
-const SAVED: &str = "change saved; it applies with the next cycle (use --wait to wait for it)\n";
 
 async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
     // (method, path, body) of the one request each command makes.
@@ -364,91 +262,22 @@ async fn run(c: &Client, cmd: &Cmd, json: bool) -> Result<String, Fail> {
     }
     let waited = cmd.waits();
     Ok(match cmd {
-        Cmd::Status => render_status(&ans.json()?),
-        Cmd::Pools => {
-            let p: PoolsResponse = ans.json()?;
-            if p.pools.is_empty() {
-                "no pools\n".into()
-            } else {
-                p.pools
-                    .iter()
-                    .map(render_pool)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            }
-        }
-        Cmd::Pool(PoolCmd::Show { .. }) => render_pool(&ans.json()?),
+        Cmd::Status => views_text::render_status(&ans.json()?),
+        Cmd::Pools => views_text::render_pools(&ans.json()?),
+        Cmd::Pool(PoolCmd::Show { .. }) => views_text::render_pool(&ans.json()?),
         Cmd::Pool(PoolCmd::History { .. }) => virtpool::cli::history_text::render(&ans.json()?),
-        Cmd::Domains => render_domains(&ans.json()?),
-        Cmd::Domain { .. } => render_domain(&ans.json()?),
+        Cmd::Domains => views_text::render_domains(&ans.json()?),
+        Cmd::Domain { .. } => views_text::render_domain(&ans.json()?),
         Cmd::Plan(a) if a.is_what_if() => virtpool::cli::whatif_text::render(&ans.json()?),
-        Cmd::Plan(_) => render_plan(&ans.json()?),
-        Cmd::Allocate(_) | Cmd::Release(_) => {
-            let r: ReservationResponse = ans.json()?;
-            let mut s = format!(
-                "{} in pool {}: reservation {}{}\n",
-                r.domain,
-                r.pool,
-                describe(&r.reservation),
-                if r.changed { "" } else { " (unchanged)" }
-            );
-            s.push_str(&render_waited(waited, r.changed, r.cycle.as_ref()));
-            s
-        }
-        Cmd::Reconcile { .. } => {
-            let r: ReconcileResponse = ans.json()?;
-            match &r.cycle {
-                Some(c) => render_cycle(c),
-                None => "cycle requested\n".into(),
-            }
-        }
-        Cmd::Reload => {
-            let r: ReloadResponse = ans.json()?;
-            let mut s = format!("config reloaded from {}\n", r.file);
-            if !r.restart_only.is_empty() {
-                s.push_str(&format!(
-                    "changed, applied only on restart: {}\n",
-                    r.restart_only.join(", ")
-                ));
-            }
-            if !r.set_aside.is_empty() {
-                s.push_str(&format!(
-                    "runtime changes set aside (they do not fit the new file; kept in {}):\n",
-                    r.set_aside_file.as_deref().unwrap_or("the state directory")
-                ));
-                for p in &r.set_aside {
-                    s.push_str(&format!("  {p}\n"));
-                }
-            }
-            s
-        }
+        Cmd::Plan(_) => views_text::render_plan(&ans.json()?),
+        Cmd::Allocate(_) | Cmd::Release(_) => change_text::render_reservation(&ans.json()?, waited),
+        Cmd::Reconcile { .. } => change_text::render_reconcile(&ans.json()?),
+        Cmd::Reload => change_text::render_reload(&ans.json()?),
         Cmd::Pool(_) | Cmd::Pause { .. } | Cmd::Resume { .. } => {
-            let r: ChangeResponse = ans.json()?;
-            let mut s = format!(
-                "{}{}\n",
-                r.message,
-                if r.changed {
-                    ""
-                } else {
-                    " (nothing to change)"
-                }
-            );
-            // A pause holds at once: the members are left untouched from
-            // now on, whatever the next cycle plans.
-            if matches!(cmd, Cmd::Pause { .. }) && !waited {
-                return Ok(s);
-            }
-            s.push_str(&render_waited(waited, r.changed, r.cycle.as_ref()));
-            s
+            change_text::render_change(&ans.json()?, matches!(cmd, Cmd::Pause { .. }), waited)
         }
         Cmd::Metrics | Cmd::Events(_) | Cmd::Complete(_) | Cmd::Top(_) => String::new(),
     })
-}
-
-fn pretty<T: serde::Serialize>(v: &T) -> Result<String, Fail> {
-    serde_json::to_string_pretty(v)
-        .map(|s| s + "\n")
-        .map_err(|e| Fail::failed("failed", e.to_string()))
 }
 
 // ------------------------------------------------------------------ events
@@ -804,10 +633,6 @@ fn name_slot(root: &clap::Command, words: &[String]) -> Option<&'static str> {
     kind(arg.get_id().as_str())
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Fail> {
-    serde_json::to_vec(v).map_err(|e| Fail::failed("failed", e.to_string()))
-}
-
 fn pool_spec(a: &CreateArgs) -> Result<PoolSpec, Fail> {
     if let Some(f) = &a.file {
         let text = std::fs::read_to_string(f)
@@ -859,427 +684,4 @@ fn pool_spec(a: &CreateArgs) -> Result<PoolSpec, Fail> {
             }),
         ..Default::default()
     })
-}
-
-// ------------------------------------------------------------------ output
-
-fn opt(r: Resource, v: Option<u64>) -> String {
-    v.map_or("-".into(), |v| r.human(v))
-}
-
-fn describe(r: &PerResource<Option<u64>>) -> String {
-    let parts: Vec<String> = Resource::ALL
-        .iter()
-        .filter_map(|x| r.get(*x).map(|v| format!("{x} {}", x.human(v))))
-        .collect();
-    if parts.is_empty() {
-        "none".into()
-    } else {
-        parts.join(", ")
-    }
-}
-
-/// The cycle a change waited for; when it waited and none came (the
-/// agent's wait limit), says so: the change itself is saved. A change that
-/// did not wait says it is saved and applies with the next cycle: views
-/// show the old state until then.
-fn render_waited(waited: bool, changed: bool, cycle: Option<&CycleResult>) -> String {
-    match cycle {
-        Some(c) => render_cycle(c),
-        None if waited && changed => {
-            "no cycle finished within the agent's wait limit (its cycle is still \
-             running): the change is saved and applies when that cycle ends\n"
-                .into()
-        }
-        None if changed => SAVED.into(),
-        None => String::new(),
-    }
-}
-
-fn render_cycle(c: &CycleResult) -> String {
-    format!(
-        "cycle {}: {} action(s), {} failed{}\n",
-        c.cycle,
-        c.actions,
-        c.failed,
-        if c.libvirt_connected {
-            ""
-        } else {
-            " (libvirt not connected)"
-        }
-    )
-}
-
-fn render_status(s: &StatusResponse) -> String {
-    let mut rows = vec![
-        vec![
-            "agent".to_string(),
-            format!("virtpoold {}", s.agent.version),
-        ],
-        vec![
-            "mode".into(),
-            format!(
-                "{:?}{}",
-                s.agent.mode,
-                if s.agent.paused { " (PAUSED)" } else { "" }
-            )
-            .to_lowercase(),
-        ],
-        vec![
-            "libvirt".into(),
-            format!(
-                "{} {}{}",
-                s.libvirt.uri,
-                if s.libvirt.connected {
-                    "connected"
-                } else {
-                    "NOT CONNECTED"
-                },
-                s.libvirt
-                    .error
-                    .as_deref()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            ),
-        ],
-        vec![
-            "last cycle".into(),
-            match &s.last_cycle {
-                Some(c) => format!(
-                    "#{} took {:.1} ms, {} action(s), {} failed",
-                    s.cycle, c.duration_ms, c.actions, c.failed
-                ),
-                None => "none yet".into(),
-            },
-        ],
-    ];
-    if let Some(c) = &s.capacity {
-        rows.extend(virtpool::cli::report::capacity_rows(c));
-    } else if let Some(h) = &s.host {
-        rows.push(vec![
-            "host".into(),
-            format!(
-                "{} CPUs, {} memory ({} available)",
-                h.cpus,
-                units::human_bytes(h.memory_total),
-                units::human_bytes(h.memory_available)
-            ),
-        ]);
-    }
-    if let (None, Some(a)) = (&s.capacity, &s.allocatable) {
-        rows.push(vec![
-            "allocatable".into(),
-            format!(
-                "{} vCPUs, {}, {} of CPU time",
-                a.vcpus,
-                units::human_bytes(a.memory),
-                Resource::Cpu.human(a.cpu)
-            ),
-        ]);
-    }
-    rows.push(vec!["pools".into(), s.pools.to_string()]);
-    rows.push(vec![
-        "domains".into(),
-        format!(
-            "{} ({} active): {} managed, {} unmanaged{}",
-            s.domains.total,
-            s.domains.active,
-            s.domains.managed,
-            s.domains.unmanaged,
-            if s.domains.unadmitted > 0 {
-                format!(", {} UNADMITTED", s.domains.unadmitted)
-            } else {
-                String::new()
-            }
-        ),
-    ]);
-    if !s.agent.paused_pools.is_empty() {
-        rows.push(vec!["paused pools".into(), s.agent.paused_pools.join(", ")]);
-    }
-    if let Some(e) = &s.config_error {
-        rows.push(vec!["CONFIG ERROR".into(), e.clone()]);
-    }
-    table(&rows)
-}
-
-fn render_pool(p: &PoolView) -> String {
-    let leaving = |name: &str| p.leaving.iter().any(|l| l == name);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "pool {} ({}){} — {} member(s){}{}",
-        p.name,
-        match p.source {
-            PoolSource::Config => "config",
-            PoolSource::Runtime => "runtime",
-        },
-        if p.paused { " [paused]" } else { "" },
-        p.member_count,
-        if p.pending.is_empty() {
-            String::new()
-        } else {
-            format!(", {} pending", p.pending.len())
-        },
-        if p.unadmitted.is_empty() {
-            String::new()
-        } else {
-            format!(", {} UNADMITTED", p.unadmitted.len())
-        }
-    );
-    let mut rows = vec![vec![
-        "  RESOURCE".to_string(),
-        "BUDGET".into(),
-        "ALLOCATED".into(),
-        "FREE".into(),
-        "RESERVED".into(),
-    ]];
-    for r in Resource::ALL {
-        if let Some(b) = p.budget.get(r) {
-            rows.push(vec![
-                format!("  {r}"),
-                r.human(*b),
-                r.human(*p.allocated.get(r)),
-                opt(r, *p.free.get(r)),
-                r.human(*p.reserved.get(r)),
-            ]);
-        }
-    }
-    out.push_str(&table(&rows));
-    let mut rows = vec![vec![
-        "  DOMAIN".to_string(),
-        "STATE".into(),
-        "RESOURCE".into(),
-        "FLOOR".into(),
-        "TARGET".into(),
-        "ACTUAL".into(),
-        "USED".into(),
-        "RESERVED".into(),
-        "WHY".into(),
-    ]];
-    for m in &p.members {
-        let mut first = true;
-        let head = |first: bool| {
-            if first {
-                (format!("  {}", m.name), m.state.to_string())
-            } else {
-                (String::new(), String::new())
-            }
-        };
-        for r in Resource::ALL {
-            let Some(a) = m.resources.get(r) else {
-                continue;
-            };
-            let (n, s) = head(first);
-            let mut why = a.reason.to_string();
-            if first {
-                if let Some(note) = &m.note {
-                    // A note that starts with the reason says it already.
-                    why = if note.starts_with(&why) {
-                        note.clone()
-                    } else {
-                        format!("{why}; {note}")
-                    };
-                }
-                if leaving(&m.name) {
-                    why = format!("{why}; {LEAVING}");
-                }
-            }
-            rows.push(vec![
-                n,
-                s,
-                r.key().into(),
-                r.human(a.floor),
-                r.human(a.target),
-                r.human(a.actual),
-                opt(r, a.used),
-                opt(r, *m.reservation.get(r)),
-                why,
-            ]);
-            first = false;
-        }
-        if first {
-            let (n, s) = head(true);
-            let mut why = m.note.clone().unwrap_or_else(|| {
-                if m.admitted {
-                    "-".into()
-                } else {
-                    "unadmitted".into()
-                }
-            });
-            if leaving(&m.name) {
-                why = format!("{why}; {LEAVING}");
-            }
-            rows.push(vec![
-                n,
-                s,
-                "-".into(),
-                "".into(),
-                "".into(),
-                "".into(),
-                "".into(),
-                "".into(),
-                why,
-            ]);
-        }
-    }
-    for d in &p.pending {
-        rows.push(vec![
-            format!("  {d}"),
-            "pending".into(),
-            "-".into(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            "added; joins with the next cycle".into(),
-        ]);
-    }
-    if p.members.is_empty() && p.pending.is_empty() {
-        rows.push(vec!["  (no members)".into()]);
-    }
-    out.push_str(&table(&rows));
-    if !p.unadmitted.is_empty() {
-        let _ = writeln!(
-            out,
-            "  UNADMITTED ({}): floors do not fit the budget; left untouched",
-            p.unadmitted.len()
-        );
-        for name in &p.unadmitted {
-            let _ = writeln!(out, "    {name}");
-        }
-    }
-    out
-}
-
-/// What the WHY column adds for a member removed through the API.
-const LEAVING: &str = "removed; leaves with the next cycle";
-
-fn render_domains(d: &DomainsResponse) -> String {
-    let mut rows = vec![vec![
-        "NAME".to_string(),
-        "STATE".into(),
-        "POOL".into(),
-        "VCPUS".into(),
-        "MEMORY".into(),
-        "USED".into(),
-        "UUID".into(),
-    ]];
-    for x in &d.domains {
-        rows.push(vec![
-            x.name.clone(),
-            x.state.to_string(),
-            x.pool.clone().unwrap_or_else(|| match x.release {
-                Some(_) => "(released)".into(),
-                None => "(unmanaged)".into(),
-            }),
-            format!("{}/{}", x.vcpus, x.vcpus_max),
-            format!(
-                "{} / {}",
-                units::human_bytes(x.memory),
-                units::human_bytes(x.memory_max)
-            ),
-            opt(Resource::Memory, x.memory_used),
-            x.uuid.clone(),
-        ]);
-    }
-    table(&rows)
-}
-
-fn render_domain(d: &DomainView) -> String {
-    let mut rows = vec![
-        vec!["name".to_string(), d.name.clone()],
-        vec!["uuid".into(), d.uuid.clone()],
-        vec!["state".into(), d.state.to_string()],
-        vec![
-            "pool".into(),
-            match (&d.pool, d.admitted) {
-                (Some(p), Some(false)) => format!("{p} (UNADMITTED)"),
-                (Some(p), _) => p.clone(),
-                (None, _) => format!(
-                    "(unmanaged: {})",
-                    virtpool::core::planner::Release::words(d.release)
-                ),
-            },
-        ],
-        vec!["vcpus".into(), format!("{} (max {})", d.vcpus, d.vcpus_max)],
-        vec![
-            "memory".into(),
-            format!(
-                "{} (max {}, used {})",
-                units::human_bytes(d.memory),
-                units::human_bytes(d.memory_max),
-                opt(Resource::Memory, d.memory_used)
-            ),
-        ],
-        vec![
-            "disks".into(),
-            if d.disks.is_empty() {
-                "-".into()
-            } else {
-                d.disks.join(", ")
-            },
-        ],
-        vec!["reservation".into(), describe(&d.reservation)],
-    ];
-    if d.cpu_used.is_some() || d.cpu_limit.is_some() {
-        rows.insert(
-            5,
-            vec![
-                "cpu".into(),
-                format!(
-                    "used {}, limit {}",
-                    opt(Resource::Cpu, d.cpu_used),
-                    d.cpu_limit
-                        .map_or_else(|| "none".to_string(), |l| Resource::Cpu.human(l))
-                ),
-            ],
-        );
-    }
-    for r in Resource::ALL {
-        if let Some(a) = d.resources.get(r) {
-            rows.push(vec![
-                r.key().into(),
-                format!(
-                    "target {} (reason: {}), actual {}, floor {}, cap {}",
-                    r.human(a.target),
-                    a.reason,
-                    r.human(a.actual),
-                    r.human(a.floor),
-                    a.cap.map_or_else(|| "none".to_string(), |c| r.human(c)),
-                ),
-            ]);
-        }
-    }
-    table(&rows)
-}
-
-fn render_plan(p: &PlanResponse) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "plan from cycle {}: {} action(s){}",
-        p.cycle,
-        p.actions.len(),
-        if p.paused {
-            " — NOT issued (paused or observe mode)"
-        } else {
-            ""
-        }
-    );
-    let mut rows = Vec::new();
-    for a in &p.actions {
-        let what = virtpool::cli::report::action(&a.action);
-        rows.push(vec![
-            format!("  {}", a.action.domain()),
-            a.pool.clone().unwrap_or_default(),
-            what,
-        ]);
-    }
-    out.push_str(&table(&rows));
-    for pool in &p.pools {
-        out.push('\n');
-        out.push_str(&render_pool(pool));
-    }
-    out
 }

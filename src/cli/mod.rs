@@ -2,8 +2,10 @@
 //! man pages and completions of both binaries.
 
 pub mod assets;
+pub mod change_text;
 pub mod client;
 pub mod ctl_args;
+pub mod ctl_output;
 pub mod daemon_args;
 pub mod event_text;
 pub mod history_text;
@@ -13,4 +15,5 @@ pub mod report;
 pub mod sparkline;
 pub mod top;
 pub mod top_view;
+pub mod views_text;
 pub mod whatif_text;
