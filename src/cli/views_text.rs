@@ -4,7 +4,7 @@
 use crate::api::types::{
     DomainView, DomainsResponse, PlanResponse, PoolSource, PoolView, PoolsResponse, StatusResponse,
 };
-use crate::cli::report::{self, table};
+use crate::cli::report::{self, header, table};
 use crate::core::model::{PerResource, Resource};
 use crate::core::units;
 use std::fmt::Write as _;
@@ -143,13 +143,13 @@ pub fn render_pool(p: &PoolView) -> String {
             format!(", {} UNADMITTED", p.unadmitted.len())
         }
     );
-    let mut rows = vec![vec![
-        "  RESOURCE".to_string(),
-        "BUDGET".into(),
-        "ALLOCATED".into(),
-        "FREE".into(),
-        "RESERVED".into(),
-    ]];
+    let mut rows = vec![header(&[
+        "  RESOURCE",
+        "BUDGET",
+        "ALLOCATED",
+        "FREE",
+        "RESERVED",
+    ])];
     for r in Resource::ALL {
         if let Some(b) = p.budget.get(r) {
             rows.push(vec![
@@ -162,17 +162,9 @@ pub fn render_pool(p: &PoolView) -> String {
         }
     }
     out.push_str(&table(&rows));
-    let mut rows = vec![vec![
-        "  DOMAIN".to_string(),
-        "STATE".into(),
-        "RESOURCE".into(),
-        "FLOOR".into(),
-        "TARGET".into(),
-        "ACTUAL".into(),
-        "USED".into(),
-        "RESERVED".into(),
-        "WHY".into(),
-    ]];
+    let mut rows = vec![header(&[
+        "  DOMAIN", "STATE", "RESOURCE", "FLOOR", "TARGET", "ACTUAL", "USED", "RESERVED", "WHY",
+    ])];
     for m in &p.members {
         let mut first = true;
         let head = |first: bool| {
@@ -286,15 +278,9 @@ pub fn render_pools(p: &PoolsResponse) -> String {
 }
 
 pub fn render_domains(d: &DomainsResponse) -> String {
-    let mut rows = vec![vec![
-        "NAME".to_string(),
-        "STATE".into(),
-        "POOL".into(),
-        "VCPUS".into(),
-        "MEMORY".into(),
-        "USED".into(),
-        "UUID".into(),
-    ]];
+    let mut rows = vec![header(&[
+        "NAME", "STATE", "POOL", "VCPUS", "MEMORY", "USED", "UUID",
+    ])];
     for x in &d.domains {
         rows.push(vec![
             x.name.clone(),
