@@ -13,8 +13,9 @@ use std::time::{Duration, SystemTime};
 /// The most events one request returns (the API's cap).
 const PAGE: usize = 1000;
 /// How often `--follow` asks for new events.
-const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+pub const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
+/// One page of the audit log: after `since`, before `before`.
 async fn events_page(
     c: &Client,
     since: Option<u64>,

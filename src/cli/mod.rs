@@ -1,5 +1,6 @@
-//! The command-line side: the API client, human tables, and the options,
-//! man pages and completions of both binaries.
+//! The command-line side: the API client, what each `virtpoolctl`
+//! command does (`ctl_*`), human tables, and the options, man pages and
+//! completions of both binaries.
 
 pub mod assets;
 pub mod change_text;

@@ -27,6 +27,7 @@ pub fn describe(r: &PerResource<Option<u64>>) -> String {
     }
 }
 
+/// `status`: the agent, libvirt, the last cycle, the host and the counts.
 pub fn render_status(s: &StatusResponse) -> String {
     let mut rows = vec![
         vec![
@@ -119,6 +120,7 @@ pub fn render_status(s: &StatusResponse) -> String {
     table(&rows)
 }
 
+/// One pool: its resources, then its members (one line per resource).
 pub fn render_pool(p: &PoolView) -> String {
     let leaving = |name: &str| p.leaving.iter().any(|l| l == name);
     let mut out = String::new();
@@ -277,6 +279,7 @@ pub fn render_pools(p: &PoolsResponse) -> String {
     }
 }
 
+/// `domains`: every domain, its pool and its size.
 pub fn render_domains(d: &DomainsResponse) -> String {
     let mut rows = vec![header(&[
         "NAME", "STATE", "POOL", "VCPUS", "MEMORY", "USED", "UUID",
@@ -302,6 +305,7 @@ pub fn render_domains(d: &DomainsResponse) -> String {
     table(&rows)
 }
 
+/// `domain`: one domain, and per resource its target and why.
 pub fn render_domain(d: &DomainView) -> String {
     let mut rows = vec![
         vec!["name".to_string(), d.name.clone()],
@@ -370,6 +374,7 @@ pub fn render_domain(d: &DomainView) -> String {
     table(&rows)
 }
 
+/// `plan`: the actions the next cycle would take, then every pool.
 pub fn render_plan(p: &PlanResponse) -> String {
     let mut out = String::new();
     let _ = writeln!(
