@@ -1,8 +1,9 @@
 //! Man pages and shell completions of both binaries, for packaging:
 //! `virtpoolctl --generate-assets DIR` writes them (see
 //! `scripts/build-deb.sh`). `virtpoolctl`'s come from its clap
-//! definition; `virtpoold`'s from [`daemon_command`], its own clap
-//! definition ([`crate::cli::daemon_args`]).
+//! definition ([`crate::cli::ctl_args`]); `virtpoold`'s from
+//! [`daemon_command`], its own clap definition
+//! ([`crate::cli::daemon_args`]).
 //!
 //! Into `DIR`: `NAME.SECTION` (plus `NAME-SUB.SECTION` for each subcommand,
 //! recursively, which the main page's SUBCOMMANDS list refers to), each

@@ -4,7 +4,7 @@
 //! shows (the budget, unless the members hold more).
 
 use crate::api::history::{PoolHistory, ResourceSeries};
-use crate::cli::report::table;
+use crate::cli::report::{header, table};
 use crate::cli::sparkline::sparkline;
 use crate::core::model::Resource;
 use std::fmt::Write;
@@ -93,14 +93,14 @@ pub fn render(h: &PoolHistory) -> String {
             return out;
         }
     }
-    let mut table_rows = vec![vec![
-        "  RESOURCE".to_string(),
-        "SERIES".into(),
-        "NOW".into(),
-        "MIN".into(),
-        "MAX".into(),
-        "OLDEST → NEWEST (full block: the largest value shown)".into(),
-    ]];
+    let mut table_rows = vec![header(&[
+        "  RESOURCE",
+        "SERIES",
+        "NOW",
+        "MIN",
+        "MAX",
+        "OLDEST → NEWEST (full block: the largest value shown)",
+    ])];
     for (r, s) in &h.resources {
         table_rows.extend(rows(*r, s, WIDTH));
     }

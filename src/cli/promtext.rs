@@ -67,7 +67,7 @@ pub fn parse(text: &str) -> Result<Vec<Sample>, ParseError> {
         let mut rest = &line[name_end..];
         let mut labels = BTreeMap::new();
         if let Some(r) = rest.strip_prefix('{') {
-            rest = parse_labels(r, &mut labels).map_err(|p| err(&p))?;
+            rest = parse_labels(r, &mut labels).map_err(|p| err(&p.to_string()))?;
         }
         let value = rest
             .split_whitespace()
@@ -96,35 +96,50 @@ fn family_type<'a>(types: &'a BTreeMap<String, String>, name: &str) -> &'a str {
         .map_or("untyped", String::as_str)
 }
 
+/// What is wrong with a sample's labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum LabelError {
+    #[error("a label without '='")]
+    NoEquals,
+    #[error("a label without a name")]
+    NoName,
+    #[error("a label value without quotes")]
+    Unquoted,
+    #[error("an unterminated label value")]
+    Unterminated,
+    #[error("labels not separated by ','")]
+    NoComma,
+}
+
 /// Reads `k="v",...}` into `labels`; returns what follows the `}`.
 fn parse_labels<'a>(
     mut s: &'a str,
     labels: &mut BTreeMap<String, String>,
-) -> Result<&'a str, String> {
+) -> Result<&'a str, LabelError> {
     loop {
         s = s.trim_start();
         if let Some(r) = s.strip_prefix('}') {
             return Ok(r);
         }
-        let eq = s.find('=').ok_or("a label without '='")?;
+        let eq = s.find('=').ok_or(LabelError::NoEquals)?;
         let key = s[..eq].trim();
         if key.is_empty() {
-            return Err("a label without a name".into());
+            return Err(LabelError::NoName);
         }
         let r = s[eq + 1..]
             .trim_start()
             .strip_prefix('"')
-            .ok_or("a label value without quotes")?;
+            .ok_or(LabelError::Unquoted)?;
         let mut value = String::new();
         let mut chars = r.char_indices();
         let end = loop {
             match chars.next() {
-                None => return Err("an unterminated label value".into()),
+                None => return Err(LabelError::Unterminated),
                 Some((i, '"')) => break i,
                 Some((_, '\\')) => match chars.next() {
                     Some((_, 'n')) => value.push('\n'),
                     Some((_, c)) => value.push(c),
-                    None => return Err("an unterminated label value".into()),
+                    None => return Err(LabelError::Unterminated),
                 },
                 Some((_, c)) => value.push(c),
             }
@@ -134,7 +149,7 @@ fn parse_labels<'a>(
         if let Some(r) = s.strip_prefix(',') {
             s = r;
         } else if !s.starts_with('}') {
-            return Err("labels not separated by ','".into());
+            return Err(LabelError::NoComma);
         }
     }
 }

@@ -36,6 +36,11 @@ pub fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A table's header row: the column titles as cells.
+pub fn header(titles: &[&str]) -> Vec<String> {
+    titles.iter().map(|t| t.to_string()).collect()
+}
+
 fn pair(r: Resource, a: &Option<Alloc>) -> String {
     match a {
         Some(a) if a.next != a.target && a.next != a.actual => {
@@ -91,12 +96,7 @@ pub fn pool(p: &PoolPlan) -> String {
             String::new()
         }
     );
-    let mut rows = vec![vec![
-        "  RESOURCE".to_string(),
-        "BUDGET".into(),
-        "ALLOCATED".into(),
-        "FREE".into(),
-    ]];
+    let mut rows = vec![header(&["  RESOURCE", "BUDGET", "ALLOCATED", "FREE"])];
     for r in Resource::ALL {
         if let Some(b) = p.budget.get(r) {
             rows.push(vec![
@@ -111,12 +111,7 @@ pub fn pool(p: &PoolPlan) -> String {
     // A CPU column where the pool manages CPU time: the limit, and what
     // the domain used.
     let cpu = p.budget.cpu.is_some();
-    let mut head = vec![
-        "  DOMAIN".to_string(),
-        "STATE".into(),
-        "VCPUS".into(),
-        "MEMORY".into(),
-    ];
+    let mut head = header(&["  DOMAIN", "STATE", "VCPUS", "MEMORY"]);
     if cpu {
         head.push("CPU".into());
     }

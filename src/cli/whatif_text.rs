@@ -3,7 +3,7 @@
 //! command line, and the answer as a difference from today's targets.
 
 use crate::api::whatif::{ChangeOp, ExtraDomain, WhatIf, WhatIfChange, WhatIfResponse};
-use crate::cli::report::table;
+use crate::cli::report::{header, table};
 use crate::core::model::Resource;
 use crate::core::plan_diff::{MemberDiff, PoolDiff, Presence, ResourceDiff};
 use crate::core::units::{self, Bytes};
@@ -285,12 +285,7 @@ fn what(m: &MemberDiff, pool: &str) -> String {
 }
 
 fn resource_rows(p: &PoolDiff) -> Vec<Vec<String>> {
-    let mut rows = vec![vec![
-        "  RESOURCE".to_string(),
-        "BUDGET".into(),
-        "ALLOCATED".into(),
-        "FLOORS".into(),
-    ]];
+    let mut rows = vec![header(&["  RESOURCE", "BUDGET", "ALLOCATED", "FLOORS"])];
     for r in &p.resources {
         let ResourceDiff { resource: x, .. } = *r;
         let floors = if r.fits_after {
@@ -309,13 +304,7 @@ fn resource_rows(p: &PoolDiff) -> Vec<Vec<String>> {
 }
 
 fn member_rows(p: &PoolDiff) -> Vec<Vec<String>> {
-    let mut rows = vec![vec![
-        "  DOMAIN".to_string(),
-        "CHANGE".into(),
-        "RESOURCE".into(),
-        "TARGET".into(),
-        "WHY".into(),
-    ]];
+    let mut rows = vec![header(&["  DOMAIN", "CHANGE", "RESOURCE", "TARGET", "WHY"])];
     for m in &p.members {
         let head = vec![format!("  {}", m.name), what(m, &p.name)];
         // Unadmitted (or leaving): no target after, one line with why.
