@@ -35,6 +35,17 @@ impl Resource {
     /// How many resources there are.
     pub const COUNT: usize = Resource::ALL.len();
 
+    /// Its index in [`Resource::ALL`].
+    pub const fn index(self) -> usize {
+        match self {
+            Resource::Vcpus => 0,
+            Resource::Memory => 1,
+            Resource::DiskBytesSec => 2,
+            Resource::DiskIopsSec => 3,
+            Resource::Cpu => 4,
+        }
+    }
+
     /// The key used in config files, the API and metrics.
     pub fn key(self) -> &'static str {
         match self {
