@@ -469,28 +469,25 @@ pub enum Action {
 }
 
 impl Action {
-    pub fn uuid(&self) -> &str {
+    /// The domain it changes: (UUID, name).
+    fn target(&self) -> (&str, &str) {
         match self {
-            Action::SetVcpus { uuid, .. }
-            | Action::SetMemory { uuid, .. }
-            | Action::SetBlockIoTune { uuid, .. }
-            | Action::SetCpuShares { uuid, .. }
-            | Action::SetBlkioWeight { uuid, .. }
-            | Action::SetCpuQuota { uuid, .. }
-            | Action::SetStatsPeriod { uuid, .. } => uuid,
+            Action::SetVcpus { uuid, domain, .. }
+            | Action::SetMemory { uuid, domain, .. }
+            | Action::SetBlockIoTune { uuid, domain, .. }
+            | Action::SetCpuShares { uuid, domain, .. }
+            | Action::SetBlkioWeight { uuid, domain, .. }
+            | Action::SetCpuQuota { uuid, domain, .. }
+            | Action::SetStatsPeriod { uuid, domain, .. } => (uuid, domain),
         }
     }
 
+    pub fn uuid(&self) -> &str {
+        self.target().0
+    }
+
     pub fn domain(&self) -> &str {
-        match self {
-            Action::SetVcpus { domain, .. }
-            | Action::SetMemory { domain, .. }
-            | Action::SetBlockIoTune { domain, .. }
-            | Action::SetCpuShares { domain, .. }
-            | Action::SetBlkioWeight { domain, .. }
-            | Action::SetCpuQuota { domain, .. }
-            | Action::SetStatsPeriod { domain, .. } => domain,
-        }
+        self.target().1
     }
 
     /// Short label of what is changed, for logs and metrics.
