@@ -82,16 +82,16 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/pools/{pool}/members/{domain}", delete(remove_member))
         .route("/v1/pools/{pool}/allocate", post(allocate))
         .route("/v1/pools/{pool}/release", post(release))
-        .route("/v1/pools/{pool}/pause", post(pause_pool))
-        .route("/v1/pools/{pool}/resume", post(resume_pool))
+        .route("/v1/pools/{pool}/pause", post(set_pool_paused::<true>))
+        .route("/v1/pools/{pool}/resume", post(set_pool_paused::<false>))
         .route("/v1/pools/{pool}/history", get(pool_history))
         .route("/v1/domains", get(domains))
         .route("/v1/domains/{domain}", get(domain))
         .route("/v1/plan", get(plan).post(what_if))
         .route("/v1/reconcile", post(reconcile))
         .route("/v1/reload", post(reload))
-        .route("/v1/pause", post(pause))
-        .route("/v1/resume", post(resume))
+        .route("/v1/pause", post(set_all_paused::<true>))
+        .route("/v1/resume", post(set_all_paused::<false>))
         .route("/v1/events", get(events))
         .route("/v1/audit", get(events))
         .route("/metrics", get(metrics))
@@ -434,38 +434,23 @@ async fn set_paused(
     .await
 }
 
-async fn pause(
+/// `POST /v1/pause` (`PAUSED`) and `POST /v1/resume`.
+async fn set_all_paused<const PAUSED: bool>(
     State(s): State<AppState>,
     Caller(peer): Caller,
     Query(q): Query<WaitQuery>,
 ) -> R<ChangeResponse> {
-    set_paused(s, peer, None, q.wait, true).await
+    set_paused(s, peer, None, q.wait, PAUSED).await
 }
 
-async fn resume(
-    State(s): State<AppState>,
-    Caller(peer): Caller,
-    Query(q): Query<WaitQuery>,
-) -> R<ChangeResponse> {
-    set_paused(s, peer, None, q.wait, false).await
-}
-
-async fn pause_pool(
+/// `POST /v1/pools/{pool}/pause` (`PAUSED`) and `.../resume`.
+async fn set_pool_paused<const PAUSED: bool>(
     State(s): State<AppState>,
     Caller(peer): Caller,
     Path(pool): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> R<ChangeResponse> {
-    set_paused(s, peer, Some(pool), q.wait, true).await
-}
-
-async fn resume_pool(
-    State(s): State<AppState>,
-    Caller(peer): Caller,
-    Path(pool): Path<String>,
-    Query(q): Query<WaitQuery>,
-) -> R<ChangeResponse> {
-    set_paused(s, peer, Some(pool), q.wait, false).await
+    set_paused(s, peer, Some(pool), q.wait, PAUSED).await
 }
 
 /// `POST /v1/reconcile`: runs a cycle now, also while libvirt is down (the
