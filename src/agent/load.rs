@@ -90,32 +90,25 @@ fn checked(
 /// start): the differences, for a warning.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (&old.agent, &new.agent);
-    let mut out = Vec::new();
-    if a.libvirt_uri != b.libvirt_uri {
-        out.push("agent.libvirt_uri");
-    }
-    if a.state_dir != b.state_dir {
-        out.push("agent.state_dir");
-    }
-    if a.socket != b.socket {
-        out.push("api.socket");
-    }
-    if a.api_group != b.api_group {
-        out.push("api.group");
-    }
-    if a.metrics_listen != b.metrics_listen {
-        out.push("agent.metrics_listen");
-    }
-    if a.resync_interval != b.resync_interval {
-        out.push("agent.resync_interval");
-    }
-    if a.audit_max_bytes != b.audit_max_bytes {
-        out.push("agent.audit_max_size");
-    }
-    if a.audit_keep != b.audit_keep {
-        out.push("agent.audit_keep");
-    }
-    out
+    [
+        (a.libvirt_uri != b.libvirt_uri, "agent.libvirt_uri"),
+        (a.state_dir != b.state_dir, "agent.state_dir"),
+        (a.socket != b.socket, "api.socket"),
+        (a.api_group != b.api_group, "api.group"),
+        (a.metrics_listen != b.metrics_listen, "agent.metrics_listen"),
+        (
+            a.resync_interval != b.resync_interval,
+            "agent.resync_interval",
+        ),
+        (
+            a.audit_max_bytes != b.audit_max_bytes,
+            "agent.audit_max_size",
+        ),
+        (a.audit_keep != b.audit_keep, "agent.audit_keep"),
+    ]
+    .into_iter()
+    .filter_map(|(changed, setting)| changed.then_some(setting))
+    .collect()
 }
 
 /// Puts the running values of the settings bound at start (see

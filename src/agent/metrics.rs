@@ -331,36 +331,24 @@ pub fn render(st: &Report, c: &Counters) -> String {
             }
         }
     }
-    o.family(
-        "virtpool_domain_guest_used_memory_bytes",
-        "gauge",
-        "Memory the guest reports using, where it reports it (bytes).",
-    );
-    for p in pools {
-        for m in &p.members {
-            if let Some(u) = m.alloc.memory.as_ref().and_then(|a| a.used) {
-                o.sample(
-                    "virtpool_domain_guest_used_memory_bytes",
-                    &[("pool", &p.name), ("domain", &m.name)],
-                    u as f64,
-                );
-            }
-        }
-    }
-
-    o.family(
-        "virtpool_domain_used_cpu_cores",
-        "gauge",
-        "CPU time the domain used per second between the last two observations (cores), for members of pools that manage CPU time.",
-    );
-    for p in pools {
-        for m in &p.members {
-            if let Some(u) = m.alloc.cpu.as_ref().and_then(|a| a.used) {
-                o.sample(
-                    "virtpool_domain_used_cpu_cores",
-                    &[("pool", &p.name), ("domain", &m.name)],
-                    value(Resource::Cpu, u),
-                );
+    for (r, name, help) in [
+        (
+            Resource::Memory,
+            "virtpool_domain_guest_used_memory_bytes",
+            "Memory the guest reports using, where it reports it (bytes).",
+        ),
+        (
+            Resource::Cpu,
+            "virtpool_domain_used_cpu_cores",
+            "CPU time the domain used per second between the last two observations (cores), for members of pools that manage CPU time.",
+        ),
+    ] {
+        o.family(name, "gauge", help);
+        for p in pools {
+            for m in &p.members {
+                if let Some(u) = m.alloc.get(r).as_ref().and_then(|a| a.used) {
+                    o.sample(name, &[("pool", &p.name), ("domain", &m.name)], value(r, u));
+                }
             }
         }
     }

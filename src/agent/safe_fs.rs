@@ -227,27 +227,23 @@ const NOFOLLOW: i32 = libc::O_NOFOLLOW | libc::O_NONBLOCK;
 
 /// Opens `path` for appending, creating it (0600) if missing.
 pub fn open_append(path: &Path) -> Result<File, FileError> {
-    let f = opened(
-        OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(FILE_MODE)
-            .custom_flags(NOFOLLOW)
-            .open(path),
-    )?;
-    vet(&f)?;
-    Ok(f)
+    create_vetted(OpenOptions::new().append(true), path)
 }
 
 /// Opens `path` for reading and writing, creating it (0600) if missing,
 /// never truncating it (a lock file).
 pub fn open_rw(path: &Path) -> Result<File, FileError> {
+    create_vetted(
+        OpenOptions::new().read(true).write(true).truncate(false),
+        path,
+    )
+}
+
+/// Opens `path` with `opts`, creating it (0600) if missing, not following
+/// a link, and vets what it opened.
+fn create_vetted(opts: &mut OpenOptions, path: &Path) -> Result<File, FileError> {
     let f = opened(
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
+        opts.create(true)
             .mode(FILE_MODE)
             .custom_flags(NOFOLLOW)
             .open(path),

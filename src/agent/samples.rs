@@ -52,16 +52,6 @@ fn unit(r: Resource) -> u64 {
     }
 }
 
-fn index(r: Resource) -> usize {
-    match r {
-        Resource::Vcpus => 0,
-        Resource::Memory => 1,
-        Resource::DiskBytesSec => 2,
-        Resource::DiskIopsSec => 3,
-        Resource::Cpu => 4,
-    }
-}
-
 /// Rounded to the resource's unit, saturating below [`NONE`].
 fn pack(r: Resource, v: Option<u64>) -> u32 {
     let Some(v) = v else { return NONE };
@@ -100,7 +90,7 @@ pub struct Sample {
 
 impl Point {
     fn sample(&self) -> Sample {
-        let get = |what: usize| PerResource::from_fn(|r| unpack(r, self.v[index(r)][what]));
+        let get = |what: usize| PerResource::from_fn(|r| unpack(r, self.v[r.index()][what]));
         Sample {
             time: u64::from(self.time),
             cycle: u64::from(self.cycle),
@@ -201,7 +191,7 @@ impl Samples {
                         }
                     }
                 }
-                let row = &mut v[index(r)];
+                let row = &mut v[r.index()];
                 row[BUDGET] = pack(r, Some(budget));
                 row[ALLOCATED] = pack(r, Some(*p.allocated.get(r)));
                 row[ACTUAL] = pack(r, Some(actual));

@@ -232,28 +232,30 @@ pub fn set_aside_unfit(st: &mut RuntimeState, cfg: &Config, alloc: &Allocatable)
             st.added.insert(pool, keep);
         }
     }
-    for (pool, domains) in std::mem::take(&mut st.removed) {
-        if unknown(&pool) {
-            aside.problems.push(format!(
+    set_aside_gone(
+        &mut st.removed,
+        &mut aside.entries.removed,
+        &mut aside.problems,
+        unknown,
+        |pool, domains| {
+            format!(
                 "{} domain(s) removed from pool {pool:?}, which no longer exists",
                 domains.len()
-            ));
-            aside.entries.removed.insert(pool, domains);
-        } else {
-            st.removed.insert(pool, domains);
-        }
-    }
-    for (pool, members) in std::mem::take(&mut st.reservations) {
-        if unknown(&pool) {
-            aside.problems.push(format!(
+            )
+        },
+    );
+    set_aside_gone(
+        &mut st.reservations,
+        &mut aside.entries.reservations,
+        &mut aside.problems,
+        unknown,
+        |pool, members| {
+            format!(
                 "reservations of {} domain(s) in pool {pool:?}, which no longer exists",
                 members.len()
-            ));
-            aside.entries.reservations.insert(pool, members);
-        } else {
-            st.reservations.insert(pool, members);
-        }
-    }
+            )
+        },
+    );
     for pool in std::mem::take(&mut st.paused_pools) {
         if unknown(&pool) {
             aside
@@ -265,6 +267,25 @@ pub fn set_aside_unfit(st: &mut RuntimeState, cfg: &Config, alloc: &Allocatable)
         }
     }
     aside
+}
+
+/// Moves the entries of `from` whose pool is `gone` to `aside`, with the
+/// `problem` of each; keeps the others.
+fn set_aside_gone<V>(
+    from: &mut BTreeMap<String, V>,
+    aside: &mut BTreeMap<String, V>,
+    problems: &mut Vec<String>,
+    gone: impl Fn(&str) -> bool,
+    problem: impl Fn(&str, &V) -> String,
+) {
+    for (pool, v) in std::mem::take(from) {
+        if gone(&pool) {
+            problems.push(problem(&pool, &v));
+            aside.insert(pool, v);
+        } else {
+            from.insert(pool, v);
+        }
+    }
 }
 
 /// Loads `state_dir/state.json` for start-up: refused when corrupt (see

@@ -10,6 +10,7 @@ use super::controller::{self, AppState};
 use super::error::Error;
 use super::transactions;
 use super::types::*;
+use crate::agent::state::RuntimeState;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -81,16 +82,16 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/pools/{pool}/members/{domain}", delete(remove_member))
         .route("/v1/pools/{pool}/allocate", post(allocate))
         .route("/v1/pools/{pool}/release", post(release))
-        .route("/v1/pools/{pool}/pause", post(pause_pool))
-        .route("/v1/pools/{pool}/resume", post(resume_pool))
+        .route("/v1/pools/{pool}/pause", post(set_pool_paused::<true>))
+        .route("/v1/pools/{pool}/resume", post(set_pool_paused::<false>))
         .route("/v1/pools/{pool}/history", get(pool_history))
         .route("/v1/domains", get(domains))
         .route("/v1/domains/{domain}", get(domain))
         .route("/v1/plan", get(plan).post(what_if))
         .route("/v1/reconcile", post(reconcile))
         .route("/v1/reload", post(reload))
-        .route("/v1/pause", post(pause))
-        .route("/v1/resume", post(resume))
+        .route("/v1/pause", post(set_all_paused::<true>))
+        .route("/v1/resume", post(set_all_paused::<false>))
         .route("/v1/events", get(events))
         .route("/v1/audit", get(events))
         .route("/metrics", get(metrics))
@@ -289,8 +290,8 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 // ---------------------------------------------------------------- changes
 
-fn change_response(
-    out: controller::Outcome<()>,
+fn change_response<T>(
+    out: controller::Outcome<T>,
     cycle: Option<CycleResult>,
 ) -> axum::Json<ChangeResponse> {
     axum::Json(ChangeResponse {
@@ -298,6 +299,18 @@ fn change_response(
         changed: out.changed,
         cycle,
     })
+}
+
+/// A change that answers with a [`ChangeResponse`]: `f` in a transaction
+/// (see [`AppState::change`]), then its message and cycle.
+async fn apply<F>(s: AppState, peer: Option<Peer>, wait: bool, f: F) -> R<ChangeResponse>
+where
+    F: FnOnce(&controller::Ctx, &mut RuntimeState) -> Result<controller::Outcome<()>, Error>
+        + Send
+        + 'static,
+{
+    let (out, cycle) = s.change(peer, wait, f).await?;
+    Ok(change_response(out, cycle))
 }
 
 async fn put_pool(
@@ -317,12 +330,7 @@ async fn put_pool(
     } else {
         StatusCode::OK
     };
-    let body = ChangeResponse {
-        message: out.message,
-        changed: out.changed,
-        cycle,
-    };
-    Ok((code, axum::Json(body)).into_response())
+    Ok((code, change_response(out, cycle)).into_response())
 }
 
 async fn delete_pool(
@@ -331,12 +339,10 @@ async fn delete_pool(
     Path(name): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> R<ChangeResponse> {
-    let (out, cycle) = s
-        .change(peer, q.wait, move |ctx, rt| {
-            transactions::delete_pool(ctx, rt, &name)
-        })
-        .await?;
-    Ok(change_response(out, cycle))
+    apply(s, peer, q.wait, move |ctx, rt| {
+        transactions::delete_pool(ctx, rt, &name)
+    })
+    .await
 }
 
 async fn add_member(
@@ -346,12 +352,10 @@ async fn add_member(
     Query(q): Query<WaitQuery>,
     Json(body): Json<AddMember>,
 ) -> R<ChangeResponse> {
-    let (out, cycle) = s
-        .change(peer, q.wait, move |ctx, rt| {
-            transactions::add_member(ctx, rt, &pool, &body)
-        })
-        .await?;
-    Ok(change_response(out, cycle))
+    apply(s, peer, q.wait, move |ctx, rt| {
+        transactions::add_member(ctx, rt, &pool, &body)
+    })
+    .await
 }
 
 async fn remove_member(
@@ -360,12 +364,41 @@ async fn remove_member(
     Path((pool, domain)): Path<(String, String)>,
     Query(q): Query<WaitQuery>,
 ) -> R<ChangeResponse> {
+    apply(s, peer, q.wait, move |ctx, rt| {
+        transactions::remove_member(ctx, rt, &pool, &domain)
+    })
+    .await
+}
+
+/// The signature of [`transactions::allocate`] and [`transactions::release`].
+type ReservationChange = fn(
+    &controller::Ctx,
+    &mut RuntimeState,
+    &str,
+    &Reservation,
+) -> Result<controller::Outcome<ReservationResponse>, Error>;
+
+/// Allocate or release (`change`) in `pool`: a change scoped to the
+/// reservation's domain, answered with the reservation and its cycle.
+async fn reserve(
+    s: AppState,
+    peer: Option<Peer>,
+    pool: String,
+    wait: bool,
+    req: Reservation,
+    change: ReservationChange,
+) -> R<ReservationResponse> {
     let (out, cycle) = s
-        .change(peer, q.wait, move |ctx, rt| {
-            transactions::remove_member(ctx, rt, &pool, &domain)
-        })
+        .change_scoped(
+            peer,
+            wait,
+            move |ctx, rt| change(ctx, rt, &pool, &req),
+            |v: &ReservationResponse| Some(v.domain.clone()),
+        )
         .await?;
-    Ok(change_response(out, cycle))
+    let mut v = out.value;
+    v.cycle = cycle;
+    Ok(axum::Json(v))
 }
 
 async fn allocate(
@@ -375,17 +408,7 @@ async fn allocate(
     Query(q): Query<WaitQuery>,
     Json(req): Json<Reservation>,
 ) -> R<ReservationResponse> {
-    let (out, cycle) = s
-        .change_scoped(
-            peer,
-            q.wait,
-            move |ctx, rt| transactions::allocate(ctx, rt, &pool, &req),
-            |v: &ReservationResponse| Some(v.domain.clone()),
-        )
-        .await?;
-    let mut v = out.value;
-    v.cycle = cycle;
-    Ok(axum::Json(v))
+    reserve(s, peer, pool, q.wait, req, transactions::allocate).await
 }
 
 async fn release(
@@ -395,17 +418,7 @@ async fn release(
     Query(q): Query<WaitQuery>,
     Json(req): Json<Reservation>,
 ) -> R<ReservationResponse> {
-    let (out, cycle) = s
-        .change_scoped(
-            peer,
-            q.wait,
-            move |ctx, rt| transactions::release(ctx, rt, &pool, &req),
-            |v: &ReservationResponse| Some(v.domain.clone()),
-        )
-        .await?;
-    let mut v = out.value;
-    v.cycle = cycle;
-    Ok(axum::Json(v))
+    reserve(s, peer, pool, q.wait, req, transactions::release).await
 }
 
 async fn set_paused(
@@ -415,46 +428,29 @@ async fn set_paused(
     wait: bool,
     paused: bool,
 ) -> R<ChangeResponse> {
-    let (out, cycle) = s
-        .change(peer, wait, move |ctx, rt| {
-            transactions::set_paused(ctx, rt, pool.as_deref(), paused)
-        })
-        .await?;
-    Ok(change_response(out, cycle))
+    apply(s, peer, wait, move |ctx, rt| {
+        transactions::set_paused(ctx, rt, pool.as_deref(), paused)
+    })
+    .await
 }
 
-async fn pause(
+/// `POST /v1/pause` (`PAUSED`) and `POST /v1/resume`.
+async fn set_all_paused<const PAUSED: bool>(
     State(s): State<AppState>,
     Caller(peer): Caller,
     Query(q): Query<WaitQuery>,
 ) -> R<ChangeResponse> {
-    set_paused(s, peer, None, q.wait, true).await
+    set_paused(s, peer, None, q.wait, PAUSED).await
 }
 
-async fn resume(
-    State(s): State<AppState>,
-    Caller(peer): Caller,
-    Query(q): Query<WaitQuery>,
-) -> R<ChangeResponse> {
-    set_paused(s, peer, None, q.wait, false).await
-}
-
-async fn pause_pool(
+/// `POST /v1/pools/{pool}/pause` (`PAUSED`) and `.../resume`.
+async fn set_pool_paused<const PAUSED: bool>(
     State(s): State<AppState>,
     Caller(peer): Caller,
     Path(pool): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> R<ChangeResponse> {
-    set_paused(s, peer, Some(pool), q.wait, true).await
-}
-
-async fn resume_pool(
-    State(s): State<AppState>,
-    Caller(peer): Caller,
-    Path(pool): Path<String>,
-    Query(q): Query<WaitQuery>,
-) -> R<ChangeResponse> {
-    set_paused(s, peer, Some(pool), q.wait, false).await
+    set_paused(s, peer, Some(pool), q.wait, PAUSED).await
 }
 
 /// `POST /v1/reconcile`: runs a cycle now, also while libvirt is down (the

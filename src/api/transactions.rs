@@ -370,22 +370,7 @@ pub fn allocate(
             reserve::fits(r, &m.name, &m.uuid, v, b, pb, pa)?;
         }
     }
-    let changed = new != old;
-    Ok(Outcome {
-        changed,
-        message: format!(
-            "reservation of {:?} in pool {pool:?} set to {}",
-            m.name,
-            describe(&new)
-        ),
-        value: ReservationResponse {
-            pool: pool.to_string(),
-            domain: m.name.clone(),
-            reservation: new,
-            changed,
-            cycle: None,
-        },
-    })
+    Ok(reservation_outcome(pool, &m, old, new, "set to"))
 }
 
 /// `POST /v1/pools/{pool}/release`: lowers or clears reservations. Works
@@ -431,11 +416,24 @@ pub fn release(
         }
     }
     put_reservation(rt, pool, &m, new);
+    Ok(reservation_outcome(pool, &m, old, new, "lowered to"))
+}
+
+/// The answer to an allocate or release of `m`'s reservation in `pool`
+/// from `old` to `new`: the message says it was `done` (`"set to"`,
+/// `"lowered to"`) the new reservation.
+fn reservation_outcome(
+    pool: &str,
+    m: &MemberRef,
+    old: PerResource<Option<u64>>,
+    new: PerResource<Option<u64>>,
+    done: &str,
+) -> Outcome<ReservationResponse> {
     let changed = new != old;
-    Ok(Outcome {
+    Outcome {
         changed,
         message: format!(
-            "reservation of {:?} in pool {pool:?} lowered to {}",
+            "reservation of {:?} in pool {pool:?} {done} {}",
             m.name,
             describe(&new)
         ),
@@ -446,7 +444,7 @@ pub fn release(
             changed,
             cycle: None,
         },
-    })
+    }
 }
 
 fn describe(r: &PerResource<Option<u64>>) -> String {

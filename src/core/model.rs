@@ -35,6 +35,17 @@ impl Resource {
     /// How many resources there are.
     pub const COUNT: usize = Resource::ALL.len();
 
+    /// Its index in [`Resource::ALL`].
+    pub const fn index(self) -> usize {
+        match self {
+            Resource::Vcpus => 0,
+            Resource::Memory => 1,
+            Resource::DiskBytesSec => 2,
+            Resource::DiskIopsSec => 3,
+            Resource::Cpu => 4,
+        }
+    }
+
     /// The key used in config files, the API and metrics.
     pub fn key(self) -> &'static str {
         match self {
@@ -458,28 +469,25 @@ pub enum Action {
 }
 
 impl Action {
-    pub fn uuid(&self) -> &str {
+    /// The domain it changes: (UUID, name).
+    fn target(&self) -> (&str, &str) {
         match self {
-            Action::SetVcpus { uuid, .. }
-            | Action::SetMemory { uuid, .. }
-            | Action::SetBlockIoTune { uuid, .. }
-            | Action::SetCpuShares { uuid, .. }
-            | Action::SetBlkioWeight { uuid, .. }
-            | Action::SetCpuQuota { uuid, .. }
-            | Action::SetStatsPeriod { uuid, .. } => uuid,
+            Action::SetVcpus { uuid, domain, .. }
+            | Action::SetMemory { uuid, domain, .. }
+            | Action::SetBlockIoTune { uuid, domain, .. }
+            | Action::SetCpuShares { uuid, domain, .. }
+            | Action::SetBlkioWeight { uuid, domain, .. }
+            | Action::SetCpuQuota { uuid, domain, .. }
+            | Action::SetStatsPeriod { uuid, domain, .. } => (uuid, domain),
         }
     }
 
+    pub fn uuid(&self) -> &str {
+        self.target().0
+    }
+
     pub fn domain(&self) -> &str {
-        match self {
-            Action::SetVcpus { domain, .. }
-            | Action::SetMemory { domain, .. }
-            | Action::SetBlockIoTune { domain, .. }
-            | Action::SetCpuShares { domain, .. }
-            | Action::SetBlkioWeight { domain, .. }
-            | Action::SetCpuQuota { domain, .. }
-            | Action::SetStatsPeriod { domain, .. } => domain,
-        }
+        self.target().1
     }
 
     /// Short label of what is changed, for logs and metrics.

@@ -210,22 +210,32 @@ mod tests {
         d
     }
 
+    /// [`advance`] after a full, enforced cycle.
+    fn full_cycle(
+        prev: &Arc<History>,
+        plan: &Plan,
+        domains: &[DomainObs],
+        outcomes: &[(&Action, Outcome)],
+        now: u64,
+    ) -> Arc<History> {
+        advance(
+            prev,
+            &CycleFacts {
+                plan,
+                domains,
+                scope: None,
+                enforced: true,
+                outcomes,
+                now,
+            },
+        )
+    }
+
     #[test]
     fn nothing_changed_shares_the_history() {
         let prev = Arc::new(History::default());
         let plan = plan_with_reclaim(&[]);
-        let domains = [dom("a", 1)];
-        let next = advance(
-            &prev,
-            &CycleFacts {
-                plan: &plan,
-                domains: &domains,
-                scope: None,
-                enforced: true,
-                outcomes: &[],
-                now: 5,
-            },
-        );
+        let next = full_cycle(&prev, &plan, &[dom("a", 1)], &[], 5);
         assert!(Arc::ptr_eq(&prev, &next));
     }
 
@@ -296,23 +306,12 @@ mod tests {
     fn a_lost_stats_period_is_tried_again() {
         let prev = Arc::new(History::default());
         let plan = plan_with_reclaim(&[]);
-        let domains = [dom("b", 4)];
         let stats = Action::SetStatsPeriod {
             uuid: "b".into(),
             domain: "b".into(),
             secs: 5,
         };
-        let next = advance(
-            &prev,
-            &CycleFacts {
-                plan: &plan,
-                domains: &domains,
-                scope: None,
-                enforced: true,
-                outcomes: &[(&stats, Outcome::Lost)],
-                now: 1,
-            },
-        );
+        let next = full_cycle(&prev, &plan, &[dom("b", 4)], &[(&stats, Outcome::Lost)], 1);
         assert!(next.stats_period.is_empty());
     }
 }

@@ -233,37 +233,36 @@ mod tests {
         &p.members.iter().find(|m| &*m.name == name).unwrap().uuid
     }
 
-    #[test]
-    fn a_reservation_that_fits_beside_the_others_floors_is_promised() {
-        let (before, after) = plans(GIB, 2 * GIB, Some(6 * GIB));
-        let u = uuid_of(&before, "db-1").to_string();
+    /// [`fits`] for a memory reservation of `amount` for db-1, in a
+    /// 16 GiB budget.
+    fn db1_memory_fits(
+        before: &PoolPlan,
+        after: &PoolPlan,
+        amount: u64,
+    ) -> Result<(), ReserveRefusal> {
+        let u = uuid_of(before, "db-1");
         fits(
             Resource::Memory,
             "db-1",
-            &u,
-            6 * GIB,
+            u,
+            amount,
             16 * GIB,
-            Some(&before),
-            Some(&after),
+            Some(before),
+            Some(after),
         )
-        .unwrap();
+    }
+
+    #[test]
+    fn a_reservation_that_fits_beside_the_others_floors_is_promised() {
+        let (before, after) = plans(GIB, 2 * GIB, Some(6 * GIB));
+        db1_memory_fits(&before, &after, 6 * GIB).unwrap();
     }
 
     #[test]
     fn a_reservation_beside_floors_that_leave_no_room_is_refused_with_the_numbers() {
         // db-2's floor is 12 GiB: 4 GiB is free for db-1.
         let (before, after) = plans(GIB, 12 * GIB, Some(6 * GIB));
-        let u = uuid_of(&before, "db-1").to_string();
-        let e = fits(
-            Resource::Memory,
-            "db-1",
-            &u,
-            6 * GIB,
-            16 * GIB,
-            Some(&before),
-            Some(&after),
-        )
-        .unwrap_err();
+        let e = db1_memory_fits(&before, &after, 6 * GIB).unwrap_err();
         assert!(
             matches!(e, ReserveRefusal::DoesNotFit { others, floor, .. } if others == 12 * GIB && floor == 6 * GIB),
             "{e:?}"
@@ -281,7 +280,6 @@ mod tests {
         // db-1's guest uses 5 GiB: its floor under a 1 GiB reservation is
         // more than 1 GiB, and that is what does not fit beside db-2's 12.
         let (before, after) = plans(5 * GIB, 12 * GIB, Some(GIB));
-        let u = uuid_of(&before, "db-1").to_string();
         let own = after
             .members
             .iter()
@@ -292,16 +290,7 @@ mod tests {
             .unwrap()
             .floor;
         assert!(own > 4 * GIB, "the guest's use sets the floor: {own}");
-        let e = fits(
-            Resource::Memory,
-            "db-1",
-            &u,
-            GIB,
-            16 * GIB,
-            Some(&before),
-            Some(&after),
-        )
-        .unwrap_err();
+        let e = db1_memory_fits(&before, &after, GIB).unwrap_err();
         let text = e.to_string();
         assert!(text.contains("its floor would be"), "{text}");
         assert!(

@@ -23,17 +23,6 @@ pub(super) fn granularity(r: Resource) -> u64 {
     }
 }
 
-/// Index of a resource in [`Resource::ALL`].
-pub(super) fn idx(r: Resource) -> usize {
-    match r {
-        Resource::Vcpus => 0,
-        Resource::Memory => 1,
-        Resource::DiskBytesSec => 2,
-        Resource::DiskIopsSec => 3,
-        Resource::Cpu => 4,
-    }
-}
-
 /// Granularity of each resource as a shift: targets are whole multiples
 /// of `1 << shift` (amounts in units are `bytes >> shift`, exactly).
 pub(super) fn shift(r: Resource) -> u32 {
@@ -214,7 +203,7 @@ pub(super) fn prepare_pool<'a>(
     let n = members.len();
     let managed: Vec<(usize, Resource, u64)> = Resource::ALL
         .into_iter()
-        .filter_map(|r| budget.get(r).map(|b| (idx(r), r, b)))
+        .filter_map(|r| budget.get(r).map(|b| (r.index(), r, b)))
         .collect();
     let mut allocs: [Vec<Option<Alloc>>; Resource::COUNT] = Default::default();
     for &(k, _, _) in &managed {
@@ -242,7 +231,7 @@ pub(super) fn prepare_pool<'a>(
         let is_active = o.state.is_active();
         let (over, res) = (mem.over, mem.res);
         let lim = |r: Resource| -> Limits {
-            let base = defaults[idx(r)];
+            let base = defaults[r.index()];
             let mut l = match over {
                 Some(o) => base.overlay(*o.get(r)),
                 None => base,

@@ -1,7 +1,7 @@
 //! Typed-parameter lists (for setters) and arrays (filled by getters).
 
 use std::ffi::{CStr, CString};
-use std::os::raw::{c_int, c_uint};
+use std::os::raw::{c_char, c_int, c_uint};
 use std::ptr;
 
 use virt::error::Error;
@@ -59,16 +59,15 @@ impl TypedParams {
         self.len == 0
     }
 
-    /// Appends an unsigned long long parameter (libvirt rejects names
-    /// longer than 79 bytes and names containing NUL).
-    pub fn add_ullong(&mut self, name: &str, value: u64) -> Result<(), Error> {
+    /// Appends a parameter of a type libvirt knows (see [`ParamType`]).
+    fn add<T: ParamType>(&mut self, name: &str, value: T) -> Result<(), Error> {
         let name = CString::new(name)?;
         // SAFETY: `self.ptr`/`self.len`/`self.cap` are either the empty
         // triple (null, 0, 0) or exactly what previous virTypedParamsAdd*
         // calls left there, which is the contract of virTypedParamsAdd*;
         // `name` is a valid NUL-terminated string living across the call.
         let ret = unsafe {
-            sys::virTypedParamsAddULLong(
+            (T::ADD)(
                 &mut self.ptr,
                 &mut self.len,
                 &mut self.cap,
@@ -80,74 +79,85 @@ impl TypedParams {
             return Err(Error::last_error());
         }
         Ok(())
+    }
+
+    /// Appends an unsigned long long parameter (libvirt rejects names
+    /// longer than 79 bytes and names containing NUL).
+    pub fn add_ullong(&mut self, name: &str, value: u64) -> Result<(), Error> {
+        self.add(name, value)
     }
 
     /// Appends a signed long long parameter.
     pub fn add_llong(&mut self, name: &str, value: i64) -> Result<(), Error> {
-        let name = CString::new(name)?;
-        // SAFETY: as in `add_ullong`: the triple is owned by `self` and only
-        // ever updated by libvirt; `name` outlives the call.
-        let ret = unsafe {
-            sys::virTypedParamsAddLLong(
-                &mut self.ptr,
-                &mut self.len,
-                &mut self.cap,
-                name.as_ptr(),
-                value,
-            )
-        };
-        if ret < 0 {
-            return Err(Error::last_error());
-        }
-        Ok(())
+        self.add(name, value)
     }
 
     /// Appends an unsigned int parameter.
     pub fn add_uint(&mut self, name: &str, value: u32) -> Result<(), Error> {
-        let name = CString::new(name)?;
-        // SAFETY: as in `add_ullong`: the triple is owned by `self` and only
-        // ever updated by libvirt; `name` outlives the call.
-        let ret = unsafe {
-            sys::virTypedParamsAddUInt(
-                &mut self.ptr,
-                &mut self.len,
-                &mut self.cap,
-                name.as_ptr(),
-                value,
-            )
-        };
-        if ret < 0 {
-            return Err(Error::last_error());
-        }
-        Ok(())
+        self.add(name, value)
     }
 
     /// Reads back an unsigned long long parameter by name.
     pub fn get_ullong(&self, name: &str) -> Option<u64> {
         let name = CString::new(name).ok()?;
-        let mut value: u64 = 0;
-        if self.ptr.is_null() {
-            return None;
-        }
-        // SAFETY: `self.ptr` points to `self.len` initialised parameters
-        // (maintained by libvirt); `value` is a valid out pointer.
-        let ret =
-            unsafe { sys::virTypedParamsGetULLong(self.ptr, self.len, name.as_ptr(), &mut value) };
-        (ret == 1).then_some(value)
+        get(self.ptr, self.len, &name)
     }
 
     /// Reads back an unsigned int parameter by name.
     pub fn get_uint(&self, name: &str) -> Option<u32> {
         let name = CString::new(name).ok()?;
-        let mut value: c_uint = 0;
-        if self.ptr.is_null() {
-            return None;
-        }
-        // SAFETY: as in `get_ullong`.
-        let ret =
-            unsafe { sys::virTypedParamsGetUInt(self.ptr, self.len, name.as_ptr(), &mut value) };
-        (ret == 1).then_some(value)
+        get(self.ptr, self.len, &name)
     }
+}
+
+/// `virTypedParamsAdd*` for values of type `T`.
+type AddFn<T> = unsafe extern "C" fn(
+    *mut sys::virTypedParameterPtr,
+    *mut c_int,
+    *mut c_int,
+    *const c_char,
+    T,
+) -> c_int;
+
+/// `virTypedParamsGet*` for values of type `T`.
+type GetFn<T> =
+    unsafe extern "C" fn(sys::virTypedParameterPtr, c_int, *const c_char, *mut T) -> c_int;
+
+/// A value type libvirt has typed parameters of, with its
+/// `virTypedParamsAdd*` and `virTypedParamsGet*` functions.
+trait ParamType: Copy + Default {
+    const ADD: AddFn<Self>;
+    const GET: GetFn<Self>;
+}
+
+impl ParamType for u64 {
+    const ADD: AddFn<u64> = sys::virTypedParamsAddULLong;
+    const GET: GetFn<u64> = sys::virTypedParamsGetULLong;
+}
+
+impl ParamType for i64 {
+    const ADD: AddFn<i64> = sys::virTypedParamsAddLLong;
+    const GET: GetFn<i64> = sys::virTypedParamsGetLLong;
+}
+
+impl ParamType for c_uint {
+    const ADD: AddFn<c_uint> = sys::virTypedParamsAddUInt;
+    const GET: GetFn<c_uint> = sys::virTypedParamsGetUInt;
+}
+
+/// Reads the parameter `name` of type `T` from the `len` parameters at
+/// `params`: `None` when there are none, it is missing or of another type.
+fn get<T: ParamType>(params: sys::virTypedParameterPtr, len: c_int, name: &CStr) -> Option<T> {
+    if params.is_null() || len <= 0 {
+        return None;
+    }
+    let mut value = T::default();
+    // SAFETY: `params` is non-null and points to at least `len` initialised
+    // parameters (kept so by `TypedParams` and `ParamArray`, whose only
+    // writers are libvirt and zeroing); `name` is NUL-terminated; `value`
+    // is a valid out pointer of the type `T::GET` writes.
+    let ret = unsafe { (T::GET)(params, len, name.as_ptr(), &mut value) };
+    (ret == 1).then_some(value)
 }
 
 impl Drop for TypedParams {
@@ -191,55 +201,15 @@ impl ParamArray {
     }
 
     pub(super) fn ullong(&mut self, name: &CStr) -> Option<u64> {
-        let mut value: u64 = 0;
-        if self.filled <= 0 {
-            return None;
-        }
-        // SAFETY: `params` holds at least `filled` entries initialised by
-        // libvirt (or zeroed); `name` is NUL-terminated; `value` is valid.
-        let ret = unsafe {
-            sys::virTypedParamsGetULLong(
-                self.params.as_mut_ptr(),
-                self.filled,
-                name.as_ptr(),
-                &mut value,
-            )
-        };
-        (ret == 1).then_some(value)
+        get(self.params.as_mut_ptr(), self.filled, name)
     }
 
     pub(super) fn llong(&mut self, name: &CStr) -> Option<i64> {
-        let mut value: i64 = 0;
-        if self.filled <= 0 {
-            return None;
-        }
-        // SAFETY: as in `ullong`.
-        let ret = unsafe {
-            sys::virTypedParamsGetLLong(
-                self.params.as_mut_ptr(),
-                self.filled,
-                name.as_ptr(),
-                &mut value,
-            )
-        };
-        (ret == 1).then_some(value)
+        get(self.params.as_mut_ptr(), self.filled, name)
     }
 
     pub(super) fn uint(&mut self, name: &CStr) -> Option<u32> {
-        let mut value: c_uint = 0;
-        if self.filled <= 0 {
-            return None;
-        }
-        // SAFETY: as in `ullong`.
-        let ret = unsafe {
-            sys::virTypedParamsGetUInt(
-                self.params.as_mut_ptr(),
-                self.filled,
-                name.as_ptr(),
-                &mut value,
-            )
-        };
-        (ret == 1).then_some(value)
+        get(self.params.as_mut_ptr(), self.filled, name)
     }
 }
 
