@@ -129,12 +129,17 @@ pressure_threshold = 0
 impl Agent {
     /// Starts an agent with the standard domains and pools.
     pub async fn standard(dir: &Path) -> Agent {
+        Agent::standard_opts(dir, ServeOptions::default()).await
+    }
+
+    /// [`Agent::standard`] served with `opts`.
+    pub async fn standard_opts(dir: &Path, opts: ServeOptions) -> Agent {
         Agent::start(
             dir,
             "root",
             STANDARD_POOLS,
             Fake::new(standard_domains()),
-            ServeOptions::default(),
+            opts,
         )
         .await
     }
