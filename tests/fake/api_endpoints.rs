@@ -19,7 +19,7 @@ async fn read(a: &Agent, path: &str, ptr: &str) -> Value {
 
 /// `POST /v1/pools/web/allocate` with `body`.
 async fn allocate_web(a: &Agent, body: &str) -> (u16, Value) {
-    a.call("POST", "/v1/pools/web/allocate", Some(body)).await
+    a.post("/v1/pools/web/allocate", body).await
 }
 
 /// The element of the array `list` whose `name` is `name`.
@@ -192,17 +192,11 @@ async fn changes_happy_paths() {
 
     // Members: add an unmanaged domain, remove it; remove a glob member, add it back.
     let (c, v) = a
-        .call(
-            "POST",
-            "/v1/pools/web/members?wait=true",
-            Some(r#"{"domain":"dev"}"#),
-        )
+        .post("/v1/pools/web/members?wait=true", r#"{"domain":"dev"}"#)
         .await;
     assert_eq!(c, 200, "{v}");
     assert_eq!(read(&a, "/v1/domains/dev", "/pool").await, "web");
-    let (c, v) = a
-        .call("POST", "/v1/pools/web/members", Some(r#"{"domain":"dev"}"#))
-        .await;
+    let (c, v) = a.post("/v1/pools/web/members", r#"{"domain":"dev"}"#).await;
     assert_eq!((c, get(&v, "/changed")), (200, &json!(false)));
     let (c, v) = a
         .call("DELETE", "/v1/pools/web/members/dev?wait=true", None)
@@ -215,21 +209,16 @@ async fn changes_happy_paths() {
     assert_eq!(c, 200);
     assert_eq!(read(&a, "/v1/domains/web-3", "/pool").await, Value::Null);
     let (c, _) = a
-        .call(
-            "POST",
-            "/v1/pools/web/members?wait=true",
-            Some(r#"{"domain":"web-3"}"#),
-        )
+        .post("/v1/pools/web/members?wait=true", r#"{"domain":"web-3"}"#)
         .await;
     assert_eq!(c, 200);
     assert_eq!(read(&a, "/v1/domains/web-3", "/pool").await, "web");
 
     // Reservations: set, lower, clear.
     let (c, mut v) = a
-        .call(
-            "POST",
+        .post(
             "/v1/pools/web/allocate?wait=true",
-            Some(r#"{"domain":"web-1","vcpus":6,"memory":"4GiB"}"#),
+            r#"{"domain":"web-1","vcpus":6,"memory":"4GiB"}"#,
         )
         .await;
     assert_eq!(c, 200, "{v}");
@@ -249,19 +238,11 @@ async fn changes_happy_paths() {
         "{web1}"
     );
     let (c, v) = a
-        .call(
-            "POST",
-            "/v1/pools/web/release",
-            Some(r#"{"domain":"web-1","vcpus":2}"#),
-        )
+        .post("/v1/pools/web/release", r#"{"domain":"web-1","vcpus":2}"#)
         .await;
     assert_eq!((c, get(&v, "/reservation/vcpus")), (200, &json!(4)), "{v}");
     let (c, v) = a
-        .call(
-            "POST",
-            "/v1/pools/web/release",
-            Some(r#"{"domain":"web-1"}"#),
-        )
+        .post("/v1/pools/web/release", r#"{"domain":"web-1"}"#)
         .await;
     assert_eq!(c, 200);
     assert_eq!(v["reservation"], json!({}));
@@ -623,10 +604,9 @@ async fn a_scoped_change_goes_before_a_running_full_observation() {
     // db-1 is alone in its pool: the scoped cycle does not widen.
     let t0 = std::time::Instant::now();
     let (code, v) = a
-        .call(
-            "POST",
+        .post(
             "/v1/pools/db/allocate?wait=true",
-            Some(r#"{"domain":"db-1","vcpus":2}"#),
+            r#"{"domain":"db-1","vcpus":2}"#,
         )
         .await;
     assert_eq!(code, 200, "{v}");
@@ -694,13 +674,9 @@ async fn libvirt_down_refuses_allocate_with_503_but_serves_reads_and_release() {
     let (_, v) = a.call("GET", "/v1/status", None).await;
     assert_eq!(get(&v, "/libvirt/connected"), false);
     assert_eq!(
-        a.call(
-            "POST",
-            "/v1/pools/web/release",
-            Some(r#"{"domain":"web-1"}"#)
-        )
-        .await
-        .0,
+        a.post("/v1/pools/web/release", r#"{"domain":"web-1"}"#)
+            .await
+            .0,
         200
     );
     assert_eq!(a.call("POST", "/v1/pause", None).await.0, 200);
@@ -960,10 +936,9 @@ async fn cached_reads_follow_changes_and_revalidate() {
     // With ?wait=true the answer comes after the cycle, and reads already
     // show that cycle and the new reservation.
     let (code, v) = a
-        .call(
-            "POST",
+        .post(
             "/v1/pools/web/allocate?wait=true",
-            Some(r#"{"domain":"web-1","vcpus":6}"#),
+            r#"{"domain":"web-1","vcpus":6}"#,
         )
         .await;
     assert_eq!(code, 200, "{v}");

@@ -182,10 +182,9 @@ async fn a_move_is_explicit_everywhere_or_refused_with_one_message() {
     );
     // The body's "move" on POST .../members; moving back to a config pool.
     let (code, v) = a
-        .call(
-            "POST",
+        .post(
             "/v1/pools/db/members",
-            Some(r#"{"domain": "web-2", "move": true}"#),
+            r#"{"domain": "web-2", "move": true}"#,
         )
         .await;
     assert_eq!(code, 200, "{v}");

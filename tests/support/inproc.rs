@@ -238,6 +238,11 @@ impl Agent {
         }
     }
 
+    /// `POST path` with the JSON `body`: (status, JSON body).
+    pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        self.call("POST", path, Some(body)).await
+    }
+
     /// Raw request: (status, JSON body).
     pub async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
         call(&self.socket, method, path, body, true).await
