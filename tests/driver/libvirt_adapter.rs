@@ -317,10 +317,7 @@ fn set_block_iotune_reads_back_and_clears() {
     let no_burst = iotune(5_000_000, 0, 100, 0);
     hv.apply(&set_iotune(WEB, "vda", no_burst)).unwrap();
     let web = observe_one(&mut hv, "web-1");
-    assert_eq!(
-        vda(&web),
-        Some(iotune(5_000_000, 5_000_000, 100, 100))
-    );
+    assert_eq!(vda(&web), Some(iotune(5_000_000, 5_000_000, 100, 100)));
     assert_eq!(
         web.actual(virtpool::core::model::Resource::DiskBytesSec),
         5_000_000
@@ -439,11 +436,7 @@ fn live_changes_on_shutoff_domain_are_operation_invalid() {
     let actions = [
         set_vcpus(OFF, 2),
         set_memory(OFF, 256 * MIB),
-        set_iotune(
-            OFF,
-            "vda",
-            iotune(1000, 1000, 0, 0),
-        ),
+        set_iotune(OFF, "vda", iotune(1000, 1000, 0, 0)),
     ];
     for a in &actions {
         match hv.apply(a) {
@@ -461,11 +454,7 @@ fn live_changes_on_shutoff_domain_are_operation_invalid() {
 fn unknown_disk_is_a_per_domain_error() {
     let (_dir, mut hv) = connected();
     let err = hv
-        .apply(&set_iotune(
-            WEB,
-            "vdz",
-            iotune(1000, 1000, 0, 0),
-        ))
+        .apply(&set_iotune(WEB, "vdz", iotune(1000, 1000, 0, 0)))
         .unwrap_err();
     assert!(matches!(err, HvError::InvalidArg(_)), "{err:?}");
     assert!(err.to_string().contains("vdz"), "{err}");
