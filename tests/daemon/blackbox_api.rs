@@ -55,9 +55,7 @@ struct Setup {
 
 /// libvirtd + fleet + agent, converged, API answering with a first cycle.
 fn setup(tag: &str) -> Option<Setup> {
-    let dir = test_dir(tag);
-    let lv = Libvirtd::start(dir.path())?;
-    let h = Host2::open(&lv.uri());
+    let (dir, lv, h) = private_host(tag)?;
     h.define_fleet(&fleet());
     let text = config_text(dir.path(), &lv.uri(), "1s", POOLS);
     let (cfg_path, cfg) = write_config(dir.path(), &text);

@@ -6,7 +6,9 @@
 
 use crate::support::blackbox::*;
 use nix::sys::signal::Signal;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+use virtpool::core::config::Config;
 
 /// 12 vCPUs and 18 GiB for three `cf-*` (max 8 / 8 GiB, min 5 GiB):
 /// 4 vCPUs and 6 GiB each.
@@ -27,8 +29,19 @@ fn at(v: u64, m: u64) -> impl Fn(&str) -> Option<(u64, u64)> {
     move |n| n.starts_with("cf-").then_some((v, m))
 }
 
+/// The fleet defined and an agent on the good config started and
+/// converged: (config text, its path, the config, the agent).
+fn start_converged(dir: &Path, lv: &Libvirtd, h: &Host2) -> (String, PathBuf, Config, Agent) {
+    h.define_fleet(&fleet());
+    let good = config_text(dir, &lv.uri(), "1s", POOLS);
+    let (path, cfg) = write_config(dir, &good);
+    let mut agent = Agent::start(dir, &path);
+    wait_converged(h, &mut agent, Duration::from_secs(20), at(4, 6 * GIB));
+    (good, path, cfg, agent)
+}
+
 /// (file text, what stderr / the log must name).
-fn bad_configs(dir: &std::path::Path, uri: &str) -> Vec<(&'static str, String, Vec<&'static str>)> {
+fn bad_configs(dir: &Path, uri: &str) -> Vec<(&'static str, String, Vec<&'static str>)> {
     let good = config_text(dir, uri, "1s", POOLS);
     vec![
         (
@@ -61,11 +74,9 @@ fn bad_configs(dir: &std::path::Path, uri: &str) -> Vec<(&'static str, String, V
 
 #[test]
 fn bad_config_at_start_is_refused_naming_file_and_key_and_touches_nothing() {
-    let dir = test_dir("badstart");
-    let Some(lv) = Libvirtd::start(dir.path()) else {
+    let Some((dir, lv, h)) = private_host("badstart") else {
         return;
     };
-    let h = Host2::open(&lv.uri());
     h.define_fleet(&fleet());
     let before = h.all();
     let path = dir.path().join("virtpool.toml");
@@ -90,16 +101,10 @@ fn bad_config_at_start_is_refused_naming_file_and_key_and_touches_nothing() {
 
 #[test]
 fn bad_config_on_sighup_is_refused_and_the_running_config_stays() {
-    let dir = test_dir("badhup");
-    let Some(lv) = Libvirtd::start(dir.path()) else {
+    let Some((dir, lv, h)) = private_host("badhup") else {
         return;
     };
-    let h = Host2::open(&lv.uri());
-    h.define_fleet(&fleet());
-    let good = config_text(dir.path(), &lv.uri(), "1s", POOLS);
-    let (path, cfg) = write_config(dir.path(), &good);
-    let mut agent = Agent::start(dir.path(), &path);
-    wait_converged(&h, &mut agent, Duration::from_secs(20), at(4, 6 * GIB));
+    let (good, path, cfg, mut agent) = start_converged(dir.path(), &lv, &h);
     check_safety(&h, &cfg);
 
     let mut refused = 0;
@@ -139,16 +144,10 @@ fn bad_config_on_sighup_is_refused_and_the_running_config_stays() {
 /// refused too; the agent must not start handing out 1000 vCPUs.
 #[test]
 fn over_budget_config_on_sighup_is_refused() {
-    let dir = test_dir("hupbudget");
-    let Some(lv) = Libvirtd::start(dir.path()) else {
+    let Some((dir, lv, h)) = private_host("hupbudget") else {
         return;
     };
-    let h = Host2::open(&lv.uri());
-    h.define_fleet(&fleet());
-    let good = config_text(dir.path(), &lv.uri(), "1s", POOLS);
-    let (path, cfg) = write_config(dir.path(), &good);
-    let mut agent = Agent::start(dir.path(), &path);
-    wait_converged(&h, &mut agent, Duration::from_secs(20), at(4, 6 * GIB));
+    let (good, path, cfg, mut agent) = start_converged(dir.path(), &lv, &h);
     let over = good.replace("budget = 12", "budget = 1000");
     std::fs::write(&path, over).unwrap();
     agent.signal(Signal::SIGHUP);

@@ -11,11 +11,9 @@ const ROUNDS: u64 = 2;
 
 #[test]
 fn libvirtd_killed_and_restarted_agent_reconnects_and_reapplies() {
-    let dir = test_dir("lvrestart");
-    let Some(mut lv) = Libvirtd::start(dir.path()) else {
+    let Some((dir, mut lv, mut h)) = private_host("lvrestart") else {
         return;
     };
-    let mut h = Host2::open(&lv.uri());
     let fleet = fleet50(30);
     h.define_fleet(&fleet);
     let text = config_text(dir.path(), &lv.uri(), "1s", FLEET_POOLS);

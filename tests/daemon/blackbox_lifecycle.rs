@@ -65,11 +65,9 @@ fn step(
 
 #[test]
 fn lifecycle_changes_are_picked_up_at_once_well_within_an_interval() {
-    let dir = test_dir("lifecycle");
-    let Some(lv) = Libvirtd::start(dir.path()) else {
+    let Some((dir, lv, h)) = private_host("lifecycle") else {
         return;
     };
-    let h = Host2::open(&lv.uri());
     h.define_fleet(&[
         spec("lc-1", 1, Init::Running),
         spec("lc-2", 2, Init::Running),

@@ -27,11 +27,9 @@ memory = { budget = "24GiB", min = "5GiB" }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn domain_destroyed_or_undefined_between_observe_and_enforce() {
-    let dir = test_dir("midcycle");
-    let Some(lv) = Libvirtd::start(dir.path()) else {
+    let Some((dir, lv, h)) = private_host("midcycle") else {
         return;
     };
-    let h = Host2::open(&lv.uri());
     let fleet: Vec<DomSpec> = (1..=4)
         .map(|i| DomSpec::new(&format!("mc-{i}"), uuid(4, i), 1, 8, 5632, 8192))
         .collect();

@@ -9,11 +9,9 @@ use std::time::Duration;
 
 #[test]
 fn fifty_domains_in_four_pools_reach_the_plan_in_one_cycle() {
-    let dir = test_dir("steady");
-    let Some(lv) = Libvirtd::start(dir.path()) else {
+    let Some((dir, lv, h)) = private_host("steady") else {
         return;
     };
-    let h = Host2::open(&lv.uri());
     let fleet = fleet50(1);
     h.define_fleet(&fleet);
     let before = h.all();

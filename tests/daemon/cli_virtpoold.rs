@@ -2,7 +2,9 @@
 #![allow(clippy::unwrap_used)]
 
 use assert_cmd::Command;
+use std::ffi::OsStr;
 use std::path::Path;
+use std::process::Output;
 
 fn demo() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -11,99 +13,73 @@ fn demo() -> String {
         .to_string()
 }
 
+/// Runs `virtpoold` with `args` (at most a minute).
+fn virtpoold<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(args: I) -> Output {
+    Command::cargo_bin("virtpoold")
+        .unwrap()
+        .args(args)
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .unwrap()
+}
+
+/// `virtpoold --check-config --config <path>`.
+fn check_config(path: &Path) -> Output {
+    virtpoold([
+        OsStr::new("--check-config"),
+        OsStr::new("--config"),
+        path.as_os_str(),
+    ])
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Fails unless `out` is a success, showing its standard error.
+fn assert_ok(what: &str, out: &Output) {
+    assert!(out.status.success(), "{what}: {}", stderr(out));
+}
+
 #[test]
 fn check_config_accepts_the_shipped_configs() {
-    {
-        let f = "config/demo.toml";
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
-        let out = Command::cargo_bin("virtpoold")
-            .unwrap()
-            .args(["--check-config", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{f}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains(": ok (3 pools"));
-    }
+    let out = check_config(Path::new(&demo()));
+    assert_ok("config/demo.toml", &out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok (3 pools"));
     // The example config parses (its budgets are percentages, so they fit any host).
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/virtpool.toml");
-    let out = Command::cargo_bin("virtpoold")
-        .unwrap()
-        .args(["--check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok("config/virtpool.toml", &check_config(&path));
 }
 
 #[test]
 fn check_config_on_a_broken_config_exits_78_and_names_file_and_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("bad.toml");
-    std::fs::write(
-        &f,
-        "[pools.web]\nmatch = \"web-*\"\nmemory = { budget = \"16GiB\", min = \"12GiB\", max = \"8GiB\" }\n",
-    )
-    .unwrap();
-    let out = Command::cargo_bin("virtpoold")
-        .unwrap()
-        .args(["--check-config", "--config"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check_file(
+        "bad.toml",
+        b"[pools.web]\nmatch = \"web-*\"\nmemory = { budget = \"16GiB\", min = \"12GiB\", max = \"8GiB\" }\n",
+    );
+    assert_eq!(code, Some(78));
     assert!(err.contains("bad.toml"), "{err}");
     assert!(
         err.contains(r#"pool "web": memory.min (12.0 GiB) exceeds memory.max (8.0 GiB)"#),
         "{err}"
     );
 
-    std::fs::write(&f, "[agent]\nmode = \"enforce\"\nspeed = 3\n").unwrap();
-    let out = Command::cargo_bin("virtpoold")
-        .unwrap()
-        .args(["--check-config", "--config"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check_file("bad.toml", b"[agent]\nmode = \"enforce\"\nspeed = 3\n");
+    assert_eq!(code, Some(78));
     assert!(err.contains("speed"), "{err}");
 
-    let out = Command::cargo_bin("virtpoold")
-        .unwrap()
-        .args(["--check-config", "--config", "/nonexistent/virtpool.toml"])
-        .output()
-        .unwrap();
+    let out = check_config(Path::new("/nonexistent/virtpool.toml"));
     assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/virtpool.toml"));
+    assert!(stderr(&out).contains("/nonexistent/virtpool.toml"));
 }
 
 #[test]
 fn budgets_over_the_host_are_rejected_with_the_numbers() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("big.toml");
-    std::fs::write(
-        &f,
-        "[host]\ncpus = 3\n[pools.a]\nvcpus = { budget = 6 }\n[pools.b]\nvcpus = { budget = 4 }\n",
-    )
-    .unwrap();
-    let out = Command::cargo_bin("virtpoold")
-        .unwrap()
-        .args(["--check-config", "--config"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check_file(
+        "big.toml",
+        b"[host]\ncpus = 3\n[pools.a]\nvcpus = { budget = 6 }\n[pools.b]\nvcpus = { budget = 4 }\n",
+    );
+    assert_eq!(code, Some(78));
     assert!(
         err.contains("vcpus add up to 10 (a 6 + b 4) but the host has only 8 allocatable"),
         "{err}"
@@ -112,16 +88,8 @@ fn budgets_over_the_host_are_rejected_with_the_numbers() {
 
 #[test]
 fn once_on_the_demo_prints_every_pool_within_budget() {
-    let out = Command::cargo_bin("virtpoold")
-        .unwrap()
-        .args(["--once", "--config", &demo()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = virtpoold(["--once", "--config", &demo()]);
+    assert_ok("--once", &out);
     let text = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "pool web",
@@ -145,42 +113,34 @@ fn once_on_the_demo_prints_every_pool_within_budget() {
 
 #[test]
 fn once_without_libvirt_exits_69_with_a_clear_message() {
-    let out = Command::cargo_bin("virtpoold")
-        .unwrap()
-        .args([
-            "--once",
-            "--config",
-            &demo(),
-            "--uri",
-            "test+unix:///default?socket=/nonexistent/sock",
-        ])
-        .output()
-        .unwrap();
+    let out = virtpoold([
+        "--once",
+        "--config",
+        &demo(),
+        "--uri",
+        "test+unix:///default?socket=/nonexistent/sock",
+    ]);
     assert_eq!(out.status.code(), Some(69));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(
         err.contains("cannot reach libvirt at test+unix:///default?socket=/nonexistent/sock"),
         "{err}"
     );
 }
 
-/// `--check-config` on `text` (written to a fresh file): exit code and
-/// standard error.
-fn check(text: &[u8]) -> (Option<i32>, String) {
+/// `--check-config` on `text` written to a fresh file `name`: exit code
+/// and standard error.
+fn check_file(name: &str, text: &[u8]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("virtpool.toml");
+    let f = dir.path().join(name);
     std::fs::write(&f, text).unwrap();
-    let out = Command::cargo_bin("virtpoold")
-        .unwrap()
-        .args(["--check-config", "--config"])
-        .arg(&f)
-        .timeout(std::time::Duration::from_secs(60))
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = check_config(&f);
+    (out.status.code(), stderr(&out))
+}
+
+/// [`check_file`] on `virtpool.toml`.
+fn check(text: &[u8]) -> (Option<i32>, String) {
+    check_file("virtpool.toml", text)
 }
 
 /// Settings that would break the running agent (a panic in the libvirt
@@ -235,24 +195,14 @@ fn check_config_refuses_a_fifo_without_hanging() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("virtpool.toml");
     nix::unistd::mkfifo(&f, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let out = Command::cargo_bin("virtpoold")
-        .unwrap()
-        .args(["--check-config", "--config"])
-        .arg(&f)
-        .timeout(std::time::Duration::from_secs(60))
-        .output()
-        .unwrap();
+    let out = check_config(&f);
     assert_eq!(out.status.code(), Some(78));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(err.contains("not a regular file"), "{err}");
 }
 
 #[test]
 fn a_bad_command_line_exits_2() {
-    let out = Command::cargo_bin("virtpoold")
-        .unwrap()
-        .arg("--bogus")
-        .output()
-        .unwrap();
+    let out = virtpoold(["--bogus"]);
     assert_eq!(out.status.code(), Some(2));
 }

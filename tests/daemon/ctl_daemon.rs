@@ -2,33 +2,15 @@
 //! copy of the demo host per test), driven by the real `virtpoolctl`.
 #![allow(clippy::unwrap_used)]
 
+use crate::support::daemon::{bin, demo_config};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin(name: &str) -> PathBuf {
-    assert_cmd::cargo::cargo_bin(name)
-}
-
-/// Writes the demo config and host into `dir`, with state and socket there.
+/// The demo config and host in `dir`, with state and socket there, on
+/// an hourly interval (cycles only when asked).
 fn setup(dir: &Path) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    std::fs::copy(root.join("demo-host.xml"), dir.join("demo-host.xml")).unwrap();
-    let text = std::fs::read_to_string(root.join("demo.toml"))
-        .unwrap()
-        .replace(
-            "\"{config_dir}/../target/virtpool-demo/state\"",
-            "\"{config_dir}/state\"",
-        )
-        .replace(
-            "\"{config_dir}/../target/virtpool-demo/virtpool.sock\"",
-            "\"{config_dir}/api.sock\"",
-        )
-        .replace("interval = \"5s\"", "interval = \"1h\"");
-    assert!(text.contains("{config_dir}/state") && text.contains("{config_dir}/api.sock"));
-    let cfg = dir.join("virtpool.toml");
-    std::fs::write(&cfg, text).unwrap();
-    cfg
+    demo_config(dir, "1h", "enforce")
 }
 
 fn start(cfg: &Path, extra: &[&str]) -> Child {

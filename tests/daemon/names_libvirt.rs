@@ -98,19 +98,12 @@ fn ok(sock: &std::path::Path, args: &[&str]) -> String {
 
 #[test]
 fn every_name_libvirt_takes_works_through_the_api_and_the_cli() {
-    let dir = test_dir("names");
-    let Some(lv) = Libvirtd::start(dir.path()) else {
+    let Some((dir, lv, h)) = private_host("names") else {
         return;
     };
-    let h = Host2::open(&lv.uri());
     let text = config_text(dir.path(), &lv.uri(), "1s", POOLS);
     let (cfg_path, _) = write_config(dir.path(), &text);
-    let mut agent = Agent::start(dir.path(), &cfg_path);
-    assert!(
-        agent.wait_api(Duration::from_secs(20)),
-        "{}",
-        agent.log_text()
-    );
+    let mut agent = Agent::start_serving(dir.path(), &cfg_path);
     let sock = agent.socket.clone();
 
     let cases = std::env::var("VIRTPOOL_NAME_CASES")

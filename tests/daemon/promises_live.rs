@@ -257,9 +257,7 @@ fn config_for(dir: &Path, uri: &str, web_vcpus: u64, db_mem: u64) -> String {
 
 impl World {
     fn new() -> Option<World> {
-        let dir = test_dir("promises");
-        let lv = Libvirtd::start(dir.path())?;
-        let h = Host2::open(&lv.uri());
+        let (dir, lv, h) = private_host("promises")?;
         load_fixture(&h);
         let start = h
             .all()
@@ -268,12 +266,7 @@ impl World {
             .collect();
         let text = config_for(dir.path(), &lv.uri(), 12, 20);
         let (config, _) = write_config(dir.path(), &text);
-        let mut agent = Agent::start(dir.path(), &config);
-        assert!(
-            agent.wait_api(Duration::from_secs(20)),
-            "{}",
-            agent.log_text()
-        );
+        let agent = Agent::start_serving(dir.path(), &config);
         Some(World {
             dir,
             lv,
@@ -351,12 +344,7 @@ impl World {
             Op::PausePool(p, false) => self.call("POST", &format!("/v1/pools/{p}/resume"), None),
             Op::KillAgent => {
                 self.agent.kill9();
-                self.agent = Agent::start(self.dir.path(), &self.config);
-                assert!(
-                    self.agent.wait_api(Duration::from_secs(20)),
-                    "{}",
-                    self.agent.log_text()
-                );
+                self.agent = Agent::start_serving(self.dir.path(), &self.config);
             }
             Op::RestartLibvirtd => {
                 self.lv.kill9();

@@ -29,6 +29,19 @@ fn config_text(dir: &Path, port: u16, extra: &str) -> String {
     )
 }
 
+/// Fails unless the last record of the audit log `file` is `stopping`.
+fn assert_stopping_last(file: &Path) {
+    let audit = std::fs::read_to_string(file).unwrap();
+    assert!(
+        audit
+            .lines()
+            .last()
+            .unwrap()
+            .contains("\"event\":\"stopping\""),
+        "{audit}"
+    );
+}
+
 /// A TCP port free right now on 127.0.0.1.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -192,6 +205,27 @@ impl Daemon {
             .to_string()
     }
 
+    /// Writes `extra` into the config and sends SIGHUP: `RELOADING=1` (its
+    /// whole message returned), `READY=1`, then the status line until it
+    /// shows `want` (within 10 s; returned).
+    fn reload(&mut self, extra: &str, want: &str) -> (String, String) {
+        self.write_config(extra);
+        kill(self.pid(), Signal::SIGHUP).unwrap();
+        let (_, msg) = self.wait_line("RELOADING=1", Duration::from_secs(10));
+        self.wait_line("READY=1", Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut status = self.last_status();
+        while !status.contains(want) {
+            assert!(
+                Instant::now() < deadline,
+                "reload: {want:?} not in {status}"
+            );
+            self.wait_line("WATCHDOG=1", Duration::from_secs(5));
+            status = self.last_status();
+        }
+        (msg, status)
+    }
+
     fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
@@ -272,21 +306,11 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
 
     // SIGHUP with a broken config: RELOADING=1, then READY=1 again; the
     // agent keeps running the old config and reports the error.
-    d.write_config("[pools.bad]\nvcpus = { budget = 1000 }\n");
-    kill(d.pid(), Signal::SIGHUP).unwrap();
-    let (_, msg) = d.wait_line("RELOADING=1", Duration::from_secs(10));
+    let (msg, status) = d.reload("[pools.bad]\nvcpus = { budget = 1000 }\n", "config error");
     assert!(
         msg.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
         "{msg}"
     );
-    d.wait_line("READY=1", Duration::from_secs(10));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut status = d.last_status();
-    while !status.contains("config error") {
-        assert!(Instant::now() < deadline, "no config error in {status}");
-        d.wait_line("WATCHDOG=1", Duration::from_secs(5));
-        status = d.last_status();
-    }
     assert!(status.contains("3 pools"), "old config kept: {status}");
     assert!(status.contains("reload refused"), "{status}");
     assert!(d.child.try_wait().unwrap().is_none(), "it kept running");
@@ -305,17 +329,10 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
     d.wait_line("WATCHDOG=1", Duration::from_secs(5));
 
     // SIGHUP with a good config: a fourth pool appears, the error goes.
-    d.write_config("[pools.spare]\ndomains = [\"dev-sandbox\"]\nvcpus = { budget = 4 }\n");
-    kill(d.pid(), Signal::SIGHUP).unwrap();
-    d.wait_line("RELOADING=1", Duration::from_secs(10));
-    d.wait_line("READY=1", Duration::from_secs(10));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut status = d.last_status();
-    while !status.contains("4 pools") {
-        assert!(Instant::now() < deadline, "reload not visible: {status}");
-        d.wait_line("WATCHDOG=1", Duration::from_secs(5));
-        status = d.last_status();
-    }
+    let (_, status) = d.reload(
+        "[pools.spare]\ndomains = [\"dev-sandbox\"]\nvcpus = { budget = 4 }\n",
+        "4 pools",
+    );
     assert!(!status.contains("config error"), "{status}");
     let st = api_json(&sock, "/v1/status");
     assert!(st["config_error"].is_null(), "{st}");
@@ -401,15 +418,7 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
     assert_eq!(st.code(), Some(0));
     assert!(d.dir.path().join("state/state.json").exists());
     assert!(!d.dir.path().join("virtpool.sock").exists());
-    let audit = std::fs::read_to_string(d.dir.path().join("state/audit.jsonl")).unwrap();
-    assert!(
-        audit
-            .lines()
-            .last()
-            .unwrap()
-            .contains("\"event\":\"stopping\""),
-        "{audit}"
-    );
+    assert_stopping_last(&d.dir.path().join("state/audit.jsonl"));
 }
 
 #[test]
@@ -599,13 +608,5 @@ fn events_survive_a_restart_and_are_read_across_rotation() {
     d.wait_line("STOPPING=1", Duration::from_secs(10));
     assert_eq!(d.wait_exit(Duration::from_secs(30)).code(), Some(0));
     assert!(!sock.exists());
-    let audit = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
-    assert!(
-        audit
-            .lines()
-            .last()
-            .unwrap()
-            .contains("\"event\":\"stopping\""),
-        "{audit}"
-    );
+    assert_stopping_last(&state.join("audit.jsonl"));
 }

@@ -128,6 +128,16 @@ fn set_memory(uuid: &str, to: u64) -> Action {
     }
 }
 
+/// Bytes per second and IOPS, each with its burst maximum.
+fn iotune(bytes_sec: u64, bytes_sec_max: u64, iops_sec: u64, iops_sec_max: u64) -> IoTune {
+    IoTune {
+        total_bytes_sec: bytes_sec,
+        total_bytes_sec_max: bytes_sec_max,
+        total_iops_sec: iops_sec,
+        total_iops_sec_max: iops_sec_max,
+    }
+}
+
 fn set_iotune(uuid: &str, disk: &str, to: IoTune) -> Action {
     Action::SetBlockIoTune {
         uuid: uuid.into(),
@@ -298,34 +308,16 @@ fn set_memory_live_converts_bytes_to_kib() {
 #[test]
 fn set_block_iotune_reads_back_and_clears() {
     let (_dir, mut hv) = connected();
-    let tune = IoTune {
-        total_bytes_sec: 10_000_000,
-        total_bytes_sec_max: 20_000_000,
-        total_iops_sec: 300,
-        total_iops_sec_max: 600,
-    };
+    let tune = iotune(10_000_000, 20_000_000, 300, 600);
     hv.apply(&set_iotune(WEB, "vda", tune)).unwrap();
     let web = observe_one(&mut hv, "web-1");
     assert_eq!(vda(&web), Some(tune));
 
     // A max below the rate is raised to the rate (libvirt would reject it).
-    let no_burst = IoTune {
-        total_bytes_sec: 5_000_000,
-        total_bytes_sec_max: 0,
-        total_iops_sec: 100,
-        total_iops_sec_max: 0,
-    };
+    let no_burst = iotune(5_000_000, 0, 100, 0);
     hv.apply(&set_iotune(WEB, "vda", no_burst)).unwrap();
     let web = observe_one(&mut hv, "web-1");
-    assert_eq!(
-        vda(&web),
-        Some(IoTune {
-            total_bytes_sec: 5_000_000,
-            total_bytes_sec_max: 5_000_000,
-            total_iops_sec: 100,
-            total_iops_sec_max: 100,
-        })
-    );
+    assert_eq!(vda(&web), Some(iotune(5_000_000, 5_000_000, 100, 100)));
     assert_eq!(
         web.actual(virtpool::core::model::Resource::DiskBytesSec),
         5_000_000
@@ -444,15 +436,7 @@ fn live_changes_on_shutoff_domain_are_operation_invalid() {
     let actions = [
         set_vcpus(OFF, 2),
         set_memory(OFF, 256 * MIB),
-        set_iotune(
-            OFF,
-            "vda",
-            IoTune {
-                total_bytes_sec: 1000,
-                total_bytes_sec_max: 1000,
-                ..IoTune::default()
-            },
-        ),
+        set_iotune(OFF, "vda", iotune(1000, 1000, 0, 0)),
     ];
     for a in &actions {
         match hv.apply(a) {
@@ -470,15 +454,7 @@ fn live_changes_on_shutoff_domain_are_operation_invalid() {
 fn unknown_disk_is_a_per_domain_error() {
     let (_dir, mut hv) = connected();
     let err = hv
-        .apply(&set_iotune(
-            WEB,
-            "vdz",
-            IoTune {
-                total_bytes_sec: 1000,
-                total_bytes_sec_max: 1000,
-                ..IoTune::default()
-            },
-        ))
+        .apply(&set_iotune(WEB, "vdz", iotune(1000, 1000, 0, 0)))
         .unwrap_err();
     assert!(matches!(err, HvError::InvalidArg(_)), "{err:?}");
     assert!(err.to_string().contains("vdz"), "{err}");

@@ -201,12 +201,7 @@ fn the_parser_rejects_broken_text() {
 
 #[tokio::test]
 async fn metrics_parse_and_carry_the_demo_hosts_values() {
-    let pools = &DEMO[DEMO.find("[host]").unwrap()..];
-    let cfg = config("cycle-host.xml", pools);
-    virtpool::adapters::libvirt::quiet_errors();
-    let hv = HvWorker::spawn(Box::new(Libvirt::new(&cfg.agent.libvirt_uri))).unwrap();
-    let (mut m, handle) =
-        Reconciler::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false);
+    let (mut m, handle) = demo_reconciler();
     let first = m.cycle_once().await;
     let st = m.cycle_once().await;
     assert!(!first.results.is_empty(), "the demo host starts off target");
@@ -443,14 +438,18 @@ async fn metrics_parse_and_carry_the_demo_hosts_values() {
     );
 }
 
-/// The exposition after two cycles on the demo host.
-async fn demo_text() -> String {
+/// A reconciler on the demo host with the demo's pools.
+fn demo_reconciler() -> (Reconciler, virtpool::agent::reconciler::Handle) {
     let pools = &DEMO[DEMO.find("[host]").unwrap()..];
     let cfg = config("cycle-host.xml", pools);
     virtpool::adapters::libvirt::quiet_errors();
     let hv = HvWorker::spawn(Box::new(Libvirt::new(&cfg.agent.libvirt_uri))).unwrap();
-    let (mut m, handle) =
-        Reconciler::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false);
+    Reconciler::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false)
+}
+
+/// The exposition after two cycles on the demo host.
+async fn demo_text() -> String {
+    let (mut m, handle) = demo_reconciler();
     m.cycle_once().await;
     let st = m.cycle_once().await;
     virtpool::agent::metrics::render(&st, &handle.counters())

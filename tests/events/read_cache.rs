@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 use virt::connect::Connect;
 use virt::sys;
-use virtpool::adapters::libvirt::calls::Call;
+use virtpool::adapters::libvirt::calls::{Call, CallCounter, CallCounts};
 use virtpool::adapters::libvirt::events::{self, EventReceiver, HvEvent, LifecycleKind};
 use virtpool::adapters::libvirt::{ffi, Hypervisor, Libvirt};
 use virtpool::core::model::{Action, DomainObs, IoTune};
@@ -238,6 +238,13 @@ fn a_reconnect_drops_the_cache() {
     assert_eq!(disk_limit(&hv.observe().unwrap(), "d1"), 9 * MIB);
 }
 
+/// What `f` gave and the calls it made.
+fn counted<T>(calls: &CallCounter, f: impl FnOnce() -> T) -> (T, CallCounts) {
+    let before = calls.snapshot();
+    let out = f();
+    (out, calls.snapshot().since(&before))
+}
+
 #[test]
 fn a_steady_observation_reads_two_calls_per_running_domain() {
     let Some(s) = setup() else { return };
@@ -250,9 +257,7 @@ fn a_steady_observation_reads_two_calls_per_running_domain() {
 
     // Steady: one list, then `info` and memory stats per running domain
     // (this driver's bulk stats carry the state only: not asked again).
-    let before = calls.snapshot();
-    hv.observe().unwrap();
-    let steady = calls.snapshot().since(&before);
+    let (_, steady) = counted(&calls, || hv.observe().unwrap());
     assert_eq!(steady.get(Call::List), 1);
     assert_eq!(steady.get(Call::BulkStats), 0);
     assert_eq!(steady.get(Call::Info), running);
@@ -262,21 +267,19 @@ fn a_steady_observation_reads_two_calls_per_running_domain() {
 
     // An own write is one call. A vCPU write changes no slow fact: the
     // next observation reads nothing more than a steady one.
-    let before = calls.snapshot();
-    hv.apply(&Action::SetVcpus {
-        uuid: uuid(0).as_str().into(),
-        domain: "d0".into(),
-        from: 1,
-        to: 2,
-        reason: virtpool::core::model::Reason::Share,
-        persist: false,
-    })
-    .unwrap();
-    let write = calls.snapshot().since(&before);
+    let (_, write) = counted(&calls, || {
+        hv.apply(&Action::SetVcpus {
+            uuid: uuid(0).as_str().into(),
+            domain: "d0".into(),
+            from: 1,
+            to: 2,
+            reason: virtpool::core::model::Reason::Share,
+            persist: false,
+        })
+        .unwrap()
+    });
     assert_eq!((write.get(Call::SetVcpus), write.reads()), (1, 0));
-    let before = calls.snapshot();
-    hv.observe().unwrap();
-    let back = calls.snapshot().since(&before);
+    let (_, back) = counted(&calls, || hv.observe().unwrap());
     assert_eq!(back.reads(), 1 + 2 * running, "{back:?}");
 
     // A weight write: only that weight is read back.
@@ -288,9 +291,7 @@ fn a_steady_observation_reads_two_calls_per_running_domain() {
         persist: false,
     })
     .unwrap();
-    let before = calls.snapshot();
-    let seen = hv.observe().unwrap();
-    let back = calls.snapshot().since(&before);
+    let (seen, back) = counted(&calls, || hv.observe().unwrap());
     assert_eq!(back.reads(), 1 + 2 * running + 1, "{back:?}");
     assert_eq!(back.get(Call::GetBlkioWeight), 1);
     let d0 = seen.iter().find(|d| &*d.name == "d0").unwrap();
@@ -310,9 +311,7 @@ fn a_steady_observation_reads_two_calls_per_running_domain() {
         persist: false,
     })
     .unwrap();
-    let before = calls.snapshot();
-    let seen = hv.observe().unwrap();
-    let back = calls.snapshot().since(&before);
+    let (seen, back) = counted(&calls, || hv.observe().unwrap());
     assert_eq!(back.reads(), 1 + 2 * running + 1, "{back:?}");
     assert_eq!(back.get(Call::GetIoTune), 1);
     assert_eq!(disk_limit(&seen, "d0"), 7 * MIB, "read back from libvirt");

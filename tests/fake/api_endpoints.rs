@@ -12,6 +12,39 @@ fn get<'a>(v: &'a Value, ptr: &str) -> &'a Value {
     v.pointer(ptr).unwrap_or(&Value::Null)
 }
 
+/// `ptr` in the answer to `GET path`.
+async fn read(a: &Agent, path: &str, ptr: &str) -> Value {
+    get(&a.call("GET", path, None).await.1, ptr).clone()
+}
+
+/// `POST /v1/pools/web/allocate` with `body`.
+async fn allocate_web(a: &Agent, body: &str) -> (u16, Value) {
+    a.post("/v1/pools/web/allocate", body).await
+}
+
+/// The element of the array `list` whose `name` is `name`.
+fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .unwrap_or_else(|| panic!("no {name:?} in {list}"))
+}
+
+/// Whether the `/v1/events` answer `v` holds an event of kind `kind`.
+fn has_event(v: &Value, kind: &str) -> bool {
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["event"] == kind)
+}
+
+/// Fails unless the answer is an error `status` with error code `code`.
+fn assert_error(got: u16, v: &Value, status: u16, code: &str) {
+    assert_eq!((got, get(v, "/error/code")), (status, &json!(code)), "{v}");
+}
+
 /// Largest integer every JSON reader holds exactly (I-JSON, RFC 7493:
 /// jq and JavaScript read numbers as doubles).
 const EXACT_MAX: u64 = (1 << 53) - 1;
@@ -159,56 +192,33 @@ async fn changes_happy_paths() {
 
     // Members: add an unmanaged domain, remove it; remove a glob member, add it back.
     let (c, v) = a
-        .call(
-            "POST",
-            "/v1/pools/web/members?wait=true",
-            Some(r#"{"domain":"dev"}"#),
-        )
+        .post("/v1/pools/web/members?wait=true", r#"{"domain":"dev"}"#)
         .await;
     assert_eq!(c, 200, "{v}");
-    assert_eq!(
-        get(&a.call("GET", "/v1/domains/dev", None).await.1, "/pool"),
-        "web"
-    );
-    let (c, v) = a
-        .call("POST", "/v1/pools/web/members", Some(r#"{"domain":"dev"}"#))
-        .await;
+    assert_eq!(read(&a, "/v1/domains/dev", "/pool").await, "web");
+    let (c, v) = a.post("/v1/pools/web/members", r#"{"domain":"dev"}"#).await;
     assert_eq!((c, get(&v, "/changed")), (200, &json!(false)));
     let (c, v) = a
         .call("DELETE", "/v1/pools/web/members/dev?wait=true", None)
         .await;
     assert_eq!(c, 200, "{v}");
-    assert_eq!(
-        get(&a.call("GET", "/v1/domains/dev", None).await.1, "/pool"),
-        &Value::Null
-    );
+    assert_eq!(read(&a, "/v1/domains/dev", "/pool").await, Value::Null);
     let (c, _) = a
         .call("DELETE", "/v1/pools/web/members/web-3?wait=true", None)
         .await;
     assert_eq!(c, 200);
-    assert_eq!(
-        get(&a.call("GET", "/v1/domains/web-3", None).await.1, "/pool"),
-        &Value::Null
-    );
+    assert_eq!(read(&a, "/v1/domains/web-3", "/pool").await, Value::Null);
     let (c, _) = a
-        .call(
-            "POST",
-            "/v1/pools/web/members?wait=true",
-            Some(r#"{"domain":"web-3"}"#),
-        )
+        .post("/v1/pools/web/members?wait=true", r#"{"domain":"web-3"}"#)
         .await;
     assert_eq!(c, 200);
-    assert_eq!(
-        get(&a.call("GET", "/v1/domains/web-3", None).await.1, "/pool"),
-        "web"
-    );
+    assert_eq!(read(&a, "/v1/domains/web-3", "/pool").await, "web");
 
     // Reservations: set, lower, clear.
     let (c, mut v) = a
-        .call(
-            "POST",
+        .post(
             "/v1/pools/web/allocate?wait=true",
-            Some(r#"{"domain":"web-1","vcpus":6,"memory":"4GiB"}"#),
+            r#"{"domain":"web-1","vcpus":6,"memory":"4GiB"}"#,
         )
         .await;
     assert_eq!(c, 200, "{v}");
@@ -217,12 +227,7 @@ async fn changes_happy_paths() {
     let (_, v) = a.call("GET", "/v1/pools/web", None).await;
     assert_eq!(get(&v, "/reserved/vcpus"), 6);
     assert_summary_is_pools_without_members(&a).await;
-    let web1 = v["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "web-1")
-        .unwrap();
+    let web1 = named(&v["members"], "web-1");
     assert_eq!(web1["resources"]["vcpus"]["floor"], 6);
     // The target follows the reservation at once; the change itself is
     // issued now or, right after another vCPU change, when the cooldown ends.
@@ -233,19 +238,11 @@ async fn changes_happy_paths() {
         "{web1}"
     );
     let (c, v) = a
-        .call(
-            "POST",
-            "/v1/pools/web/release",
-            Some(r#"{"domain":"web-1","vcpus":2}"#),
-        )
+        .post("/v1/pools/web/release", r#"{"domain":"web-1","vcpus":2}"#)
         .await;
     assert_eq!((c, get(&v, "/reservation/vcpus")), (200, &json!(4)), "{v}");
     let (c, v) = a
-        .call(
-            "POST",
-            "/v1/pools/web/release",
-            Some(r#"{"domain":"web-1"}"#),
-        )
+        .post("/v1/pools/web/release", r#"{"domain":"web-1"}"#)
         .await;
     assert_eq!(c, 200);
     assert_eq!(v["reservation"], json!({}));
@@ -254,10 +251,7 @@ async fn changes_happy_paths() {
     assert_eq!(a.call("POST", "/v1/pause", None).await.0, 200);
     let (_, v) = a.call("GET", "/v1/status", None).await;
     assert_eq!(get(&v, "/agent/paused"), true);
-    assert_eq!(
-        get(&a.call("GET", "/v1/plan", None).await.1, "/paused"),
-        true
-    );
+    assert_eq!(read(&a, "/v1/plan", "/paused").await, true);
     assert_eq!(a.call("POST", "/v1/resume", None).await.0, 200);
     assert_eq!(
         a.call("POST", "/v1/pools/db/pause?wait=true", None).await.0,
@@ -316,110 +310,41 @@ async fn bad_input_is_refused_with_json_errors_and_the_agent_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let a = Agent::standard(dir.path()).await;
     let big = format!(r#"{{"domain":"web-1","pad":"{}"}}"#, "x".repeat(70 * 1024));
+    fn alloc(body: &str) -> (&'static str, &'static str, Option<&str>) {
+        ("POST", "/v1/pools/web/allocate", Some(body))
+    }
     let cases: Vec<(&str, &str, Option<&str>)> = vec![
-        ("POST", "/v1/pools/web/allocate", Some("{not json")),
-        (
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","vcpus":"four"}"#),
-        ),
-        (
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","vcpus":-1}"#),
-        ),
-        (
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","vcpus":1.5}"#),
-        ),
-        (
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","vcpus":18446744073709551616}"#),
-        ),
-        (
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","memory":"-4GiB"}"#),
-        ),
-        (
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","memory":-4}"#),
-        ),
-        (
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","memory":"99999999999999TiB"}"#),
-        ),
-        (
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","memory":"4 parsecs"}"#),
-        ),
-        (
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","vcpus":100000}"#),
-        ),
-        (
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","vcpus":2,"extra":1}"#),
-        ),
-        ("POST", "/v1/pools/web/allocate", Some(r#"{"vcpus":2}"#)),
-        (
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1"}"#),
-        ),
-        (
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"../etc","vcpus":1}"#),
-        ),
-        (
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"db-1","vcpus":1}"#),
-        ),
-        (
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"nosuch","vcpus":1}"#),
-        ),
+        alloc("{not json"),
+        alloc(r#"{"domain":"web-1","vcpus":"four"}"#),
+        alloc(r#"{"domain":"web-1","vcpus":-1}"#),
+        alloc(r#"{"domain":"web-1","vcpus":1.5}"#),
+        alloc(r#"{"domain":"web-1","vcpus":18446744073709551616}"#),
+        alloc(r#"{"domain":"web-1","memory":"-4GiB"}"#),
+        alloc(r#"{"domain":"web-1","memory":-4}"#),
+        alloc(r#"{"domain":"web-1","memory":"99999999999999TiB"}"#),
+        alloc(r#"{"domain":"web-1","memory":"4 parsecs"}"#),
+        alloc(r#"{"domain":"web-1","vcpus":100000}"#),
+        alloc(r#"{"domain":"web-1","vcpus":2,"extra":1}"#),
+        alloc(r#"{"vcpus":2}"#),
+        alloc(r#"{"domain":"web-1"}"#),
+        alloc(r#"{"domain":"../etc","vcpus":1}"#),
+        alloc(r#"{"domain":"db-1","vcpus":1}"#),
+        alloc(r#"{"domain":"nosuch","vcpus":1}"#),
         (
             "POST",
             "/v1/pools/nope/allocate",
             Some(r#"{"domain":"web-1","vcpus":1}"#),
         ),
-        (
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","vcpus":9}"#),
-        ),
-        (
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-3","vcpus":5}"#),
-        ),
-        (
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","vcpus":13}"#),
-        ),
-        (
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","disk_iops_sec":10}"#),
-        ),
+        alloc(r#"{"domain":"web-1","vcpus":9}"#),
+        alloc(r#"{"domain":"web-3","vcpus":5}"#),
+        alloc(r#"{"domain":"web-1","vcpus":13}"#),
+        alloc(r#"{"domain":"web-1","disk_iops_sec":10}"#),
         (
             "POST",
             "/v1/pools/web/allocate?wait=maybe",
             Some(r#"{"domain":"web-1","vcpus":1}"#),
         ),
-        ("POST", "/v1/pools/web/allocate", Some(big.as_str())),
+        alloc(big.as_str()),
         ("POST", "/v1/pools/web/release", Some(r#"{"domain":"dev"}"#)),
         ("PUT", "/v1/pools/web", Some(r#"{"vcpus":{"budget":1}}"#)),
         ("PUT", "/v1/pools/new", Some(r#"{"budget":1}"#)),
@@ -496,20 +421,12 @@ async fn bad_input_is_refused_with_json_errors_and_the_agent_keeps_serving() {
         false,
     )
     .await;
-    assert_eq!(
-        (code, get(&v, "/error/code")),
-        (415, &json!("unsupported_media_type")),
-        "{v}"
-    );
+    assert_error(code, &v, 415, "unsupported_media_type");
 
     // A reload needs the service loop (virtpoold has one; this harness
     // has none): 503 with a JSON reason, not a hang.
     let (code, v) = a.call("POST", "/v1/reload", None).await;
-    assert_eq!(
-        (code, get(&v, "/error/code")),
-        (503, &json!("reload_unavailable")),
-        "{v}"
-    );
+    assert_error(code, &v, 503, "reload_unavailable");
 
     // None of it changed anything.
     let st = a.handle.runtime().lock().unwrap().clone();
@@ -537,11 +454,7 @@ async fn reload_answers_with_the_outcome_or_a_503_when_not_taken_in_time() {
     });
     let t0 = std::time::Instant::now();
     let (code, v) = a.call("POST", "/v1/reload", None).await;
-    assert_eq!(
-        (code, get(&v, "/error/code")),
-        (503, &json!("reload_pending")),
-        "{v}"
-    );
+    assert_error(code, &v, 503, "reload_pending");
     assert!(t0.elapsed() >= Duration::from_secs(1), "{:?}", t0.elapsed());
     let msg = get(&v, "/error/message").as_str().unwrap();
     assert!(
@@ -574,11 +487,7 @@ async fn reload_answers_with_the_outcome_or_a_503_when_not_taken_in_time() {
         )
     );
     let (code, v) = a.call("POST", "/v1/reload", None).await;
-    assert_eq!(
-        (code, get(&v, "/error/code")),
-        (422, &json!("config_refused")),
-        "{v}"
-    );
+    assert_error(code, &v, 422, "config_refused");
     assert!(
         get(&v, "/error/message")
             .as_str()
@@ -603,11 +512,7 @@ async fn waits_for_a_stuck_cycle_end_at_the_wait_limit() {
 
     let t0 = std::time::Instant::now();
     let (code, v) = a.call("POST", "/v1/reconcile?wait=true", None).await;
-    assert_eq!(
-        (code, get(&v, "/error/code")),
-        (503, &json!("cycle_pending")),
-        "{v}"
-    );
+    assert_error(code, &v, 503, "cycle_pending");
     assert!(t0.elapsed() >= Duration::from_secs(1), "{:?}", t0.elapsed());
     assert!(
         get(&v, "/error/message")
@@ -622,10 +527,7 @@ async fn waits_for_a_stuck_cycle_end_at_the_wait_limit() {
     assert_eq!((code, get(&v, "/changed")), (201, &json!(true)), "{v}");
     assert!(v.get("cycle").is_none(), "{v}");
     assert_eq!(a.call("GET", "/v1/status", None).await.0, 200);
-    assert_eq!(
-        get(&a.call("GET", "/v1/pools/extra", None).await.1, "/source"),
-        "runtime"
-    );
+    assert_eq!(read(&a, "/v1/pools/extra", "/source").await, "runtime");
 
     hv.set_stall(false);
     let (code, v) = a.call("POST", "/v1/reconcile?wait=true", None).await;
@@ -642,9 +544,7 @@ async fn a_pause_shows_in_the_pool_views_before_the_next_cycle() {
     let dir = tempfile::tempdir().unwrap();
     let a = Agent::standard(dir.path()).await;
     let web_paused = |v: &serde_json::Value| -> bool {
-        let pools = get(v, "/pools").as_array().unwrap();
-        let web = pools.iter().find(|p| p["name"] == "web").unwrap();
-        web["paused"].as_bool().unwrap()
+        named(get(v, "/pools"), "web")["paused"].as_bool().unwrap()
     };
     assert!(!web_paused(&a.call("GET", "/v1/pools", None).await.1));
     // No cycle can finish from here on.
@@ -652,10 +552,7 @@ async fn a_pause_shows_in_the_pool_views_before_the_next_cycle() {
     let before = a.handle.report().cycle;
     let (code, v) = a.call("POST", "/v1/pools/web/pause", None).await;
     assert_eq!(code, 200, "{v}");
-    assert_eq!(
-        get(&a.call("GET", "/v1/pools/web", None).await.1, "/paused"),
-        &json!(true)
-    );
+    assert_eq!(read(&a, "/v1/pools/web", "/paused").await, json!(true));
     assert!(web_paused(&a.call("GET", "/v1/pools", None).await.1));
     assert!(web_paused(
         &a.call("GET", "/v1/pools?members=false", None).await.1
@@ -676,17 +573,11 @@ async fn a_pause_shows_in_the_pool_views_before_the_next_cycle() {
     a.hv.set_stall(true);
     let (code, _) = a.call("POST", "/v1/pools/web/resume", None).await;
     assert_eq!(code, 200);
-    assert_eq!(
-        get(&a.call("GET", "/v1/pools/web", None).await.1, "/paused"),
-        &json!(true)
-    );
+    assert_eq!(read(&a, "/v1/pools/web", "/paused").await, json!(true));
     a.hv.set_stall(false);
     let (code, v) = a.call("POST", "/v1/reconcile?wait=true", None).await;
     assert_eq!(code, 200, "{v}");
-    assert_eq!(
-        get(&a.call("GET", "/v1/pools/web", None).await.1, "/paused"),
-        &json!(false)
-    );
+    assert_eq!(read(&a, "/v1/pools/web", "/paused").await, json!(false));
     a.stop().await;
 }
 
@@ -713,10 +604,9 @@ async fn a_scoped_change_goes_before_a_running_full_observation() {
     // db-1 is alone in its pool: the scoped cycle does not widen.
     let t0 = std::time::Instant::now();
     let (code, v) = a
-        .call(
-            "POST",
+        .post(
             "/v1/pools/db/allocate?wait=true",
-            Some(r#"{"domain":"db-1","vcpus":2}"#),
+            r#"{"domain":"db-1","vcpus":2}"#,
         )
         .await;
     assert_eq!(code, 200, "{v}");
@@ -741,22 +631,10 @@ async fn a_scoped_change_goes_before_a_running_full_observation() {
 async fn reservations_that_do_not_fit_are_refused_with_the_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let a = Agent::standard(dir.path()).await;
-    let (c, v) = a
-        .call(
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","vcpus":8}"#),
-        )
-        .await;
+    let (c, v) = allocate_web(&a, r#"{"domain":"web-1","vcpus":8}"#).await;
     assert_eq!(c, 200, "{v}");
     // web-1 holds 8, web-3 its floor of 1: 3 of 12 left.
-    let (c, v) = a
-        .call(
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-2","vcpus":4}"#),
-        )
-        .await;
+    let (c, v) = allocate_web(&a, r#"{"domain":"web-2","vcpus":4}"#).await;
     assert_eq!(c, 409, "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(
@@ -764,31 +642,13 @@ async fn reservations_that_do_not_fit_are_refused_with_the_numbers() {
         "{msg}"
     );
     assert_eq!(
-        a.call(
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-2","vcpus":3}"#)
-        )
-        .await
-        .0,
+        allocate_web(&a, r#"{"domain":"web-2","vcpus":3}"#).await.0,
         200
     );
     // Lowering always works; the same value again is no change.
-    let (c, v) = a
-        .call(
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","vcpus":2}"#),
-        )
-        .await;
+    let (c, v) = allocate_web(&a, r#"{"domain":"web-1","vcpus":2}"#).await;
     assert_eq!((c, get(&v, "/changed")), (200, &json!(true)));
-    let (c, v) = a
-        .call(
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","vcpus":2}"#),
-        )
-        .await;
+    let (c, v) = allocate_web(&a, r#"{"domain":"web-1","vcpus":2}"#).await;
     assert_eq!((c, get(&v, "/changed")), (200, &json!(false)));
     a.stop().await;
 }
@@ -798,13 +658,7 @@ async fn libvirt_down_refuses_allocate_with_503_but_serves_reads_and_release() {
     let dir = tempfile::tempdir().unwrap();
     let a = Agent::standard(dir.path()).await;
     assert_eq!(
-        a.call(
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","vcpus":3}"#)
-        )
-        .await
-        .0,
+        allocate_web(&a, r#"{"domain":"web-1","vcpus":3}"#).await.0,
         200
     );
     a.hv.set_down(true);
@@ -814,53 +668,25 @@ async fn libvirt_down_refuses_allocate_with_503_but_serves_reads_and_release() {
         (200, &json!(false)),
         "{v}"
     );
-    let (c, v) = a
-        .call(
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","vcpus":4}"#),
-        )
-        .await;
-    assert_eq!(
-        (c, get(&v, "/error/code")),
-        (503, &json!("libvirt_unavailable")),
-        "{v}"
-    );
+    let (c, v) = allocate_web(&a, r#"{"domain":"web-1","vcpus":4}"#).await;
+    assert_error(c, &v, 503, "libvirt_unavailable");
     assert_eq!(a.call("GET", "/v1/pools", None).await.0, 200);
     let (_, v) = a.call("GET", "/v1/status", None).await;
     assert_eq!(get(&v, "/libvirt/connected"), false);
     assert_eq!(
-        a.call(
-            "POST",
-            "/v1/pools/web/release",
-            Some(r#"{"domain":"web-1"}"#)
-        )
-        .await
-        .0,
+        a.post("/v1/pools/web/release", r#"{"domain":"web-1"}"#)
+            .await
+            .0,
         200
     );
     assert_eq!(a.call("POST", "/v1/pause", None).await.0, 200);
     let (_, v) = a.call("GET", "/v1/events", None).await;
-    assert!(
-        v["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["event"] == "libvirt_lost"),
-        "{v}"
-    );
+    assert!(has_event(&v, "libvirt_lost"), "{v}");
     a.hv.set_down(false);
     let (_, v) = a.call("POST", "/v1/reconcile?wait=true", None).await;
     assert_eq!(get(&v, "/cycle/libvirt_connected"), true);
     let (_, v) = a.call("GET", "/v1/events?limit=5", None).await;
-    assert!(
-        v["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["event"] == "libvirt_restored"),
-        "{v}"
-    );
+    assert!(has_event(&v, "libvirt_restored"), "{v}");
     a.stop().await;
 }
 
@@ -873,14 +699,7 @@ async fn slow_clients_are_cut_off() {
         body_timeout: Duration::from_millis(500),
         ..Default::default()
     };
-    let a = Agent::start(
-        dir.path(),
-        "root",
-        STANDARD_POOLS,
-        Fake::new(standard_domains()),
-        opts,
-    )
-    .await;
+    let a = Agent::standard_opts(dir.path(), opts).await;
     // Headers never finished: the connection is closed.
     let mut s = tokio::net::UnixStream::connect(&a.socket).await.unwrap();
     s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")
@@ -962,13 +781,9 @@ async fn runtime_changes_survive_a_restart() {
     let spec = r#"{"domains":["dev"],"vcpus":{"budget":2}}"#;
     assert_eq!(a.call("PUT", "/v1/pools/extra", Some(spec)).await.0, 201);
     assert_eq!(
-        a.call(
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-2","vcpus":3,"memory":2147483648}"#)
-        )
-        .await
-        .0,
+        allocate_web(&a, r#"{"domain":"web-2","vcpus":3,"memory":2147483648}"#)
+            .await
+            .0,
         200
     );
     assert_eq!(
@@ -984,28 +799,15 @@ async fn runtime_changes_survive_a_restart() {
     let on_disk = virtpool::agent::state::RuntimeState::load(&dir.path().join("state")).unwrap();
     assert_eq!(on_disk, before);
 
-    let a = Agent::start(
-        dir.path(),
-        "root",
-        STANDARD_POOLS,
-        Fake::new(standard_domains()),
-        ServeOptions::default(),
-    )
-    .await;
+    let a = Agent::standard(dir.path()).await;
     assert_eq!(*a.handle.runtime().lock().unwrap(), before);
     let (_, v) = a.call("GET", "/v1/pools/extra", None).await;
     assert_eq!(get(&v, "/members/0/name"), "dev");
     let (_, v) = a.call("GET", "/v1/domains/web-2", None).await;
     assert_eq!(get(&v, "/reservation/vcpus"), 3);
     assert_eq!(get(&v, "/reservation/memory"), 2147483648u64);
-    assert_eq!(
-        get(&a.call("GET", "/v1/domains/web-3", None).await.1, "/pool"),
-        &Value::Null
-    );
-    assert_eq!(
-        get(&a.call("GET", "/v1/pools/db", None).await.1, "/paused"),
-        true
-    );
+    assert_eq!(read(&a, "/v1/domains/web-3", "/pool").await, Value::Null);
+    assert_eq!(read(&a, "/v1/pools/db", "/paused").await, true);
     let (_, pools_after) = a.call("GET", "/v1/pools", None).await;
     assert_eq!(
         pools_after["pools"].as_array().unwrap().len(),
@@ -1024,14 +826,7 @@ async fn connections_over_the_cap_close_the_quietest_or_are_refused() {
         body_timeout: Duration::from_millis(1500),
         ..Default::default()
     };
-    let a = Agent::start(
-        dir.path(),
-        "root",
-        STANDARD_POOLS,
-        Fake::new(standard_domains()),
-        opts,
-    )
-    .await;
+    let a = Agent::standard_opts(dir.path(), opts).await;
     async fn closed(s: &mut tokio::net::UnixStream, within: Duration) -> Option<Vec<u8>> {
         let mut buf = Vec::new();
         match tokio::time::timeout(within, s.read_to_end(&mut buf)).await {
@@ -1096,15 +891,7 @@ async fn connections_over_the_cap_close_the_quietest_or_are_refused() {
 async fn cached_reads_follow_changes_and_revalidate() {
     let dir = tempfile::tempdir().unwrap();
     let a = Agent::standard(dir.path()).await;
-    let web1 = |v: &Value| -> Value {
-        v["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == "web-1")
-            .unwrap()["reservation"]
-            .clone()
-    };
+    let web1 = |v: &Value| -> Value { named(&v["members"], "web-1")["reservation"].clone() };
 
     // Cached answers carry an ETag; naming it gives 304 without a body.
     let mut tags = Vec::new();
@@ -1132,13 +919,7 @@ async fn cached_reads_follow_changes_and_revalidate() {
     assert_eq!(web1(&v), json!({}));
 
     // A change without waiting: the next read shows it, old tags are stale.
-    let (code, v) = a
-        .call(
-            "POST",
-            "/v1/pools/web/allocate",
-            Some(r#"{"domain":"web-1","vcpus":4}"#),
-        )
-        .await;
+    let (code, v) = allocate_web(&a, r#"{"domain":"web-1","vcpus":4}"#).await;
     assert_eq!(code, 200, "{v}");
     let (code, tag, v) = get_tagged(&a.socket, "/v1/pools/web", Some(&pool_tag)).await;
     assert_eq!(code, 200, "a change must invalidate the ETag");
@@ -1146,29 +927,18 @@ async fn cached_reads_follow_changes_and_revalidate() {
     assert_eq!(web1(&v), json!({"vcpus": 4}));
     assert_eq!(v["reserved"]["vcpus"], 4);
     let (_, _, v) = get_tagged(&a.socket, "/v1/pools", None).await;
-    let web = v["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "web")
-        .unwrap();
+    let web = named(&v["pools"], "web");
     assert_eq!(web1(web), json!({"vcpus": 4}));
     let (_, _, v) = get_tagged(&a.socket, "/v1/domains", None).await;
-    let d = v["domains"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"] == "web-1")
-        .unwrap();
+    let d = named(&v["domains"], "web-1");
     assert_eq!(d["reservation"], json!({"vcpus": 4}));
 
     // With ?wait=true the answer comes after the cycle, and reads already
     // show that cycle and the new reservation.
     let (code, v) = a
-        .call(
-            "POST",
+        .post(
             "/v1/pools/web/allocate?wait=true",
-            Some(r#"{"domain":"web-1","vcpus":6}"#),
+            r#"{"domain":"web-1","vcpus":6}"#,
         )
         .await;
     assert_eq!(code, 200, "{v}");
@@ -1177,12 +947,7 @@ async fn cached_reads_follow_changes_and_revalidate() {
     assert!(st["cycle"].as_u64().unwrap() >= cycle, "{st}");
     let (_, _, v) = get_tagged(&a.socket, "/v1/pools/web", None).await;
     assert_eq!(web1(&v), json!({"vcpus": 6}));
-    let member = v["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "web-1")
-        .unwrap();
+    let member = named(&v["members"], "web-1");
     assert!(member["resources"]["vcpus"]["floor"].as_u64().unwrap() >= 6);
 
     // A cycle alone (no runtime change) publishes a new status: new tag.

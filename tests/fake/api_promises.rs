@@ -7,38 +7,10 @@
 //! and the metrics.
 #![allow(clippy::unwrap_used)]
 
+use crate::support::ctl::*;
 use crate::support::inproc::*;
 use serde_json::{json, Value};
-use std::path::Path;
 use virtpool::api::ServeOptions;
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn ctl(socket: &Path, args: &[&str]) -> Out {
-    let out = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("virtpoolctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env_remove("VIRTPOOL_SOCKET")
-        .output()
-        .await
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
-}
-
-async fn ok(socket: &Path, args: &[&str]) -> String {
-    let o = ctl(socket, args).await;
-    assert_eq!(o.code, 0, "{args:?}: {}{}", o.stdout, o.stderr);
-    o.stdout
-}
 
 /// Every byte but letters, digits and `-_.~` percent-encoded.
 fn enc(s: &str) -> String {
@@ -210,10 +182,9 @@ async fn a_move_is_explicit_everywhere_or_refused_with_one_message() {
     );
     // The body's "move" on POST .../members; moving back to a config pool.
     let (code, v) = a
-        .call(
-            "POST",
+        .post(
             "/v1/pools/db/members",
-            Some(r#"{"domain": "web-2", "move": true}"#),
+            r#"{"domain": "web-2", "move": true}"#,
         )
         .await;
     assert_eq!(code, 200, "{v}");

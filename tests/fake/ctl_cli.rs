@@ -3,60 +3,13 @@
 //! a non-root uid.
 #![allow(clippy::unwrap_used)]
 
+use crate::support::ctl::*;
 use crate::support::inproc::*;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use virtpool::api::ServeOptions;
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn ctl_path() -> std::path::PathBuf {
-    assert_cmd::cargo::cargo_bin("virtpoolctl")
-}
-
-async fn ctl_as(socket: &Path, user: Option<(u32, u32)>, args: &[&str]) -> Out {
-    let mut cmd = match user {
-        None => tokio::process::Command::new(ctl_path()),
-        Some((uid, gid)) => {
-            let mut c = tokio::process::Command::new("setpriv");
-            c.arg(format!("--reuid={uid}"))
-                .arg(format!("--regid={gid}"))
-                .arg("--clear-groups")
-                .arg(ctl_path());
-            c
-        }
-    };
-    let out = cmd
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env_remove("VIRTPOOL_SOCKET")
-        .output()
-        .await
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
-}
-
-async fn ctl(socket: &Path, args: &[&str]) -> Out {
-    ctl_as(socket, None, args).await
-}
 
 /// What a change made without `--wait` prints after its message.
 const SAVED: &str = "change saved; it applies with the next cycle (use --wait to wait for it)\n";
-
-async fn ok(socket: &Path, args: &[&str]) -> String {
-    let o = ctl(socket, args).await;
-    assert_eq!(o.code, 0, "{args:?}: {}{}", o.stdout, o.stderr);
-    o.stdout
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_subcommand_works() {

@@ -3,8 +3,9 @@
 //! visible until a good one.
 #![allow(clippy::unwrap_used)]
 
-use crate::support::fake::Fake;
+use crate::support::fake::{Fake, FakeCtl};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use virtpool::adapters::host::Host;
@@ -12,7 +13,7 @@ use virtpool::adapters::libvirt::worker::HvWorker;
 use virtpool::agent::audit::{AuditLog, EventKind};
 use virtpool::agent::load::LoadError;
 use virtpool::agent::notify::{Notice, RecordingNotifier};
-use virtpool::agent::reconciler::{Reconciler, ReconcilerOptions};
+use virtpool::agent::reconciler::{Handle, Reconciler, ReconcilerOptions};
 use virtpool::agent::state::RuntimeState;
 use virtpool::core::config::Config;
 use virtpool::core::config::ConfigError;
@@ -25,6 +26,39 @@ fn config(text: &str) -> Config {
     .unwrap()
 }
 
+/// A reconciler over a fresh fake hypervisor with no domains and an empty
+/// config; the fake's control comes back with it.
+fn reconciler(opts: ReconcilerOptions) -> (FakeCtl, Reconciler, Handle) {
+    let fake = Fake::new(Vec::new());
+    let ctl = fake.ctl();
+    let hv = HvWorker::spawn(Box::new(fake)).unwrap();
+    let (monitor, handle) = Reconciler::with_options(
+        hv,
+        Host::new().unwrap(),
+        config(""),
+        RuntimeState::new(),
+        opts,
+    );
+    (ctl, monitor, handle)
+}
+
+/// A watchdog of `watchdog` pinging into `rec`.
+fn watched(rec: &Arc<RecordingNotifier>, watchdog: Duration) -> ReconcilerOptions {
+    ReconcilerOptions {
+        notifier: rec.clone(),
+        watchdog: Some(watchdog),
+        ..ReconcilerOptions::default()
+    }
+}
+
+/// Audited into `audit`.
+fn audited(audit: &AuditLog) -> ReconcilerOptions {
+    ReconcilerOptions {
+        audit: audit.clone(),
+        ..ReconcilerOptions::default()
+    }
+}
+
 async fn poll(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -35,22 +69,9 @@ async fn poll(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_hypervisor_stops_the_watchdog_pings() {
-    let fake = Fake::new(Vec::new());
-    let ctl = fake.ctl();
-    let hv = HvWorker::spawn(Box::new(fake)).unwrap();
     let rec = RecordingNotifier::new();
     let watchdog = Duration::from_millis(200);
-    let (monitor, handle) = Reconciler::with_options(
-        hv,
-        Host::new().unwrap(),
-        config(""),
-        RuntimeState::new(),
-        ReconcilerOptions {
-            notifier: rec.clone(),
-            watchdog: Some(watchdog),
-            ..ReconcilerOptions::default()
-        },
-    );
+    let (ctl, monitor, handle) = reconciler(watched(&rec, watchdog));
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(monitor.run(shutdown.clone()));
 
@@ -99,22 +120,9 @@ async fn a_hung_hypervisor_stops_the_watchdog_pings() {
 /// the agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_libvirt_thread_stops_the_watchdog_pings() {
-    let fake = Fake::new(Vec::new());
-    let ctl = fake.ctl();
-    let hv = HvWorker::spawn(Box::new(fake)).unwrap();
     let rec = RecordingNotifier::new();
     let watchdog = Duration::from_millis(200);
-    let (monitor, handle) = Reconciler::with_options(
-        hv,
-        Host::new().unwrap(),
-        config(""),
-        RuntimeState::new(),
-        ReconcilerOptions {
-            notifier: rec.clone(),
-            watchdog: Some(watchdog),
-            ..ReconcilerOptions::default()
-        },
-    );
+    let (ctl, monitor, handle) = reconciler(watched(&rec, watchdog));
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(monitor.run(shutdown.clone()));
     poll("3 pings", Duration::from_secs(10), || {
@@ -138,18 +146,8 @@ async fn a_stopped_libvirt_thread_stops_the_watchdog_pings() {
 
 #[tokio::test]
 async fn a_refused_reload_stays_visible_until_a_good_one() {
-    let hv = HvWorker::spawn(Box::new(Fake::new(Vec::new()))).unwrap();
     let audit = AuditLog::memory();
-    let (monitor, handle) = Reconciler::with_options(
-        hv,
-        Host::new().unwrap(),
-        config(""),
-        RuntimeState::new(),
-        ReconcilerOptions {
-            audit: audit.clone(),
-            ..ReconcilerOptions::default()
-        },
-    );
+    let (_, monitor, handle) = reconciler(audited(&audit));
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(monitor.run(shutdown.clone()));
 
@@ -206,20 +204,8 @@ async fn a_refused_reload_stays_visible_until_a_good_one() {
 
 #[tokio::test]
 async fn libvirt_lost_and_restored_are_audited_once_each() {
-    let fake = Fake::new(Vec::new());
-    let ctl = fake.ctl();
-    let hv = HvWorker::spawn(Box::new(fake)).unwrap();
     let audit = AuditLog::memory();
-    let (mut m, handle) = Reconciler::with_options(
-        hv,
-        Host::new().unwrap(),
-        config(""),
-        RuntimeState::new(),
-        ReconcilerOptions {
-            audit: audit.clone(),
-            ..ReconcilerOptions::default()
-        },
-    );
+    let (ctl, mut m, handle) = reconciler(audited(&audit));
     assert!(m.cycle_once().await.libvirt.connected);
     ctl.set_down(true);
     for _ in 0..3 {

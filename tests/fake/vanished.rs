@@ -4,16 +4,17 @@
 //! observation that fails leaves the last report's domains alone.
 #![allow(clippy::unwrap_used)]
 
-use crate::support::fake::Fake;
+use crate::support::fake::{Fake, FakeCtl};
 use crate::support::inproc::dom;
 use std::path::Path;
 use virtpool::adapters::host::Host;
 use virtpool::adapters::libvirt::worker::HvWorker;
 use virtpool::adapters::libvirt::HvError;
-use virtpool::agent::reconciler::Reconciler;
+use virtpool::agent::reconciler::{Handle, Reconciler};
 use virtpool::agent::report::ActionErrorKind;
 use virtpool::agent::state::RuntimeState;
 use virtpool::core::config::Config;
+use virtpool::core::model::DomainObs;
 
 /// 16 vCPUs for four `v-*` of 1 vCPU (max 8): 4 each while all four run.
 fn config() -> Config {
@@ -24,20 +25,26 @@ fn config() -> Config {
     Config::parse(text, Path::new("vanished.toml")).unwrap()
 }
 
-#[tokio::test]
-async fn a_domain_gone_between_observe_and_apply_fails_cleanly_and_is_forgotten() {
-    let domains: Vec<_> = (1..=4).map(|i| dom(&format!("v-{i}"), 1, 8, 4)).collect();
-    let gone = domains[2].uuid.to_string();
+/// A reconciler over the fake holding `domains`, on [`config`].
+fn reconciler(domains: Vec<DomainObs>, observe_only: bool) -> (FakeCtl, Reconciler, Handle) {
     let fake = Fake::new(domains);
     let ctl = fake.ctl();
     let hv = HvWorker::spawn(Box::new(fake)).unwrap();
-    let (mut m, _h) = Reconciler::new(
+    let (m, h) = Reconciler::new(
         hv,
         Host::new().unwrap(),
         config(),
         RuntimeState::new(),
-        false,
+        observe_only,
     );
+    (ctl, m, h)
+}
+
+#[tokio::test]
+async fn a_domain_gone_between_observe_and_apply_fails_cleanly_and_is_forgotten() {
+    let domains: Vec<_> = (1..=4).map(|i| dom(&format!("v-{i}"), 1, 8, 4)).collect();
+    let gone = domains[2].uuid.to_string();
+    let (ctl, mut m, _h) = reconciler(domains, false);
 
     let ctl2 = ctl.clone();
     let uuid = gone.clone();
@@ -93,14 +100,8 @@ async fn a_domain_gone_between_observe_and_apply_fails_cleanly_and_is_forgotten(
 
 #[tokio::test]
 async fn a_failed_observation_keeps_the_last_domains() {
-    let fake = Fake::new((1..=2).map(|i| dom(&format!("v-{i}"), 1, 8, 4)).collect());
-    let ctl = fake.ctl();
-    let hv = HvWorker::spawn(Box::new(fake)).unwrap();
-    let (mut m, _h) = Reconciler::new(
-        hv,
-        Host::new().unwrap(),
-        config(),
-        RuntimeState::new(),
+    let (ctl, mut m, _h) = reconciler(
+        (1..=2).map(|i| dom(&format!("v-{i}"), 1, 8, 4)).collect(),
         true,
     );
     assert_eq!(m.cycle_once().await.domains.len(), 2);

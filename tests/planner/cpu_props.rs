@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::cpu::{alloc, cpu_pool, global, guest, Sim, CORE};
+use super::rng::Rng;
 use proptest::prelude::*;
 use virtpool::core::config::{Limits, MemoryPolicy};
 use virtpool::core::cpu::CpuQuota;
@@ -12,24 +13,6 @@ use virtpool::core::model::{Action, QuotaScope, Reason, Resource};
 use virtpool::core::planner::testing::{self as t, GIB};
 use virtpool::core::planner::{check_plan, Outcome, Plan};
 use virtpool::core::units::Amount;
-
-/// SplitMix64, seeded by proptest.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-    fn chance(&mut self, pct: u64) -> bool {
-        self.next() % 100 < pct
-    }
-}
 
 /// 1–3 pools managing CPU time only (share or demand), 0–80 guests with
 /// 1–16 vCPUs, unlimited or limited (whole-domain or per-vCPU quota, or

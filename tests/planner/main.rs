@@ -8,3 +8,4 @@ mod cpu_props;
 mod examples;
 mod promises;
 mod props;
+mod rng;

@@ -2,6 +2,7 @@
 //! and pools with 0–300 domains, through the public API only.
 #![allow(clippy::unwrap_used)]
 
+use super::rng::Rng;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use virtpool::core::config::{Config, Limits, MemoryPolicy};
@@ -11,26 +12,6 @@ use virtpool::core::model::{
 use virtpool::core::planner::testing::{self as t, GIB, MIB};
 use virtpool::core::planner::{check_plan, plan, History, Outcome, Plan, PlanInput, Reservations};
 use virtpool::core::units::Amount;
-
-/// SplitMix64: the scenario builder's only source of variety (seeded by
-/// proptest, so failures reproduce).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in lo..=hi.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-    fn chance(&mut self, pct: u64) -> bool {
-        self.next() % 100 < pct
-    }
-}
 
 struct Scenario {
     config: Config,

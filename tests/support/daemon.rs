@@ -29,7 +29,11 @@ pub fn demo_config(dir: &Path, interval: &str, mode: &str) -> PathBuf {
             "interval = \"5s\"",
             &format!("interval = \"{interval}\"\nmode = \"{mode}\""),
         );
-    assert!(text.contains("{config_dir}/api.sock") && text.contains("mode = "));
+    assert!(
+        text.contains("{config_dir}/state")
+            && text.contains("{config_dir}/api.sock")
+            && text.contains("mode = ")
+    );
     let cfg = dir.join("virtpool.toml");
     std::fs::write(&cfg, text).unwrap();
     cfg

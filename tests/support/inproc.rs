@@ -129,12 +129,17 @@ pressure_threshold = 0
 impl Agent {
     /// Starts an agent with the standard domains and pools.
     pub async fn standard(dir: &Path) -> Agent {
+        Agent::standard_opts(dir, ServeOptions::default()).await
+    }
+
+    /// [`Agent::standard`] served with `opts`.
+    pub async fn standard_opts(dir: &Path, opts: ServeOptions) -> Agent {
         Agent::start(
             dir,
             "root",
             STANDARD_POOLS,
             Fake::new(standard_domains()),
-            ServeOptions::default(),
+            opts,
         )
         .await
     }
@@ -231,6 +236,11 @@ impl Agent {
         for t in self.tasks {
             t.await.unwrap();
         }
+    }
+
+    /// `POST path` with the JSON `body`: (status, JSON body).
+    pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        self.call("POST", path, Some(body)).await
     }
 
     /// Raw request: (status, JSON body).

@@ -6,6 +6,7 @@
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 pub mod blackbox;
+pub mod ctl;
 pub mod daemon;
 pub mod fake;
 pub mod inproc;

@@ -35,6 +35,18 @@ impl Agent {
         Self::start_args(dir, config, &[])
     }
 
+    /// [`Agent::start`], then fails unless its socket takes connections
+    /// within 20 s (showing the log).
+    pub fn start_serving(dir: &Path, config: &Path) -> Agent {
+        let mut agent = Self::start(dir, config);
+        assert!(
+            agent.wait_api(Duration::from_secs(20)),
+            "{}",
+            agent.log_text()
+        );
+        agent
+    }
+
     pub fn start_args(dir: &Path, config: &Path, args: &[&str]) -> Agent {
         let n = std::fs::read_dir(dir)
             .map(|r| r.filter_map(Result::ok).count())
