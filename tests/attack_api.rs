@@ -22,6 +22,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "support/daemon.rs"]
+#[allow(dead_code)]
+mod daemon;
+use daemon::{free_port, spawn_logged};
+
 const DEMO: &str = include_str!("../config/demo.toml");
 /// `nobody` / `nogroup` on Debian.
 const NOBODY: u32 = 65534;
@@ -70,14 +75,6 @@ impl Drop for Agent {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Agent {
     /// Starts `virtpoold` on a private copy of the demo host (interval 1 h:
     /// cycles run only when asked). Does not wait for it.
@@ -107,9 +104,8 @@ impl Agent {
         let cfg = dir.path().join("virtpool.toml");
         std::fs::write(&cfg, text).unwrap();
         let log = dir.path().join("virtpoold.log");
-        let f = std::fs::File::create(&log).unwrap();
         let bin = env!("CARGO_BIN_EXE_virtpoold");
-        let mut cmd = match o.nofile {
+        let cmd = match o.nofile {
             Some((soft, hard)) => {
                 let mut c = Command::new("sh");
                 c.arg("-c")
@@ -121,17 +117,7 @@ impl Agent {
             }
             None => Command::new(bin),
         };
-        let child = cmd
-            .arg("--config")
-            .arg(&cfg)
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap();
+        let child = spawn_logged(cmd, &cfg, &[], &log);
         Agent {
             child: Some(child),
             dir,

@@ -3,28 +3,9 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::support::libvirtd::Libvirtd;
+use crate::support::node::{observe_one, set_vcpus};
 use virtpool::adapters::libvirt::{HvError, Hypervisor, Libvirt};
-use virtpool::core::model::{Action, DomainObs, DomainState, Reason};
-
-/// One domain as a full observation reads it.
-fn observe_one(hv: &mut Libvirt, name: &str) -> DomainObs {
-    let doms = hv.observe().unwrap();
-    doms.iter()
-        .find(|d| *d.name == *name)
-        .unwrap_or_else(|| panic!("{name} not observed"))
-        .clone()
-}
-
-fn set_vcpus(uuid: &str, to: u64) -> Action {
-    Action::SetVcpus {
-        uuid: uuid.into(),
-        domain: "dom".into(),
-        from: 0,
-        to,
-        reason: Reason::Share,
-        persist: false,
-    }
-}
+use virtpool::core::model::DomainState;
 
 /// A daemon that dies under a live connection: the next call reports
 /// ConnectionLost, the adapter drops the connection, and `connect()` opens a

@@ -4,6 +4,7 @@
 //! SIGHUP with a broken and a good config, SIGTERM.
 #![allow(clippy::unwrap_used)]
 
+use crate::support::daemon::free_port;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::os::unix::net::UnixDatagram;
@@ -40,15 +41,6 @@ fn assert_stopping_last(file: &Path) {
             .contains("\"event\":\"stopping\""),
         "{audit}"
     );
-}
-
-/// A TCP port free right now on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `GET path` over plain HTTP/1.1 on a connected stream; returns (status

@@ -6,6 +6,7 @@
 //! refused before it would connect.
 
 use crate::support::blackbox::*;
+use crate::support::daemon::spawn_logged;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,17 +27,7 @@ fn setup(dir: &Path, pools: &str) -> PathBuf {
 /// its exit code (`None` if it had to be killed) and its output.
 fn run_to_exit(cfg: &Path, limit: Duration) -> (Option<i32>, String) {
     let out = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(virtpoold())
-        .arg("--config")
-        .arg(cfg)
-        .env("RUST_LOG", "info")
-        .env_remove("JOURNAL_STREAM")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(out.reopen().unwrap())
-        .stderr(out.reopen().unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_logged(Command::new(virtpoold()), cfg, &[], out.path());
     let code = match poll(limit, || child.try_wait().unwrap()) {
         Some(st) => st.code(),
         None => {
@@ -53,6 +44,14 @@ fn run_to_exit(cfg: &Path, limit: Duration) -> (Option<i32>, String) {
 
 fn mode(p: &Path, m: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+}
+
+/// `dir/state`, created with mode 0700.
+fn state_dir(dir: &Path) -> PathBuf {
+    let state = dir.join("state");
+    std::fs::create_dir(&state).unwrap();
+    mode(&state, 0o700);
+    state
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
@@ -135,9 +134,7 @@ fn directories_others_may_write_or_own_are_refused_naming_path_owner_and_mode() 
 fn links_in_place_of_the_state_files_are_not_written_through() {
     let dir = test_dir("links");
     let cfg = setup(dir.path(), "");
-    let state = dir.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    mode(&state, 0o700);
+    let state = state_dir(dir.path());
     let outside = dir.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
     let precious = |n: u32| outside.join(format!("precious-{n}"));
@@ -221,9 +218,7 @@ memory = { budget = \"8GiB\" }
 fn special_and_out_of_range_state_files_are_refused() {
     let dir = test_dir("badstate");
     let cfg = setup(dir.path(), POOLS);
-    let state = dir.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    mode(&state, 0o700);
+    let state = state_dir(dir.path());
     let file = state.join("state.json");
     nix::unistd::mkfifo(&file, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let (code, log) = run_to_exit(&cfg, Duration::from_secs(30));
@@ -257,9 +252,7 @@ fn special_and_out_of_range_state_files_are_refused() {
 fn state_entries_that_do_not_fit_are_set_aside_and_reported() {
     let dir = test_dir("aside");
     let cfg = setup(dir.path(), POOLS);
-    let state = dir.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    mode(&state, 0o700);
+    let state = state_dir(dir.path());
     // The host allocates (64 − 1) × 4 = 252 vCPUs; web takes 8.
     let text = r#"{
   "version": 1,
@@ -344,9 +337,7 @@ fn status_within(sock: &Path, limit: Duration) -> Option<String> {
 fn a_state_with_300000_added_members_starts_in_time() {
     let dir = test_dir("huge");
     let cfg = setup(dir.path(), POOLS);
-    let state = dir.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    mode(&state, 0o700);
+    let state = state_dir(dir.path());
     let names: Vec<String> = (0..300_000).map(|i| format!("vm-{i:06}")).collect();
     let text = serde_json::json!({"version": 1, "added": {"web": names}}).to_string();
     std::fs::write(state.join("state.json"), text).unwrap();

@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use crate::support::node::{dom, observe_one, set_vcpus};
+
 use virtpool::adapters::libvirt::{HvError, Hypervisor, Libvirt};
 use virtpool::core::model::{Action, DomainObs, DomainState, IoTune, Reason};
 
@@ -83,30 +85,8 @@ fn connected() -> (tempfile::TempDir, Libvirt) {
     (dir, hv)
 }
 
-fn find<'a>(doms: &'a [DomainObs], name: &str) -> &'a DomainObs {
-    doms.iter()
-        .find(|d| *d.name == *name)
-        .unwrap_or_else(|| panic!("{name} not observed"))
-}
-
-fn observe_one(hv: &mut Libvirt, name: &str) -> DomainObs {
-    let doms = hv.observe().unwrap();
-    find(&doms, name).clone()
-}
-
 fn vda(d: &DomainObs) -> Option<IoTune> {
     d.disks.iter().find(|d| &*d.target == "vda").unwrap().iotune
-}
-
-fn set_vcpus(uuid: &str, to: u64) -> Action {
-    Action::SetVcpus {
-        uuid: uuid.into(),
-        domain: "dom".into(),
-        from: 0,
-        to,
-        reason: Reason::Share,
-        persist: false,
-    }
 }
 
 fn stats_period(uuid: &str, secs: u32) -> Action {
@@ -178,7 +158,7 @@ fn observe_reads_running_paused_and_shutoff_domains() {
     // Sorted by name, whatever order libvirt lists them in.
     assert!(doms.windows(2).all(|w| w[0].name < w[1].name), "{doms:?}");
 
-    let web = find(&doms, "web-1");
+    let web = dom(&doms, "web-1");
     assert_eq!(&*web.uuid, WEB);
     assert_eq!(web.state, DomainState::Running);
     assert_eq!((web.vcpus, web.vcpus_max), (2, 4));
@@ -214,7 +194,7 @@ fn observe_reads_running_paused_and_shutoff_domains() {
     assert_eq!(web.blkio_weight, Some(0));
     assert_eq!(web.cpu_shares, None);
 
-    let db = find(&doms, "db-1");
+    let db = dom(&doms, "db-1");
     assert_eq!(&*db.uuid, DB);
     assert_eq!(db.state, DomainState::Paused);
     assert_eq!((db.vcpus, db.vcpus_max), (2, 2));
@@ -223,7 +203,7 @@ fn observe_reads_running_paused_and_shutoff_domains() {
     assert_eq!(db.disks.len(), 1);
     assert_eq!(db.disks[0].iotune, Some(IoTune::default()));
 
-    let off = find(&doms, "off-1");
+    let off = dom(&doms, "off-1");
     assert_eq!(&*off.uuid, OFF);
     assert_eq!(off.state, DomainState::Shutoff);
     assert_eq!(off.vcpus, 0, "shut-off domains have no live vCPUs");

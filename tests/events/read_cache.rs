@@ -19,6 +19,7 @@ use virtpool::adapters::libvirt::{ffi, Hypervisor, Libvirt};
 use virtpool::core::model::{Action, DomainObs, IoTune};
 
 use crate::support::libvirtd::Libvirtd;
+use crate::support::node::dom;
 
 const MIB: u64 = 1 << 20;
 
@@ -103,12 +104,8 @@ impl Setup {
     }
 }
 
-fn find<'a>(obs: &'a [DomainObs], name: &str) -> &'a DomainObs {
-    obs.iter().find(|d| &*d.name == name).unwrap()
-}
-
 fn disk_limit(obs: &[DomainObs], name: &str) -> u64 {
-    find(obs, name).disks[0].iotune.unwrap().total_bytes_sec
+    dom(obs, name).disks[0].iotune.unwrap().total_bytes_sec
 }
 
 /// Waits for an event of `kind` about `uuid` (the callbacks have run).
@@ -156,8 +153,8 @@ fn slow_facts_are_read_again_after_an_event_an_own_write_or_the_resync() {
         0,
         "cached until something says otherwise"
     );
-    assert_eq!(find(&obs, "d1").blkio_weight, Some(0));
-    assert_eq!(find(&obs, "d1").vcpus, 3, "vCPUs are read every cycle");
+    assert_eq!(dom(&obs, "d1").blkio_weight, Some(0));
+    assert_eq!(dom(&obs, "d1").vcpus, 3, "vCPUs are read every cycle");
 
     // An event about d0 (its metadata) makes it read again: the new pool
     // and the I/O limit set before both show.
@@ -165,9 +162,9 @@ fn slow_facts_are_read_again_after_an_event_an_own_write_or_the_resync() {
     wait_event(&mut rx, &uuid(0), LifecycleKind::MetadataChanged);
     let obs = hv.observe().unwrap();
     assert_eq!(hv.last_full_reads(), 1, "d0 only");
-    assert_eq!(find(&obs, "d0").metadata_pool.as_deref(), Some("web"));
+    assert_eq!(dom(&obs, "d0").metadata_pool.as_deref(), Some("web"));
     assert_eq!(disk_limit(&obs, "d0"), MIB);
-    assert_eq!(find(&obs, "d1").blkio_weight, Some(0), "d1 still cached");
+    assert_eq!(dom(&obs, "d1").blkio_weight, Some(0), "d1 still cached");
 
     // The agent's own write: what it wrote is read back on the next
     // observation, and only that (the weight changed behind the agent's
@@ -183,7 +180,7 @@ fn slow_facts_are_read_again_after_an_event_an_own_write_or_the_resync() {
     .unwrap();
     let obs = hv.observe().unwrap();
     assert_eq!(disk_limit(&obs, "d1"), 2 * MIB);
-    assert_eq!(find(&obs, "d1").blkio_weight, Some(0), "not read with it");
+    assert_eq!(dom(&obs, "d1").blkio_weight, Some(0), "not read with it");
 
     // A lifecycle event (suspend) marks the domain too.
     s.set_limit("d1", 3 * MIB);
@@ -191,7 +188,7 @@ fn slow_facts_are_read_again_after_an_event_an_own_write_or_the_resync() {
     wait_event(&mut rx, &uuid(1), LifecycleKind::Suspended);
     let obs = hv.observe().unwrap();
     assert_eq!(disk_limit(&obs, "d1"), 3 * MIB);
-    assert_eq!(find(&obs, "d1").blkio_weight, Some(300), "read in full");
+    assert_eq!(dom(&obs, "d1").blkio_weight, Some(300), "read in full");
 
     // No event at all: seen once the resync interval has passed.
     s.set_limit("d0", 5 * MIB);
@@ -219,7 +216,7 @@ fn without_events_or_with_a_zero_resync_everything_is_read_every_time() {
     for hv in [&mut no_events, &mut zero] {
         let obs = hv.observe().unwrap();
         assert_eq!(disk_limit(&obs, "d0"), 7 * MIB);
-        assert_eq!(find(&obs, "d0").blkio_weight, Some(700));
+        assert_eq!(dom(&obs, "d0").blkio_weight, Some(700));
     }
 }
 

@@ -39,6 +39,33 @@ pub fn demo_config(dir: &Path, interval: &str, mode: &str) -> PathBuf {
     cfg
 }
 
+/// A TCP port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Spawns `cmd` (the `virtpoold` binary, or a shell that execs it) with
+/// `--config CONFIG ARGS`: logging at `info` into the new file `log`, stdin
+/// from /dev/null, no systemd notify socket or journal stream.
+pub fn spawn_logged(mut cmd: Command, config: &Path, args: &[&str], log: &Path) -> Child {
+    let f = std::fs::File::create(log).unwrap();
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap()
+}
+
 pub struct Daemon {
     pub child: Option<Child>,
     pub sock: PathBuf,

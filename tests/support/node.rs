@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 use virtpool::adapters::host::Host;
 use virtpool::adapters::libvirt::worker::HvWorker;
-use virtpool::adapters::libvirt::Libvirt;
+use virtpool::adapters::libvirt::{Hypervisor, Libvirt};
 use virtpool::agent::reconciler::Reconciler;
 use virtpool::agent::report::Report;
 use virtpool::agent::state::RuntimeState;
 use virtpool::core::config::Config;
-use virtpool::core::model::DomainObs;
+use virtpool::core::model::{Action, DomainObs, Reason};
 
 /// Absolute path of a fixture under tests/fixtures.
 pub fn fixture(name: &str) -> PathBuf {
@@ -54,6 +54,24 @@ pub fn dom<'a>(doms: &'a [DomainObs], name: &str) -> &'a DomainObs {
     doms.iter()
         .find(|d| *d.name == *name)
         .unwrap_or_else(|| panic!("no domain {name}"))
+}
+
+/// One domain as a full observation on `hv` reads it.
+pub fn observe_one(hv: &mut Libvirt, name: &str) -> DomainObs {
+    let doms = hv.observe().unwrap();
+    dom(&doms, name).clone()
+}
+
+/// A live (not persisted) vCPU change of the domain `uuid` to `to`.
+pub fn set_vcpus(uuid: &str, to: u64) -> Action {
+    Action::SetVcpus {
+        uuid: uuid.into(),
+        domain: "dom".into(),
+        from: 0,
+        to,
+        reason: Reason::Share,
+        persist: false,
+    }
 }
 
 /// Every domain as a fresh connection to a fixture node sees it.

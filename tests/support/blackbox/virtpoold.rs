@@ -3,11 +3,12 @@
 
 use super::checker::Host2;
 use super::MIB;
+use crate::support::daemon::spawn_logged;
 use crate::support::libvirtd::poll;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- virtpoold
@@ -52,19 +53,7 @@ impl Agent {
             .map(|r| r.filter_map(Result::ok).count())
             .unwrap_or(0);
         let log = dir.join(format!("virtpoold.{n}.log"));
-        let f = std::fs::File::create(&log).unwrap();
-        let child = Command::new(virtpoold())
-            .arg("--config")
-            .arg(config)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap();
+        let child = spawn_logged(Command::new(virtpoold()), config, args, &log);
         Agent {
             child: Some(child),
             config: config.to_owned(),
