@@ -104,14 +104,7 @@ fn hour(s: &Samples, r: &mut Report, start: u64) -> f64 {
         r.last_cycle = Some(CycleInfo {
             finished_at: start + i * 10,
             duration_ms: 1.0,
-            observe_ms: 0.0,
-            plan_ms: 0.0,
-            enforce_ms: 0.0,
-            libvirt_reads: 0,
-            libvirt_writes: 0,
-            actions: 0,
-            failed: 0,
-            scope: None,
+            ..Default::default()
         });
         s.record(r);
     }

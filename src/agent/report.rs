@@ -29,7 +29,7 @@ pub struct LibvirtStatus {
 }
 
 /// Facts about the last finished cycle.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CycleInfo {
     /// Wall-clock end of the cycle, seconds since the Unix epoch.
     pub finished_at: u64,

@@ -293,14 +293,7 @@ mod tests {
             last_cycle: Some(CycleInfo {
                 finished_at: time,
                 duration_ms: 1.0,
-                observe_ms: 0.0,
-                plan_ms: 0.0,
-                enforce_ms: 0.0,
-                libvirt_reads: 0,
-                libvirt_writes: 0,
-                actions: 0,
-                failed: 0,
-                scope: None,
+                ..Default::default()
             }),
             plan: Some(Plan {
                 allocatable: Default::default(),

@@ -15,6 +15,7 @@ use crate::core::config::{self, Config};
 use crate::core::membership::Membership;
 use crate::core::model::{PerResource, Resource};
 use crate::core::planner::reserve;
+use crate::core::words;
 
 /// `PUT /v1/pools/{pool}`. A domain it lists that is in another pool is
 /// moved with `"move": true`, refused without (see [`moves`]).
@@ -435,7 +436,7 @@ fn reservation_outcome(
         message: format!(
             "reservation of {:?} in pool {pool:?} {done} {}",
             m.name,
-            describe(&new)
+            words::amounts(&new)
         ),
         value: ReservationResponse {
             pool: pool.to_string(),
@@ -444,18 +445,6 @@ fn reservation_outcome(
             changed,
             cycle: None,
         },
-    }
-}
-
-fn describe(r: &PerResource<Option<u64>>) -> String {
-    let parts: Vec<String> = Resource::ALL
-        .iter()
-        .filter_map(|x| r.get(*x).map(|v| format!("{x} {}", x.human(v))))
-        .collect();
-    if parts.is_empty() {
-        "none".into()
-    } else {
-        parts.join(", ")
     }
 }
 

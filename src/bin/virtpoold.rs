@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use virtpool::adapters::host::Host;
 use virtpool::adapters::libvirt::worker::HvWorker;
@@ -56,43 +57,20 @@ fn main() -> ExitCode {
         return check_config(&args.config, &cfg, &alloc);
     }
     if args.reset_state {
-        match RuntimeState::reset(&cfg.agent.state_dir) {
-            Ok(Some(aside)) => eprintln!(
-                "virtpoold: runtime state moved aside to {}",
-                aside.display()
-            ),
-            Ok(None) => {}
-            Err(e) => {
-                eprintln!("virtpoold: {e}");
-                return ExitCode::from(state_exit(&e));
-            }
+        let dir = &cfg.agent.state_dir;
+        if let Err(code) = moved_aside("runtime state", RuntimeState::reset(dir)) {
+            return code;
         }
         // The planner's saved history is kept unless it cannot be read.
-        if SavedHistory::load(&cfg.agent.state_dir).is_err() {
-            match SavedHistory::reset(&cfg.agent.state_dir) {
-                Ok(Some(aside)) => eprintln!(
-                    "virtpoold: unreadable saved history moved aside to {}",
-                    aside.display()
-                ),
-                Ok(None) => {}
-                Err(e) => {
-                    eprintln!("virtpoold: {e}");
-                    return ExitCode::from(state_exit(&e));
-                }
+        if SavedHistory::load(dir).is_err() {
+            if let Err(code) = moved_aside("unreadable saved history", SavedHistory::reset(dir)) {
+                return code;
             }
         }
         // Held vCPU changes are kept unless their file cannot be read.
-        if VcpuHolds::load(&cfg.agent.state_dir).is_err() {
-            match VcpuHolds::reset(&cfg.agent.state_dir) {
-                Ok(Some(aside)) => eprintln!(
-                    "virtpoold: unreadable vCPU holds moved aside to {}",
-                    aside.display()
-                ),
-                Ok(None) => {}
-                Err(e) => {
-                    eprintln!("virtpoold: {e}");
-                    return ExitCode::from(state_exit(&e));
-                }
+        if VcpuHolds::load(dir).is_err() {
+            if let Err(code) = moved_aside("unreadable vCPU holds", VcpuHolds::reset(dir)) {
+                return code;
             }
         }
     }
@@ -221,6 +199,22 @@ fn check_config(path: &std::path::Path, cfg: &Config, alloc: &Allocatable) -> Ex
         virtpool::core::units::human_bytes(alloc.memory)
     );
     ExitCode::SUCCESS
+}
+
+/// `--reset-state`: says where `what` was moved aside, if it was; a
+/// failure is said and becomes the exit status.
+fn moved_aside(what: &str, reset: Result<Option<PathBuf>, StateError>) -> Result<(), ExitCode> {
+    match reset {
+        Ok(Some(aside)) => {
+            eprintln!("virtpoold: {what} moved aside to {}", aside.display());
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => {
+            eprintln!("virtpoold: {e}");
+            Err(ExitCode::from(state_exit(&e)))
+        }
+    }
 }
 
 /// The exit status of a state error: [`exit::CONFIG`] when the operator

@@ -4,7 +4,7 @@
 use crate::api::types::{
     ChangeResponse, CycleResult, ReconcileResponse, ReloadResponse, ReservationResponse,
 };
-use crate::cli::views_text::describe;
+use crate::core::words;
 
 /// What a change without `--wait` prints after its message.
 const SAVED: &str = "change saved; it applies with the next cycle (use --wait to wait for it)\n";
@@ -47,7 +47,7 @@ pub fn render_reservation(r: &ReservationResponse, waited: bool) -> String {
         "{} in pool {}: reservation {}{}\n",
         r.domain,
         r.pool,
-        describe(&r.reservation),
+        words::amounts(&r.reservation),
         if r.changed { "" } else { " (unchanged)" }
     );
     s.push_str(&render_waited(waited, r.changed, r.cycle.as_ref()));

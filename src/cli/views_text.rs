@@ -5,26 +5,13 @@ use crate::api::types::{
     DomainView, DomainsResponse, PlanResponse, PoolSource, PoolView, PoolsResponse, StatusResponse,
 };
 use crate::cli::report::{self, header, table};
-use crate::core::model::{PerResource, Resource};
-use crate::core::units;
+use crate::core::model::Resource;
+use crate::core::{units, words};
 use std::fmt::Write as _;
 
 /// An amount in `r`'s unit, or `-` when there is none.
 pub fn opt(r: Resource, v: Option<u64>) -> String {
     v.map_or("-".into(), |v| r.human(v))
-}
-
-/// The amounts set, by resource (`vcpus 2, memory 4.0 GiB`), or `none`.
-pub fn describe(r: &PerResource<Option<u64>>) -> String {
-    let parts: Vec<String> = Resource::ALL
-        .iter()
-        .filter_map(|x| r.get(*x).map(|v| format!("{x} {}", x.human(v))))
-        .collect();
-    if parts.is_empty() {
-        "none".into()
-    } else {
-        parts.join(", ")
-    }
 }
 
 /// `status`: the agent, libvirt, the last cycle, the host and the counts.
@@ -340,7 +327,7 @@ pub fn render_domain(d: &DomainView) -> String {
                 d.disks.join(", ")
             },
         ],
-        vec!["reservation".into(), describe(&d.reservation)],
+        vec!["reservation".into(), words::amounts(&d.reservation)],
     ];
     if d.cpu_used.is_some() || d.cpu_limit.is_some() {
         rows.insert(

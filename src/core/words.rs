@@ -1,7 +1,7 @@
 //! How amounts and actions read to a person: one wording for the tables,
 //! the logs and the audit log.
 
-use crate::core::model::{Action, IoTune, Resource};
+use crate::core::model::{Action, IoTune, PerResource, Resource};
 
 /// Binary units from the largest down, with their power of two.
 const UNITS: [(&str, u32); 6] = [
@@ -12,6 +12,19 @@ const UNITS: [(&str, u32); 6] = [
     ("MiB", 20),
     ("KiB", 10),
 ];
+
+/// The amounts set, by resource (`vcpus 2, memory 4.0 GiB`), or `none`.
+pub fn amounts(r: &PerResource<Option<u64>>) -> String {
+    let parts: Vec<String> = Resource::ALL
+        .iter()
+        .filter_map(|x| r.get(*x).map(|v| format!("{x} {}", x.human(v))))
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
 
 /// The two ends of a change of `r` as a person reads them: as
 /// [`Resource::human`] writes them, unless two different amounts would

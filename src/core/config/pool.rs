@@ -339,29 +339,24 @@ trait ResourceKeys {
     fn keys(&self) -> Keys<'_>;
 }
 
-impl ResourceKeys for PoolSpec {
-    fn keys(&self) -> Keys<'_> {
-        (
-            &self.vcpus,
-            &self.memory,
-            &self.disk_bytes_sec,
-            &self.disk_iops_sec,
-            &self.cpu,
-        )
-    }
+/// Both have the five keys as fields of the same names.
+macro_rules! resource_keys {
+    ($($t:ty),*) => {$(
+        impl ResourceKeys for $t {
+            fn keys(&self) -> Keys<'_> {
+                (
+                    &self.vcpus,
+                    &self.memory,
+                    &self.disk_bytes_sec,
+                    &self.disk_iops_sec,
+                    &self.cpu,
+                )
+            }
+        }
+    )*};
 }
 
-impl ResourceKeys for MemberSpec {
-    fn keys(&self) -> Keys<'_> {
-        (
-            &self.vcpus,
-            &self.memory,
-            &self.disk_bytes_sec,
-            &self.disk_iops_sec,
-            &self.cpu,
-        )
-    }
-}
+resource_keys!(PoolSpec, MemberSpec);
 
 /// The resources `spec` writes, in [`Resource::ALL`] order.
 fn written(spec: &impl ResourceKeys) -> impl Iterator<Item = (Resource, Written)> {
