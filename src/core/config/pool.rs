@@ -340,23 +340,29 @@ trait ResourceKeys {
 }
 
 /// Both have the five keys as fields of the same names.
-macro_rules! resource_keys {
-    ($($t:ty),*) => {$(
-        impl ResourceKeys for $t {
-            fn keys(&self) -> Keys<'_> {
-                (
-                    &self.vcpus,
-                    &self.memory,
-                    &self.disk_bytes_sec,
-                    &self.disk_iops_sec,
-                    &self.cpu,
-                )
-            }
-        }
-    )*};
+impl ResourceKeys for PoolSpec {
+    fn keys(&self) -> Keys<'_> {
+        (
+            &self.vcpus,
+            &self.memory,
+            &self.disk_bytes_sec,
+            &self.disk_iops_sec,
+            &self.cpu,
+        )
+    }
 }
 
-resource_keys!(PoolSpec, MemberSpec);
+impl ResourceKeys for MemberSpec {
+    fn keys(&self) -> Keys<'_> {
+        (
+            &self.vcpus,
+            &self.memory,
+            &self.disk_bytes_sec,
+            &self.disk_iops_sec,
+            &self.cpu,
+        )
+    }
+}
 
 /// The resources `spec` writes, in [`Resource::ALL`] order.
 fn written(spec: &impl ResourceKeys) -> impl Iterator<Item = (Resource, Written)> {
