@@ -12,7 +12,7 @@
 
 use crate::core::cpu::used_millicores;
 use crate::core::model::DomainObs;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,11 +40,12 @@ impl CpuUse {
     /// `fresh` (`None`: all were read now), and forgets the domains that
     /// are gone or stopped.
     pub fn fill(&mut self, domains: &mut [DomainObs], fresh: Option<&[String]>, now: Instant) {
-        self.samples.retain(|u, _| {
-            domains
-                .iter()
-                .any(|d| *d.uuid == **u && d.state.is_active() && d.cpu_time.is_some())
-        });
+        let tracked: HashSet<&str> = domains
+            .iter()
+            .filter(|d| d.state.is_active() && d.cpu_time.is_some())
+            .map(|d| &*d.uuid)
+            .collect();
+        self.samples.retain(|u, _| tracked.contains(&**u));
         for d in domains.iter_mut() {
             let Some(time) = d.cpu_time.filter(|_| d.state.is_active()) else {
                 continue;

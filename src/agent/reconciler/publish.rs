@@ -391,8 +391,14 @@ impl Publisher {
         };
         let holds = VcpuHolds::from_pending(&history.vcpu_pending);
         let holds = (holds.holds != self.saved_holds.holds).then_some(holds);
-        let saved =
-            (!SavedHistory::same_part(&self.saved_history, history)).then(|| Arc::clone(history));
+        let saved = if SavedHistory::same_part(&self.saved_history, history) {
+            // Nothing to write. Hold this cycle's history rather than the
+            // one it replaced: that one would stay alive as a second copy.
+            self.saved_history = Arc::clone(history);
+            None
+        } else {
+            Some(Arc::clone(history))
+        };
         if holds.is_none() && saved.is_none() {
             return;
         }
