@@ -63,6 +63,13 @@ pub struct PoolDiff {
     pub members: Vec<MemberDiff>,
 }
 
+impl PoolDiff {
+    /// The difference of resource `r`, if it has one.
+    pub fn resource(&self, r: Resource) -> Option<&ResourceDiff> {
+        self.resources.iter().find(|x| x.resource == r)
+    }
+}
+
 /// One resource of one pool, before and after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceDiff {
@@ -340,11 +347,7 @@ mod tests {
         let d = diff(&today, &after);
         assert_eq!(d.pools.len(), 1);
         let web = &d.pools[0];
-        let mem = web
-            .resources
-            .iter()
-            .find(|r| r.resource == Resource::Memory)
-            .unwrap();
+        let mem = web.resource(Resource::Memory).unwrap();
         assert_eq!(
             (mem.budget_before, mem.budget_after),
             (Some(16 * GIB), Some(12 * GIB))
@@ -372,11 +375,7 @@ mod tests {
         let d = diff(&today, &after);
         assert_eq!(d.budgets_short, 1, "{d:?}");
         assert!(d.unadmitted >= 1, "{d:?}");
-        let mem = d.pools[0]
-            .resources
-            .iter()
-            .find(|r| r.resource == Resource::Memory)
-            .unwrap();
+        let mem = d.pools[0].resource(Resource::Memory).unwrap();
         assert!(!mem.fits_after && mem.floors_after == 4 * GIB, "{mem:?}");
         assert!(d.pools[0].members.iter().any(|m| m.becomes_unadmitted()));
     }

@@ -119,16 +119,13 @@ pub fn action(a: &Action) -> String {
             "blkio weight {} → {to}",
             from.map_or("?".into(), |v| v.to_string())
         ),
-        Action::SetCpuQuota {
-            from,
-            to,
-            was,
-            quota,
-            reason,
-            ..
-        } => {
-            let (f, t) = cpu_change(*from, *to, *was, *quota);
-            format!("cpu {f} → {t} ({reason})")
+        Action::SetCpuQuota { .. } => {
+            let Change {
+                before,
+                after,
+                reason,
+            } = action_change(a);
+            format!("cpu {before} → {after} ({reason})")
         }
         Action::SetStatsPeriod { secs, .. } => format!("balloon stats period {secs} s"),
     }
@@ -221,7 +218,7 @@ pub fn action_change(a: &Action) -> Change {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::Reason;
+    use crate::core::model::{CpuQuota, QuotaScope, Reason};
 
     #[test]
     fn a_change_shows_its_move() {
@@ -277,5 +274,18 @@ mod tests {
             persist: false,
         };
         assert_eq!(action(&a), "memory 5.30 GiB → 5.34 GiB (share)");
+        // A CPU-time limit reads as its change does.
+        let scope = QuotaScope::Global;
+        let a = Action::SetCpuQuota {
+            uuid: "u".into(),
+            domain: "web-1".into(),
+            from: 4000,
+            to: 1500,
+            was: Some(CpuQuota::unlimited(scope)),
+            quota: CpuQuota::for_limit(1500, 4, scope),
+            reason: Reason::Share,
+            persist: false,
+        };
+        assert_eq!(action(&a), "cpu no limit → 1.5 cores (share)");
     }
 }

@@ -43,18 +43,14 @@ impl HostConfig {
     /// its key (empty when they fit).
     pub(super) fn reservation_problems(&self, cap: &HostCapacity) -> Vec<String> {
         let mut problems = Vec::new();
-        let (cpus, cpus_from) = self
-            .cpus
-            .map_or((cap.cpus, "measured"), |c| (c, "host.cpus"));
+        let (cpus, cpus_from) = declared_or_measured(self.cpus, "host.cpus", cap.cpus);
         if self.reserved_cpus > cpus {
             problems.push(format!(
                 "host.reserved_cpus ({}) is more than the host's {cpus} CPUs ({cpus_from})",
                 self.reserved_cpus
             ));
         }
-        let (mem, mem_from) = self
-            .memory
-            .map_or((cap.memory_total, "measured"), |m| (m, "host.memory"));
+        let (mem, mem_from) = declared_or_measured(self.memory, "host.memory", cap.memory_total);
         if self.reserved_memory > mem {
             problems.push(format!(
                 "host.reserved_memory ({}) is more than the host's memory, {} ({mem_from})",
@@ -95,6 +91,16 @@ impl HostConfig {
                 .saturating_mul(cpu::MILLI),
         }
     }
+}
+
+/// The amount declared under `key`, else the one measured, with where it
+/// comes from (`key` or `measured`).
+fn declared_or_measured(
+    declared: Option<u64>,
+    key: &'static str,
+    measured: u64,
+) -> (u64, &'static str) {
+    declared.map_or((measured, "measured"), |v| (v, key))
 }
 
 /// `[host]`, checked.

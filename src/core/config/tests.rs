@@ -1,13 +1,24 @@
 //! Parsing and validation of whole config files, checked against the messages operators read.
 
 use super::*;
-use crate::core::model::{HostCapacity, Resource};
+use crate::core::model::Resource;
+use crate::core::planner::testing::host;
 use crate::core::units::Amount;
 use std::path::Path;
 use std::time::Duration;
 
 fn parse(s: &str) -> Result<Config, ConfigError> {
     Config::parse(s, Path::new("/etc/virtpool/virtpool.toml"))
+}
+
+/// The message of a file that must be refused, checked to contain each
+/// of `wants`.
+fn refused(text: &str, wants: &[&str]) -> String {
+    let e = parse(text).unwrap_err().to_string();
+    for want in wants {
+        assert!(e.contains(want), "{text:?}: {e}");
+    }
+    e
 }
 
 #[test]
@@ -25,12 +36,7 @@ fn defaults() {
     );
     assert_eq!(c.agent.api_group, "libvirt");
     assert_eq!(c.tuning, Tuning::default());
-    let cap = HostCapacity {
-        cpus: 16,
-        memory_total: 65 << 30,
-        memory_available: 60 << 30,
-    };
-    let a = c.host.allocatable(&cap);
+    let a = c.host.allocatable(&host(16, 65 << 30));
     assert_eq!(a.vcpus, 60);
     assert_eq!(a.memory, 64 << 30);
 }
@@ -68,81 +74,62 @@ memory = { min = "4GiB", shares = 3000 }
 
 #[test]
 fn min_above_max_names_file_and_key() {
-    let e =
-        parse("[pools.web]\nmemory = { budget = \"32GiB\", min = \"12GiB\", max = \"8GiB\" }\n")
-            .unwrap_err()
-            .to_string();
-    assert!(e.starts_with("/etc/virtpool/virtpool.toml: "), "{e}");
-    assert!(
-        e.contains(r#"pool "web": memory.min (12.0 GiB) exceeds memory.max (8.0 GiB)"#),
-        "{e}"
+    let e = refused(
+        "[pools.web]\nmemory = { budget = \"32GiB\", min = \"12GiB\", max = \"8GiB\" }\n",
+        &[r#"pool "web": memory.min (12.0 GiB) exceeds memory.max (8.0 GiB)"#],
     );
+    assert!(e.starts_with("/etc/virtpool/virtpool.toml: "), "{e}");
 }
 
 #[test]
 fn unknown_key_rejected() {
-    let e = parse("[agent]\nintervall = \"10s\"\n")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("intervall"), "{e}");
-    assert!(e.contains("virtpool.toml"), "{e}");
-    let e = parse("[pools.a.vcpus]\nbudget = 2\nmaxx = 3\n")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("maxx"), "{e}");
+    refused(
+        "[agent]\nintervall = \"10s\"\n",
+        &["intervall", "virtpool.toml"],
+    );
+    refused("[pools.a.vcpus]\nbudget = 2\nmaxx = 3\n", &["maxx"]);
 }
 
 #[test]
 fn bad_units_rejected() {
-    let e = parse("[agent]\ninterval = \"soon\"\n")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("interval") && e.contains("soon"), "{e}");
-    let e = parse("[agent]\nresync_interval = \"often\"\n")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("resync_interval"), "{e}");
+    refused("[agent]\ninterval = \"soon\"\n", &["interval", "soon"]);
+    refused(
+        "[agent]\nresync_interval = \"often\"\n",
+        &["resync_interval"],
+    );
     let c = parse("[agent]\naudit_max_size = \"1MiB\"\naudit_keep = 0\n").unwrap();
     assert_eq!((c.agent.audit_max_bytes, c.agent.audit_keep), (1 << 20, 0));
-    let e = parse("[agent]\naudit_max_size = \"4KiB\"\naudit_keep = 1000\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("agent.audit_max_size (4.0 KiB) is below")
-            && e.contains("agent.audit_keep (1000)"),
-        "{e}"
+    refused(
+        "[agent]\naudit_max_size = \"4KiB\"\naudit_keep = 1000\n",
+        &[
+            "agent.audit_max_size (4.0 KiB) is below",
+            "agent.audit_keep (1000)",
+        ],
     );
-    let e = parse("[pools.a]\nmemory = { budget = \"-4GiB\" }\n")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("negative"), "{e}");
-    let e = parse("[pools.a]\nvcpus = { budget = -4 }\n")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("negative"), "{e}");
+    refused(
+        "[pools.a]\nmemory = { budget = \"-4GiB\" }\n",
+        &["negative"],
+    );
+    refused("[pools.a]\nvcpus = { budget = -4 }\n", &["negative"]);
 }
 
 #[test]
 fn member_budget_and_missing_budget_rejected() {
-    let e = parse("[pools.a]\nvcpus = { min = 1 }\n")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains(r#"pool "a": vcpus.budget is missing"#), "{e}");
-    let e =
-        parse("[pools.a]\nvcpus = { budget = 4 }\n[pools.a.members.x]\nvcpus = { budget = 2 }\n")
-            .unwrap_err()
-            .to_string();
-    assert!(e.contains("budgets are per pool"), "{e}");
+    refused(
+        "[pools.a]\nvcpus = { min = 1 }\n",
+        &[r#"pool "a": vcpus.budget is missing"#],
+    );
+    refused(
+        "[pools.a]\nvcpus = { budget = 4 }\n[pools.a.members.x]\nvcpus = { budget = 2 }\n",
+        &["budgets are per pool"],
+    );
 }
 
 #[test]
 fn domain_in_two_pools_rejected() {
-    let e = parse("[pools.a]\ndomains = [\"x\"]\n[pools.b]\ndomains = [\"x\"]\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains(r#"domain "x" is listed in pool "a" and pool "b""#),
-        "{e}"
+    refused(
+        "[pools.a]\ndomains = [\"x\"]\n[pools.b]\ndomains = [\"x\"]\n",
+        &[r#"domain "x" is listed in pool "a" and pool "b""#],
     );
 }
 
@@ -152,12 +139,7 @@ fn budgets_over_allocatable_name_numbers() {
             "[host]\ncpus = 5\n[pools.a]\nvcpus = { budget = 10 }\n[pools.b]\nvcpus = { budget = \"50%\" }\n",
         )
         .unwrap();
-    let cap = HostCapacity {
-        cpus: 2,
-        memory_total: 8 << 30,
-        memory_available: 4 << 30,
-    };
-    let alloc = c.host.allocatable(&cap);
+    let alloc = c.host.allocatable(&host(2, 8 << 30));
     assert_eq!(alloc.vcpus, 16);
     let e = c.check_budgets(&alloc).unwrap_err().to_string();
     assert!(
@@ -168,31 +150,24 @@ fn budgets_over_allocatable_name_numbers() {
 
 #[test]
 fn bad_glob_and_log_filter_rejected() {
-    let e = parse("[pools.web]\nmatch = [\"web-*\", \"web-[0-9\"]\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-            e.contains(r#"pool "web": match pattern "web-[0-9" is invalid: '[' without a closing ']' (at character 5)"#),
-            "{e}"
-        );
-    let e = parse("[agent]\nlog_level = \"virtpool=loud\"\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains(r#"agent.log_level ("virtpool=loud") is not a valid log filter"#),
-        "{e}"
+    refused(
+        "[pools.web]\nmatch = [\"web-*\", \"web-[0-9\"]\n",
+        &[
+            r#"pool "web": match pattern "web-[0-9" is invalid: '[' without a closing ']' (at character 5)"#,
+        ],
+    );
+    refused(
+        "[agent]\nlog_level = \"virtpool=loud\"\n",
+        &[r#"agent.log_level ("virtpool=loud") is not a valid log filter"#],
     );
     assert!(parse("[agent]\nlog_level = \"warn,virtpool=debug\"\n").is_ok());
 }
 
 #[test]
 fn durations_and_sizes_out_of_range_name_key_value_and_range() {
-    let e = parse("[agent]\nresync_interval = \"18446744073709551615s\"\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("agent.resync_interval (") && e.contains("is out of range: 0s to 1day"),
-        "{e}"
+    refused(
+        "[agent]\nresync_interval = \"18446744073709551615s\"\n",
+        &["agent.resync_interval (", "is out of range: 0s to 1day"],
     );
     for (text, key) in [
         ("[agent]\ninterval = \"2days\"\n", "agent.interval (2days)"),
@@ -237,8 +212,7 @@ fn durations_and_sizes_out_of_range_name_key_value_and_range() {
             "pool \"a\": memory.max (9223372036854775808) is out of range",
         ),
     ] {
-        let e = parse(text).unwrap_err().to_string();
-        assert!(e.contains(key), "{text}: {e}");
+        let e = refused(text, &[key]);
         assert!(e.starts_with("/etc/virtpool/virtpool.toml: "), "{e}");
     }
     // The ends of the ranges are accepted.
@@ -268,12 +242,10 @@ fn paths_that_cannot_work_are_refused() {
         ),
         ("[api]\ngroup = \"\"\n", "api.group is empty"),
     ] {
-        let e = parse(text).unwrap_err().to_string();
-        assert!(e.contains(want), "{text}: {e}");
+        refused(text, &[want]);
     }
     let long = format!("[api]\nsocket = \"/{}\"\n", "s".repeat(120));
-    let e = parse(&long).unwrap_err().to_string();
-    assert!(e.contains("is 121 bytes long"), "{e}");
+    refused(&long, &["is 121 bytes long"]);
     // {config_dir} makes a relative-looking path absolute.
     let c = parse("[agent]\nstate_dir = \"{config_dir}/state\"\n").unwrap();
     assert!(c.agent.state_dir.is_absolute());
@@ -282,8 +254,7 @@ fn paths_that_cannot_work_are_refused() {
 #[test]
 fn a_file_with_no_settings_is_refused() {
     for text in ["", "\n  \n", "# only a comment\n\n   # another\n"] {
-        let e = parse(text).unwrap_err().to_string();
-        assert!(e.contains("the file has no settings"), "{text:?}: {e}");
+        refused(text, &["the file has no settings"]);
     }
     assert!(parse("[agent]\n").is_ok());
 }
@@ -319,11 +290,7 @@ fn load_refuses_special_files_without_waiting() {
 
 #[test]
 fn reservations_beyond_the_host_name_their_key() {
-    let cap = HostCapacity {
-        cpus: 16,
-        memory_total: 64 << 30,
-        memory_available: 60 << 30,
-    };
+    let cap = host(16, 64 << 30);
     let c = parse("[host]\nreserved_cpus = 1000\n").unwrap();
     let e = c.check_host(&cap).unwrap_err().to_string();
     assert!(
@@ -359,13 +326,12 @@ fn bad_names_rejected() {
         )
         .unwrap();
     assert_eq!(c.pools["web"].domains[0], "web with spaces");
-    let e = parse("[pools.web]\ndomains = [\"a/b\", \"\"]\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains(r#"pool "web": domains: domain name "a/b" contains '/'"#)
-            && e.contains(r#"pool "web": domains: domain name is empty"#),
-        "{e}"
+    refused(
+        "[pools.web]\ndomains = [\"a/b\", \"\"]\n",
+        &[
+            r#"pool "web": domains: domain name "a/b" contains '/'"#,
+            r#"pool "web": domains: domain name is empty"#,
+        ],
     );
 }
 
@@ -405,8 +371,8 @@ fn pool_problems_are_typed_and_name_the_values() {
         ) && text.contains(r#"pool "web": vcpus.shares (0) must be between 1 and 1000000"#),
         "{text}"
     );
-    let c = parse("[pools.a]\ndomains = [\"x\"]\n[pools.b]\ndomains = [\"x\"]\n").unwrap_err();
-    assert!(c
-        .to_string()
-        .contains("domain \"x\" is listed in pool \"a\" and pool \"b\""));
+    refused(
+        "[pools.a]\ndomains = [\"x\"]\n[pools.b]\ndomains = [\"x\"]\n",
+        &["domain \"x\" is listed in pool \"a\" and pool \"b\""],
+    );
 }

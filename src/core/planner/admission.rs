@@ -246,14 +246,18 @@ mod tests {
 
     #[test]
     fn one_refused_before_waits_until_the_room_it_holds_is_free() {
-        let mut a = cand("a", false, 9, 1, 1);
-        a.sticky = Some(1);
-        a.holds = [Some(8), None, None, None, None];
-        let mut n = cand("n", false, 1, 1, 1);
-        n.holds = [Some(4), None, None, None, None];
-        n.refused_before = true;
+        // "a", admitted before, holds `a_holds` vCPUs; "n" holds `n_holds`.
+        let pair = |a_holds, n_holds, refused_before| {
+            let mut a = cand("a", false, 9, 1, 1);
+            a.sticky = Some(1);
+            a.holds = [Some(a_holds), None, None, None, None];
+            let mut n = cand("n", false, 1, 1, 1);
+            n.holds = [Some(n_holds), None, None, None, None];
+            n.refused_before = refused_before;
+            [a, n]
+        };
         let budgets = [Some(10), None, None, None, None];
-        let r = admit(&[a, n], budgets);
+        let r = admit(&pair(8, 4, true), budgets);
         assert_eq!(
             r[1],
             Verdict::Waiting(Wait {
@@ -263,29 +267,12 @@ mod tests {
             })
         );
         // Never refused before (a domain that just started): admitted.
-        let mut a = cand("a", false, 9, 1, 1);
-        a.sticky = Some(1);
-        a.holds = [Some(8), None, None, None, None];
-        let mut fresh = cand("n", false, 1, 1, 1);
-        fresh.holds = [Some(4), None, None, None, None];
-        assert_eq!(admitted(&admit(&[a, fresh], budgets)), [true, true]);
+        assert_eq!(admitted(&admit(&pair(8, 4, false), budgets)), [true, true]);
         // Once "a" is down to 6, it fits.
-        let mut a = cand("a", false, 9, 1, 1);
-        a.sticky = Some(1);
-        a.holds = [Some(6), None, None, None, None];
-        let mut n = cand("n", false, 1, 1, 1);
-        n.holds = [Some(4), None, None, None, None];
-        n.refused_before = true;
-        assert_eq!(admitted(&admit(&[a, n], budgets)), [true, true]);
+        assert_eq!(admitted(&admit(&pair(6, 4, true), budgets)), [true, true]);
         // One that could never fit (the others' floors leave 9) is
         // admitted at once, to be shrunk.
-        let mut a = cand("a", false, 9, 1, 1);
-        a.sticky = Some(1);
-        a.holds = [Some(8), None, None, None, None];
-        let mut big = cand("big", false, 1, 1, 1);
-        big.holds = [Some(12), None, None, None, None];
-        big.refused_before = true;
-        assert_eq!(admitted(&admit(&[a, big], budgets)), [true, true]);
+        assert_eq!(admitted(&admit(&pair(8, 12, true), budgets)), [true, true]);
     }
 
     #[test]

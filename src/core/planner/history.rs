@@ -62,74 +62,66 @@ impl PendingVcpus {
 
 /// What the planner remembers between cycles (kept by the monitor).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct History {
     /// Per domain UUID: when (seconds, caller's clock) a vCPU change was
     /// last attempted (the cooldown runs from there).
-    #[serde(default)]
     pub vcpu_changed_at: BTreeMap<String, u64>,
     /// Per domain UUID: a vCPU change that timed out.
-    #[serde(default)]
     pub vcpu_pending: BTreeMap<String, PendingVcpus>,
     /// Per domain UUID: bytes by which host memory pressure currently
     /// lowers the member's memory target (grown and released gradually).
-    #[serde(default)]
     pub reclaim: BTreeMap<String, u64>,
     /// Per domain UUID: the libvirt run ID (see [`DomainObs::id`]) in which
     /// its balloon statistics period was set (or could not be: it is not
     /// tried again in that run).
-    #[serde(default)]
     pub stats_period: BTreeMap<String, Option<u32>>,
     /// Per domain UUID: the pool it is admitted to, and when (admission is
     /// sticky, see [`super::admission`]; the agent persists this).
-    #[serde(default)]
     pub admitted: BTreeMap<String, Admission>,
     /// Per domain UUID: the pool that refused to admit it (it is active and
     /// its floors did not fit); it waits for room before it is admitted
     /// again (see [`super::admission`]; the agent persists this).
-    #[serde(default)]
     pub refused: BTreeMap<String, String>,
     /// Per domain UUID: what it had before the agent first changed it,
     /// given back when it leaves management (the agent persists this).
-    #[serde(default)]
     pub originals: BTreeMap<String, Originals>,
     /// Domains given back (or left as they are, by `agent.on_release`)
     /// since they left management: the views say `released` until they
     /// join a pool again.
-    #[serde(default)]
     pub released: BTreeMap<String, Released>,
     /// Per domain UUID: when (seconds, caller's clock) its CPU-time limit
     /// was last raised (a demand pool lowers it again only after
     /// `cpu.cooldown`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub cpu_raised_at: BTreeMap<String, u64>,
 }
 
 /// What a domain had before the agent first changed each of these
 /// (`None`: never changed, or not known).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Originals {
     /// The domain's name when they were noted: another domain defined
     /// later with the same UUID is not given them.
-    #[serde(default)]
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub vcpus: Option<u64>,
     /// Bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<u64>,
     /// Per disk target.
-    #[serde(default, skip_serializing_if = "DiskLimits::is_empty")]
+    #[serde(skip_serializing_if = "DiskLimits::is_empty")]
     pub iotune: DiskLimits,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_shares: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub blkio_weight: Option<u64>,
     /// The scheduler quota and period it had.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_quota: Option<CpuQuota>,
     /// A change also went to the persistent config (`persist = true`):
     /// giving back writes it there too, and it is kept across a stop.
-    #[serde(default)]
     pub persisted: bool,
 }
 

@@ -29,24 +29,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_weight_boundaries() {
-        assert_eq!(cpu_weight(0), 2);
-        assert_eq!(cpu_weight(1), 2);
-        assert_eq!(cpu_weight(2), 2);
-        assert_eq!(cpu_weight(1000), 1000);
-        assert_eq!(cpu_weight(10_000), 10_000);
-        assert_eq!(cpu_weight(10_001), 10_000);
-        assert_eq!(cpu_weight(u64::MAX), 10_000);
-    }
-
-    #[test]
-    fn blkio_weight_boundaries() {
-        assert_eq!(blkio_weight(0), 100);
-        assert_eq!(blkio_weight(1), 100);
-        assert_eq!(blkio_weight(1000), 100);
-        assert_eq!(blkio_weight(3000), 300);
-        assert_eq!(blkio_weight(10_000), 1000);
-        assert_eq!(blkio_weight(10_010), 1000);
-        assert_eq!(blkio_weight(u64::MAX), 1000);
+    fn weights_at_the_boundaries() {
+        // Shares → (cpu_shares, blkio weight).
+        for (shares, cpu, blkio) in [
+            (0, 2, 100),
+            (1, 2, 100),
+            (2, 2, 100),
+            (1000, 1000, 100),
+            (3000, 3000, 300),
+            (10_000, 10_000, 1000),
+            (10_001, 10_000, 1000),
+            (10_010, 10_000, 1000),
+            (u64::MAX, 10_000, 1000),
+        ] {
+            assert_eq!(cpu_weight(shares), cpu, "cpu_weight({shares})");
+            assert_eq!(blkio_weight(shares), blkio, "blkio_weight({shares})");
+        }
     }
 }
