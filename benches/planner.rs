@@ -28,6 +28,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Instant;
 use virtpool::core::config::{Config, Limits, MemoryPolicy};
 use virtpool::core::membership::{Membership, Via};
@@ -163,10 +164,10 @@ fn fixture(n: usize) -> Fixture {
         d.cpu_shares = Some(1000);
         d.active_secs = Some((r >> 28) % 100_000);
         if (r >> 32) % 10 == 0 {
-            history.vcpu_changed_at.insert(d.uuid.to_string(), 995);
+            Arc::make_mut(&mut history.vcpu_changed_at).insert(d.uuid.to_string(), 995);
         }
         if (r >> 36) % 10 == 0 {
-            history.reclaim.insert(d.uuid.to_string(), 256 * MIB);
+            Arc::make_mut(&mut history.reclaim).insert(d.uuid.to_string(), 256 * MIB);
         }
         domains.push(d);
     }

@@ -69,10 +69,10 @@ impl SavedHistory {
 
     /// Puts the saved part into a history.
     pub fn restore_into(&self, h: &mut History) {
-        h.admitted.clone_from(&self.admitted);
-        h.refused.clone_from(&self.refused);
-        h.originals.clone_from(&self.originals);
-        h.released.clone_from(&self.released);
+        h.admitted = Arc::new(self.admitted.clone());
+        h.refused = Arc::new(self.refused.clone());
+        h.originals = Arc::new(self.originals.clone());
+        h.released = Arc::new(self.released.clone());
     }
 
     /// Loads `state_dir/history.json` (a missing file: nothing saved),
@@ -159,21 +159,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(SavedHistory::load(dir.path()).unwrap().admitted.len(), 0);
         let mut h = History::default();
-        h.admitted.insert(
+        Arc::make_mut(&mut h.admitted).insert(
             "u1".into(),
             Admission {
                 pool: "web".into(),
                 seq: 3,
             },
         );
-        h.originals.insert(
+        Arc::make_mut(&mut h.originals).insert(
             "u1".into(),
             Originals {
                 vcpus: Some(4),
                 ..Originals::default()
             },
         );
-        let o = h.originals.get_mut("u1").unwrap();
+        let o = Arc::make_mut(&mut h.originals).get_mut("u1").unwrap();
         for disk in ["vdb", "vda"] {
             o.iotune.note(
                 disk,
@@ -186,7 +186,7 @@ mod tests {
         let h = Arc::new(h);
         assert!(SavedHistory::same_part(&h, &Arc::new((*h).clone())));
         let mut other = (*h).clone();
-        other.admitted.clear();
+        Arc::make_mut(&mut other.admitted).clear();
         assert!(!SavedHistory::same_part(&h, &Arc::new(other)));
         SavedHistory::save_part(&h, dir.path()).unwrap();
         let back = SavedHistory::load(dir.path()).unwrap();

@@ -7,6 +7,7 @@
 use super::cpu::{alloc, cpu_pool, global, guest, Sim, CORE};
 use super::rng::Rng;
 use proptest::prelude::*;
+use std::sync::Arc;
 use virtpool::core::config::{Limits, MemoryPolicy};
 use virtpool::core::cpu::CpuQuota;
 use virtpool::core::model::{Action, QuotaScope, Reason, Resource};
@@ -85,8 +86,7 @@ fn scenario(seed: u64, n: usize, demand: bool) -> Sim {
     let mut s = Sim::new(cfg, domains);
     for d in &s.snap.domains {
         if rng.chance(10) {
-            s.history
-                .cpu_raised_at
+            Arc::make_mut(&mut s.history.cpu_raised_at)
                 .insert(d.uuid.to_string(), rng.range(9_950, 10_000));
         }
     }

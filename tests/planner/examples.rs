@@ -2,6 +2,7 @@
 //! Each one is quoted in `docs/allocation.md` under its test name.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::Arc;
 use virtpool::core::config::{Config, Limits, MemoryPolicy};
 use virtpool::core::model::{Action, DomainObs, Observation, Reason, Resource};
 use virtpool::core::planner::testing::{self as t, GIB, MIB};
@@ -407,7 +408,7 @@ fn vcpu_cooldown() {
         domains: vec![d.clone()],
     };
     let mut h = History::default();
-    h.vcpu_changed_at.insert(d.uuid.to_string(), NOW - 30);
+    Arc::make_mut(&mut h.vcpu_changed_at).insert(d.uuid.to_string(), NOW - 30);
     let plan = run_with(&cfg, &snap, &Reservations::new(), &h, NOW);
     let a = alloc(&plan, "a", Resource::Vcpus);
     assert_eq!((a.target, a.next, a.reason), (4, 2, Reason::Cooldown));

@@ -5,6 +5,7 @@
 use super::rng::Rng;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use virtpool::core::config::{Config, Limits, MemoryPolicy};
 use virtpool::core::model::{
     Action, CpuQuota, DomainObs, DomainState, IoTune, Observation, QuotaScope, Resource,
@@ -203,18 +204,15 @@ fn scenario(seed: u64, n: usize, pools: usize, g: Gen) -> Scenario {
     let mut history = History::default();
     for d in &domains {
         if rng.chance(10) {
-            history
-                .vcpu_changed_at
+            Arc::make_mut(&mut history.vcpu_changed_at)
                 .insert(d.uuid.to_string(), rng.range(900, 1000));
         }
         if rng.chance(10) {
-            history
-                .cpu_raised_at
+            Arc::make_mut(&mut history.cpu_raised_at)
                 .insert(d.uuid.to_string(), rng.range(900, 1000));
         }
         if g.pressure && rng.chance(10) {
-            history
-                .reclaim
+            Arc::make_mut(&mut history.reclaim)
                 .insert(d.uuid.to_string(), rng.range(0, 2048) * MIB);
         }
     }

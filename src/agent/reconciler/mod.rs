@@ -193,7 +193,7 @@ impl Reconciler {
         };
         let history = Arc::new({
             let mut h = History {
-                vcpu_pending: opts.holds.to_pending(0),
+                vcpu_pending: Arc::new(opts.holds.to_pending(0)),
                 ..History::default()
             };
             opts.saved.restore_into(&mut h);

@@ -208,7 +208,7 @@ impl Publisher {
         plan: &Plan,
         cycle: u64,
     ) {
-        for (uuid, how) in &after.released {
+        for (uuid, how) in after.released.iter() {
             if before.released.contains_key(uuid) {
                 continue;
             }

@@ -1,10 +1,10 @@
 //! How the planner's [`History`] moves on after a cycle: one pure function
 //! of what the cycle planned, what it enforced and how that ended.
 
-use super::history::{Admission, History, Outcome};
+use super::history::{Admission, History, Outcome, Shared};
 use super::plan::{Plan, Release};
 use crate::core::model::{Action, DomainObs};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// What one cycle did, as the history needs it.
@@ -36,8 +36,8 @@ pub fn advance(prev: &Arc<History>, c: &CycleFacts<'_>) -> Arc<History> {
         // scoped domains only).
         match c.scope {
             None => {
-                if h.reclaim != c.plan.reclaim {
-                    Arc::make_mut(&mut h).reclaim.clone_from(&c.plan.reclaim);
+                if *h.reclaim != c.plan.reclaim {
+                    Arc::make_mut(&mut h).reclaim = Arc::new(c.plan.reclaim.clone());
                 }
             }
             Some(scope) => {
@@ -46,7 +46,7 @@ pub fn advance(prev: &Arc<History>, c: &CycleFacts<'_>) -> Arc<History> {
                     if h.reclaim.get(u) == want {
                         continue;
                     }
-                    let reclaim = &mut Arc::make_mut(&mut h).reclaim;
+                    let reclaim = edit(&mut h, |h| &mut h.reclaim);
                     match want {
                         Some(v) => reclaim.insert(u.clone(), *v),
                         None => reclaim.remove(u),
@@ -78,6 +78,15 @@ pub fn advance(prev: &Arc<History>, c: &CycleFacts<'_>) -> Arc<History> {
     h
 }
 
+/// One map of `h` to change: the history, then the map, are copied first
+/// when another holds them.
+fn edit<V: Clone>(
+    h: &mut Arc<History>,
+    map: impl FnOnce(&mut History) -> &mut Shared<V>,
+) -> &mut BTreeMap<String, V> {
+    Arc::make_mut(map(Arc::make_mut(h)))
+}
+
 /// What domains had before the agent first changed them (from the
 /// actions that ran on managed domains), and the releases that finished.
 fn advance_release(h: &mut Arc<History>, c: &CycleFacts<'_>) {
@@ -96,7 +105,7 @@ fn advance_release(h: &mut Arc<History>, c: &CycleFacts<'_>) {
         let mut noted = h.originals.get(uuid).cloned().unwrap_or_default();
         noted.note(action);
         if h.originals.get(uuid) != Some(&noted) {
-            Arc::make_mut(h).originals.insert(uuid.to_string(), noted);
+            edit(h, |h| &mut h.originals).insert(uuid.to_string(), noted);
         }
     }
     // Originals noted for an earlier domain with a UUID now another's.
@@ -112,21 +121,20 @@ fn advance_release(h: &mut Arc<History>, c: &CycleFacts<'_>) {
         .map(|u| &*u.uuid)
         .collect();
     for uuid in stale {
-        Arc::make_mut(h).originals.remove(uuid);
+        edit(h, |h| &mut h.originals).remove(uuid);
     }
     for (uuid, release) in &unmanaged {
         if let (Some(Release::Done(how)), true) = (release, h.originals.contains_key(*uuid)) {
             if in_scope(uuid) {
-                let hist = Arc::make_mut(h);
-                hist.originals.remove(*uuid);
-                hist.released.insert(uuid.to_string(), *how);
+                edit(h, |h| &mut h.originals).remove(*uuid);
+                edit(h, |h| &mut h.released).insert(uuid.to_string(), *how);
             }
         }
     }
     if !h.released.is_empty() {
         for m in c.plan.pools.iter().flat_map(|p| &p.members) {
             if h.released.contains_key(&*m.uuid) {
-                Arc::make_mut(h).released.remove(&*m.uuid);
+                edit(h, |h| &mut h.released).remove(&*m.uuid);
             }
         }
     }
@@ -151,10 +159,12 @@ fn advance_admission(h: &mut Arc<History>, plan: &Plan) {
             .iter()
             .all(|(u, p)| refused.get(u.as_str()) == Some(&p.as_str()));
     if !same {
-        Arc::make_mut(h).refused = refused
-            .iter()
-            .map(|(u, p)| (u.to_string(), p.to_string()))
-            .collect();
+        Arc::make_mut(h).refused = Arc::new(
+            refused
+                .iter()
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+                .collect(),
+        );
     }
     let mut admitted: HashMap<&str, &str> = HashMap::new();
     for p in &plan.pools {
@@ -169,16 +179,15 @@ fn advance_admission(h: &mut Arc<History>, plan: &Plan) {
     if same {
         return;
     }
-    let hist = Arc::make_mut(h);
-    hist.admitted
-        .retain(|u, a| admitted.get(u.as_str()) == Some(&a.pool.as_str()));
-    let mut next = hist.admitted.values().map(|a| a.seq + 1).max().unwrap_or(0);
+    let held = edit(h, |h| &mut h.admitted);
+    held.retain(|u, a| admitted.get(u.as_str()) == Some(&a.pool.as_str()));
+    let mut next = held.values().map(|a| a.seq + 1).max().unwrap_or(0);
     // New admissions in plan order (pools by name, members by UUID):
     // deterministic.
     for p in &plan.pools {
         for m in p.members.iter().filter(|m| m.admitted) {
-            if !hist.admitted.contains_key(&*m.uuid) {
-                hist.admitted.insert(
+            if !held.contains_key(&*m.uuid) {
+                held.insert(
                     m.uuid.to_string(),
                     Admission {
                         pool: p.name.clone(),
@@ -242,7 +251,7 @@ mod tests {
     #[test]
     fn records_outcomes_reclaim_and_forgets_the_gone() {
         let mut h = History::default();
-        h.reclaim.insert("gone".into(), 7);
+        Arc::make_mut(&mut h.reclaim).insert("gone".into(), 7);
         let prev = Arc::new(h);
         let plan = plan_with_reclaim(&[("a", 64), ("b", 32)]);
         let domains = [dom("a", 3), dom("b", 4)];

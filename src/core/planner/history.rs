@@ -8,6 +8,7 @@ use crate::core::keys::head_word;
 use crate::core::model::{Action, CpuQuota, DomainObs, IoTune};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// How an enforced action ended, as the enforcer saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,41 +61,58 @@ impl PendingVcpus {
     }
 }
 
-/// What the planner remembers between cycles (kept by the monitor).
+/// One of the history's maps (per domain UUID), shared with the history it
+/// moved on from until either changes it: a cycle that changes one map
+/// copies that map, not every domain's whole history.
+pub type Shared<V> = Arc<BTreeMap<String, V>>;
+
+fn is_empty<V>(map: &Shared<V>) -> bool {
+    map.is_empty()
+}
+
+/// Forgets the entries of domains not `alive`, copying the map only when
+/// one goes.
+fn retain_alive<V: Clone>(map: &mut Shared<V>, alive: &impl Fn(&str) -> bool) {
+    if !map.keys().all(|u| alive(u)) {
+        Arc::make_mut(map).retain(|u, _| alive(u));
+    }
+}
+
+/// What the planner remembers between cycles (kept by the reconciler).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct History {
     /// Per domain UUID: when (seconds, caller's clock) a vCPU change was
     /// last attempted (the cooldown runs from there).
-    pub vcpu_changed_at: BTreeMap<String, u64>,
+    pub vcpu_changed_at: Shared<u64>,
     /// Per domain UUID: a vCPU change that timed out.
-    pub vcpu_pending: BTreeMap<String, PendingVcpus>,
+    pub vcpu_pending: Shared<PendingVcpus>,
     /// Per domain UUID: bytes by which host memory pressure currently
     /// lowers the member's memory target (grown and released gradually).
-    pub reclaim: BTreeMap<String, u64>,
+    pub reclaim: Shared<u64>,
     /// Per domain UUID: the libvirt run ID (see [`DomainObs::id`]) in which
     /// its balloon statistics period was set (or could not be: it is not
     /// tried again in that run).
-    pub stats_period: BTreeMap<String, Option<u32>>,
+    pub stats_period: Shared<Option<u32>>,
     /// Per domain UUID: the pool it is admitted to, and when (admission is
     /// sticky, see [`super::admission`]; the agent persists this).
-    pub admitted: BTreeMap<String, Admission>,
+    pub admitted: Shared<Admission>,
     /// Per domain UUID: the pool that refused to admit it (it is active and
     /// its floors did not fit); it waits for room before it is admitted
     /// again (see [`super::admission`]; the agent persists this).
-    pub refused: BTreeMap<String, String>,
+    pub refused: Shared<String>,
     /// Per domain UUID: what it had before the agent first changed it,
     /// given back when it leaves management (the agent persists this).
-    pub originals: BTreeMap<String, Originals>,
+    pub originals: Shared<Originals>,
     /// Domains given back (or left as they are, by `agent.on_release`)
     /// since they left management: the views say `released` until they
     /// join a pool again.
-    pub released: BTreeMap<String, Released>,
+    pub released: Shared<Released>,
     /// Per domain UUID: when (seconds, caller's clock) its CPU-time limit
     /// was last raised (a demand pool lowers it again only after
     /// `cpu.cooldown`).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub cpu_raised_at: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "is_empty")]
+    pub cpu_raised_at: Shared<u64>,
 }
 
 /// What a domain had before the agent first changed each of these
@@ -280,23 +298,23 @@ impl History {
     pub fn record_in_run(&mut self, action: &Action, outcome: Outcome, now: u64, run: Option<u32>) {
         if let Action::SetStatsPeriod { uuid, .. } = action {
             if outcome != Outcome::Lost {
-                self.stats_period.insert(uuid.to_string(), run);
+                Arc::make_mut(&mut self.stats_period).insert(uuid.to_string(), run);
             }
             return;
         }
         if let Action::SetCpuQuota { uuid, from, to, .. } = action {
             if to > from && outcome == Outcome::Ok {
-                self.cpu_raised_at.insert(uuid.to_string(), now);
+                Arc::make_mut(&mut self.cpu_raised_at).insert(uuid.to_string(), now);
             }
             return;
         }
         let Action::SetVcpus { uuid, from, to, .. } = action else {
             return;
         };
-        self.vcpu_changed_at.insert(uuid.to_string(), now);
+        Arc::make_mut(&mut self.vcpu_changed_at).insert(uuid.to_string(), now);
         match outcome {
             Outcome::Timeout => {
-                self.vcpu_pending.insert(
+                Arc::make_mut(&mut self.vcpu_pending).insert(
                     uuid.to_string(),
                     PendingVcpus {
                         from: *from,
@@ -314,7 +332,7 @@ impl History {
                     .get(&**uuid)
                     .is_some_and(|p| !p.is_removal())
                 {
-                    self.vcpu_pending.remove(&**uuid);
+                    Arc::make_mut(&mut self.vcpu_pending).remove(&**uuid);
                 }
             }
         }
@@ -326,7 +344,7 @@ impl History {
     /// cycle, after enforcement, with the domains the plan was made from.
     pub fn observe(&mut self, domains: &[DomainObs]) {
         let by_uuid: HashMap<&str, &DomainObs> = domains.iter().map(|d| (&*d.uuid, d)).collect();
-        self.vcpu_pending.retain(|uuid, p| {
+        Arc::make_mut(&mut self.vcpu_pending).retain(|uuid, p| {
             let Some(d) = by_uuid.get(uuid.as_str()) else {
                 return true;
             };
@@ -360,15 +378,15 @@ impl History {
 
     /// Forgets domains that no longer exist.
     pub fn retain(&mut self, alive: impl Fn(&str) -> bool) {
-        self.vcpu_changed_at.retain(|u, _| alive(u));
-        self.vcpu_pending.retain(|u, _| alive(u));
-        self.reclaim.retain(|u, _| alive(u));
-        self.stats_period.retain(|u, _| alive(u));
-        self.admitted.retain(|u, _| alive(u));
-        self.refused.retain(|u, _| alive(u));
-        self.originals.retain(|u, _| alive(u));
-        self.released.retain(|u, _| alive(u));
-        self.cpu_raised_at.retain(|u, _| alive(u));
+        retain_alive(&mut self.vcpu_changed_at, &alive);
+        retain_alive(&mut self.vcpu_pending, &alive);
+        retain_alive(&mut self.reclaim, &alive);
+        retain_alive(&mut self.stats_period, &alive);
+        retain_alive(&mut self.admitted, &alive);
+        retain_alive(&mut self.refused, &alive);
+        retain_alive(&mut self.originals, &alive);
+        retain_alive(&mut self.released, &alive);
+        retain_alive(&mut self.cpu_raised_at, &alive);
     }
 
     /// The timed-out vCPU change that forbids moving domain `d` to `want`
@@ -514,6 +532,32 @@ mod tests {
     use super::*;
     use crate::core::model::Reason;
 
+    #[test]
+    fn a_change_copies_only_the_map_it_changes() {
+        let mut prev = History::default();
+        Arc::make_mut(&mut prev.admitted).insert(
+            "u".into(),
+            Admission {
+                pool: "p".into(),
+                seq: 0,
+            },
+        );
+        Arc::make_mut(&mut prev.originals).insert("u".into(), Originals::default());
+        let mut next = prev.clone();
+        next.record(&set_vcpus(2, 3), true, 10);
+        next.retain(|u| u == "u");
+        assert_eq!(next.vcpu_changed_at.get("u"), Some(&10));
+        assert!(
+            prev.vcpu_changed_at.is_empty(),
+            "the earlier history is unchanged"
+        );
+        assert!(Arc::ptr_eq(&prev.admitted, &next.admitted));
+        assert!(Arc::ptr_eq(&prev.originals, &next.originals));
+        next.retain(|_| false);
+        assert!(next.admitted.is_empty() && next.originals.is_empty());
+        assert_eq!(prev.admitted.len(), 1, "the earlier history is unchanged");
+    }
+
     fn set_vcpus(from: u64, to: u64) -> Action {
         Action::SetVcpus {
             uuid: "u".into(),
@@ -592,7 +636,7 @@ mod tests {
         let mut h = History::default();
         assert!(h.all_alive(|_| false), "empty");
         h.record(&set_vcpus(1, 2), Outcome::Timeout, 5);
-        h.reclaim.insert("r".into(), 1);
+        Arc::make_mut(&mut h.reclaim).insert("r".into(), 1);
         assert!(h.all_alive(|u| u == "u" || u == "r"));
         for gone in ["u", "r"] {
             assert!(!h.all_alive(|u| u != gone), "{gone}");
