@@ -9,6 +9,7 @@
 
 use crate::support::ctl::*;
 use crate::support::inproc::*;
+use crate::{post_ok, standard_agent};
 use serde_json::{json, Value};
 use virtpool::api::ServeOptions;
 
@@ -103,8 +104,7 @@ async fn names_with_spaces_and_accents_work_everywhere_a_domain_is_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_is_explicit_everywhere_or_refused_with_one_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (_dir, a) = standard_agent().await;
     let s = a.socket.clone();
     let refusal = |domain: &str, place: &str| {
         format!(
@@ -181,13 +181,12 @@ async fn a_move_is_explicit_everywhere_or_refused_with_one_message() {
         "virtpoolctl: domain \"web-1\" is not a member of pool \"web\": it is in pool \"stolen\" (explicit list)\n"
     );
     // The body's "move" on POST .../members; moving back to a config pool.
-    let (code, v) = a
-        .post(
-            "/v1/pools/db/members",
-            r#"{"domain": "web-2", "move": true}"#,
-        )
-        .await;
-    assert_eq!(code, 200, "{v}");
+    let v = post_ok(
+        &a,
+        "/v1/pools/db/members",
+        r#"{"domain": "web-2", "move": true}"#,
+    )
+    .await;
     assert_eq!(
         v["message"],
         r#"domain "web-2" moved from pool "web" (glob "web-*") to pool "db""#
@@ -269,8 +268,7 @@ async fn entries_of_a_pool_that_no_longer_exists_leave_a_paused_pool_paused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_declared_beside_measured_capacity_and_pressure() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (_dir, a) = standard_agent().await;
     let s = a.socket.clone();
     let measured = a.handle.report().host.unwrap();
 
