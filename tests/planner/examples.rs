@@ -2,6 +2,7 @@
 //! Each one is quoted in `docs/allocation.md` under its test name.
 #![allow(clippy::unwrap_used)]
 
+use crate::member;
 use virtpool::core::config::{Config, Limits, MemoryPolicy};
 use virtpool::core::model::{Action, DomainObs, Observation, Reason, Resource};
 use virtpool::core::planner::testing::{self as t, GIB, MIB};
@@ -41,12 +42,7 @@ fn run(cfg: &Config, domains: Vec<DomainObs>) -> Plan {
 }
 
 fn alloc(p: &Plan, name: &str, r: Resource) -> Alloc {
-    p.pools
-        .iter()
-        .flat_map(|x| &x.members)
-        .find(|m| *m.name == *name)
-        .and_then(|m| *m.alloc.get(r))
-        .unwrap()
+    member(p, name).alloc.get(r).unwrap()
 }
 
 fn targets(p: &Plan, names: &[&str], r: Resource) -> Vec<u64> {
@@ -257,7 +253,7 @@ fn unadmitted_member_left_untouched() {
     let pool = &plan.pools[0];
     let unadmitted: Vec<_> = pool.unadmitted().map(|m| &*m.name).collect();
     assert_eq!(unadmitted, vec!["mid"]);
-    let m = pool.members.iter().find(|m| *m.name == *"mid").unwrap();
+    let m = member(&plan, "mid");
     assert!(m.note.as_deref().unwrap().contains("vcpus floor (3)"));
     for r in [Resource::Vcpus, Resource::Memory] {
         let a = alloc(&plan, "mid", r);
