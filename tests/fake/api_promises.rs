@@ -9,9 +9,8 @@
 
 use crate::support::ctl::*;
 use crate::support::inproc::*;
-use crate::{post_ok, standard_agent};
+use crate::{post_ok, root_agent, standard_agent};
 use serde_json::{json, Value};
-use virtpool::api::ServeOptions;
 
 /// Every byte but letters, digits and `-_.~` percent-encoded.
 fn enc(s: &str) -> String {
@@ -33,14 +32,7 @@ async fn names_with_spaces_and_accents_work_everywhere_a_domain_is_named() {
     domains.push(dom("web with spaces", 2, 4, 4));
     domains.push(dom("web-ünïcödé", 2, 4, 4));
     domains.push(dom("dev box", 2, 4, 4));
-    let a = Agent::start(
-        dir.path(),
-        "root",
-        STANDARD_POOLS,
-        Fake::new(domains),
-        ServeOptions::default(),
-    )
-    .await;
+    let a = root_agent(dir.path(), STANDARD_POOLS, Fake::new(domains)).await;
     let s = a.socket.clone();
 
     // The API: the name percent-encoded in the path, decoded by the server.
@@ -233,14 +225,7 @@ async fn entries_of_a_pool_that_no_longer_exists_leave_a_paused_pool_paused() {
     .unwrap();
     let hv = Fake::new(standard_domains());
     let ctl = hv.ctl();
-    let a = Agent::start(
-        dir.path(),
-        "root",
-        STANDARD_POOLS,
-        hv,
-        ServeOptions::default(),
-    )
-    .await;
+    let a = root_agent(dir.path(), STANDARD_POOLS, hv).await;
     a.handle.reconcile(true).await.unwrap();
     let vcpus = |name: &str| {
         ctl.domains()

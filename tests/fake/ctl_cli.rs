@@ -5,7 +5,7 @@
 
 use crate::support::ctl::*;
 use crate::support::inproc::*;
-use crate::{stalled_agent, standard_agent};
+use crate::{root_agent, stalled_agent, standard_agent};
 use std::os::unix::fs::PermissionsExt;
 use virtpool::api::ServeOptions;
 
@@ -479,12 +479,10 @@ async fn pool_views_show_pending_changes_and_unadmitted_members() {
 
     // Floors of 2 vCPUs for three members in a budget of 3: one fits.
     let dir = tempfile::tempdir().unwrap();
-    let a = Agent::start(
+    let a = root_agent(
         dir.path(),
-        "root",
         "[pools.web]\nmatch = \"web-*\"\nvcpus = { budget = 3, min = 2 }\n",
         Fake::new(standard_domains()),
-        ServeOptions::default(),
     )
     .await;
     insta::assert_snapshot!(

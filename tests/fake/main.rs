@@ -15,9 +15,18 @@ mod service_watchdog;
 mod vanished;
 
 use serde_json::Value;
+use std::path::Path;
 use std::time::Duration;
+use support::fake::Fake;
 use support::inproc::Agent;
 use tempfile::TempDir;
+use virtpool::api::ServeOptions;
+
+/// An agent in `dir` with `pools` over `hv`: API group root, default
+/// serve options.
+async fn root_agent(dir: &Path, pools: &str, hv: Fake) -> Agent {
+    Agent::start(dir, "root", pools, hv, ServeOptions::default()).await
+}
 
 /// A standard agent ([`Agent::standard`]) in a fresh temp dir, which must
 /// outlive it.
