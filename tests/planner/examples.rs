@@ -662,22 +662,21 @@ fn guard_refuses_unsafe_actions() {
         guard.check(act).unwrap();
         guard.applied(act);
     }
-    let mem = |d: &DomainObs, from, to| Action::SetMemory {
-        uuid: d.uuid.clone(),
-        domain: d.name.clone(),
-        from,
-        to,
-        reason: Reason::Share,
-        persist: false,
-    };
-    let vcpus = |d: &DomainObs, from, to| Action::SetVcpus {
-        uuid: d.uuid.clone(),
-        domain: d.name.clone(),
-        from,
-        to,
-        reason: Reason::Share,
-        persist: false,
-    };
+    // A change of `d` from `from` to `to`, as the `Action` variant `$kind`.
+    macro_rules! change {
+        ($kind:ident) => {
+            |d: &DomainObs, from, to| Action::$kind {
+                uuid: d.uuid.clone(),
+                domain: d.name.clone(),
+                from,
+                to,
+                reason: Reason::Share,
+                persist: false,
+            }
+        };
+    }
+    let mem = change!(SetMemory);
+    let vcpus = change!(SetVcpus);
     let g = Guard::new(&plan);
     // Below the guest's floor (3 GiB used + 1 GiB margin).
     assert!(matches!(
