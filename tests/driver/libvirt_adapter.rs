@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::support::node::{dom, observe_one, set_vcpus};
+use crate::support::node::{dom, observe_one, set_memory, set_vcpus};
 
 use virtpool::adapters::libvirt::{HvError, Hypervisor, Libvirt};
 use virtpool::core::model::{Action, DomainObs, DomainState, IoTune, Reason};
@@ -94,17 +94,6 @@ fn stats_period(uuid: &str, secs: u32) -> Action {
         uuid: uuid.into(),
         domain: "dom".into(),
         secs,
-    }
-}
-
-fn set_memory(uuid: &str, to: u64) -> Action {
-    Action::SetMemory {
-        uuid: uuid.into(),
-        domain: "dom".into(),
-        from: 0,
-        to,
-        reason: Reason::Share,
-        persist: false,
     }
 }
 

@@ -8,13 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use virtpool::adapters::libvirt::events::{self, EventReceiver, HvEvent, LifecycleKind};
+use virtpool::adapters::libvirt::events::{EventReceiver, HvEvent, LifecycleKind};
 use virtpool::adapters::libvirt::worker::HvWorker;
 use virtpool::adapters::libvirt::{HvError, Libvirt};
 use virtpool::core::model::{DomainObs, DomainState};
 
 use crate::support::fake::{Fake, FakeCtl};
-use crate::support::libvirtd::{start_events as setup, suspend_from_outside, Libvirtd};
+use crate::support::libvirtd::{start_events as setup, suspend_from_outside};
+use crate::{libvirtd, worker};
 
 /// Waits for a "suspended" event, skipping others.
 async fn suspended_within(rx: &mut EventReceiver, within: Duration) {
@@ -44,13 +45,9 @@ fn state_of(obs: &[DomainObs], name: &str) -> Option<DomainState> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_arrive_while_jobs_run_on_the_event_thread() {
-    setup();
-    let Some(daemon) = Libvirtd::start_temp() else {
-        return;
-    };
+    let Some(daemon) = libvirtd() else { return };
     let uri = daemon.uri();
-    let (tx, mut rx) = events::channel();
-    let hv = HvWorker::spawn(Box::new(Libvirt::new(&uri).with_events(tx))).unwrap();
+    let (hv, mut rx) = worker(&uri);
     assert_eq!(thread_name(&hv).await, "libvirt-events");
     let obs = hv.observe().await.unwrap();
     assert_eq!(state_of(&obs, "test"), Some(DomainState::Running));
@@ -87,12 +84,8 @@ async fn events_arrive_while_jobs_run_on_the_event_thread() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_registers_again() {
-    setup();
-    let Some(mut daemon) = Libvirtd::start_temp() else {
-        return;
-    };
-    let (tx, mut rx) = events::channel();
-    let hv = HvWorker::spawn(Box::new(Libvirt::new(&daemon.uri()).with_events(tx))).unwrap();
+    let Some(mut daemon) = libvirtd() else { return };
+    let (hv, mut rx) = worker(&daemon.uri());
     hv.connect().await.unwrap();
     assert_eq!(thread_name(&hv).await, "libvirt-events");
 
@@ -177,13 +170,9 @@ async fn the_last_handle_waits_for_the_close_on_the_event_thread() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_job_stops_only_its_worker() {
-    setup();
-    let Some(daemon) = Libvirtd::start_temp() else {
-        return;
-    };
+    let Some(daemon) = libvirtd() else { return };
     let uri = daemon.uri();
-    let (tx, mut rx) = events::channel();
-    let healthy = HvWorker::spawn(Box::new(Libvirt::new(&uri).with_events(tx))).unwrap();
+    let (healthy, mut rx) = worker(&uri);
     healthy.connect().await.unwrap();
     let doomed = HvWorker::spawn(Box::new(Libvirt::new(&uri))).unwrap();
     doomed.connect().await.unwrap();

@@ -9,27 +9,21 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use virtpool::adapters::host::Host;
-use virtpool::adapters::libvirt::events::{self, CloseReason, HvEvent};
-use virtpool::adapters::libvirt::worker::HvWorker;
-use virtpool::adapters::libvirt::{Hypervisor, Libvirt};
+use virtpool::adapters::libvirt::events::{CloseReason, HvEvent};
 use virtpool::agent::reconciler::Reconciler;
 use virtpool::agent::state::RuntimeState;
 use virtpool::core::config::Config;
 use virtpool::core::model::DomainState;
 
-use crate::support::libvirtd::{start_events as setup, suspend_from_outside, Libvirtd};
+use crate::support::libvirtd::suspend_from_outside;
 use crate::support::status::{state_of, wait_status};
+use crate::{connected, libvirtd, worker};
 
 /// The adapter alone: the daemon's death fires the close callback (EOF).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_death_fires_the_close_callback() {
-    setup();
-    let Some(mut daemon) = Libvirtd::start_temp() else {
-        return;
-    };
-    let (tx, mut rx) = events::channel();
-    let mut hv = Libvirt::new(&daemon.uri()).with_events(tx);
-    hv.connect().unwrap();
+    let Some(mut daemon) = libvirtd() else { return };
+    let (hv, mut rx) = connected(&daemon.uri());
     assert!(hv.events_registered());
     let t0 = Instant::now();
     daemon.sigterm();
@@ -52,17 +46,13 @@ async fn daemon_death_fires_the_close_callback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitor_wakes_on_events_and_after_a_daemon_restart() {
-    setup();
-    let Some(mut daemon) = Libvirtd::start_temp() else {
-        return;
-    };
+    let Some(mut daemon) = libvirtd() else { return };
     let uri = daemon.uri();
     let text = format!(
         "[agent]\nlibvirt_uri = \"{uri}\"\nstate_dir = \"/nonexistent\"\nmode = \"observe\"\ninterval = \"60s\"\n"
     );
     let cfg = Config::parse(&text, Path::new("events.toml")).unwrap();
-    let (tx, rx) = events::channel();
-    let hv = HvWorker::spawn(Box::new(Libvirt::new(&uri).with_events(tx))).unwrap();
+    let (hv, rx) = worker(&uri);
     let (monitor, handle) =
         Reconciler::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), true);
     let shutdown = CancellationToken::new();

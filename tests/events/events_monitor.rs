@@ -12,9 +12,10 @@ use virt::domain::Domain;
 use virtpool::adapters::libvirt::events::{
     self, DomainEvent, EventReceiver, HvEvent, LifecycleKind,
 };
-use virtpool::adapters::libvirt::{Hypervisor, Libvirt};
+use virtpool::adapters::libvirt::Hypervisor;
 use virtpool::core::model::DomainState;
 
+use crate::connected;
 use crate::support::status::{run_observer, state_of, wait_status};
 
 const URI: &str = "test:///default";
@@ -49,9 +50,7 @@ async fn next_domain_event(rx: &mut EventReceiver, within: Duration) -> DomainEv
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_from_a_second_connection_raise_events_on_the_agent() {
     let _g = setup().await;
-    let (tx, mut rx) = events::channel();
-    let mut hv = Libvirt::new(URI).with_events(tx);
-    hv.connect().unwrap();
+    let (hv, mut rx) = connected(URI);
     assert!(hv.events_registered());
 
     let (c, d) = other();
@@ -81,9 +80,7 @@ async fn changes_from_a_second_connection_raise_events_on_the_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_reregisters_once_and_drop_releases_the_callbacks() {
     let _g = setup().await;
-    let (tx, mut rx) = events::channel();
-    let mut hv = Libvirt::new(URI).with_events(tx);
-    hv.connect().unwrap();
+    let (mut hv, mut rx) = connected(URI);
     let (c, d) = other();
 
     for round in 0..3 {

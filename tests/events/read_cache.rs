@@ -20,6 +20,7 @@ use virtpool::core::model::{Action, DomainObs, IoTune};
 
 use crate::support::libvirtd::Libvirtd;
 use crate::support::node::dom;
+use crate::{connected, libvirtd};
 
 const MIB: u64 = 1 << 20;
 
@@ -54,10 +55,8 @@ struct Setup {
 
 /// A private libvirtd with d0 and d1 running (one disk each).
 fn setup() -> Option<Setup> {
-    // Before any connection is opened in this process.
-    events::start_event_loop().unwrap();
-    virtpool::adapters::libvirt::quiet_errors();
-    let daemon = Libvirtd::start_temp()?;
+    // The event loop starts before any connection is opened in this process.
+    let daemon = libvirtd()?;
     let c2 = Connect::open(Some(&daemon.uri())).unwrap();
     for i in 0..2 {
         c2.define_domain_xml(&domain_xml(&format!("d{i}"), i))
@@ -223,9 +222,7 @@ fn without_events_or_with_a_zero_resync_everything_is_read_every_time() {
 #[test]
 fn a_reconnect_drops_the_cache() {
     let Some(s) = setup() else { return };
-    let (tx, _rx) = events::channel();
-    let mut hv = Libvirt::new(&s.uri()).with_events(tx);
-    hv.connect().unwrap();
+    let (mut hv, _rx) = connected(&s.uri());
     hv.observe().unwrap();
     assert!(hv.cached_domains() > 0);
     s.set_limit("d1", 9 * MIB);
@@ -245,9 +242,7 @@ fn counted<T>(calls: &CallCounter, f: impl FnOnce() -> T) -> (T, CallCounts) {
 #[test]
 fn a_steady_observation_reads_two_calls_per_running_domain() {
     let Some(s) = setup() else { return };
-    let (tx, _rx) = events::channel();
-    let mut hv = Libvirt::new(&s.uri()).with_events(tx);
-    hv.connect().unwrap();
+    let (mut hv, _rx) = connected(&s.uri());
     let calls = hv.call_counter().expect("the adapter counts its calls");
     let running = hv.observe().unwrap().len() as u64;
     assert_eq!(running, 3, "the driver's `test`, d0, d1");

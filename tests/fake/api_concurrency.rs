@@ -3,12 +3,12 @@
 //! state.json after restart equals the in-memory state.
 #![allow(clippy::unwrap_used)]
 
+use crate::root_agent;
 use crate::support::inproc::*;
 use hyper::Method;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use virtpool::agent::state::RuntimeState;
-use virtpool::api::ServeOptions;
 
 const CLIENTS: usize = 16;
 const OPS: usize = 200;
@@ -28,14 +28,7 @@ async fn concurrent_allocations_never_overshoot_and_persist() {
         .map(|i| dom(&format!("w-{i:02}"), 1, 8, 2))
         .collect();
     let pools = format!("[pools.web]\nmatch = \"w-*\"\nvcpus = {{ budget = {BUDGET} }}\n");
-    let a = Agent::start(
-        dir.path(),
-        "root",
-        &pools,
-        Fake::new(domains.clone()),
-        ServeOptions::default(),
-    )
-    .await;
+    let a = root_agent(dir.path(), &pools, Fake::new(domains.clone())).await;
 
     // Watch the in-memory state the whole time.
     let stop = Arc::new(AtomicBool::new(false));
@@ -141,14 +134,7 @@ async fn concurrent_allocations_never_overshoot_and_persist() {
         RuntimeState::load(&dir.path().join("state")).unwrap(),
         serial
     );
-    let a = Agent::start(
-        dir.path(),
-        "root",
-        &pools,
-        Fake::new(domains),
-        ServeOptions::default(),
-    )
-    .await;
+    let a = root_agent(dir.path(), &pools, Fake::new(domains)).await;
     assert_eq!(*a.handle.runtime().lock().unwrap(), serial);
     let (_, v) = a.call("GET", "/v1/pools/web", None).await;
     assert_eq!(v["reserved"]["vcpus"], 2 * CLIENTS as u64);

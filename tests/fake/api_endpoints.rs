@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::support::inproc::*;
+use crate::{post_ok, stalled_agent, standard_agent};
 use serde_json::{json, Value};
 use std::time::Duration;
 use virtpool::api::{self, ServeOptions};
@@ -95,8 +96,7 @@ async fn assert_summary_is_pools_without_members(a: &Agent) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_have_pinned_shapes() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (_dir, a) = standard_agent().await;
     let db1 =
         a.hv.domains()
             .iter()
@@ -161,8 +161,7 @@ async fn reads_have_pinned_shapes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_happy_paths() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (_dir, a) = standard_agent().await;
 
     // Runtime pool: create (201), repeat (200, unchanged), update, delete.
     let spec = r#"{"domains":["dev"],"vcpus":{"budget":2},"memory":{"budget":"4GiB"}}"#;
@@ -307,8 +306,7 @@ async fn changes_happy_paths() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_with_json_errors_and_the_agent_keeps_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (dir, a) = standard_agent().await;
     let big = format!(r#"{{"domain":"web-1","pad":"{}"}}"#, "x".repeat(70 * 1024));
     fn alloc(body: &str) -> (&'static str, &'static str, Option<&str>) {
         ("POST", "/v1/pools/web/allocate", Some(body))
@@ -505,10 +503,8 @@ async fn reload_answers_with_the_outcome_or_a_503_when_not_taken_in_time() {
 /// served meanwhile. Once the cycle returns, waits give cycles again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waits_for_a_stuck_cycle_end_at_the_wait_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard_with(dir.path(), None, Duration::from_secs(1)).await;
+    let (_dir, a) = stalled_agent(Duration::from_secs(1)).await;
     let hv = a.hv.clone();
-    hv.set_stall(true);
 
     let t0 = std::time::Instant::now();
     let (code, v) = a.call("POST", "/v1/reconcile?wait=true", None).await;
@@ -541,8 +537,7 @@ async fn waits_for_a_stuck_cycle_end_at_the_wait_limit() {
 /// shows with the next cycle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_shows_in_the_pool_views_before_the_next_cycle() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (_dir, a) = standard_agent().await;
     let web_paused = |v: &serde_json::Value| -> bool {
         named(get(v, "/pools"), "web")["paused"].as_bool().unwrap()
     };
@@ -586,10 +581,8 @@ async fn a_pause_shows_in_the_pool_views_before_the_next_cycle() {
 /// scoped cycle runs, then the full cycle answers the full requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scoped_change_goes_before_a_running_full_observation() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard_with(dir.path(), None, Duration::from_secs(5)).await;
+    let (_dir, a) = stalled_agent(Duration::from_secs(5)).await;
     let hv = a.hv.clone();
-    hv.set_stall(true);
     let (code, _) = a.call("POST", "/v1/reconcile", None).await;
     assert_eq!(code, 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -603,13 +596,12 @@ async fn a_scoped_change_goes_before_a_running_full_observation() {
 
     // db-1 is alone in its pool: the scoped cycle does not widen.
     let t0 = std::time::Instant::now();
-    let (code, v) = a
-        .post(
-            "/v1/pools/db/allocate?wait=true",
-            r#"{"domain":"db-1","vcpus":2}"#,
-        )
-        .await;
-    assert_eq!(code, 200, "{v}");
+    let v = post_ok(
+        &a,
+        "/v1/pools/db/allocate?wait=true",
+        r#"{"domain":"db-1","vcpus":2}"#,
+    )
+    .await;
     let scoped_cycle = get(&v, "/cycle/cycle")
         .as_u64()
         .expect("answered with its cycle");
@@ -629,8 +621,7 @@ async fn a_scoped_change_goes_before_a_running_full_observation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reservations_that_do_not_fit_are_refused_with_the_numbers() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (_dir, a) = standard_agent().await;
     let (c, v) = allocate_web(&a, r#"{"domain":"web-1","vcpus":8}"#).await;
     assert_eq!(c, 200, "{v}");
     // web-1 holds 8, web-3 its floor of 1: 3 of 12 left.
@@ -655,8 +646,7 @@ async fn reservations_that_do_not_fit_are_refused_with_the_numbers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirt_down_refuses_allocate_with_503_but_serves_reads_and_release() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (_dir, a) = standard_agent().await;
     assert_eq!(
         allocate_web(&a, r#"{"domain":"web-1","vcpus":3}"#).await.0,
         200
@@ -776,8 +766,7 @@ async fn socket_start_up_lock_stale_socket_mode_and_removal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runtime_changes_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (dir, a) = standard_agent().await;
     let spec = r#"{"domains":["dev"],"vcpus":{"budget":2}}"#;
     assert_eq!(a.call("PUT", "/v1/pools/extra", Some(spec)).await.0, 201);
     assert_eq!(
@@ -889,8 +878,7 @@ async fn connections_over_the_cap_close_the_quietest_or_are_refused() {
 /// revalidate with 304 until something changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_reads_follow_changes_and_revalidate() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (_dir, a) = standard_agent().await;
     let web1 = |v: &Value| -> Value { named(&v["members"], "web-1")["reservation"].clone() };
 
     // Cached answers carry an ETag; naming it gives 304 without a body.
@@ -935,13 +923,12 @@ async fn cached_reads_follow_changes_and_revalidate() {
 
     // With ?wait=true the answer comes after the cycle, and reads already
     // show that cycle and the new reservation.
-    let (code, v) = a
-        .post(
-            "/v1/pools/web/allocate?wait=true",
-            r#"{"domain":"web-1","vcpus":6}"#,
-        )
-        .await;
-    assert_eq!(code, 200, "{v}");
+    let v = post_ok(
+        &a,
+        "/v1/pools/web/allocate?wait=true",
+        r#"{"domain":"web-1","vcpus":6}"#,
+    )
+    .await;
     let cycle = v["cycle"]["cycle"].as_u64().unwrap();
     let (_, _, st) = get_tagged(&a.socket, "/v1/status", None).await;
     assert!(st["cycle"].as_u64().unwrap() >= cycle, "{st}");
@@ -967,8 +954,7 @@ async fn cached_reads_follow_changes_and_revalidate() {
 /// read came since.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_answers_do_not_keep_an_old_cycle_alive() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (_dir, a) = standard_agent().await;
     for path in ["/v1/status", "/v1/pools", "/v1/domains"] {
         let (code, tag, _) = get_tagged(&a.socket, path, None).await;
         assert_eq!((code, tag.is_some()), (200, true), "{path}");

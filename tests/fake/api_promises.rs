@@ -9,8 +9,8 @@
 
 use crate::support::ctl::*;
 use crate::support::inproc::*;
+use crate::{post_ok, root_agent, standard_agent};
 use serde_json::{json, Value};
-use virtpool::api::ServeOptions;
 
 /// Every byte but letters, digits and `-_.~` percent-encoded.
 fn enc(s: &str) -> String {
@@ -32,14 +32,7 @@ async fn names_with_spaces_and_accents_work_everywhere_a_domain_is_named() {
     domains.push(dom("web with spaces", 2, 4, 4));
     domains.push(dom("web-ünïcödé", 2, 4, 4));
     domains.push(dom("dev box", 2, 4, 4));
-    let a = Agent::start(
-        dir.path(),
-        "root",
-        STANDARD_POOLS,
-        Fake::new(domains),
-        ServeOptions::default(),
-    )
-    .await;
+    let a = root_agent(dir.path(), STANDARD_POOLS, Fake::new(domains)).await;
     let s = a.socket.clone();
 
     // The API: the name percent-encoded in the path, decoded by the server.
@@ -103,8 +96,7 @@ async fn names_with_spaces_and_accents_work_everywhere_a_domain_is_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_is_explicit_everywhere_or_refused_with_one_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (_dir, a) = standard_agent().await;
     let s = a.socket.clone();
     let refusal = |domain: &str, place: &str| {
         format!(
@@ -181,13 +173,12 @@ async fn a_move_is_explicit_everywhere_or_refused_with_one_message() {
         "virtpoolctl: domain \"web-1\" is not a member of pool \"web\": it is in pool \"stolen\" (explicit list)\n"
     );
     // The body's "move" on POST .../members; moving back to a config pool.
-    let (code, v) = a
-        .post(
-            "/v1/pools/db/members",
-            r#"{"domain": "web-2", "move": true}"#,
-        )
-        .await;
-    assert_eq!(code, 200, "{v}");
+    let v = post_ok(
+        &a,
+        "/v1/pools/db/members",
+        r#"{"domain": "web-2", "move": true}"#,
+    )
+    .await;
     assert_eq!(
         v["message"],
         r#"domain "web-2" moved from pool "web" (glob "web-*") to pool "db""#
@@ -234,14 +225,7 @@ async fn entries_of_a_pool_that_no_longer_exists_leave_a_paused_pool_paused() {
     .unwrap();
     let hv = Fake::new(standard_domains());
     let ctl = hv.ctl();
-    let a = Agent::start(
-        dir.path(),
-        "root",
-        STANDARD_POOLS,
-        hv,
-        ServeOptions::default(),
-    )
-    .await;
+    let a = root_agent(dir.path(), STANDARD_POOLS, hv).await;
     a.handle.reconcile(true).await.unwrap();
     let vcpus = |name: &str| {
         ctl.domains()
@@ -269,8 +253,7 @@ async fn entries_of_a_pool_that_no_longer_exists_leave_a_paused_pool_paused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_declared_beside_measured_capacity_and_pressure() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (_dir, a) = standard_agent().await;
     let s = a.socket.clone();
     let measured = a.handle.report().host.unwrap();
 

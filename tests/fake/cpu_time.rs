@@ -5,14 +5,14 @@
 //! observations and reaches the plan.
 #![allow(clippy::unwrap_used)]
 
-use crate::support::fake::Fake;
+use crate::support::fake::{Fake, FakeCtl};
 use crate::support::inproc::dom;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use virtpool::adapters::host::Host;
 use virtpool::adapters::libvirt::worker::HvWorker;
 use virtpool::adapters::libvirt::HvError;
-use virtpool::agent::reconciler::Reconciler;
+use virtpool::agent::reconciler::{Handle, Reconciler};
 use virtpool::agent::report::ActionErrorKind;
 use virtpool::agent::state::RuntimeState;
 use virtpool::core::config::Config;
@@ -36,7 +36,18 @@ fn guest(name: &str) -> DomainObs {
     d
 }
 
-fn quota(fake: &crate::support::fake::FakeCtl, name: &str) -> Option<CpuQuota> {
+/// A reconciler over a fake hypervisor with a [`guest`] of each name and
+/// the pool configured by `pool`; the fake's control comes back with it.
+fn reconciler(names: [&str; 2], pool: &str) -> (FakeCtl, Reconciler, Handle) {
+    let fake = Fake::new(names.map(guest).to_vec());
+    let ctl = fake.ctl();
+    let hv = HvWorker::spawn(Box::new(fake)).unwrap();
+    let cfg = config(pool);
+    let (m, h) = Reconciler::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false);
+    (ctl, m, h)
+}
+
+fn quota(fake: &FakeCtl, name: &str) -> Option<CpuQuota> {
     fake.domains()
         .iter()
         .find(|d| &*d.name == name)
@@ -46,11 +57,7 @@ fn quota(fake: &crate::support::fake::FakeCtl, name: &str) -> Option<CpuQuota> {
 
 #[tokio::test]
 async fn cpu_limits_reach_the_domains_and_a_converged_cycle_writes_nothing() {
-    let fake = Fake::new(vec![guest("c-1"), guest("c-2")]);
-    let ctl = fake.ctl();
-    let hv = HvWorker::spawn(Box::new(fake)).unwrap();
-    let cfg = config("cpu = { budget = 1 }");
-    let (mut m, _h) = Reconciler::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false);
+    let (ctl, mut m, _h) = reconciler(["c-1", "c-2"], "cpu = { budget = 1 }");
     let st = m.cycle_once().await;
     assert_eq!(st.results.len(), 2, "{:?}", st.results);
     assert!(st.results.iter().all(|r| r.ok), "{:?}", st.results);
@@ -76,15 +83,11 @@ async fn cpu_limits_reach_the_domains_and_a_converged_cycle_writes_nothing() {
 
 #[tokio::test]
 async fn a_quota_libvirt_refuses_fails_alone() {
-    let fake = Fake::new(vec![guest("c-1"), guest("c-2")]);
-    let ctl = fake.ctl();
+    let (ctl, mut m, _h) = reconciler(["c-1", "c-2"], "cpu = { budget = 1 }");
     ctl.fail_apply_when(|a| {
         matches!(a, Action::SetCpuQuota { domain, .. } if &**domain == "c-1")
             .then(|| HvError::InvalidArg("invalid argument: quota".into()))
     });
-    let hv = HvWorker::spawn(Box::new(fake)).unwrap();
-    let cfg = config("cpu = { budget = 1 }");
-    let (mut m, _h) = Reconciler::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false);
     let st = m.cycle_once().await;
     let r1 = st
         .results
@@ -112,11 +115,10 @@ async fn cpu_use_is_measured_between_observations_and_drives_demand() {
     // demand pool of 2 cores, idle's limit comes down by 25% a cycle until
     // it is within the dead band (0.05 core) of its floor, and busy's goes
     // up into the room.
-    let fake = Fake::new(vec![guest("c-busy"), guest("c-idle")]);
-    let ctl = fake.ctl();
-    let hv = HvWorker::spawn(Box::new(fake)).unwrap();
-    let cfg = config("cpu = { budget = 2, policy = \"demand\" }\n[cpu]\ncooldown = \"0s\"");
-    let (mut m, _h) = Reconciler::new(hv, Host::new().unwrap(), cfg, RuntimeState::new(), false);
+    let (ctl, mut m, _h) = reconciler(
+        ["c-busy", "c-idle"],
+        "cpu = { budget = 2, policy = \"demand\" }\n[cpu]\ncooldown = \"0s\"",
+    );
     let st = m.cycle_once().await;
     assert!(
         st.domains.iter().all(|d| d.cpu_used.is_none()),

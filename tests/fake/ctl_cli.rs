@@ -5,6 +5,7 @@
 
 use crate::support::ctl::*;
 use crate::support::inproc::*;
+use crate::{root_agent, stalled_agent, standard_agent};
 use std::os::unix::fs::PermissionsExt;
 use virtpool::api::ServeOptions;
 
@@ -13,8 +14,7 @@ const SAVED: &str = "change saved; it applies with the next cycle (use --wait to
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_subcommand_works() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (dir, a) = standard_agent().await;
     let s = a.socket.clone();
 
     let st = ok(&s, &["status"]).await;
@@ -163,8 +163,7 @@ async fn every_subcommand_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_exit_1_with_the_agents_message_and_usage_errors_exit_2() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (dir, a) = standard_agent().await;
     let s = a.socket.clone();
     for (args, msg) in [
         (&["pool", "show", "nope"][..], "virtpoolctl: no pool \"nope\"\n"),
@@ -300,10 +299,8 @@ fn pool_create_help_names_its_values() {
 /// (exit 0); `reconcile --wait` fails with the agent's reason (exit 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waits_on_a_stuck_cycle_say_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard_with(dir.path(), None, std::time::Duration::from_secs(1)).await;
+    let (_dir, a) = stalled_agent(std::time::Duration::from_secs(1)).await;
     let hv = a.hv.clone();
-    hv.set_stall(true);
     ok(&a.socket, &["reconcile"]).await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let out = ok(
@@ -345,8 +342,7 @@ async fn waits_on_a_stuck_cycle_say_so() {
 /// text mode (1 refused or failed, 2 usage); `metrics --json` is JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_mode_prints_errors_and_metrics_as_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (dir, a) = standard_agent().await;
     let s = a.socket.clone();
     let missing = dir.path().join("gone.sock");
     for (socket, args, exit, code, message) in [
@@ -414,8 +410,7 @@ async fn json_mode_prints_errors_and_metrics_as_json() {
 /// output quietly with exit 0, not with a panic (exit 101).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_pipe_ends_quietly() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (dir, a) = standard_agent().await;
     for args in [
         &["pools"][..],
         &["--json", "pools"][..],
@@ -457,10 +452,8 @@ async fn a_closed_pipe_ends_quietly() {
 /// line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_views_show_pending_changes_and_unadmitted_members() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard_with(dir.path(), None, std::time::Duration::from_secs(1)).await;
+    let (_dir, a) = stalled_agent(std::time::Duration::from_secs(1)).await;
     let s = a.socket.clone();
-    a.hv.set_stall(true);
     assert_eq!(
         ok(&s, &["pool", "add", "web", "dev"]).await,
         format!("domain \"dev\" added to pool \"web\"\n{SAVED}")
@@ -486,12 +479,10 @@ async fn pool_views_show_pending_changes_and_unadmitted_members() {
 
     // Floors of 2 vCPUs for three members in a budget of 3: one fits.
     let dir = tempfile::tempdir().unwrap();
-    let a = Agent::start(
+    let a = root_agent(
         dir.path(),
-        "root",
         "[pools.web]\nmatch = \"web-*\"\nvcpus = { budget = 3, min = 2 }\n",
         Fake::new(standard_domains()),
-        ServeOptions::default(),
     )
     .await;
     insta::assert_snapshot!(
@@ -506,23 +497,9 @@ async fn pool_views_show_pending_changes_and_unadmitted_members() {
 /// interrupted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_filter_and_follow_like_journalctl() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (_dir, a) = standard_agent().await;
     let s = a.socket.clone();
-    ok(
-        &s,
-        &[
-            "pool",
-            "create",
-            "io",
-            "--domain",
-            "dev",
-            "--disk-bytes-sec",
-            "128MiB",
-            "--wait",
-        ],
-    )
-    .await;
+    limit_dev_disk(&s, "128MiB", &["--wait"]).await;
     let ev = ok(&s, &["events", "--domain", "dev"]).await;
     let lines: Vec<&str> = ev.lines().collect();
     assert_eq!(lines.len(), 1, "{ev}");
@@ -577,19 +554,7 @@ async fn events_filter_and_follow_like_journalctl() {
     };
     let first = read().await;
     assert!(first.contains("→ 128.0 MiB/s"), "{first}");
-    ok(
-        &s,
-        &[
-            "pool",
-            "create",
-            "io",
-            "--domain",
-            "dev",
-            "--disk-bytes-sec",
-            "64MiB",
-        ],
-    )
-    .await;
+    limit_dev_disk(&s, "64MiB", &[]).await;
     let second = read().await;
     assert!(
         second
@@ -610,12 +575,26 @@ async fn events_filter_and_follow_like_journalctl() {
     a.stop().await;
 }
 
+/// `pool create io --domain dev --disk-bytes-sec <rate> <more>`: dev's
+/// disk limited through the runtime pool "io".
+async fn limit_dev_disk(s: &std::path::Path, rate: &str, more: &[&str]) {
+    let args = [
+        "pool",
+        "create",
+        "io",
+        "--domain",
+        "dev",
+        "--disk-bytes-sec",
+        rate,
+    ];
+    ok(s, &[&args[..], more].concat()).await;
+}
+
 /// The completion scripts complete pool and domain names from the running
 /// agent (through the hidden `__complete`), and subcommands as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completions_offer_the_running_agents_names() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Agent::standard(dir.path()).await;
+    let (dir, a) = standard_agent().await;
     let s = a.socket.clone();
     assert_eq!(ok(&s, &["__complete", "pools"]).await, "db\nweb\n");
     assert_eq!(

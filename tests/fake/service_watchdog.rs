@@ -42,11 +42,14 @@ fn reconciler(opts: ReconcilerOptions) -> (FakeCtl, Reconciler, Handle) {
     (ctl, monitor, handle)
 }
 
-/// A watchdog of `watchdog` pinging into `rec`.
-fn watched(rec: &Arc<RecordingNotifier>, watchdog: Duration) -> ReconcilerOptions {
+/// The watchdog interval of the watchdog tests.
+const WATCHDOG: Duration = Duration::from_millis(200);
+
+/// A watchdog of [`WATCHDOG`] pinging into `rec`.
+fn watched(rec: &Arc<RecordingNotifier>) -> ReconcilerOptions {
     ReconcilerOptions {
         notifier: rec.clone(),
-        watchdog: Some(watchdog),
+        watchdog: Some(WATCHDOG),
         ..ReconcilerOptions::default()
     }
 }
@@ -67,19 +70,39 @@ async fn poll(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The loop of a [`reconciler`] running on its own task until `shutdown`.
+struct Running {
+    ctl: FakeCtl,
+    handle: Handle,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn running(opts: ReconcilerOptions) -> Running {
+    let (ctl, monitor, handle) = reconciler(opts);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(monitor.run(shutdown.clone()));
+    Running {
+        ctl,
+        handle,
+        shutdown,
+        task,
+    }
+}
+
+/// A loop with a watchdog pinging into `rec`, once it has pinged `n` times.
+async fn pinging(rec: &Arc<RecordingNotifier>, n: usize) -> Running {
+    let r = running(watched(rec));
+    let what = format!("{n} pings");
+    poll(&what, Duration::from_secs(10), || rec.pings().len() >= n).await;
+    r
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_hypervisor_stops_the_watchdog_pings() {
     let rec = RecordingNotifier::new();
-    let watchdog = Duration::from_millis(200);
-    let (ctl, monitor, handle) = reconciler(watched(&rec, watchdog));
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(monitor.run(shutdown.clone()));
-
     // Healthy: pings at about watchdog/2 although the interval is 30 s.
-    poll("6 pings", Duration::from_secs(10), || {
-        rec.pings().len() >= 6
-    })
-    .await;
+    let r = pinging(&rec, 6).await;
     let pings = rec.pings();
     let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
     // About half the interval, and never as long as the interval itself.
@@ -90,8 +113,8 @@ async fn a_hung_hypervisor_stops_the_watchdog_pings() {
         median >= Duration::from_millis(70) && median <= Duration::from_millis(150),
         "gaps {gaps:?}"
     );
-    assert!(sorted.iter().all(|g| *g < watchdog), "gaps {gaps:?}");
-    assert!(handle.report().cycle >= 1);
+    assert!(sorted.iter().all(|g| *g < WATCHDOG), "gaps {gaps:?}");
+    assert!(r.handle.report().cycle >= 1);
     assert!(rec
         .events()
         .iter()
@@ -99,20 +122,20 @@ async fn a_hung_hypervisor_stops_the_watchdog_pings() {
 
     // libvirt hangs inside a cycle: no ping after that, for well over the
     // watchdog interval (systemd would restart the agent).
-    ctl.set_hang(true);
-    handle.reconcile(false).await;
-    poll("the hang", Duration::from_secs(5), || ctl.held() > 0).await;
+    r.ctl.set_hang(true);
+    r.handle.reconcile(false).await;
+    poll("the hang", Duration::from_secs(5), || r.ctl.held() > 0).await;
     let hung_at = Instant::now();
     let before = rec.pings().len();
-    tokio::time::sleep(watchdog * 4).await;
+    tokio::time::sleep(WATCHDOG * 4).await;
     let after: Vec<Instant> = rec.pings().into_iter().filter(|t| *t > hung_at).collect();
     assert!(
         after.is_empty(),
         "{} pings while hung (had {before} before)",
         after.len()
     );
-    assert!(!task.is_finished());
-    shutdown.cancel();
+    assert!(!r.task.is_finished());
+    r.shutdown.cancel();
 }
 
 /// A job that panicked stopped the libvirt thread for good: the loop still
@@ -121,68 +144,59 @@ async fn a_hung_hypervisor_stops_the_watchdog_pings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_libvirt_thread_stops_the_watchdog_pings() {
     let rec = RecordingNotifier::new();
-    let watchdog = Duration::from_millis(200);
-    let (ctl, monitor, handle) = reconciler(watched(&rec, watchdog));
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(monitor.run(shutdown.clone()));
-    poll("3 pings", Duration::from_secs(10), || {
-        rec.pings().len() >= 3
-    })
-    .await;
+    let r = pinging(&rec, 3).await;
 
-    ctl.set_panic(true);
-    let st = handle.reconcile(true).await.unwrap();
+    r.ctl.set_panic(true);
+    let st = r.handle.reconcile(true).await.unwrap();
     assert!(!st.libvirt.connected, "{:?}", st.libvirt);
     let stopped_at = Instant::now();
     // Ticks at watchdog/2 and cycles on request: none of them pings.
-    tokio::time::sleep(watchdog * 2).await;
-    handle.reconcile(true).await.unwrap();
-    tokio::time::sleep(watchdog * 2).await;
+    tokio::time::sleep(WATCHDOG * 2).await;
+    r.handle.reconcile(true).await.unwrap();
+    tokio::time::sleep(WATCHDOG * 2).await;
     let after = rec.pings().into_iter().filter(|t| *t > stopped_at).count();
     assert_eq!(after, 0, "pings after the libvirt thread stopped");
-    assert!(!task.is_finished(), "the loop itself goes on");
-    shutdown.cancel();
+    assert!(!r.task.is_finished(), "the loop itself goes on");
+    r.shutdown.cancel();
 }
 
 #[tokio::test]
 async fn a_refused_reload_stays_visible_until_a_good_one() {
     let audit = AuditLog::memory();
-    let (_, monitor, handle) = reconciler(audited(&audit));
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(monitor.run(shutdown.clone()));
+    let r = running(audited(&audit));
 
-    let st = handle.reconcile(true).await.unwrap();
+    let st = r.handle.reconcile(true).await.unwrap();
     assert_eq!(st.config_error, None);
 
     assert!(
-        handle
+        r.handle
             .reload_checked(Err(LoadError::from(ConfigError::Parse {
                 file: "test.toml".into(),
                 message: "pool \"x\": broken".into(),
             })))
             .await
     );
-    let st = handle.reconcile(true).await.unwrap();
+    let st = r.handle.reconcile(true).await.unwrap();
     let err = st.config_error.clone().unwrap();
     assert!(
         err.contains("reload refused") && err.contains("broken"),
         "{err}"
     );
     // Still there on later cycles.
-    let st = handle.reconcile(true).await.unwrap();
+    let st = r.handle.reconcile(true).await.unwrap();
     assert!(st.config_error.is_some());
-    assert_eq!(handle.counters().reloads_refused, 1);
-    assert_eq!(handle.counters().last_reload_ok, Some(false));
-    assert!(handle.config().pools.is_empty(), "old config kept");
+    assert_eq!(r.handle.counters().reloads_refused, 1);
+    assert_eq!(r.handle.counters().last_reload_ok, Some(false));
+    assert!(r.handle.config().pools.is_empty(), "old config kept");
 
     let good = config("[pools.p]\ndomains = [\"a\"]\nvcpus = { budget = 1 }\n");
-    assert!(handle.reload_checked(Ok(good)).await);
-    let st = handle.reconcile(true).await.unwrap();
+    assert!(r.handle.reload_checked(Ok(good)).await);
+    let st = r.handle.reconcile(true).await.unwrap();
     assert_eq!(st.config_error, None);
-    assert_eq!(handle.config().pools.len(), 1);
+    assert_eq!(r.handle.config().pools.len(), 1);
     assert_eq!(st.plan.as_ref().unwrap().pools.len(), 1);
-    assert_eq!(handle.counters().reloads_ok, 1);
-    assert_eq!(handle.counters().last_reload_ok, Some(true));
+    assert_eq!(r.handle.counters().reloads_ok, 1);
+    assert_eq!(r.handle.counters().last_reload_ok, Some(true));
 
     let reloads: Vec<bool> = audit
         .recent(100)
@@ -194,8 +208,8 @@ async fn a_refused_reload_stays_visible_until_a_good_one() {
         })
         .collect();
     assert_eq!(reloads, vec![false, true]);
-    shutdown.cancel();
-    task.await.unwrap();
+    r.shutdown.cancel();
+    r.task.await.unwrap();
     assert!(matches!(
         audit.recent(1).unwrap()[0].kind,
         EventKind::Stopping

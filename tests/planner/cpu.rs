@@ -3,6 +3,7 @@
 //! `cpu_props.rs`, the config keys in `cpu_config.rs`.
 #![allow(clippy::unwrap_used)]
 
+use crate::member;
 use virtpool::core::config::{Config, Limits, MemoryPolicy, OnRelease};
 use virtpool::core::cpu::CpuQuota;
 use virtpool::core::model::{Action, DomainObs, Observation, QuotaScope, Reason, Resource};
@@ -26,6 +27,21 @@ pub(crate) fn guest(name: &str, pool: &str, vcpus: u64) -> DomainObs {
 
 pub(crate) fn cpu_pool(name: &str, budget: u64, defaults: Limits) -> virtpool::core::config::Pool {
     t::with_budget(t::pool(name), Resource::Cpu, budget, defaults)
+}
+
+/// The pool "p" sharing `budget` by demand.
+fn demand_pool(budget: u64) -> virtpool::core::config::Pool {
+    let mut p = cpu_pool("p", budget, Limits::default());
+    p.cpu_policy = MemoryPolicy::Demand;
+    p
+}
+
+/// A [`guest`] of pool "p" held to 1 core that used `used` of it.
+fn one_core_using(name: &str, vcpus: u64, used: u64) -> DomainObs {
+    let mut d = guest(name, "p", vcpus);
+    d.cpu_quota = Some(global(100_000));
+    d.cpu_used = Some(used);
+    d
 }
 
 /// A simulated host: plans, applies (a guest's use cut to a lower
@@ -94,12 +110,7 @@ impl Sim {
 }
 
 pub(crate) fn alloc(p: &Plan, name: &str) -> Alloc {
-    p.pools
-        .iter()
-        .flat_map(|x| &x.members)
-        .find(|m| *m.name == *name)
-        .and_then(|m| m.alloc.cpu)
-        .unwrap()
+    member(p, name).alloc.cpu.unwrap()
 }
 
 fn quotas(p: &Plan) -> Vec<(String, CpuQuota)> {
@@ -179,25 +190,15 @@ fn cpu_min_and_max() {
     // 2 cores, three 4-vCPU guests: `db` reserves 1.5 cores, `web` may
     // have at most 0.2: db 1.5 (floor... its share is less), web 0.2
     // (max), the third gets the rest, 0.3.
-    let p = cpu_pool("p", 2 * CORE, Limits::default());
-    let p = t::with_member(
-        p,
-        "db",
-        Resource::Cpu,
-        Limits {
-            min: Some(1500),
+    let mut p = cpu_pool("p", 2 * CORE, Limits::default());
+    for (name, min, max) in [("db", Some(1500), None), ("web", None, Some(200))] {
+        let limits = Limits {
+            min,
+            max,
             ..Limits::default()
-        },
-    );
-    let p = t::with_member(
-        p,
-        "web",
-        Resource::Cpu,
-        Limits {
-            max: Some(200),
-            ..Limits::default()
-        },
-    );
+        };
+        p = t::with_member(p, name, Resource::Cpu, limits);
+    }
     let plan = Sim::new(
         t::config(16, 64 * GIB, vec![p]),
         vec![
@@ -268,22 +269,20 @@ fn cpu_without_a_quota_is_planned_not_set() {
 
 #[test]
 fn cpu_dead_band() {
-    // A limit within cpu.min_change (0.05 core) of its target stays.
-    let p = cpu_pool("p", CORE, Limits::default());
-    let mut g = guest("a", "p", 2);
-    g.cpu_quota = Some(global(96_000));
-    let plan = Sim::new(t::config(16, 64 * GIB, vec![p]), vec![g]).plan();
-    let a = alloc(&plan, "a");
-    assert_eq!((a.target, a.next, a.reason), (CORE, 960, Reason::DeadBand));
-    assert!(plan.actions.is_empty());
-    // Above it, too.
-    let p = cpu_pool("p", CORE, Limits::default());
-    let mut g = guest("a", "p", 2);
-    g.cpu_quota = Some(global(104_000));
-    let plan = Sim::new(t::config(16, 64 * GIB, vec![p]), vec![g]).plan();
-    let a = alloc(&plan, "a");
-    assert_eq!((a.target, a.next, a.reason), (CORE, 1040, Reason::DeadBand));
-    assert!(plan.actions.is_empty());
+    // A limit within cpu.min_change (0.05 core) of its target stays:
+    // below it and above it.
+    for (quota, limit) in [(96_000, 960), (104_000, 1040)] {
+        let p = cpu_pool("p", CORE, Limits::default());
+        let mut g = guest("a", "p", 2);
+        g.cpu_quota = Some(global(quota));
+        let plan = Sim::new(t::config(16, 64 * GIB, vec![p]), vec![g]).plan();
+        let a = alloc(&plan, "a");
+        assert_eq!(
+            (a.target, a.next, a.reason),
+            (CORE, limit, Reason::DeadBand)
+        );
+        assert!(plan.actions.is_empty());
+    }
 }
 
 #[test]
@@ -293,14 +292,9 @@ fn cpu_demand_lends_an_idle_guests_time_to_a_busy_one() {
     // at most 25% a cycle. `busy` uses all of its 1 core: taken as held
     // back, it asks for twice its limit and grows into the room `idle`
     // gives back, up to 2 − 0.063 cores.
-    let mut p = cpu_pool("p", 2 * CORE, Limits::default());
-    p.cpu_policy = MemoryPolicy::Demand;
-    let mut idle = guest("idle", "p", 2);
-    idle.cpu_quota = Some(global(100_000));
-    idle.cpu_used = Some(50);
-    let mut busy = guest("busy", "p", 2);
-    busy.cpu_quota = Some(global(100_000));
-    busy.cpu_used = Some(CORE);
+    let p = demand_pool(2 * CORE);
+    let idle = one_core_using("idle", 2, 50);
+    let busy = one_core_using("busy", 2, CORE);
     let mut s = Sim::new(t::config(16, 64 * GIB, vec![p]), vec![idle, busy]);
     let p = s.cycle();
     let (i, b) = (alloc(&p, "idle"), alloc(&p, "busy"));
@@ -348,11 +342,8 @@ fn cpu_demand_lends_an_idle_guests_time_to_a_busy_one() {
 fn cpu_demand_cooldown_and_shrink_rate() {
     // In a demand pool a raised limit is not lowered again before
     // cpu.cooldown (30 s); then by at most cpu.max_shrink (25%) a cycle.
-    let mut p = cpu_pool("p", 4 * CORE, Limits::default());
-    p.cpu_policy = MemoryPolicy::Demand;
-    let mut g = guest("a", "p", 4);
-    g.cpu_quota = Some(global(100_000));
-    g.cpu_used = Some(CORE);
+    let p = demand_pool(4 * CORE);
+    let g = one_core_using("a", 4, CORE);
     let mut s = Sim::new(t::config(16, 64 * GIB, vec![p]), vec![g]);
     let p = s.cycle();
     assert_eq!(alloc(&p, "a").next, 2 * CORE, "saturated: doubles");
@@ -378,8 +369,7 @@ fn cpu_demand_cooldown_and_shrink_rate() {
     assert_eq!(alloc(&p, "a").next, 1125);
     // A guest without a limit gets its first one at once, demand pool or
     // not.
-    let mut p = cpu_pool("p", 4 * CORE, Limits::default());
-    p.cpu_policy = MemoryPolicy::Demand;
+    let p = demand_pool(4 * CORE);
     let mut g = guest("a", "p", 4);
     g.cpu_used = Some(500);
     let plan = Sim::new(t::config(16, 64 * GIB, vec![p]), vec![g]).plan();
@@ -397,8 +387,7 @@ fn cpu_demand_cooldown_and_shrink_rate() {
 
 #[test]
 fn cpu_demand_without_a_measure_falls_back_to_the_share() {
-    let mut p = cpu_pool("p", 2 * CORE, Limits::default());
-    p.cpu_policy = MemoryPolicy::Demand;
+    let p = demand_pool(2 * CORE);
     let plan = Sim::new(
         t::config(16, 64 * GIB, vec![p]),
         vec![guest("a", "p", 4), guest("b", "p", 4)],
@@ -419,10 +408,7 @@ fn cpu_weights_follow_cpu_shares() {
     let mut g = guest("a", "p", 2);
     g.cpu_shares = Some(1000);
     let plan = Sim::new(t::config(16, 64 * GIB, vec![p]), vec![g]).plan();
-    assert!(plan
-        .actions
-        .iter()
-        .any(|a| matches!(a, Action::SetCpuShares { to: 3000, .. })));
+    assert_action!(plan, Action::SetCpuShares { to: 3000, .. });
 }
 
 #[test]

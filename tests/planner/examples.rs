@@ -2,6 +2,7 @@
 //! Each one is quoted in `docs/allocation.md` under its test name.
 #![allow(clippy::unwrap_used)]
 
+use crate::member;
 use std::sync::Arc;
 use virtpool::core::config::{Config, Limits, MemoryPolicy};
 use virtpool::core::model::{Action, DomainObs, Observation, Reason, Resource};
@@ -42,12 +43,7 @@ fn run(cfg: &Config, domains: Vec<DomainObs>) -> Plan {
 }
 
 fn alloc(p: &Plan, name: &str, r: Resource) -> Alloc {
-    p.pools
-        .iter()
-        .flat_map(|x| &x.members)
-        .find(|m| *m.name == *name)
-        .and_then(|m| *m.alloc.get(r))
-        .unwrap()
+    member(p, name).alloc.get(r).unwrap()
 }
 
 fn targets(p: &Plan, names: &[&str], r: Resource) -> Vec<u64> {
@@ -258,7 +254,7 @@ fn unadmitted_member_left_untouched() {
     let pool = &plan.pools[0];
     let unadmitted: Vec<_> = pool.unadmitted().map(|m| &*m.name).collect();
     assert_eq!(unadmitted, vec!["mid"]);
-    let m = pool.members.iter().find(|m| *m.name == *"mid").unwrap();
+    let m = member(&plan, "mid");
     assert!(m.note.as_deref().unwrap().contains("vcpus floor (3)"));
     for r in [Resource::Vcpus, Resource::Memory] {
         let a = alloc(&plan, "mid", r);
@@ -667,22 +663,21 @@ fn guard_refuses_unsafe_actions() {
         guard.check(act).unwrap();
         guard.applied(act);
     }
-    let mem = |d: &DomainObs, from, to| Action::SetMemory {
-        uuid: d.uuid.clone(),
-        domain: d.name.clone(),
-        from,
-        to,
-        reason: Reason::Share,
-        persist: false,
-    };
-    let vcpus = |d: &DomainObs, from, to| Action::SetVcpus {
-        uuid: d.uuid.clone(),
-        domain: d.name.clone(),
-        from,
-        to,
-        reason: Reason::Share,
-        persist: false,
-    };
+    // A change of `d` from `from` to `to`, as the `Action` variant `$kind`.
+    macro_rules! change {
+        ($kind:ident) => {
+            |d: &DomainObs, from, to| Action::$kind {
+                uuid: d.uuid.clone(),
+                domain: d.name.clone(),
+                from,
+                to,
+                reason: Reason::Share,
+                persist: false,
+            }
+        };
+    }
+    let mem = change!(SetMemory);
+    let vcpus = change!(SetVcpus);
     let g = Guard::new(&plan);
     // Below the guest's floor (3 GiB used + 1 GiB margin).
     assert!(matches!(

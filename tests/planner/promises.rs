@@ -6,6 +6,7 @@
 //! against libvirt from a second connection by the stateful test
 //! (`tests/daemon/promises_live.rs`).
 
+use crate::member;
 use std::sync::Arc;
 use virtpool::core::config::{Config, Limits, OnRelease};
 use virtpool::core::model::{Action, DomainObs, DomainState, Observation, Reason, Resource};
@@ -99,12 +100,7 @@ fn vm(name: &str, pool: &str, vcpus: u64, memory: u64, age: u64) -> DomainObs {
 }
 
 fn admitted(p: &Plan, name: &str) -> bool {
-    p.pools
-        .iter()
-        .flat_map(|x| &x.members)
-        .find(|m| *m.name == *name)
-        .unwrap()
-        .admitted
+    member(p, name).admitted
 }
 
 fn no_limits() -> Limits {
@@ -223,14 +219,7 @@ fn no_balloon_memory_is_reported_not_managed() {
             "{:?}",
             p.steps().collect::<Vec<_>>()
         );
-        let a = p.pools[0]
-            .members
-            .iter()
-            .find(|m| &*m.name == "noballoon")
-            .unwrap()
-            .alloc
-            .memory
-            .unwrap();
+        let a = member(&p, "noballoon").alloc.memory.unwrap();
         assert_eq!((a.target, a.reason), (4 * GIB, Reason::NoBalloon));
     }
     assert_eq!(s.dom("noballoon").memory, 4 * GIB);
@@ -265,10 +254,7 @@ fn a_paused_domain_waits() {
     // It runs: now it moves.
     s.dom("paused").state = DomainState::Running;
     let plan = s.cycle();
-    assert!(plan
-        .actions
-        .iter()
-        .any(|a| matches!(a, Action::SetVcpus { to: 6, .. })));
+    assert_action!(plan, Action::SetVcpus { to: 6, .. });
 }
 
 /// Item 6: memory does not grow by less than the dead band (16 MiB).

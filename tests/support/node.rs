@@ -62,16 +62,29 @@ pub fn observe_one(hv: &mut Libvirt, name: &str) -> DomainObs {
     dom(&doms, name).clone()
 }
 
+/// A live (not persisted) change of the domain `uuid` to `to`, as the
+/// `Action` variant `$kind` (`SetVcpus` or `SetMemory`).
+macro_rules! live_change {
+    ($kind:ident, $uuid:expr, $to:expr) => {
+        Action::$kind {
+            uuid: $uuid.into(),
+            domain: "dom".into(),
+            from: 0,
+            to: $to,
+            reason: Reason::Share,
+            persist: false,
+        }
+    };
+}
+
 /// A live (not persisted) vCPU change of the domain `uuid` to `to`.
 pub fn set_vcpus(uuid: &str, to: u64) -> Action {
-    Action::SetVcpus {
-        uuid: uuid.into(),
-        domain: "dom".into(),
-        from: 0,
-        to,
-        reason: Reason::Share,
-        persist: false,
-    }
+    live_change!(SetVcpus, uuid, to)
+}
+
+/// A live (not persisted) memory change of the domain `uuid` to `to` bytes.
+pub fn set_memory(uuid: &str, to: u64) -> Action {
+    live_change!(SetMemory, uuid, to)
 }
 
 /// Every domain as a fresh connection to a fixture node sees it.
