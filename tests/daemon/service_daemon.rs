@@ -5,11 +5,12 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::support::daemon::free_port;
+use crate::support::process::KillOnDrop;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -76,19 +77,12 @@ fn api_json(sock: &Path, path: &str) -> serde_json::Value {
 }
 
 struct Daemon {
-    child: Child,
+    child: KillOnDrop,
     rx: mpsc::Receiver<(Instant, String)>,
     seen: Vec<(Instant, String)>,
     dir: tempfile::TempDir,
     config: PathBuf,
     port: u16,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Daemon {
@@ -150,7 +144,7 @@ impl Daemon {
             .spawn()
             .unwrap();
         Daemon {
-            child,
+            child: KillOnDrop(child),
             rx,
             seen: Vec::new(),
             dir,
