@@ -283,6 +283,18 @@ cooldown = "0s"
     )
 }
 
+/// A config in `dir` ([`config_text`], written by [`write_config`]) whose
+/// libvirt socket does not exist: for what the agent does before it
+/// connects, or with libvirt reported down.
+pub fn config_without_libvirt(dir: &Path, pools: &str) -> PathBuf {
+    let uri = format!(
+        "test+unix:///default?socket={}",
+        dir.join("no-such-sock").display()
+    );
+    let (cfg, _) = write_config(dir, &config_text(dir, &uri, "1s", pools));
+    cfg
+}
+
 /// Writes `text` to `dir/virtpool.toml` and parses it (the test's copy).
 pub fn write_config(dir: &Path, text: &str) -> (PathBuf, Config) {
     let path = dir.join("virtpool.toml");
