@@ -156,6 +156,11 @@ impl Agent {
         .await
     }
 
+    /// [`Agent::start`] for group `root` with the default serve options.
+    pub async fn start_root(dir: &Path, pools: &str, hv: Fake) -> Agent {
+        Agent::start(dir, "root", pools, hv, ServeOptions::default()).await
+    }
+
     /// Starts an agent and waits for its first cycle.
     pub async fn start(
         dir: &Path,
