@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::inproc::*;
-use virtpool::api::ServeOptions;
 
 const CLIENTS: usize = 16;
 const DOMAINS: usize = 1000;
@@ -162,14 +161,7 @@ memory = { budget = "12GiB" }
 match = "vm-3-*"
 memory = { budget = "12GiB" }
 "#;
-        let a = Agent::start(
-            dir.path(),
-            "root",
-            pools,
-            Fake::new(domains),
-            ServeOptions::default(),
-        )
-        .await;
+        let a = Agent::start_root(dir.path(), pools, Fake::new(domains)).await;
         // `cargo test --all-targets` runs this without `--bench`
         // (unoptimized): a 1 s smoke run per scenario.
         let default_secs = if std::env::args().any(|a| a == "--bench") {

@@ -43,11 +43,14 @@
 
 #[path = "../tests/support/libvirtd.rs"]
 mod libvirtd;
+#[path = "../tests/support/process.rs"]
+mod process;
 
 use libvirtd::{Libvirtd, LIBVIRTD};
+use process::KillOnDrop;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use virt::connect::Connect;
@@ -303,7 +306,7 @@ fn baseline_read(c: &Connect) -> Vec<Domain> {
 /// - `rss` → `rss_kib anon_kib` (the child's `VmRSS` and `RssAnon`: the
 ///   memory a minimal libvirt client needs for the same work, the RSS floor).
 struct Baseline {
-    child: Child,
+    _child: KillOnDrop,
     stdin: std::process::ChildStdin,
     out: std::io::BufReader<std::process::ChildStdout>,
 }
@@ -319,7 +322,11 @@ impl Baseline {
             .unwrap();
         let stdin = child.stdin.take().unwrap();
         let out = std::io::BufReader::new(child.stdout.take().unwrap());
-        Baseline { child, stdin, out }
+        Baseline {
+            _child: KillOnDrop(child),
+            stdin,
+            out,
+        }
     }
 
     fn ask(&mut self, cmd: &str) -> Vec<f64> {
@@ -331,13 +338,6 @@ impl Baseline {
         line.split_whitespace()
             .map(|v| v.parse().unwrap())
             .collect()
-    }
-}
-
-impl Drop for Baseline {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -609,16 +609,9 @@ fn in_process(n: usize, uri: &str, c2: &Connect, dir: &Path, reps: usize) -> Cyc
 // ------------------------------------------------------------- real daemon
 
 struct Agent {
-    child: Child,
+    child: KillOnDrop,
     sock: PathBuf,
     dir: PathBuf,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The `Environment=` assignments of the systemd unit (`KEY=VALUE` words,
@@ -665,7 +658,7 @@ impl Agent {
             .spawn()
             .unwrap();
         Agent {
-            child,
+            child: KillOnDrop(child),
             sock: dir.join("virtpool.sock"),
             dir: dir.to_path_buf(),
         }

@@ -31,19 +31,9 @@ use std::time::Instant;
 const POOL: &str = "realvm";
 const DOM: &str = "vp-pc";
 
-/// The agent's config: a 2 s interval, shrinks in one step, vCPU changes
-/// 1 s apart.
-const CONFIG: &str = r#"[agent]
-libvirt_uri = "{uri}"
-interval = "2s"
-mode = "enforce"
-state_dir = "{dir}/agent-state"
-
-[api]
-socket = "{sock}"
-group = "root"
-
-[host]
+/// The agent's config after the harness's `[agent]` (a 2 s interval) and
+/// `[api]`: shrinks in one step, vCPU changes 1 s apart.
+const CONFIG: &str = r#"[host]
 cpus = 8
 memory = "4GiB"
 disk_bytes_sec = "4GiB"

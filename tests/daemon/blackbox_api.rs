@@ -14,16 +14,14 @@ use std::time::{Duration, Instant};
 
 /// 24 vCPUs and 36 GiB for six `cs-*` (max 8 / 8 GiB, min 5 GiB): 4 vCPUs
 /// and 6 GiB each.
-const POOLS: &str = r#"
-[pools.cs]
-match = "cs-*"
-vcpus = { budget = 24 }
-memory = { budget = "36GiB", min = "5GiB" }
-
+fn pools() -> String {
+    prefix_pool("cs", 24, 36)
+        + r#"
 [pools.spare]
 domains = ["sp-1"]
 vcpus = { budget = 4 }
-"#;
+"#
+}
 
 fn fleet() -> Vec<DomSpec> {
     let mut v: Vec<DomSpec> = (1..=6)
@@ -57,7 +55,7 @@ struct Setup {
 fn setup(tag: &str) -> Option<Setup> {
     let (dir, lv, h) = private_host(tag)?;
     h.define_fleet(&fleet());
-    let text = config_text(dir.path(), &lv.uri(), "1s", POOLS);
+    let text = config_text(dir.path(), &lv.uri(), "1s", &pools());
     let (cfg_path, cfg) = write_config(dir.path(), &text);
     let mut agent = Agent::start(dir.path(), &cfg_path);
     wait_ready(&mut agent);

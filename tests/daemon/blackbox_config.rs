@@ -12,12 +12,9 @@ use virtpool::core::config::Config;
 
 /// 12 vCPUs and 18 GiB for three `cf-*` (max 8 / 8 GiB, min 5 GiB):
 /// 4 vCPUs and 6 GiB each.
-const POOLS: &str = r#"
-[pools.cf]
-match = "cf-*"
-vcpus = { budget = 12 }
-memory = { budget = "18GiB", min = "5GiB" }
-"#;
+fn pools() -> String {
+    prefix_pool("cf", 12, 18)
+}
 
 fn fleet() -> Vec<DomSpec> {
     (1..=3)
@@ -33,7 +30,7 @@ fn at(v: u64, m: u64) -> impl Fn(&str) -> Option<(u64, u64)> {
 /// converged: (config text, its path, the config, the agent).
 fn start_converged(dir: &Path, lv: &Libvirtd, h: &Host2) -> (String, PathBuf, Config, Agent) {
     h.define_fleet(&fleet());
-    let good = config_text(dir, &lv.uri(), "1s", POOLS);
+    let good = config_text(dir, &lv.uri(), "1s", &pools());
     let (path, cfg) = write_config(dir, &good);
     let mut agent = Agent::start(dir, &path);
     wait_converged(h, &mut agent, Duration::from_secs(20), at(4, 6 * GIB));
@@ -42,7 +39,7 @@ fn start_converged(dir: &Path, lv: &Libvirtd, h: &Host2) -> (String, PathBuf, Co
 
 /// (file text, what stderr / the log must name).
 fn bad_configs(dir: &Path, uri: &str) -> Vec<(&'static str, String, Vec<&'static str>)> {
-    let good = config_text(dir, uri, "1s", POOLS);
+    let good = config_text(dir, uri, "1s", &pools());
     vec![
         (
             "unknown key",

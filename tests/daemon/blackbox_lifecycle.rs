@@ -12,12 +12,9 @@ use virtpool::core::model::DomainState;
 /// vCPUs 12 and memory 18 GiB shared by the active `lc-*` (max 8 vCPUs,
 /// 8 GiB, min 5 GiB): two active → 6 vCPUs and 8 GiB (hardware max) each,
 /// three active → 4 vCPUs and 5 + 1 = 6 GiB each.
-const POOLS: &str = r#"
-[pools.lc]
-match = "lc-*"
-vcpus = { budget = 12 }
-memory = { budget = "18GiB", min = "5GiB" }
-"#;
+fn pools() -> String {
+    prefix_pool("lc", 12, 18)
+}
 
 /// Long on purpose: SPEC §4 runs a cycle at once on a lifecycle event, so
 /// every change below must be picked up well within one interval (a
@@ -75,7 +72,7 @@ fn lifecycle_changes_are_picked_up_at_once_well_within_an_interval() {
         spec("other", 9, Init::Running),
     ]);
     let other = h.get("other");
-    let text = config_text(dir.path(), &lv.uri(), "20s", POOLS);
+    let text = config_text(dir.path(), &lv.uri(), "20s", &pools());
     let (cfg_path, cfg) = write_config(dir.path(), &text);
     let mut agent = Agent::start(dir.path(), &cfg_path);
     wait_converged(

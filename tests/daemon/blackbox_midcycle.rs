@@ -18,12 +18,9 @@ use virtpool::core::model::{Action, DomainState};
 
 /// 16 vCPUs and 24 GiB for the active `mc-*` (max 8 / 8 GiB, min 5 GiB):
 /// four active → 4 vCPUs, 6 GiB each; two active → 8 vCPUs, 8 GiB each.
-const POOLS: &str = r#"
-[pools.mc]
-match = "mc-*"
-vcpus = { budget = 16 }
-memory = { budget = "24GiB", min = "5GiB" }
-"#;
+fn pools() -> String {
+    prefix_pool("mc", 16, 24)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn domain_destroyed_or_undefined_between_observe_and_enforce() {
@@ -35,7 +32,7 @@ async fn domain_destroyed_or_undefined_between_observe_and_enforce() {
         .collect();
     h.define_fleet(&fleet);
 
-    let text = config_text(dir.path(), &lv.uri(), "1h", POOLS);
+    let text = config_text(dir.path(), &lv.uri(), "1h", &pools());
     let (_, cfg) = write_config(dir.path(), &text);
     virtpool::adapters::libvirt::quiet_errors();
     let fake = Fake::wrap(Libvirt::new(&lv.uri()));

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::support::blackbox::*;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const VALID: &str = r#"{
@@ -42,18 +43,20 @@ fn corruptions() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// A config in `dir` with no pools and no libvirtd (the state is read
+/// before libvirt is contacted), and its state directory, created empty:
+/// (config file, state directory).
+fn config_and_state_dir(dir: &Path) -> (PathBuf, PathBuf) {
+    let cfg_path = config_without_libvirt(dir, "");
+    let state_dir = dir.join("state");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    (cfg_path, state_dir)
+}
+
 #[test]
 fn corrupt_state_file_refuses_start_and_overwrites_nothing() {
     let dir = test_dir("state");
-    // No libvirtd needed: the state is read before libvirt is contacted.
-    let uri = format!(
-        "test+unix:///default?socket={}",
-        dir.path().join("no-such-sock").display()
-    );
-    let text = config_text(dir.path(), &uri, "1s", "");
-    let (cfg_path, _) = write_config(dir.path(), &text);
-    let state_dir = dir.path().join("state");
-    std::fs::create_dir_all(&state_dir).unwrap();
+    let (cfg_path, state_dir) = config_and_state_dir(dir.path());
     let file = state_dir.join("state.json");
     for (what, bytes) in corruptions() {
         std::fs::write(&file, &bytes).unwrap();
@@ -97,13 +100,7 @@ fn corrupt_state_file_refuses_start_and_overwrites_nothing() {
 #[test]
 fn reset_state_moves_the_corrupt_file_aside_and_starts() {
     let dir = test_dir("reset");
-    let uri = format!(
-        "test+unix:///default?socket={}",
-        dir.path().join("no-such-sock").display()
-    );
-    let (cfg_path, _) = write_config(dir.path(), &config_text(dir.path(), &uri, "1s", ""));
-    let state_dir = dir.path().join("state");
-    std::fs::create_dir_all(&state_dir).unwrap();
+    let (cfg_path, state_dir) = config_and_state_dir(dir.path());
     let bytes = b"{\"version\": 1, \"pau".to_vec();
     std::fs::write(state_dir.join("state.json"), &bytes).unwrap();
     let mut agent = Agent::start_args(dir.path(), &cfg_path, &["--reset-state"]);

@@ -53,19 +53,17 @@ fn check_config_accepts_the_shipped_configs() {
 
 #[test]
 fn check_config_on_a_broken_config_exits_78_and_names_file_and_key() {
-    let (code, err) = check_file(
+    let err = refused_file(
         "bad.toml",
         b"[pools.web]\nmatch = \"web-*\"\nmemory = { budget = \"16GiB\", min = \"12GiB\", max = \"8GiB\" }\n",
     );
-    assert_eq!(code, Some(78));
     assert!(err.contains("bad.toml"), "{err}");
     assert!(
         err.contains(r#"pool "web": memory.min (12.0 GiB) exceeds memory.max (8.0 GiB)"#),
         "{err}"
     );
 
-    let (code, err) = check_file("bad.toml", b"[agent]\nmode = \"enforce\"\nspeed = 3\n");
-    assert_eq!(code, Some(78));
+    let err = refused_file("bad.toml", b"[agent]\nmode = \"enforce\"\nspeed = 3\n");
     assert!(err.contains("speed"), "{err}");
 
     let out = check_config(Path::new("/nonexistent/virtpool.toml"));
@@ -75,11 +73,10 @@ fn check_config_on_a_broken_config_exits_78_and_names_file_and_key() {
 
 #[test]
 fn budgets_over_the_host_are_rejected_with_the_numbers() {
-    let (code, err) = check_file(
+    let err = refused_file(
         "big.toml",
         b"[host]\ncpus = 3\n[pools.a]\nvcpus = { budget = 6 }\n[pools.b]\nvcpus = { budget = 4 }\n",
     );
-    assert_eq!(code, Some(78));
     assert!(
         err.contains("vcpus add up to 10 (a 6 + b 4) but the host has only 8 allocatable"),
         "{err}"
@@ -128,19 +125,21 @@ fn once_without_libvirt_exits_69_with_a_clear_message() {
     );
 }
 
-/// `--check-config` on `text` written to a fresh file `name`: exit code
-/// and standard error.
-fn check_file(name: &str, text: &[u8]) -> (Option<i32>, String) {
+/// `--check-config` on `text` written to a fresh file `name`, which must
+/// refuse it (exit 78): its standard error.
+fn refused_file(name: &str, text: &[u8]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join(name);
     std::fs::write(&f, text).unwrap();
     let out = check_config(&f);
-    (out.status.code(), stderr(&out))
-}
-
-/// [`check_file`] on `virtpool.toml`.
-fn check(text: &[u8]) -> (Option<i32>, String) {
-    check_file("virtpool.toml", text)
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "{name}: {}: {err}",
+        String::from_utf8_lossy(text)
+    );
+    err
 }
 
 /// Settings that would break the running agent (a panic in the libvirt
@@ -181,8 +180,7 @@ fn check_config_refuses_settings_that_cannot_work_naming_the_key() {
         (b"", &["virtpool.toml", "the file has no settings"]),
         (b"# all commented out\n", &["the file has no settings"]),
     ] {
-        let (code, err) = check(text);
-        assert_eq!(code, Some(78), "{}: {err}", String::from_utf8_lossy(text));
+        let err = refused_file("virtpool.toml", text);
         for n in needles {
             assert!(err.contains(n), "{n:?} not in: {err}");
         }

@@ -71,6 +71,19 @@ fn wait_ready(sock: &Path, child: &mut Child) {
     panic!("virtpoold not ready");
 }
 
+/// Runs `virtpoold --config cfg`, which must refuse to start with exit
+/// `code`: its standard error.
+fn refused(cfg: &Path, code: i32) -> String {
+    let o = Command::new(bin("virtpoold"))
+        .arg("--config")
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(code), "{err}");
+    err
+}
+
 /// SIGTERM to a child we started, then wait.
 fn stop(mut child: Child) -> std::process::ExitStatus {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
@@ -123,13 +136,7 @@ fn daemon_serves_the_cli_refuses_a_second_instance_and_keeps_changes_across_rest
     assert!(v["vcpus"].as_u64().unwrap() >= 3, "{v}");
 
     // A second agent on the same socket refuses to start.
-    let o = Command::new(bin("virtpoold"))
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(75));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = refused(&cfg, 75);
     assert!(
         err.contains("another virtpoold is already serving") && err.contains("api.sock"),
         "{err}"
@@ -176,13 +183,7 @@ fn corrupt_state_stops_start_up_and_reset_state_recovers() {
         "{\"version\": 1, \"pau",
     )
     .unwrap();
-    let o = Command::new(bin("virtpoold"))
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(78));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = refused(&cfg, 78);
     assert!(
         err.contains("state/state.json") && err.contains("--reset-state"),
         "{err}"

@@ -5,10 +5,11 @@
 
 use crate::support::daemon::{demo_config, Daemon};
 use hyper::Method;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use virtpool::api::history::PoolHistory;
 use virtpool::api::types::{ErrorBody, PoolView};
-use virtpool::api::whatif::{ChangeOp, ExtraDomain, WhatIf, WhatIfChange, WhatIfResponse};
+use virtpool::api::whatif::{ExtraDomain, WhatIf, WhatIfChange, WhatIfResponse};
 use virtpool::cli::client::{Client, ClientError};
 use virtpool::core::model::Resource;
 use virtpool::core::units::Bytes;
@@ -36,25 +37,30 @@ fn refusal(e: ClientError) -> (u16, String, String) {
     }
 }
 
-fn change(op: ChangeOp, pool: &str, domain: &str) -> WhatIfChange {
-    WhatIfChange {
-        op,
-        pool: pool.into(),
-        domain: domain.into(),
-        vcpus: None,
-        memory: None,
-        disk_bytes_sec: None,
-        disk_iops_sec: None,
-        cpu: None,
-        move_: false,
-    }
+/// `allocate web web-1 --memory <bytes>` as a what-if change: the body
+/// `POST /v1/pools/web/allocate` takes, with its op.
+fn allocate_web_1(memory: u64) -> WhatIfChange {
+    serde_json::from_value(serde_json::json!({
+        "op": "allocate",
+        "pool": "web",
+        "domain": "web-1",
+        "memory": memory,
+    }))
+    .unwrap()
+}
+
+/// The real `virtpoold` on a private copy of the demo host in observe
+/// mode, cycling every `interval`: its dir, its config file, the daemon.
+fn observer(interval: &str) -> (tempfile::TempDir, PathBuf, Daemon) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = demo_config(dir.path(), interval, "observe");
+    let d = Daemon::start(&cfg);
+    (dir, cfg, d)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_if_plans_on_the_live_observation_and_applies_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = demo_config(dir.path(), "1h", "observe");
-    let d = Daemon::start(&cfg);
+    let (dir, cfg, d) = observer("1h");
     let c = Client::new(&d.sock);
     let pool_web = || async { c.get::<PoolView>("/v1/pools/web").await.unwrap() };
     let before = pool_web().await;
@@ -119,8 +125,7 @@ async fn what_if_plans_on_the_live_observation_and_applies_nothing() {
     // A runtime change: a reservation raised, as `allocate` would.
     let out = d.ok(&["plan", "--what-if", "allocate web web-1 --memory 6GiB"]);
     insta::assert_snapshot!("whatif_allocate", after_first_line(&out));
-    let mut allocate = change(ChangeOp::Allocate, "web", "web-1");
-    allocate.memory = Some(Bytes(6 * GIB));
+    let allocate = allocate_web_1(6 * GIB);
     let r = what_if(
         &c,
         &WhatIf {
@@ -193,9 +198,7 @@ async fn what_if_plans_on_the_live_observation_and_applies_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_if_refuses_as_the_real_change_would() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = demo_config(dir.path(), "1h", "observe");
-    let d = Daemon::start(&cfg);
+    let (_dir, cfg, d) = observer("1h");
     let c = Client::new(&d.sock);
     let good = std::fs::read_to_string(&cfg).unwrap();
     let file = cfg.display().to_string();
@@ -241,8 +244,7 @@ async fn what_if_refuses_as_the_real_change_would() {
 
     // A reservation that does not fit: the what-if and the real allocate
     // say the same.
-    let mut big = change(ChangeOp::Allocate, "web", "web-1");
-    big.memory = Some(Bytes(19 * GIB));
+    let big = allocate_web_1(19 * GIB);
     let (status, code, msg) = refusal(
         what_if(
             &c,
@@ -310,9 +312,7 @@ async fn what_if_refuses_as_the_real_change_would() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_is_served_per_pool_and_drawn() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = demo_config(dir.path(), "5s", "observe");
-    let d = Daemon::start(&cfg);
+    let (_dir, _, d) = observer("5s");
     let c = Client::new(&d.sock);
 
     // Two points, a step apart (cycles every 5 s).
@@ -410,9 +410,7 @@ async fn history_is_served_per_pool_and_drawn() {
 /// each cycle: both left out).
 #[test]
 fn top_once_draws_pools_and_members() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = demo_config(dir.path(), "1h", "observe");
-    let d = Daemon::start(&cfg);
+    let (_dir, _, d) = observer("1h");
     let out = d.ok(&["top", "--once", "--width", "130"]);
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("virtpool top — cycle "), "{out}");

@@ -6,9 +6,10 @@
 //! libvirt answers and says when it could only check offline.
 #![allow(clippy::unwrap_used)]
 
+use crate::support::process::KillOnDrop;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const DEMO: &str = include_str!("../../config/demo.toml");
@@ -45,17 +46,10 @@ fn pools(web_vcpus: u64, batch: &str) -> String {
 }
 
 struct Daemon {
-    child: Child,
+    _child: KillOnDrop,
     dir: tempfile::TempDir,
     sock: PathBuf,
     config: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Daemon {
@@ -84,7 +78,7 @@ impl Daemon {
             .unwrap();
         let sock = dir.path().join("virtpool.sock");
         let d = Daemon {
-            child,
+            _child: KillOnDrop(child),
             dir,
             sock,
             config,

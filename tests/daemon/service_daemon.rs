@@ -4,12 +4,13 @@
 //! SIGHUP with a broken and a good config, SIGTERM.
 #![allow(clippy::unwrap_used)]
 
-use crate::support::daemon::free_port;
+use crate::support::daemon::{free_port, gaps_and_median};
+use crate::support::process::KillOnDrop;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -76,19 +77,12 @@ fn api_json(sock: &Path, path: &str) -> serde_json::Value {
 }
 
 struct Daemon {
-    child: Child,
+    child: KillOnDrop,
     rx: mpsc::Receiver<(Instant, String)>,
     seen: Vec<(Instant, String)>,
     dir: tempfile::TempDir,
     config: PathBuf,
     port: u16,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Daemon {
@@ -150,7 +144,7 @@ impl Daemon {
             .spawn()
             .unwrap();
         Daemon {
-            child,
+            child: KillOnDrop(child),
             rx,
             seen: Vec::new(),
             dir,
@@ -283,16 +277,13 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
             pings.push(t);
         }
     }
-    let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
-    let mut sorted = gaps.clone();
-    sorted.sort();
-    let median = sorted[sorted.len() / 2];
+    let (gaps, median) = gaps_and_median(&pings);
     assert!(
         median >= Duration::from_millis(350) && median <= Duration::from_millis(700),
         "watchdog gaps {gaps:?} for a {watchdog:?} watchdog"
     );
     assert!(
-        sorted.iter().all(|g| *g < watchdog),
+        gaps.iter().all(|g| *g < watchdog),
         "watchdog gaps {gaps:?} for a {watchdog:?} watchdog"
     );
 

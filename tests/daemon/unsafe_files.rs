@@ -12,17 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A config in `dir` with state in `dir/state`, socket `dir/virtpool.sock`,
-/// libvirt unreachable.
-fn setup(dir: &Path, pools: &str) -> PathBuf {
-    let uri = format!(
-        "test+unix:///default?socket={}",
-        dir.join("no-such-sock").display()
-    );
-    let (cfg, _) = write_config(dir, &config_text(dir, &uri, "1s", pools));
-    cfg
-}
-
 /// Runs `virtpoold --config CFG` until it exits (killed after `limit`):
 /// its exit code (`None` if it had to be killed) and its output.
 fn run_to_exit(cfg: &Path, limit: Duration) -> (Option<i32>, String) {
@@ -46,10 +35,16 @@ fn mode(p: &Path, m: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
 }
 
+/// `dir/name`, created.
+fn new_dir(dir: &Path, name: &str) -> PathBuf {
+    let sub = dir.join(name);
+    std::fs::create_dir(&sub).unwrap();
+    sub
+}
+
 /// `dir/state`, created with mode 0700.
 fn state_dir(dir: &Path) -> PathBuf {
-    let state = dir.join("state");
-    std::fs::create_dir(&state).unwrap();
+    let state = new_dir(dir, "state");
     mode(&state, 0o700);
     state
 }
@@ -70,9 +65,8 @@ fn is_root() -> bool {
 #[test]
 fn directories_others_may_write_or_own_are_refused_naming_path_owner_and_mode() {
     let dir = test_dir("baddir");
-    let cfg = setup(dir.path(), "");
-    let state = dir.path().join("state");
-    std::fs::create_dir(&state).unwrap();
+    let cfg = config_without_libvirt(dir.path(), "");
+    let state = new_dir(dir.path(), "state");
 
     // World-writable (sticky or not): anyone could plant links in it.
     for m in [0o777, 0o1777, 0o770] {
@@ -108,9 +102,8 @@ fn directories_others_may_write_or_own_are_refused_naming_path_owner_and_mode() 
 
     // The socket's directory too.
     let dir = test_dir("badsockdir");
-    let cfg = setup(dir.path(), "");
-    let sockdir = dir.path().join("run");
-    std::fs::create_dir(&sockdir).unwrap();
+    let cfg = config_without_libvirt(dir.path(), "");
+    let sockdir = new_dir(dir.path(), "run");
     mode(&sockdir, 0o1777);
     let sock = sockdir.join("virtpool.sock");
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
@@ -133,10 +126,9 @@ fn directories_others_may_write_or_own_are_refused_naming_path_owner_and_mode() 
 #[test]
 fn links_in_place_of_the_state_files_are_not_written_through() {
     let dir = test_dir("links");
-    let cfg = setup(dir.path(), "");
+    let cfg = config_without_libvirt(dir.path(), "");
     let state = state_dir(dir.path());
-    let outside = dir.path().join("outside");
-    std::fs::create_dir(&outside).unwrap();
+    let outside = new_dir(dir.path(), "outside");
     let precious = |n: u32| outside.join(format!("precious-{n}"));
     for n in 1..=3 {
         std::fs::write(precious(n), format!("root's file {n}\n")).unwrap();
@@ -186,9 +178,8 @@ fn links_in_place_of_the_state_files_are_not_written_through() {
 #[test]
 fn a_link_in_place_of_the_lock_file_is_refused() {
     let dir = test_dir("lock");
-    let cfg = setup(dir.path(), "");
-    let elsewhere = dir.path().join("elsewhere");
-    std::fs::create_dir(&elsewhere).unwrap();
+    let cfg = config_without_libvirt(dir.path(), "");
+    let elsewhere = new_dir(dir.path(), "elsewhere");
     let lock = dir.path().join("virtpool.sock.lock");
     symlink(elsewhere.join("created"), &lock).unwrap();
     let (code, log) = run_to_exit(&cfg, Duration::from_secs(30));
@@ -217,7 +208,7 @@ memory = { budget = \"8GiB\" }
 #[test]
 fn special_and_out_of_range_state_files_are_refused() {
     let dir = test_dir("badstate");
-    let cfg = setup(dir.path(), POOLS);
+    let cfg = config_without_libvirt(dir.path(), POOLS);
     let state = state_dir(dir.path());
     let file = state.join("state.json");
     nix::unistd::mkfifo(&file, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -251,7 +242,7 @@ fn special_and_out_of_range_state_files_are_refused() {
 #[test]
 fn state_entries_that_do_not_fit_are_set_aside_and_reported() {
     let dir = test_dir("aside");
-    let cfg = setup(dir.path(), POOLS);
+    let cfg = config_without_libvirt(dir.path(), POOLS);
     let state = state_dir(dir.path());
     // The host allocates (64 − 1) × 4 = 252 vCPUs; web takes 8.
     let text = r#"{
@@ -336,7 +327,7 @@ fn status_within(sock: &Path, limit: Duration) -> Option<String> {
 #[test]
 fn a_state_with_300000_added_members_starts_in_time() {
     let dir = test_dir("huge");
-    let cfg = setup(dir.path(), POOLS);
+    let cfg = config_without_libvirt(dir.path(), POOLS);
     let state = state_dir(dir.path());
     let names: Vec<String> = (0..300_000).map(|i| format!("vm-{i:06}")).collect();
     let text = serde_json::json!({"version": 1, "added": {"web": names}}).to_string();
@@ -366,7 +357,7 @@ fn a_state_with_300000_added_members_starts_in_time() {
 #[test]
 fn an_emptied_config_is_refused_on_reload() {
     let dir = test_dir("empty");
-    let cfg = setup(dir.path(), POOLS);
+    let cfg = config_without_libvirt(dir.path(), POOLS);
     let mut agent = Agent::start(dir.path(), &cfg);
     assert!(
         agent.wait_api(Duration::from_secs(30)),

@@ -7,16 +7,19 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Runs `bin --generate-assets DIR` into a fresh directory; it lists
-/// every file it wrote, and only those.
-fn generate(bin: &str) -> tempfile::TempDir {
+const VIRTPOOLCTL: &str = env!("CARGO_BIN_EXE_virtpoolctl");
+
+/// Runs `virtpoolctl --generate-assets DIR` (it writes both binaries'
+/// assets) into a fresh directory; it lists every file it wrote, and only
+/// those.
+fn generate() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(bin)
+    let out = Command::new(VIRTPOOLCTL)
         .arg("--generate-assets")
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{bin}: {out:?}");
+    assert!(out.status.success(), "{VIRTPOOLCTL}: {out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     let mut lines = text.lines();
     let mut listed: Vec<String> = lines
@@ -107,8 +110,7 @@ fn long_options(bin: &str) -> Vec<String> {
 
 #[test]
 fn virtpoolctl_man_pages_and_completions_cover_every_subcommand() {
-    let bin = env!("CARGO_BIN_EXE_virtpoolctl");
-    let dir = generate(bin);
+    let dir = generate();
     let d = dir.path();
     let main = plain(&text(d, "virtpoolctl.1"));
     assert!(
@@ -120,7 +122,7 @@ fn virtpoolctl_man_pages_and_completions_cover_every_subcommand() {
         text(d, "_virtpoolctl"),
         text(d, "virtpoolctl.fish"),
     );
-    let top = subcommands(bin, &[]);
+    let top = subcommands(VIRTPOOLCTL, &[]);
     assert!(top.len() >= 12, "{top:?}");
     for sub in &top {
         // Listed in the main page, with its own page.
@@ -139,7 +141,7 @@ fn virtpoolctl_man_pages_and_completions_cover_every_subcommand() {
     }
     // Second level: `pool show|add|remove|create|delete`.
     let pool = plain(&text(d, "virtpoolctl-pool.1"));
-    for sub in subcommands(bin, &["pool"]) {
+    for sub in subcommands(VIRTPOOLCTL, &["pool"]) {
         assert!(
             pool.contains(&format!("virtpoolctl-pool-{sub}(1)")),
             "{sub}: {pool}"
@@ -151,7 +153,7 @@ fn virtpoolctl_man_pages_and_completions_cover_every_subcommand() {
         (&["virtpoolctl", ""][..], &top),
         (
             &["virtpoolctl", "pool", ""][..],
-            &subcommands(bin, &["pool"]),
+            &subcommands(VIRTPOOLCTL, &["pool"]),
         ),
     ] {
         let offered = complete_bash(&d.join("virtpoolctl.bash"), "_virtpoolctl", words);
@@ -169,12 +171,12 @@ fn virtpoolctl_man_pages_and_completions_cover_every_subcommand() {
         main.contains("--socket") && main.contains("VIRTPOOL_SOCKET"),
         "{main}"
     );
-    assert!(long_options(bin).contains(&"--generate-assets".to_string()));
+    assert!(long_options(VIRTPOOLCTL).contains(&"--generate-assets".to_string()));
     for c in [&main, &bash, &zsh, &fish] {
         assert!(c.contains("generate-assets"));
     }
     assert!(!main.contains("__complete"));
-    assert!(!subcommands(bin, &[]).contains(&"__complete".to_string()));
+    assert!(!subcommands(VIRTPOOLCTL, &[]).contains(&"__complete".to_string()));
 }
 
 /// The EXAMPLES section of a page: (what it does, command line) pairs.
@@ -202,14 +204,13 @@ fn examples(page: &str) -> Vec<(String, String)> {
 
 #[test]
 fn every_man_page_has_examples_that_run() {
-    let bin = env!("CARGO_BIN_EXE_virtpoolctl");
-    let dir = generate(bin);
+    let dir = generate();
     let d = dir.path();
     let mut pages: Vec<(String, String)> = vec![("virtpoolctl".into(), "virtpoolctl.1".into())];
-    for sub in subcommands(bin, &[]) {
+    for sub in subcommands(VIRTPOOLCTL, &[]) {
         pages.push((format!("virtpoolctl {sub}"), format!("virtpoolctl-{sub}.1")));
     }
-    for sub in subcommands(bin, &["pool"]) {
+    for sub in subcommands(VIRTPOOLCTL, &["pool"]) {
         pages.push((
             format!("virtpoolctl pool {sub}"),
             format!("virtpoolctl-pool-{sub}.1"),
@@ -246,7 +247,7 @@ fn every_man_page_has_examples_that_run() {
                 .split(" | ")
                 .next()
                 .unwrap()
-                .replace("virtpoolctl ", &format!("{bin} "));
+                .replace("virtpoolctl ", &format!("{VIRTPOOLCTL} "));
             let out = Command::new("sh")
                 .arg("-c")
                 .arg(&cmd)
@@ -278,7 +279,7 @@ fn virtpoold_man_page_and_completions_cover_every_option() {
     let bin = env!("CARGO_BIN_EXE_virtpoold");
     // virtpoold parses its command line without clap; virtpoolctl writes
     // its assets, from the same option table.
-    let dir = generate(env!("CARGO_BIN_EXE_virtpoolctl"));
+    let dir = generate();
     let d = dir.path();
     let man = plain(&text(d, "virtpoold.8"));
     assert!(man.contains(".TH virtpoold 8"), "{man}");
@@ -355,7 +356,7 @@ fn the_package_ships_every_generated_file_and_the_config_as_a_conffile() {
         .collect();
     // virtpoolctl writes both binaries' assets, as scripts/build-deb.sh
     // has it do.
-    let dir = generate(env!("CARGO_BIN_EXE_virtpoolctl"));
+    let dir = generate();
     let generated: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -110,14 +110,22 @@ fn unit_for_this_build(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (unit, dir.join("man"))
 }
 
-#[test]
-fn systemd_analyze_verify_passes() {
+/// [`unit_for_this_build`] for `systemd-analyze`, or `None` (said) where
+/// it is not installed.
+fn unit_to_analyze(dir: &Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     if !have("systemd-analyze") {
         eprintln!("systemd-analyze not installed: skipped");
-        return;
+        return None;
     }
+    Some(unit_for_this_build(dir))
+}
+
+#[test]
+fn systemd_analyze_verify_passes() {
     let dir = tempfile::tempdir().unwrap();
-    let (unit, man) = unit_for_this_build(dir.path());
+    let Some((unit, man)) = unit_to_analyze(dir.path()) else {
+        return;
+    };
     let man_opt = if have("man") { "--man=yes" } else { "--man=no" };
     let out = Command::new("systemd-analyze")
         .args(["verify", man_opt])
@@ -138,12 +146,10 @@ fn systemd_analyze_verify_passes() {
 
 #[test]
 fn systemd_analyze_security_scores_ok() {
-    if !have("systemd-analyze") {
-        eprintln!("systemd-analyze not installed: skipped");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let (unit, _) = unit_for_this_build(dir.path());
+    let Some((unit, _)) = unit_to_analyze(dir.path()) else {
+        return;
+    };
     let out = Command::new("systemd-analyze")
         .args(["security", "--offline=yes", "--no-pager"])
         .arg(&unit)

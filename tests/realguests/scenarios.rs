@@ -23,17 +23,7 @@ pub const MIN_CHANGE: u64 = 8;
 /// The threshold outside scenario 2: far below what the host has.
 pub const CALM: u64 = 512;
 
-const CONFIG: &str = r#"[agent]
-libvirt_uri = "{uri}"
-interval = "2s"
-mode = "enforce"
-state_dir = "{dir}/agent-state"
-
-[api]
-socket = "{sock}"
-group = "root"
-
-[host]
+const CONFIG: &str = r#"[host]
 cpus = 8
 disk_bytes_sec = "4GiB"
 disk_iops_sec = 100000

@@ -114,12 +114,26 @@ impl Harness {
         self.dir.join("virtpool.toml")
     }
 
-    /// Writes the agent's config (`{uri}`, `{dir}` and `{sock}` replaced).
-    pub fn write_config(&self, template: &str) {
-        let text = template
-            .replace("{uri}", self.uri())
-            .replace("{dir}", &self.dir.display().to_string())
-            .replace("{sock}", &self.sock().display().to_string());
+    /// Writes the agent's config: the `[agent]` and `[api]` sections the
+    /// harness runs it with (this libvirtd, a 2 s interval, enforce mode,
+    /// state and API socket in the work dir), then `rest`.
+    pub fn write_config(&self, rest: &str) {
+        let text = format!(
+            r#"[agent]
+libvirt_uri = "{uri}"
+interval = "2s"
+mode = "enforce"
+state_dir = "{dir}/agent-state"
+
+[api]
+socket = "{sock}"
+group = "root"
+
+{rest}"#,
+            uri = self.uri(),
+            dir = self.dir.display(),
+            sock = self.sock().display(),
+        );
         std::fs::write(self.config_path(), text).unwrap();
     }
 
@@ -203,19 +217,14 @@ impl Harness {
     }
 
     pub fn virsh_try(&self, args: &[&str]) -> Result<String, String> {
-        let o = Command::new("timeout")
-            .arg("30")
-            .arg("virsh")
-            .arg("-c")
-            .arg(self.uri())
-            .args(args)
-            .output()
-            .unwrap();
-        if o.status.success() {
-            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&o.stderr).into_owned())
-        }
+        run_try(
+            Command::new("timeout")
+                .arg("30")
+                .arg("virsh")
+                .arg("-c")
+                .arg(self.uri())
+                .args(args),
+        )
     }
 
     pub fn virsh(&self, args: &[&str]) -> String {
@@ -423,18 +432,23 @@ impl Report {
     }
 }
 
-pub fn ctl_try(sock: &Path, args: &[&str]) -> Result<String, String> {
-    let o = Command::new(env!("CARGO_BIN_EXE_virtpoolctl"))
-        .arg("--socket")
-        .arg(sock)
-        .args(args)
-        .output()
-        .unwrap();
+/// Runs `cmd` to the end: its stdout when it succeeds, else its stderr.
+fn run_try(cmd: &mut Command) -> Result<String, String> {
+    let o = cmd.output().unwrap();
     if o.status.success() {
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     } else {
         Err(String::from_utf8_lossy(&o.stderr).into_owned())
     }
+}
+
+pub fn ctl_try(sock: &Path, args: &[&str]) -> Result<String, String> {
+    run_try(
+        Command::new(env!("CARGO_BIN_EXE_virtpoolctl"))
+            .arg("--socket")
+            .arg(sock)
+            .args(args),
+    )
 }
 
 pub fn ctl(sock: &Path, args: &[&str]) -> String {

@@ -48,6 +48,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The gaps between successive `times` (a daemon's watchdog pings, say)
+/// and their median.
+pub fn gaps_and_median(times: &[Instant]) -> (Vec<Duration>, Duration) {
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    let mut sorted = gaps.clone();
+    sorted.sort();
+    let median = sorted[sorted.len() / 2];
+    (gaps, median)
+}
+
 /// Spawns `cmd` (the `virtpoold` binary, or a shell that execs it) with
 /// `--config CONFIG ARGS`: logging at `info` into the new file `log`, stdin
 /// from /dev/null, no systemd notify socket or journal stream.

@@ -14,10 +14,12 @@ use virtpool::api::{self, AppState, ServeOptions};
 use virtpool::cli::client::Client;
 use virtpool::core::config::Config;
 use virtpool::core::model::{DiskObs, DomainObs, DomainState, IoTune};
+use virtpool::core::planner::testing;
 
 const GIB: u64 = 1 << 30;
 
-/// A running domain with a deterministic UUID.
+/// A running domain with a deterministic UUID and one disk (the planner's
+/// fixture [`testing::domain`] otherwise, but for no admission time).
 pub fn dom(name: &str, vcpus: u64, vcpus_max: u64, mem_gib: u64) -> DomainObs {
     let mut h: u64 = 1469598103934665603;
     for b in name.bytes() {
@@ -34,13 +36,10 @@ pub fn dom(name: &str, vcpus: u64, vcpus_max: u64, mem_gib: u64) -> DomainObs {
             h & 0xffff_ffff_ffff
         )
         .into(),
-        id: Some(1),
-        state: DomainState::Running,
         vcpus,
         vcpus_max,
         memory: mem_gib * GIB,
         memory_max: mem_gib * GIB,
-        balloon: None,
         disks: vec![DiskObs {
             target: "vda".into(),
             device: "disk".into(),
@@ -48,14 +47,8 @@ pub fn dom(name: &str, vcpus: u64, vcpus_max: u64, mem_gib: u64) -> DomainObs {
             iotune: Some(IoTune::default()),
         }]
         .into(),
-        metadata_pool: None,
-        balloon_device: true,
-        cpu_shares: None,
-        blkio_weight: None,
-        cpu_quota: None,
-        cpu_time: None,
-        cpu_used: None,
         active_secs: None,
+        ..testing::domain(name, None)
     }
 }
 
@@ -161,6 +154,11 @@ impl Agent {
             Some(wait_limit),
         )
         .await
+    }
+
+    /// [`Agent::start`] for group `root` with the default serve options.
+    pub async fn start_root(dir: &Path, pools: &str, hv: Fake) -> Agent {
+        Agent::start(dir, "root", pools, hv, ServeOptions::default()).await
     }
 
     /// Starts an agent and waits for its first cycle.

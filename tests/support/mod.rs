@@ -12,5 +12,6 @@ pub mod fake;
 pub mod inproc;
 pub mod libvirtd;
 pub mod node;
+pub mod process;
 pub mod promtool;
 pub mod status;

@@ -6,6 +6,7 @@ use super::{MIB, POOL_NS};
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virtpool::core::model::{DomainObs, DomainState};
+use virtpool::core::planner::testing;
 
 /// What the host really has for one domain, read from the checker's own
 /// connection (virt crate calls, not the agent's code).
@@ -25,10 +26,10 @@ pub struct Live {
 }
 
 impl Live {
-    /// A minimal observation for membership.
+    /// A minimal observation for membership (the planner's fixture
+    /// [`testing::domain`] with what the checker read).
     pub fn as_obs(&self) -> DomainObs {
         DomainObs {
-            name: self.name.as_str().into(),
             uuid: self.uuid.as_str().into(),
             id: None,
             state: self.state,
@@ -36,16 +37,8 @@ impl Live {
             vcpus_max: self.vcpus_max,
             memory: self.memory,
             memory_max: self.memory_max,
-            balloon: None,
-            disks: std::sync::Arc::from([]),
-            metadata_pool: self.metadata_pool.clone(),
-            balloon_device: true,
-            cpu_shares: None,
-            blkio_weight: None,
-            cpu_quota: None,
-            cpu_time: None,
-            cpu_used: None,
             active_secs: None,
+            ..testing::domain(&self.name, self.metadata_pool.as_deref())
         }
     }
 }

@@ -135,6 +135,20 @@ vcpus = { budget = 19 }
 memory = { budget = "28GiB", min = "2560MiB" }
 "#;
 
+/// One pool of the domains named `{prefix}-*`: a vCPU budget, a memory
+/// budget in GiB and a 5 GiB memory floor — the config of the smaller
+/// black-box scenarios, whose domains have 8 vCPUs / 8 GiB at most.
+pub fn prefix_pool(prefix: &str, vcpus: u64, memory_gib: u64) -> String {
+    format!(
+        r#"
+[pools.{prefix}]
+match = "{prefix}-*"
+vcpus = {{ budget = {vcpus} }}
+memory = {{ budget = "{memory_gib}GiB", min = "5GiB" }}
+"#
+    )
+}
+
 /// 50 domains: 15 web, 5 db, 10 batch (metadata), 12 ci (2 off, 1 paused),
 /// 8 unmanaged (dev-NN). Starting values are off target, some above, some
 /// below.
@@ -269,6 +283,18 @@ cooldown = "0s"
     )
 }
 
+/// A config in `dir` ([`config_text`], written by [`write_config`]) whose
+/// libvirt socket does not exist: for what the agent does before it
+/// connects, or with libvirt reported down.
+pub fn config_without_libvirt(dir: &Path, pools: &str) -> PathBuf {
+    let uri = format!(
+        "test+unix:///default?socket={}",
+        dir.join("no-such-sock").display()
+    );
+    let (cfg, _) = write_config(dir, &config_text(dir, &uri, "1s", pools));
+    cfg
+}
+
 /// Writes `text` to `dir/virtpool.toml` and parses it (the test's copy).
 pub fn write_config(dir: &Path, text: &str) -> (PathBuf, Config) {
     let path = dir.join("virtpool.toml");
@@ -321,12 +347,14 @@ pub fn check_safety(h: &Host2, cfg: &Config) -> usize {
         // A paused domain is not changed until it runs: it keeps what it
         // had, below its floors or not (it counts in the sums above).
         let paused = d.state == virtpool::core::model::DomainState::Paused;
-        if p.resources.vcpus.is_some() && !paused {
-            // A min above the domain's hardware max is clamped to it (SPEC §1).
-            let min = p
-                .member_limits(&d.name, &d.uuid, Resource::Vcpus)
+        // A min above the domain's hardware max is clamped to it (SPEC §1).
+        let min_of = |r: Resource, hw_max: u64| {
+            p.member_limits(&d.name, &d.uuid, r)
                 .min
-                .map(|m| m.min(d.vcpus_max));
+                .map(|m| m.min(hw_max))
+        };
+        if p.resources.vcpus.is_some() && !paused {
+            let min = min_of(Resource::Vcpus, d.vcpus_max);
             assert!(
                 d.vcpus >= min.unwrap_or(1),
                 "{}: {} vCPUs below min {min:?}",
@@ -335,10 +363,7 @@ pub fn check_safety(h: &Host2, cfg: &Config) -> usize {
             );
         }
         if p.resources.memory.is_some() && !paused {
-            let min = p
-                .member_limits(&d.name, &d.uuid, Resource::Memory)
-                .min
-                .map(|m| m.min(d.memory_max));
+            let min = min_of(Resource::Memory, d.memory_max);
             assert!(
                 d.memory >= min.unwrap_or(0),
                 "{}: balloon {} MiB below min {:?}",
