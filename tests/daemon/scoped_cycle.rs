@@ -21,13 +21,10 @@ use virtpool::core::model::PerResource;
 
 use crate::support::fake::{Fake, FakeCtl};
 use crate::support::libvirtd::Libvirtd;
+use crate::support::node::{domain_xml, test_uuid};
 
 const WEB: usize = 20;
 const DB: usize = 10;
-
-fn uuid(i: usize) -> String {
-    format!("5c0bed00-0000-4000-8000-{i:012x}")
-}
 
 fn web(i: usize) -> String {
     format!("web-{i:02}")
@@ -35,17 +32,6 @@ fn web(i: usize) -> String {
 
 fn db(i: usize) -> String {
     format!("db-{i:02}")
-}
-
-/// Domain `i`: 1 of 4 vCPUs, 1 GiB.
-fn domain_xml(name: &str, i: usize) -> String {
-    format!(
-        "<domain type='test'><name>{name}</name><uuid>{}</uuid>\
-         <memory unit='MiB'>1024</memory><currentMemory unit='MiB'>1024</currentMemory>\
-         <vcpu placement='static' current='1'>4</vcpu>\
-         <os><type arch='x86_64'>hvm</type></os></domain>",
-        uuid(i)
-    )
 }
 
 /// Two pools giving each member 2 vCPUs out of its 4.
@@ -80,13 +66,13 @@ fn setup() -> Option<Setup> {
     let daemon = Libvirtd::start_temp()?;
     let c2 = Connect::open(Some(&daemon.uri())).unwrap();
     for i in 0..WEB {
-        c2.define_domain_xml(&domain_xml(&web(i), i))
+        c2.define_domain_xml(&domain_xml(&web(i), i, ""))
             .unwrap()
             .create()
             .unwrap();
     }
     for i in 0..DB {
-        c2.define_domain_xml(&domain_xml(&db(i), WEB + i))
+        c2.define_domain_xml(&domain_xml(&db(i), WEB + i, ""))
             .unwrap()
             .create()
             .unwrap();
@@ -172,11 +158,15 @@ async fn a_scoped_cycle_reads_and_enforces_only_its_domains() {
     s.reserve("web", &web(0), 3);
     s.reserve("db", &db(1), 3);
     let earlier_writes = s.calls.applied().len();
-    let st = s.monitor.cycle(Scope::Domains(vec![uuid(0)])).await;
+    let st = s.monitor.cycle(Scope::Domains(vec![test_uuid(0)])).await;
 
     assert_eq!(s.full(), full, "a scoped cycle observed every domain");
     let scoped = s.scoped();
-    assert_eq!(scoped[0], vec![uuid(0)], "first read: the scoped domain");
+    assert_eq!(
+        scoped[0],
+        vec![test_uuid(0)],
+        "first read: the scoped domain"
+    );
     let observed: Vec<String> = scoped.concat();
     assert!(scoped.len() <= 2, "widened more than once: {scoped:?}");
     assert!(
@@ -185,7 +175,7 @@ async fn a_scoped_cycle_reads_and_enforces_only_its_domains() {
     );
     assert_eq!(st.cycle, cycle + 1, "a scoped cycle counts as a cycle");
     let scope = st.last_cycle.as_ref().unwrap().scope.clone().unwrap();
-    assert!(scope.contains(&uuid(0)), "{scope:?}");
+    assert!(scope.contains(&test_uuid(0)), "{scope:?}");
     assert!(scope.len() <= 3, "{scope:?}");
 
     // Applied: visible from the second connection, within the web budget.
@@ -244,20 +234,20 @@ async fn a_scoped_cycle_falls_back_to_a_full_one_when_it_cannot_be_trusted() {
     let Some(mut s) = setup() else { return };
 
     // No previous cycle.
-    let st = s.monitor.cycle(Scope::Domains(vec![uuid(0)])).await;
+    let st = s.monitor.cycle(Scope::Domains(vec![test_uuid(0)])).await;
     assert!(is_full(&st));
     assert_eq!((s.full(), s.scoped().len()), (1, 0));
     s.converge().await;
 
     // A UUID not in the last observation.
     let n = s.full();
-    let st = s.monitor.cycle(Scope::Domains(vec![uuid(999)])).await;
+    let st = s.monitor.cycle(Scope::Domains(vec![test_uuid(999)])).await;
     assert!(is_full(&st));
     assert_eq!(s.full(), n + 1);
 
     // More than a tenth of the domains (3 of 31).
     let n = s.full();
-    let four: Vec<String> = (0..4).map(uuid).collect();
+    let four: Vec<String> = (0..4).map(test_uuid).collect();
     let st = s.monitor.cycle(Scope::Domains(four)).await;
     assert!(is_full(&st));
     assert_eq!(s.full(), n + 1);
@@ -266,11 +256,11 @@ async fn a_scoped_cycle_falls_back_to_a_full_one_when_it_cannot_be_trusted() {
     let n = s.full();
     let st = s
         .monitor
-        .cycle(Scope::Domains(vec![uuid(2), uuid(3)]))
+        .cycle(Scope::Domains(vec![test_uuid(2), test_uuid(3)]))
         .await;
     assert_eq!(
         st.last_cycle.as_ref().unwrap().scope,
-        Some(vec![uuid(2), uuid(3)])
+        Some(vec![test_uuid(2), test_uuid(3)])
     );
     assert_eq!(s.full(), n);
 
@@ -285,14 +275,14 @@ async fn a_scoped_cycle_falls_back_to_a_full_one_when_it_cannot_be_trusted() {
         .or_default()
         .insert(db(9));
     let n = s.full();
-    let st = s.monitor.cycle(Scope::Domains(vec![uuid(0)])).await;
+    let st = s.monitor.cycle(Scope::Domains(vec![test_uuid(0)])).await;
     assert!(is_full(&st), "{:?}", st.config_error);
     assert_eq!(s.full(), n + 1);
 
     // Paused since the last cycle: full.
     s.handle.runtime().lock().unwrap().paused = true;
     let n = s.full();
-    let st = s.monitor.cycle(Scope::Domains(vec![uuid(0)])).await;
+    let st = s.monitor.cycle(Scope::Domains(vec![test_uuid(0)])).await;
     assert!(is_full(&st));
     assert_eq!(s.full(), n + 1);
     s.handle.runtime().lock().unwrap().paused = false;
@@ -304,18 +294,18 @@ async fn a_scoped_cycle_falls_back_to_a_full_one_when_it_cannot_be_trusted() {
     d.undefine().unwrap();
     let n = s.full();
     let asked = s.scoped().len();
-    let st = s.monitor.cycle(Scope::Domains(vec![uuid(5)])).await;
+    let st = s.monitor.cycle(Scope::Domains(vec![test_uuid(5)])).await;
     assert!(is_full(&st));
     assert_eq!(s.full(), n + 1);
     assert_eq!(s.scoped().len(), asked + 1, "the scoped read came first");
-    assert!(st.domains.iter().all(|d| *d.uuid != *uuid(5)));
+    assert!(st.domains.iter().all(|d| *d.uuid != *test_uuid(5)));
 
     // libvirt down at the last cycle: full (which reports it down again).
     s.daemon.stop();
     let st = s.monitor.cycle_once().await;
     assert!(!st.libvirt.connected);
     let connects = s.calls.connects();
-    let st = s.monitor.cycle(Scope::Domains(vec![uuid(0)])).await;
+    let st = s.monitor.cycle(Scope::Domains(vec![test_uuid(0)])).await;
     assert!(!st.libvirt.connected);
     assert!(is_full(&st));
     // One observation job only (the full one): no scoped attempt first.
@@ -372,9 +362,9 @@ async fn allocate_runs_a_cycle_scoped_to_its_domain() {
     let st = s.handle.report();
     assert_eq!(st.cycle, cycle, "the answer is the cycle that applied it");
     let scope = st.last_cycle.as_ref().unwrap().scope.clone().unwrap();
-    assert_eq!(scope[0], uuid(0), "{scope:?}");
+    assert_eq!(scope[0], test_uuid(0), "{scope:?}");
     assert_eq!(s.calls.full_observes(), full, "a full observation ran");
-    assert_eq!(s.calls.scoped()[0], vec![uuid(0)]);
+    assert_eq!(s.calls.scoped()[0], vec![test_uuid(0)]);
 
     shutdown.cancel();
     api.await.unwrap();

@@ -19,24 +19,16 @@ use virtpool::adapters::libvirt::{ffi, Hypervisor, Libvirt};
 use virtpool::core::model::{Action, DomainObs, IoTune};
 
 use crate::support::libvirtd::Libvirtd;
-use crate::support::node::dom;
+use crate::support::node::{dom, domain_xml, test_uuid};
 use crate::{connected, libvirtd};
 
 const MIB: u64 = 1 << 20;
 
-fn uuid(i: usize) -> String {
-    format!("5c0bed00-0000-4000-8000-{i:012x}")
-}
-
-fn domain_xml(name: &str, i: usize) -> String {
+/// Domain `i`'s one disk.
+fn disk(i: usize) -> String {
     format!(
-        "<domain type='test'><name>{name}</name><uuid>{}</uuid>\
-         <memory unit='MiB'>1024</memory><currentMemory unit='MiB'>1024</currentMemory>\
-         <vcpu placement='static' current='1'>4</vcpu>\
-         <os><type arch='x86_64'>hvm</type></os>\
-         <devices><disk type='file' device='disk'><source file='/var/lib/d{i}.img'/>\
-         <target dev='vda' bus='virtio'/></disk></devices></domain>",
-        uuid(i)
+        "<disk type='file' device='disk'><source file='/var/lib/d{i}.img'/>\
+         <target dev='vda' bus='virtio'/></disk>"
     )
 }
 
@@ -59,7 +51,7 @@ fn setup() -> Option<Setup> {
     let daemon = libvirtd()?;
     let c2 = Connect::open(Some(&daemon.uri())).unwrap();
     for i in 0..2 {
-        c2.define_domain_xml(&domain_xml(&format!("d{i}"), i))
+        c2.define_domain_xml(&domain_xml(&format!("d{i}"), i, &disk(i)))
             .unwrap()
             .create()
             .unwrap();
@@ -158,7 +150,7 @@ fn slow_facts_are_read_again_after_an_event_an_own_write_or_the_resync() {
     // An event about d0 (its metadata) makes it read again: the new pool
     // and the I/O limit set before both show.
     s.set_pool_metadata("d0", "web");
-    wait_event(&mut rx, &uuid(0), LifecycleKind::MetadataChanged);
+    wait_event(&mut rx, &test_uuid(0), LifecycleKind::MetadataChanged);
     let obs = hv.observe().unwrap();
     assert_eq!(hv.last_full_reads(), 1, "d0 only");
     assert_eq!(dom(&obs, "d0").metadata_pool.as_deref(), Some("web"));
@@ -169,7 +161,7 @@ fn slow_facts_are_read_again_after_an_event_an_own_write_or_the_resync() {
     // observation, and only that (the weight changed behind the agent's
     // back without an event waits for the resync).
     hv.apply(&Action::SetBlockIoTune {
-        uuid: uuid(1).as_str().into(),
+        uuid: test_uuid(1).as_str().into(),
         domain: "d1".into(),
         disk: "vda".into(),
         from: limit(0),
@@ -184,7 +176,7 @@ fn slow_facts_are_read_again_after_an_event_an_own_write_or_the_resync() {
     // A lifecycle event (suspend) marks the domain too.
     s.set_limit("d1", 3 * MIB);
     s.c2.lookup_domain_by_name("d1").unwrap().suspend().unwrap();
-    wait_event(&mut rx, &uuid(1), LifecycleKind::Suspended);
+    wait_event(&mut rx, &test_uuid(1), LifecycleKind::Suspended);
     let obs = hv.observe().unwrap();
     assert_eq!(disk_limit(&obs, "d1"), 3 * MIB);
     assert_eq!(dom(&obs, "d1").blkio_weight, Some(300), "read in full");
@@ -261,7 +253,7 @@ fn a_steady_observation_reads_two_calls_per_running_domain() {
     // next observation reads nothing more than a steady one.
     let (_, write) = counted(&calls, || {
         hv.apply(&Action::SetVcpus {
-            uuid: uuid(0).as_str().into(),
+            uuid: test_uuid(0).as_str().into(),
             domain: "d0".into(),
             from: 1,
             to: 2,
@@ -276,7 +268,7 @@ fn a_steady_observation_reads_two_calls_per_running_domain() {
 
     // A weight write: only that weight is read back.
     hv.apply(&Action::SetBlkioWeight {
-        uuid: uuid(0).as_str().into(),
+        uuid: test_uuid(0).as_str().into(),
         domain: "d0".into(),
         from: None,
         to: 300,
@@ -291,7 +283,7 @@ fn a_steady_observation_reads_two_calls_per_running_domain() {
 
     // An I/O limit write: that domain's disk limits only.
     hv.apply(&Action::SetBlockIoTune {
-        uuid: uuid(0).as_str().into(),
+        uuid: test_uuid(0).as_str().into(),
         domain: "d0".into(),
         disk: "vda".into(),
         from: IoTune::default(),

@@ -92,3 +92,20 @@ pub async fn fresh_observe(node: &str) -> Vec<DomainObs> {
     let hv = HvWorker::spawn(Box::new(Libvirt::new(&uri(node)))).unwrap();
     hv.observe().await.unwrap()
 }
+
+/// The UUID of test domain `i` (as [`domain_xml`] gives it).
+pub fn test_uuid(i: usize) -> String {
+    format!("5c0bed00-0000-4000-8000-{i:012x}")
+}
+
+/// Test-driver domain `i` named `name`: 1 of 4 vCPUs, 1 GiB, with
+/// `devices` (XML) inside `<devices>`.
+pub fn domain_xml(name: &str, i: usize, devices: &str) -> String {
+    format!(
+        "<domain type='test'><name>{name}</name><uuid>{}</uuid>\
+         <memory unit='MiB'>1024</memory><currentMemory unit='MiB'>1024</currentMemory>\
+         <vcpu placement='static' current='1'>4</vcpu>\
+         <os><type arch='x86_64'>hvm</type></os><devices>{devices}</devices></domain>",
+        test_uuid(i)
+    )
+}

@@ -535,13 +535,11 @@ mod tests {
     #[test]
     fn a_change_copies_only_the_map_it_changes() {
         let mut prev = History::default();
-        Arc::make_mut(&mut prev.admitted).insert(
-            "u".into(),
-            Admission {
-                pool: "p".into(),
-                seq: 0,
-            },
-        );
+        let admission = Admission {
+            pool: "p".into(),
+            seq: 0,
+        };
+        Arc::make_mut(&mut prev.admitted).insert("u".into(), admission);
         Arc::make_mut(&mut prev.originals).insert("u".into(), Originals::default());
         let mut next = prev.clone();
         next.record(&set_vcpus(2, 3), true, 10);
