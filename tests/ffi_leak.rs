@@ -8,23 +8,6 @@ use virt::sys;
 use virtpool::adapters::libvirt::{ffi, Hypervisor, Libvirt};
 use virtpool::core::model::{Action, IoTune};
 
-const NODE: &str = r#"<node>
-  <cpu><mhz>2000</mhz><model>i686</model><active>4</active><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>1</threads></cpu>
-  <memory>8388608</memory>
-  <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
-    <name>leak-1</name>
-    <uuid>44444444-4444-4444-4444-444444444444</uuid>
-    <memory unit='KiB'>1048576</memory>
-    <vcpu placement='static'>2</vcpu>
-    <os><type arch='x86_64'>hvm</type></os>
-    <devices>
-      <disk type='file' device='disk'><source file='/tmp/leak-1.img'/><target dev='vda' bus='virtio'/></disk>
-    </devices>
-    <test:runstate>1</test:runstate>
-  </domain>
-</node>
-"#;
-
 const WARMUP: u64 = 1_000;
 const CYCLES: u64 = 10_000;
 /// Allowed RSS growth after warm-up. Measured: 0 KiB. Removing the
@@ -69,10 +52,9 @@ fn cycle(dom: &virt::domain::Domain, i: u64) {
 #[test]
 fn ffi_and_observe_cycles_do_not_leak() {
     virt::error::clear_error_callback();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("node.xml");
-    std::fs::write(&path, NODE).unwrap();
-    let conn = Connect::open(Some(&format!("test://{}", path.display()))).unwrap();
+    // One running domain with one disk.
+    let node = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/leak-host.xml");
+    let conn = Connect::open(Some(&format!("test://{node}"))).unwrap();
     let dom = conn
         .lookup_domain_by_uuid_string("44444444-4444-4444-4444-444444444444")
         .unwrap();
@@ -102,7 +84,7 @@ fn ffi_and_observe_cycles_do_not_leak() {
     // The whole adapter: observe (XML, metadata, stats, scheduler and blkio
     // reads) plus applies, through `Libvirt`, in the same process so the
     // measurements do not overlap.
-    let mut hv = Libvirt::new(&format!("test://{}", path.display()));
+    let mut hv = Libvirt::new(&format!("test://{node}"));
     hv.connect().unwrap();
     let observe_cycle = |hv: &mut Libvirt, i: u64| {
         let doms = hv.observe().unwrap();

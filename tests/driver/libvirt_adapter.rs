@@ -3,8 +3,6 @@
 //! open, so tests are isolated and can run in parallel).
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-
 use crate::support::node::{dom, observe_one, set_memory, set_vcpus};
 
 use virtpool::adapters::libvirt::{HvError, Hypervisor, Libvirt};
@@ -17,72 +15,20 @@ const MISSING: &str = "99999999-9999-9999-9999-999999999999";
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
 
-/// A running domain (`web-1`, pool metadata "gold", 2 of 4 vCPUs, 1 of
-/// 2 GiB, a writable disk, a CD-ROM and a read-only disk), a paused one
-/// (`db-1`, no metadata) and a shut-off one (`off-1`, pool "silver").
-const NODE: &str = r#"<node>
-  <cpu><mhz>2000</mhz><model>i686</model><active>16</active><nodes>1</nodes><sockets>1</sockets><cores>8</cores><threads>2</threads></cpu>
-  <memory>33554432</memory>
-  <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
-    <name>web-1</name>
-    <uuid>11111111-1111-1111-1111-111111111111</uuid>
-    <metadata>
-      <virtpool:pool xmlns:virtpool="https://virtpool.dev/xmlns/pool/1">gold</virtpool:pool>
-    </metadata>
-    <memory unit='KiB'>2097152</memory>
-    <currentMemory unit='KiB'>1048576</currentMemory>
-    <vcpu placement='static' current='2'>4</vcpu>
-    <os><type arch='x86_64'>hvm</type></os>
-    <devices>
-      <disk type='file' device='disk'><source file='/tmp/web-1.img'/><target dev='vda' bus='virtio'/></disk>
-      <disk type='file' device='cdrom'><source file='/tmp/web-1.iso'/><target dev='hdc' bus='ide'/><readonly/></disk>
-      <disk type='file' device='disk'><source file='/tmp/web-1-ro.img'/><target dev='vdb' bus='virtio'/><readonly/></disk>
-      <memballoon model='virtio'/>
-    </devices>
-    <test:runstate>1</test:runstate>
-  </domain>
-  <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
-    <name>db-1</name>
-    <uuid>22222222-2222-2222-2222-222222222222</uuid>
-    <memory unit='KiB'>1048576</memory>
-    <currentMemory unit='KiB'>1048576</currentMemory>
-    <vcpu placement='static'>2</vcpu>
-    <os><type arch='x86_64'>hvm</type></os>
-    <devices>
-      <disk type='file' device='disk'><source file='/tmp/db-1.img'/><target dev='vda' bus='virtio'/></disk>
-    </devices>
-    <test:runstate>3</test:runstate>
-  </domain>
-  <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
-    <name>off-1</name>
-    <uuid>33333333-3333-3333-3333-333333333333</uuid>
-    <metadata>
-      <virtpool:pool xmlns:virtpool="https://virtpool.dev/xmlns/pool/1">silver</virtpool:pool>
-    </metadata>
-    <memory unit='KiB'>524288</memory>
-    <vcpu placement='static' current='1'>2</vcpu>
-    <os><type arch='x86_64'>hvm</type></os>
-    <devices>
-      <disk type='file' device='disk'><source file='/tmp/off-1.img'/><target dev='vda' bus='virtio'/></disk>
-    </devices>
-    <test:runstate>5</test:runstate>
-  </domain>
-</node>
-"#;
-
-/// Writes the node XML into `dir` and returns its `test:///` URI.
-fn node_uri(dir: &Path) -> String {
-    let path = dir.join("node.xml");
-    std::fs::write(&path, NODE).unwrap();
-    format!("test://{}", path.display())
+/// The test node (tests/fixtures/adapter-host.xml): a running domain
+/// (`web-1`, pool metadata "gold", 2 of 4 vCPUs, 1 of 2 GiB, a writable
+/// disk, a CD-ROM and a read-only disk), a paused one (`db-1`, no metadata)
+/// and a shut-off one (`off-1`, pool "silver"). Each connection to it has
+/// state of its own.
+fn node_uri() -> String {
+    crate::support::node::uri("adapter-host.xml")
 }
 
-/// A connected adapter on a fresh private node (the tempdir must outlive it).
-fn connected() -> (tempfile::TempDir, Libvirt) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut hv = Libvirt::new(&node_uri(dir.path()));
+/// A connected adapter on a fresh private node.
+fn connected() -> Libvirt {
+    let mut hv = Libvirt::new(&node_uri());
     hv.connect().unwrap();
-    (dir, hv)
+    hv
 }
 
 fn vda(d: &DomainObs) -> Option<IoTune> {
@@ -140,7 +86,7 @@ fn set_shares(uuid: &str, to: u64) -> Action {
 
 #[test]
 fn observe_reads_running_paused_and_shutoff_domains() {
-    let (_dir, mut hv) = connected();
+    let mut hv = connected();
     assert!(hv.is_connected());
     let doms = hv.observe().unwrap();
     assert_eq!(doms.len(), 3);
@@ -210,7 +156,7 @@ fn observe_reads_running_paused_and_shutoff_domains() {
 fn observe_until_gives_up_when_stopped_and_reads_in_full_otherwise() {
     use std::sync::atomic::AtomicBool;
     use virtpool::adapters::libvirt::calls::Call;
-    let (_dir, mut hv) = connected();
+    let mut hv = connected();
     let calls = hv.call_counter().expect("the adapter counts its calls");
     let before = calls.snapshot();
     assert_eq!(hv.observe_until(&AtomicBool::new(true)).unwrap(), None);
@@ -232,8 +178,7 @@ fn observe_until_gives_up_when_stopped_and_reads_in_full_otherwise() {
 
 #[test]
 fn observe_and_apply_need_a_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut hv = Libvirt::new(&node_uri(dir.path()));
+    let mut hv = Libvirt::new(&node_uri());
     assert!(!hv.is_connected());
     assert!(matches!(hv.observe(), Err(HvError::ConnectionLost(_))));
     assert!(matches!(
@@ -248,7 +193,7 @@ fn observe_and_apply_need_a_connection() {
 
 #[test]
 fn set_vcpus_live_reads_back() {
-    let (_dir, mut hv) = connected();
+    let mut hv = connected();
     hv.apply(&set_vcpus(WEB, 3)).unwrap();
     assert_eq!(observe_one(&mut hv, "web-1").vcpus, 3);
     hv.apply(&set_vcpus(WEB, 1)).unwrap();
@@ -265,7 +210,7 @@ fn set_vcpus_live_reads_back() {
 
 #[test]
 fn set_memory_live_converts_bytes_to_kib() {
-    let (_dir, mut hv) = connected();
+    let mut hv = connected();
     hv.apply(&set_memory(WEB, 1536 * MIB)).unwrap();
     let web = observe_one(&mut hv, "web-1");
     assert_eq!(web.memory, 1536 * MIB);
@@ -276,7 +221,7 @@ fn set_memory_live_converts_bytes_to_kib() {
 
 #[test]
 fn set_block_iotune_reads_back_and_clears() {
-    let (_dir, mut hv) = connected();
+    let mut hv = connected();
     let tune = iotune(10_000_000, 20_000_000, 300, 600);
     hv.apply(&set_iotune(WEB, "vda", tune)).unwrap();
     let web = observe_one(&mut hv, "web-1");
@@ -303,7 +248,7 @@ fn set_block_iotune_reads_back_and_clears() {
 
 #[test]
 fn set_blkio_weight_reads_back() {
-    let (_dir, mut hv) = connected();
+    let mut hv = connected();
     hv.apply(&set_blkio(WEB, 500)).unwrap();
     assert_eq!(observe_one(&mut hv, "web-1").blkio_weight, Some(500));
     hv.apply(&set_blkio(WEB, 100)).unwrap();
@@ -322,7 +267,7 @@ fn blkio_weight_out_of_range_is_refused_before_libvirt() {
             other => panic!("weight {bad}: {other:?}"),
         }
     }
-    let (_dir, mut hv) = connected();
+    let mut hv = connected();
     assert!(matches!(
         hv.apply(&set_blkio(WEB, 5)),
         Err(HvError::InvalidArg(_))
@@ -345,7 +290,7 @@ fn cpu_shares_out_of_range_is_refused_before_libvirt() {
 fn cpu_shares_on_test_driver_is_a_mapped_error() {
     // The test driver's scheduler only knows `weight`: setting `cpu_shares`
     // must come back as a clean, non-connection error, not a panic.
-    let (_dir, mut hv) = connected();
+    let mut hv = connected();
     let err = hv.apply(&set_shares(WEB, 2048)).unwrap_err();
     assert!(!err.is_connection(), "{err:?}");
     assert!(err.to_string().contains("dom"), "{err}");
@@ -354,7 +299,7 @@ fn cpu_shares_on_test_driver_is_a_mapped_error() {
 
 #[test]
 fn missing_domain_is_no_domain_for_every_action() {
-    let (_dir, mut hv) = connected();
+    let mut hv = connected();
     let actions = [
         set_vcpus(MISSING, 2),
         set_memory(MISSING, GIB),
@@ -377,7 +322,7 @@ fn missing_domain_is_no_domain_for_every_action() {
 
 #[test]
 fn values_above_the_maximum_are_invalid_arg() {
-    let (_dir, mut hv) = connected();
+    let mut hv = connected();
     assert!(matches!(
         hv.apply(&set_vcpus(WEB, 5)),
         Err(HvError::InvalidArg(_))
@@ -401,7 +346,7 @@ fn values_above_the_maximum_are_invalid_arg() {
 
 #[test]
 fn live_changes_on_shutoff_domain_are_operation_invalid() {
-    let (_dir, mut hv) = connected();
+    let mut hv = connected();
     let actions = [
         set_vcpus(OFF, 2),
         set_memory(OFF, 256 * MIB),
@@ -421,7 +366,7 @@ fn live_changes_on_shutoff_domain_are_operation_invalid() {
 
 #[test]
 fn unknown_disk_is_a_per_domain_error() {
-    let (_dir, mut hv) = connected();
+    let mut hv = connected();
     let err = hv
         .apply(&set_iotune(WEB, "vdz", iotune(1000, 1000, 0, 0)))
         .unwrap_err();
@@ -435,7 +380,7 @@ fn unknown_disk_is_a_per_domain_error() {
 
 #[test]
 fn stats_period_is_set_on_running_domain() {
-    let (_dir, mut hv) = connected();
+    let mut hv = connected();
     hv.apply(&stats_period(WEB, 5)).unwrap();
     hv.apply(&stats_period(WEB, 0)).unwrap(); // 0 disables collection
     assert!(matches!(
@@ -516,8 +461,7 @@ fn persist_writes_config_seen_by_a_second_connection() {
 #[test]
 fn bulk_stats_on_test_driver_fill_state_only() {
     use virt::sys;
-    let dir = tempfile::tempdir().unwrap();
-    let conn = virt::connect::Connect::open(Some(&node_uri(dir.path()))).unwrap();
+    let conn = virt::connect::Connect::open(Some(&node_uri())).unwrap();
     let groups =
         sys::VIR_DOMAIN_STATS_STATE | sys::VIR_DOMAIN_STATS_VCPU | sys::VIR_DOMAIN_STATS_BALLOON;
     let wanted = [
