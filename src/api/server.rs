@@ -6,6 +6,7 @@ use super::auth::{self, Peer};
 use super::conn::{self, Limiter, Limits};
 use super::controller::AppState;
 use super::routes;
+use crate::agent::safe_fs::PathIoError;
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::File;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -19,13 +20,8 @@ use tokio_util::sync::CancellationToken;
 pub enum ApiError {
     #[error("another virtpoold is already serving {socket} (lock {lock} is held): stop it first")]
     AlreadyRunning { socket: PathBuf, lock: PathBuf },
-    #[error("{path}: cannot {what}: {source}")]
-    Io {
-        path: PathBuf,
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("{0}: exists and is not a socket: refusing to remove it")]
     NotASocket(PathBuf),
     /// The socket directory is not the agent's alone.
@@ -193,14 +189,6 @@ impl ServeOptions {
     }
 }
 
-fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> ApiError + 'a {
-    move |source| ApiError::Io {
-        path: path.to_owned(),
-        what,
-        source,
-    }
-}
-
 /// Takes the socket: checks (or creates, [`SOCKET_DIR_MODE`]) its
 /// directory, which must be the agent's user's alone (see
 /// [`crate::agent::safe_fs::check_dir`]), opens the lock file `PATH.lock` (0600,
@@ -222,11 +210,9 @@ pub async fn bind(path: &Path, group: &str) -> Result<ApiSocket, ApiError> {
             path: lock_path.clone(),
             problem,
         },
-        crate::agent::safe_fs::FileError::Io(source) => ApiError::Io {
-            path: lock_path.clone(),
-            what: "open the lock file",
-            source,
-        },
+        crate::agent::safe_fs::FileError::Io(source) => {
+            PathIoError::new(&lock_path, "open the lock file", source).into()
+        }
     })?;
     let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
         if e == nix::errno::Errno::EWOULDBLOCK {
@@ -235,26 +221,23 @@ pub async fn bind(path: &Path, group: &str) -> Result<ApiSocket, ApiError> {
                 lock: lock_path.clone(),
             }
         } else {
-            ApiError::Io {
-                path: lock_path.clone(),
-                what: "lock",
-                source: e.into(),
-            }
+            PathIoError::new(&lock_path, "lock", e.into()).into()
         }
     })?;
     // We hold the lock: a socket file left behind is stale.
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
-            std::fs::remove_file(path).map_err(io(path, "remove the stale socket"))?;
+            std::fs::remove_file(path)
+                .map_err(|e| PathIoError::new(path, "remove the stale socket", e))?;
         }
         Ok(_) => return Err(ApiError::NotASocket(path.to_owned())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(path, "inspect the socket path")(e)),
+        Err(e) => return Err(PathIoError::new(path, "inspect the socket path", e).into()),
     }
-    let listener = UnixListener::bind(path).map_err(io(path, "bind"))?;
+    let listener = UnixListener::bind(path).map_err(|e| PathIoError::new(path, "bind", e))?;
     let file = SocketFile(path.to_owned());
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(io(path, "set mode 0660 on"))?;
+        .map_err(|e| PathIoError::new(path, "set mode 0660 on", e))?;
     match auth::group_gid(group) {
         Some(gid) => {
             if let Err(e) = nix::unistd::chown(path, None, Some(gid)) {
