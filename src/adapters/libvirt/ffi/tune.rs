@@ -16,9 +16,12 @@ const IOTUNE_PARAMS: usize = 32;
 /// Buffer for `virDomainGetBlkioParameters` (`REMOTE_DOMAIN_BLKIO_PARAMETERS_MAX`).
 const BLKIO_PARAMS: usize = 16;
 
+/// The field of [`IoTune`] that holds one limit.
+type IoTuneField = fn(&mut IoTune) -> &mut u64;
+
 /// The four `total_*` block I/O limits: libvirt's parameter name and the
-/// field of [`IoTune`] that holds it.
-const IOTUNE_TOTALS: [(&CStr, fn(&mut IoTune) -> &mut u64); 4] = [
+/// field that holds it.
+const IOTUNE_TOTALS: [(&CStr, IoTuneField); 4] = [
     (sys::VIR_DOMAIN_BLOCK_IOTUNE_TOTAL_BYTES_SEC, |t| {
         &mut t.total_bytes_sec
     }),
