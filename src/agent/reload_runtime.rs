@@ -161,10 +161,7 @@ mod tests {
     fn entries_of_a_renamed_pool_are_set_aside_and_the_rest_stays() {
         let dir = tempfile::tempdir().unwrap();
         let mut st = RuntimeState::new();
-        st.added
-            .entry("batch".into())
-            .or_default()
-            .insert("b-1".into());
+        st.added_to("batch").insert("b-1".into());
         st.paused_pools.insert("batch".into());
         st.paused_pools.insert("web".into());
         st.save(dir.path()).unwrap();

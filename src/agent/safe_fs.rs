@@ -30,13 +30,30 @@ pub const FILE_MODE: u32 = 0o600;
 pub enum DirError {
     #[error("{path}: {problem}: refusing to use it")]
     Unsafe { path: PathBuf, problem: String },
-    #[error("{path}: cannot {what}: {source}")]
-    Io {
-        path: PathBuf,
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
+}
+
+/// A file system call (`what`, e.g. "inspect the directory") on `path`
+/// failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: cannot {what}: {source}")]
+pub struct PathIoError {
+    pub path: PathBuf,
+    pub what: &'static str,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl PathIoError {
+    /// `source`, the error of `what` on `path`.
+    pub fn new(path: &Path, what: &'static str, source: std::io::Error) -> PathIoError {
+        PathIoError {
+            path: path.to_owned(),
+            what,
+            source,
+        }
+    }
 }
 
 /// A file the agent will not use, or could not open.
@@ -75,11 +92,6 @@ fn who(uid: u32) -> String {
 /// `mode` for the directory itself, then checks it ([`check_dir`]). An
 /// existing directory keeps its mode.
 pub fn ensure_dir(path: &Path, mode: u32) -> Result<(), DirError> {
-    let io = |what, source| DirError::Io {
-        path: path.to_owned(),
-        what,
-        source,
-    };
     match std::fs::metadata(path) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -91,12 +103,12 @@ pub fn ensure_dir(path: &Path, mode: u32) -> Result<(), DirError> {
                 Ok(()) => {
                     // The umask may have taken bits away.
                     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                        .map_err(|e| io("set the mode of", e))?;
+                        .map_err(|e| PathIoError::new(path, "set the mode of", e))?;
                 }
-                Err(e) => return Err(io("create the directory", e)),
+                Err(e) => return Err(PathIoError::new(path, "create the directory", e).into()),
             }
         }
-        Err(e) => return Err(io("inspect the directory", e)),
+        Err(e) => return Err(PathIoError::new(path, "inspect the directory", e).into()),
     }
     check_dir(path)
 }
@@ -113,11 +125,8 @@ pub fn check_dir(path: &Path) -> Result<(), DirError> {
     if !path.is_absolute() {
         return Err(unsafe_dir("not an absolute path".into()));
     }
-    let meta = std::fs::metadata(path).map_err(|source| DirError::Io {
-        path: path.to_owned(),
-        what: "inspect the directory",
-        source,
-    })?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| PathIoError::new(path, "inspect the directory", e))?;
     if !meta.is_dir() {
         return Err(unsafe_dir("not a directory".into()));
     }
@@ -138,17 +147,10 @@ pub fn check_dir(path: &Path) -> Result<(), DirError> {
         )));
     }
     // The parents: whoever may rename an entry of one may swap the directory.
-    let real = std::fs::canonicalize(path).map_err(|source| DirError::Io {
-        path: path.to_owned(),
-        what: "resolve",
-        source,
-    })?;
+    let real = std::fs::canonicalize(path).map_err(|e| PathIoError::new(path, "resolve", e))?;
     for parent in real.ancestors().skip(1) {
-        let m = std::fs::metadata(parent).map_err(|source| DirError::Io {
-            path: parent.to_owned(),
-            what: "inspect the directory",
-            source,
-        })?;
+        let m = std::fs::metadata(parent)
+            .map_err(|e| PathIoError::new(parent, "inspect the directory", e))?;
         let pmode = m.mode() & 0o7777;
         if m.uid() != 0 && m.uid() != me {
             return Err(unsafe_dir(format!(

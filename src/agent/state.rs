@@ -295,6 +295,24 @@ impl RuntimeState {
         self.reservations.get(pool)?.get(domain)
     }
 
+    /// The domains added to `pool` at run time (made empty if none).
+    pub fn added_to(&mut self, pool: &str) -> &mut BTreeSet<String> {
+        self.added.entry(pool.to_string()).or_default()
+    }
+
+    /// The domains removed from `pool` at run time (made empty if none).
+    pub fn removed_from(&mut self, pool: &str) -> &mut BTreeSet<String> {
+        self.removed.entry(pool.to_string()).or_default()
+    }
+
+    /// The reservations in `pool` by domain (made empty if none).
+    pub fn reservations_in(
+        &mut self,
+        pool: &str,
+    ) -> &mut BTreeMap<String, PerResource<Option<u64>>> {
+        self.reservations.entry(pool.to_string()).or_default()
+    }
+
     /// Loads `state_dir/state.json`; a missing file is an empty state.
     pub fn load(state_dir: &Path) -> Result<RuntimeState, StateError> {
         let st = read_json(state_dir, STATE_FILE, STATE_VERSION, |s: &RuntimeState| {
@@ -507,10 +525,7 @@ mod tests {
         assert_eq!(RuntimeState::load(dir.path()).unwrap(), RuntimeState::new());
         let mut st = RuntimeState::new();
         st.paused = true;
-        st.added
-            .entry("web".into())
-            .or_default()
-            .insert("vm1".into());
+        st.added_to("web").insert("vm1".into());
         st.save(dir.path()).unwrap();
         assert_eq!(RuntimeState::load(dir.path()).unwrap(), st);
 
@@ -542,21 +557,11 @@ mod tests {
         let mut st = RuntimeState::new();
         st.paused_pools.insert("web".into());
         st.paused_pools.insert("jobs".into());
-        st.added
-            .entry("jobs".into())
-            .or_default()
-            .insert("batch-1".into());
-        st.added
-            .entry("web".into())
-            .or_default()
+        st.added_to("jobs").insert("batch-1".into());
+        st.added_to("web")
             .extend(["extra".to_string(), "db-1".to_string()]);
-        st.removed
-            .entry("gone".into())
-            .or_default()
-            .insert("x".into());
-        st.reservations
-            .entry("gone".into())
-            .or_default()
+        st.removed_from("gone").insert("x".into());
+        st.reservations_in("gone")
             .insert("y".into(), PerResource::default());
         st.pools
             .insert("db".into(), spec(r#"{"vcpus": {"budget": 1}}"#));

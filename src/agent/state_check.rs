@@ -215,12 +215,7 @@ pub fn set_aside_unfit(st: &mut RuntimeState, cfg: &Config, alloc: &Allocatable)
                     aside.problems.push(format!(
                         "domain {d:?} added to pool {pool:?} is listed in pool {other:?}"
                     ));
-                    aside
-                        .entries
-                        .added
-                        .entry(pool.clone())
-                        .or_default()
-                        .insert(d);
+                    aside.entries.added_to(&pool).insert(d);
                 }
                 _ => {
                     listed.insert(d.clone(), pool.clone());
@@ -353,7 +348,7 @@ mod tests {
     #[test]
     fn values_the_api_refuses_make_the_file_corrupt() {
         let mut st = RuntimeState::new();
-        st.reservations.entry("web".into()).or_default().insert(
+        st.reservations_in("web").insert(
             "a".into(),
             PerResource {
                 vcpus: Some(u64::MAX),
@@ -363,26 +358,18 @@ mod tests {
                 cpu: None,
             },
         );
-        st.added
-            .entry("web".into())
-            .or_default()
-            .insert("a/x".into());
+        st.added_to("web").insert("a/x".into());
         st.pools
             .insert("big".into(), spec(r#"{"vcpus": {"budget": 100000}}"#));
         let bad = corrupt_entries(&st).join("\n");
-        assert!(
-            bad.contains("vcpus 18446744073709551615 is out of range (at most 65536)"),
-            "{bad}"
-        );
-        assert!(
-            bad.contains("memory 2305843009213693952 is out of range"),
-            "{bad}"
-        );
-        assert!(bad.contains("\"a/x\" contains '/'"), "{bad}");
-        assert!(
-            bad.contains("vcpus.budget (100000) is out of range"),
-            "{bad}"
-        );
+        for want in [
+            "vcpus 18446744073709551615 is out of range (at most 65536)",
+            "memory 2305843009213693952 is out of range",
+            "\"a/x\" contains '/'",
+            "vcpus.budget (100000) is out of range",
+        ] {
+            assert!(bad.contains(want), "{want}: {bad}");
+        }
         assert!(corrupt_entries(&RuntimeState::new()).is_empty());
 
         let mut h = VcpuHolds::default();
@@ -407,49 +394,28 @@ mod tests {
             .insert("zbig".into(), spec(r#"{"vcpus": {"budget": 100}}"#));
         st.pools
             .insert("web".into(), spec(r#"{"vcpus": {"budget": 1}}"#));
-        st.added
-            .entry("web".into())
-            .or_default()
+        st.added_to("web")
             .extend(["b".to_string(), "c".to_string()]);
-        st.added
-            .entry("gone".into())
-            .or_default()
-            .insert("d".into());
-        st.added
-            .entry("small".into())
-            .or_default()
-            .insert("a".into());
-        st.removed
-            .entry("gone".into())
-            .or_default()
-            .insert("e".into());
-        st.reservations
-            .entry("gone".into())
-            .or_default()
+        st.added_to("gone").insert("d".into());
+        st.added_to("small").insert("a".into());
+        st.removed_from("gone").insert("e".into());
+        st.reservations_in("gone")
             .insert("f".into(), PerResource::default());
         st.paused_pools.insert("gone".into());
         st.paused_pools.insert("web".into());
         let aside = set_aside_unfit(&mut st, &cfg(), &alloc());
         let text = aside.problems.join("\n");
-        assert!(text.contains("runtime pool \"zbig\" does not fit this host: pool budgets for vcpus add up to 112"), "{text}");
-        assert!(
-            text.contains("runtime pool \"web\" has the name of a pool in the config file"),
-            "{text}"
-        );
-        assert!(
-            text.contains("domain \"a\" added to pool \"small\" is listed in pool \"web\""),
-            "{text}"
-        );
-        assert!(
-            text.contains("1 domain(s) added to pool \"gone\""),
-            "{text}"
-        );
-        assert!(text.contains("removed from pool \"gone\""), "{text}");
-        assert!(
-            text.contains("reservations of 1 domain(s) in pool \"gone\""),
-            "{text}"
-        );
-        assert!(text.contains("pause of pool \"gone\""), "{text}");
+        for want in [
+            "runtime pool \"zbig\" does not fit this host: pool budgets for vcpus add up to 112",
+            "runtime pool \"web\" has the name of a pool in the config file",
+            "domain \"a\" added to pool \"small\" is listed in pool \"web\"",
+            "1 domain(s) added to pool \"gone\"",
+            "removed from pool \"gone\"",
+            "reservations of 1 domain(s) in pool \"gone\"",
+            "pause of pool \"gone\"",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
         assert_eq!(aside.problems.len(), 7, "{text}");
         assert_eq!(
             st.pools.keys().collect::<Vec<_>>(),
@@ -468,11 +434,7 @@ mod tests {
         assert_eq!(again, st);
         // A domain moved out of a config pool's list stays moved.
         let mut moved = RuntimeState::new();
-        moved
-            .removed
-            .entry("web".into())
-            .or_default()
-            .insert("a".into());
+        moved.removed_from("web").insert("a".into());
         moved.pools.insert(
             "small".into(),
             spec(r#"{"domains": ["a"], "vcpus": {"budget": 4}}"#),

@@ -32,33 +32,20 @@ pub async fn serve_tcp(
     shutdown: tokio_util::sync::CancellationToken,
     opts: super::ServeOptions,
 ) {
-    use super::conn;
-    let router = router(handle);
-    let limiter = conn::Limiter::new(opts.limits(), "metrics");
-    let tasks = conn::Tracker::default();
-    let mut backoff = conn::Backoff::default();
-    loop {
-        let (stream, addr) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(s) => { backoff.ok(); s }
-                Err(e) => { backoff.failed(&e, "metrics").await; continue; }
-            },
-        };
-        let Ok(ticket) = limiter.admit(address_key(addr.ip()), false) else {
-            continue;
-        };
-        tasks.spawn(conn::serve(
-            stream,
-            router.clone(),
-            None,
-            opts.conn(),
-            ticket,
-            shutdown.clone(),
-        ));
-    }
-    drop(listener);
-    tasks.wait(opts.drain_timeout).await;
+    let admission = |_: &_, addr: std::net::SocketAddr| super::server::Admission {
+        peer: None,
+        key: address_key(addr.ip()),
+        root: false,
+    };
+    super::server::accept_loop(
+        listener,
+        "metrics",
+        router(handle),
+        &opts,
+        &shutdown,
+        admission,
+    )
+    .await;
 }
 
 /// A peer address as a limiter key (IPv4-mapped IPv6 as IPv4).

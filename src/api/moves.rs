@@ -112,7 +112,7 @@ pub fn take_out(rt: &mut RuntimeState, eff: &Config, at: &Place) {
             .get(pool)
             .is_some_and(|p| p.domains.iter().any(|d| d == k))
     };
-    let removed = rt.removed.entry(pool.to_string()).or_default();
+    let removed = rt.removed_from(pool);
     removed.insert(at.name.clone());
     if let Some(u) = at.uuid.as_deref().filter(|u| listed(u)) {
         removed.insert(u.to_string());

@@ -290,6 +290,28 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 // ---------------------------------------------------------------- changes
 
+/// What every change takes besides its path and body: the state, the
+/// caller's credentials and `?wait` (extracted where the handler names it,
+/// so a bad path is refused before a bad query).
+struct Change {
+    s: AppState,
+    peer: Option<Peer>,
+    wait: bool,
+}
+
+impl FromRequestParts<AppState> for Change {
+    type Rejection = Error;
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, Error> {
+        let Caller(peer) = Caller::from_request_parts(parts, s).await?;
+        let Query(q) = Query::<WaitQuery>::from_request_parts(parts, s).await?;
+        Ok(Change {
+            s: s.clone(),
+            peer,
+            wait: q.wait,
+        })
+    }
+}
+
 fn change_response<T>(
     out: controller::Outcome<T>,
     cycle: Option<CycleResult>,
@@ -301,27 +323,57 @@ fn change_response<T>(
     })
 }
 
-/// A change that answers with a [`ChangeResponse`]: `f` in a transaction
-/// (see [`AppState::change`]), then its message and cycle.
-async fn apply<F>(s: AppState, peer: Option<Peer>, wait: bool, f: F) -> R<ChangeResponse>
-where
-    F: FnOnce(&controller::Ctx, &mut RuntimeState) -> Result<controller::Outcome<()>, Error>
-        + Send
-        + 'static,
-{
-    let (out, cycle) = s.change(peer, wait, f).await?;
-    Ok(change_response(out, cycle))
+impl Change {
+    /// A change that answers with a [`ChangeResponse`]: `f` in a
+    /// transaction (see [`AppState::change`]), then its message and cycle.
+    async fn apply<F>(self, f: F) -> R<ChangeResponse>
+    where
+        F: FnOnce(&controller::Ctx, &mut RuntimeState) -> Result<controller::Outcome<()>, Error>
+            + Send
+            + 'static,
+    {
+        let (out, cycle) = self.s.change(self.peer, self.wait, f).await?;
+        Ok(change_response(out, cycle))
+    }
+
+    /// Allocate or release (`change`) in `pool`: a change scoped to the
+    /// reservation's domain, answered with the reservation and its cycle.
+    async fn reserve(
+        self,
+        pool: String,
+        req: Reservation,
+        change: ReservationChange,
+    ) -> R<ReservationResponse> {
+        let (out, cycle) = self
+            .s
+            .change_scoped(
+                self.peer,
+                self.wait,
+                move |ctx, rt| change(ctx, rt, &pool, &req),
+                |v: &ReservationResponse| Some(v.domain.clone()),
+            )
+            .await?;
+        let mut v = out.value;
+        v.cycle = cycle;
+        Ok(axum::Json(v))
+    }
 }
 
+/// The signature of [`transactions::allocate`] and [`transactions::release`].
+type ReservationChange = fn(
+    &controller::Ctx,
+    &mut RuntimeState,
+    &str,
+    &Reservation,
+) -> Result<controller::Outcome<ReservationResponse>, Error>;
+
 async fn put_pool(
-    State(s): State<AppState>,
-    Caller(peer): Caller,
     Path(name): Path<String>,
-    Query(q): Query<WaitQuery>,
+    c: Change,
     Json(body): Json<PutPool>,
 ) -> Result<Response, Error> {
-    let (out, cycle) = s
-        .change(peer, q.wait, move |ctx, rt| {
+    let (out, cycle) =
+        c.s.change(c.peer, c.wait, move |ctx, rt| {
             transactions::put_pool(ctx, rt, &name, body)
         })
         .await?;
@@ -333,142 +385,75 @@ async fn put_pool(
     Ok((code, change_response(out, cycle)).into_response())
 }
 
-async fn delete_pool(
-    State(s): State<AppState>,
-    Caller(peer): Caller,
-    Path(name): Path<String>,
-    Query(q): Query<WaitQuery>,
-) -> R<ChangeResponse> {
-    apply(s, peer, q.wait, move |ctx, rt| {
-        transactions::delete_pool(ctx, rt, &name)
-    })
-    .await
+async fn delete_pool(Path(name): Path<String>, c: Change) -> R<ChangeResponse> {
+    c.apply(move |ctx, rt| transactions::delete_pool(ctx, rt, &name))
+        .await
 }
 
 async fn add_member(
-    State(s): State<AppState>,
-    Caller(peer): Caller,
     Path(pool): Path<String>,
-    Query(q): Query<WaitQuery>,
+    c: Change,
     Json(body): Json<AddMember>,
 ) -> R<ChangeResponse> {
-    apply(s, peer, q.wait, move |ctx, rt| {
-        transactions::add_member(ctx, rt, &pool, &body)
-    })
-    .await
+    c.apply(move |ctx, rt| transactions::add_member(ctx, rt, &pool, &body))
+        .await
 }
 
 async fn remove_member(
-    State(s): State<AppState>,
-    Caller(peer): Caller,
     Path((pool, domain)): Path<(String, String)>,
-    Query(q): Query<WaitQuery>,
+    c: Change,
 ) -> R<ChangeResponse> {
-    apply(s, peer, q.wait, move |ctx, rt| {
-        transactions::remove_member(ctx, rt, &pool, &domain)
-    })
-    .await
-}
-
-/// The signature of [`transactions::allocate`] and [`transactions::release`].
-type ReservationChange = fn(
-    &controller::Ctx,
-    &mut RuntimeState,
-    &str,
-    &Reservation,
-) -> Result<controller::Outcome<ReservationResponse>, Error>;
-
-/// Allocate or release (`change`) in `pool`: a change scoped to the
-/// reservation's domain, answered with the reservation and its cycle.
-async fn reserve(
-    s: AppState,
-    peer: Option<Peer>,
-    pool: String,
-    wait: bool,
-    req: Reservation,
-    change: ReservationChange,
-) -> R<ReservationResponse> {
-    let (out, cycle) = s
-        .change_scoped(
-            peer,
-            wait,
-            move |ctx, rt| change(ctx, rt, &pool, &req),
-            |v: &ReservationResponse| Some(v.domain.clone()),
-        )
-        .await?;
-    let mut v = out.value;
-    v.cycle = cycle;
-    Ok(axum::Json(v))
+    c.apply(move |ctx, rt| transactions::remove_member(ctx, rt, &pool, &domain))
+        .await
 }
 
 async fn allocate(
-    State(s): State<AppState>,
-    Caller(peer): Caller,
     Path(pool): Path<String>,
-    Query(q): Query<WaitQuery>,
+    c: Change,
     Json(req): Json<Reservation>,
 ) -> R<ReservationResponse> {
-    reserve(s, peer, pool, q.wait, req, transactions::allocate).await
+    c.reserve(pool, req, transactions::allocate).await
 }
 
 async fn release(
-    State(s): State<AppState>,
-    Caller(peer): Caller,
     Path(pool): Path<String>,
-    Query(q): Query<WaitQuery>,
+    c: Change,
     Json(req): Json<Reservation>,
 ) -> R<ReservationResponse> {
-    reserve(s, peer, pool, q.wait, req, transactions::release).await
+    c.reserve(pool, req, transactions::release).await
 }
 
-async fn set_paused(
-    s: AppState,
-    peer: Option<Peer>,
-    pool: Option<String>,
-    wait: bool,
-    paused: bool,
-) -> R<ChangeResponse> {
-    apply(s, peer, wait, move |ctx, rt| {
-        transactions::set_paused(ctx, rt, pool.as_deref(), paused)
-    })
-    .await
+/// Pauses (`paused`) or resumes `pool`, or all pools.
+async fn set_paused(c: Change, pool: Option<String>, paused: bool) -> R<ChangeResponse> {
+    c.apply(move |ctx, rt| transactions::set_paused(ctx, rt, pool.as_deref(), paused))
+        .await
 }
 
 /// `POST /v1/pause` (`PAUSED`) and `POST /v1/resume`.
-async fn set_all_paused<const PAUSED: bool>(
-    State(s): State<AppState>,
-    Caller(peer): Caller,
-    Query(q): Query<WaitQuery>,
-) -> R<ChangeResponse> {
-    set_paused(s, peer, None, q.wait, PAUSED).await
+async fn set_all_paused<const PAUSED: bool>(c: Change) -> R<ChangeResponse> {
+    set_paused(c, None, PAUSED).await
 }
 
 /// `POST /v1/pools/{pool}/pause` (`PAUSED`) and `.../resume`.
 async fn set_pool_paused<const PAUSED: bool>(
-    State(s): State<AppState>,
-    Caller(peer): Caller,
     Path(pool): Path<String>,
-    Query(q): Query<WaitQuery>,
+    c: Change,
 ) -> R<ChangeResponse> {
-    set_paused(s, peer, Some(pool), q.wait, PAUSED).await
+    set_paused(c, Some(pool), PAUSED).await
 }
 
-/// `POST /v1/reconcile`: runs a cycle now, also while libvirt is down (the
-/// cycle is what reconnects).
 async fn reload(State(s): State<AppState>, Caller(peer): Caller) -> R<ReloadResponse> {
     super::auth::authorize_change(peer, s.group())?;
     Ok(axum::Json(s.reload().await?))
 }
 
-async fn reconcile(
-    State(s): State<AppState>,
-    Caller(peer): Caller,
-    Query(q): Query<WaitQuery>,
-) -> R<ReconcileResponse> {
-    super::auth::authorize_change(peer, s.group())?;
-    let cycle = s.reconcile(q.wait, true).await?;
+/// `POST /v1/reconcile`: runs a cycle now, also while libvirt is down (the
+/// cycle is what reconnects).
+async fn reconcile(c: Change) -> R<ReconcileResponse> {
+    super::auth::authorize_change(c.peer, c.s.group())?;
+    let cycle = c.s.reconcile(c.wait, true).await?;
     Ok(axum::Json(ReconcileResponse {
-        waited: q.wait,
+        waited: c.wait,
         cycle,
     }))
 }

@@ -3,14 +3,18 @@
 //! graceful stop).
 
 use super::auth::{self, Peer};
-use super::conn::{self, Limiter, Limits};
+use super::conn::{self, Limits};
 use super::controller::AppState;
 use super::routes;
+use crate::agent::safe_fs::PathIoError;
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::File;
+use std::future::Future;
+use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
@@ -19,13 +23,8 @@ use tokio_util::sync::CancellationToken;
 pub enum ApiError {
     #[error("another virtpoold is already serving {socket} (lock {lock} is held): stop it first")]
     AlreadyRunning { socket: PathBuf, lock: PathBuf },
-    #[error("{path}: cannot {what}: {source}")]
-    Io {
-        path: PathBuf,
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("{0}: exists and is not a socket: refusing to remove it")]
     NotASocket(PathBuf),
     /// The socket directory is not the agent's alone.
@@ -193,14 +192,6 @@ impl ServeOptions {
     }
 }
 
-fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> ApiError + 'a {
-    move |source| ApiError::Io {
-        path: path.to_owned(),
-        what,
-        source,
-    }
-}
-
 /// Takes the socket: checks (or creates, [`SOCKET_DIR_MODE`]) its
 /// directory, which must be the agent's user's alone (see
 /// [`crate::agent::safe_fs::check_dir`]), opens the lock file `PATH.lock` (0600,
@@ -222,11 +213,9 @@ pub async fn bind(path: &Path, group: &str) -> Result<ApiSocket, ApiError> {
             path: lock_path.clone(),
             problem,
         },
-        crate::agent::safe_fs::FileError::Io(source) => ApiError::Io {
-            path: lock_path.clone(),
-            what: "open the lock file",
-            source,
-        },
+        crate::agent::safe_fs::FileError::Io(source) => {
+            PathIoError::new(&lock_path, "open the lock file", source).into()
+        }
     })?;
     let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
         if e == nix::errno::Errno::EWOULDBLOCK {
@@ -235,26 +224,23 @@ pub async fn bind(path: &Path, group: &str) -> Result<ApiSocket, ApiError> {
                 lock: lock_path.clone(),
             }
         } else {
-            ApiError::Io {
-                path: lock_path.clone(),
-                what: "lock",
-                source: e.into(),
-            }
+            PathIoError::new(&lock_path, "lock", e.into()).into()
         }
     })?;
     // We hold the lock: a socket file left behind is stale.
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
-            std::fs::remove_file(path).map_err(io(path, "remove the stale socket"))?;
+            std::fs::remove_file(path)
+                .map_err(|e| PathIoError::new(path, "remove the stale socket", e))?;
         }
         Ok(_) => return Err(ApiError::NotASocket(path.to_owned())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(path, "inspect the socket path")(e)),
+        Err(e) => return Err(PathIoError::new(path, "inspect the socket path", e).into()),
     }
-    let listener = UnixListener::bind(path).map_err(io(path, "bind"))?;
+    let listener = UnixListener::bind(path).map_err(|e| PathIoError::new(path, "bind", e))?;
     let file = SocketFile(path.to_owned());
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(io(path, "set mode 0660 on"))?;
+        .map_err(|e| PathIoError::new(path, "set mode 0660 on", e))?;
     match auth::group_gid(group) {
         Some(gid) => {
             if let Err(e) = nix::unistd::chown(path, None, Some(gid)) {
@@ -292,17 +278,7 @@ pub async fn serve_with(
         _lock,
     } = sock;
     let router = routes::router(state, opts.body_timeout);
-    let limiter = Limiter::new(opts.limits(), "api");
-    let tasks = conn::Tracker::default();
-    let mut backoff = conn::Backoff::default();
-    loop {
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok((s, _)) => { backoff.ok(); s }
-                Err(e) => { backoff.failed(&e, "api").await; continue; }
-            },
-        };
+    let admission = |stream: &tokio::net::UnixStream, _| {
         let peer = stream.peer_cred().ok().map(|c| Peer {
             uid: c.uid(),
             gid: c.gid(),
@@ -310,25 +286,91 @@ pub async fn serve_with(
         });
         // Unknown credentials count as one unprivileged peer.
         let uid = peer.map_or(u32::MAX, |p| p.uid);
-        let Ok(ticket) = limiter.admit(u64::from(uid), uid == 0) else {
+        Admission {
+            peer,
+            key: u64::from(uid),
+            root: uid == 0,
+        }
+    };
+    if !accept_loop(listener, "api", router, &opts, &shutdown, admission).await {
+        tracing::warn!("API requests still running at shutdown: abandoned");
+    }
+    let path = file.0.clone();
+    drop(file);
+    tracing::info!(socket = %path.display(), "API stopped");
+}
+
+/// A listener [`accept_loop`] accepts connections from.
+pub(crate) trait Listener {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Addr;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Self::Addr)>> + Send;
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Self::Addr)>> + Send {
+        tokio::net::TcpListener::accept(self)
+    }
+}
+
+impl Listener for UnixListener {
+    type Stream = tokio::net::UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Self::Addr)>> + Send {
+        UnixListener::accept(self)
+    }
+}
+
+/// How the limiter counts a connection: its peer's credentials (handed to
+/// the router), its limiter key, whether it may take a root slot.
+pub(crate) struct Admission {
+    pub(crate) peer: Option<Peer>,
+    pub(crate) key: u64,
+    pub(crate) root: bool,
+}
+
+/// The accept loop of the API socket and the metrics port: serves
+/// `router` on the connections of `listener` (`what` names it in logs)
+/// until `shutdown`, each admitted as `admit` says within the limits of
+/// `opts` (accepts that fail are retried after a pause); then closes the
+/// listener and waits for the connections (at most `drain_timeout`).
+/// Whether they all ended in time.
+pub(crate) async fn accept_loop<L: Listener>(
+    listener: L,
+    what: &'static str,
+    router: axum::Router,
+    opts: &ServeOptions,
+    shutdown: &CancellationToken,
+    admit: impl Fn(&L::Stream, L::Addr) -> Admission,
+) -> bool {
+    let limiter = conn::Limiter::new(opts.limits(), what);
+    let tasks = conn::Tracker::default();
+    let mut backoff = conn::Backoff::default();
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(s) => { backoff.ok(); s }
+                Err(e) => { backoff.failed(&e, what).await; continue; }
+            },
+        };
+        let a = admit(&stream, addr);
+        let Ok(ticket) = limiter.admit(a.key, a.root) else {
             continue;
         };
         tasks.spawn(conn::serve(
             stream,
             router.clone(),
-            peer,
+            a.peer,
             opts.conn(),
             ticket,
             shutdown.clone(),
         ));
     }
     drop(listener);
-    if !tasks.wait(opts.drain_timeout).await {
-        tracing::warn!("API requests still running at shutdown: abandoned");
-    }
-    let path = file.0.clone();
-    drop(file);
-    tracing::info!(socket = %path.display(), "API stopped");
+    tasks.wait(opts.drain_timeout).await
 }
 
 #[cfg(test)]

@@ -150,10 +150,7 @@ pub fn add_member(
     }
     let eff = effective(rt, &ctx.config)?;
     if Membership::new(&eff.pools).pool_of(d).map(|(p, _)| p) != Some(pool) {
-        rt.added
-            .entry(pool.to_string())
-            .or_default()
-            .insert(d.name.to_string());
+        rt.added_to(pool).insert(d.name.to_string());
     }
     let eff = effective(rt, &ctx.config)?;
     match Membership::new(&eff.pools).pool_of(d) {
@@ -230,10 +227,7 @@ pub fn remove_member(
     let still =
         found.is_some_and(|d| Membership::new(&eff.pools).pool_of(d).map(|(p, _)| p) == Some(pool));
     if still {
-        rt.removed
-            .entry(pool.to_string())
-            .or_default()
-            .insert(name.clone());
+        rt.removed_from(pool).insert(name.clone());
     }
     effective(rt, &ctx.config)?;
     Ok(Outcome {
@@ -285,10 +279,7 @@ fn put_reservation(rt: &mut RuntimeState, pool: &str, m: &MemberRef, r: PerResou
         }
         return;
     }
-    rt.reservations
-        .entry(pool.to_string())
-        .or_default()
-        .insert(m.name.clone(), r);
+    rt.reservations_in(pool).insert(m.name.clone(), r);
 }
 
 /// `POST /v1/pools/{pool}/allocate`: sets reservations, admission-checked.

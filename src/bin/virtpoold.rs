@@ -238,7 +238,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(d) = cause.downcast_ref::<DirError>() {
             return match d {
                 DirError::Unsafe { .. } => exit::CONFIG,
-                DirError::Io { .. } => exit::FAILURE,
+                DirError::Io(_) => exit::FAILURE,
             };
         }
         if let Some(a) = cause.downcast_ref::<ApiError>() {

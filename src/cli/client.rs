@@ -221,12 +221,16 @@ mod tests {
 
     #[test]
     fn path_segments_are_percent_encoded() {
-        assert_eq!(path_segment("web-1.prod_x~"), "web-1.prod_x~");
-        assert_eq!(path_segment("web with spaces"), "web%20with%20spaces");
-        assert_eq!(path_segment("web-ünï"), "web-%C3%BCn%C3%AF");
-        assert_eq!(path_segment("a%2Fb?c#d"), "a%252Fb%3Fc%23d");
-        assert_eq!(path_segment(".."), "%2E%2E");
-        assert_eq!(path_segment("."), "%2E");
-        assert_eq!(path_segment("..x"), "..x");
+        for (segment, encoded) in [
+            ("web-1.prod_x~", "web-1.prod_x~"),
+            ("web with spaces", "web%20with%20spaces"),
+            ("web-ünï", "web-%C3%BCn%C3%AF"),
+            ("a%2Fb?c#d", "a%252Fb%3Fc%23d"),
+            ("..", "%2E%2E"),
+            (".", "%2E"),
+            ("..x", "..x"),
+        ] {
+            assert_eq!(path_segment(segment), encoded, "{segment:?}");
+        }
     }
 }

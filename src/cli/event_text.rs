@@ -360,12 +360,16 @@ mod tests {
     fn since_is_a_time_ago_or_a_utc_time() {
         let now = humantime::parse_rfc3339("2025-03-01T12:00:00Z").unwrap();
         let t = |s| humantime::format_rfc3339(parse_since(s, now).unwrap()).to_string();
-        assert_eq!(t("10m"), "2025-03-01T11:50:00Z");
-        assert_eq!(t("2h ago"), "2025-03-01T10:00:00Z");
-        assert_eq!(t("1d"), "2025-02-28T12:00:00Z");
-        assert_eq!(t("2025-03-01 09:30:00"), "2025-03-01T09:30:00Z");
-        assert_eq!(t("2025-03-01T09:30:00Z"), "2025-03-01T09:30:00Z");
-        assert_eq!(t("2025-03-01"), "2025-03-01T00:00:00Z");
+        for (since, at) in [
+            ("10m", "2025-03-01T11:50:00Z"),
+            ("2h ago", "2025-03-01T10:00:00Z"),
+            ("1d", "2025-02-28T12:00:00Z"),
+            ("2025-03-01 09:30:00", "2025-03-01T09:30:00Z"),
+            ("2025-03-01T09:30:00Z", "2025-03-01T09:30:00Z"),
+            ("2025-03-01", "2025-03-01T00:00:00Z"),
+        ] {
+            assert_eq!(t(since), at, "{since:?}");
+        }
         let e = parse_since("yesterday-ish", now).unwrap_err().to_string();
         assert!(
             e.starts_with("--since \"yesterday-ish\": not a time ago"),

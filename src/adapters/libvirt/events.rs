@@ -209,10 +209,10 @@ fn run_event_loop() {
 /// The callbacks registered on one open connection.
 #[derive(Debug)]
 pub struct Registration {
-    lifecycle: Option<ffi::LifecycleRegistration>,
+    lifecycle: Option<ffi::EventRegistration>,
     close: Option<ffi::CloseRegistration>,
     /// Device, metadata and tunable changes (see [`ffi::ChangeEvent`]).
-    changes: Vec<ffi::ChangeRegistration>,
+    changes: Vec<ffi::EventRegistration>,
 }
 
 impl Registration {
@@ -323,12 +323,12 @@ impl Registration {
     /// callbacks are removed whatever the daemon says.
     pub fn deregister(self, conn: &Connect) {
         if let Some(r) = self.lifecycle {
-            if let Err(e) = ffi::deregister_lifecycle(conn, r) {
+            if let Err(e) = ffi::deregister_event(conn, r) {
                 tracing::debug!(error = %e, "lifecycle deregistration reported an error");
             }
         }
         for r in self.changes {
-            if let Err(e) = ffi::deregister_change(conn, r) {
+            if let Err(e) = ffi::deregister_event(conn, r) {
                 tracing::debug!(error = %e, "change event deregistration reported an error");
             }
         }

@@ -147,29 +147,23 @@ fn log_action(a: &Action, r: &Result<(), HvError>, cycle: u64) {
         );
     }
     let change = crate::core::words::action_change(a);
+    // Both outcomes log the same fields, at their level, with their own.
+    macro_rules! log {
+        ($level:ident, $($outcome:tt)+) => {
+            tracing::$level!(
+                cycle,
+                domain = a.domain(),
+                uuid = a.uuid(),
+                resource = a.resource_label(),
+                before = change.before,
+                after = change.after,
+                reason = change.reason,
+                $($outcome)+
+            )
+        };
+    }
     match r {
-        Ok(()) => tracing::info!(
-            cycle,
-            domain = a.domain(),
-            uuid = a.uuid(),
-            resource = a.resource_label(),
-            before = change.before,
-            after = change.after,
-            reason = change.reason,
-            result = "ok",
-            "applied"
-        ),
-        Err(e) => tracing::warn!(
-            cycle,
-            domain = a.domain(),
-            uuid = a.uuid(),
-            resource = a.resource_label(),
-            before = change.before,
-            after = change.after,
-            reason = change.reason,
-            result = "error",
-            error = %e,
-            "action failed"
-        ),
+        Ok(()) => log!(info, result = "ok", "applied"),
+        Err(e) => log!(warn, result = "error", error = %e, "action failed"),
     }
 }

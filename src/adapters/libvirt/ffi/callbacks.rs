@@ -111,9 +111,10 @@ unsafe extern "C" fn free_lifecycle(opaque: *mut std::os::raw::c_void) {
     }
 }
 
-/// A lifecycle registration on one connection (its callback id).
+/// A domain event registration (lifecycle or a [`ChangeEvent`]) on one
+/// connection: its callback id. Remove it with [`deregister_event`].
 #[derive(Debug)]
-pub struct LifecycleRegistration(c_int);
+pub struct EventRegistration(c_int);
 
 /// Registers `cb` for event `id` on every domain of `conn`, with the boxed
 /// `f` as its opaque pointer, freed by `free` when libvirt drops the
@@ -131,39 +132,59 @@ unsafe fn register_any<T>(
     f: T,
     free: unsafe extern "C" fn(*mut std::os::raw::c_void),
 ) -> Result<c_int, Error> {
-    let opaque = Box::into_raw(Box::new(f)).cast::<std::os::raw::c_void>();
     // SAFETY: `conn` is borrowed so its pointer is valid; a null domain
     // means "all domains"; `cb` fits event `id` (caller contract); `opaque`
-    // stays valid until libvirt calls `free`.
-    let ret = unsafe {
-        sys::virConnectDomainEventRegisterAny(
-            conn.as_ptr(),
-            ptr::null_mut(),
-            id as c_int,
-            Some(cb),
-            opaque,
-            Some(free),
-        )
-    };
-    if ret < 0 {
-        let err = Error::last_error();
-        // SAFETY: on failure libvirt does not keep or free `opaque` (the
-        // free callback runs only for registered callbacks), so it is still
-        // ours to free, once.
-        drop(unsafe { Box::from_raw(opaque.cast::<T>()) });
-        return Err(err);
-    }
+    // stays valid until libvirt calls `free`, which the failed call does
+    // not (the free callback runs only for registered callbacks).
+    let (_, ret) = unsafe {
+        register_boxed(f, |opaque| {
+            sys::virConnectDomainEventRegisterAny(
+                conn.as_ptr(),
+                ptr::null_mut(),
+                id as c_int,
+                Some(cb),
+                opaque,
+                Some(free),
+            )
+        })
+    }?;
     Ok(ret)
 }
 
-/// Removes the registration with callback id `id` from `conn`. libvirt
-/// frees the closure (at once, or after an event being dispatched right
-/// now returns). On a dead remote connection the local callback is still
-/// removed; the error is returned.
-fn deregister_any(conn: &virt::connect::Connect, id: c_int) -> Result<(), Error> {
-    // SAFETY: `conn` is valid; `id` is a callback id returned for this
-    // connection, used once (callers consume their registration).
-    let ret = unsafe { sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), id) };
+/// Boxes `value` and hands the pointer to `register`, a libvirt call that
+/// returns a negative value when it fails; the box is then freed here and
+/// libvirt's last error returned. Returns the pointer and what `register`
+/// returned.
+///
+/// # Safety
+/// When `register` fails, it must have neither kept nor freed the pointer.
+pub(super) unsafe fn register_boxed<T>(
+    value: T,
+    register: impl FnOnce(*mut std::os::raw::c_void) -> c_int,
+) -> Result<(*mut T, c_int), Error> {
+    let raw = Box::into_raw(Box::new(value));
+    let ret = register(raw.cast::<std::os::raw::c_void>());
+    if ret < 0 {
+        let err = Error::last_error();
+        // SAFETY: the failed call neither kept nor freed `raw` (caller
+        // contract), so it is still ours to free, once.
+        drop(unsafe { Box::from_raw(raw) });
+        return Err(err);
+    }
+    Ok((raw, ret))
+}
+
+/// Removes the registration `reg` from `conn`. libvirt frees the closure
+/// (at once, or after an event being dispatched right now returns). On a
+/// dead remote connection the local callback is still removed; the error
+/// is returned.
+pub fn deregister_event(
+    conn: &virt::connect::Connect,
+    reg: EventRegistration,
+) -> Result<(), Error> {
+    // SAFETY: `conn` is valid; `reg.0` is a callback id returned for this
+    // connection, used once (the registration is consumed).
+    let ret = unsafe { sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), reg.0) };
     if ret < 0 {
         return Err(Error::last_error());
     }
@@ -176,7 +197,7 @@ fn deregister_any(conn: &virt::connect::Connect, id: c_int) -> Result<(), Error>
 pub fn register_lifecycle(
     conn: &virt::connect::Connect,
     f: LifecycleFn,
-) -> Result<LifecycleRegistration, Error> {
+) -> Result<EventRegistration, Error> {
     // SAFETY: for VIR_DOMAIN_EVENT_ID_LIFECYCLE libvirt calls the callback
     // with the virConnectDomainEventCallback signature that
     // `lifecycle_trampoline` has; the generic type is only how the C API
@@ -193,15 +214,7 @@ pub fn register_lifecycle(
             free_lifecycle,
         )
     }?;
-    Ok(LifecycleRegistration(id))
-}
-
-/// Removes a lifecycle registration (see [`deregister_any`]).
-pub fn deregister_lifecycle(
-    conn: &virt::connect::Connect,
-    reg: LifecycleRegistration,
-) -> Result<(), Error> {
-    deregister_any(conn, reg.0)
+    Ok(EventRegistration(id))
 }
 
 /// Domain events other than lifecycle that tell the agent a domain's
@@ -314,17 +327,13 @@ unsafe extern "C" fn free_change(opaque: *mut std::os::raw::c_void) {
     }
 }
 
-/// A [`ChangeEvent`] registration on one connection (its callback id).
-#[derive(Debug)]
-pub struct ChangeRegistration(c_int);
-
 /// Registers `f` for `event` on every domain of `conn` (same needs as
 /// [`register_lifecycle`]).
 pub fn register_change(
     conn: &virt::connect::Connect,
     event: ChangeEvent,
     f: ChangeFn,
-) -> Result<ChangeRegistration, Error> {
+) -> Result<EventRegistration, Error> {
     // libvirt calls the callback of each event id with that id's own
     // signature, which the trampoline below has; the generic type is only
     // how the C API passes it (the VIR_DOMAIN_EVENT_CALLBACK cast in C).
@@ -353,15 +362,7 @@ pub fn register_change(
     // SAFETY: every change trampoline reads its opaque as a ChangeFn and
     // `free_change` frees a Box<ChangeFn>.
     let id = unsafe { register_any(conn, id, cb, f, free_change) }?;
-    Ok(ChangeRegistration(id))
-}
-
-/// Removes a change registration (see [`deregister_any`]).
-pub fn deregister_change(
-    conn: &virt::connect::Connect,
-    reg: ChangeRegistration,
-) -> Result<(), Error> {
-    deregister_any(conn, reg.0)
+    Ok(EventRegistration(id))
 }
 
 /// The C callback libvirt calls when a connection closes.
@@ -403,24 +404,19 @@ pub fn register_close(
     conn: &virt::connect::Connect,
     f: CloseFn,
 ) -> Result<CloseRegistration, Error> {
-    let raw = Box::into_raw(Box::new(f));
-    // SAFETY: `conn` is valid; `raw` stays valid until `unregister_close`
-    // (or the failure path below) frees it; no free callback is given,
-    // so libvirt never frees it.
-    let ret = unsafe {
-        sys::virConnectRegisterCloseCallback(
-            conn.as_ptr(),
-            Some(close_trampoline),
-            raw.cast::<std::os::raw::c_void>(),
-            None,
-        )
-    };
-    if ret < 0 {
-        let err = Error::last_error();
-        // SAFETY: libvirt did not keep the pointer; freed once here.
-        drop(unsafe { Box::from_raw(raw) });
-        return Err(err);
-    }
+    // SAFETY: `conn` is valid; the closure stays valid until
+    // `unregister_close` frees it; no free callback is given, so libvirt
+    // never frees it (nor keeps it when the call fails).
+    let (raw, _) = unsafe {
+        register_boxed(f, |opaque| {
+            sys::virConnectRegisterCloseCallback(
+                conn.as_ptr(),
+                Some(close_trampoline),
+                opaque,
+                None,
+            )
+        })
+    }?;
     Ok(CloseRegistration(raw))
 }
 

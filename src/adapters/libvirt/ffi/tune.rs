@@ -16,6 +16,26 @@ const IOTUNE_PARAMS: usize = 32;
 /// Buffer for `virDomainGetBlkioParameters` (`REMOTE_DOMAIN_BLKIO_PARAMETERS_MAX`).
 const BLKIO_PARAMS: usize = 16;
 
+/// The field of [`IoTune`] that holds one limit.
+type IoTuneField = fn(&mut IoTune) -> &mut u64;
+
+/// The four `total_*` block I/O limits: libvirt's parameter name and the
+/// field that holds it.
+const IOTUNE_TOTALS: [(&CStr, IoTuneField); 4] = [
+    (sys::VIR_DOMAIN_BLOCK_IOTUNE_TOTAL_BYTES_SEC, |t| {
+        &mut t.total_bytes_sec
+    }),
+    (sys::VIR_DOMAIN_BLOCK_IOTUNE_TOTAL_BYTES_SEC_MAX, |t| {
+        &mut t.total_bytes_sec_max
+    }),
+    (sys::VIR_DOMAIN_BLOCK_IOTUNE_TOTAL_IOPS_SEC, |t| {
+        &mut t.total_iops_sec
+    }),
+    (sys::VIR_DOMAIN_BLOCK_IOTUNE_TOTAL_IOPS_SEC_MAX, |t| {
+        &mut t.total_iops_sec_max
+    }),
+];
+
 fn disk_cstring(disk: &str) -> Result<CString, Error> {
     Ok(CString::new(disk)?)
 }
@@ -32,20 +52,11 @@ pub fn get_block_iotune(dom: &Domain, disk: &str, flags: u32) -> Result<IoTune, 
         // outlives the call; `params` points to `*n` writable parameters.
         unsafe { sys::virDomainGetBlockIoTune(dptr, disk.as_ptr(), params, n, flags) }
     })?;
-    Ok(IoTune {
-        total_bytes_sec: arr
-            .ullong(sys::VIR_DOMAIN_BLOCK_IOTUNE_TOTAL_BYTES_SEC)
-            .unwrap_or(0),
-        total_bytes_sec_max: arr
-            .ullong(sys::VIR_DOMAIN_BLOCK_IOTUNE_TOTAL_BYTES_SEC_MAX)
-            .unwrap_or(0),
-        total_iops_sec: arr
-            .ullong(sys::VIR_DOMAIN_BLOCK_IOTUNE_TOTAL_IOPS_SEC)
-            .unwrap_or(0),
-        total_iops_sec_max: arr
-            .ullong(sys::VIR_DOMAIN_BLOCK_IOTUNE_TOTAL_IOPS_SEC_MAX)
-            .unwrap_or(0),
-    })
+    let mut tune = IoTune::default();
+    for (name, field) in IOTUNE_TOTALS {
+        *field(&mut tune) = arr.ullong(name).unwrap_or(0);
+    }
+    Ok(tune)
 }
 
 fn cstr_name(name: &CStr) -> &str {
@@ -56,22 +67,10 @@ fn cstr_name(name: &CStr) -> &str {
 pub fn set_block_iotune(dom: &Domain, disk: &str, tune: &IoTune, flags: u32) -> Result<(), Error> {
     let disk = disk_cstring(disk)?;
     let mut params = TypedParams::new();
-    params.add_ullong(
-        cstr_name(sys::VIR_DOMAIN_BLOCK_IOTUNE_TOTAL_BYTES_SEC),
-        tune.total_bytes_sec,
-    )?;
-    params.add_ullong(
-        cstr_name(sys::VIR_DOMAIN_BLOCK_IOTUNE_TOTAL_BYTES_SEC_MAX),
-        tune.total_bytes_sec_max,
-    )?;
-    params.add_ullong(
-        cstr_name(sys::VIR_DOMAIN_BLOCK_IOTUNE_TOTAL_IOPS_SEC),
-        tune.total_iops_sec,
-    )?;
-    params.add_ullong(
-        cstr_name(sys::VIR_DOMAIN_BLOCK_IOTUNE_TOTAL_IOPS_SEC_MAX),
-        tune.total_iops_sec_max,
-    )?;
+    let mut tune = *tune;
+    for (name, field) in IOTUNE_TOTALS {
+        params.add_ullong(cstr_name(name), *field(&mut tune))?;
+    }
     // SAFETY: `dom` is borrowed for the call so its pointer is valid; `disk`
     // is NUL-terminated; `params` owns `len` parameters built by libvirt and
     // is only read by the call (freed by its Drop afterwards).

@@ -41,25 +41,20 @@ unsafe extern "C" fn readable_trampoline(
 pub fn watch_readable(sock: std::os::unix::net::UnixStream, f: ReadableFn) -> Result<(), Error> {
     use std::os::fd::AsRawFd;
     let fd = sock.as_raw_fd();
-    let raw = Box::into_raw(Box::new(ReadableWatch { sock, f }));
-    // SAFETY: `fd` belongs to the socket inside `raw`, which is never
-    // freed once registered, so it stays open; the callback has the
+    // SAFETY: `fd` belongs to the socket inside the boxed watch, which is
+    // never freed once registered, so it stays open; the callback has the
     // virEventHandleCallback signature; no free callback is given, so
-    // libvirt never frees `raw`.
-    let watch = unsafe {
-        sys::virEventAddHandle(
-            fd,
-            sys::VIR_EVENT_HANDLE_READABLE as c_int,
-            Some(readable_trampoline),
-            raw.cast::<std::os::raw::c_void>(),
-            None,
-        )
-    };
-    if watch < 0 {
-        let err = Error::last_error();
-        // SAFETY: libvirt did not keep the pointer; freed once here.
-        drop(unsafe { Box::from_raw(raw) });
-        return Err(err);
-    }
+    // libvirt never frees the watch (nor keeps it when the call fails).
+    unsafe {
+        super::callbacks::register_boxed(ReadableWatch { sock, f }, |opaque| {
+            sys::virEventAddHandle(
+                fd,
+                sys::VIR_EVENT_HANDLE_READABLE as c_int,
+                Some(readable_trampoline),
+                opaque,
+                None,
+            )
+        })
+    }?;
     Ok(())
 }
