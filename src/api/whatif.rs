@@ -20,7 +20,7 @@ use crate::agent::load;
 use crate::agent::report::Report;
 use crate::agent::state::RuntimeState;
 use crate::core::config::{self, Config};
-use crate::core::model::{DomainObs, DomainState, Resource};
+use crate::core::model::{DomainObs, Resource};
 use crate::core::plan_diff::{self, PlanDiff};
 use crate::core::units::{self, Bytes};
 use serde::{Deserialize, Serialize};
@@ -190,27 +190,9 @@ fn extra_domain(d: &ExtraDomain) -> DomainObs {
     for b in d.name.bytes() {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
-    DomainObs {
-        name: d.name.as_str().into(),
-        uuid: format!("00000000-0000-4000-8000-{:012x}", h & 0xffff_ffff_ffff).into(),
-        id: None,
-        state: DomainState::Running,
-        vcpus: d.vcpus,
-        vcpus_max: d.vcpus,
-        memory: d.memory.0,
-        memory_max: d.memory.0,
-        balloon: None,
-        disks: Arc::from([]),
-        metadata_pool: None,
-        balloon_device: true,
-        cpu_shares: None,
-        blkio_weight: None,
-        cpu_quota: None,
-        cpu_time: None,
-        cpu_used: None,
-        // Just started: admitted after every domain already there.
-        active_secs: Some(0),
-    }
+    let uuid = format!("00000000-0000-4000-8000-{:012x}", h & 0xffff_ffff_ffff);
+    // Just started: admitted after every domain already there.
+    DomainObs::started(&d.name, &uuid, d.vcpus, d.memory.0)
 }
 
 /// The last report with `extra` domains added (the rest of what a plan

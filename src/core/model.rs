@@ -275,6 +275,32 @@ pub struct DomainObs {
 }
 
 impl DomainObs {
+    /// A domain that has just started, of which only its size is known:
+    /// `vcpus` and `memory` bytes (its maximums too), no disks, no balloon
+    /// statistics, no pool metadata, no tunables read.
+    pub fn started(name: &str, uuid: &str, vcpus: u64, memory: u64) -> DomainObs {
+        DomainObs {
+            name: name.into(),
+            uuid: uuid.into(),
+            id: None,
+            state: DomainState::Running,
+            vcpus,
+            vcpus_max: vcpus,
+            memory,
+            memory_max: memory,
+            balloon: None,
+            disks: Arc::from([]),
+            metadata_pool: None,
+            balloon_device: true,
+            cpu_shares: None,
+            blkio_weight: None,
+            cpu_quota: None,
+            cpu_time: None,
+            cpu_used: None,
+            active_secs: Some(0),
+        }
+    }
+
     /// The observed amount of a resource. Disk rates sum the tunable disks'
     /// current limits (0 = unlimited on any disk makes the sum unlimited: 0).
     pub fn actual(&self, r: Resource) -> u64 {

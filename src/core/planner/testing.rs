@@ -7,8 +7,7 @@ use super::history::{History, Outcome};
 use super::plan::Plan;
 use crate::core::config::{Config, Limits, MemoryPolicy, Pool, PoolResource};
 use crate::core::model::{
-    Action, BalloonStats, DiskObs, DomainObs, DomainState, HostCapacity, Observation, PerResource,
-    Resource,
+    Action, BalloonStats, DiskObs, DomainObs, HostCapacity, Observation, PerResource, Resource,
 };
 use crate::core::units::Amount;
 use std::collections::BTreeMap;
@@ -22,24 +21,16 @@ pub const GIB: u64 = 1 << 30;
 /// use measured, in pool `pool` through its metadata element.
 pub fn domain(name: &str, pool: Option<&str>) -> DomainObs {
     DomainObs {
-        name: name.into(),
-        uuid: format!("00000000-0000-0000-0000-{name:0>12}").into(),
         id: Some(1),
-        state: DomainState::Running,
-        vcpus: 1,
         vcpus_max: 64,
-        memory: GIB,
         memory_max: 64 * GIB,
-        balloon: None,
-        disks: std::sync::Arc::from([]),
         metadata_pool: pool.map(str::to_owned),
-        balloon_device: true,
-        cpu_shares: None,
-        blkio_weight: None,
-        cpu_quota: None,
-        cpu_time: None,
-        cpu_used: None,
-        active_secs: Some(0),
+        ..DomainObs::started(
+            name,
+            &format!("00000000-0000-0000-0000-{name:0>12}"),
+            1,
+            GIB,
+        )
     }
 }
 
