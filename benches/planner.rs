@@ -164,10 +164,10 @@ fn fixture(n: usize) -> Fixture {
         d.cpu_shares = Some(1000);
         d.active_secs = Some((r >> 28) % 100_000);
         if (r >> 32) % 10 == 0 {
-            Arc::make_mut(&mut history.vcpu_changed_at).insert(d.uuid.to_string(), 995);
+            Arc::make_mut(&mut history.vcpu_changed_at).insert(d.uuid.clone(), 995);
         }
         if (r >> 36) % 10 == 0 {
-            Arc::make_mut(&mut history.reclaim).insert(d.uuid.to_string(), 256 * MIB);
+            Arc::make_mut(&mut history.reclaim).insert(d.uuid.clone(), 256 * MIB);
         }
         domains.push(d);
     }

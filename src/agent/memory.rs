@@ -26,13 +26,13 @@ const MAX_DOMAINS: usize = 1 << 20;
 pub struct SavedHistory {
     pub version: u32,
     #[serde(default)]
-    pub admitted: BTreeMap<String, Admission>,
+    pub admitted: BTreeMap<Arc<str>, Admission>,
     #[serde(default)]
-    pub refused: BTreeMap<String, String>,
+    pub refused: BTreeMap<Arc<str>, String>,
     #[serde(default)]
-    pub originals: BTreeMap<String, Originals>,
+    pub originals: BTreeMap<Arc<str>, Originals>,
     #[serde(default)]
-    pub released: BTreeMap<String, Released>,
+    pub released: BTreeMap<Arc<str>, Released>,
 }
 
 impl SavedHistory {
@@ -52,10 +52,10 @@ impl SavedHistory {
         #[derive(Serialize)]
         struct Part<'a> {
             version: u32,
-            admitted: &'a BTreeMap<String, Admission>,
-            refused: &'a BTreeMap<String, String>,
-            originals: &'a BTreeMap<String, Originals>,
-            released: &'a BTreeMap<String, Released>,
+            admitted: &'a BTreeMap<Arc<str>, Admission>,
+            refused: &'a BTreeMap<Arc<str>, String>,
+            originals: &'a BTreeMap<Arc<str>, Originals>,
+            released: &'a BTreeMap<Arc<str>, Released>,
         }
         let part = Part {
             version: VERSION,
@@ -176,7 +176,7 @@ mod tests {
         let o = Arc::make_mut(&mut h.originals).get_mut("u1").unwrap();
         for disk in ["vdb", "vda"] {
             o.iotune.note(
-                disk,
+                &disk.into(),
                 crate::core::model::IoTune {
                     total_bytes_sec: 7,
                     ..Default::default()

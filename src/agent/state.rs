@@ -19,6 +19,7 @@ use crate::core::planner::{PendingVcpus, Reservations};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Version of the state file format this build writes and reads.
 pub const STATE_VERSION: u32 = 1;
@@ -361,7 +362,7 @@ pub struct HeldVcpus {
 impl VcpuHolds {
     /// The holds tied to a run (those not yet tied to one are not kept: the
     /// cycle that recorded them ties them before they are saved).
-    pub fn from_pending(pending: &BTreeMap<String, PendingVcpus>) -> VcpuHolds {
+    pub fn from_pending(pending: &BTreeMap<Arc<str>, PendingVcpus>) -> VcpuHolds {
         VcpuHolds {
             version: HOLDS_VERSION,
             holds: pending
@@ -369,7 +370,7 @@ impl VcpuHolds {
                 .filter_map(|(uuid, p)| {
                     let run = p.run?;
                     Some((
-                        uuid.clone(),
+                        uuid.to_string(),
                         HeldVcpus {
                             from: p.from,
                             to: p.to,
@@ -383,12 +384,12 @@ impl VcpuHolds {
 
     /// As the planner's history holds them; `since` (the time of the
     /// timeout on the agent's clock) is `now`.
-    pub fn to_pending(&self, now: u64) -> BTreeMap<String, PendingVcpus> {
+    pub fn to_pending(&self, now: u64) -> BTreeMap<Arc<str>, PendingVcpus> {
         self.holds
             .iter()
             .map(|(uuid, h)| {
                 (
-                    uuid.clone(),
+                    uuid.as_str().into(),
                     PendingVcpus {
                         from: h.from,
                         to: h.to,

@@ -496,7 +496,9 @@ pub enum Action {
 
 impl Action {
     /// The domain it changes: (UUID, name).
-    fn target(&self) -> (&str, &str) {
+    /// The UUID and name of the domain it changes, shared with the
+    /// observation it was planned from.
+    pub fn names(&self) -> (&Arc<str>, &Arc<str>) {
         match self {
             Action::SetVcpus { uuid, domain, .. }
             | Action::SetMemory { uuid, domain, .. }
@@ -509,11 +511,11 @@ impl Action {
     }
 
     pub fn uuid(&self) -> &str {
-        self.target().0
+        self.names().0
     }
 
     pub fn domain(&self) -> &str {
-        self.target().1
+        self.names().1
     }
 
     /// Short label of what is changed, for logs and metrics.

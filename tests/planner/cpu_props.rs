@@ -87,7 +87,7 @@ fn scenario(seed: u64, n: usize, demand: bool) -> Sim {
     for d in &s.snap.domains {
         if rng.chance(10) {
             Arc::make_mut(&mut s.history.cpu_raised_at)
-                .insert(d.uuid.to_string(), rng.range(9_950, 10_000));
+                .insert(d.uuid.clone(), rng.range(9_950, 10_000));
         }
     }
     s

@@ -404,7 +404,7 @@ fn vcpu_cooldown() {
         domains: vec![d.clone()],
     };
     let mut h = History::default();
-    Arc::make_mut(&mut h.vcpu_changed_at).insert(d.uuid.to_string(), NOW - 30);
+    Arc::make_mut(&mut h.vcpu_changed_at).insert(d.uuid.clone(), NOW - 30);
     let plan = run_with(&cfg, &snap, &Reservations::new(), &h, NOW);
     let a = alloc(&plan, "a", Resource::Vcpus);
     assert_eq!((a.target, a.next, a.reason), (4, 2, Reason::Cooldown));

@@ -205,15 +205,13 @@ fn scenario(seed: u64, n: usize, pools: usize, g: Gen) -> Scenario {
     for d in &domains {
         if rng.chance(10) {
             Arc::make_mut(&mut history.vcpu_changed_at)
-                .insert(d.uuid.to_string(), rng.range(900, 1000));
+                .insert(d.uuid.clone(), rng.range(900, 1000));
         }
         if rng.chance(10) {
-            Arc::make_mut(&mut history.cpu_raised_at)
-                .insert(d.uuid.to_string(), rng.range(900, 1000));
+            Arc::make_mut(&mut history.cpu_raised_at).insert(d.uuid.clone(), rng.range(900, 1000));
         }
         if g.pressure && rng.chance(10) {
-            Arc::make_mut(&mut history.reclaim)
-                .insert(d.uuid.to_string(), rng.range(0, 2048) * MIB);
+            Arc::make_mut(&mut history.reclaim).insert(d.uuid.clone(), rng.range(0, 2048) * MIB);
         }
     }
     Scenario {

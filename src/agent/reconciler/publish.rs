@@ -216,7 +216,7 @@ impl Publisher {
                 .unmanaged
                 .iter()
                 .find(|u| *u.uuid == **uuid)
-                .map_or_else(|| uuid.clone(), |u| u.name.to_string());
+                .map_or_else(|| uuid.to_string(), |u| u.name.to_string());
             let how = match how {
                 Released::Restored => "restored",
                 Released::Kept => "kept",
@@ -225,7 +225,7 @@ impl Publisher {
             self.pending.push(Event::in_cycle(
                 EventKind::Released {
                     domain: name,
-                    uuid: uuid.clone(),
+                    uuid: uuid.to_string(),
                     how: how.into(),
                 },
                 cycle,

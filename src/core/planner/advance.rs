@@ -41,14 +41,14 @@ pub fn advance(prev: &Arc<History>, c: &CycleFacts<'_>) -> Arc<History> {
                 }
             }
             Some(scope) => {
-                for u in scope {
-                    let want = c.plan.reclaim.get(u);
-                    if h.reclaim.get(u) == want {
+                for u in scope.iter().map(String::as_str) {
+                    let want = c.plan.reclaim.get_key_value(u);
+                    if h.reclaim.get(u) == want.map(|(_, v)| v) {
                         continue;
                     }
                     let reclaim = edit(&mut h, |h| &mut h.reclaim);
                     match want {
-                        Some(v) => reclaim.insert(u.clone(), *v),
+                        Some((k, v)) => reclaim.insert(k.clone(), *v),
                         None => reclaim.remove(u),
                     };
                 }
@@ -83,7 +83,7 @@ pub fn advance(prev: &Arc<History>, c: &CycleFacts<'_>) -> Arc<History> {
 fn edit<V: Clone>(
     h: &mut Arc<History>,
     map: impl FnOnce(&mut History) -> &mut Shared<V>,
-) -> &mut BTreeMap<String, V> {
+) -> &mut BTreeMap<Arc<str>, V> {
     Arc::make_mut(map(Arc::make_mut(h)))
 }
 
@@ -98,14 +98,14 @@ fn advance_release(h: &mut Arc<History>, c: &CycleFacts<'_>) {
         .collect();
     let in_scope = |u: &str| c.scope.is_none_or(|s| s.contains(u));
     for (action, _) in c.outcomes {
-        let uuid = action.uuid();
-        if unmanaged.contains_key(uuid) || !action.is_allocation() {
+        let uuid = action.names().0;
+        if unmanaged.contains_key(&**uuid) || !action.is_allocation() {
             continue;
         }
         let mut noted = h.originals.get(uuid).cloned().unwrap_or_default();
         noted.note(action);
         if h.originals.get(uuid) != Some(&noted) {
-            edit(h, |h| &mut h.originals).insert(uuid.to_string(), noted);
+            edit(h, |h| &mut h.originals).insert(uuid.clone(), noted);
         }
     }
     // Originals noted for an earlier domain with a UUID now another's.
@@ -123,11 +123,11 @@ fn advance_release(h: &mut Arc<History>, c: &CycleFacts<'_>) {
     for uuid in stale {
         edit(h, |h| &mut h.originals).remove(uuid);
     }
-    for (uuid, release) in &unmanaged {
-        if let (Some(Release::Done(how)), true) = (release, h.originals.contains_key(*uuid)) {
-            if in_scope(uuid) {
-                edit(h, |h| &mut h.originals).remove(*uuid);
-                edit(h, |h| &mut h.released).insert(uuid.to_string(), *how);
+    for u in &c.plan.unmanaged {
+        if let (Some(Release::Done(how)), true) = (u.release, h.originals.contains_key(&u.uuid)) {
+            if in_scope(&u.uuid) {
+                edit(h, |h| &mut h.originals).remove(&u.uuid);
+                edit(h, |h| &mut h.released).insert(u.uuid.clone(), how);
             }
         }
     }
@@ -144,25 +144,26 @@ fn advance_release(h: &mut Arc<History>, c: &CycleFacts<'_>) {
 /// (a new one gets the next), the others lose theirs; active members not
 /// admitted are noted as refused (they wait for room to come back).
 fn advance_admission(h: &mut Arc<History>, plan: &Plan) {
-    let refused: HashMap<&str, &str> = plan
+    let refused: Vec<(&Arc<str>, &str)> = plan
         .pools
         .iter()
         .flat_map(|p| {
             p.members
                 .iter()
                 .filter(|m| !m.admitted && m.state.is_active())
-                .map(move |m| (&*m.uuid, p.name.as_str()))
+                .map(move |m| (&m.uuid, p.name.as_str()))
         })
         .collect();
+    // A domain is a member of one pool at most: one entry per UUID.
     let same = h.refused.len() == refused.len()
-        && h.refused
+        && refused
             .iter()
-            .all(|(u, p)| refused.get(u.as_str()) == Some(&p.as_str()));
+            .all(|(u, p)| h.refused.get(&***u).map(String::as_str) == Some(*p));
     if !same {
         Arc::make_mut(h).refused = Arc::new(
             refused
-                .iter()
-                .map(|(u, p)| (u.to_string(), p.to_string()))
+                .into_iter()
+                .map(|(u, p)| (u.clone(), p.to_string()))
                 .collect(),
         );
     }
@@ -175,12 +176,12 @@ fn advance_admission(h: &mut Arc<History>, plan: &Plan) {
     let same = h.admitted.len() == admitted.len()
         && h.admitted
             .iter()
-            .all(|(u, a)| admitted.get(u.as_str()) == Some(&a.pool.as_str()));
+            .all(|(u, a)| admitted.get(&**u) == Some(&a.pool.as_str()));
     if same {
         return;
     }
     let held = edit(h, |h| &mut h.admitted);
-    held.retain(|u, a| admitted.get(u.as_str()) == Some(&a.pool.as_str()));
+    held.retain(|u, a| admitted.get(&**u) == Some(&a.pool.as_str()));
     let mut next = held.values().map(|a| a.seq + 1).max().unwrap_or(0);
     // New admissions in plan order (pools by name, members by UUID):
     // deterministic.
@@ -188,7 +189,7 @@ fn advance_admission(h: &mut Arc<History>, plan: &Plan) {
         for m in p.members.iter().filter(|m| m.admitted) {
             if !held.contains_key(&*m.uuid) {
                 held.insert(
-                    m.uuid.to_string(),
+                    m.uuid.clone(),
                     Admission {
                         pool: p.name.clone(),
                         seq: next,
@@ -208,7 +209,7 @@ mod tests {
 
     fn plan_with_reclaim(reclaim: &[(&str, u64)]) -> Plan {
         let mut p = testing::empty_plan();
-        p.reclaim = reclaim.iter().map(|(u, v)| (u.to_string(), *v)).collect();
+        p.reclaim = reclaim.iter().map(|(u, v)| ((*u).into(), *v)).collect();
         p
     }
 

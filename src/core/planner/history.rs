@@ -64,7 +64,7 @@ impl PendingVcpus {
 /// One of the history's maps (per domain UUID), shared with the history it
 /// moved on from until either changes it: a cycle that changes one map
 /// copies that map, not every domain's whole history.
-pub type Shared<V> = Arc<BTreeMap<String, V>>;
+pub type Shared<V> = Arc<BTreeMap<Arc<str>, V>>;
 
 fn is_empty<V>(map: &Shared<V>) -> bool {
     map.is_empty()
@@ -122,7 +122,7 @@ pub struct History {
 pub struct Originals {
     /// The domain's name when they were noted: another domain defined
     /// later with the same UUID is not given them.
-    pub name: String,
+    pub name: Arc<str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vcpus: Option<u64>,
     /// Bytes.
@@ -147,7 +147,7 @@ impl Originals {
     /// Whether these were noted for the domain named `name` (not for an
     /// earlier domain with the same UUID).
     pub fn belong_to(&self, name: &str) -> bool {
-        self.name.is_empty() || self.name == name
+        self.name.is_empty() || *self.name == *name
     }
 
     /// Notes the value an action found, if none is noted for it yet
@@ -158,7 +158,7 @@ impl Originals {
             *self = Originals::default();
         }
         if self.name.is_empty() {
-            self.name = action.domain().to_string();
+            self.name = action.names().1.clone();
         }
         match action {
             Action::SetVcpus { from, persist, .. } => {
@@ -216,7 +216,7 @@ impl Originals {
 /// disks; a map node would hold room for eleven), a JSON object in
 /// `history.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DiskLimits(Vec<(String, IoTune)>);
+pub struct DiskLimits(Vec<(Arc<str>, IoTune)>);
 
 impl DiskLimits {
     /// The limits noted for `disk`.
@@ -225,10 +225,10 @@ impl DiskLimits {
     }
 
     /// Notes `limits` for `disk` unless some are noted already.
-    pub fn note(&mut self, disk: &str, limits: IoTune) {
+    pub fn note(&mut self, disk: &Arc<str>, limits: IoTune) {
         if let Err(i) = self.find(disk) {
             self.0.reserve_exact(1);
-            self.0.insert(i, (disk.to_string(), limits));
+            self.0.insert(i, (disk.clone(), limits));
         }
     }
 
@@ -242,11 +242,11 @@ impl DiskLimits {
 
     /// The disk targets noted, in order.
     pub fn disks(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(d, _)| d.as_str())
+        self.0.iter().map(|(d, _)| &**d)
     }
 
     fn find(&self, disk: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(d, _)| d.as_str().cmp(disk))
+        self.0.binary_search_by(|(d, _)| (**d).cmp(disk))
     }
 }
 
@@ -258,7 +258,7 @@ impl Serialize for DiskLimits {
 
 impl<'de> Deserialize<'de> for DiskLimits {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let m = BTreeMap::<String, IoTune>::deserialize(d)?;
+        let m = BTreeMap::<Arc<str>, IoTune>::deserialize(d)?;
         Ok(DiskLimits(m.into_iter().collect()))
     }
 }
@@ -298,24 +298,24 @@ impl History {
     pub fn record_in_run(&mut self, action: &Action, outcome: Outcome, now: u64, run: Option<u32>) {
         if let Action::SetStatsPeriod { uuid, .. } = action {
             if outcome != Outcome::Lost {
-                Arc::make_mut(&mut self.stats_period).insert(uuid.to_string(), run);
+                Arc::make_mut(&mut self.stats_period).insert(uuid.clone(), run);
             }
             return;
         }
         if let Action::SetCpuQuota { uuid, from, to, .. } = action {
             if to > from && outcome == Outcome::Ok {
-                Arc::make_mut(&mut self.cpu_raised_at).insert(uuid.to_string(), now);
+                Arc::make_mut(&mut self.cpu_raised_at).insert(uuid.clone(), now);
             }
             return;
         }
         let Action::SetVcpus { uuid, from, to, .. } = action else {
             return;
         };
-        Arc::make_mut(&mut self.vcpu_changed_at).insert(uuid.to_string(), now);
+        Arc::make_mut(&mut self.vcpu_changed_at).insert(uuid.clone(), now);
         match outcome {
             Outcome::Timeout => {
                 Arc::make_mut(&mut self.vcpu_pending).insert(
-                    uuid.to_string(),
+                    uuid.clone(),
                     PendingVcpus {
                         from: *from,
                         to: *to,
@@ -345,7 +345,7 @@ impl History {
     pub fn observe(&mut self, domains: &[DomainObs]) {
         let by_uuid: HashMap<&str, &DomainObs> = domains.iter().map(|d| (&*d.uuid, d)).collect();
         Arc::make_mut(&mut self.vcpu_pending).retain(|uuid, p| {
-            let Some(d) = by_uuid.get(uuid.as_str()) else {
+            let Some(d) = by_uuid.get(&**uuid) else {
                 return true;
             };
             if !d.state.is_active() {
@@ -472,10 +472,10 @@ pub(crate) struct Cursor<'h> {
     cpu_raised_at: Seek<'h, u64>,
 }
 
-struct Seek<'h, V>(std::iter::Peekable<std::collections::btree_map::Iter<'h, String, V>>);
+struct Seek<'h, V>(std::iter::Peekable<std::collections::btree_map::Iter<'h, Arc<str>, V>>);
 
 impl<'h, V> Seek<'h, V> {
-    fn new(m: &'h BTreeMap<String, V>) -> Self {
+    fn new(m: &'h BTreeMap<Arc<str>, V>) -> Self {
         Seek(m.iter().peekable())
     }
 
@@ -485,11 +485,11 @@ impl<'h, V> Seek<'h, V> {
     fn get(&mut self, uuid: &str, key: u64) -> Option<&'h V> {
         while let Some(&(k, v)) = self.0.peek() {
             let kk = head_word(k);
-            if kk < key || (kk == key && k.as_str() < uuid) {
+            if kk < key || (kk == key && &**k < uuid) {
                 self.0.next();
                 continue;
             }
-            return (kk == key && k.as_str() == uuid).then_some(v);
+            return (kk == key && &**k == uuid).then_some(v);
         }
         None
     }

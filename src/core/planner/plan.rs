@@ -178,7 +178,7 @@ pub struct Plan {
     /// Per domain UUID: bytes by which pressure lowers its memory target
     /// (carried to the next cycle by [`History::record_plan`]).
     #[serde(default)]
-    pub reclaim: BTreeMap<String, u64>,
+    pub reclaim: BTreeMap<Arc<str>, u64>,
 }
 
 impl Plan {

@@ -23,6 +23,7 @@ use crate::core::model::Reason;
 use crate::core::units;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
 
 /// Shrink step of a member with `actual` bytes: `memory.max_shrink`, at
 /// least 1 MiB, rounded up to MiB.
@@ -108,7 +109,7 @@ impl Eq for Key<'_> {}
 pub(super) fn apply(
     works: &mut [Work<'_>],
     input: &super::plan::PlanInput<'_>,
-) -> (bool, BTreeMap<String, u64>) {
+) -> (bool, BTreeMap<Arc<str>, u64>) {
     let host = &input.host;
     let tuning = &input.config.tuning;
     let threshold = tuning.pressure_threshold.resolve(host.memory_total);
@@ -229,7 +230,7 @@ pub(super) fn apply(
     drop(cands);
     // By UUID (then in the order taken: for a repeated UUID the last one
     // counts), so the map is built from sorted entries in one pass.
-    let mut entries: Vec<(u64, usize, &str, u64)> = Vec::with_capacity(lowered.len());
+    let mut entries: Vec<(u64, usize, &Arc<str>, u64)> = Vec::with_capacity(lowered.len());
     for (pos, &(w, m, r)) in lowered.iter().enumerate() {
         if let Some(a) = works[w].allocs[1][m].as_mut() {
             a.target -= r;
@@ -237,12 +238,12 @@ pub(super) fn apply(
             a.reason = Reason::Pressure;
         }
         let mem = works[w].member(m);
-        entries.push((mem.key, pos, mem.uuid, r));
+        entries.push((mem.key, pos, &mem.d.uuid, r));
     }
     entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(b.2)).then(a.1.cmp(&b.1)));
     let reclaim = entries
         .into_iter()
-        .map(|(_, _, uuid, r)| (uuid.to_owned(), r))
+        .map(|(_, _, uuid, r)| (uuid.clone(), r))
         .collect();
     (pressure, reclaim)
 }
