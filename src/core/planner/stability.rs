@@ -27,6 +27,7 @@ use super::plan::{Alloc, PlanInput};
 use super::pressure;
 use super::work::{Note, Work};
 use crate::core::config::MemoryPolicy;
+use crate::core::cpu::{CpuQuota, QuotaScope};
 use crate::core::model::{DomainState, Reason, Resource};
 use crate::core::units;
 
@@ -229,6 +230,15 @@ pub(super) fn settle(work: &mut Work<'_>, input: &PlanInput<'_>) {
                 && a.actual >= a.floor
             {
                 hold(a, Reason::DeadBand);
+            }
+            // Nor to a limit the kernel cannot set (below 1 ms a period):
+            // it would be written as that 1 ms, more than the room.
+            if r == Resource::Cpu && a.next > a.actual {
+                let o = &members[order[g.m] as usize].o;
+                let scope = o.quota_scope.unwrap_or(QuotaScope::Global);
+                if a.next < CpuQuota::min_limit(scope, o.vcpus) {
+                    a.next = a.actual;
+                }
             }
         }
     }
