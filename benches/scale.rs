@@ -44,6 +44,7 @@
 #[path = "../tests/support/libvirtd.rs"]
 mod libvirtd;
 #[path = "../tests/support/process.rs"]
+#[allow(dead_code)]
 mod process;
 
 use libvirtd::{Libvirtd, LIBVIRTD};

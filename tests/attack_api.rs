@@ -25,6 +25,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[path = "support/daemon.rs"]
 #[allow(dead_code)]
 mod daemon;
+#[path = "support/process.rs"]
+#[allow(dead_code)]
+mod process;
 use daemon::{free_port, spawn_logged};
 
 const DEMO: &str = include_str!("../config/demo.toml");

@@ -86,8 +86,7 @@ fn refused(cfg: &Path, code: i32) -> String {
 
 /// SIGTERM to a child we started, then wait.
 fn stop(mut child: Child) -> std::process::ExitStatus {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    crate::support::process::signal(&mut child, nix::sys::signal::Signal::SIGTERM);
     child.wait().unwrap()
 }
 

@@ -5,9 +5,9 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::support::daemon::{free_port, gaps_and_median};
+use crate::support::process::signal;
 use crate::support::process::KillOnDrop;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -153,10 +153,6 @@ impl Daemon {
         }
     }
 
-    fn pid(&self) -> Pid {
-        Pid::from_raw(i32::try_from(self.child.id()).unwrap())
-    }
-
     /// Waits (up to `timeout`) for a message with a line `line`; returns
     /// the whole message. Everything received is kept in `seen`.
     fn wait_line(&mut self, line: &str, timeout: Duration) -> (Instant, String) {
@@ -196,7 +192,7 @@ impl Daemon {
     /// shows `want` (within 10 s; returned).
     fn reload(&mut self, extra: &str, want: &str) -> (String, String) {
         self.write_config(extra);
-        kill(self.pid(), Signal::SIGHUP).unwrap();
+        signal(&mut self.child, Signal::SIGHUP);
         let (_, msg) = self.wait_line("RELOADING=1", Duration::from_secs(10));
         self.wait_line("READY=1", Duration::from_secs(10));
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -395,7 +391,7 @@ fn notify_watchdog_reload_and_stop_under_a_fake_systemd() {
     );
 
     // SIGTERM: STOPPING=1, exit 0, state persisted, no socket left.
-    kill(d.pid(), Signal::SIGTERM).unwrap();
+    signal(&mut d.child, Signal::SIGTERM);
     d.wait_line("STOPPING=1", Duration::from_secs(10));
     let st = d.wait_exit(Duration::from_secs(30));
     assert_eq!(st.code(), Some(0));
@@ -501,7 +497,7 @@ fn events_survive_a_restart_and_are_read_across_rotation() {
     assert_eq!(evs[99]["seq"], *seqs.last().unwrap(), "{v}");
 
     // Stop, start again over the same state directory.
-    kill(d.pid(), Signal::SIGTERM).unwrap();
+    signal(&mut d.child, Signal::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(30)).code(), Some(0));
     let first_run: Vec<serde_json::Value> = std::fs::read_to_string(state.join("audit.jsonl"))
         .unwrap()
@@ -587,7 +583,7 @@ fn events_survive_a_restart_and_are_read_across_rotation() {
     );
 
     // SIGINT stops it like SIGTERM: exit 0, socket gone, stop recorded.
-    kill(d.pid(), Signal::SIGINT).unwrap();
+    signal(&mut d.child, Signal::SIGINT);
     d.wait_line("STOPPING=1", Duration::from_secs(10));
     assert_eq!(d.wait_exit(Duration::from_secs(30)).code(), Some(0));
     assert!(!sock.exists());

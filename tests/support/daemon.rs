@@ -155,8 +155,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap());
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            super::process::signal(&mut c, nix::sys::signal::Signal::SIGTERM);
             let _ = c.wait();
         }
     }

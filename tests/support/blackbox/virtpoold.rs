@@ -92,8 +92,11 @@ impl Agent {
         .is_some()
     }
 
-    pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    /// Sends `sig` while the agent runs (not to a PID it no longer has).
+    pub fn signal(&mut self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = self.child.as_mut() {
+            crate::support::process::signal(c, sig);
+        }
     }
 
     pub fn kill9(&mut self) {
